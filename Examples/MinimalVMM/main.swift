@@ -1,0 +1,1 @@
+// Placeholder while the example is written.

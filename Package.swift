@@ -1,0 +1,53 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+let package = Package(
+    name: "HV",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "HVCore", targets: ["HVCore"]),
+        .executable(name: "hv", targets: ["hv"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.0"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.1.0"),
+    ],
+    targets: [
+        // Layer 1: the shared machine model. Pure Swift, compiled hosted and as Embedded Swift
+        // (scripts/check-embedded.sh) for the bare-metal image.
+        .target(name: "HVModel"),
+        // Writing guests: an x86 assembler and the CPU-mode set-up (GDT, page tables, registers).
+        .target(name: "HVGuest", dependencies: ["HVModel"]),
+        // Layer 3: C shims (headers only, no logic).
+        .target(name: "CKVM"),
+        // Test and benchmark support: counts malloc calls of this process (interposes malloc).
+        .target(name: "CAllocationCounter"),
+        // Layer 2: the hosted SDK.
+        .target(
+            name: "HVCore",
+            dependencies: [
+                "HVModel",
+                "HVGuest",
+                .target(name: "CKVM", condition: .when(platforms: [.linux])),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ]
+        ),
+        // Layer 5: tools.
+        .executableTarget(
+            name: "hv",
+            dependencies: [
+                "HVCore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(name: "MinimalVMM", dependencies: ["HVCore"], path: "Examples/MinimalVMM"),
+        .executableTarget(name: "ExitTracer", dependencies: ["HVCore"], path: "Examples/ExitTracer"),
+        .testTarget(name: "HVModelTests", dependencies: ["HVModel"]),
+        .testTarget(name: "HVGuestTests", dependencies: ["HVGuest"]),
+        .testTarget(name: "HVCoreTests", dependencies: ["HVCore", "CAllocationCounter"]),
+        .testTarget(name: "hvTests", dependencies: ["hv"]),
+    ]
+)

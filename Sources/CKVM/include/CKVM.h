@@ -1,0 +1,61 @@
+// The Linux KVM API as Swift sees it: <linux/kvm.h> plus the few things Swift cannot import
+// on its own. Headers only: every function here is a one-line static inline forwarder.
+#ifndef CKVM_H
+#define CKVM_H
+
+#include <linux/kvm.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <signal.h>
+#include <pthread.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+// _IO/_IOR/_IOW macros do not import into Swift: expose each request as a constant.
+static const unsigned long HV_KVM_GET_API_VERSION = KVM_GET_API_VERSION;
+static const unsigned long HV_KVM_CREATE_VM = KVM_CREATE_VM;
+static const unsigned long HV_KVM_CHECK_EXTENSION = KVM_CHECK_EXTENSION;
+static const unsigned long HV_KVM_GET_VCPU_MMAP_SIZE = KVM_GET_VCPU_MMAP_SIZE;
+static const unsigned long HV_KVM_GET_SUPPORTED_CPUID = KVM_GET_SUPPORTED_CPUID;
+static const unsigned long HV_KVM_GET_MSR_INDEX_LIST = KVM_GET_MSR_INDEX_LIST;
+static const unsigned long HV_KVM_CREATE_VCPU = KVM_CREATE_VCPU;
+static const unsigned long HV_KVM_SET_USER_MEMORY_REGION = KVM_SET_USER_MEMORY_REGION;
+static const unsigned long HV_KVM_SET_TSS_ADDR = KVM_SET_TSS_ADDR;
+static const unsigned long HV_KVM_SET_IDENTITY_MAP_ADDR = KVM_SET_IDENTITY_MAP_ADDR;
+static const unsigned long HV_KVM_ENABLE_CAP = KVM_ENABLE_CAP;
+static const unsigned long HV_KVM_RUN = KVM_RUN;
+static const unsigned long HV_KVM_GET_REGS = KVM_GET_REGS;
+static const unsigned long HV_KVM_SET_REGS = KVM_SET_REGS;
+static const unsigned long HV_KVM_GET_SREGS = KVM_GET_SREGS;
+static const unsigned long HV_KVM_SET_SREGS = KVM_SET_SREGS;
+static const unsigned long HV_KVM_GET_MSRS = KVM_GET_MSRS;
+static const unsigned long HV_KVM_SET_MSRS = KVM_SET_MSRS;
+static const unsigned long HV_KVM_GET_FPU = KVM_GET_FPU;
+static const unsigned long HV_KVM_SET_FPU = KVM_SET_FPU;
+static const unsigned long HV_KVM_GET_XSAVE = KVM_GET_XSAVE;
+static const unsigned long HV_KVM_SET_XSAVE = KVM_SET_XSAVE;
+static const unsigned long HV_KVM_SET_CPUID2 = KVM_SET_CPUID2;
+static const unsigned long HV_KVM_SET_GUEST_DEBUG = KVM_SET_GUEST_DEBUG;
+static const unsigned long HV_KVM_TRANSLATE = KVM_TRANSLATE;
+
+// ioctl(2) is variadic, which Swift cannot call: one forwarder per argument kind.
+static inline int hv_ioctl_ptr(int fd, unsigned long request, void *argument) {
+    return ioctl(fd, request, argument);
+}
+static inline int hv_ioctl_value(int fd, unsigned long request, unsigned long argument) {
+    return ioctl(fd, request, argument);
+}
+
+// open(2) is variadic too.
+static inline int hv_open(const char *path, int flags) { return open(path, flags); }
+
+// SIGRTMIN is a function call in glibc, not a constant. The vCPU kick signal (as Firecracker's).
+static inline int hv_kick_signal(void) { return SIGRTMIN + 1; }
+
+// kvm_run.immediate_exit is read by the kernel with READ_ONCE; write it as an atomic byte.
+static inline void hv_store_immediate_exit(struct kvm_run *run, unsigned char value) {
+    __atomic_store_n(&run->immediate_exit, value, __ATOMIC_SEQ_CST);
+}
+
+#endif

@@ -1,0 +1,1 @@
+// CKVM is a header-only shim; SwiftPM needs one source file to build a C target.

@@ -1,0 +1,81 @@
+// The backend surface (STYLE.md, after rust-vmm kvm-ioctls): three owning handles, system (the
+// `Backend`), VM and vCPU, and a small set of operations. Everything else is built on these.
+
+/// What a backend can honour, so a configuration it cannot is refused up front.
+public struct BackendCapabilities: Sendable, Equatable {
+    /// Most vCPUs one VM may have.
+    public var maxVCPUs: Int
+    /// Most memory slots one VM may have.
+    public var maxMemorySlots: Int
+    /// Whether RDMSR/WRMSR of unknown MSRs can be sent to handlers.
+    public var msrTrapping: Bool
+    /// Whether a running vCPU can be kicked out of the guest (stop/pause).
+    public var immediateExit: Bool
+    /// Whether the hardware runs guest code natively (false: software emulation, slow).
+    public var hardwareVirtualization: Bool
+
+    public init(maxVCPUs: Int, maxMemorySlots: Int, msrTrapping: Bool, immediateExit: Bool,
+                hardwareVirtualization: Bool)
+    {
+        self.maxVCPUs = maxVCPUs
+        self.maxMemorySlots = maxMemorySlots
+        self.msrTrapping = msrTrapping
+        self.immediateExit = immediateExit
+        self.hardwareVirtualization = hardwareVirtualization
+    }
+}
+
+/// A way to run VMs: Linux KVM, a scripted fake for tests, later bare metal.
+public protocol Backend: Sendable {
+    associatedtype VM: VirtualMachine
+    /// A short name for errors and reports ("kvm").
+    var name: String { get }
+    var capabilities: BackendCapabilities { get }
+    /// Creates an empty VM (no memory, no vCPUs) for `configuration`, or refuses, naming the
+    /// knob it cannot honour.
+    func createVirtualMachine(configuration: VirtualMachineConfiguration) throws(HVError) -> VM
+}
+
+/// One VM of a backend: its memory map and vCPUs. Owns what it creates.
+public protocol VirtualMachine: AnyObject, Sendable {
+    associatedtype CPU: VCPU
+    /// Makes `region` guest RAM in memory slot `slot`.
+    func map(_ region: MemoryRegion, slot: Int) throws(HVError)
+    /// Creates vCPU `id` (0 is the bootstrap processor).
+    func createVCPU(id: Int) throws(HVError) -> CPU
+}
+
+/// One virtual processor. `run()` and the register calls belong to the vCPU's own thread;
+/// `requestExit()` may be called from any thread.
+public protocol VCPU: AnyObject, Sendable {
+    var id: Int { get }
+
+    /// Enters the guest until it exits. The exit's data is valid until the next `run()`.
+    /// A run cut short by `requestExit()` returns `.interrupted`.
+    func run() throws(HVError) -> VMExit
+    /// Writes a handler's result back where the guest will see it: the value of an `IN`,
+    /// MMIO read or RDMSR, or a fault for an MSR access.
+    func complete(_ exit: VMExit, with action: ExitAction)
+    /// Makes the current or next `run()` return `.interrupted` soon. Thread-safe.
+    func requestExit()
+    /// Clears a previous `requestExit()` once the run loop has seen it.
+    func clearExitRequest()
+    /// Called once on the thread that will call `run()`, before the first run.
+    func prepareThread() throws(HVError)
+    /// Called on the vCPU's thread after its last run.
+    func finishThread()
+
+    func registers() throws(HVError) -> Registers
+    func setRegisters(_ registers: Registers) throws(HVError)
+    func specialRegisters() throws(HVError) -> SpecialRegisters
+    func setSpecialRegisters(_ registers: SpecialRegisters) throws(HVError)
+    /// Reads the MSRs in `indices`; an MSR the backend cannot read is left out of the result.
+    func msrs(_ indices: [UInt32]) throws(HVError) -> [UInt32: UInt64]
+    /// Writes MSRs; an MSR the backend refuses is an error naming it.
+    func setMSRs(_ values: [UInt32: UInt64]) throws(HVError)
+    func fpu() throws(HVError) -> FPUState
+    func setFPU(_ state: FPUState) throws(HVError)
+    /// The XSAVE area (SDM Vol. 1, 13.4), as the backend stores it.
+    func xsave() throws(HVError) -> [UInt8]
+    func setXSAVE(_ area: [UInt8]) throws(HVError)
+}

@@ -1,0 +1,101 @@
+// A VM's configuration is a plain value, validated before anything is created
+// (STYLE.md: "configuration as values, validated before anything runs").
+
+/// A configuration field that is out of range, with what would be valid.
+public struct ConfigurationError: Error, Equatable, CustomStringConvertible {
+    /// The field, as the API spells it ("memorySize", "cpuCount").
+    public var field: String
+    /// The rejected value, as text.
+    public var value: String
+    /// What would be accepted.
+    public var expected: String
+
+    public init(field: String, value: String, expected: String) {
+        self.field = field
+        self.value = value
+        self.expected = expected
+    }
+
+    public var description: String { "\(field): \(value) is invalid; expected \(expected)" }
+}
+
+/// What happens when the guest executes `HLT` and nothing can wake it.
+public enum HaltPolicy: String, Sendable, CaseIterable {
+    /// Stop the VM with `StopReason.halted` (the natural end of a simple guest).
+    case stop
+    /// Continue at the next instruction, as if an interrupt had arrived at once.
+    case resume
+}
+
+/// What happens on an access to an address with neither RAM nor a device.
+public enum UnmappedAccessPolicy: String, Sendable, CaseIterable {
+    /// Stop the VM and report the address.
+    case stop
+    /// Behave like a PC's open bus: reads return all-ones, writes are dropped.
+    case ignore
+}
+
+/// The shape of a VM. Build one, `validate()` it, hand it to a backend.
+public struct VirtualMachineConfiguration: Sendable, Equatable {
+    /// Guest RAM in bytes: a multiple of 4 KiB.
+    public var memorySize: UInt64
+    /// Number of vCPUs, at least 1 (and at most what the backend reports).
+    public var cpuCount: Int
+    /// What `HLT` does when nothing can wake the vCPU.
+    public var haltPolicy: HaltPolicy
+    /// Accesses to guest-physical addresses with no RAM and no device.
+    public var unmappedMMIO: UnmappedAccessPolicy
+    /// Accesses to I/O ports with no device (a PC ignores them; default `ignore`).
+    public var unmappedPorts: UnmappedAccessPolicy
+    /// Stop the VM after this many seconds of running (nil: no limit).
+    public var timeLimit: Double?
+    /// Stop the VM after this many exits over all vCPUs (nil: no limit).
+    public var exitLimit: UInt64?
+    /// Intercept RDMSR/WRMSR of MSRs the backend does not know, so handlers see them as
+    /// `VMExit.msrRead`/`.msrWrite` (invalid-MSR trapping). Unhandled ones fault (#GP).
+    public var trapUnknownMSRs: Bool
+    /// Keep per-exit-kind counts and latency histograms.
+    public var collectExitStatistics: Bool
+
+    /// The smallest and largest RAM sizes accepted.
+    public static let memoryRange: ClosedRange<UInt64> = 4096...(1 << 40)
+
+    public init(memorySize: UInt64 = 2 << 20, cpuCount: Int = 1, haltPolicy: HaltPolicy = .stop,
+                unmappedMMIO: UnmappedAccessPolicy = .stop, unmappedPorts: UnmappedAccessPolicy = .ignore,
+                timeLimit: Double? = nil, exitLimit: UInt64? = nil, trapUnknownMSRs: Bool = true,
+                collectExitStatistics: Bool = true)
+    {
+        self.memorySize = memorySize
+        self.cpuCount = cpuCount
+        self.haltPolicy = haltPolicy
+        self.unmappedMMIO = unmappedMMIO
+        self.unmappedPorts = unmappedPorts
+        self.timeLimit = timeLimit
+        self.exitLimit = exitLimit
+        self.trapUnknownMSRs = trapUnknownMSRs
+        self.collectExitStatistics = collectExitStatistics
+    }
+
+    /// Checks every field; the error names the first invalid one and what would be valid.
+    public func validate() throws(ConfigurationError) {
+        guard memorySize > 0 else {
+            throw ConfigurationError(field: "memorySize", value: "0", expected: "at least 4096 bytes (4 KiB)")
+        }
+        guard memorySize % 4096 == 0 else {
+            throw ConfigurationError(field: "memorySize", value: "\(memorySize)",
+                                     expected: "a multiple of 4096 (4 KiB pages), e.g. \((memorySize / 4096 + 1) * 4096)")
+        }
+        guard Self.memoryRange.contains(memorySize) else {
+            throw ConfigurationError(field: "memorySize", value: "\(memorySize)", expected: "at most 1 TiB")
+        }
+        guard cpuCount >= 1 else {
+            throw ConfigurationError(field: "cpuCount", value: "\(cpuCount)", expected: "at least 1")
+        }
+        if let timeLimit, !(timeLimit > 0) || !timeLimit.isFinite {
+            throw ConfigurationError(field: "timeLimit", value: "\(timeLimit)", expected: "a positive number of seconds")
+        }
+        if let exitLimit, exitLimit == 0 {
+            throw ConfigurationError(field: "exitLimit", value: "0", expected: "at least 1 (or no limit)")
+        }
+    }
+}

@@ -1,0 +1,145 @@
+// The KVM system handle: /dev/kvm, its API version and capabilities, the CPUID it supports.
+// Documentation/virt/kvm/api.rst, 4.1-4.5 (system ioctls).
+#if os(Linux)
+import CKVM
+import Glibc
+
+/// Owns the open `/dev/kvm` file descriptor.
+final class KVMSystemHandle: Sendable {
+    let fd: Int32
+    init(fd: Int32) { self.fd = fd }
+    deinit { KVMSyscall.close(fd) }
+}
+
+/// The Linux KVM backend.
+public struct KVMBackend: Backend {
+    public typealias VM = KVMVirtualMachine
+
+    /// The default device path.
+    public static let devicePath = "/dev/kvm"
+    /// The only stable KVM API version (api.rst 4.1: "The API version is 12").
+    public static let stableAPIVersion: Int32 = 12
+
+    let system: KVMSystemHandle
+    public let name = "kvm"
+    /// `KVM_GET_API_VERSION`.
+    public let apiVersion: Int32
+    /// Size of each vCPU's `kvm_run` mapping (`KVM_GET_VCPU_MMAP_SIZE`).
+    public let vcpuMapSize: Int
+    public let capabilities: BackendCapabilities
+
+    /// Opens `path` (normally /dev/kvm) and checks the API version.
+    /// Fails with `HVError.hypervisorUnavailable` when the device is missing or not permitted.
+    public init(path: String = KVMBackend.devicePath) throws(HVError) {
+        let fd = try KVMSyscall.openDevice(path)
+        let system = KVMSystemHandle(fd: fd)
+        let version = try KVMSyscall.ioctl(fd, HV_KVM_GET_API_VERSION, "KVM_GET_API_VERSION")
+        guard version == Self.stableAPIVersion else { throw .unsupportedAPIVersion(version) }
+        self.system = system
+        self.apiVersion = version
+        self.vcpuMapSize = Int(try KVMSyscall.ioctl(fd, HV_KVM_GET_VCPU_MMAP_SIZE, "KVM_GET_VCPU_MMAP_SIZE"))
+        func check(_ capability: KVMCapability) -> Int32 {
+            (try? KVMSyscall.ioctl(fd, HV_KVM_CHECK_EXTENSION, value: UInt(capability.number), "KVM_CHECK_EXTENSION")) ?? 0
+        }
+        let recommended = Int(check(.nrVCPUs))
+        let maximum = Int(check(.maxVCPUs))
+        self.capabilities = BackendCapabilities(
+            maxVCPUs: maximum > 0 ? maximum : (recommended > 0 ? recommended : 4),
+            maxMemorySlots: Int(check(.memorySlots)),
+            msrTrapping: check(.userSpaceMSR) != 0,
+            immediateExit: check(.immediateExit) != 0,
+            hardwareVirtualization: HostCPU.current.hasHardwareVirtualization)
+    }
+
+    /// `KVM_CHECK_EXTENSION` on the system fd: 0 when absent, 1 or a count when present.
+    /// The corresponding ioctl is `KVM_CHECK_EXTENSION`.
+    public func check(_ capability: KVMCapability) -> Int32 {
+        (try? KVMSyscall.ioctl(system.fd, HV_KVM_CHECK_EXTENSION, value: UInt(capability.number), "KVM_CHECK_EXTENSION")) ?? 0
+    }
+
+    /// The CPUID leaves KVM can present to a guest. The corresponding ioctl is `KVM_GET_SUPPORTED_CPUID`.
+    public func supportedCPUID() throws(HVError) -> [CPUIDEntry] {
+        var capacity = 128
+        while true {
+            let buffer = KVMCPUIDBuffer(capacity: capacity)
+            do {
+                try KVMSyscall.ioctl(system.fd, HV_KVM_GET_SUPPORTED_CPUID, pointer: buffer.raw, "KVM_GET_SUPPORTED_CPUID")
+                return buffer.entries
+            } catch {
+                // E2BIG: the array was too small; api.rst says to retry with a bigger one.
+                if case .systemCall(_, let code) = error, code == E2BIG, capacity < 4096 {
+                    capacity *= 2
+                    continue
+                }
+                throw error
+            }
+        }
+    }
+
+    public func createVirtualMachine(configuration: VirtualMachineConfiguration) throws(HVError) -> KVMVirtualMachine {
+        do { try configuration.validate() } catch { throw .configuration(error) }
+        guard configuration.cpuCount <= capabilities.maxVCPUs else {
+            throw .configuration(ConfigurationError(field: "cpuCount", value: "\(configuration.cpuCount)",
+                                                    expected: "at most \(capabilities.maxVCPUs) on this host's KVM (KVM_CAP_MAX_VCPUS)"))
+        }
+        if configuration.trapUnknownMSRs && !capabilities.msrTrapping {
+            throw .unsupported(knob: "trapUnknownMSRs", backend: name,
+                               reason: "this kernel lacks KVM_CAP_X86_USER_SPACE_MSR; set trapUnknownMSRs = false")
+        }
+        return try KVMVirtualMachine(backend: self, configuration: configuration)
+    }
+}
+
+/// One CPUID leaf/subleaf and its output registers (SDM Vol. 2A, CPUID).
+public struct CPUIDEntry: Sendable, Equatable {
+    public var function: UInt32
+    public var index: UInt32
+    public var flags: UInt32
+    public var eax: UInt32, ebx: UInt32, ecx: UInt32, edx: UInt32
+}
+
+/// A heap `struct kvm_cpuid2` with room for `capacity` entries.
+final class KVMCPUIDBuffer {
+    let raw: UnsafeMutableRawPointer
+    let capacity: Int
+    private let byteCount: Int
+
+    init(capacity: Int) {
+        self.capacity = capacity
+        byteCount = MemoryLayout<kvm_cpuid2>.size + capacity * MemoryLayout<kvm_cpuid_entry2>.stride
+        raw = UnsafeMutableRawPointer.allocate(byteCount: byteCount, alignment: 16)
+        raw.initializeMemory(as: UInt8.self, repeating: 0, count: byteCount)
+        raw.assumingMemoryBound(to: kvm_cpuid2.self).pointee.nent = UInt32(capacity)
+    }
+
+    convenience init(entries: [CPUIDEntry]) {
+        self.init(capacity: entries.count)
+        let base = entryBase
+        for (i, entry) in entries.enumerated() {
+            var raw = kvm_cpuid_entry2()
+            raw.function = entry.function
+            raw.index = entry.index
+            raw.flags = entry.flags
+            raw.eax = entry.eax
+            raw.ebx = entry.ebx
+            raw.ecx = entry.ecx
+            raw.edx = entry.edx
+            base[i] = raw
+        }
+    }
+
+    deinit { raw.deallocate() }
+
+    private var entryBase: UnsafeMutablePointer<kvm_cpuid_entry2> {
+        (raw + MemoryLayout<kvm_cpuid2>.size).assumingMemoryBound(to: kvm_cpuid_entry2.self)
+    }
+
+    var entries: [CPUIDEntry] {
+        let count = min(Int(raw.assumingMemoryBound(to: kvm_cpuid2.self).pointee.nent), capacity)
+        return (0..<count).map { i in
+            let e = entryBase[i]
+            return CPUIDEntry(function: e.function, index: e.index, flags: e.flags, eax: e.eax, ebx: e.ebx, ecx: e.ecx, edx: e.edx)
+        }
+    }
+}
+#endif

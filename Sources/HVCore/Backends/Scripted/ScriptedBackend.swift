@@ -1,0 +1,195 @@
+// A backend that replays scripted exits instead of running a guest (STYLE.md, after NIO's
+// EmbeddedChannel): exit handling, devices and the run loop are tested without /dev/kvm, and
+// hv-bench measures the user-space dispatch cost on it.
+import Synchronization
+
+/// One exit a scripted vCPU reports.
+public enum ScriptedExit: Sendable, Equatable {
+    /// `OUT`/`OUTS` of `values` (one element each) of `size` bytes.
+    case portOut(port: IOPort, size: UInt8, values: [UInt32])
+    /// `IN`/`INS` of `count` elements of `size` bytes.
+    case portIn(port: IOPort, size: UInt8, count: UInt32)
+    case mmioRead(address: GuestPhysicalAddress, width: UInt8)
+    case mmioWrite(address: GuestPhysicalAddress, width: UInt8, value: UInt64)
+    case halt
+    case shutdown
+    case entryFailure(hardwareReason: UInt64)
+    case internalError(suberror: UInt32)
+    case systemEvent(SystemEvent)
+    case debug(DebugException)
+    case msrRead(index: UInt32)
+    case msrWrite(index: UInt32, value: UInt64)
+    case interruptWindow
+    case unknown(reason: UInt32)
+}
+
+/// What the run loop wrote back for one scripted exit.
+public struct ScriptedCompletion: Sendable, Equatable {
+    public var exit: ScriptedExit
+    public var action: ExitAction
+    /// For `portIn`: the elements the monitor supplied.
+    public var inData: [UInt32]
+}
+
+/// A backend whose vCPUs replay scripts.
+public struct ScriptedBackend: Backend {
+    public typealias VM = ScriptedVirtualMachine
+
+    /// One script per vCPU id; a vCPU without a script halts at once.
+    public let scripts: [[ScriptedExit]]
+    /// When true, a finished script starts again (for benchmarks); otherwise the vCPU reports
+    /// `.systemEvent(.shutdown)` after its last exit.
+    public let repeats: Bool
+    /// When true, every completion is recorded for inspection (this allocates; off in benchmarks).
+    public let records: Bool
+    public let name = "scripted"
+    public let capabilities = BackendCapabilities(maxVCPUs: 64, maxMemorySlots: 32, msrTrapping: true,
+                                                  immediateExit: true, hardwareVirtualization: false)
+
+    public init(scripts: [[ScriptedExit]], repeats: Bool = false, records: Bool = true) {
+        self.scripts = scripts
+        self.repeats = repeats
+        self.records = records
+    }
+
+    /// A backend with one vCPU script.
+    public init(script: [ScriptedExit], repeats: Bool = false, records: Bool = true) {
+        self.init(scripts: [script], repeats: repeats, records: records)
+    }
+
+    public func createVirtualMachine(configuration: VirtualMachineConfiguration) throws(HVError) -> ScriptedVirtualMachine {
+        do { try configuration.validate() } catch { throw .configuration(error) }
+        guard configuration.cpuCount <= capabilities.maxVCPUs else {
+            throw .configuration(ConfigurationError(field: "cpuCount", value: "\(configuration.cpuCount)",
+                                                    expected: "at most \(capabilities.maxVCPUs)"))
+        }
+        return ScriptedVirtualMachine(backend: self)
+    }
+}
+
+/// A scripted VM: remembers its memory map.
+public final class ScriptedVirtualMachine: VirtualMachine, @unchecked Sendable {
+    public typealias CPU = ScriptedVCPU
+    let backend: ScriptedBackend
+    private let slots = Mutex<[Int: MemoryRegion]>([:])
+
+    init(backend: ScriptedBackend) { self.backend = backend }
+
+    public func map(_ region: MemoryRegion, slot: Int) throws(HVError) {
+        slots.withLock { $0[slot] = region }
+    }
+
+    /// The regions mapped so far, by slot.
+    public var mappedRegions: [Int: MemoryRegion] { slots.withLock { $0 } }
+
+    public func createVCPU(id: Int) throws(HVError) -> ScriptedVCPU {
+        let script = id < backend.scripts.count ? backend.scripts[id] : [.halt]
+        return ScriptedVCPU(id: id, script: script, repeats: backend.repeats, records: backend.records)
+    }
+}
+
+/// A vCPU that returns its script's exits one by one.
+public final class ScriptedVCPU: VCPU, @unchecked Sendable {
+    // Sendable: used from its vCPU thread; tests read `completions` after the VM stopped.
+
+    public let id: Int
+    let script: [ScriptedExit]
+    let repeats: Bool
+    let records: Bool
+    private var position = 0
+    private let buffer = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 8)
+    private let exitRequested = Atomic<Bool>(false)
+
+    public private(set) var completions: [ScriptedCompletion] = []
+    public private(set) var state = (registers: Registers(), special: SpecialRegisters())
+    private var msrValues: [UInt32: UInt64] = [:]
+    private var fpuState = FPUState()
+    private var xsaveArea = [UInt8](repeating: 0, count: 4096)
+
+    init(id: Int, script: [ScriptedExit], repeats: Bool, records: Bool) {
+        self.id = id
+        self.script = script
+        self.repeats = repeats
+        self.records = records
+        if records { completions.reserveCapacity(script.count) }
+    }
+
+    deinit { buffer.deallocate() }
+
+    /// The next scripted exit. Allocates nothing.
+    public func run() throws(HVError) -> VMExit {
+        if exitRequested.load(ordering: .acquiring) { return .interrupted }
+        if position == script.count {
+            if repeats && !script.isEmpty { position = 0 } else { return .systemEvent(.shutdown) }
+        }
+        let step = script[position]
+        position += 1
+        return exit(for: step)
+    }
+
+    @inline(__always)
+    private func exit(for step: ScriptedExit) -> VMExit {
+        switch step {
+        case let .portOut(port, size, values):
+            let count = max(values.count, 1)
+            guard let data = PortIOData(base: buffer, size: Int(size), count: count, capacity: 4096) else {
+                return .unknown(reason: 0xBAD)
+            }
+            for (index, value) in values.enumerated() { data[index] = value }
+            return .portOut(PortIO(port: port, size: size, count: UInt32(count), data: data))
+        case let .portIn(port, size, count):
+            guard let data = PortIOData(base: buffer, size: Int(size), count: Int(count), capacity: 4096) else {
+                return .unknown(reason: 0xBAD)
+            }
+            for index in 0..<data.count { data[index] = 0 }
+            return .portIn(PortIO(port: port, size: size, count: count, data: data))
+        case let .mmioRead(address, width): return .mmioRead(MMIOAccess(address: address, width: width))
+        case let .mmioWrite(address, width, value): return .mmioWrite(MMIOAccess(address: address, width: width, value: value))
+        case .halt: return .halt
+        case .shutdown: return .shutdown
+        case .entryFailure(let reason): return .entryFailure(hardwareReason: reason)
+        case .internalError(let suberror): return .internalError(InternalError(suberror: suberror))
+        case .systemEvent(let event): return .systemEvent(event)
+        case .debug(let exception): return .debug(exception)
+        case .msrRead(let index): return .msrRead(index: index)
+        case let .msrWrite(index, value): return .msrWrite(index: index, value: value)
+        case .interruptWindow: return .interruptWindow
+        case .unknown(let reason): return .unknown(reason: reason)
+        }
+    }
+
+    public func complete(_ exit: VMExit, with action: ExitAction) {
+        var inData: [UInt32] = []
+        if case .portIn(let io) = exit {
+            if case .resumeWith(let value) = action {
+                for index in 0..<io.data.count { io.data[index] = UInt32(truncatingIfNeeded: value) }
+            }
+            if records { inData = (0..<io.data.count).map { io.data[$0] } }
+        }
+        guard records, position > 0 else { return }
+        completions.append(ScriptedCompletion(exit: script[position - 1], action: action, inData: inData))
+    }
+
+    public func requestExit() { exitRequested.store(true, ordering: .releasing) }
+    public func clearExitRequest() { exitRequested.store(false, ordering: .releasing) }
+    public func prepareThread() throws(HVError) {}
+    public func finishThread() {}
+
+    public func registers() throws(HVError) -> Registers { state.registers }
+    public func setRegisters(_ registers: Registers) throws(HVError) { state.registers = registers }
+    public func specialRegisters() throws(HVError) -> SpecialRegisters { state.special }
+    public func setSpecialRegisters(_ registers: SpecialRegisters) throws(HVError) { state.special = registers }
+    public func msrs(_ indices: [UInt32]) throws(HVError) -> [UInt32: UInt64] {
+        msrValues.filter { indices.contains($0.key) }
+    }
+    public func setMSRs(_ values: [UInt32: UInt64]) throws(HVError) { msrValues.merge(values) { $1 } }
+    public func fpu() throws(HVError) -> FPUState { fpuState }
+    public func setFPU(_ state: FPUState) throws(HVError) { fpuState = state }
+    public func xsave() throws(HVError) -> [UInt8] { xsaveArea }
+    public func setXSAVE(_ area: [UInt8]) throws(HVError) {
+        guard area.count == 4096 else {
+            throw .configuration(ConfigurationError(field: "xsave", value: "\(area.count) bytes", expected: "4096 bytes"))
+        }
+        xsaveArea = area
+    }
+}

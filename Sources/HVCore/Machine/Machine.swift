@@ -1,0 +1,342 @@
+// A whole VM: configuration, memory, devices, vCPU threads and their run loops, on any backend.
+// ARCHITECTURE.md, "The way an exit travels": run -> decode -> handler chain -> action -> run.
+import Foundation
+import Logging
+import Synchronization
+
+/// How a run ended.
+public struct RunResult: Sendable {
+    /// Why the VM stopped: the first vCPU to stop decides for the whole VM.
+    public var reason: StopReason
+    /// Which vCPU stopped first.
+    public var vcpuID: Int
+    /// A backend failure, when `reason` is `.backendFailure`.
+    public var error: String?
+    /// Exits of every vCPU.
+    public var exits: UInt64
+    /// Wall-clock seconds from start to the last vCPU thread's end.
+    public var seconds: Double
+}
+
+/// A virtual machine on backend `B`: guest memory, a device bus and one thread per vCPU.
+///
+/// Lifecycle: `init` (created) → `load` → `start`/`run` (running) ⇄ `pause`/`resume` (paused)
+/// → stopped. Management calls (`pause`, `resume`, `stop`) may come from any thread; the vCPU
+/// threads notice them at their next exit, kicked out of the guest by `VCPU.requestExit()`.
+public final class Machine<B: Backend>: @unchecked Sendable {
+    // Sendable: mutable state is guarded by `lock`; the vCPU hot path reads only `request`.
+
+    public let configuration: VirtualMachineConfiguration
+    public let backend: B
+    public let vm: B.VM
+    public let memory: GuestMemory
+    public let devices = DeviceBus()
+    public let vcpus: [B.VM.CPU]
+
+    private let log = LogCategory.vcpu.logger
+    private let exitLog = LogCategory.exits.logger
+
+    /// What management wants from the vCPU threads; read by the run loop at every exit.
+    private let request = Atomic<UInt8>(Request.none.rawValue)
+    /// Exits across all vCPUs, counted only when an exit limit is set.
+    private let exitCount = Atomic<UInt64>(0)
+
+    private let lock = NSCondition()
+    private var _state: MachineState = .created
+    private var stopResult: (reason: StopReason, vcpuID: Int, error: String?)?
+    private var parked = 0
+    private var finished = 0
+    private var perVCPUStatistics: [ExitStatistics]
+    private var perVCPUExits: [UInt64]
+    private var startTime: UInt64 = 0
+    private var endTime: UInt64 = 0
+
+    enum Request: UInt8 { case none = 0, pause = 1, stop = 2 }
+
+    /// Validates `configuration`, creates the VM, maps its RAM (PC layout: up to 3 GiB at 0,
+    /// the rest above 4 GiB) and creates its vCPUs.
+    public init(configuration: VirtualMachineConfiguration, backend: B) throws(HVError) {
+        do { try configuration.validate() } catch { throw .configuration(error) }
+        self.configuration = configuration
+        self.backend = backend
+        vm = try backend.createVirtualMachine(configuration: configuration)
+        do { memory = try GuestMemory.pcLayout(size: configuration.memorySize) } catch { throw .memory(error) }
+        for (slot, region) in memory.regions.enumerated() { try vm.map(region, slot: slot) }
+        var cpus: [B.VM.CPU] = []
+        for id in 0..<configuration.cpuCount { cpus.append(try vm.createVCPU(id: id)) }
+        vcpus = cpus
+        perVCPUStatistics = Array(repeating: ExitStatistics(), count: 0)
+        perVCPUExits = Array(repeating: 0, count: configuration.cpuCount)
+    }
+
+    /// The VM's current state.
+    public var state: MachineState {
+        lock.lock()
+        defer { lock.unlock() }
+        return _state
+    }
+
+    // MARK: Loading
+
+    /// Writes `image`'s chunks into guest memory and gives the listed vCPUs (all, by default)
+    /// its initial registers.
+    public func load(_ image: GuestImage, vcpus ids: [Int]? = nil) throws(HVError) {
+        guard state == .created else { throw .invalidState(operation: "load an image into", state: state) }
+        let loader = LogCategory.loader.logger
+        for chunk in image.chunks {
+            do { try memory.write(bytes: chunk.bytes, at: chunk.address) } catch { throw .memory(error) }
+            loader.debug("loaded \(chunk.name): \(chunk.bytes.count) bytes at 0x\(String(chunk.address.rawValue, radix: 16))")
+        }
+        for id in ids ?? Array(vcpus.indices) {
+            guard vcpus.indices.contains(id) else {
+                throw .configuration(ConfigurationError(field: "vcpus", value: "\(id)", expected: "0..<\(vcpus.count)"))
+            }
+            try vcpus[id].setSpecialRegisters(image.specialRegisters)
+            try vcpus[id].setRegisters(image.registers)
+        }
+    }
+
+    // MARK: Running
+
+    /// Starts one thread per vCPU running `handler` first, then the device bus, then the
+    /// defaults. Returns at once; `wait()` returns when the VM stops.
+    public func start<H: ExitHandler & Sendable>(handler: H) throws(HVError) {
+        lock.lock()
+        guard _state.canTransition(to: .running), _state == .created else {
+            let current = _state
+            lock.unlock()
+            throw .invalidState(operation: "start", state: current)
+        }
+        _state = .running
+        perVCPUStatistics = vcpus.map { _ in ExitStatistics() }
+        startTime = monotonicNanoseconds()
+        lock.unlock()
+        log.info("starting \(vcpus.count) vCPU(s)")
+        for vcpu in vcpus {
+            let thread = Thread { [self] in vcpuThread(vcpu, handler: handler) }
+            thread.name = "vcpu\(vcpu.id)"
+            thread.stackSize = 1 << 20
+            thread.start()
+        }
+    }
+
+    /// Blocks until every vCPU thread has ended, enforcing the configured time limit.
+    public func wait() -> RunResult {
+        let deadline = configuration.timeLimit.map { Date(timeIntervalSinceNow: $0) }
+        lock.lock()
+        while finished < vcpus.count {
+            if let deadline {
+                if !lock.wait(until: deadline), finished < vcpus.count {
+                    lock.unlock()
+                    requestStop(.timeout, vcpuID: 0, error: nil)
+                    lock.lock()
+                    while finished < vcpus.count { lock.wait() }
+                    break
+                }
+            } else {
+                lock.wait()
+            }
+        }
+        let result = stopResult ?? (.requested, 0, nil)
+        let total = perVCPUExits.reduce(0, +)
+        let seconds = Double(endTime &- startTime) / 1e9
+        lock.unlock()
+        return RunResult(reason: result.reason, vcpuID: result.vcpuID, error: result.error, exits: total, seconds: seconds)
+    }
+
+    /// `start(handler:)` then `wait()`.
+    public func run<H: ExitHandler & Sendable>(handler: H) throws(HVError) -> RunResult {
+        try start(handler: handler)
+        return wait()
+    }
+
+    /// Runs with only the device bus and the defaults.
+    public func run() throws(HVError) -> RunResult { try run(handler: NoExitHandler()) }
+
+    // MARK: Management
+
+    /// Parks every vCPU at its next exit and returns once all are parked.
+    public func pause() throws(HVError) {
+        lock.lock()
+        guard _state == .running else {
+            let current = _state
+            lock.unlock()
+            throw .invalidState(operation: "pause", state: current)
+        }
+        request.store(Request.pause.rawValue, ordering: .sequentiallyConsistent)
+        lock.unlock()
+        for vcpu in vcpus { vcpu.requestExit() }
+        lock.lock()
+        while parked + finished < vcpus.count { lock.wait() }
+        if _state == .running { _state = .paused }
+        lock.unlock()
+        log.info("paused")
+    }
+
+    /// Lets paused vCPUs run again.
+    public func resume() throws(HVError) {
+        lock.lock()
+        defer { lock.unlock() }
+        guard _state == .paused else { throw .invalidState(operation: "resume", state: _state) }
+        _state = .running
+        request.store(Request.none.rawValue, ordering: .sequentiallyConsistent)
+        lock.broadcast()
+        log.info("resumed")
+    }
+
+    /// Asks every vCPU to stop; the reason becomes `.requested` unless the VM already stopped.
+    /// Returns at once; `wait()` joins.
+    public func stop() {
+        requestStop(.requested, vcpuID: 0, error: nil)
+    }
+
+    /// The statistics of all vCPUs merged. Complete while the VM is paused or stopped.
+    public var statistics: ExitStatistics {
+        lock.lock()
+        defer { lock.unlock() }
+        var merged = ExitStatistics()
+        for stats in perVCPUStatistics { merged.merge(stats) }
+        return merged
+    }
+
+    private func requestStop(_ reason: StopReason, vcpuID: Int, error: String?) {
+        lock.lock()
+        if stopResult == nil { stopResult = (reason, vcpuID, error) }
+        request.store(Request.stop.rawValue, ordering: .sequentiallyConsistent)
+        lock.broadcast()
+        lock.unlock()
+        for vcpu in vcpus { vcpu.requestExit() }
+    }
+
+    // MARK: The vCPU thread
+
+    private func vcpuThread<H: ExitHandler>(_ vcpu: B.VM.CPU, handler: H) {
+        var statistics = ExitStatistics()
+        var exits: UInt64 = 0
+        var failure: String?
+        let reason: StopReason
+        do {
+            try vcpu.prepareThread()
+            reason = try runLoop(vcpu, handler: handler, statistics: &statistics, exits: &exits)
+        } catch {
+            failure = error.description
+            reason = .backendFailure
+        }
+        vcpu.finishThread()
+        if case .backendFailure = reason { log.error("vCPU \(vcpu.id) failed: \(failure ?? "unknown")") }
+        requestStop(reason, vcpuID: vcpu.id, error: failure)
+        lock.lock()
+        perVCPUStatistics[vcpu.id] = statistics
+        perVCPUExits[vcpu.id] = exits
+        if case .backendFailure = reason, _state != .error { _state = .error }
+        finished += 1
+        if finished == vcpus.count {
+            endTime = monotonicNanoseconds()
+            if _state != .error { _state = .stopped }
+        }
+        lock.broadcast()
+        lock.unlock()
+        log.debug("vCPU \(vcpu.id) ended: \(reason)")
+    }
+
+    /// The hot path: no allocation, no lock (except when parking on request), no existential.
+    private func runLoop<H: ExitHandler>(_ vcpu: B.VM.CPU, handler: H, statistics: inout ExitStatistics,
+                                         exits: inout UInt64) throws(HVError) -> StopReason
+    {
+        let context = ExitContext(vcpuID: vcpu.id)
+        let collect = configuration.collectExitStatistics
+        let limit = configuration.exitLimit
+        let traceExits = exitLog.logLevel <= .trace
+        while true {
+            switch Request(rawValue: request.load(ordering: .acquiring)) {
+            case .stop?:
+                vcpu.clearExitRequest()
+                return .requested
+            case .pause?:
+                vcpu.clearExitRequest()
+                if park() { return .requested }
+                continue
+            default:
+                break
+            }
+            let entered = collect ? monotonicNanoseconds() : 0
+            let exit = try vcpu.run()
+            if case .interrupted = exit { continue }
+            let exited = collect ? monotonicNanoseconds() : 0
+            let action = handler.handle(exit, context: context)
+                ?? devices.handle(exit, context: context)
+                ?? defaultAction(for: exit)
+            vcpu.complete(exit, with: action)
+            exits &+= 1
+            if collect {
+                let done = monotonicNanoseconds()
+                statistics.record(exit.kind, roundTrip: done &- entered, handling: done &- exited)
+            }
+            if traceExits { exitLog.trace("vcpu\(vcpu.id) \(exit.kind.name): \(exit) -> \(action)") }
+            switch action {
+            case .stop(let reason): return reason
+            case .reset: return .reset
+            default: break
+            }
+            if let limit, exitCount.add(1, ordering: .relaxed).newValue >= limit { return .exitLimit }
+        }
+    }
+
+    /// Waits while paused. Returns true when a stop arrived instead of a resume.
+    private func park() -> Bool {
+        lock.lock()
+        parked += 1
+        lock.broadcast()
+        while request.load(ordering: .acquiring) == Request.pause.rawValue { lock.wait() }
+        parked -= 1
+        let stopping = request.load(ordering: .acquiring) == Request.stop.rawValue
+        lock.unlock()
+        return stopping
+    }
+
+    /// What happens to an exit nobody took (ARCHITECTURE.md: "then defaults").
+    @inline(__always)
+    private func defaultAction(for exit: VMExit) -> ExitAction {
+        switch exit {
+        case .portIn(let io):
+            if configuration.unmappedPorts == .stop { return .stop(.unmappedPort(port: io.port, write: false)) }
+            // An ISA bus with nothing driving it reads all-ones.
+            for index in 0..<io.data.count { io.data[index] = UInt32.max }
+            return .resume
+        case .portOut(let io):
+            if configuration.unmappedPorts == .stop { return .stop(.unmappedPort(port: io.port, write: true)) }
+            return .resume
+        case .mmioRead(let access):
+            if configuration.unmappedMMIO == .stop { return .stop(.unmappedMMIO(address: access.address, write: false)) }
+            return .resumeWith(UInt64.max)
+        case .mmioWrite(let access):
+            if configuration.unmappedMMIO == .stop { return .stop(.unmappedMMIO(address: access.address, write: true)) }
+            return .resume
+        case .halt:
+            return configuration.haltPolicy == .stop ? .stop(.halted) : .resume
+        case .shutdown:
+            return .stop(.shutdown)
+        case .entryFailure(let reason):
+            return .stop(.entryFailure(hardwareReason: reason))
+        case .internalError(let error):
+            return .stop(.internalError(error))
+        case .systemEvent(let event):
+            return .stop(.systemEvent(event))
+        case .msrRead, .msrWrite:
+            // An MSR nobody models faults, as it would on hardware that lacks it.
+            return .fault
+        case .debug, .interruptWindow, .interrupted:
+            return .resume
+        case .unknown:
+            return .stop(.unhandledExit(.unknown))
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds (vDSO: no system call, no allocation).
+@inline(__always)
+func monotonicNanoseconds() -> UInt64 {
+    var now = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    return UInt64(now.tv_sec) &* 1_000_000_000 &+ UInt64(now.tv_nsec)
+}

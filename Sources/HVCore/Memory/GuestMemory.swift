@@ -1,0 +1,142 @@
+// Guest RAM: anonymous mmap regions placed in the guest-physical address space, with
+// bounds-checked typed access. Every address a guest hands us goes through `hostPointer`.
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Why a guest-memory access or mapping failed.
+public enum GuestMemoryError: Error, Equatable, CustomStringConvertible {
+    /// `length` bytes at `address` are not all inside one RAM region.
+    case outOfBounds(address: GuestPhysicalAddress, length: UInt64)
+    /// The host could not reserve the memory (mmap failed with `errno`).
+    case mapFailed(size: UInt64, errno: Int32)
+    /// Two regions overlap or a region is empty or unaligned.
+    case invalidLayout(String)
+
+    public var description: String {
+        switch self {
+        case let .outOfBounds(address, length):
+            "guest-physical 0x\(String(address.rawValue, radix: 16)) (+\(length) bytes) is outside guest RAM"
+        case let .mapFailed(size, errno):
+            "could not map \(size) bytes of guest RAM: \(String(cString: strerror(errno)))"
+        case .invalidLayout(let detail):
+            "invalid guest memory layout: \(detail)"
+        }
+    }
+}
+
+/// One contiguous piece of guest RAM and the host mapping behind it. Owns the mapping.
+public final class MemoryRegion: @unchecked Sendable {
+    // Sendable: the mapping's address and size never change; its bytes are guest RAM, which
+    // guest and host share by design.
+
+    /// Where the region starts in the guest-physical address space.
+    public let guestAddress: GuestPhysicalAddress
+    /// Size in bytes, a multiple of the host page size.
+    public let size: UInt64
+    /// The host mapping (mmap, shared with the guest).
+    public let hostAddress: UnsafeMutableRawPointer
+
+    /// Maps `size` bytes of zeroed anonymous memory for guest-physical `guestAddress`.
+    public init(guestAddress: GuestPhysicalAddress, size: UInt64) throws(GuestMemoryError) {
+        guard size > 0, size % 4096 == 0, guestAddress.rawValue % 4096 == 0 else {
+            throw .invalidLayout("region at 0x\(String(guestAddress.rawValue, radix: 16)) of \(size) bytes must be non-empty and 4 KiB aligned")
+        }
+        // Guest RAM never needs to be in swap-backed core dumps; MAP_NORESERVE lets a large,
+        // mostly untouched guest start without committing all of it.
+        let pointer = mmap(nil, Int(size), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+        guard let pointer, pointer != MAP_FAILED else { throw .mapFailed(size: size, errno: errno) }
+        _ = madvise(pointer, Int(size), MADV_DONTDUMP)
+        self.guestAddress = guestAddress
+        self.size = size
+        self.hostAddress = pointer
+    }
+
+    deinit { munmap(hostAddress, Int(size)) }
+
+    /// True when `length` bytes at guest-physical `address` lie inside this region.
+    @inlinable func contains(_ address: UInt64, length: UInt64) -> Bool {
+        guard address >= guestAddress.rawValue else { return false }
+        let offset = address - guestAddress.rawValue
+        return offset <= size && length <= size - offset
+    }
+}
+
+/// All of a VM's RAM. Reads and writes check that the whole access lies in one region.
+public final class GuestMemory: @unchecked Sendable {
+    // Sendable: the region list is fixed at creation; accesses touch guest RAM only.
+
+    public let regions: [MemoryRegion]
+
+    /// The total RAM size in bytes.
+    public var size: UInt64 { regions.reduce(0) { $0 + $1.size } }
+
+    /// Builds guest memory from regions that must not overlap.
+    public init(regions: [MemoryRegion]) throws(GuestMemoryError) {
+        let sorted = regions.sorted { $0.guestAddress < $1.guestAddress }
+        for (a, b) in zip(sorted, sorted.dropFirst()) where a.guestAddress.rawValue + a.size > b.guestAddress.rawValue {
+            throw .invalidLayout("regions at 0x\(String(a.guestAddress.rawValue, radix: 16)) and 0x\(String(b.guestAddress.rawValue, radix: 16)) overlap")
+        }
+        self.regions = sorted
+    }
+
+    /// The PC layout for `size` bytes of RAM: up to 3 GiB at 0, the rest above 4 GiB, leaving
+    /// 3-4 GiB for MMIO (the "PCI hole" of real PCs).
+    public static func pcLayout(size: UInt64) throws(GuestMemoryError) -> GuestMemory {
+        let holeStart: UInt64 = 0xC000_0000
+        let low = Swift.min(size, holeStart)
+        var regions = [try MemoryRegion(guestAddress: 0, size: low)]
+        if size > low {
+            regions.append(try MemoryRegion(guestAddress: 0x1_0000_0000, size: size - low))
+        }
+        return try GuestMemory(regions: regions)
+    }
+
+    /// The region holding `length` bytes at `address`, if one holds them all.
+    @inlinable func region(containing address: UInt64, length: UInt64) -> MemoryRegion? {
+        for region in regions where region.contains(address, length: length) { return region }
+        return nil
+    }
+
+    /// A host pointer to `length` bytes of guest RAM at `address`, valid while this object lives.
+    public func hostPointer(for address: GuestPhysicalAddress, length: UInt64) throws(GuestMemoryError) -> UnsafeMutableRawPointer {
+        guard let region = region(containing: address.rawValue, length: length) else {
+            throw .outOfBounds(address: address, length: length)
+        }
+        return region.hostAddress + Int(address.rawValue - region.guestAddress.rawValue)
+    }
+
+    /// True when `length` bytes at `address` are RAM.
+    public func contains(_ address: GuestPhysicalAddress, length: UInt64 = 1) -> Bool {
+        region(containing: address.rawValue, length: length) != nil
+    }
+
+    /// Reads a little-endian integer.
+    public func read<T: FixedWidthInteger>(_ type: T.Type = T.self, at address: GuestPhysicalAddress) throws(GuestMemoryError) -> T {
+        let pointer = try hostPointer(for: address, length: UInt64(MemoryLayout<T>.size))
+        return T(littleEndian: pointer.loadUnaligned(as: T.self))
+    }
+
+    /// Writes a little-endian integer.
+    public func write<T: FixedWidthInteger>(_ value: T, at address: GuestPhysicalAddress) throws(GuestMemoryError) {
+        let pointer = try hostPointer(for: address, length: UInt64(MemoryLayout<T>.size))
+        pointer.storeBytes(of: value.littleEndian, as: T.self)
+    }
+
+    /// Copies `bytes` into guest RAM at `address`.
+    public func write(bytes: some Collection<UInt8>, at address: GuestPhysicalAddress) throws(GuestMemoryError) {
+        let pointer = try hostPointer(for: address, length: UInt64(bytes.count))
+        var offset = 0
+        for byte in bytes {
+            pointer.storeBytes(of: byte, toByteOffset: offset, as: UInt8.self)
+            offset += 1
+        }
+    }
+
+    /// Copies `count` bytes of guest RAM at `address` out.
+    public func readBytes(at address: GuestPhysicalAddress, count: Int) throws(GuestMemoryError) -> [UInt8] {
+        guard count >= 0 else { throw .outOfBounds(address: address, length: 0) }
+        let pointer = try hostPointer(for: address, length: UInt64(count))
+        return Array(UnsafeRawBufferPointer(start: pointer, count: count))
+    }
+}

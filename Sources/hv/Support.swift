@@ -1,0 +1,122 @@
+// Small pieces the subcommands share: size and address parsing, serial targets, errors.
+import ArgumentParser
+import Foundation
+import HVCore
+
+/// Writes one line to standard error.
+func printError(_ message: String) {
+    FileHandle.standardError.write(Data((message + "\n").utf8))
+}
+
+/// Exit statuses of `hv run` (Documentation/GettingStarted.md lists them).
+enum ExitStatus {
+    /// The guest halted.
+    static let halted: Int32 = 0
+    /// The guest crashed: triple fault, emulation failure, entry failure, unmapped access.
+    static let guestCrashed: Int32 = 2
+    /// The VM hit --timeout or --max-exits.
+    static let limitReached: Int32 = 4
+    /// Bad command line or input file (sysexits EX_USAGE / EX_DATAERR style).
+    static let usage: Int32 = 64
+    /// The host could not run the VM (no KVM, a backend call failed).
+    static let hostFailure: Int32 = 70
+
+    /// The status for a VM stop: the debug-exit rule `(v << 1) | 1` (QEMU's isa-debug-exit),
+    /// 0 for a halt, even codes for the rest.
+    static func forStop(_ reason: StopReason) -> Int32 {
+        switch reason {
+        case .debugExit(let code): DebugExitDevice.exitStatus(forCode: code)
+        case .halted, .requested: halted
+        case .timeout, .exitLimit: limitReached
+        case .backendFailure: hostFailure
+        default: guestCrashed
+        }
+    }
+}
+
+/// A byte count written as 4096, 64K, 2M, 1G (binary units; KiB/MiB/GiB also accepted).
+struct ByteSize: ExpressibleByArgument, CustomStringConvertible {
+    var bytes: UInt64
+
+    init(bytes: UInt64) { self.bytes = bytes }
+
+    init?(argument: String) {
+        let text = argument.trimmingCharacters(in: .whitespaces).uppercased()
+        let units: [(String, UInt64)] = [("KIB", 1 << 10), ("MIB", 1 << 20), ("GIB", 1 << 30), ("TIB", 1 << 40),
+                                         ("KB", 1 << 10), ("MB", 1 << 20), ("GB", 1 << 30), ("TB", 1 << 40),
+                                         ("K", 1 << 10), ("M", 1 << 20), ("G", 1 << 30), ("T", 1 << 40), ("B", 1)]
+        var number = Substring(text)
+        var multiplier: UInt64 = 1
+        for (suffix, value) in units where text.hasSuffix(suffix) {
+            number = text.dropLast(suffix.count)
+            multiplier = value
+            break
+        }
+        guard let value = UInt64(number.trimmingCharacters(in: .whitespaces)) else { return nil }
+        let (product, overflow) = value.multipliedReportingOverflow(by: multiplier)
+        guard !overflow else { return nil }
+        bytes = product
+    }
+
+    var description: String {
+        if bytes >= 1 << 30, bytes % (1 << 30) == 0 { return "\(bytes >> 30) GiB" }
+        if bytes >= 1 << 20, bytes % (1 << 20) == 0 { return "\(bytes >> 20) MiB" }
+        if bytes >= 1 << 10, bytes % (1 << 10) == 0 { return "\(bytes >> 10) KiB" }
+        return "\(bytes) bytes"
+    }
+
+    static var defaultCompletionKind: CompletionKind { .default }
+}
+
+/// A guest address written in hex (0x7c00) or decimal.
+struct Address: ExpressibleByArgument {
+    var value: UInt64
+    init(_ value: UInt64) { self.value = value }
+    init?(argument: String) {
+        let text = argument.lowercased()
+        if text.hasPrefix("0x") {
+            guard let v = UInt64(text.dropFirst(2), radix: 16) else { return nil }
+            value = v
+        } else {
+            guard let v = UInt64(text) else { return nil }
+            value = v
+        }
+    }
+}
+
+/// Where the guest's COM1 output goes: `stdio` or `file:PATH`.
+enum SerialTarget: ExpressibleByArgument, Equatable {
+    case stdio
+    case file(String)
+
+    init?(argument: String) {
+        if argument == "stdio" {
+            self = .stdio
+        } else if argument.hasPrefix("file:"), argument.count > 5 {
+            self = .file(String(argument.dropFirst(5)))
+        } else {
+            return nil
+        }
+    }
+}
+
+/// Runs `body`, turning HV errors into one line on stderr and the right exit status.
+func reportingErrors<T>(_ body: () throws -> T) throws -> T {
+    do {
+        return try body()
+    } catch let error as HVError {
+        printError("hv: error: \(error)")
+        throw ExitCode(error.isUsageError ? ExitStatus.usage : ExitStatus.hostFailure)
+    }
+}
+
+extension HVError {
+    /// Errors caused by what the user asked for, rather than by the host.
+    var isUsageError: Bool {
+        switch self {
+        case .configuration, .image, .device: true
+        case .memory(.outOfBounds): true
+        default: false
+        }
+    }
+}

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs the system packages HV builds and tests with, if any are missing (Debian/Ubuntu).
+#   linux-libc-dev  <linux/kvm.h> for the CKVM shim
+#   binutils        GNU as/objcopy: tests cross-check HV's x86 assembler against them
+#   libc6-dev       glibc headers
+# Swift itself (6.1 or later) must already be on PATH.
+set -euo pipefail
+
+packages=(linux-libc-dev binutils libc6-dev)
+missing=()
+for package in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+
+if ((${#missing[@]})); then
+    echo "setup: installing ${missing[*]}"
+    if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+command -v swift >/dev/null || { echo "setup: swift is not on PATH (HV needs Swift 6.1 or later)" >&2; exit 1; }
+
+if [ ! -e /dev/kvm ]; then
+    echo "setup: note: /dev/kvm is absent; tests that need KVM will be skipped and 'hv demo' cannot run" >&2
+elif [ ! -r /dev/kvm ] || [ ! -w /dev/kvm ]; then
+    echo "setup: note: /dev/kvm is not accessible to $(id -un); add yourself to its group ($(stat -c %G /dev/kvm))" >&2
+fi
