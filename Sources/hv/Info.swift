@@ -14,7 +14,7 @@ struct Info: ParsableCommand {
 
     func run() throws {
         logging.bootstrap()
-        let report = try reportingErrors { try InfoReport.gather() }
+        let report = try reportingErrors { () throws(HVError) in try InfoReport.gather() }
         if json {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]

@@ -101,10 +101,10 @@ enum SerialTarget: ExpressibleByArgument, Equatable {
 }
 
 /// Runs `body`, turning HV errors into one line on stderr and the right exit status.
-func reportingErrors<T>(_ body: () throws -> T) throws -> T {
+func reportingErrors<T>(_ body: () throws(HVError) -> T) throws(ExitCode) -> T {
     do {
         return try body()
-    } catch let error as HVError {
+    } catch {
         printError("hv: error: \(error)")
         throw ExitCode(error.isUsageError ? ExitStatus.usage : ExitStatus.hostFailure)
     }

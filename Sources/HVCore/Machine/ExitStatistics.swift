@@ -29,7 +29,7 @@ public struct ExitStatistics: Sendable {
 
     /// Records one exit. Allocates nothing.
     @inline(__always)
-    mutating func record(_ kind: ExitKind, roundTrip nanoseconds: UInt64, handling: UInt64) {
+    public mutating func record(_ kind: ExitKind, roundTrip nanoseconds: UInt64, handling: UInt64) {
         let index = Int(kind.rawValue)
         counts[index] &+= 1
         _ = roundTrip[index].record(Swift.min(Swift.max(nanoseconds, 1), 100_000_000_000))

@@ -111,7 +111,7 @@ public final class Machine<B: Backend>: @unchecked Sendable {
         perVCPUStatistics = vcpus.map { _ in ExitStatistics() }
         startTime = monotonicNanoseconds()
         lock.unlock()
-        log.info("starting \(vcpus.count) vCPU(s)")
+        log.debug("starting \(vcpus.count) vCPU(s)")
         for vcpu in vcpus {
             let thread = Thread { [self] in vcpuThread(vcpu, handler: handler) }
             thread.name = "vcpu\(vcpu.id)"
@@ -170,7 +170,7 @@ public final class Machine<B: Backend>: @unchecked Sendable {
         while parked + finished < vcpus.count { lock.wait() }
         if _state == .running { _state = .paused }
         lock.unlock()
-        log.info("paused")
+        log.debug("paused")
     }
 
     /// Lets paused vCPUs run again.
@@ -181,7 +181,7 @@ public final class Machine<B: Backend>: @unchecked Sendable {
         _state = .running
         request.store(Request.none.rawValue, ordering: .sequentiallyConsistent)
         lock.broadcast()
-        log.info("resumed")
+        log.debug("resumed")
     }
 
     /// Asks every vCPU to stop; the reason becomes `.requested` unless the VM already stopped.
@@ -254,14 +254,19 @@ public final class Machine<B: Backend>: @unchecked Sendable {
                 return .requested
             case .pause?:
                 vcpu.clearExitRequest()
-                if park() { return .requested }
+                if park(vcpu.id, statistics: statistics, exits: exits) { return .requested }
                 continue
             default:
                 break
             }
             let entered = collect ? monotonicNanoseconds() : 0
             let exit = try vcpu.run()
-            if case .interrupted = exit { continue }
+            if case .interrupted = exit {
+                // A kick: clear it and look at the request again at the top. Requesters store the
+                // request before setting immediate_exit, so clearing here cannot lose one.
+                vcpu.clearExitRequest()
+                continue
+            }
             let exited = collect ? monotonicNanoseconds() : 0
             let action = handler.handle(exit, context: context)
                 ?? devices.handle(exit, context: context)
@@ -282,9 +287,12 @@ public final class Machine<B: Backend>: @unchecked Sendable {
         }
     }
 
-    /// Waits while paused. Returns true when a stop arrived instead of a resume.
-    private func park() -> Bool {
+    /// Waits while paused, publishing this vCPU's statistics so far. Returns true when a stop
+    /// arrived instead of a resume.
+    private func park(_ id: Int, statistics: ExitStatistics, exits: UInt64) -> Bool {
         lock.lock()
+        perVCPUStatistics[id] = statistics
+        perVCPUExits[id] = exits
         parked += 1
         lock.broadcast()
         while request.load(ordering: .acquiring) == Request.pause.rawValue { lock.wait() }
@@ -339,4 +347,13 @@ func monotonicNanoseconds() -> UInt64 {
     var now = timespec()
     clock_gettime(CLOCK_MONOTONIC, &now)
     return UInt64(now.tv_sec) &* 1_000_000_000 &+ UInt64(now.tv_nsec)
+}
+
+extension Machine {
+    /// Builds `program`'s image for this VM's memory size and loads it.
+    public func load(_ program: GuestProgram, vcpus ids: [Int]? = nil) throws(HVError) {
+        let image: GuestImage
+        do { image = try program.image(memorySize: configuration.memorySize) } catch { throw .image(error) }
+        try load(image, vcpus: ids)
+    }
 }

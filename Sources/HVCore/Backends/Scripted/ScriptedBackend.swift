@@ -135,7 +135,8 @@ public final class ScriptedVCPU: VCPU, @unchecked Sendable {
             guard let data = PortIOData(base: buffer, size: Int(size), count: count, capacity: 4096) else {
                 return .unknown(reason: 0xBAD)
             }
-            for (index, value) in values.enumerated() { data[index] = value }
+            // Indexed loop: unspecialised generic iterators allocate in debug builds.
+            for index in 0..<values.count { data[index] = values[index] }
             return .portOut(PortIO(port: port, size: size, count: UInt32(count), data: data))
         case let .portIn(port, size, count):
             guard let data = PortIOData(base: buffer, size: Int(size), count: Int(count), capacity: 4096) else {

@@ -1,0 +1,141 @@
+// `hv run IMAGE`: run a flat binary in real or long mode.
+import ArgumentParser
+import Foundation
+import HVCore
+
+struct Run: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run a flat binary image as a guest.",
+        discussion: """
+            The image is copied to --load-address and entered at --entry (default: the load \
+            address) in real mode (16-bit, CS:IP set from the entry) or long mode (64-bit, \
+            identity-mapped first 4 GiB, HV's GDT and page tables). COM1 (0x3F8) is a 16550 UART \
+            and port 0xF4 a debug-exit port.
+
+            Exit status: (v << 1) | 1 when the guest writes v to port 0xF4 (QEMU's \
+            isa-debug-exit rule, truncated to 8 bits by the OS); 0 when it halts; 2 when it \
+            crashes (triple fault, emulation failure, unmapped MMIO); 4 on --timeout or \
+            --max-exits; 64 for a bad command line or image; 70 when the host cannot run VMs.
+            """)
+
+    @Argument(help: "The flat binary to run.")
+    var image: String
+
+    @Option(name: .long, help: "CPU mode at entry: real or long.")
+    var mode: GuestModeArgument = .long
+
+    @Option(name: .long, help: ArgumentHelp("Guest-physical entry point (default: the load address).", valueName: "address"))
+    var entry: Address?
+
+    @Option(name: .long, help: ArgumentHelp("Where the image is copied (default 0x7c00 in real mode, 0x100000 in long mode).", valueName: "address"))
+    var loadAddress: Address?
+
+    @Option(name: .long, help: ArgumentHelp("Guest RAM, a multiple of 4 KiB: 4096, 64K, 16M, 1G.", valueName: "size"))
+    var mem: ByteSize = ByteSize(bytes: 16 << 20)
+
+    @Option(name: .long, help: "Number of vCPUs; every vCPU starts at the entry point.")
+    var cpus: Int = 1
+
+    @Option(name: .long, help: ArgumentHelp("Where COM1 output goes: stdio or file:PATH.", valueName: "target"))
+    var serial: SerialTarget = .stdio
+
+    @Option(name: .long, help: ArgumentHelp("Stop the guest after this many seconds.", valueName: "seconds"))
+    var timeout: Double?
+
+    @Option(name: .long, help: ArgumentHelp("Stop the guest after this many exits.", valueName: "count"))
+    var maxExits: UInt64?
+
+    @Option(name: .long, help: "What HLT does: stop (end the run) or resume.")
+    var onHalt: HaltPolicyArgument = .stop
+
+    @Flag(name: .long, help: "Print the exit table to standard error when the guest stops.")
+    var stats = false
+
+    @OptionGroup var logging: LoggingOptions
+
+    func run() throws {
+        logging.bootstrap()
+        let bytes = try readImage()
+        let configuration = VirtualMachineConfiguration(
+            memorySize: mem.bytes, cpuCount: cpus, haltPolicy: onHalt.policy, timeLimit: timeout, exitLimit: maxExits)
+        do { try configuration.validate() } catch { fail(flagName(for: error.field), error) }
+        let guestMode: GuestMode = mode == .real ? .real : .long
+        let load = loadAddress?.value ?? guestMode.defaultLoadAddress
+        let image: GuestImage
+        do {
+            image = try GuestImage.flat(bytes, mode: guestMode, loadAddress: load, entry: entry?.value ?? load,
+                                        memorySize: mem.bytes)
+        } catch {
+            fail("\(self.image)", error)
+        }
+        let (result, statistics) = try reportingErrors { () throws(HVError) -> (RunResult, ExitStatistics) in
+            let machine = try Machine(configuration: configuration, backend: KVMBackend())
+            let output: SerialOutput
+            switch serial {
+            case .stdio: output = .standardOutput
+            case .file(let path):
+                do { output = try .file(path) } catch {
+                    throw .configuration(ConfigurationError(field: "--serial", value: path, expected: "a writable file (\(error))"))
+                }
+            }
+            let uart = UART16550(output: output)
+            do throws(DeviceBusError) {
+                try machine.devices.register(uart, port: .com1, count: UART16550.portCount)
+                try machine.devices.register(DebugExitDevice(), port: .debugExit, count: 4)
+            } catch { throw .device(error) }
+            try machine.load(image)
+            let result = try machine.run()
+            uart.flush()
+            return (result, machine.statistics)
+        }
+        printError("hv: \(result.reason) after \(result.exits) exits in \(String(format: "%.3f", result.seconds)) s")
+        if stats { printError(ExitTable.render(statistics)) }
+        if case .backendFailure = result.reason, let error = result.error { printError("hv: error: \(error)") }
+        let status = ExitStatus.forStop(result.reason)
+        if status != 0 { throw ExitCode(status) }
+    }
+
+    /// The image's bytes, or a one-line error and exit status 64.
+    private func readImage() throws -> [UInt8] {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: image, isDirectory: &isDirectory) else {
+            fail("\(image)", "no such file")
+        }
+        guard !isDirectory.boolValue else { fail("\(image)", "is a directory, not an image file") }
+        guard let data = FileManager.default.contents(atPath: image) else { fail("\(image)", "cannot be read (permission denied?)") }
+        guard !data.isEmpty else { fail("\(image)", "is empty; an image needs at least one instruction") }
+        guard UInt64(data.count) <= mem.bytes else {
+            fail("\(image)", "is \(data.count) bytes, larger than guest memory (--mem \(mem)); raise --mem")
+        }
+        return [UInt8](data)
+    }
+
+    private func flagName(for field: String) -> String {
+        switch field {
+        case "memorySize": "--mem"
+        case "cpuCount": "--cpus"
+        case "timeLimit": "--timeout"
+        case "exitLimit": "--max-exits"
+        default: field
+        }
+    }
+
+    /// Prints "hv: error: SUBJECT: PROBLEM" and exits with the usage status.
+    private func fail(_ subject: String, _ problem: Any) -> Never {
+        var text = "\(problem)"
+        if let error = problem as? ConfigurationError {
+            text = "\(error.value) is invalid; expected \(error.expected)"
+        }
+        printError("hv: error: \(subject): \(text)")
+        Run.exit(withError: ExitCode(ExitStatus.usage))
+    }
+}
+
+enum GuestModeArgument: String, ExpressibleByArgument, CaseIterable {
+    case real, long
+}
+
+enum HaltPolicyArgument: String, ExpressibleByArgument, CaseIterable {
+    case stop, resume
+    var policy: HaltPolicy { self == .stop ? .stop : .resume }
+}

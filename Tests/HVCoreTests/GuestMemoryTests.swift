@@ -1,0 +1,48 @@
+import HVCore
+import Testing
+
+@Suite("Guest memory")
+struct GuestMemoryTests {
+    @Test("typed reads and writes are little-endian and round-trip")
+    func typedAccess() throws {
+        let memory = try GuestMemory.pcLayout(size: 64 << 10)
+        try memory.write(UInt32(0xDEAD_BEEF), at: 0x100)
+        #expect(try memory.read(UInt32.self, at: 0x100) == 0xDEAD_BEEF)
+        #expect(try memory.read(UInt8.self, at: 0x100) == 0xEF)
+        try memory.write(bytes: [1, 2, 3], at: 0xFFFD)
+        #expect(try memory.readBytes(at: 0xFFFD, count: 3) == [1, 2, 3])
+    }
+
+    @Test("an access that runs past the end of RAM is refused, not truncated")
+    func bounds() throws {
+        let memory = try GuestMemory.pcLayout(size: 64 << 10)
+        #expect(throws: GuestMemoryError.outOfBounds(address: 0xFFFE, length: 4)) {
+            try memory.write(UInt32(1), at: 0xFFFE)
+        }
+        #expect(throws: GuestMemoryError.outOfBounds(address: 0x1_0000, length: 1)) {
+            _ = try memory.read(UInt8.self, at: 0x1_0000)
+        }
+        #expect(throws: GuestMemoryError.self) { _ = try memory.readBytes(at: GuestPhysicalAddress(UInt64.max), count: 2) }
+        #expect(!memory.contains(0xFFFF, length: 2))
+        #expect(memory.contains(0xFFFF, length: 1))
+    }
+
+    @Test("RAM above 3 GiB moves above 4 GiB, leaving the MMIO hole empty")
+    func pcHole() throws {
+        let memory = try GuestMemory.pcLayout(size: (3 << 30) + (1 << 20))
+        #expect(memory.regions.count == 2)
+        #expect(memory.regions[1].guestAddress == 0x1_0000_0000)
+        #expect(memory.regions[1].size == 1 << 20)
+        #expect(!memory.contains(0xD000_0000))
+        #expect(memory.size == (3 << 30) + (1 << 20))
+    }
+
+    @Test("overlapping or unaligned regions are refused")
+    func layoutErrors() throws {
+        #expect(throws: GuestMemoryError.self) { _ = try MemoryRegion(guestAddress: 0x10, size: 4096) }
+        #expect(throws: GuestMemoryError.self) { _ = try MemoryRegion(guestAddress: 0, size: 100) }
+        let a = try MemoryRegion(guestAddress: 0, size: 8192)
+        let b = try MemoryRegion(guestAddress: 4096, size: 4096)
+        #expect(throws: GuestMemoryError.self) { _ = try GuestMemory(regions: [a, b]) }
+    }
+}

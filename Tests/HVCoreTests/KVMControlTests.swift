@@ -1,0 +1,186 @@
+import CAllocationCounter
+import Glibc
+import HVCore
+import Synchronization
+import Testing
+
+/// Counts port 0x70 writes; lets a test wait for progress without sleeping for a fixed time.
+final class ProgressCounter: ExitHandler, Sendable {
+    let count = Atomic<Int>(0)
+    func handle(_ exit: VMExit, context: ExitContext) -> ExitAction? {
+        guard case .portOut(let io) = exit, io.port == 0x70 else { return nil }
+        count.add(1, ordering: .relaxed)
+        return .resume
+    }
+
+    /// Spins (yielding the CPU) until the guest has made `target` exits, or fails after `limit` tries.
+    func wait(for target: Int, limit: Int = 50_000_000) -> Bool {
+        for _ in 0..<limit where count.load(ordering: .relaxed) < target { sched_yield() }
+        return count.load(ordering: .relaxed) >= target
+    }
+}
+
+/// A long-mode guest that writes port 0x70 in an endless loop.
+func portLoop() throws -> GuestProgram {
+    try GuestProgram.longMode { a in
+        let again = a.label()
+        a.bind(again)
+        a.out(0x70, Register8.al)
+        a.jmp(again)
+    }
+}
+
+@Suite("KVM control", .requiresKVM, .serialized)
+struct KVMControlTests {
+    @Test("stop() kicks a vCPU out of a guest that never exits by itself")
+    func stopSpinningGuest() throws {
+        let vm = try KVMHost.machine()
+        try vm.load(GuestProgram.longMode { a in
+            let spin = a.label()
+            a.bind(spin)
+            a.jmp(spin)
+        })
+        try vm.start(handler: NoExitHandler())
+        #expect(vm.state == .running)
+        vm.stop()
+        let result = vm.wait()
+        #expect(result.reason == .requested)
+        #expect(vm.state == .stopped)
+    }
+
+    @Test("pause parks a running guest with its registers readable; resume continues it")
+    func pauseAndResume() throws {
+        let vm = try KVMHost.machine()
+        try vm.load(try portLoop())
+        let progress = ProgressCounter()
+        try vm.start(handler: progress)
+        #expect(progress.wait(for: 50))
+        try vm.pause()
+        #expect(vm.state == .paused)
+        let parked = progress.count.load(ordering: .relaxed)
+        let registers = try vm.vcpus[0].registers()
+        // RIP is inside the two-instruction loop at the load address.
+        #expect((GuestImage.longModeLoadAddress..<GuestImage.longModeLoadAddress + 8).contains(registers.rip))
+        #expect(progress.count.load(ordering: .relaxed) == parked)
+        #expect(vm.statistics.count(.portOut) == UInt64(parked))
+        try vm.resume()
+        #expect(progress.wait(for: parked + 50))
+        vm.stop()
+        #expect(vm.wait().reason == .requested)
+    }
+
+    @Test("registers, special registers, MSRs, FPU and XSAVE round-trip through KVM")
+    func registerState() throws {
+        let vm = try KVMHost.machine()
+        let vcpu = vm.vcpus[0]
+        var registers = try vcpu.registers()
+        registers.rax = 0x1122_3344_5566_7788
+        registers.r15 = 0xFEED
+        registers.rip = 0x1234
+        try vcpu.setRegisters(registers)
+        #expect(try vcpu.registers() == registers)
+
+        var special = try vcpu.specialRegisters()
+        special.cr2 = 0xDEAD_0000
+        special.ds.base = 0x5000
+        try vcpu.setSpecialRegisters(special)
+        let readBack = try vcpu.specialRegisters()
+        #expect(readBack.cr2 == 0xDEAD_0000)
+        #expect(readBack.ds.base == 0x5000)
+
+        // IA32_TSC_AUX (0xC0000103) is writable; 0x12345678 is no MSR and is left out.
+        try vcpu.setMSRs([0xC000_0103: 42])
+        let msrs = try vcpu.msrs([0xC000_0103, 0x1234_5678])
+        #expect(msrs[0xC000_0103] == 42)
+        #expect(msrs[0x1234_5678] == nil)
+
+        var fpu = try vcpu.fpu()
+        fpu.xmm[0] = 0xAA
+        fpu.mxcsr = 0x1F80
+        try vcpu.setFPU(fpu)
+        #expect(try vcpu.fpu().xmm[0] == 0xAA)
+
+        var xsave = try vcpu.xsave()
+        #expect(xsave.count == 4096)
+        xsave[160] = 0x55  // XMM0's first byte in the legacy region (SDM Vol. 1, 10.5.1)
+        xsave[512] |= 0x2  // XSTATE_BV bit 1: SSE state is not in its init state (SDM Vol. 1, 13.4.2)
+        try vcpu.setXSAVE(xsave)
+        #expect(try vcpu.fpu().xmm[0] == 0x55)
+    }
+
+    @Test("a guest RDMSR of an unknown MSR reaches the handler; unhandled ones raise #GP")
+    func msrExits() throws {
+        let vm = try KVMHost.machine()
+        _ = try attachConsole(vm)
+        try vm.load(GuestProgram.longMode { a in
+            a.mov(Register32.ecx, 0x4B56_0001)  // no such MSR: KVM sends it to user space
+            a.rdmsr()
+            a.out(0x70, Register32.eax)
+            a.mov(Register32.ecx, 0x4B56_0002)
+            a.mov(Register32.eax, 5)
+            a.mov(Register32.edx, 0)
+            a.wrmsr()
+            a.debugExit(code: 0)
+        })
+        let recorder = TrafficRecorder(ports: 0x70...0x70)
+        let handler = ClosureExitHandler { exit, context in
+            switch exit {
+            case .msrRead(let index) where index == 0x4B56_0001: return .resumeWith(0x600D)
+            default: return recorder.handle(exit, context: context)
+            }
+        }
+        let result = try vm.run(handler: handler)
+        #expect(recorder.accesses.first?.values == [0x600D])
+        // WRMSR of 0x4B560002 is unhandled: #GP with an empty IDT escalates to shutdown.
+        #expect(result.reason == .shutdown)
+        #expect(vm.statistics.count(.msrRead) == 1)
+        #expect(vm.statistics.count(.msrWrite) == 1)
+    }
+
+    @Test("10,000 port-I/O exits allocate nothing on the vCPU thread")
+    func runLoopAllocatesNothing() throws {
+        let vm = try KVMHost.machine { $0.collectExitStatistics = true }
+        _ = try attachConsole(vm)
+        try vm.load(GuestProgram.longMode { a in
+            let again = a.label()
+            a.mov(Register32.ecx, 10_200)
+            a.bind(again)
+            a.out(0x70, Register8.al)
+            a.dec(Register32.ecx)
+            a.jnz(again)
+            a.debugExit(code: 0)
+        })
+        let meter = AllocationMeter(warmUp: 100, measured: 10_000)
+        let result = try vm.run(handler: meter)
+        #expect(result.reason == .debugExit(code: 0))
+        #expect(meter.measuredExits == 10_000)
+        #expect(meter.allocations == 0, "the run loop allocated \(meter.allocations) times in 10,000 exits")
+    }
+}
+
+/// Reads the vCPU thread's allocation count after `warmUp` exits and again `measured` exits later.
+final class AllocationMeter: ExitHandler, @unchecked Sendable {
+    // Sendable: touched only by the single vCPU thread while running, read after wait().
+    let warmUp: Int
+    let measured: Int
+    private var seen = 0
+    private var start: UInt64 = 0
+    private(set) var allocations: UInt64 = 0
+    private(set) var measuredExits = 0
+
+    init(warmUp: Int, measured: Int) {
+        self.warmUp = warmUp
+        self.measured = measured
+    }
+
+    func handle(_ exit: VMExit, context: ExitContext) -> ExitAction? {
+        guard case .portOut(let io) = exit, io.port == 0x70 else { return nil }
+        seen += 1
+        if seen == warmUp { start = hv_thread_allocation_count() }
+        if seen == warmUp + measured {
+            allocations = hv_thread_allocation_count() &- start
+            measuredExits = measured
+        }
+        return .resume
+    }
+}

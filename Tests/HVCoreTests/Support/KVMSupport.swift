@@ -1,0 +1,33 @@
+import HVCore
+import Testing
+
+/// Whether this host can run KVM tests, and why not.
+enum KVMHost {
+    /// nil when /dev/kvm opens; otherwise HV's one-line explanation.
+    static let unavailableReason: String? = {
+        do {
+            _ = try KVMBackend()
+            return nil
+        } catch {
+            return "\(error)"
+        }
+    }()
+
+    static var available: Bool { unavailableReason == nil }
+
+    /// A KVM machine with `memory` bytes and `cpus` vCPUs.
+    static func machine(memory: UInt64 = 4 << 20, cpus: Int = 1,
+                        configure: (inout VirtualMachineConfiguration) -> Void = { _ in }) throws -> Machine<KVMBackend>
+    {
+        var configuration = VirtualMachineConfiguration(memorySize: memory, cpuCount: cpus, timeLimit: 60)
+        configure(&configuration)
+        return try Machine(configuration: configuration, backend: KVMBackend())
+    }
+}
+
+extension Trait where Self == ConditionTrait {
+    /// Skips a test, saying why, when /dev/kvm is missing or not permitted.
+    static var requiresKVM: Self {
+        .enabled(if: KVMHost.available, "skipped: \(KVMHost.unavailableReason ?? "")")
+    }
+}
