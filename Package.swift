@@ -12,6 +12,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.0"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.1.0"),
+        .package(url: "https://github.com/ordo-one/benchmark", from: "1.38.0", traits: ["MallocInterposer"]),
     ],
     targets: [
         // Layer 1: the shared machine model. Pure Swift, compiled hosted and as Embedded Swift
@@ -45,6 +46,13 @@ let package = Package(
         ),
         .executableTarget(name: "MinimalVMM", dependencies: ["HVCore"], path: "Examples/MinimalVMM"),
         .executableTarget(name: "ExitTracer", dependencies: ["HVCore"], path: "Examples/ExitTracer"),
+        // Micro-benchmarks of the pure parts (`swift package benchmark`); one file per area.
+        .executableTarget(
+            name: "HVMicroBenchmarks",
+            dependencies: ["HVCore", .product(name: "Benchmark", package: "benchmark")],
+            path: "Benchmarks/HVMicroBenchmarks",
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
+        ),
         .testTarget(name: "HVModelTests", dependencies: ["HVModel"]),
         .testTarget(name: "HVGuestTests", dependencies: ["HVGuest"]),
         .testTarget(name: "HVCoreTests", dependencies: ["HVCore", "CAllocationCounter"]),

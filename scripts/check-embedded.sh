@@ -8,5 +8,5 @@ trap 'rm -rf "$out"' EXIT
 swiftc -target x86_64-unknown-none-elf -enable-experimental-feature Embedded -wmo -parse-as-library \
     -Xfrontend -disable-stack-protector -Xcc -mcmodel=kernel -Xcc -mno-red-zone \
     -module-name HVModel -emit-module -emit-module-path "$out/HVModel.swiftmodule" \
-    -c Sources/HVModel/*.swift -o "$out/HVModel.o"
+    -c $(find Sources/HVModel -name "*.swift" | sort) -o "$out/HVModel.o"
 echo "embedded: HVModel compiles for x86_64-unknown-none-elf ($(stat -c %s "$out/HVModel.o") bytes of object code)"
