@@ -55,10 +55,10 @@ struct Run: ParsableCommand {
 
     func run() throws {
         logging.bootstrap()
-        let bytes = try readImage()
         let configuration = VirtualMachineConfiguration(
             memorySize: mem.bytes, cpuCount: cpus, haltPolicy: onHalt.policy, timeLimit: timeout, exitLimit: maxExits)
         do { try configuration.validate() } catch { fail(flagName(for: error.field), error) }
+        let bytes = try readImage()
         let guestMode: GuestMode = mode == .real ? .real : .long
         let load = loadAddress?.value ?? guestMode.defaultLoadAddress
         let image: GuestImage

@@ -1,0 +1,147 @@
+import Foundation
+import HVGuest
+import Testing
+
+/// Writes `program`'s code to a temporary file and returns its path.
+private func imageFile(_ code: [UInt8], name: String = "guest.bin") throws -> String {
+    let url = try PackageExecutable.temporaryDirectory().appendingPathComponent(name)
+    try Data(code).write(to: url)
+    return url.path
+}
+
+@Suite("hv command line")
+struct HVCommandTests {
+    @Test("hv demo prints the guest's greeting and the exit table, and exits 0", .needsKVM)
+    func demo() throws {
+        let result = try PackageExecutable.run(["demo"])
+        #expect(result.status == 0, "stderr: \(result.stderr)")
+        #expect(result.stdout.contains("Hello from a guest in 64-bit long mode"))
+        #expect(result.stdout.contains("MMIO scratch register read back what the guest wrote."))
+        #expect(result.stdout.contains("Goodbye."))
+        for kind in ["io-out", "io-in", "mmio-read", "mmio-write", "hlt"] {
+            #expect(result.stdout.contains("\n\(kind) "), "exit table lacks \(kind)")
+        }
+        #expect(result.stdout.contains("median µs"))
+    }
+
+    @Test("hv demo --serial file:PATH sends the guest's output to the file", .needsKVM)
+    func demoSerialFile() throws {
+        let path = try PackageExecutable.temporaryDirectory().appendingPathComponent("serial.txt").path
+        let result = try PackageExecutable.run(["demo", "--serial", "file:\(path)"])
+        #expect(result.status == 0)
+        #expect(!result.stdout.contains("Hello from a guest"))
+        let text = try String(contentsOfFile: path, encoding: .utf8)
+        #expect(text.hasPrefix("Hello from a guest in 64-bit long mode"))
+    }
+
+    @Test("hv info reports API version 12 in words and in JSON", .needsKVM)
+    func info() throws {
+        let text = try PackageExecutable.run(["info"])
+        #expect(text.status == 0)
+        #expect(text.stdout.contains("API version      12"))
+        #expect(text.stdout.contains("KVM_CAP_IMMEDIATE_EXIT"))
+        let json = try PackageExecutable.run(["info", "--json"])
+        #expect(json.status == 0)
+        let object = try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [String: Any]
+        #expect(object?["apiVersion"] as? Int == 12)
+        #expect((object?["capabilities"] as? [[String: Any]])?.isEmpty == false)
+    }
+
+    @Test("hv run's exit status follows the guest's debug-exit value: (v << 1) | 1", .needsKVM)
+    func runDebugExitStatus() throws {
+        let program = try GuestProgram.realMode { a in
+            a.printString("flat binary\n")
+            a.debugExit(code: 0x21)
+        }
+        let path = try imageFile(program.code)
+        let result = try PackageExecutable.run(["run", path, "--mode", "real", "--mem", "1M"])
+        #expect(result.status == (0x21 << 1) | 1)
+        #expect(result.stdout == "flat binary\n")
+        #expect(result.stderr.contains("debug-exit port"))
+    }
+
+    @Test("hv run of a long-mode image that halts exits 0 and --stats prints the table", .needsKVM)
+    func runHalts() throws {
+        let program = try GuestProgram.longMode { a in
+            a.out(0x80, Register8.al)
+            a.hlt()
+        }
+        let result = try PackageExecutable.run(["run", try imageFile(program.code), "--stats"])
+        #expect(result.status == 0, "stderr: \(result.stderr)")
+        #expect(result.stderr.contains("halted"))
+        #expect(result.stderr.contains("io-out"))
+    }
+
+    @Test("a triple-faulting image exits 2 with the reason, and the host stays healthy", .needsKVM)
+    func runTripleFault() throws {
+        let program = try GuestProgram.longMode { a in a.ud2() }
+        let result = try PackageExecutable.run(["run", try imageFile(program.code)])
+        #expect(result.status == 2)
+        #expect(!result.crashed)
+        #expect(result.stderr.contains("triple-faulted") || result.stderr.contains("could not emulate"))
+    }
+
+    @Test("a guest that never stops is ended by --max-exits and by --timeout with status 4", .needsKVM)
+    func runLimits() throws {
+        let program = try GuestProgram.longMode { a in
+            let again = a.label()
+            a.bind(again)
+            a.out(0x80, Register8.al)
+            a.jmp(again)
+        }
+        let path = try imageFile(program.code)
+        let exits = try PackageExecutable.run(["run", path, "--max-exits", "100"])
+        #expect(exits.status == 4)
+        #expect(exits.stderr.contains("exit limit"))
+        let timeout = try PackageExecutable.run(["run", path, "--timeout", "0.3"])
+        #expect(timeout.status == 4)
+        #expect(timeout.stderr.contains("time limit"))
+    }
+
+    @Test("bad input gets a one-line error naming the problem, status 64, and no crash", arguments: [
+        (["run", "/nonexistent/guest.bin"], "no such file"),
+        (["run", "EMPTY"], "is empty"),
+        (["run", "SMALL", "--mem", "0"], "--mem: 0 is invalid"),
+        (["run", "SMALL", "--mem", "5000"], "multiple of 4096"),
+        (["run", "SMALL", "--cpus", "0"], "--cpus: 0 is invalid"),
+        (["run", "BIG", "--mem", "64K", "--mode", "real"], "larger than guest memory"),
+        (["run", "SMALL", "--entry", "0x40000000"], "entry"),
+        (["run", "SMALL", "--load-address", "0xFFFFFFFFFFFFF000"], "does not fit"),
+        (["run", "SMALL", "--timeout=0"], "--timeout: 0.0 is invalid"),
+    ])
+    func badInput(arguments: [String], message: String) throws {
+        let directory = try PackageExecutable.temporaryDirectory()
+        let files = ["EMPTY": Data(), "SMALL": Data([0xF4]), "BIG": Data(count: 128 << 10)]
+        let resolved = try arguments.map { argument -> String in
+            guard let data = files[argument] else { return argument }
+            let url = directory.appendingPathComponent(argument.lowercased() + ".bin")
+            try data.write(to: url)
+            return url.path
+        }
+        let result = try PackageExecutable.run(resolved)
+        #expect(result.status == 64, "stdout: \(result.stdout) stderr: \(result.stderr)")
+        #expect(!result.crashed)
+        let lines = result.stderr.split(separator: "\n")
+        #expect(lines.count == 1, "expected one line, got: \(result.stderr)")
+        #expect(result.stderr.hasPrefix("hv: error: "))
+        #expect(result.stderr.contains(message), "stderr: \(result.stderr)")
+    }
+
+    @Test("every subcommand's --help explains itself", arguments: [["--help"], ["demo", "--help"], ["run", "--help"], ["info", "--help"]])
+    func help(arguments: [String]) throws {
+        let result = try PackageExecutable.run(arguments)
+        #expect(result.status == 0)
+        #expect(result.stdout.contains("USAGE"))
+        if arguments.first == "run" {
+            #expect(result.stdout.contains("--mode"))
+            #expect(result.stdout.contains("(v << 1) | 1"))
+        }
+    }
+
+    @Test("an unknown log category is rejected with the valid names")
+    func logCategory() throws {
+        let result = try PackageExecutable.run(["info", "--log-category", "nonsense"])
+        #expect(result.status != 0)
+        #expect(result.stderr.contains("kvm, vcpu, exits"))
+    }
+}
