@@ -56,6 +56,6 @@ let package = Package(
         .testTarget(name: "HVModelTests", dependencies: ["HVModel"]),
         .testTarget(name: "HVGuestTests", dependencies: ["HVGuest"]),
         .testTarget(name: "HVCoreTests", dependencies: ["HVCore", "CAllocationCounter"]),
-        .testTarget(name: "hvTests", dependencies: ["hv", "HVGuest"]),
+        .testTarget(name: "hvTests", dependencies: ["hv", "HVGuest", "MinimalVMM", "ExitTracer"]),
     ]
 )

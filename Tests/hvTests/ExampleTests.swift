@@ -1,0 +1,28 @@
+import Testing
+
+@Suite("Examples")
+struct ExampleTests {
+    @Test("MinimalVMM counts down with its own port handler and stops at the debug-exit port", .needsKVM)
+    func minimalVMM() throws {
+        let result = try PackageExecutable.run([], executable: "MinimalVMM")
+        #expect(result.status == 0, "stderr: \(result.stderr)")
+        #expect(result.stdout.components(separatedBy: "tick from the guest\n").count - 1 == 3)
+        #expect(result.stdout.contains("lift-off\n"))
+        #expect(result.stdout.contains("VM stopped: the guest wrote 0 (0x0) to the debug-exit port"))
+    }
+
+    @Test("ExitTracer prints each exit decoded: string OUT, MMIO with widths, HLT, debug exit", .needsKVM)
+    func exitTracer() throws {
+        let result = try PackageExecutable.run([], executable: "ExitTracer")
+        #expect(result.status == 0, "stderr: \(result.stderr)")
+        #expect(result.stdout.contains("vcpu0 exit: OUT  port 0x3f8 size 1 count 1 data [0x68]"))
+        #expect(result.stdout.contains("vcpu0 exit: MMIO write 0xd0000000 width 4 value 0x1234"))
+        #expect(result.stdout.contains("vcpu0 exit: MMIO read  0xd0000008 width 8"))
+        #expect(result.stdout.contains("vcpu0 exit: HLT"))
+        #expect(result.stdout.hasSuffix("stopped: the guest wrote 0 (0x0) to the debug-exit port\n"))
+        // rep outsb: the three bytes "rep" reach port 0x80 in order, however KVM batches them.
+        let repBytes = result.stdout.split(separator: "\n").filter { $0.contains("port 0x80") }
+            .flatMap { $0.split(separator: "[").last!.dropLast().split(separator: " ") }
+        #expect(repBytes == ["0x72", "0x65", "0x70"])
+    }
+}
