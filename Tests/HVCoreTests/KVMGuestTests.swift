@@ -330,3 +330,22 @@ struct KVMGuestTests {
         #expect(accesses.contains { $0.port == 0x70 })
     }
 }
+
+@Suite("README", .requiresKVM)
+struct ReadmeExampleTests {
+    @Test("the README's embedding example runs as written (output captured)")
+    func embeddingExample() throws {
+        let capture = SerialCapture()
+        let guest = try GuestProgram.longMode { a in       // a 64-bit guest, assembled in Swift
+            a.printString("hello from the guest\n")         // polls the UART on COM1
+            a.debugExit(code: 0)                            // OUT to port 0xF4 stops the VM
+        }
+        let vm = try Machine(configuration: .init(memorySize: 2 << 20), backend: KVMBackend())
+        try vm.devices.register(UART16550(output: .capture(capture)), port: .com1, count: UART16550.portCount)
+        try vm.devices.register(DebugExitDevice(), port: .debugExit, count: 4)
+        try vm.load(guest)
+        let reason = try vm.run().reason
+        #expect(capture.text == "hello from the guest\n")
+        #expect("\(reason)" == "the guest wrote 0 (0x0) to the debug-exit port")
+    }
+}
