@@ -145,3 +145,34 @@ struct HVCommandTests {
         #expect(result.stderr.contains("kvm, vcpu, exits"))
     }
 }
+
+@Suite("hv without KVM")
+struct HVWithoutKVMTests {
+    @Test("hv info and hv demo say clearly that KVM is missing, exit 70, and do not crash",
+          arguments: [["info"], ["demo"]])
+    func missingKVM(arguments: [String]) throws {
+        let result = try PackageExecutable.run(arguments, environment: ["HV_KVM_DEVICE": "/nonexistent/kvm"])
+        #expect(result.status == 70)
+        #expect(!result.crashed)
+        #expect(result.stderr == "hv: error: /nonexistent/kvm does not exist: this host offers no KVM (load the kvm module or run on a machine with virtualization)\n")
+    }
+}
+
+@Suite("hv logging")
+struct HVLoggingTests {
+    @Test("--log-level debug --log-category loader prints the loader's lines and nothing from other categories", .needsKVM)
+    func categories() throws {
+        let result = try PackageExecutable.run(["demo", "--log-level", "debug", "--log-category", "loader"])
+        #expect(result.status == 0)
+        #expect(result.stderr.contains("DEBUG loader: loaded program"))
+        #expect(!result.stderr.contains(" vcpu: "))
+    }
+
+    @Test("HV_LOG_LEVEL and HV_LOG_CATEGORIES set the same from the environment", .needsKVM)
+    func environment() throws {
+        let result = try PackageExecutable.run(["demo"], environment: ["HV_LOG_LEVEL": "trace", "HV_LOG_CATEGORIES": "exits"])
+        #expect(result.status == 0)
+        #expect(result.stderr.contains("TRACE exits: vcpu0 io-out"))
+        #expect(!result.stderr.contains("loader:"))
+    }
+}

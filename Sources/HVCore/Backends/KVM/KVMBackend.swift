@@ -15,8 +15,10 @@ final class KVMSystemHandle: Sendable {
 public struct KVMBackend: Backend {
     public typealias VM = KVMVirtualMachine
 
-    /// The default device path.
-    public static let devicePath = "/dev/kvm"
+    /// The device path: `HV_KVM_DEVICE` from the environment, or /dev/kvm.
+    public static var devicePath: String {
+        getenv("HV_KVM_DEVICE").map { String(cString: $0) } ?? "/dev/kvm"
+    }
     /// The only stable KVM API version (api.rst 4.1: "The API version is 12").
     public static let stableAPIVersion: Int32 = 12
 
