@@ -12,7 +12,8 @@ public enum ExitAction: Sendable, Equatable {
     case fault
     /// Stop the VM, reporting `reason`.
     case stop(StopReason)
-    /// Reset the VM (a real PC's reset line: i8042 pulse, port 0xCF9, triple fault policy).
+    /// Reset the VM (a real PC's reset line: i8042 pulse, port 0xCF9). Until the platform
+    /// can restart a guest in place, HV stops the VM with `StopReason.reset`.
     case reset
 }
 

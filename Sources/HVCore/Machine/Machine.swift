@@ -65,7 +65,7 @@ public final class Machine<B: Backend>: @unchecked Sendable {
         var cpus: [B.VM.CPU] = []
         for id in 0..<configuration.cpuCount { cpus.append(try vm.createVCPU(id: id)) }
         vcpus = cpus
-        perVCPUStatistics = Array(repeating: ExitStatistics(), count: 0)
+        perVCPUStatistics = []
         perVCPUExits = Array(repeating: 0, count: configuration.cpuCount)
     }
 
