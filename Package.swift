@@ -53,6 +53,12 @@ let package = Package(
             path: "Benchmarks/HVMicroBenchmarks",
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
         ),
+        // Device-interrupt delivery latency per irqchip mode (`swift run -c release irq-latency`).
+        .executableTarget(
+            name: "irq-latency",
+            dependencies: ["HVCore", .product(name: "Histogram", package: "hdrhistogram-swift")],
+            path: "Benchmarks/irq-latency"
+        ),
         .testTarget(name: "HVModelTests", dependencies: ["HVModel"]),
         .testTarget(name: "HVGuestTests", dependencies: ["HVGuest"]),
         .testTarget(name: "HVCoreTests", dependencies: ["HVCore", "CAllocationCounter"]),

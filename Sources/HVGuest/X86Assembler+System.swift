@@ -108,3 +108,24 @@ extension X86Assembler {
         emit(rep ? "rep " + mnemonic : mnemonic, size: size, prefix: rep ? 0xF3 : nil, opcode: [opcode])
     }
 }
+
+// Descriptor tables and interrupt returns, for guests that install their own IDT
+// (SDM Vol. 2A "LGDT/LIDT", Vol. 2A "IRET/IRETD/IRETQ").
+extension X86Assembler {
+    /// `lidt [memory]`: loads IDTR from a 2-byte limit and a base (4 bytes in 16/32-bit code,
+    /// 8 bytes in 64-bit code). 0F 01 /3.
+    public mutating func lidt(_ memory: Memory) {
+        emit("lidt", size: nil, opcode: [0x0F, 0x01], reg: .digit(3), rm: .memory(memory))
+    }
+
+    /// `lgdt [memory]`: loads GDTR the same way. 0F 01 /2.
+    public mutating func lgdt(_ memory: Memory) {
+        emit("lgdt", size: nil, opcode: [0x0F, 0x01], reg: .digit(2), rm: .memory(memory))
+    }
+
+    /// Returns from an interrupt handler with the code size's default operand size:
+    /// `iretq` (REX.W CF) in 64-bit code, `iret` (CF) otherwise.
+    public mutating func iret() {
+        emitBytes(codeSize == .bits64 ? [0x48, 0xCF] : [0xCF], mnemonic: "iret")
+    }
+}

@@ -34,6 +34,10 @@ public enum VMExit: Sendable {
     case msrWrite(index: UInt32, value: UInt64)
     /// The guest can now take an interrupt (SDM Vol. 3C, 25.6.6 "interrupt-window exiting").
     case interruptWindow
+    /// The guest signalled end-of-interrupt for `vector`, a level-triggered interrupt from an
+    /// I/O APIC the monitor emulates (KVM split irqchip: `KVM_EXIT_IOAPIC_EOI`; SDM Vol. 3A,
+    /// 11.8.5 "Signaling interrupt servicing completion").
+    case ioapicEOI(vector: UInt8)
     /// The run was interrupted by the host (a signal or `immediate_exit`) before the guest
     /// exited by itself; nothing needs completing.
     case interrupted
@@ -56,6 +60,7 @@ public enum VMExit: Sendable {
         case .msrRead: .msrRead
         case .msrWrite: .msrWrite
         case .interruptWindow: .interruptWindow
+        case .ioapicEOI: .ioapicEOI
         case .interrupted: .interrupted
         case .unknown: .unknown
         }
@@ -65,7 +70,7 @@ public enum VMExit: Sendable {
 /// The kinds of `VMExit`, usable as a dense index (statistics keep one slot per kind).
 public enum ExitKind: UInt8, CaseIterable, Sendable {
     case portIn, portOut, mmioRead, mmioWrite, halt, shutdown, entryFailure, internalError,
-        systemEvent, debug, msrRead, msrWrite, interruptWindow, interrupted, unknown
+        systemEvent, debug, msrRead, msrWrite, interruptWindow, ioapicEOI, interrupted, unknown
 
     /// A short name for tables and logs ("io-out", "mmio-read", ...).
     public var name: StaticString {
@@ -83,6 +88,7 @@ public enum ExitKind: UInt8, CaseIterable, Sendable {
         case .msrRead: "msr-read"
         case .msrWrite: "msr-write"
         case .interruptWindow: "irq-window"
+        case .ioapicEOI: "ioapic-eoi"
         case .interrupted: "interrupted"
         case .unknown: "unknown"
         }

@@ -33,8 +33,11 @@ struct Run: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Guest RAM, a multiple of 4 KiB: 4096, 64K, 16M, 1G.", valueName: "size"))
     var mem: ByteSize = ByteSize(bytes: 16 << 20)
 
-    @Option(name: .long, help: "Number of vCPUs; every vCPU starts at the entry point.")
+    @Option(name: .long, help: "Number of vCPUs. With interrupt controllers the BSP starts at the entry point and APs wait for INIT-SIPI-SIPI; without them every vCPU starts at the entry point.")
     var cpus: Int = 1
+
+    @Option(name: .long, help: ArgumentHelp("Interrupt controllers: none, kernel (KVM's LAPIC, I/O APIC, PIC) or split (KVM's LAPIC, HV's I/O APIC). Default: none for one vCPU, kernel for more.", valueName: "mode"))
+    var irqchip: IRQChipArgument?
 
     @Option(name: .long, help: ArgumentHelp("Where COM1 output goes: stdio or file:PATH.", valueName: "target"))
     var serial: SerialTarget = .stdio
@@ -55,8 +58,10 @@ struct Run: ParsableCommand {
 
     func run() throws {
         logging.bootstrap()
+        let interruptMode = irqchip?.mode ?? (cpus > 1 ? .kernel : .none)
         let configuration = VirtualMachineConfiguration(
-            memorySize: mem.bytes, cpuCount: cpus, haltPolicy: onHalt.policy, timeLimit: timeout, exitLimit: maxExits)
+            memorySize: mem.bytes, cpuCount: cpus, haltPolicy: onHalt.policy, timeLimit: timeout, exitLimit: maxExits,
+            interruptController: interruptMode)
         do { try configuration.validate() } catch { fail(flagName(for: error.field), error) }
         let bytes = try readImage()
         let guestMode: GuestMode = mode == .real ? .real : .long
@@ -83,6 +88,7 @@ struct Run: ParsableCommand {
                 try machine.devices.register(uart, port: .com1, count: UART16550.portCount)
                 try machine.devices.register(DebugExitDevice(), port: .debugExit, count: 4)
             } catch { throw .device(error) }
+            if interruptMode != .none { try machine.connect(uart, irq: 4) }
             try machine.load(image)
             let result = try machine.run()
             uart.flush()
@@ -133,6 +139,11 @@ struct Run: ParsableCommand {
 
 enum GuestModeArgument: String, ExpressibleByArgument, CaseIterable {
     case real, long
+}
+
+enum IRQChipArgument: String, ExpressibleByArgument, CaseIterable {
+    case none, kernel, split
+    var mode: InterruptControllerMode { InterruptControllerMode(rawValue: rawValue)! }
 }
 
 enum HaltPolicyArgument: String, ExpressibleByArgument, CaseIterable {

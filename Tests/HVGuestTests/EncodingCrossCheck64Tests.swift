@@ -297,6 +297,7 @@ struct EncodingCrossCheck64Tests {
             EncodingCase("cpuid\nrdmsr\nwrmsr\nrdtsc\nrdtscp") { $0.cpuid(); $0.rdmsr(); $0.wrmsr(); $0.rdtsc(); $0.rdtscp() },
             EncodingCase("lfence\nmfence\nsfence\npause") { $0.lfence(); $0.mfence(); $0.sfence(); $0.pause() },
             EncodingCase("ud2\nint3\nint 0x80\nret") { $0.ud2(); $0.int3(); $0.int(0x80); $0.ret() },
+            EncodingCase("lidt [rax]\nlgdt [rbx+8]\niretq") { $0.lidt(.at(.rax)); $0.lgdt(.at(.rbx, 8)); $0.iret() },
         ], bits: .bits64, origin: 0x10_0000)
     }
 

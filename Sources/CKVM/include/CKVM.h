@@ -38,6 +38,12 @@ static const unsigned long HV_KVM_SET_XSAVE = KVM_SET_XSAVE;
 static const unsigned long HV_KVM_SET_CPUID2 = KVM_SET_CPUID2;
 static const unsigned long HV_KVM_SET_GUEST_DEBUG = KVM_SET_GUEST_DEBUG;
 static const unsigned long HV_KVM_TRANSLATE = KVM_TRANSLATE;
+static const unsigned long HV_KVM_CREATE_IRQCHIP = KVM_CREATE_IRQCHIP;
+static const unsigned long HV_KVM_IRQ_LINE = KVM_IRQ_LINE;
+static const unsigned long HV_KVM_SIGNAL_MSI = KVM_SIGNAL_MSI;
+static const unsigned long HV_KVM_GET_LAPIC = KVM_GET_LAPIC;
+static const unsigned long HV_KVM_GET_MP_STATE = KVM_GET_MP_STATE;
+static const unsigned long HV_KVM_SET_GSI_ROUTING = KVM_SET_GSI_ROUTING;
 
 // ioctl(2) is variadic, which Swift cannot call: one forwarder per argument kind.
 static inline int hv_ioctl_ptr(int fd, unsigned long request, void *argument) {

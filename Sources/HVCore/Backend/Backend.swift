@@ -43,6 +43,14 @@ public protocol VirtualMachine: AnyObject, Sendable {
     func map(_ region: MemoryRegion, slot: Int) throws(HVError)
     /// Creates vCPU `id` (0 is the bootstrap processor).
     func createVCPU(id: Int) throws(HVError) -> CPU
+    /// Drives an interrupt line of the backend's own interrupt controllers (KVM in-kernel
+    /// irqchip), or fails naming why the configuration has none.
+    func setInterruptLine(_ gsi: UInt32, high: Bool) throws(HVError)
+    /// Delivers a message-signalled interrupt to the backend's local APICs.
+    func signalMSI(address: UInt64, data: UInt32) throws(HVError)
+    /// Tells the backend which MSI each GSI sends (a user-space I/O APIC's redirection table),
+    /// so its local APICs report EOIs of level-triggered vectors.
+    func setMSIRoutes(_ routes: [(gsi: UInt32, address: UInt64, data: UInt32)]) throws(HVError)
 }
 
 /// One virtual processor. `run()` and the register calls belong to the vCPU's own thread;

@@ -35,6 +35,18 @@ public enum UnmappedAccessPolicy: String, Sendable, CaseIterable {
     case ignore
 }
 
+/// Where a VM's interrupt controllers live (Documentation/Interrupts.md).
+public enum InterruptControllerMode: String, Sendable, CaseIterable {
+    /// No interrupt controllers: guests poll, and `HLT` exits to the monitor.
+    case none
+    /// LAPICs, I/O APIC and PICs emulated in the kernel (KVM_CREATE_IRQCHIP). `HLT` waits in
+    /// the kernel for an interrupt; APs wait for INIT-SIPI-SIPI.
+    case kernel
+    /// LAPICs in the kernel, HV's I/O APIC model in user space at 0xFEC00000, no PIC
+    /// (KVM_CAP_SPLIT_IRQCHIP), as QEMU's `kernel-irqchip=split`.
+    case split
+}
+
 /// The shape of a VM. Build one, `validate()` it, hand it to a backend.
 public struct VirtualMachineConfiguration: Sendable, Equatable {
     /// Guest RAM in bytes: a multiple of 4 KiB.
@@ -56,6 +68,8 @@ public struct VirtualMachineConfiguration: Sendable, Equatable {
     public var trapUnknownMSRs: Bool
     /// Keep per-exit-kind counts and latency histograms.
     public var collectExitStatistics: Bool
+    /// Where the interrupt controllers live.
+    public var interruptController: InterruptControllerMode
 
     /// The smallest and largest RAM sizes accepted.
     public static let memoryRange: ClosedRange<UInt64> = 4096...(1 << 40)
@@ -63,7 +77,7 @@ public struct VirtualMachineConfiguration: Sendable, Equatable {
     public init(memorySize: UInt64 = 2 << 20, cpuCount: Int = 1, haltPolicy: HaltPolicy = .stop,
                 unmappedMMIO: UnmappedAccessPolicy = .stop, unmappedPorts: UnmappedAccessPolicy = .ignore,
                 timeLimit: Double? = nil, exitLimit: UInt64? = nil, trapUnknownMSRs: Bool = true,
-                collectExitStatistics: Bool = true)
+                collectExitStatistics: Bool = true, interruptController: InterruptControllerMode = .none)
     {
         self.memorySize = memorySize
         self.cpuCount = cpuCount
@@ -74,6 +88,7 @@ public struct VirtualMachineConfiguration: Sendable, Equatable {
         self.exitLimit = exitLimit
         self.trapUnknownMSRs = trapUnknownMSRs
         self.collectExitStatistics = collectExitStatistics
+        self.interruptController = interruptController
     }
 
     /// Checks every field; the error names the first invalid one and what would be valid.

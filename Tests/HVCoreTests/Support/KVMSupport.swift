@@ -19,7 +19,7 @@ enum KVMHost {
     static func machine(memory: UInt64 = 4 << 20, cpus: Int = 1,
                         configure: (inout VirtualMachineConfiguration) -> Void = { _ in }) throws -> Machine<KVMBackend>
     {
-        var configuration = VirtualMachineConfiguration(memorySize: memory, cpuCount: cpus, timeLimit: 60)
+        var configuration = VirtualMachineConfiguration(memorySize: memory, cpuCount: cpus, timeLimit: 30)
         configure(&configuration)
         return try Machine(configuration: configuration, backend: KVMBackend())
     }

@@ -97,6 +97,8 @@ public final class KVMVCPU: VCPU, @unchecked Sendable {
             return .msrWrite(index: r.pointee.msr.index, value: r.pointee.msr.data)
         case KVM_EXIT_IRQ_WINDOW_OPEN:
             return .interruptWindow
+        case KVM_EXIT_IOAPIC_EOI:
+            return .ioapicEOI(vector: r.pointee.eoi.vector)
         case KVM_EXIT_INTR:
             return .interrupted
         default:

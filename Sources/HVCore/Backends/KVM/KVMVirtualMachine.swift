@@ -31,6 +31,7 @@ public final class KVMVirtualMachine: VirtualMachine {
                 try KVMSyscall.ioctl(fd, HV_KVM_SET_IDENTITY_MAP_ADDR, &identity, "KVM_SET_IDENTITY_MAP_ADDR")
                 try KVMSyscall.ioctl(fd, HV_KVM_SET_TSS_ADDR, value: Self.tssAddress, "KVM_SET_TSS_ADDR")
             }
+            try Self.createInterruptControllers(fd: fd, mode: configuration.interruptController, backend: backend)
             if configuration.trapUnknownMSRs {
                 // api.rst 7.21 KVM_CAP_X86_USER_SPACE_MSR: send unknown and invalid accesses to us.
                 var cap = kvm_enable_cap()
@@ -45,6 +46,88 @@ public final class KVMVirtualMachine: VirtualMachine {
     }
 
     deinit { KVMSyscall.close(fd) }
+
+    /// The number of I/O APIC pins HV gives a VM (the 82093AA has 24).
+    public static let ioapicPins: UInt64 = 24
+
+    /// Creates the in-kernel interrupt controllers `mode` asks for. Must run before any vCPU
+    /// exists (api.rst 4.24 KVM_CREATE_IRQCHIP, 7.18 KVM_CAP_SPLIT_IRQCHIP).
+    static func createInterruptControllers(fd: Int32, mode: InterruptControllerMode, backend: KVMBackend) throws(HVError) {
+        switch mode {
+        case .none:
+            return
+        case .kernel:
+            guard backend.check(.irqchip) != 0 else {
+                throw .unsupported(knob: "interruptController = kernel", backend: "kvm", reason: "this kernel lacks KVM_CAP_IRQCHIP")
+            }
+            try KVMSyscall.ioctl(fd, HV_KVM_CREATE_IRQCHIP, value: 0, "KVM_CREATE_IRQCHIP")
+        case .split:
+            guard backend.check(.splitIRQChip) != 0 else {
+                throw .unsupported(knob: "interruptController = split", backend: "kvm", reason: "this kernel lacks KVM_CAP_SPLIT_IRQCHIP")
+            }
+            var cap = kvm_enable_cap()
+            cap.cap = UInt32(KVM_CAP_SPLIT_IRQCHIP)
+            cap.args.0 = ioapicPins
+            try KVMSyscall.ioctl(fd, HV_KVM_ENABLE_CAP, &cap, "KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP)")
+        }
+        // 32-bit x2APIC ids and no broadcast quirk, so x2APIC guests see what hardware does
+        // (api.rst 7.19 KVM_CAP_X2APIC_API).
+        if backend.check(.x2apicAPI) != 0 {
+            var cap = kvm_enable_cap()
+            cap.cap = UInt32(KVM_CAP_X2APIC_API)
+            cap.args.0 = UInt64(KVM_X2APIC_API_USE_32BIT_IDS | KVM_X2APIC_API_DISABLE_BROADCAST_QUIRK)
+            try KVMSyscall.ioctl(fd, HV_KVM_ENABLE_CAP, &cap, "KVM_ENABLE_CAP(KVM_CAP_X2APIC_API)")
+        }
+    }
+
+    /// Drives interrupt line `gsi` of the in-kernel PIC/I/O APIC. The corresponding ioctl is
+    /// `KVM_IRQ_LINE`.
+    public func setInterruptLine(_ gsi: UInt32, high: Bool) throws(HVError) {
+        guard configuration.interruptController == .kernel else {
+            throw .unsupported(knob: "interrupt lines", backend: "kvm",
+                               reason: "KVM_IRQ_LINE needs interruptController = kernel (split mode routes lines through HV's I/O APIC)")
+        }
+        var level = kvm_irq_level()
+        level.irq = gsi
+        level.level = high ? 1 : 0
+        try KVMSyscall.ioctl(fd, HV_KVM_IRQ_LINE, &level, "KVM_IRQ_LINE")
+    }
+
+    /// Replaces the VM's GSI routing with one MSI route per entry (api.rst 4.52
+    /// KVM_SET_GSI_ROUTING). With a split irqchip, KVM derives from these routes which vectors
+    /// are level-triggered I/O APIC interrupts whose EOI must exit to user space.
+    public func setMSIRoutes(_ routes: [(gsi: UInt32, address: UInt64, data: UInt32)]) throws(HVError) {
+        let count = routes.count
+        let bytes = MemoryLayout<kvm_irq_routing>.size + max(count, 1) * MemoryLayout<kvm_irq_routing_entry>.stride
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 16)
+        defer { raw.deallocate() }
+        raw.initializeMemory(as: UInt8.self, repeating: 0, count: bytes)
+        raw.assumingMemoryBound(to: kvm_irq_routing.self).pointee.nr = UInt32(count)
+        let entries = (raw + MemoryLayout<kvm_irq_routing>.size).assumingMemoryBound(to: kvm_irq_routing_entry.self)
+        for (index, route) in routes.enumerated() {
+            var entry = kvm_irq_routing_entry()
+            entry.gsi = route.gsi
+            entry.type = UInt32(KVM_IRQ_ROUTING_MSI)
+            entry.u.msi.address_lo = UInt32(truncatingIfNeeded: route.address)
+            entry.u.msi.address_hi = UInt32(truncatingIfNeeded: route.address >> 32)
+            entry.u.msi.data = route.data
+            entries[index] = entry
+        }
+        try KVMSyscall.ioctl(fd, HV_KVM_SET_GSI_ROUTING, pointer: raw, "KVM_SET_GSI_ROUTING")
+    }
+
+    /// Delivers a message-signalled interrupt to the in-kernel LAPICs (SDM Vol. 3A, 11.11).
+    /// The corresponding ioctl is `KVM_SIGNAL_MSI`.
+    public func signalMSI(address: UInt64, data: UInt32) throws(HVError) {
+        guard configuration.interruptController != .none else {
+            throw .unsupported(knob: "MSI", backend: "kvm", reason: "KVM_SIGNAL_MSI needs in-kernel LAPICs (interruptController kernel or split)")
+        }
+        var message = kvm_msi()
+        message.address_lo = UInt32(truncatingIfNeeded: address)
+        message.address_hi = UInt32(truncatingIfNeeded: address >> 32)
+        message.data = data
+        try KVMSyscall.ioctl(fd, HV_KVM_SIGNAL_MSI, &message, "KVM_SIGNAL_MSI")
+    }
 
     /// The corresponding ioctl is `KVM_SET_USER_MEMORY_REGION`.
     public func map(_ region: MemoryRegion, slot: Int) throws(HVError) {

@@ -20,6 +20,7 @@ public enum ScriptedExit: Sendable, Equatable {
     case msrRead(index: UInt32)
     case msrWrite(index: UInt32, value: UInt64)
     case interruptWindow
+    case ioapicEOI(vector: UInt8)
     case unknown(reason: UInt32)
 }
 
@@ -81,6 +82,37 @@ public final class ScriptedVirtualMachine: VirtualMachine, @unchecked Sendable {
 
     /// The regions mapped so far, by slot.
     public var mappedRegions: [Int: MemoryRegion] { slots.withLock { $0 } }
+
+    /// Interrupt lines and MSIs the VM was asked to raise, in order.
+    public enum InterruptEvent: Sendable, Equatable {
+        case line(gsi: UInt32, high: Bool)
+        case msi(address: UInt64, data: UInt32)
+    }
+
+    private let interruptLog = Mutex<[InterruptEvent]>([])
+
+    /// Every interrupt line change and MSI so far.
+    public var interruptEvents: [InterruptEvent] { interruptLog.withLock { $0 } }
+
+    public func setInterruptLine(_ gsi: UInt32, high: Bool) throws(HVError) {
+        interruptLog.withLock { $0.append(.line(gsi: gsi, high: high)) }
+    }
+
+    public func signalMSI(address: UInt64, data: UInt32) throws(HVError) {
+        interruptLog.withLock { $0.append(.msi(address: address, data: data)) }
+    }
+
+    private let routeTable = Mutex<[UInt32: (address: UInt64, data: UInt32)]>([:])
+
+    /// The MSI routes last set, by GSI.
+    public var msiRoutes: [UInt32: (address: UInt64, data: UInt32)] { routeTable.withLock { $0 } }
+
+    public func setMSIRoutes(_ routes: [(gsi: UInt32, address: UInt64, data: UInt32)]) throws(HVError) {
+        routeTable.withLock { table in
+            table = [:]
+            for route in routes { table[route.gsi] = (route.address, route.data) }
+        }
+    }
 
     public func createVCPU(id: Int) throws(HVError) -> ScriptedVCPU {
         let script = id < backend.scripts.count ? backend.scripts[id] : [.halt]
@@ -155,6 +187,7 @@ public final class ScriptedVCPU: VCPU, @unchecked Sendable {
         case .msrRead(let index): return .msrRead(index: index)
         case let .msrWrite(index, value): return .msrWrite(index: index, value: value)
         case .interruptWindow: return .interruptWindow
+        case .ioapicEOI(let vector): return .ioapicEOI(vector: vector)
         case .unknown(let reason): return .unknown(reason: reason)
         }
     }

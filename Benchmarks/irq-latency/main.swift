@@ -1,0 +1,139 @@
+// irq-latency: how long a device interrupt takes to reach a guest handler, per irqchip mode.
+// Run it with:  swift run -c release irq-latency [rounds] [modes, default kernel,split]
+//
+// The guest asks for a byte (OUT 0x70). The host then makes the UART receive one, which
+// raises IRQ 4: through KVM's in-kernel I/O APIC (`kernel`) or HV's user-space I/O APIC and
+// KVM_SIGNAL_MSI (`split`). The guest's IRQ 4 handler reports at once (OUT 0x71). The time
+// from the raise to that report is measured on the vCPU thread. Because the report is itself
+// an exit to user space, a baseline measured in the same run (OUT 0x70 followed directly by
+// OUT 0x71, no interrupt) is printed beside it; the difference is the delivery cost.
+import Foundation
+import HVCore
+import Histogram
+import Synchronization
+
+/// Records raise-to-handler times, and the no-interrupt baseline.
+final class LatencyProbe: ExitHandler, @unchecked Sendable {
+    // Sendable: used by the single vCPU thread while running; read after wait().
+    let uart: UART16550
+    var raisedAt: UInt64 = 0
+    var histogram = Histogram<UInt64>(lowestDiscernibleValue: 1, highestTrackableValue: 10_000_000_000, numberOfSignificantValueDigits: .three)
+
+    init(uart: UART16550) { self.uart = uart }
+
+    func handle(_ exit: VMExit, context: ExitContext) -> ExitAction? {
+        guard case .portOut(let io) = exit else { return nil }
+        switch io.port {
+        case 0x70:
+            raisedAt = now()
+            uart.receive(CollectionOfOne(0x5A))       // raises IRQ 4 (when interrupts are wired)
+            return .resume
+        case 0x71:
+            _ = histogram.record(now() &- raisedAt)
+            return .resume
+        default:
+            return nil
+        }
+    }
+
+    private func now() -> UInt64 {
+        var time = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &time)
+        return UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_nsec)
+    }
+}
+
+/// The guest: `rounds` requests, each answered by IRQ 4 (or, for the baseline, reported at once).
+func guest(rounds: Int, interrupts: Bool) throws -> GuestProgram {
+    try GuestProgram.longMode { a in
+        let handler = a.label(), start = a.label(), loop = a.label(), wait = a.label()
+        a.jmp(start)
+        a.bind(handler)
+        a.out(0x71, Register8.al)                        // first thing: report
+        a.mov(Register16.dx, 0x3F8)
+        a.in(Register8.al, Register16.dx)                // read RBR: the UART lowers IRQ 4
+        a.inc(Register64.r12)
+        a.mov(Register64.rbx, 0xFEE0_00B0)
+        a.mov(.dword, .at(Register64.rbx), 0)            // EOI
+        a.iret()
+        a.bind(start)
+        if interrupts {
+            a.mov(Register8.al, 0xFF); a.out(0x21, Register8.al); a.out(0xA1, Register8.al)
+            a.mov(Register64.rbx, Immediate(0x9000 + 0x41 * 16))   // IDT gate 0x41
+            a.mov(Register64.rax, handler)
+            a.mov(.at(Register64.rbx), Register16.ax)
+            a.mov(.word, .at(Register64.rbx, 2), 0x08)
+            a.mov(.word, .at(Register64.rbx, 4), 0x8E00)
+            a.shr(Register64.rax, 16)
+            a.mov(.at(Register64.rbx, 6), Register16.ax)
+            a.mov(.qword, .at(Register64.rbx, 8), 0)
+            a.mov(Register64.rbx, 0xA100)
+            a.mov(.word, .at(Register64.rbx), 0xFFF)
+            a.mov(.qword, .at(Register64.rbx, 2), 0x9000)
+            a.lidt(.at(Register64.rbx))
+            a.mov(Register64.rbx, 0xFEE0_00F0); a.mov(.dword, .at(Register64.rbx), 0x1FF)      // SVR
+            a.mov(Register64.rbx, 0xFEC0_0000); a.mov(.dword, .at(Register64.rbx), 0x18)      // IOREDTBL4
+            a.mov(Register64.rbx, 0xFEC0_0010); a.mov(.dword, .at(Register64.rbx), 0x41)
+            a.mov(Register64.rbx, 0xFEC0_0000); a.mov(.dword, .at(Register64.rbx), 0x19)
+            a.mov(Register64.rbx, 0xFEC0_0010); a.mov(.dword, .at(Register64.rbx), 0)
+            a.mov(Register16.dx, 0x3F9); a.mov(Register8.al, 0x01); a.out(Register16.dx, Register8.al)  // IER
+            a.sti()
+        }
+        a.mov(Register64.r12, 0)
+        a.mov(Register32.ecx, Immediate(UInt32(rounds)))
+        a.bind(loop)
+        a.mov(Register64.r13, Register64.r12)            // before the request: the IRQ may come at once
+        a.out(0x70, Register8.al)
+        if interrupts {
+            a.bind(wait)                                  // spin until the handler has run
+            a.cmp(Register64.r12, Register64.r13)
+            a.je(wait)
+        } else {
+            a.out(0x71, Register8.al)
+        }
+        a.dec(Register32.ecx)
+        a.jnz(loop)
+        a.debugExit(code: 0)
+    }
+}
+
+func measure(mode: InterruptControllerMode, rounds: Int) throws -> Histogram<UInt64> {
+    let configuration = VirtualMachineConfiguration(memorySize: 4 << 20, timeLimit: 120, interruptController: mode)
+    let machine = try Machine(configuration: configuration, backend: KVMBackend())
+    let uart = UART16550(output: .discard)
+    try machine.devices.register(uart, port: .com1, count: UART16550.portCount)
+    try machine.devices.register(DebugExitDevice(), port: .debugExit, count: 4)
+    if mode != .none { try machine.connect(uart, irq: 4) }
+    try machine.load(guest(rounds: rounds, interrupts: mode != .none))
+    let probe = LatencyProbe(uart: uart)
+    let result = try machine.run(handler: probe)
+    guard result.reason == .debugExit(code: 0) else {
+        throw HVError.configuration(ConfigurationError(field: "guest", value: "\(result.reason)", expected: "a clean run"))
+    }
+    return probe.histogram
+}
+
+let rounds = CommandLine.arguments.dropFirst().first.flatMap(Int.init) ?? 2000
+let chosen = (CommandLine.arguments.dropFirst(2).first ?? "kernel,split").split(separator: ",")
+    .compactMap { InterruptControllerMode(rawValue: String($0)) }.filter { $0 != .none }
+let modes = [InterruptControllerMode.none] + chosen
+print("irq-latency: \(rounds) rounds per mode, host CPU \(HostCPU.current.modelName), guest code \(HostCPU.current.hasHardwareVirtualization ? "hardware-assisted" : "emulated")")
+print("mode       median µs   p90 µs   p99 µs   (raise -> guest handler's first instruction, incl. one exit)")
+var baselineMedian = 0.0
+// Interleave the modes twice so drift on a noisy machine touches them all alike.
+var results: [InterruptControllerMode: Histogram<UInt64>] = [:]
+for _ in 0..<2 {
+    for mode in modes {
+        let histogram = try measure(mode: mode, rounds: rounds / 2)
+        if results[mode] == nil { results[mode] = histogram } else { results[mode]!.add(histogram) }
+    }
+}
+for mode in modes {
+    let h = results[mode]!
+    let median = Double(h.valueAtPercentile(50)) / 1000
+    if mode == .none { baselineMedian = median }
+    let name = mode == .none ? "baseline" : mode.rawValue
+    let delivery = mode == .none ? "" : String(format: "   delivery ≈ %.1f µs", median - baselineMedian)
+    print(String(format: "%-9@ %9.1f %8.1f %8.1f", name as NSString, median, Double(h.valueAtPercentile(90)) / 1000,
+                 Double(h.valueAtPercentile(99)) / 1000) + delivery)
+}
