@@ -59,18 +59,8 @@ func guest(rounds: Int, interrupts: Bool) throws -> GuestProgram {
         a.bind(start)
         if interrupts {
             a.mov(Register8.al, 0xFF); a.out(0x21, Register8.al); a.out(0xA1, Register8.al)
-            a.mov(Register64.rbx, Immediate(0x9000 + 0x41 * 16))   // IDT gate 0x41
-            a.mov(Register64.rax, handler)
-            a.mov(.at(Register64.rbx), Register16.ax)
-            a.mov(.word, .at(Register64.rbx, 2), 0x08)
-            a.mov(.word, .at(Register64.rbx, 4), 0x8E00)
-            a.shr(Register64.rax, 16)
-            a.mov(.at(Register64.rbx, 6), Register16.ax)
-            a.mov(.qword, .at(Register64.rbx, 8), 0)
-            a.mov(Register64.rbx, 0xA100)
-            a.mov(.word, .at(Register64.rbx), 0xFFF)
-            a.mov(.qword, .at(Register64.rbx, 2), 0x9000)
-            a.lidt(.at(Register64.rbx))
+            a.installInterruptGate(vector: 0x41, handler: handler, table: 0x9000)
+            a.loadInterruptTable(0x9000, descriptor: 0xA100)
             a.mov(Register64.rbx, 0xFEE0_00F0); a.mov(.dword, .at(Register64.rbx), 0x1FF)      // SVR
             a.mov(Register64.rbx, 0xFEC0_0000); a.mov(.dword, .at(Register64.rbx), 0x18)      // IOREDTBL4
             a.mov(Register64.rbx, 0xFEC0_0010); a.mov(.dword, .at(Register64.rbx), 0x41)

@@ -25,18 +25,8 @@ struct Demo: ParsableCommand {
         let outcome = try reportingErrors { () throws(HVError) -> (RunResult, ExitStatistics, DemoHandler) in
             let configuration = VirtualMachineConfiguration(memorySize: 16 << 20, haltPolicy: .resume, timeLimit: 120)
             let machine = try Machine(configuration: configuration, backend: KVMBackend())
-            let output: SerialOutput
-            switch serial {
-            case .stdio: output = .standardOutput
-            case .file(let path):
-                do { output = try .file(path) } catch {
-                    throw .configuration(ConfigurationError(field: "--serial", value: path, expected: "a writable file (\(error))"))
-                }
-            }
-            let uart = UART16550(output: output)
+            let uart = try attachConsole(to: machine, serial: serial)
             do throws(DeviceBusError) {
-                try machine.devices.register(uart, port: .com1, count: UART16550.portCount)
-                try machine.devices.register(DebugExitDevice(), port: .debugExit, count: 4)
                 try machine.devices.register(ScratchRegister(), address: DemoGuest.scratchAddress, length: 0x1000)
             } catch { throw .device(error) }
             try machine.load(DemoGuest.program())

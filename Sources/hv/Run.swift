@@ -75,19 +75,7 @@ struct Run: ParsableCommand {
         }
         let (result, statistics) = try reportingErrors { () throws(HVError) -> (RunResult, ExitStatistics) in
             let machine = try Machine(configuration: configuration, backend: KVMBackend())
-            let output: SerialOutput
-            switch serial {
-            case .stdio: output = .standardOutput
-            case .file(let path):
-                do { output = try .file(path) } catch {
-                    throw .configuration(ConfigurationError(field: "--serial", value: path, expected: "a writable file (\(error))"))
-                }
-            }
-            let uart = UART16550(output: output)
-            do throws(DeviceBusError) {
-                try machine.devices.register(uart, port: .com1, count: UART16550.portCount)
-                try machine.devices.register(DebugExitDevice(), port: .debugExit, count: 4)
-            } catch { throw .device(error) }
+            let uart = try attachConsole(to: machine, serial: serial)
             if interruptMode != .none { try machine.connect(uart, irq: 4) }
             try machine.load(image)
             let result = try machine.run()

@@ -120,3 +120,21 @@ extension HVError {
         }
     }
 }
+
+/// Puts COM1 (a 16550 UART writing to `serial`) and the debug-exit port (0xF4) on the bus.
+func attachConsole<B: Backend>(to machine: Machine<B>, serial: SerialTarget) throws(HVError) -> UART16550 {
+    let output: SerialOutput
+    switch serial {
+    case .stdio: output = .standardOutput
+    case .file(let path):
+        do { output = try .file(path) } catch {
+            throw .configuration(ConfigurationError(field: "--serial", value: path, expected: "a writable file (\(error))"))
+        }
+    }
+    let uart = UART16550(output: output)
+    do throws(DeviceBusError) {
+        try machine.devices.register(uart, port: .com1, count: UART16550.portCount)
+        try machine.devices.register(DebugExitDevice(), port: .debugExit, count: 4)
+    } catch { throw .device(error) }
+    return uart
+}

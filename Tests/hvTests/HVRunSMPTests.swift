@@ -37,18 +37,8 @@ private func smpImage() throws -> [UInt8] {
         a.mov(Register64.rcx, Immediate(trampoline.count))
         a.rep(.movsb)
         a.mov(Register8.al, 0xFF); a.out(0x21, Register8.al); a.out(0xA1, Register8.al)   // mask PICs
-        a.mov(Register64.rbx, Immediate(0x9000 + 0x50 * 16))  // IDT gate 0x50 (SDM Vol. 3A, 6.14.1)
-        a.mov(Register64.rax, handler)
-        a.mov(.at(Register64.rbx), Register16.ax)
-        a.mov(.word, .at(Register64.rbx, 2), 0x08)
-        a.mov(.word, .at(Register64.rbx, 4), 0x8E00)
-        a.shr(Register64.rax, 16)
-        a.mov(.at(Register64.rbx, 6), Register16.ax)
-        a.mov(.qword, .at(Register64.rbx, 8), 0)
-        a.mov(Register64.rbx, 0xA100)                         // IDTR
-        a.mov(.word, .at(Register64.rbx), 0xFFF)
-        a.mov(.qword, .at(Register64.rbx, 2), 0x9000)
-        a.lidt(.at(Register64.rbx))
+        a.installInterruptGate(vector: 0x50, handler: handler, table: 0x9000)   // SDM Vol. 3A, 6.14.1
+        a.loadInterruptTable(0x9000, descriptor: 0xA100)
         a.mov(Register32.ecx, 0x1B); a.rdmsr(); a.or(Register32.eax, 0xC00); a.wrmsr()   // x2APIC on
         a.mov(Register32.ecx, 0x80F); a.mov(Register32.eax, 0x1FF); a.mov(Register32.edx, 0); a.wrmsr()
         a.sti()

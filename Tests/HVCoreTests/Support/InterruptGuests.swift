@@ -14,28 +14,14 @@ enum InterruptGuest {
 }
 
 extension X86Assembler {
-    /// Writes a 64-bit interrupt gate for `vector` pointing at `handler` (SDM Vol. 3A, 6.14.1,
-    /// Figure 6-8). Clobbers rax, rbx.
+    /// A gate in the tests' IDT at `InterruptGuest.idtBase`. Clobbers rax, rbx.
     mutating func installGate(vector: UInt8, handler: Label) {
-        let gate = InterruptGuest.idtBase + UInt64(vector) * 16
-        mov(Register64.rbx, Immediate(gate))
-        mov(Register64.rax, handler)
-        mov(.at(Register64.rbx), Register16.ax)                // offset 15:0
-        mov(.word, .at(Register64.rbx, 2), 0x08)                // code selector
-        mov(.word, .at(Register64.rbx, 4), 0x8E00)              // present, DPL 0, 64-bit interrupt gate
-        shr(Register64.rax, 16)
-        mov(.at(Register64.rbx, 6), Register16.ax)             // offset 31:16
-        shr(Register64.rax, 16)
-        mov(.at(Register64.rbx, 8), Register32.eax)            // offset 63:32
-        mov(.dword, .at(Register64.rbx, 12), 0)
+        installInterruptGate(vector: vector, handler: handler, table: InterruptGuest.idtBase)
     }
 
-    /// Loads IDTR with the 256-gate table at `InterruptGuest.idtBase`. Clobbers rbx.
+    /// Loads IDTR with the tests' table. Clobbers rbx.
     mutating func loadIDT() {
-        mov(Register64.rbx, Immediate(InterruptGuest.idtDescriptor))
-        mov(.word, .at(Register64.rbx), 0xFFF)
-        mov(.qword, .at(Register64.rbx, 2), Immediate(InterruptGuest.idtBase))
-        lidt(.at(Register64.rbx))
+        loadInterruptTable(InterruptGuest.idtBase, descriptor: InterruptGuest.idtDescriptor)
     }
 
     /// `mov dword [address], value` for an MMIO register. Clobbers rbx.
