@@ -139,4 +139,22 @@ struct KVMLAPICStateTests {
         // Version register: 0x14 (integrated APIC) in bits 7:0.
         #expect(try vm.vcpus[0].localAPICRegister(0x30) & 0xFF == 0x14)
     }
+
+    @Test("a guest's LAPIC settings read back through KVM_GET_LAPIC into HV's model")
+    func lapicIntoModel() throws {
+        let vm = try KVMHost.machine { $0.interruptController = .kernel }
+        _ = try attachConsole(vm)
+        try vm.load(GuestProgram.longMode { a in
+            a.enableLocalAPIC()                                           // SVR = 0x1FF
+            a.writeRegister(InterruptGuest.lapic + 0x80, 0x20)            // TPR = 0x20
+            a.writeRegister(InterruptGuest.lapic + 0x320, 0x1_0040)       // LVT timer masked, vector 0x40
+            a.debugExit(code: 0)
+        })
+        #expect(try vm.run().reason == .debugExit(code: 0))
+        let apic = try vm.vcpus[0].localAPIC()
+        #expect(apic.value(of: .taskPriority) == 0x20)
+        #expect(apic.value(of: .spuriousVector) == 0x1FF)
+        #expect(apic.value(of: .lvtTimer) == 0x1_0040)
+        #expect(apic.value(of: .id) >> 24 == 0)
+    }
 }

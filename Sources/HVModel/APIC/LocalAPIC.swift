@@ -392,7 +392,9 @@ public struct LocalAPIC: Sendable {
 
     /// Whether a message's destination field selects this APIC (shorthands are the router's).
     /// Physical: the APIC ID or the broadcast ID. Logical: flat or cluster model via LDR and DFR
-    /// (SDM 11.6.2.2), or the x2APIC `cluster << 16 | bit` form (SDM 11.12.10.1).
+    /// (SDM 11.6.2.2), or the x2APIC `cluster << 16 | bit` form (SDM 11.12.10.1). An x2APIC
+    /// target takes only 0xFFFF_FFFF as broadcast: a router that sends 8-bit I/O APIC or MSI
+    /// destinations to x2APIC targets widens 0xFF first (as KVM does without 32-bit IDs).
     public func matches(destinationMode: APICDestinationMode, destination: UInt32) -> Bool {
         switch (mode, destinationMode) {
         case (.disabled, _): return false

@@ -1,6 +1,7 @@
 // A vCPU's in-kernel local APIC, read out for tools (api.rst 4.57 KVM_GET_LAPIC, 4.38 KVM_GET_MP_STATE).
 #if os(Linux)
 import CKVM
+import Glibc
 
 /// What a vCPU is doing as far as its in-kernel LAPIC knows (api.rst 4.38).
 public enum MultiprocessingState: Sendable, Equatable {
@@ -35,6 +36,19 @@ extension KVMVCPU {
             throw .configuration(ConfigurationError(field: "offset", value: "\(offset)", expected: "a 16-byte aligned offset below \(page.count)"))
         }
         return page[offset..<offset + 4].reversed().reduce(0) { $0 << 8 | UInt32($1) }
+    }
+
+    /// The vCPU's in-kernel LAPIC as HV's `LocalAPIC` model, so tools can show its TPR, PPR,
+    /// IRR/ISR and LVT entries in words. The corresponding ioctls are `KVM_GET_LAPIC` and
+    /// `KVM_GET_SREGS` (for IA32_APIC_BASE).
+    public func localAPIC() throws(HVError) -> LocalAPIC {
+        let base = APICBase(rawValue: try specialRegisters().apicBase)
+        let page = try localAPICRegisters()
+        let configuration = LocalAPIC.Configuration(apicID: UInt32(id), isBootstrapProcessor: base.isBootstrapProcessor)
+        guard let model = LocalAPIC(registerImage: page, configuration: configuration, base: base) else {
+            throw .systemCall(operation: "KVM_GET_LAPIC (short register image)", errno: EINVAL)
+        }
+        return model
     }
 
     /// The corresponding ioctl is `KVM_GET_MP_STATE`.
