@@ -7,6 +7,7 @@ let package = Package(
     products: [
         .library(name: "HVCore", targets: ["HVCore"]),
         .executable(name: "hv", targets: ["hv"]),
+        .executable(name: "hv-bench", targets: ["hv-bench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -46,6 +47,20 @@ let package = Package(
         ),
         .executableTarget(name: "MinimalVMM", dependencies: ["HVCore"], path: "Examples/MinimalVMM"),
         .executableTarget(name: "ExitTracer", dependencies: ["HVCore"], path: "Examples/ExitTracer"),
+        // Exit latency against a raw C KVM loop in the same run (Documentation/Benchmarks.md).
+        // CKVMBaseline is by design a small C program, so it lives here, not with the shims.
+        .target(name: "CKVMBaseline", path: "Benchmarks/CKVMBaseline"),
+        .executableTarget(
+            name: "hv-bench",
+            dependencies: [
+                "HVCore",
+                "CKVMBaseline",
+                "CAllocationCounter",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ],
+            path: "Benchmarks/hv-bench"
+        ),
         // Micro-benchmarks of the pure parts (`swift package benchmark`); one file per area.
         .executableTarget(
             name: "HVMicroBenchmarks",
@@ -62,6 +77,6 @@ let package = Package(
         .testTarget(name: "HVModelTests", dependencies: ["HVModel"]),
         .testTarget(name: "HVGuestTests", dependencies: ["HVGuest"]),
         .testTarget(name: "HVCoreTests", dependencies: ["HVCore", "CAllocationCounter"]),
-        .testTarget(name: "hvTests", dependencies: ["hv", "HVGuest", "MinimalVMM", "ExitTracer"]),
+        .testTarget(name: "hvTests", dependencies: ["hv", "HVGuest", "MinimalVMM", "ExitTracer", "hv-bench"]),
     ]
 )

@@ -6,4 +6,5 @@ let benchmarks: @Sendable () -> Void = {
     Benchmark.defaultConfiguration = .init(metrics: [.wallClock, .throughput, .mallocCountTotal],
                                            maxDuration: .seconds(2), maxIterations: 1_000_000)
     registerDeviceBusBenchmarks()
+    registerExitBenchmarks()
 }

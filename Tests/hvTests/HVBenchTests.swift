@@ -1,0 +1,65 @@
+// hv-bench end to end: the built binary measures io-out against its C baseline and user-space
+// dispatch, and reports them in JSON with a ratio and no allocations on the vCPU thread.
+import Foundation
+import Testing
+
+@Suite("hv-bench")
+struct HVBenchTests {
+    /// nil when /dev/kvm opens; otherwise why not.
+    static let kvmUnavailable: String? = {
+        let fd = open("/dev/kvm", O_RDWR)
+        guard fd >= 0 else { return "/dev/kvm cannot be opened: \(String(cString: strerror(errno)))" }
+        close(fd)
+        return nil
+    }()
+
+    /// The built hv-bench, next to the test bundle.
+    static let binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        .appendingPathComponent("hv-bench")
+
+    @Test("--json reports io-out with a HVCore/C ratio and dispatch, with 0 allocations per exit",
+          .enabled(if: kvmUnavailable == nil, "skipped: \(kvmUnavailable ?? "")"),
+          .timeLimit(.minutes(1)))
+    func jsonReport() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: Self.binary.path),
+                     "hv-bench is not built next to the test bundle (\(Self.binary.path))")
+        let process = Process()
+        process.executableURL = Self.binary
+        process.arguments = ["--json", "--duration", "0.5", "--rounds", "2", "--kinds", "io-out,dispatch"]
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        let data = output.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 0)
+
+        let document = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        let kinds = try #require(document["kinds"] as? [[String: Any]])
+        #expect(kinds.compactMap { $0["kind"] as? String } == ["io-out", "dispatch"])
+        let ioOut = try #require(kinds.first { $0["kind"] as? String == "io-out" })
+        let ratio = try #require(ioOut["ratio"] as? Double)
+        #expect(ratio > 0.5 && ratio < 2, "HVCore/C median ratio \(ratio) for io-out")
+        for kind in kinds {
+            let hvcore = try #require(kind["hvcore"] as? [String: Any])
+            #expect((hvcore["samples"] as? Int ?? 0) > 0)
+            #expect(hvcore["allocationsPerExit"] as? Double == 0, "\(kind["kind"] ?? "?") allocated on the vCPU thread")
+        }
+        #expect((document["tscGHz"] as? Double ?? 0) > 0)
+    }
+
+    @Test("--kinds rejects an unknown kind and names the valid ones")
+    func unknownKind() throws {
+        let process = Process()
+        process.executableURL = Self.binary
+        process.arguments = ["--kinds", "io-sideways"]
+        let errors = Pipe()
+        process.standardError = errors
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        let text = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        #expect(process.terminationStatus != 0)
+        #expect(text.contains("io-sideways") && text.contains("mmio-read"))
+    }
+}
