@@ -59,6 +59,9 @@ static inline int hv_open(const char *path, int flags) { return open(path, flags
 // SIGRTMIN is a function call in glibc, not a constant. The vCPU kick signal (as Firecracker's).
 static inline int hv_kick_signal(void) { return SIGRTMIN + 1; }
 
+// The time-stamp counter, for per-exit statistics (cheaper than clock_gettime after a VM exit).
+static inline unsigned long long hv_rdtsc(void) { return __builtin_ia32_rdtsc(); }
+
 // kvm_run.immediate_exit is read by the kernel with READ_ONCE; write it as an atomic byte.
 static inline void hv_store_immediate_exit(struct kvm_run *run, unsigned char value) {
     __atomic_store_n(&run->immediate_exit, value, __ATOMIC_SEQ_CST);

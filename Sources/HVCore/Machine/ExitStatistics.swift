@@ -8,40 +8,50 @@ import Histogram
 /// guest's execution up to the exit, the world switch, and the monitor's handling. For a guest
 /// that exits in a tight loop it is the exit round-trip cost. `handling` is the monitor's part
 /// alone (decode, handler chain, devices, write-back).
+///
+/// Times are taken with the time-stamp counter (RDTSC, SDM Vol. 3B, 18.17): about 20 cycles a
+/// read, against ~50 ns for a vDSO `clock_gettime` right after a VM exit. They are stored in
+/// cycles and converted with `nanosecondsPerCycle`, which the machine measures over the run
+/// (TSC against CLOCK_MONOTONIC from start to stop). Hosts with an invariant TSC
+/// (CPUID.80000007H:EDX[8]) make the conversion exact.
 public struct ExitStatistics: Sendable {
     static let kinds = ExitKind.allCases.count
+    /// Longest round trip recorded: about 100 s at 4 GHz.
+    static let maximumCycles: UInt64 = 400_000_000_000
 
     public private(set) var counts: [UInt64]
-    /// Round-trip latency per kind, in nanoseconds.
-    public private(set) var roundTrip: [Histogram<UInt32>]
-    /// Total handling time per kind, in nanoseconds.
-    public private(set) var handlingNanoseconds: [UInt64]
+    /// Round-trip latency per kind, in TSC cycles.
+    public private(set) var roundTripCycles: [Histogram<UInt32>]
+    /// Total handling time per kind, in TSC cycles.
+    public private(set) var handlingCycles: [UInt64]
+    /// The length of one TSC cycle in nanoseconds, as measured for this run.
+    public var nanosecondsPerCycle: Double = 1
 
     public init() {
         counts = Array(repeating: 0, count: Self.kinds)
-        // 1 ns to 100 s at 2 significant digits: ~40 KiB per kind, allocated once here.
+        // 1 cycle to ~100 s at 2 significant digits: ~40 KiB per kind, allocated once here.
         // Each histogram gets its own storage (no shared copy-on-write buffer to split later).
-        roundTrip = (0..<Self.kinds).map { _ in
-            Histogram(lowestDiscernibleValue: 1, highestTrackableValue: 100_000_000_000, numberOfSignificantValueDigits: .two)
+        roundTripCycles = (0..<Self.kinds).map { _ in
+            Histogram(lowestDiscernibleValue: 1, highestTrackableValue: Self.maximumCycles, numberOfSignificantValueDigits: .two)
         }
-        handlingNanoseconds = Array(repeating: 0, count: Self.kinds)
+        handlingCycles = Array(repeating: 0, count: Self.kinds)
     }
 
-    /// Records one exit. Allocates nothing.
+    /// Records one exit, times in TSC cycles. Allocates nothing.
     @inline(__always)
-    public mutating func record(_ kind: ExitKind, roundTrip nanoseconds: UInt64, handling: UInt64) {
+    public mutating func record(_ kind: ExitKind, roundTrip cycles: UInt64, handling: UInt64) {
         let index = Int(kind.rawValue)
         counts[index] &+= 1
-        _ = roundTrip[index].record(Swift.min(Swift.max(nanoseconds, 1), 100_000_000_000))
-        handlingNanoseconds[index] &+= handling
+        _ = roundTripCycles[index].record(Swift.min(Swift.max(cycles, 1), Self.maximumCycles))
+        handlingCycles[index] &+= handling
     }
 
     /// Adds another vCPU's statistics to these.
     public mutating func merge(_ other: ExitStatistics) {
         for i in 0..<Self.kinds {
             counts[i] += other.counts[i]
-            if other.counts[i] > 0 { roundTrip[i].add(other.roundTrip[i]) }
-            handlingNanoseconds[i] += other.handlingNanoseconds[i]
+            if other.counts[i] > 0 { roundTripCycles[i].add(other.roundTripCycles[i]) }
+            handlingCycles[i] += other.handlingCycles[i]
         }
     }
 
@@ -54,7 +64,8 @@ public struct ExitStatistics: Sendable {
     /// The `percentile` (0-100) round-trip latency of `kind` in nanoseconds, nil if none recorded.
     public func roundTrip(_ kind: ExitKind, percentile: Double) -> UInt64? {
         let i = Int(kind.rawValue)
-        return counts[i] == 0 ? nil : roundTrip[i].valueAtPercentile(percentile)
+        guard counts[i] > 0 else { return nil }
+        return UInt64((Double(roundTripCycles[i].valueAtPercentile(percentile)) * nanosecondsPerCycle).rounded())
     }
 
     /// Median round-trip latency of `kind` in nanoseconds.
@@ -63,7 +74,7 @@ public struct ExitStatistics: Sendable {
     /// Mean handling time of `kind` in nanoseconds.
     public func meanHandling(_ kind: ExitKind) -> Double? {
         let i = Int(kind.rawValue)
-        return counts[i] == 0 ? nil : Double(handlingNanoseconds[i]) / Double(counts[i])
+        return counts[i] == 0 ? nil : Double(handlingCycles[i]) * nanosecondsPerCycle / Double(counts[i])
     }
 
     /// The kinds that occurred, in `ExitKind` order.
