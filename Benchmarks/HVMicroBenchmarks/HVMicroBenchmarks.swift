@@ -7,4 +7,6 @@ let benchmarks: @Sendable () -> Void = {
                                            maxDuration: .seconds(2), maxIterations: 1_000_000)
     registerDeviceBusBenchmarks()
     registerExitBenchmarks()
+    registerPagingBenchmarks()
+    registerVMXBenchmarks()
 }

@@ -25,12 +25,20 @@ struct VMXPlanner {
 
     mutating func require(_ field: VMXControlField, _ bit: UInt64, _ knob: String) {
         requests[field.rawValue].required |= bit
-        owners.append((field, bit.trailingZeroBitCount, knob))
+        own(field, bit, knob)
     }
     mutating func prefer(_ field: VMXControlField, _ bit: UInt64) { requests[field.rawValue].optional |= bit }
     mutating func forbid(_ field: VMXControlField, _ bit: UInt64, _ knob: String) {
         requests[field.rawValue].forbidden |= bit
-        owners.append((field, bit.trailingZeroBitCount, knob))
+        own(field, bit, knob)
+    }
+    /// Records `knob` as the owner of every bit in `bits` (a request may name several, e.g. save and load IA32_PAT).
+    mutating func own(_ field: VMXControlField, _ bits: UInt64, _ knob: String) {
+        var rest = bits
+        while rest != 0 {
+            owners.append((field, rest.trailingZeroBitCount, knob))
+            rest &= rest - 1
+        }
     }
     mutating func note(_ knob: String, _ text: String) { decisions.append(VMXPlanDecision(knob: knob, text: text)) }
     mutating func fail(_ problem: VMXPlanProblem) { problems.append(problem) }
