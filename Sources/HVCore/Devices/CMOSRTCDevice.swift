@@ -1,0 +1,249 @@
+// The PC's CMOS RTC: a Motorola MC146818A real-time clock with 128 bytes of battery-backed RAM,
+// reached through an index port (0x70) and a data port (0x71). Register meanings follow the
+// MC146818A data sheet ("Address Map", "Register A" to "Register D"); the memory-size bytes are
+// filled as QEMU's hw/i386/pc.c `pc_cmos_init` does, which is what SeaBIOS reads.
+import Foundation
+import Synchronization
+
+/// A CMOS RTC at ports 0x70-0x71 (register it at `basePort` with `portCount` ports).
+///
+/// Port 0x70 (write): bits 0-6 select a CMOS byte; bit 7 set masks NMIs (`nmiDisabled`).
+/// Reads of 0x70 return 0xFF. Port 0x71 reads or writes the selected byte:
+///
+/// | Index       | Contents                                                           |
+/// |-------------|--------------------------------------------------------------------|
+/// | 0x00/02/04  | seconds, minutes, hours (12-hour mode: bit 7 = PM)                 |
+/// | 0x01/03/05  | alarm seconds, minutes, hours (stored, never fire)                 |
+/// | 0x06-0x09   | day of week (1 = Sunday), day of month, month, year (00-99)        |
+/// | 0x0A        | register A: UIP (bit 7) always 0, divider and rate bits stored (0x26) |
+/// | 0x0B        | register B: bit 2 DM (1 = binary, 0 = BCD), bit 1 24/12 (1 = 24-hour); 0x02 at reset |
+/// | 0x0C        | register C: interrupt flags, cleared by reading; always 0 (no interrupts) |
+/// | 0x0D        | register D: VRT (bit 7), the battery is good                       |
+/// | 0x32        | century (BCD or binary, as the other time bytes)                   |
+/// | 0x15-0x16   | base memory in KiB (640)                                           |
+/// | 0x17-0x18, 0x30-0x31 | extended memory above 1 MiB in KiB, at most 65535         |
+/// | 0x34-0x35   | memory between 16 MiB and 4 GiB in 64 KiB units                    |
+/// | 0x5B-0x5D   | memory above 4 GiB in 64 KiB units                                 |
+/// | 0x5F        | CPU count minus one                                                |
+///
+/// Other bytes are NVRAM: they read what was last written (0 at start). Time registers read
+/// the host clock (UTC) plus an offset; writing one moves the guest's clock by the difference,
+/// so the guest's setting survives. Register B's SET bit does not freeze the clock. Safe to use
+/// from several threads.
+public final class CMOSRTCDevice: PortIODevice, Sendable {
+    /// The index port; the data port is `basePort + 1`.
+    public static let basePort: IOPort = 0x70
+    public static let portCount = 2
+
+    /// CMOS indexes with a fixed meaning (MC146818A "Address Map"; QEMU hw/rtc/mc146818rtc.c).
+    public enum Register {
+        public static let seconds: UInt8 = 0x00
+        public static let minutes: UInt8 = 0x02
+        public static let hours: UInt8 = 0x04
+        public static let dayOfWeek: UInt8 = 0x06
+        public static let dayOfMonth: UInt8 = 0x07
+        public static let month: UInt8 = 0x08
+        public static let year: UInt8 = 0x09
+        public static let a: UInt8 = 0x0A
+        public static let b: UInt8 = 0x0B
+        public static let c: UInt8 = 0x0C
+        public static let d: UInt8 = 0x0D
+        public static let century: UInt8 = 0x32
+    }
+
+    /// Register B bits (data sheet, "Register B").
+    public enum RegisterB {
+        public static let set: UInt8 = 1 << 7
+        public static let binary: UInt8 = 1 << 2
+        public static let twentyFourHour: UInt8 = 1 << 1
+    }
+
+    /// Seconds since 1970-01-01 00:00:00 UTC.
+    public typealias Clock = @Sendable () -> Int64
+
+    /// The host's wall clock.
+    public static let hostClock: Clock = { Int64(Date().timeIntervalSince1970.rounded(.down)) }
+
+    public let name: String
+    private let clock: Clock
+    private let state: Mutex<State>
+
+    /// A CMOS RTC for a PC with `ramSize` bytes of RAM (split at `lowMemoryLimit`, the PCI hole,
+    /// as `GuestMemory.pcLayout` does) and `cpuCount` CPUs, whose time comes from `clock`.
+    public init(name: String = "cmos-rtc", ramSize: UInt64, cpuCount: Int,
+                lowMemoryLimit: UInt64 = 0xC000_0000, clock: @escaping Clock = CMOSRTCDevice.hostClock) {
+        self.name = name
+        self.clock = clock
+        var state = State()
+        state.fillMemorySize(below4G: min(ramSize, lowMemoryLimit), above4G: ramSize - min(ramSize, lowMemoryLimit))
+        state.ram[0x5F] = UInt8(truncatingIfNeeded: max(cpuCount, 1) - 1)
+        self.state = Mutex(state)
+    }
+
+    /// Whether the guest masked NMIs through bit 7 of the index port.
+    public var nmiDisabled: Bool { state.withLock { $0.nmiDisabled } }
+
+    /// Seconds the guest's clock runs ahead of `clock` (negative: behind).
+    public var clockOffset: Int64 { state.withLock { $0.offset } }
+
+    public func portRead(offset: UInt16, size: Int) -> UInt32 {
+        guard offset == 1 else { return 0xFF }
+        let now = clock()
+        return UInt32(state.withLock { $0.read(now: now) })
+    }
+
+    public func portWrite(offset: UInt16, size: Int, value: UInt32) -> ExitAction {
+        let byte = UInt8(truncatingIfNeeded: value)
+        if offset == 0 {
+            state.withLock { state in
+                state.index = byte & 0x7F
+                state.nmiDisabled = byte & 0x80 != 0
+            }
+        } else if offset == 1 {
+            let now = clock()
+            state.withLock { $0.write(byte, now: now) }
+        }
+        return .resume
+    }
+}
+
+// MARK: - Register model
+
+/// A broken-down UTC time (proleptic Gregorian calendar).
+struct RTCTime: Equatable {
+    var year: Int64, month: Int64, day: Int64, hour: Int64, minute: Int64, second: Int64
+    /// 1 = Sunday ... 7 = Saturday, as the MC146818 counts.
+    var dayOfWeek: Int64
+
+    /// Howard Hinnant's `civil_from_days` ("chrono-Compatible Low-Level Date Algorithms").
+    init(epochSeconds: Int64) {
+        let days = epochSeconds >= 0 ? epochSeconds / 86_400 : (epochSeconds - 86_399) / 86_400
+        let secondOfDay = epochSeconds - days * 86_400
+        hour = secondOfDay / 3600
+        minute = secondOfDay / 60 % 60
+        second = secondOfDay % 60
+        dayOfWeek = ((days + 4) % 7 + 7) % 7 + 1  // 1970-01-01 was a Thursday
+        let z = days + 719_468
+        let era = (z >= 0 ? z : z - 146_096) / 146_097
+        let dayOfEra = z - era * 146_097
+        let yearOfEra = (dayOfEra - dayOfEra / 1460 + dayOfEra / 36_524 - dayOfEra / 146_096) / 365
+        let dayOfYear = dayOfEra - (365 * yearOfEra + yearOfEra / 4 - yearOfEra / 100)
+        let mp = (5 * dayOfYear + 2) / 153
+        day = dayOfYear - (153 * mp + 2) / 5 + 1
+        month = mp < 10 ? mp + 3 : mp - 9
+        year = yearOfEra + era * 400 + (month <= 2 ? 1 : 0)
+    }
+
+    /// Hinnant's `days_from_civil`, back to seconds since the epoch.
+    var epochSeconds: Int64 {
+        let y = month <= 2 ? year - 1 : year
+        let era = (y >= 0 ? y : y - 399) / 400
+        let yearOfEra = y - era * 400
+        let dayOfYear = (153 * (month > 2 ? month - 3 : month + 9) + 2) / 5 + day - 1
+        let dayOfEra = yearOfEra * 365 + yearOfEra / 4 - yearOfEra / 100 + dayOfYear
+        let days = era * 146_097 + dayOfEra - 719_468
+        return days * 86_400 + hour * 3600 + minute * 60 + second
+    }
+}
+
+private struct State {
+    var ram = [UInt8](repeating: 0, count: 128)
+    var index: UInt8 = 0
+    var nmiDisabled = false
+    var offset: Int64 = 0
+
+    init() {
+        ram[Int(CMOSRTCDevice.Register.a)] = 0x26  // 32.768 kHz divider, 1.024 kHz rate (QEMU reset)
+        ram[Int(CMOSRTCDevice.Register.b)] = CMOSRTCDevice.RegisterB.twentyFourHour
+        ram[Int(CMOSRTCDevice.Register.d)] = 0x80  // VRT: valid RAM and time
+    }
+
+    var binary: Bool { ram[Int(CMOSRTCDevice.Register.b)] & CMOSRTCDevice.RegisterB.binary != 0 }
+    var twentyFourHour: Bool { ram[Int(CMOSRTCDevice.Register.b)] & CMOSRTCDevice.RegisterB.twentyFourHour != 0 }
+
+    /// QEMU `pc_cmos_init`'s memory-size bytes.
+    mutating func fillMemorySize(below4G: UInt64, above4G: UInt64) {
+        let kib: UInt64 = 1024, mib: UInt64 = 1 << 20
+        put16(0x15, min(below4G / kib, 640))
+        let extended = below4G > mib ? min((below4G - mib) / kib, 65535) : 0
+        put16(0x17, extended)
+        put16(0x30, extended)
+        put16(0x34, below4G > 16 * mib ? min((below4G - 16 * mib) / (64 * kib), 65535) : 0)
+        let high = above4G / (64 * kib)
+        ram[0x5B] = UInt8(truncatingIfNeeded: high)
+        ram[0x5C] = UInt8(truncatingIfNeeded: high >> 8)
+        ram[0x5D] = UInt8(truncatingIfNeeded: high >> 16)
+    }
+
+    private mutating func put16(_ index: Int, _ value: UInt64) {
+        ram[index] = UInt8(truncatingIfNeeded: value)
+        ram[index + 1] = UInt8(truncatingIfNeeded: value >> 8)
+    }
+
+    func encode(_ value: Int64) -> UInt8 {
+        let v = UInt8(truncatingIfNeeded: value)
+        return binary ? v : (v / 10) << 4 | v % 10
+    }
+
+    func decode(_ byte: UInt8) -> Int64 {
+        binary ? Int64(byte) : Int64(byte >> 4) * 10 + Int64(byte & 0x0F)
+    }
+
+    /// Hours in the current mode: 0-23, or 1-12 with bit 7 for PM ("Register B", 24/12 bit).
+    func encodeHours(_ hour: Int64) -> UInt8 {
+        if twentyFourHour { return encode(hour) }
+        let twelve = hour % 12 == 0 ? 12 : hour % 12
+        return encode(twelve) | (hour >= 12 ? 0x80 : 0)
+    }
+
+    func decodeHours(_ byte: UInt8) -> Int64 {
+        if twentyFourHour { return decode(byte) }
+        let twelve = decode(byte & 0x7F) % 12
+        return byte & 0x80 != 0 ? twelve + 12 : twelve
+    }
+
+    mutating func read(now: Int64) -> UInt8 {
+        let time = RTCTime(epochSeconds: now &+ offset)
+        typealias R = CMOSRTCDevice.Register
+        switch index {
+        case R.seconds: return encode(time.second)
+        case R.minutes: return encode(time.minute)
+        case R.hours: return encodeHours(time.hour)
+        case R.dayOfWeek: return encode(time.dayOfWeek)
+        case R.dayOfMonth: return encode(time.day)
+        case R.month: return encode(time.month)
+        case R.year: return encode(time.year % 100)
+        case R.century: return encode(time.year / 100)
+        case R.a: return ram[Int(R.a)] & 0x7F  // UIP never set: an update is never in progress
+        case R.c:
+            let flags = ram[Int(R.c)]
+            ram[Int(R.c)] = 0
+            return flags
+        case R.d: return 0x80
+        default: return ram[Int(index)]
+        }
+    }
+
+    mutating func write(_ byte: UInt8, now: Int64) {
+        typealias R = CMOSRTCDevice.Register
+        var time = RTCTime(epochSeconds: now &+ offset)
+        switch index {
+        case R.seconds: time.second = min(decode(byte), 59)
+        case R.minutes: time.minute = min(decode(byte), 59)
+        case R.hours: time.hour = min(decodeHours(byte), 23)
+        case R.dayOfMonth: time.day = max(1, min(decode(byte), 31))
+        case R.month: time.month = max(1, min(decode(byte), 12))
+        case R.year: time.year = time.year / 100 * 100 + min(decode(byte), 99)
+        case R.century: time.year = min(decode(byte), 99) * 100 + time.year % 100
+        case R.a: ram[Int(R.a)] = byte & 0x7F
+        case R.c, R.d: break  // read-only ("Register C", "Register D")
+        case R.dayOfWeek: break  // derived from the date here
+        default: ram[Int(index)] = byte
+        }
+        switch index {
+        case R.seconds, R.minutes, R.hours, R.dayOfMonth, R.month, R.year, R.century:
+            offset = time.epochSeconds &- now
+        default: break
+        }
+    }
+}

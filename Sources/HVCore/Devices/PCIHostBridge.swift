@@ -1,0 +1,109 @@
+// PCI configuration mechanism #1 (PCI Local Bus Specification 3.0, 3.2.2.3.2 "Software
+// Generation of Configuration Transactions"): CONFIG_ADDRESS at 0xCF8, CONFIG_DATA at 0xCFC-0xCFF.
+// Bus 0 only, as QEMU's i440FX machine without bridges; an empty slot reads all-ones (3.2.2.3.4:
+// a master abort on a configuration read returns 0xFFFFFFFF).
+import Synchronization
+
+/// The PC's PCI host bridge at ports 0xCF8-0xCFF (register it at `basePort` with `portCount` ports).
+///
+/// CONFIG_ADDRESS (0xCF8, dword accesses only): bit 31 enable, bits 23-16 bus, 15-11 device,
+/// 10-8 function, 7-2 register; bits 30-24 and 1-0 read as 0. CONFIG_DATA (0xCFC-0xCFF): a
+/// byte, word or dword of the addressed register at `register + (port - 0xCFC)`. With the
+/// enable bit clear, on a bus other than 0 or at an empty slot, data reads return all-ones and
+/// writes are dropped. Byte accesses at 0xCF9 go to `resetControl` when one is given (the
+/// chipset's reset control register shares the port); other non-dword accesses to 0xCF8-0xCFB
+/// read all-ones and are dropped.
+///
+/// The bridge itself (an i440FX, 8086:1237, class 060000) is device 00:00.0; `attach` adds more.
+public final class PCIHostBridge: PortIODevice, Sendable {
+    public static let basePort: IOPort = 0xCF8
+    public static let portCount = 8
+    public static let slotCount = 32
+    public static let functionCount = 8
+
+    public let name: String
+    /// Where byte accesses at 0xCF9 go.
+    public let resetControl: ResetControlDevice?
+    private let state: Mutex<State>
+
+    private struct State {
+        var address: UInt32 = 0
+        var functions = [(any PCIDevice)?](repeating: nil, count: PCIHostBridge.slotCount * PCIHostBridge.functionCount)
+    }
+
+    /// A bus with `hostBridge` at 00:00.0 and nothing else.
+    public init(name: String = "pci-host", hostBridge: any PCIDevice = PCIFunction.i440FXHostBridge(),
+                resetControl: ResetControlDevice? = nil) {
+        self.name = name
+        self.resetControl = resetControl
+        var state = State()
+        state.functions[0] = hostBridge
+        self.state = Mutex(state)
+    }
+
+    /// Places `device` at 00:`slot`.`function`.
+    public func attach(_ device: any PCIDevice, slot: Int, function: Int = 0) throws(PCIError) {
+        guard (0..<Self.slotCount).contains(slot), (0..<Self.functionCount).contains(function) else {
+            throw .invalidAddress(slot: slot, function: function)
+        }
+        try state.withLock { state throws(PCIError) in
+            let index = slot * Self.functionCount + function
+            guard state.functions[index] == nil else { throw .slotTaken(slot: slot, function: function) }
+            state.functions[index] = device
+        }
+    }
+
+    /// The device at 00:`slot`.`function`, if any.
+    public func device(slot: Int, function: Int = 0) -> (any PCIDevice)? {
+        guard (0..<Self.slotCount).contains(slot), (0..<Self.functionCount).contains(function) else { return nil }
+        return state.withLock { $0.functions[slot * Self.functionCount + function] }
+    }
+
+    /// The current CONFIG_ADDRESS value.
+    public var configAddress: UInt32 { state.withLock { $0.address } }
+
+    public func portRead(offset: UInt16, size: Int) -> UInt32 {
+        let ones = allOnes(size)
+        switch offset {
+        case 0 where size == 4:
+            return configAddress
+        case 1 where size == 1:
+            return resetControl?.portRead(offset: 0, size: 1) ?? ones
+        case 4..<8:
+            guard let hit = target(offset: offset) else { return ones }
+            return hit.device.configurationRead(offset: hit.register, size: min(size, 8 - Int(offset))) & ones
+        default:
+            return ones
+        }
+    }
+
+    public func portWrite(offset: UInt16, size: Int, value: UInt32) -> ExitAction {
+        switch offset {
+        case 0 where size == 4:
+            state.withLock { $0.address = value & 0x80FF_FFFC }
+        case 1 where size == 1:
+            return resetControl?.portWrite(offset: 0, size: 1, value: value) ?? .resume
+        case 4..<8:
+            guard let hit = target(offset: offset) else { return .resume }
+            hit.device.configurationWrite(offset: hit.register, size: min(size, 8 - Int(offset)), value: value)
+        default:
+            break
+        }
+        return .resume
+    }
+
+    /// The function and register CONFIG_ADDRESS selects for a data access at `offset`.
+    private func target(offset: UInt16) -> (device: any PCIDevice, register: UInt8)? {
+        state.withLock { state -> (device: any PCIDevice, register: UInt8)? in
+            let address = state.address
+            guard address & 0x8000_0000 != 0, (address >> 16) & 0xFF == 0 else { return nil }
+            let index = Int((address >> 8) & 0xFF)  // device << 3 | function
+            guard let device = state.functions[index] else { return nil }
+            return (device, UInt8(address & 0xFC) + UInt8(offset - 4))
+        }
+    }
+
+    private func allOnes(_ size: Int) -> UInt32 {
+        size >= 4 ? 0xFFFF_FFFF : (1 << (8 * UInt32(size))) - 1
+    }
+}

@@ -1,0 +1,184 @@
+// ACPI tables (ACPI 6.4 chapter 5) and the PM registers at 0x600, without a VM, plus a guest
+// that finds them by the standard RSDP scan.
+import HVCore
+import Synchronization
+import Testing
+
+@Suite("ACPI tables and PM device")
+struct ACPITablesTests {
+    func u32(_ bytes: [UInt8], _ offset: Int) -> UInt64 { (0..<4).reduce(0) { $0 | UInt64(bytes[offset + $1]) << (8 * $1) } }
+    func u64(_ bytes: [UInt8], _ offset: Int) -> UInt64 { (0..<8).reduce(0) { $0 | UInt64(bytes[offset + $1]) << (8 * $1) } }
+    func sum(_ bytes: some Sequence<UInt8>) -> UInt8 { bytes.reduce(0, &+) }
+
+    @Test("the RSDP is 16-byte aligned in 0xE0000-0xFFFFF with both checksums, pointing at RSDT and XSDT")
+    func rsdp() throws {
+        let tables = ACPITables(ACPIConfiguration(cpuCount: 2))
+        let rsdp = try #require(tables.table("RSD PTR "))
+        #expect(rsdp.address == 0xE_0000)
+        #expect(rsdp.bytes.count == 36)
+        #expect(sum(rsdp.bytes[0..<20]) == 0)
+        #expect(sum(rsdp.bytes) == 0)
+        #expect(rsdp.bytes[15] == 2)
+        #expect(u32(rsdp.bytes, 16) == tables.table("RSDT")?.address)
+        #expect(u64(rsdp.bytes, 24) == tables.table("XSDT")?.address)
+    }
+
+    @Test("every table has a valid length and checksum and lies in the BIOS area")
+    func checksums() {
+        let tables = ACPITables(ACPIConfiguration(cpuCount: 4))
+        for table in tables.tables where table.signature != "RSD PTR " {
+            #expect(Array(table.bytes[0..<4]) == Array(table.signature.utf8))
+            #expect(u32(table.bytes, 4) == UInt64(table.bytes.count))
+            if table.signature != "FACS" { #expect(sum(table.bytes) == 0, "\(table.signature)") }
+            #expect(table.address >= 0xE_0000 && table.address + UInt64(table.bytes.count) <= 0x10_0000)
+        }
+        #expect(tables.table("FACS")!.address % 64 == 0)
+    }
+
+    @Test("the XSDT lists the FADT and MADT; the FADT points at FACS, DSDT, PM blocks and 0xCF9")
+    func fadt() throws {
+        let tables = ACPITables(ACPIConfiguration(cpuCount: 1))
+        let xsdt = try #require(tables.table("XSDT"))
+        let fadt = try #require(tables.table("FACP"))
+        #expect([u64(xsdt.bytes, 36), u64(xsdt.bytes, 44)] == [fadt.address, tables.table("APIC")!.address])
+        #expect(fadt.bytes.count == 276)
+        #expect(fadt.bytes[8] == 6)
+        #expect(u64(fadt.bytes, 132) == tables.table("FACS")!.address)
+        #expect(u64(fadt.bytes, 140) == tables.table("DSDT")!.address)
+        #expect(u32(fadt.bytes, 56) == 0x600)
+        #expect(u32(fadt.bytes, 64) == 0x604)
+        #expect(u32(fadt.bytes, 76) == 0x608)
+        #expect(fadt.bytes[91] == 4)
+        #expect(u32(fadt.bytes, 112) & (1 << 10) != 0)  // RESET_REG_SUP
+        #expect(Array(fadt.bytes[116..<128]) == [1, 8, 0, 1, 0xF9, 0x0C, 0, 0, 0, 0, 0, 0])
+        #expect(fadt.bytes[128] == 0x06)
+        #expect(Array(fadt.bytes[148..<152]) == [1, 32, 0, 0])
+        #expect(Array(fadt.bytes[172..<176]) == [1, 16, 0, 0])
+        #expect(Array(fadt.bytes[208..<212]) == [1, 32, 0, 3])
+        #expect(u64(fadt.bytes, 212) == 0x608)
+    }
+
+    @Test("the MADT has one enabled LAPIC per vCPU and the I/O APIC")
+    func madt() throws {
+        let madt = try #require(ACPITables(ACPIConfiguration(cpuCount: 3)).table("APIC"))
+        #expect(u32(madt.bytes, 36) == 0xFEE0_0000)
+        var entries: [[UInt8]] = []
+        var offset = 44
+        while offset < madt.bytes.count {
+            let length = Int(madt.bytes[offset + 1])
+            entries.append(Array(madt.bytes[offset..<offset + length]))
+            offset += length
+        }
+        #expect(offset == madt.bytes.count)
+        let lapics = entries.filter { $0[0] == 0 }
+        #expect(lapics.map { [$0[2], $0[3], $0[4]] } == [[0, 0, 1], [1, 1, 1], [2, 2, 1]])
+        let ioapic = try #require(entries.first { $0[0] == 1 })
+        #expect(u32(ioapic, 4) == 0xFEC0_0000)
+        #expect(entries.filter { $0[0] == 2 }.count == 2)
+    }
+
+    @Test("the DSDT holds \\_S5 and, when asked, a TPM device with its TIS window")
+    func dsdt() throws {
+        let plain = try #require(ACPITables(ACPIConfiguration(cpuCount: 1)).table("DSDT"))
+        #expect(Array(plain.bytes[36...]) == [0x08, 0x5C, 0x5F, 0x53, 0x35, 0x5F, 0x12, 0x06, 0x04, 0, 0, 0, 0])
+        var configuration = ACPIConfiguration(cpuCount: 1)
+        configuration.hasTPM = true
+        let withTPM = try #require(ACPITables(configuration).table("DSDT"))
+        let text = String(decoding: withTPM.bytes, as: UTF8.self)
+        #expect(text.contains("MSFT0101"))
+        #expect(text.contains("TPM_"))
+        #expect(sum(withTPM.bytes) == 0)
+    }
+
+    @Test("install writes the tables into guest RAM; dump prints them acpidump-style")
+    func installAndDump() throws {
+        let memory = try GuestMemory.pcLayout(size: 2 << 20)
+        let tables = ACPITables(ACPIConfiguration(cpuCount: 1))
+        try tables.install(into: memory)
+        #expect(try memory.readBytes(at: 0xE_0000, count: 8) == Array("RSD PTR ".utf8))
+        let dump = tables.dump()
+        #expect(dump.hasPrefix("RSDP @ 0x00000000000E0000\n    0000: 52 53 44 20 50 54 52 20"))
+        #expect(dump.contains("FACP @ 0x"))
+        #expect(dump.contains("APIC @ 0x"))
+    }
+
+    @Test("the PM timer counts 3,579,545 ticks a second in 24 bits")
+    func pmTimer() {
+        let now = Mutex<UInt64>(1_000)
+        let pm = ACPIPMDevice(clock: { now.withLock { $0 } })
+        #expect(pm.portRead(offset: 8, size: 4) == 0)
+        now.withLock { $0 += 1_000_000_000 }
+        #expect(pm.portRead(offset: 8, size: 4) == 3_579_545)
+        now.withLock { $0 += 4_000_000_000 }
+        #expect(pm.portRead(offset: 8, size: 4) == 17_897_725 - (1 << 24))
+        now.withLock { $0 += 1_000 }  // 1 µs is 3.58 ticks
+        #expect(pm.timerValue == 17_897_728 - (1 << 24))
+    }
+
+    @Test("PM1 control reports SCI_EN; SLP_EN with SLP_TYP 0 powers off")
+    func pm1Control() {
+        let pm = ACPIPMDevice(clock: { 0 })
+        #expect(pm.portRead(offset: 4, size: 2) == 1)
+        #expect(pm.portWrite(offset: 4, size: 2, value: 0x0400) == .resume)
+        #expect(pm.portRead(offset: 4, size: 2) == 0x0401)
+        #expect(pm.portWrite(offset: 4, size: 2, value: 0x2400) == .resume)  // S1: ignored
+        #expect(pm.portWrite(offset: 4, size: 2, value: 0x2000) == .stop(.systemEvent(.shutdown)))
+        #expect(pm.portRead(offset: 0, size: 2) == 0)
+        _ = pm.portWrite(offset: 2, size: 2, value: 0x0100)
+        #expect(pm.portRead(offset: 2, size: 2) == 0x0100)
+        #expect(pm.portRead(offset: 0, size: 4) == 0x0100_0000)  // status and enable as one dword
+        #expect(pm.portWrite(offset: 5, size: 1, value: 0x20) == .stop(.systemEvent(.shutdown)))  // byte write of SLP_EN
+        #expect(pm.portRead(offset: 12, size: 1) == 0xFF)
+    }
+}
+
+@Suite("ACPI under KVM", .requiresKVM, .serialized)
+struct ACPIKVMTests {
+    @Test("a long-mode guest finds the RSDP by the standard scan, follows XSDT to the FADT and reads an advancing PM timer")
+    func guestFindsThePMTimer() throws {
+        let vm = try KVMHost.machine()
+        _ = try attachConsole(vm)
+        try ACPITables(ACPIConfiguration(cpuCount: 1)).install(into: vm.memory)
+        try vm.devices.register(ACPIPMDevice(), port: ACPIPMDevice.basePort, count: ACPIPMDevice.portCount)
+        try vm.load(GuestProgram.longMode { a in
+            let scan = a.label()
+            let found = a.label()
+            a.mov(Register64.rbx, 0xE_0000)
+            a.mov(Register64.rcx, 0x2052_5450_2044_5352)  // "RSD PTR " little-endian
+            a.bind(scan)
+            a.mov(Register64.rax, .at(Register64.rbx))
+            a.cmp(Register64.rax, Register64.rcx)
+            a.je(found)
+            a.add(Register64.rbx, 16)
+            a.cmp(Register64.rbx, 0x10_0000)
+            a.jne(scan)
+            a.debugExit(code: 1)
+            a.bind(found)
+            a.mov(Register32.eax, Register32.ebx)
+            a.out(0x77, Register32.eax)  // the RSDP's address
+            a.mov(Register64.rbx, .at(Register64.rbx, 24))  // XsdtAddress
+            a.mov(Register64.rbx, .at(Register64.rbx, 36))  // Entry[0]: the FADT
+            a.mov(Register32.eax, .at(Register64.rbx, 76))  // PM_TMR_BLK
+            a.out(0x77, Register32.eax)
+            a.mov(Register32.edx, Register32.eax)
+            a.in(Register32.eax, Register16.dx)
+            a.mov(Register32.esi, Register32.eax)
+            a.in(Register32.eax, Register16.dx)
+            a.mov(Register32.edi, Register32.eax)
+            a.mov(Register32.eax, Register32.esi)
+            a.out(0x77, Register32.eax)
+            a.mov(Register32.eax, Register32.edi)
+            a.out(0x77, Register32.eax)
+            a.debugExit(code: 0)
+        })
+        let recorder = TrafficRecorder(ports: 0x77...0x77)
+        let result = try vm.run(handler: recorder)
+        #expect(result.reason == .debugExit(code: 0))
+        let values = recorder.accesses.map { $0.values[0] }
+        try #require(values.count == 4)
+        #expect(values[0] == 0xE_0000)
+        #expect(values[1] == 0x608)
+        let ticks = (values[3] &- values[2]) & 0xFF_FFFF
+        #expect(ticks > 0 && ticks < 3_579_545 * 5, "the timer advanced \(ticks) ticks between two reads")
+    }
+}
