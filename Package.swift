@@ -27,6 +27,8 @@ let package = Package(
         .target(name: "CKVM"),
         // Test and benchmark support: counts malloc calls of this process (interposes malloc).
         .target(name: "CAllocationCounter"),
+        // libtpms, the TPM 2.0 used by the virtual TPM (Debian libtpms-dev).
+        .systemLibrary(name: "CLibTPMS", pkgConfig: "libtpms", providers: [.apt(["libtpms-dev"])]),
         // Layer 2: the hosted SDK.
         .target(
             name: "HVCore",
@@ -38,11 +40,15 @@ let package = Package(
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ]
         ),
+        // The virtual TPM (Documentation/vTPM.md): engines, TIS device, swtpm-protocol server.
+        // Its own target so that only what uses a TPM links libtpms.
+        .target(name: "HVTPM", dependencies: ["HVCore", "HVGuest", "CLibTPMS"]),
         // Layer 5: tools.
         .executableTarget(
             name: "hv",
             dependencies: [
                 "HVCore",
+                "HVTPM",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Yams", package: "Yams"),
@@ -80,6 +86,7 @@ let package = Package(
         .testTarget(name: "HVModelTests", dependencies: ["HVModel"]),
         .testTarget(name: "HVGuestTests", dependencies: ["HVGuest"]),
         .testTarget(name: "HVCoreTests", dependencies: ["HVCore", "CAllocationCounter"]),
-        .testTarget(name: "hvTests", dependencies: ["hv", "HVGuest", "MinimalVMM", "ExitTracer", "hv-bench"]),
+        .testTarget(name: "HVTPMTests", dependencies: ["HVTPM", "HVCore", "HVGuest"]),
+        .testTarget(name: "hvTests", dependencies: ["hv", "HVGuest", "MinimalVMM", "ExitTracer", "hv-bench", "HVTPM"]),
     ]
 )

@@ -3,10 +3,12 @@
 #   linux-libc-dev  <linux/kvm.h> for the CKVM shim
 #   binutils        GNU as/objcopy: tests cross-check HV's x86 assembler against them
 #   libc6-dev       glibc headers
+#   libtpms-dev, pkg-config   the virtual TPM's engine (CLibTPMS)
+#   tpm2-tools, swtpm, swtpm-tools   real TPM clients and the reference server for vTPM tests
 # Swift itself (6.1 or later) must already be on PATH.
 set -euo pipefail
 
-packages=(linux-libc-dev binutils libc6-dev)
+packages=(linux-libc-dev binutils libc6-dev libtpms-dev pkg-config tpm2-tools swtpm swtpm-tools)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

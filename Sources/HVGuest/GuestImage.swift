@@ -9,11 +9,20 @@ public enum GuestMode: Sendable, Hashable {
     case real
     /// IA-32e 64-bit mode with identity paging (SDM Vol. 3A, 9.8.5 and 4.5).
     case long
+    /// 32-bit protected mode, flat segments, paging off (SDM Vol. 3A, 9.9.1): how Multiboot
+    /// kernels and ELF32 images start (ProtectedModeSetup.swift).
+    case protected
 
     /// The code size the program must be assembled for.
-    public var codeSize: CodeSize { self == .real ? .bits16 : .bits64 }
+    public var codeSize: CodeSize {
+        switch self {
+        case .real: .bits16
+        case .protected: .bits32
+        case .long: .bits64
+        }
+    }
 
-    /// Where a program of this mode loads unless told otherwise.
+    /// Where a program of this mode loads unless told otherwise (1 MiB outside real mode).
     public var defaultLoadAddress: UInt64 {
         self == .real ? GuestImage.realModeLoadAddress : GuestImage.longModeLoadAddress
     }
@@ -143,6 +152,13 @@ public struct GuestImage: Sendable, Equatable {
                     loadAddress: loadAddress, programEnd: programEnd)
             }
             return longModeImage(program: program, entry: entry, memorySize: memorySize)
+        case .protected:
+            for region in protectedModeReservedRegions where loadAddress < region.end && region.start < programEnd {
+                throw .programOverlapsSetUpStructure(
+                    structure: region.name, structureStart: region.start, structureEnd: region.end,
+                    loadAddress: loadAddress, programEnd: programEnd)
+            }
+            return protectedModeImage(chunks: [program], entry: entry)
         }
     }
 }

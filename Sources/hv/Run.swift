@@ -1,13 +1,21 @@
-// `hv run IMAGE`: run a flat binary in real or long mode.
+// `hv run IMAGE`: run a flat binary in real or long mode (--multiboot, --elf, --kernel: RunLoaders.swift).
 import ArgumentParser
 import Foundation
 import HVCore
 
 struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Run a flat binary image as a guest.",
+        abstract: "Run a flat binary, a Multiboot kernel, an ELF executable or a Linux bzImage as a guest.",
         discussion: """
-            The image is copied to --load-address and entered at --entry (default: the load \
+            Give exactly one image: a flat binary as IMAGE, --multiboot KERNEL (a Multiboot 1 \
+            kernel, ELF or a.out-kludge, entered in 32-bit protected mode with EAX = 0x2BADB002 and \
+            EBX = the Multiboot info; its command line is KERNEL, a space, then --append; each \
+            --module FILE becomes a boot module), --elf FILE (ELF64 x86-64 starts in long mode, \
+            ELF32 i386 in 32-bit protected mode with paging off) or --kernel BZIMAGE (Linux x86 \
+            boot protocol 2.12+, 64-bit entry, with --cmdline and --initrd). --mode, --entry and \
+            --load-address apply to flat images only (Documentation/Loaders.md).
+
+            A flat image is copied to --load-address and entered at --entry (default: the load \
             address) in real mode (16-bit, CS:IP set from the entry) or long mode (64-bit, \
             identity-mapped first 4 GiB, HV's GDT and page tables). COM1 (0x3F8) is a 16550 UART \
             and port 0xF4 a debug-exit port.
@@ -18,8 +26,29 @@ struct Run: ParsableCommand {
             --max-exits; 64 for a bad command line or image; 70 when the host cannot run VMs.
             """)
 
-    @Argument(help: "The flat binary to run.")
-    var image: String
+    @Argument(help: "The flat binary to run (omit it with --multiboot, --elf or --kernel).")
+    var image: String?
+
+    @Option(name: .long, help: ArgumentHelp("Boot this Multiboot 1 kernel instead of a flat IMAGE.", valueName: "kernel"))
+    var multiboot: String?
+
+    @Option(name: .long, help: ArgumentHelp("Arguments after the kernel name in the Multiboot command line.", valueName: "args"))
+    var append: String?
+
+    @Option(name: .long, help: ArgumentHelp("A Multiboot boot module (e.g. an environment file); repeatable, loaded in order.", valueName: "file"))
+    var module: [String] = []
+
+    @Option(name: .long, help: ArgumentHelp("Run this ELF executable instead of a flat IMAGE.", valueName: "file"))
+    var elf: String?
+
+    @Option(name: .long, help: ArgumentHelp("Boot this Linux bzImage instead of a flat IMAGE.", valueName: "bzimage"))
+    var kernel: String?
+
+    @Option(name: .long, help: ArgumentHelp("The Linux kernel command line.", valueName: "args"))
+    var cmdline: String?
+
+    @Option(name: .long, help: ArgumentHelp("A Linux initial RAM disk.", valueName: "file"))
+    var initrd: String?
 
     @Option(name: .long, help: "CPU mode at entry: real or long.")
     var mode: GuestModeArgument = .long
@@ -42,6 +71,9 @@ struct Run: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Where COM1 output goes: stdio or file:PATH.", valueName: "target"))
     var serial: SerialTarget = .stdio
 
+    @Option(name: .long, help: ArgumentHelp("Attach a TPM 2.0 (TIS at 0xFED40000) whose state lives in this directory (Documentation/vTPM.md).", valueName: "dir"))
+    var tpm: String?
+
     @Option(name: .long, help: ArgumentHelp("Stop the guest after this many seconds.", valueName: "seconds"))
     var timeout: Double?
 
@@ -63,22 +95,15 @@ struct Run: ParsableCommand {
             memorySize: mem.bytes, cpuCount: cpus, haltPolicy: onHalt.policy, timeLimit: timeout, exitLimit: maxExits,
             interruptController: interruptMode)
         do { try configuration.validate() } catch { fail(flagName(for: error.field), error) }
-        let bytes = try readImage()
-        let guestMode: GuestMode = mode == .real ? .real : .long
-        let load = loadAddress?.value ?? guestMode.defaultLoadAddress
-        let image: GuestImage
-        do {
-            image = try GuestImage.flat(bytes, mode: guestMode, loadAddress: load, entry: entry?.value ?? load,
-                                        memorySize: mem.bytes)
-        } catch {
-            fail("\(self.image)", error)
-        }
+        let image = try loaderImage() ?? flatImage()
         let (result, statistics) = try reportingErrors { () throws(HVError) -> (RunResult, ExitStatistics) in
             let machine = try Machine(configuration: configuration, backend: KVMBackend())
             let uart = try attachConsole(to: machine, serial: serial)
             if interruptMode != .none { try machine.connect(uart, irq: 4) }
+            let tpmEngine = try attachTPM(directory: tpm, to: machine)
             try machine.load(image)
             let result = try machine.run()
+            try? tpmEngine?.close()
             uart.flush()
             return (result, machine.statistics)
         }
@@ -89,8 +114,22 @@ struct Run: ParsableCommand {
         if status != 0 { throw ExitCode(status) }
     }
 
+    /// The flat IMAGE as a guest image, or a one-line error and exit status 64.
+    private func flatImage() throws -> GuestImage {
+        let bytes = try readImage()
+        let guestMode: GuestMode = mode == .real ? .real : .long
+        let load = loadAddress?.value ?? guestMode.defaultLoadAddress
+        do {
+            return try GuestImage.flat(bytes, mode: guestMode, loadAddress: load, entry: entry?.value ?? load,
+                                       memorySize: mem.bytes)
+        } catch {
+            fail(self.image ?? "IMAGE", error)
+        }
+    }
+
     /// The image's bytes, or a one-line error and exit status 64.
     private func readImage() throws -> [UInt8] {
+        guard let image else { fail("IMAGE", "missing; give a flat binary, --multiboot KERNEL, --elf FILE or --kernel BZIMAGE") }
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: image, isDirectory: &isDirectory) else {
             fail("\(image)", "no such file")

@@ -68,18 +68,20 @@ public struct VMCSField: RawRepresentable, Hashable, Comparable, Sendable {
     }
 
     /// The position of this field's full encoding in `all`, or nil for an unknown encoding.
-    public var tableIndex: Int? {
+    @inlinable public var tableIndex: Int? {
         let key = full.rawValue
-        var low = 0
-        var high = Self.all.count
-        while low < high {
-            let middle = (low + high) / 2
-            let value = Self.all[middle].field.rawValue
-            if value == key { return middle }
-            if value < key { low = middle + 1 } else { high = middle }
-        }
-        return nil
+        guard key < 0x8000 else { return nil }
+        let index = Self.indexByEncoding[Int(key >> 1)]
+        return index < 0 ? nil : Int(index)
     }
+
+    /// `all`'s index for each full encoding below 8000H (by encoding >> 1), -1 where none: built
+    /// once so that every VMCS read is one load instead of a binary search.
+    @usableFromInline static let indexByEncoding: [Int16] = {
+        var table = [Int16](repeating: -1, count: 0x4000)
+        for (index, entry) in all.enumerated() { table[Int(entry.field.rawValue >> 1)] = Int16(index) }
+        return table
+    }()
 
     /// The SDM name ("guest CR0"; "guest IA32_EFER (high)" for a high access), or nil if unknown.
     public var name: String? {

@@ -3,12 +3,17 @@
 /// A guest segment register as the VMCS holds it (SDM 25.4.1): access rights bits 3:0 type,
 /// 4 S, 6:5 DPL, 7 P, 12 AVL, 13 L, 14 D/B, 15 G, 16 unusable.
 struct GuestSegment {
-    let name: String
+    /// Position in `fields`: 0 ES, 1 CS, 2 SS, 3 DS, 4 FS, 5 GS, 6 LDTR, 7 TR.
+    let index: Int
     let selector: UInt64
     let base: UInt64
     let limit: UInt64
     let rights: UInt64
-    let accessRightsField: VMCSField
+
+    var name: String { Self.fields[index].0 }
+    var accessRightsField: VMCSField { Self.fields[index].4 }
+    var isCS: Bool { index == 1 }
+    var isTR: Bool { index == 7 }
 
     var type: UInt64 { rights & 0xF }
     var s: Bool { rights & (1 << 4) != 0 }
@@ -31,14 +36,23 @@ struct GuestSegment {
         ("TR", .guestTRSelector, .guestTRBase, .guestTRLimit, .guestTRAccessRights),
     ]
 
+    // Iteration orders the checks use (indices into `fields`), fixed once instead of an array per check.
+    /// DS, ES, FS, GS.
+    static let dataOrder = [3, 0, 4, 5]
+    /// CS, SS, DS, ES, FS, GS.
+    static let codeAndDataOrder = [1, 2, 3, 0, 4, 5]
+    /// TR, FS, GS.
+    static let canonicalBaseOrder = [7, 4, 5]
+    /// SS, DS, ES.
+    static let lowBaseOrder = [2, 3, 0]
+
     init(_ vmcs: VMCSImage, _ index: Int) {
-        let (name, selector, base, limit, rights) = Self.fields[index]
-        self.name = name
+        let (_, selector, base, limit, rights) = Self.fields[index]
+        self.index = index
         self.selector = vmcs[selector]
         self.base = vmcs[base]
         self.limit = vmcs[limit]
         self.rights = vmcs[rights]
-        accessRightsField = rights
     }
 
     var text: String { "\(name): selector \(hexString(selector, digits: 4)), base \(hexString(base)), limit \(hexString(limit)), access rights \(hexString(rights, digits: 4))" }
@@ -46,9 +60,9 @@ struct GuestSegment {
 
 extension VMEntryContext {
     func guestViolation(_ check: VMEntryCheck) -> String? {
-        switch check.section {
-        case "27.3.1.1": return guestRegisterViolation(check)
-        case "27.3.1.2": return guestSegmentViolation(check)
+        switch check.stage {
+        case .guestRegisters: return guestRegisterViolation(check)
+        case .guestSegments: return guestSegmentViolation(check)
         default: return guestOtherViolation(check)
         }
     }
@@ -95,10 +109,8 @@ extension VMEntryContext {
     }
 
     func guestSegmentViolation(_ check: VMEntryCheck) -> String? {
-        let segments = (0..<8).map { GuestSegment(vmcs, $0) }
-        let es = segments[0], cs = segments[1], ss = segments[2], ds = segments[3], fs = segments[4], gs = segments[5]
-        let ldtr = segments[6], tr = segments[7]
-        let data = [ds, es, fs, gs]
+        let segments = self.segments
+        let cs = segments[1], ss = segments[2], ldtr = segments[6], tr = segments[7]
         switch check {
         case .guestSelectorTI:
             if tr.selector & 4 != 0 { return tr.text }
@@ -107,31 +119,35 @@ extension VMEntryContext {
             return !v86 && !unrestricted && ss.rpl != cs.rpl ? "SS.RPL = \(ss.rpl), CS.RPL = \(cs.rpl)" : nil
         case .guestVirtual8086Segments:
             guard v86 else { return nil }
-            for segment in [cs, ss, ds, es, fs, gs] where segment.base != segment.selector << 4 || segment.limit != 0xFFFF || segment.rights != 0xF3 {
-                return segment.text
+            for i in GuestSegment.codeAndDataOrder {
+                let segment = segments[i]
+                if segment.base != segment.selector << 4 || segment.limit != 0xFFFF || segment.rights != 0xF3 { return segment.text }
             }
             return nil
         case .guestSegmentBases:
-            for segment in [tr, fs, gs] where !canonical(segment.base) { return segment.text }
+            for i in GuestSegment.canonicalBaseOrder where !canonical(segments[i].base) { return segments[i].text }
             if ldtr.usable && !canonical(ldtr.base) { return ldtr.text }
             if cs.base >> 32 != 0 { return cs.text }
-            for segment in [ss, ds, es] where segment.usable && segment.base >> 32 != 0 { return segment.text }
+            for i in GuestSegment.lowBaseOrder where segments[i].usable && segments[i].base >> 32 != 0 { return segments[i].text }
             return nil
         default: break
         }
         guard !v86 else { return nil }  // the remaining segment checks apply outside virtual-8086 mode
         switch check {
         case .guestCSType:
-            return [9, 11, 13, 15].contains(cs.type) || (unrestricted && cs.type == 3) ? nil : "CS type \(cs.type): \(cs.text)"
+            return cs.type == 9 || cs.type == 11 || cs.type == 13 || cs.type == 15 || (unrestricted && cs.type == 3) ? nil : "CS type \(cs.type): \(cs.text)"
         case .guestSSType:
             return ss.usable && ss.type != 3 && ss.type != 7 ? "SS type \(ss.type)" : nil
         case .guestDataSegmentTypes:
-            for segment in data where segment.usable && (segment.type & 1 == 0 || (segment.type & 8 != 0 && segment.type & 2 == 0)) {
-                return "\(segment.name) type \(segment.type)"
+            for i in GuestSegment.dataOrder {
+                let segment = segments[i]
+                if segment.usable && (segment.type & 1 == 0 || (segment.type & 8 != 0 && segment.type & 2 == 0)) {
+                    return "\(segment.name) type \(segment.type)"
+                }
             }
             return nil
         case .guestSegmentDescriptorType:
-            for segment in [cs, ss, ds, es, fs, gs] where (segment.name == "CS" || segment.usable) && !segment.s { return "\(segment.name): S = 0" }
+            for i in GuestSegment.codeAndDataOrder where (segments[i].isCS || segments[i].usable) && !segments[i].s { return "\(segments[i].name): S = 0" }
             return nil
         case .guestCSDPL:
             switch cs.type {
@@ -146,20 +162,23 @@ extension VMEntryContext {
             return nil
         case .guestDataDPL:
             guard !unrestricted else { return nil }
-            for segment in data where segment.usable && segment.type <= 11 && segment.dpl < segment.rpl {
-                return "\(segment.name).DPL = \(segment.dpl) < RPL = \(segment.rpl)"
+            for i in GuestSegment.dataOrder {
+                let segment = segments[i]
+                if segment.usable && segment.type <= 11 && segment.dpl < segment.rpl {
+                    return "\(segment.name).DPL = \(segment.dpl) < RPL = \(segment.rpl)"
+                }
             }
             return nil
         case .guestSegmentPresent:
-            for segment in [cs, ss, ds, es, fs, gs] where (segment.name == "CS" || segment.usable) && !segment.present { return "\(segment.name): P = 0" }
+            for i in GuestSegment.codeAndDataOrder where (segments[i].isCS || segments[i].usable) && !segments[i].present { return "\(segments[i].name): P = 0" }
             return nil
         case .guestSegmentReservedBits:
-            for segment in segments where (segment.name == "CS" || segment.usable) && segment.rights & 0xFFFE_0F00 != 0 { return segment.text }
+            for segment in segments where (segment.isCS || segment.usable) && segment.rights & 0xFFFE_0F00 != 0 { return segment.text }
             return nil
         case .guestCSLongMode:
             return ia32eGuest && cs.long && cs.defaultBig ? "CS.L = 1 and CS.D = 1" : nil
         case .guestSegmentGranularity:
-            for segment in segments where segment.name == "CS" || segment.name == "TR" || segment.usable {
+            for segment in segments where segment.isCS || segment.isTR || segment.usable {
                 if segment.limit & 0xFFF != 0xFFF && segment.granularity { return "\(segment.name): limit \(hexString(segment.limit)) with G = 1" }
                 if segment.limit & 0xFFF0_0000 != 0 && !segment.granularity { return "\(segment.name): limit \(hexString(segment.limit)) with G = 0" }
             }
@@ -172,6 +191,8 @@ extension VMEntryContext {
         default: return nil
         }
     }
+
+    static let pdpteFields: [VMCSField] = [.guestPDPTE0, .guestPDPTE1, .guestPDPTE2, .guestPDPTE3]
 
     func guestOtherViolation(_ check: VMEntryCheck) -> String? {
         let interruptibility = vmcs[.guestInterruptibilityState]
@@ -234,7 +255,7 @@ extension VMEntryContext {
             return link == UInt64.max || physicalOK(link) ? nil : "\(hex(.vmcsLinkPointer)) (use 0xffffffffffffffff for no link)"
         case .guestPDPTEs:
             guard secondary.contains(.enableEPT), guestCR0 & (1 << 31) != 0, guestCR4 & (1 << 5) != 0, !ia32eGuest else { return nil }
-            for field in [VMCSField.guestPDPTE0, .guestPDPTE1, .guestPDPTE2, .guestPDPTE3] {
+            for field in Self.pdpteFields {
                 let entry = vmcs[field]
                 if entry & 1 != 0 && (entry & 0x1E6 != 0 || entry & ~0xFFF & ~maxPhysical != 0) { return hex(field) }
             }

@@ -1,6 +1,9 @@
 // VM-entry checks on the entry controls (SDM 27.2.1.3) and on host state (27.2.2-27.2.4).
 
 extension VMEntryContext {
+    static let hostSelectorFields: [VMCSField] = [.hostESSelector, .hostCSSelector, .hostSSSelector, .hostDSSelector, .hostFSSelector, .hostGSSelector, .hostTRSelector]
+    static let hostBaseFields: [VMCSField] = [.hostFSBase, .hostGSBase, .hostGDTRBase, .hostIDTRBase, .hostTRBase]
+
     func entryControlViolation(_ check: VMEntryCheck) -> String? {
         let info = injection
         switch check {
@@ -22,7 +25,7 @@ extension VMEntryContext {
         case .injectionErrorCodeConsistency:
             guard info.isValid else { return nil }
             let protected = !unrestricted || guestCR0 & 1 != 0
-            let pushesErrorCode = [8, 10, 11, 12, 13, 14, 17, 21].contains(Int(info.vector))
+            let pushesErrorCode = switch info.vector { case 8, 10, 11, 12, 13, 14, 17, 21: true; default: false }
             let hardware = info.type == .hardwareException
             if caps.relaxedErrorCodeInjection {
                 return info.errorCodeValid && !(hardware && protected) ? "error code delivered for a \(info.type.name) or in real mode" : nil
@@ -36,7 +39,8 @@ extension VMEntryContext {
         case .injectionErrorCode:
             return info.isValid && info.errorCodeValid && vmcs[.entryExceptionErrorCode] & 0xFFFF_0000 != 0 ? hex(.entryExceptionErrorCode) : nil
         case .injectionInstructionLength:
-            guard info.isValid, [.softwareInterrupt, .privilegedSoftwareException, .softwareException].contains(info.type) else { return nil }
+            guard info.isValid, info.type == .softwareInterrupt || info.type == .privilegedSoftwareException || info.type == .softwareException
+            else { return nil }
             let length = vmcs[.entryInstructionLength]
             if length == 0 && caps.allowsZeroLengthInjection { return nil }
             return (1...15).contains(length) ? nil : "\(hex(.entryInstructionLength)) for a \(info.type.name)"
@@ -78,8 +82,7 @@ extension VMEntryContext {
             let lme = efer & (1 << 8) != 0
             return lma == hostIA32e && lme == hostIA32e ? nil : "\(hex(.hostIA32EFER)): LMA/LME differ from 'host address-space size' = \(hostIA32e ? 1 : 0)"
         case .hostSelectorRPLAndTI:
-            for field in [VMCSField.hostESSelector, .hostCSSelector, .hostSSSelector, .hostDSSelector, .hostFSSelector, .hostGSSelector, .hostTRSelector]
-            where vmcs[field] & 7 != 0 { return hex(field) }
+            for field in Self.hostSelectorFields where vmcs[field] & 7 != 0 { return hex(field) }
             return nil
         case .hostCSNotNull: return vmcs[.hostCSSelector] == 0 ? hex(.hostCSSelector) : nil
         case .hostTRNotNull: return vmcs[.hostTRSelector] == 0 ? hex(.hostTRSelector) : nil
@@ -87,7 +90,7 @@ extension VMEntryContext {
             return !hostIA32e && vmcs[.hostSSSelector] == 0 ? hex(.hostSSSelector) : nil
         case .hostBasesCanonical:
             guard env.hostInIA32eMode else { return nil }
-            for field in [VMCSField.hostFSBase, .hostGSBase, .hostGDTRBase, .hostIDTRBase, .hostTRBase] where !canonical(vmcs[field]) { return hex(field) }
+            for field in Self.hostBaseFields where !canonical(vmcs[field]) { return hex(field) }
             return nil
         case .hostAddressSpaceSize:
             if env.hostInIA32eMode { return hostIA32e ? nil : "the VMM runs in IA-32e mode but 'host address-space size' = 0" }

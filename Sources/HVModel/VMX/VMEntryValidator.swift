@@ -19,11 +19,39 @@ public enum VMEntryOutcome: Hashable, Sendable {
     }
 }
 
+/// Which part of SDM 27.2-27.3 a check belongs to, derived once from its section.
+enum VMEntryStage {
+    /// 27.2.1: VM-execution, VM-exit and VM-entry controls (VM-instruction error 7).
+    case controls
+    /// 27.2.2-27.2.4: host state (VM-instruction error 8).
+    case host
+    /// 27.3.1.1: guest control, debug registers and MSRs.
+    case guestRegisters
+    /// 27.3.1.2: guest segment registers.
+    case guestSegments
+    /// 27.3.1.3-27.3.1.6: the rest of the guest state.
+    case guestOther
+}
+
 extension VMEntryCheck {
+    /// Each check's stage by raw value, classified from `section` once (no string work per check).
+    static let stages: [VMEntryStage] = allCases.map { check in
+        let section = check.section
+        if section.hasPrefix("27.2.1") { return .controls }
+        if section.hasPrefix("27.2") { return .host }
+        if section == "27.3.1.1" { return .guestRegisters }
+        if section == "27.3.1.2" { return .guestSegments }
+        return .guestOther
+    }
+
+    /// The part of the manual's check order this check belongs to.
+    var stage: VMEntryStage { Self.stages[rawValue] }
+
     /// What the processor does when this check fails.
     public var outcome: VMEntryOutcome {
-        if section.hasPrefix("27.2.1") { return .vmInstructionError(.invalidControlFields) }
-        if section.hasPrefix("27.2") { return .vmInstructionError(.invalidHostStateFields) }
+        let stage = stage
+        if stage == .controls { return .vmInstructionError(.invalidControlFields) }
+        if stage == .host { return .vmInstructionError(.invalidHostStateFields) }
         if self == .guestPDPTEs { return .entryFailureExit(qualification: 2) }
         if self == .guestVMCSLinkPointer { return .entryFailureExit(qualification: 4) }
         return .entryFailureExit(qualification: 0)
@@ -114,6 +142,8 @@ struct VMEntryContext {
     let unrestricted: Bool
     let ia32eGuest: Bool
     let v86: Bool
+    /// ES, CS, SS, DS, FS, GS, LDTR, TR (the order of `GuestSegment.fields`), read once.
+    let segments: [GuestSegment]
 
     init(vmcs: VMCSImage, capabilities: VMXCapabilities, environment: VMEntryEnvironment) {
         self.vmcs = vmcs
@@ -136,6 +166,10 @@ struct VMEntryContext {
         unrestricted = secondary.contains(.unrestrictedGuest)
         ia32eGuest = entry.contains(.ia32eModeGuest)
         v86 = rflags & (1 << 17) != 0
+        var segments: [GuestSegment] = []
+        segments.reserveCapacity(8)
+        for index in 0..<8 { segments.append(GuestSegment(vmcs, index)) }
+        self.segments = segments
     }
 
     // MARK: helpers
@@ -181,9 +215,11 @@ struct VMEntryContext {
 
     /// The first violated condition of `check`, as a detail string, or nil when it holds.
     func violation(_ check: VMEntryCheck) -> String? {
-        if check.section.hasPrefix("27.2.1") { return controlViolation(check) }
-        if check.section.hasPrefix("27.2") { return hostViolation(check) }
-        return guestViolation(check)
+        switch check.stage {
+        case .controls: return controlViolation(check)
+        case .host: return hostViolation(check)
+        default: return guestViolation(check)
+        }
     }
 
     // MARK: 27.2.1 controls

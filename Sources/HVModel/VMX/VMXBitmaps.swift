@@ -62,7 +62,20 @@ public struct MSRBitmap: Hashable, Sendable {
 
     /// How many (MSR, access) pairs pass through.
     public var passThroughCount: Int {
-        bytes.reduce(0) { $0 + (8 - $1.nonzeroBitCount) }
+        // 64 bits at a time: the page is 512 words.
+        bytes.withUnsafeBytes { raw in
+            var trapped = 0
+            var offset = 0
+            while offset + 8 <= raw.count {
+                trapped += raw.loadUnaligned(fromByteOffset: offset, as: UInt64.self).nonzeroBitCount
+                offset += 8
+            }
+            while offset < raw.count {
+                trapped += raw[offset].nonzeroBitCount
+                offset += 1
+            }
+            return raw.count * 8 - trapped
+        }
     }
 }
 

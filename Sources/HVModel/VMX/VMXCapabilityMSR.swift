@@ -115,13 +115,21 @@ public enum VMXCapabilityMSR: UInt32, CaseIterable, Sendable, Comparable {
 
 /// `value` as `0x` and lower-case hex digits, at least `digits` of them.
 public func hexString(_ value: UInt64, digits: Int = 1) -> String {
-    let alphabet: [UInt8] = Array("0123456789abcdef".utf8)
-    var out: [UInt8] = []
-    var rest = value
-    repeat {
-        out.append(alphabet[Int(rest & 0xF)])
-        rest >>= 4
-    } while rest != 0
-    while out.count < digits { out.append(0x30) }
-    return "0x" + String(decoding: out.reversed(), as: UTF8.self)
+    // Written straight into the string's storage: no intermediate arrays (this runs for every
+    // report line and failure detail).
+    let significant = value == 0 ? 1 : (67 - value.leadingZeroBitCount) / 4
+    let count = max(significant, digits)
+    return String(unsafeUninitializedCapacity: count + 2) { buffer in
+        buffer[0] = 0x30  // "0"
+        buffer[1] = 0x78  // "x"
+        var rest = value
+        var position = count + 1
+        while position >= 2 {
+            let nibble = UInt8(truncatingIfNeeded: rest & 0xF)
+            buffer[position] = nibble < 10 ? 0x30 + nibble : 0x57 + nibble  // 0-9, a-f
+            rest >>= 4
+            position -= 1
+        }
+        return count + 2
+    }
 }

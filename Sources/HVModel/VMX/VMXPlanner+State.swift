@@ -104,11 +104,20 @@ extension VMXPlanner {
                                 cr0Shadow: wantedCR0, cr4Shadow: wantedCR4)
     }
 
+    static let hostDataSelectors: [VMCSField] = [.hostSSSelector, .hostDSSelector, .hostESSelector, .hostFSSelector, .hostGSSelector]
+    static let guestDataSegments: [(VMCSField, VMCSField, VMCSField, VMCSField)] = [
+        (.guestESSelector, .guestESBase, .guestESLimit, .guestESAccessRights),
+        (.guestSSSelector, .guestSSBase, .guestSSLimit, .guestSSAccessRights),
+        (.guestDSSelector, .guestDSBase, .guestDSLimit, .guestDSAccessRights),
+        (.guestFSSelector, .guestFSBase, .guestFSLimit, .guestFSAccessRights),
+        (.guestGSSelector, .guestGSBase, .guestGSLimit, .guestGSAccessRights),
+    ]
+
     func writeHostState(into vmcs: inout VMCSImage) {
         vmcs[.hostCR0] = 0x8005_0033 | caps.cr0MustBeOne
         vmcs[.hostCR3] = config.structureBase + 0xF000
         vmcs[.hostCR4] = (0x2620 | caps.cr4MustBeOne) & caps.cr4MayBeOne
-        for field in [VMCSField.hostSSSelector, .hostDSSelector, .hostESSelector, .hostFSSelector, .hostGSSelector] { vmcs[field] = 0x10 }
+        for field in Self.hostDataSelectors { vmcs[field] = 0x10 }
         vmcs[.hostCSSelector] = 0x08
         vmcs[.hostTRSelector] = 0x18
         vmcs[.hostGDTRBase] = 0xFFFF_FFFF_8200_0000
@@ -130,13 +139,7 @@ extension VMXPlanner {
         vmcs[.guestLDTRAccessRights] = 1 << 16  // unusable
         vmcs[.guestRSP] = config.guestEntry + 0x10_0000 + config.guestStackSize
         vmcs[.guestRIP] = config.guestEntry
-        let segments: [(VMCSField, VMCSField, VMCSField, VMCSField)] = [
-            (.guestESSelector, .guestESBase, .guestESLimit, .guestESAccessRights),
-            (.guestSSSelector, .guestSSBase, .guestSSLimit, .guestSSAccessRights),
-            (.guestDSSelector, .guestDSBase, .guestDSLimit, .guestDSAccessRights),
-            (.guestFSSelector, .guestFSBase, .guestFSLimit, .guestFSAccessRights),
-            (.guestGSSelector, .guestGSBase, .guestGSLimit, .guestGSAccessRights),
-        ]
+        let segments = Self.guestDataSegments
         switch config.guestMode {
         case .longMode, .protectedMode:
             let long = config.guestMode == .longMode

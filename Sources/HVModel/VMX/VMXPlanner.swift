@@ -21,6 +21,8 @@ struct VMXPlanner {
     init(configuration: VMXConfiguration, capabilities: VMXCapabilities) {
         config = configuration
         caps = capabilities
+        owners.reserveCapacity(32)
+        decisions.reserveCapacity(16)
     }
 
     mutating func require(_ field: VMXControlField, _ bit: UInt64, _ knob: String) {
@@ -168,9 +170,8 @@ struct VMXPlanner {
             let invvpid = ept.contains(.singleContextINVVPID) ? "single-context" : ept.contains(.allContextINVVPID) ? "all-context" : ept.contains(.individualAddressINVVPID) ? "individual-address" : "none"
             note("tlb", "VPID \(config.vpidValue): no TLB flush on VM entry/exit; INVVPID type for guest TLB flushes: \(invvpid) (IA32_VMX_EPT_VPID_CAP bits 40-43)")
         }
-        for (name, size) in [("host-stack", config.hostStackSize), ("guest-stack", config.guestStackSize)] where size < 4096 || size % 16 != 0 {
-            fail(.invalid(knob: name, reason: "stack size \(size) must be at least 4096 bytes and a multiple of 16"))
-        }
+        checkStackSize("host-stack", config.hostStackSize)
+        checkStackSize("guest-stack", config.guestStackSize)
         if config.guestMode == .longMode && !config.loadSaveEFER {
             note("efer", "a long-mode guest without 'load IA32_EFER' starts with the EFER the VMM left in the MSR")
         }
@@ -179,12 +180,19 @@ struct VMXPlanner {
         if config.enforceNX && !config.msrBitmap { fail(.invalid(knob: "nx", reason: "pinning EFER.NXE needs 'msr-bitmap' to trap WRMSR to IA32_EFER")) }
     }
 
+    mutating func checkStackSize(_ name: String, _ size: UInt64) {
+        if size < 4096 || size % 16 != 0 {
+            fail(.invalid(knob: name, reason: "stack size \(size) must be at least 4096 bytes and a multiple of 16"))
+        }
+    }
+
     // MARK: run
 
     mutating func run(environment: VMEntryEnvironment) throws(VMXPlanError) -> VMXPlan {
         gatherRequests()
         checkOtherCapabilities()
         var controls: [ReconciledControl] = []
+        controls.reserveCapacity(VMXControlField.allCases.count)
         for field in VMXControlField.allCases {
             do {
                 controls.append(try caps.reconcile(field, requests[field.rawValue]))

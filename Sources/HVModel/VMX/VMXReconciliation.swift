@@ -115,6 +115,7 @@ extension VMXCapabilities {
         var decisions: [ControlBitDecision] = []
         var problems: [VMXControlProblem] = []
         let interesting = request.required | request.forbidden | request.optional | settings.mustBeOne | field.defaultOneBits
+        decisions.reserveCapacity(interesting.nonzeroBitCount)  // at most one decision per interesting bit: one allocation
         var bit = 0
         while bit < width {
             let mask: UInt64 = 1 << UInt64(bit)

@@ -1,0 +1,74 @@
+# Seed for the loader fuzz targets: a Multiboot 1 ELF32 kernel (the one Tests/hvTests/HVRunLoaderTests.swift runs).
+.code32
+.text
+.globl _start
+.align 4
+multiboot_header:                  # Multiboot 0.6.96, 3.1.1
+    .long 0x1BADB002
+    .long 0x00000003               # page-align modules, memory information
+    .long -(0x1BADB002 + 0x00000003)
+_start:
+    mov $stack_top, %esp
+    cmp $0x2BADB002, %eax
+    jne fail
+    mov (%ebx), %eax               # flags: mem, cmdline, mods, mmap, boot_loader_name
+    and $0x24D, %eax
+    cmp $0x24D, %eax
+    jne fail
+    mov 16(%ebx), %esi             # cmdline
+    call puts
+    mov $10, %al
+    call putc
+    mov 64(%ebx), %esi             # boot_loader_name
+    call puts
+    mov $10, %al
+    call putc
+    mov 20(%ebx), %ecx             # mods_count
+    test %ecx, %ecx
+    jz done
+    mov 24(%ebx), %edi             # mods_addr
+    mov (%edi), %esi               # mod_start
+    mov 4(%edi), %ecx              # mod_end
+1:  cmp %ecx, %esi
+    jae done
+    mov (%esi), %al
+    call putc
+    inc %esi
+    jmp 1b
+done:
+    cmpl $0, bss_word
+    jne fail
+    mov $0x15, %eax
+    mov $0xF4, %dx
+    out %eax, %dx
+    hlt
+fail:
+    mov $7, %eax
+    mov $0xF4, %dx
+    out %eax, %dx
+    hlt
+puts:
+    mov (%esi), %al
+    test %al, %al
+    jz 2f
+    call putc
+    inc %esi
+    jmp puts
+2:  ret
+putc:                              # 16550: wait for LSR bit 5, then write THR
+    push %edx
+    push %eax
+    mov $0x3FD, %dx
+3:  in %dx, %al
+    test $0x20, %al
+    jz 3b
+    pop %eax
+    mov $0x3F8, %dx
+    out %al, %dx
+    pop %edx
+    ret
+.bss
+.align 16
+bss_word: .skip 4
+stack: .skip 4096
+stack_top:

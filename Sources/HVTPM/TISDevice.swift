@@ -1,0 +1,81 @@
+// The TIS register model on the device bus, backed by a TPMEngine. Register it at
+// `TISInterface.baseAddress` with `TISInterface.windowSize` bytes.
+import HVCore
+import Synchronization
+
+/// A TPM 2.0 reached through the TIS FIFO interface at 0xFED40000 (five localities).
+///
+/// ```swift
+/// let tpm = TISDevice(engine: try LibTPMSEngine.open(directory: TPMStateDirectory(path: "vm.tpm")))
+/// try machine.devices.register(tpm, address: GuestPhysicalAddress(TISInterface.baseAddress),
+///                              length: TISInterface.windowSize)
+/// ```
+///
+/// A command runs synchronously on the vCPU thread whose `tpmGo` write started it, outside the
+/// register lock: other vCPUs see `execution` (STS without dataAvail) meanwhile, and their
+/// commandCancel reaches the engine. Safe to use from several vCPU threads.
+public final class TISDevice: MMIODevice, Sendable {
+    public let name: String
+    public let engine: any TPMEngine
+    private let registers: Mutex<Registers>
+
+    struct Registers {
+        var model: TISInterface
+        var interruptLevel = false
+        var onInterruptChange: (@Sendable (Bool) -> Void)?
+    }
+
+    public init(name: String = "tpm-tis", engine: any TPMEngine, bufferSize: Int = 4096) {
+        self.name = name
+        self.engine = engine
+        registers = Mutex(Registers(model: TISInterface(bufferSize: bufferSize)))
+    }
+
+    /// Called with the new level whenever the TIS interrupt line changes (for an interrupt
+    /// controller: the line is `interruptLine`, the SIRQ the guest programmed). Runs under the
+    /// device lock; must not call back into the device.
+    public var onInterruptChange: (@Sendable (Bool) -> Void)? {
+        get { registers.withLock { $0.onInterruptChange } }
+        set { registers.withLock { $0.onInterruptChange = newValue } }
+    }
+
+    /// The command state machine's state (for tests and diagnostics).
+    public var state: TISInterface.State { registers.withLock { $0.model.state } }
+
+    public func mmioRead(offset: UInt64, width: Int) -> UInt64 {
+        withRegisters { $0.read(offset: offset, width: width) }
+    }
+
+    public func mmioWrite(offset: UInt64, width: Int, value: UInt64) -> ExitAction {
+        let action = withRegisters { $0.write(offset: offset, width: width, value: value) }
+        switch action {
+        case .none:
+            break
+        case .cancel:
+            engine.cancelCommand()
+        case let .execute(command, locality):
+            let response: [UInt8]
+            do {
+                response = try engine.execute(command, locality: locality)
+            } catch {
+                // The engine failed (closed, I/O): the guest sees a TPM in failure mode.
+                response = TPMResponse.error(.failure)
+            }
+            withRegisters { $0.complete(response: response) }
+        }
+        return .resume
+    }
+
+    /// Runs `body` on the locked model, then reports an interrupt level change.
+    private func withRegisters<T>(_ body: (inout TISInterface) -> T) -> T {
+        registers.withLock { registers in
+            let result = body(&registers.model)
+            let level = registers.model.interruptAsserted
+            if level != registers.interruptLevel {
+                registers.interruptLevel = level
+                registers.onInterruptChange?(level)
+            }
+            return result
+        }
+    }
+}

@@ -1,0 +1,64 @@
+// `hv run --multiboot KERNEL [--append ARGS] [--module FILE]...`, `hv run --elf FILE` and
+// `hv run --kernel BZIMAGE [--cmdline ARGS] [--initrd FILE]`: the
+// loaders of Documentation/Loaders.md behind `hv run`. The flat-image path stays in Run.swift.
+import ArgumentParser
+import Foundation
+import HVCore
+
+extension Run {
+    /// Exactly one image source: IMAGE, --multiboot, --elf or --kernel; the flat-image options
+    /// only with IMAGE, the Multiboot options only with --multiboot, the Linux ones with --kernel.
+    func validate() throws {
+        let sources = [image, multiboot, elf, kernel].compactMap { $0 }
+        guard sources.count == 1 else {
+            throw ValidationError(sources.isEmpty
+                ? "Missing image: give a flat binary (hv run IMAGE), --multiboot KERNEL, --elf FILE or --kernel BZIMAGE."
+                : "Give one image: a flat IMAGE, --multiboot KERNEL, --elf FILE or --kernel BZIMAGE, not several.")
+        }
+        if image == nil, entry != nil || loadAddress != nil {
+            throw ValidationError("--entry and --load-address apply to flat images only; ELF and Multiboot files carry their own.")
+        }
+        if multiboot == nil, append != nil || !module.isEmpty {
+            throw ValidationError("--append and --module apply to --multiboot kernels only.")
+        }
+        if kernel == nil, cmdline != nil || initrd != nil {
+            throw ValidationError("--cmdline and --initrd apply to --kernel (Linux bzImage) only; use --append with --multiboot.")
+        }
+    }
+
+    /// The image of --multiboot, --elf or --kernel, or nil for a flat IMAGE. A file or loader error ends
+    /// the process with "hv: error: FILE: FIELD: PROBLEM" and exit status 64.
+    func loaderImage() -> GuestImage? {
+        if let path = multiboot {
+            let modules = module.map { MultibootModule(name: $0, bytes: readLoaderFile($0)) }
+            do {
+                return try GuestImage.multiboot(readLoaderFile(path), name: path, arguments: append ?? "",
+                                                modules: modules, memorySize: mem.bytes)
+            } catch { loaderFail(path, "\(error)") }
+        }
+        if let path = elf {
+            do { return try GuestImage.elf(readLoaderFile(path), memorySize: mem.bytes) } catch { loaderFail(path, "\(error)") }
+        }
+        if let path = kernel {
+            let ramdisk = initrd.map { readLoaderFile($0) }
+            do {
+                return try GuestImage.linux(readLoaderFile(path), commandLine: cmdline ?? "", initrd: ramdisk,
+                                            memorySize: mem.bytes)
+            } catch { loaderFail(path, "\(error)") }
+        }
+        return nil
+    }
+
+    private func readLoaderFile(_ path: String) -> [UInt8] {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else { loaderFail(path, "no such file") }
+        guard !isDirectory.boolValue else { loaderFail(path, "is a directory, not a file") }
+        guard let data = FileManager.default.contents(atPath: path) else { loaderFail(path, "cannot be read (permission denied?)") }
+        return [UInt8](data)
+    }
+
+    private func loaderFail(_ subject: String, _ problem: String) -> Never {
+        printError("hv: error: \(subject): \(problem)")
+        Run.exit(withError: ExitCode(ExitStatus.usage))
+    }
+}

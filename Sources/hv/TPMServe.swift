@@ -1,0 +1,94 @@
+// `hv tpm serve`: a TPM helper process speaking the swtpm protocol (or raw frames on stdio).
+import ArgumentParser
+import Foundation
+import HVTPM
+
+struct TPMServe: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "serve",
+        abstract: "Serve a libtpms TPM 2.0 over the swtpm socket protocol or on stdin/stdout.",
+        discussion: """
+            Socket mode: TPM frames on --port, swtpm control commands on --port + 1, so that \
+            `tpm2_getrandom -T swtpm:host=127.0.0.1,port=P 8` and QEMU's tpm-emulator work. \
+            --port 0 picks a free pair. The first line on standard output names the ports.
+
+            Stdio mode (--stdio): TPM frames on standard input, responses on standard output, \
+            for tpm2-tss's cmd TCTI: `tpm2_getrandom -T "cmd:hv tpm serve --stdio --state DIR" 8`.
+
+            SIGINT, SIGTERM, end of input (stdio) or the control command CMD_SHUTDOWN end the \
+            server cleanly: the TPM's RAM state is saved next to its NVRAM (which is written on \
+            every change anyway); --resume continues from it on the next start.
+            """)
+
+    @Option(name: .long, help: ArgumentHelp("The TPM's state directory (created if missing).", valueName: "dir"))
+    var state: String
+
+    @Option(name: .long, help: ArgumentHelp("Data port; the control port is this + 1. 0 picks free ports.", valueName: "port"))
+    var port: UInt16?
+
+    @Option(name: .long, help: ArgumentHelp("IPv4 address to listen on.", valueName: "address"))
+    var host: String = "127.0.0.1"
+
+    @Flag(name: .long, help: "Serve TPM frames on standard input and output instead of sockets.")
+    var stdio = false
+
+    @Flag(name: .long, help: "Send TPM2_Startup(CLEAR) at power-on, so clients need not (swtpm's startup-clear).")
+    var startupClear = false
+
+    @Flag(name: .long, help: "Continue the TPM saved at the last clean shutdown (PCRs, sessions) instead of powering on fresh.")
+    var resume = false
+
+    func validate() throws {
+        if stdio && port != nil { throw ValidationError("--stdio and --port exclude each other; choose one transport.") }
+        if !stdio && port == nil { throw ValidationError("give --port P (TPM frames on P, control on P+1) or --stdio.") }
+        if port == UInt16.max { throw ValidationError("--port 65535 leaves no room for the control port (port + 1); choose a lower port.") }
+    }
+
+    func run() throws {
+        // Signals are taken by one waiting thread, so every other thread must block them
+        // before it exists.
+        var signals = sigset_t()
+        sigemptyset(&signals)
+        sigaddset(&signals, SIGINT)
+        sigaddset(&signals, SIGTERM)
+        pthread_sigmask(SIG_BLOCK, &signals, nil)
+
+        let (engine, directory, server) = try reportingTPMErrors { () throws(TPMError) in
+            let directory = try TPMStateDirectory(path: state)
+            let engine = try LibTPMSEngine.open(directory: directory, resume: resume, holder: "hv tpm serve")
+            let server = try TPMServer(engine: engine, directory: directory, host: host, port: stdio ? 0 : port!,
+                                       startupClear: startupClear)
+            try server.powerOn()
+            return (engine, directory, server)
+        }
+        let waitedSignals = signals
+        let signalThread = Thread {
+            var caught: Int32 = 0
+            var set = waitedSignals
+            sigwait(&set, &caught)
+            server.stop()
+        }
+        signalThread.start()
+        if stdio {
+            printError("hv tpm serve: \(engine.engineDescription), state \(directory.path), serving on stdin/stdout")
+            server.serveStream(input: STDIN_FILENO, output: STDOUT_FILENO)
+        } else {
+            // Unbuffered, so a parent reading the banner (tests, `hv tpm bench`) gets it at once.
+            FileHandle.standardOutput.write(Data("hv tpm serve: data \(host):\(server.dataPort) control \(host):\(server.controlPort) (\(engine.engineDescription), state \(directory.path))\n".utf8))
+            server.run()
+        }
+        _ = try reportingTPMErrors { () throws(TPMError) in try engine.close(savingVolatileState: true) }
+        printError("hv tpm serve: stopped; state saved in \(directory.path)")
+    }
+}
+
+/// Runs `body`, turning a TPM error into one line on stderr and exit status 65 for bad state, 70 otherwise.
+func reportingTPMErrors<T>(_ body: () throws(TPMError) -> T) throws(ExitCode) -> T {
+    do {
+        return try body()
+    } catch {
+        printError("hv: error: \(error)")
+        if case .state = error { throw ExitCode(dataErrorStatus) }
+        throw ExitCode(ExitStatus.hostFailure)
+    }
+}

@@ -1,0 +1,213 @@
+// `hv run --multiboot`, `--elf` and `--kernel` end to end: test kernels assembled and linked with GNU
+// as and ld at test time, run under KVM, checked by their serial output and debug-exit status.
+
+import Foundation
+import Testing
+
+/// A Multiboot 1 kernel linked at 4 MiB as ELF32 (FACTS.md, "Conventions of small x86 test
+/// kernels"). It checks EAX and the info flags, prints its command line, the boot loader name
+/// and every byte of module 0 to COM1, checks its .bss is zero, and exits with 0x15 through port
+/// 0xF4 (7 on any failed check).
+private let multibootKernelSource = """
+    .code32
+    .text
+    .globl _start
+    .align 4
+    multiboot_header:                  # Multiboot 0.6.96, 3.1.1
+        .long 0x1BADB002
+        .long 0x00000003               # page-align modules, memory information
+        .long -(0x1BADB002 + 0x00000003)
+    _start:
+        mov $stack_top, %esp
+        cmp $0x2BADB002, %eax
+        jne fail
+        mov (%ebx), %eax               # flags: mem, cmdline, mods, mmap, boot_loader_name
+        and $0x24D, %eax
+        cmp $0x24D, %eax
+        jne fail
+        mov 16(%ebx), %esi             # cmdline
+        call puts
+        mov $10, %al
+        call putc
+        mov 64(%ebx), %esi             # boot_loader_name
+        call puts
+        mov $10, %al
+        call putc
+        mov 20(%ebx), %ecx             # mods_count
+        test %ecx, %ecx
+        jz done
+        mov 24(%ebx), %edi             # mods_addr
+        mov (%edi), %esi               # mod_start
+        mov 4(%edi), %ecx              # mod_end
+    1:  cmp %ecx, %esi
+        jae done
+        mov (%esi), %al
+        call putc
+        inc %esi
+        jmp 1b
+    done:
+        cmpl $0, bss_word
+        jne fail
+        mov $0x15, %eax
+        mov $0xF4, %dx
+        out %eax, %dx
+        hlt
+    fail:
+        mov $7, %eax
+        mov $0xF4, %dx
+        out %eax, %dx
+        hlt
+    puts:
+        mov (%esi), %al
+        test %al, %al
+        jz 2f
+        call putc
+        inc %esi
+        jmp puts
+    2:  ret
+    putc:                              # 16550: wait for LSR bit 5, then write THR
+        push %edx
+        push %eax
+        mov $0x3FD, %dx
+    3:  in %dx, %al
+        test $0x20, %al
+        jz 3b
+        pop %eax
+        mov $0x3F8, %dx
+        out %al, %dx
+        pop %edx
+        ret
+    .bss
+    .align 16
+    bss_word: .skip 4
+    stack: .skip 4096
+    stack_top:
+    """
+
+/// An ELF64 program linked at 2 MiB: prints "elf64 long mode" and exits with 0x2A.
+private let elf64Source = """
+    .code64
+    .text
+    .globl _start
+    _start:
+        lea message(%rip), %rsi
+    1:  movb (%rsi), %al
+        test %al, %al
+        jz 2f
+        mov $0x3F8, %dx
+        out %al, %dx
+        inc %rsi
+        jmp 1b
+    2:  mov $0x2A, %eax
+        mov $0xF4, %dx
+        out %eax, %dx
+        hlt
+    message: .asciz "elf64 long mode\\n"
+    """
+
+private enum TestKernel {
+    static var toolsAvailable: Bool {
+        FileManager.default.isExecutableFile(atPath: "/usr/bin/as") && FileManager.default.isExecutableFile(atPath: "/usr/bin/ld")
+    }
+
+    struct Failure: Error, CustomStringConvertible { var description: String }
+
+    /// Assembles `source` and links it at `address` into `directory/name`.
+    static func build(_ source: String, name: String, bits64: Bool, address: UInt64, in directory: URL) throws -> URL {
+        let sourceURL = directory.appendingPathComponent("\(name).s")
+        let object = directory.appendingPathComponent("\(name).o"), output = directory.appendingPathComponent(name)
+        let script = directory.appendingPathComponent("\(name).ld")
+        try source.write(to: sourceURL, atomically: true, encoding: .utf8)
+        try "ENTRY(_start)\nSECTIONS { . = 0x\(String(address, radix: 16)); .text : { *(.text) } .data : { *(.data) } .bss : { *(.bss) } }\n"
+            .write(to: script, atomically: true, encoding: .utf8)
+        try run("/usr/bin/as", [bits64 ? "--64" : "--32", "-o", object.path, sourceURL.path])
+        try run("/usr/bin/ld", ["-m", bits64 ? "elf_x86_64" : "elf_i386", "-T", script.path, "--build-id=none",
+                                "-o", output.path, object.path])
+        return output
+    }
+
+    private static func run(_ tool: String, _ arguments: [String]) throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: tool)
+        process.arguments = arguments
+        let err = Pipe()
+        process.standardError = err
+        try process.run()
+        let message = err.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else {
+            throw Failure(description: "\(tool) failed: \(String(decoding: message, as: UTF8.self))")
+        }
+    }
+}
+
+@Suite("hv run --multiboot, --elf and --kernel")
+struct HVRunLoaderTests {
+    @Test("a Multiboot kernel prints its command line, the loader name and its module, and exits (0x15 << 1) | 1",
+          .needsKVM, .enabled(if: TestKernel.toolsAvailable, "GNU as and ld are missing"))
+    func multibootKernel() throws {
+        let directory = try PackageExecutable.temporaryDirectory()
+        let kernel = try TestKernel.build(multibootKernelSource, name: "kernel.elf", bits64: false, address: 0x40_0000,
+                                          in: directory)
+        let env = directory.appendingPathComponent("env")
+        try "KEY=VALUE\n".write(to: env, atomically: true, encoding: .utf8)
+        let result = try PackageExecutable.run(["run", "--multiboot", kernel.path, "--append", "hello world",
+                                                "--module", env.path, "--timeout", "60"])
+        #expect(result.stdout == "\(kernel.path) hello world\nHV\nKEY=VALUE\n", "stderr: \(result.stderr)")
+        #expect(result.status == 0x15 << 1 | 1, "stderr: \(result.stderr)")
+    }
+
+    @Test("an ELF64 executable runs in long mode", .needsKVM, .enabled(if: TestKernel.toolsAvailable, "GNU as and ld are missing"))
+    func elf64() throws {
+        let directory = try PackageExecutable.temporaryDirectory()
+        let program = try TestKernel.build(elf64Source, name: "program.elf", bits64: true, address: 0x20_0000, in: directory)
+        let result = try PackageExecutable.run(["run", "--elf", program.path, "--timeout", "60"])
+        #expect(result.stdout == "elf64 long mode\n", "stderr: \(result.stderr)")
+        #expect(result.status == 0x2A << 1 | 1, "stderr: \(result.stderr)")
+    }
+
+    @Test("a bzImage enters its 64-bit entry with RSI = the zero page", .needsKVM)
+    func linuxEntry() throws {
+        // Boot sector + 1 setup sector with the boot.rst header, then the kernel: 0x200 bytes of
+        // NOP before startup_64, which checks RSI and exits with 0x33 (7 on failure).
+        var setup = [UInt8](repeating: 0, count: 1024)
+        func put(_ value: UInt64, _ offset: Int, _ count: Int) {
+            for index in 0..<count { setup[offset + index] = UInt8(truncatingIfNeeded: value >> UInt64(index * 8)) }
+        }
+        put(1, 0x1F1, 1); put(0xAA55, 0x1FE, 2); put(0x66, 0x201, 1); put(0x5372_6448, 0x202, 4)
+        put(0x020F, 0x206, 2); put(1, 0x211, 1); put(0x7FFF_FFFF, 0x22C, 4); put(1, 0x236, 2)
+        put(2047, 0x238, 4); put(0x100_0000, 0x258, 8); put(0x1000, 0x260, 4)
+        let startup64: [UInt8] = [0x81, 0xFE, 0x00, 0x90, 0x00, 0x00, 0x75, 0x08,   // cmp esi, 0x9000; jne fail
+                                  0xB8, 0x33, 0, 0, 0, 0xE7, 0xF4, 0xF4,             // mov eax, 0x33; out 0xF4, eax; hlt
+                                  0xB8, 0x07, 0, 0, 0, 0xE7, 0xF4, 0xF4]             // fail: mov eax, 7; out; hlt
+        let url = try PackageExecutable.temporaryDirectory().appendingPathComponent("bzImage")
+        try Data(setup + [UInt8](repeating: 0x90, count: 0x200) + startup64).write(to: url)
+        let result = try PackageExecutable.run(["run", "--kernel", url.path, "--cmdline", "console=ttyS0", "--mem", "32M",
+                                                "--timeout", "60"])
+        #expect(result.status == 0x33 << 1 | 1, "stderr: \(result.stderr)")
+    }
+
+    @Test("a kernel with a bad Multiboot checksum is refused with status 64, naming the field")
+    func badChecksum() throws {
+        let url = try PackageExecutable.temporaryDirectory().appendingPathComponent("bad.bin")
+        try Data([0x02, 0xB0, 0xAD, 0x1B, 0, 0, 0, 0, 1, 2, 3, 4]).write(to: url)
+        let result = try PackageExecutable.run(["run", "--multiboot", url.path])
+        #expect(result.status == 64)
+        #expect(result.stderr.contains("hv: error: \(url.path): checksum:"), "stderr: \(result.stderr)")
+    }
+
+    @Test("exactly one image source; loader flags only with their loader")
+    func imageSources() throws {
+        let none = try PackageExecutable.run(["run"])
+        #expect(none.status == 64 && none.stderr.contains("--multiboot KERNEL, --elf FILE or --kernel BZIMAGE"), "stderr: \(none.stderr)")
+        let both = try PackageExecutable.run(["run", "flat.bin", "--elf", "x.elf"])
+        #expect(both.status == 64 && both.stderr.contains("not several"), "stderr: \(both.stderr)")
+        let append = try PackageExecutable.run(["run", "--elf", "x.elf", "--append", "a"])
+        #expect(append.status == 64 && append.stderr.contains("--multiboot kernels only"), "stderr: \(append.stderr)")
+        let initrd = try PackageExecutable.run(["run", "--multiboot", "k", "--initrd", "i"])
+        #expect(initrd.status == 64 && initrd.stderr.contains("--kernel (Linux bzImage) only"), "stderr: \(initrd.stderr)")
+        let help = try PackageExecutable.run(["run", "--help"])
+        #expect(help.stdout.contains("--multiboot <kernel>") && help.stdout.contains("--elf <file>")
+                && help.stdout.contains("--kernel <bzimage>"))
+    }
+}
