@@ -12,7 +12,7 @@ struct HV: ParsableCommand {
             Start with `hv demo`, which runs a bundled guest and shows its exits. `hv info` says \
             what this host's KVM offers. `hv run IMAGE` runs a flat binary of your own.
             """,
-        subcommands: [Demo.self, Run.self, Info.self, TPM.self, EPT.self, VMXCommand.self],
+        subcommands: [Demo.self, Run.self, Info.self, TPM.self, EPT.self, VMXCommand.self, ACPI.self],
         defaultSubcommand: nil)
 }
 

@@ -83,6 +83,9 @@ struct Run: ParsableCommand {
     @Option(name: .long, help: "What HLT does: stop (end the run) or resume.")
     var onHalt: HaltPolicyArgument = .stop
 
+    @Option(name: .long, help: ArgumentHelp("Platform devices: pc (fw_cfg, CMOS/RTC, i8042, PCI host bridge, ACPI PM timer and tables) or none (only COM1 and the debug-exit port).", valueName: "kind"))
+    var platform: PlatformArgument = .pc
+
     @Flag(name: .long, help: "Print the exit table to standard error when the guest stops.")
     var stats = false
 
@@ -101,6 +104,15 @@ struct Run: ParsableCommand {
             let uart = try attachConsole(to: machine, serial: serial)
             if interruptMode != .none { try machine.connect(uart, irq: 4) }
             let tpmEngine = try attachTPM(directory: tpm, to: machine)
+            if platform == .pc {
+                // ACPI tables live in 0xE0000-0xFFFFF: skip them when RAM is smaller or the image uses it.
+                let acpiRange: Range<UInt64> = 0xE_0000..<0x10_0000
+                let imageUsesIt = image.chunks.contains { chunk in
+                    let start = chunk.address.rawValue
+                    return start < acpiRange.upperBound && start + UInt64(chunk.bytes.count) > acpiRange.lowerBound
+                }
+                try machine.attachPCPlatform(acpiTables: mem.bytes >= acpiRange.upperBound && !imageUsesIt, tpm: tpm != nil)
+            }
             try machine.load(image)
             let result = try machine.run()
             try? tpmEngine?.close()
@@ -166,6 +178,10 @@ struct Run: ParsableCommand {
 
 enum GuestModeArgument: String, ExpressibleByArgument, CaseIterable {
     case real, long
+}
+
+enum PlatformArgument: String, ExpressibleByArgument, CaseIterable {
+    case pc, none
 }
 
 enum IRQChipArgument: String, ExpressibleByArgument, CaseIterable {

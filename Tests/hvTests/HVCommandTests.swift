@@ -176,3 +176,43 @@ struct HVLoggingTests {
         #expect(!result.stderr.contains("loader:"))
     }
 }
+
+@Suite("hv platform")
+struct HVPlatformTests {
+    @Test("hv acpi dump prints every table with its signature and an RSDP in the BIOS area")
+    func acpiDump() throws {
+        let result = try PackageExecutable.run(["acpi", "dump", "--cpus", "2"])
+        #expect(result.status == 0)
+        for signature in ["RSDP", "XSDT", "FACP", "FACS", "APIC", "DSDT"] {
+            #expect(result.stdout.contains(signature), "missing \(signature)")
+        }
+    }
+
+    @Test("hv run's PC platform answers a guest's fw_cfg, RTC and PCI probes", .needsKVM)
+    func platformProbes() throws {
+        // Reads fw_cfg's CPU count (key 0x05), CMOS register 0x0B and PCI 00:00.0's vendor ID,
+        // and leaves with (cpus + 0x100 * (vendor == 0x8086) + 0x200 * (regB has 24-hour bit)).
+        let program = try GuestProgram.longMode { a in
+            a.mov(Register16.dx, 0x510); a.mov(Register16.ax, 0x05); a.out(Register16.dx, Register16.ax)
+            a.mov(Register16.dx, 0x511); a.in(Register8.al, Register16.dx)
+            a.mov(Register32.ebx, 0); a.mov(Register8.bl, Register8.al)
+            a.mov(Register32.eax, 0x8000_0000); a.mov(Register16.dx, 0xCF8); a.out(Register16.dx, Register32.eax)
+            a.mov(Register16.dx, 0xCFC); a.in(Register16.ax, Register16.dx)
+            let notIntel = a.label(), rtc = a.label()
+            a.cmp(Register16.ax, 0x8086); a.jne(notIntel); a.or(Register32.ebx, 0x100); a.bind(notIntel)
+            a.mov(Register8.al, 0x0B); a.out(0x70, Register8.al); a.in(Register8.al, 0x71)
+            a.test(Register8.al, 0x02); a.jz(rtc); a.or(Register32.ebx, 0x200); a.bind(rtc)
+            a.mov(Register32.eax, Register32.ebx)
+            a.out(0xF4, Register32.eax)
+        }
+        let url = try PackageExecutable.temporaryDirectory().appendingPathComponent("probe.bin")
+        try Data(program.code).write(to: url)
+        let result = try PackageExecutable.run(["run", url.path, "--cpus", "1"])
+        // code 0x301: one CPU, an Intel host bridge, 24-hour RTC; status (code << 1 | 1) & 0xFF.
+        #expect(result.stderr.contains("the guest wrote 769 (0x301)"), "stderr: \(result.stderr)")
+        let none = try PackageExecutable.run(["run", url.path, "--platform", "none"])
+        // Without the platform every probe reads an open bus (all-ones): 0xFF CPUs, no host bridge,
+        // and bit 1 of "register B" set.
+        #expect(none.stderr.contains("the guest wrote 767 (0x2ff)"), "stderr: \(none.stderr)")
+    }
+}

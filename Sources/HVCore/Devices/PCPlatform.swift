@@ -1,0 +1,27 @@
+// The small PC that test kernels and Linux drivers probe for, attached in one call
+// (Documentation/Devices.md).
+
+extension Machine {
+    /// Attaches fw_cfg (0x510), the CMOS/RTC (0x70), the i8042 (0x60/0x64, whose 0xFE command
+    /// resets), the PCI host bridge on configuration mechanism #1 (0xCF8-0xCFF, with the 0xCF9
+    /// reset register) and the ACPI PM block (0x600, PM timer at 0x608). With `acpiTables`, also
+    /// writes RSDP/XSDT/FADT/FACS/MADT/DSDT into 0xE0000-0xFFFFF (RAM must reach 1 MiB); a VM
+    /// with a TPM gets its MSFT0101 device in the DSDT when `tpm` is true.
+    public func attachPCPlatform(acpiTables: Bool = true, tpm: Bool = false) throws(HVError) {
+        let cpus = configuration.cpuCount
+        do throws(DeviceBusError) {
+            try devices.register(FWCfgDevice(memory: memory, ramSize: memory.size, cpuCount: cpus),
+                                 port: FWCfgDevice.basePort, count: FWCfgDevice.portCount)
+            try devices.register(CMOSRTCDevice(ramSize: memory.size, cpuCount: cpus),
+                                 port: CMOSRTCDevice.basePort, count: CMOSRTCDevice.portCount)
+            try I8042Controller().register(on: devices)
+            try devices.register(PCIHostBridge(resetControl: ResetControlDevice()),
+                                 port: PCIHostBridge.basePort, count: PCIHostBridge.portCount)
+            try devices.register(ACPIPMDevice(), port: ACPIPMDevice.basePort, count: ACPIPMDevice.portCount)
+        } catch { throw .device(error) }
+        guard acpiTables else { return }
+        var acpi = ACPIConfiguration(cpuCount: cpus)
+        acpi.hasTPM = tpm
+        do { try ACPITables(acpi).install(into: memory) } catch { throw .memory(error) }
+    }
+}

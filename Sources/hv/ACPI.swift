@@ -1,0 +1,31 @@
+// `hv acpi dump`: the ACPI tables HV gives a guest, in acpidump's style.
+import ArgumentParser
+import HVCore
+
+struct ACPI: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "acpi",
+        abstract: "Inspect the ACPI tables HV builds for a guest.",
+        subcommands: [Dump.self])
+
+    struct Dump: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Print the RSDP, XSDT, FADT, FACS, MADT and DSDT a VM would get, as hex with their headers.")
+
+        @Option(name: .long, help: "Number of vCPUs (one MADT Local APIC entry each).")
+        var cpus: Int = 1
+
+        @Flag(name: .long, help: "Include the TPM (MSFT0101 at 0xFED40000) in the DSDT.")
+        var tpm = false
+
+        func validate() throws {
+            guard cpus >= 1, cpus <= 255 else { throw ValidationError("--cpus \(cpus) is invalid; expected 1 to 255.") }
+        }
+
+        func run() {
+            var configuration = ACPIConfiguration(cpuCount: cpus)
+            configuration.hasTPM = tpm
+            print(ACPITables(configuration).dump(), terminator: "")
+        }
+    }
+}
