@@ -4,106 +4,21 @@
 import Foundation
 import Testing
 
-/// A Multiboot 1 kernel linked at 4 MiB as ELF32 (FACTS.md, "Conventions of small x86 test
-/// kernels"). It checks EAX and the info flags, prints its command line, the boot loader name
-/// and every byte of module 0 to COM1, checks its .bss is zero, and exits with 0x15 through port
-/// 0xF4 (7 on any failed check).
-private let multibootKernelSource = """
-    .code32
-    .text
-    .globl _start
-    .align 4
-    multiboot_header:                  # Multiboot 0.6.96, 3.1.1
-        .long 0x1BADB002
-        .long 0x00000003               # page-align modules, memory information
-        .long -(0x1BADB002 + 0x00000003)
-    _start:
-        mov $stack_top, %esp
-        cmp $0x2BADB002, %eax
-        jne fail
-        mov (%ebx), %eax               # flags: mem, cmdline, mods, mmap, boot_loader_name
-        and $0x24D, %eax
-        cmp $0x24D, %eax
-        jne fail
-        mov 16(%ebx), %esi             # cmdline
-        call puts
-        mov $10, %al
-        call putc
-        mov 64(%ebx), %esi             # boot_loader_name
-        call puts
-        mov $10, %al
-        call putc
-        mov 20(%ebx), %ecx             # mods_count
-        test %ecx, %ecx
-        jz done
-        mov 24(%ebx), %edi             # mods_addr
-        mov (%edi), %esi               # mod_start
-        mov 4(%edi), %ecx              # mod_end
-    1:  cmp %ecx, %esi
-        jae done
-        mov (%esi), %al
-        call putc
-        inc %esi
-        jmp 1b
-    done:
-        cmpl $0, bss_word
-        jne fail
-        mov $0x15, %eax
-        mov $0xF4, %dx
-        out %eax, %dx
-        hlt
-    fail:
-        mov $7, %eax
-        mov $0xF4, %dx
-        out %eax, %dx
-        hlt
-    puts:
-        mov (%esi), %al
-        test %al, %al
-        jz 2f
-        call putc
-        inc %esi
-        jmp puts
-    2:  ret
-    putc:                              # 16550: wait for LSR bit 5, then write THR
-        push %edx
-        push %eax
-        mov $0x3FD, %dx
-    3:  in %dx, %al
-        test $0x20, %al
-        jz 3b
-        pop %eax
-        mov $0x3F8, %dx
-        out %al, %dx
-        pop %edx
-        ret
-    .bss
-    .align 16
-    bss_word: .skip 4
-    stack: .skip 4096
-    stack_top:
-    """
+/// The test kernels' sources, shared with the loader fuzz targets' seeds (Fuzz/Seeds).
+private enum KernelSource {
+    static let directory = URL(fileURLWithPath: #filePath)
+        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("Fuzz/Seeds")
 
-/// An ELF64 program linked at 2 MiB: prints "elf64 long mode" and exits with 0x2A.
-private let elf64Source = """
-    .code64
-    .text
-    .globl _start
-    _start:
-        lea message(%rip), %rsi
-    1:  movb (%rsi), %al
-        test %al, %al
-        jz 2f
-        mov $0x3F8, %dx
-        out %al, %dx
-        inc %rsi
-        jmp 1b
-    2:  mov $0x2A, %eax
-        mov $0xF4, %dx
-        out %eax, %dx
-        hlt
-    message: .asciz "elf64 long mode\\n"
-    """
+    /// A Multiboot 1 kernel linked at 4 MiB as ELF32 (FACTS.md, "Conventions of small x86 test
+    /// kernels"). It checks EAX and the info flags, prints its command line, the boot loader
+    /// name and every byte of module 0 to COM1, checks its .bss is zero, and exits with 0x15
+    /// through port 0xF4 (7 on any failed check).
+    static var multiboot32: String { get throws { try String(contentsOf: directory.appendingPathComponent("multiboot32.s"), encoding: .utf8) } }
+
+    /// An ELF64 program linked at 2 MiB: prints "elf64 long mode" and exits with 0x2A.
+    static var elf64: String { get throws { try String(contentsOf: directory.appendingPathComponent("elf64.s"), encoding: .utf8) } }
+}
 
 private enum TestKernel {
     static var toolsAvailable: Bool {
@@ -147,7 +62,7 @@ struct HVRunLoaderTests {
           .needsKVM, .enabled(if: TestKernel.toolsAvailable, "GNU as and ld are missing"))
     func multibootKernel() throws {
         let directory = try PackageExecutable.temporaryDirectory()
-        let kernel = try TestKernel.build(multibootKernelSource, name: "kernel.elf", bits64: false, address: 0x40_0000,
+        let kernel = try TestKernel.build(try KernelSource.multiboot32, name: "kernel.elf", bits64: false, address: 0x40_0000,
                                           in: directory)
         let env = directory.appendingPathComponent("env")
         try "KEY=VALUE\n".write(to: env, atomically: true, encoding: .utf8)
@@ -160,7 +75,7 @@ struct HVRunLoaderTests {
     @Test("an ELF64 executable runs in long mode", .needsKVM, .enabled(if: TestKernel.toolsAvailable, "GNU as and ld are missing"))
     func elf64() throws {
         let directory = try PackageExecutable.temporaryDirectory()
-        let program = try TestKernel.build(elf64Source, name: "program.elf", bits64: true, address: 0x20_0000, in: directory)
+        let program = try TestKernel.build(try KernelSource.elf64, name: "program.elf", bits64: true, address: 0x20_0000, in: directory)
         let result = try PackageExecutable.run(["run", "--elf", program.path, "--timeout", "60"])
         #expect(result.stdout == "elf64 long mode\n", "stderr: \(result.stderr)")
         #expect(result.status == 0x2A << 1 | 1, "stderr: \(result.stderr)")
