@@ -200,7 +200,7 @@ struct APICLocalTests {
         let image = apic.registerImage
         #expect(image.count == 1024 && image[0x23] == 2 && image[0x80] == 0x20 && image[0x390] == 70)
         #expect(image[0x120] == 0x02 && image[0x1A0] == 0x02 && image[0x212] == 0x20)  // ISR/TMR 0x41, IRR 0x35
-        guard var copy = LocalAPIC(registerImage: image, configuration: apic.configuration, base: apic.base, now: 30) else {
+        guard let copy = LocalAPIC(registerImage: image, configuration: apic.configuration, base: apic.base, now: 30) else {
             Issue.record("image refused")
             return
         }
