@@ -37,6 +37,7 @@ static const unsigned long HV_KVM_GET_XSAVE = KVM_GET_XSAVE;
 static const unsigned long HV_KVM_SET_XSAVE = KVM_SET_XSAVE;
 static const unsigned long HV_KVM_SET_CPUID2 = KVM_SET_CPUID2;
 static const unsigned long HV_KVM_SET_GUEST_DEBUG = KVM_SET_GUEST_DEBUG;
+static const unsigned long HV_KVM_X86_SET_MSR_FILTER = KVM_X86_SET_MSR_FILTER;
 static const unsigned long HV_KVM_TRANSLATE = KVM_TRANSLATE;
 static const unsigned long HV_KVM_CREATE_IRQCHIP = KVM_CREATE_IRQCHIP;
 static const unsigned long HV_KVM_IRQ_LINE = KVM_IRQ_LINE;
