@@ -38,6 +38,9 @@ public enum VMExit: Sendable {
     /// I/O APIC the monitor emulates (KVM split irqchip: `KVM_EXIT_IOAPIC_EOI`; SDM Vol. 3A,
     /// 11.8.5 "Signaling interrupt servicing completion").
     case ioapicEOI(vector: UInt8)
+    /// The VMX-preemption timer expired (SDM Vol. 3C, 26.5.1, exit reason 52). Hosted backends
+    /// emulate it with a host timer that kicks the vCPU out of the guest.
+    case preemptionTimer
     /// The run was interrupted by the host (a signal or `immediate_exit`) before the guest
     /// exited by itself; nothing needs completing.
     case interrupted
@@ -61,6 +64,7 @@ public enum VMExit: Sendable {
         case .msrWrite: .msrWrite
         case .interruptWindow: .interruptWindow
         case .ioapicEOI: .ioapicEOI
+        case .preemptionTimer: .preemptionTimer
         case .interrupted: .interrupted
         case .unknown: .unknown
         }
@@ -70,7 +74,7 @@ public enum VMExit: Sendable {
 /// The kinds of `VMExit`, usable as a dense index (statistics keep one slot per kind).
 public enum ExitKind: UInt8, CaseIterable, Sendable {
     case portIn, portOut, mmioRead, mmioWrite, halt, shutdown, entryFailure, internalError,
-        systemEvent, debug, msrRead, msrWrite, interruptWindow, ioapicEOI, interrupted, unknown
+        systemEvent, debug, msrRead, msrWrite, interruptWindow, ioapicEOI, preemptionTimer, interrupted, unknown
 
     /// A short name for tables and logs ("io-out", "mmio-read", ...).
     public var name: StaticString {
@@ -89,6 +93,7 @@ public enum ExitKind: UInt8, CaseIterable, Sendable {
         case .msrWrite: "msr-write"
         case .interruptWindow: "irq-window"
         case .ioapicEOI: "ioapic-eoi"
+        case .preemptionTimer: "preemption-timer"
         case .interrupted: "interrupted"
         case .unknown: "unknown"
         }

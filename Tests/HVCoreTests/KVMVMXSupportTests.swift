@@ -62,7 +62,7 @@ struct KVMVMXSupportTests {
     }
 
     @Test("an unsupported knob that is on is an error naming knob and backend", .requiresKVM,
-          arguments: ["cr3-exiting", "vmcs-shadowing", "preemption-timer"])
+          arguments: ["cr3-exiting", "vmcs-shadowing", "smep"])
     func unsupportedKnobThrows(knob: String) throws {
         let vm = try KVMHost.machine()
         var vmx = VMXConfiguration()

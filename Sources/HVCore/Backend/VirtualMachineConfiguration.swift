@@ -70,6 +70,10 @@ public struct VirtualMachineConfiguration: Sendable, Equatable {
     public var collectExitStatistics: Bool
     /// Where the interrupt controllers live.
     public var interruptController: InterruptControllerMode
+    /// The VMX-preemption timer, emulated on hosted backends by a host timer that kicks every
+    /// vCPU out of the guest this often (seconds) and hands it a `VMExit.preemptionTimer`. Unlike
+    /// the hardware timer it counts wall-clock time, not time spent in the guest.
+    public var preemptionTimerInterval: Double?
 
     /// The smallest and largest RAM sizes accepted.
     public static let memoryRange: ClosedRange<UInt64> = 4096...(1 << 40)
@@ -89,6 +93,7 @@ public struct VirtualMachineConfiguration: Sendable, Equatable {
         self.trapUnknownMSRs = trapUnknownMSRs
         self.collectExitStatistics = collectExitStatistics
         self.interruptController = interruptController
+        self.preemptionTimerInterval = nil
     }
 
     /// Checks every field; the error names the first invalid one and what would be valid.
@@ -108,6 +113,12 @@ public struct VirtualMachineConfiguration: Sendable, Equatable {
         }
         if let timeLimit, !(timeLimit > 0) || !timeLimit.isFinite {
             throw ConfigurationError(field: "timeLimit", value: "\(timeLimit)", expected: "a positive number of seconds")
+        }
+        if let interval = preemptionTimerInterval, !(interval > 0) || !interval.isFinite {
+            throw ConfigurationError(field: "preemptionTimerInterval", value: "\(interval)", expected: "a positive number of seconds")
+        }
+        if preemptionTimerInterval != nil, cpuCount > 64 {
+            throw ConfigurationError(field: "cpuCount", value: "\(cpuCount)", expected: "at most 64 with a preemption timer")
         }
         if let exitLimit, exitLimit == 0 {
             throw ConfigurationError(field: "exitLimit", value: "0", expected: "at least 1 (or no limit)")

@@ -47,6 +47,8 @@ public final class Machine<B: Backend>: @unchecked Sendable {
     private let request = Atomic<UInt8>(Request.none.rawValue)
     /// Exits across all vCPUs, counted only when an exit limit is set.
     private let exitCount = Atomic<UInt64>(0)
+    /// Bit n: vCPU n's emulated preemption timer has expired and its kick is not yet handled.
+    private let expiredTimers = Atomic<UInt64>(0)
 
     private let lock = NSCondition()
     private var _state: MachineState = .created
@@ -144,6 +146,7 @@ public final class Machine<B: Backend>: @unchecked Sendable {
         startCycles = cycleCounter()
         lock.unlock()
         log.debug("starting \(vcpus.count) vCPU(s)")
+        if let interval = configuration.preemptionTimerInterval { startPreemptionTimer(every: interval) }
         for vcpu in vcpus {
             let thread = Thread { [self] in vcpuThread(vcpu, handler: handler) }
             thread.name = "vcpu\(vcpu.id)"
@@ -300,13 +303,17 @@ public final class Machine<B: Backend>: @unchecked Sendable {
             default:
                 break
             }
-            let exit = try vcpu.run()
+            var exit = try vcpu.run()
             if case .interrupted = exit {
                 // A kick: clear it and look at the request again at the top. Requesters store the
                 // request before setting immediate_exit, so clearing here cannot lose one.
                 vcpu.clearExitRequest()
-                if collect { entered = cycleCounter() }
-                continue
+                let bit: UInt64 = 1 << UInt64(vcpu.id & 63)
+                if expiredTimers.bitwiseAnd(~bit, ordering: .acquiringAndReleasing).oldValue & bit == 0 {
+                    if collect { entered = cycleCounter() }
+                    continue
+                }
+                exit = .preemptionTimer
             }
             let exited = collect ? cycleCounter() : 0
             let action = handler.handle(exit, context: context)
@@ -327,6 +334,22 @@ public final class Machine<B: Backend>: @unchecked Sendable {
             }
             if let limit, exitCount.add(1, ordering: .relaxed).newValue >= limit { return .exitLimit }
         }
+    }
+
+    /// Emulates the VMX-preemption timer with a host thread: every `interval` seconds it marks
+    /// every vCPU's timer expired and kicks it out of the guest, until the VM stops.
+    private func startPreemptionTimer(every interval: Double) {
+        let thread = Thread { [self] in
+            let all: UInt64 = vcpus.count >= 64 ? .max : (1 << UInt64(vcpus.count)) - 1
+            while true {
+                Thread.sleep(forTimeInterval: interval)
+                if request.load(ordering: .acquiring) == Request.stop.rawValue || state == .stopped { return }
+                expiredTimers.bitwiseOr(all, ordering: .acquiringAndReleasing)
+                for vcpu in vcpus { vcpu.requestExit() }
+            }
+        }
+        thread.name = "preemption-timer"
+        thread.start()
     }
 
     /// Waits while paused, publishing this vCPU's statistics so far. Returns true when a stop
@@ -378,7 +401,7 @@ public final class Machine<B: Backend>: @unchecked Sendable {
         case .ioapicEOI(let vector):
             ioapic?.endOfInterrupt(vector: vector)
             return .resume
-        case .debug, .interruptWindow, .interrupted:
+        case .debug, .interruptWindow, .interrupted, .preemptionTimer:
             return .resume
         case .unknown:
             return .stop(.unhandledExit(.unknown))

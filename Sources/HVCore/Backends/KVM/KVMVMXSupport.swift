@@ -19,7 +19,7 @@ public enum KVMVMXSupport: Sendable, Hashable {
         "ept": .inherent("KVM owns the EPT; memory slots are HV's layout (ARCHITECTURE: EPT layout)"),
         "vpid": .inherent("KVM allocates a VPID per vCPU itself (kvm_intel enable_vpid)"),
         "unrestricted-guest": .inherent("KVM uses unrestricted guest itself, or emulates real mode (kvm_intel unrestricted_guest)"),
-        "preemption-timer": .unsupported("not yet emulated by a host timer that kicks KVM_RUN"),
+        "preemption-timer": .applied("a host timer kicks KVM_RUN and the run loop hands out VMExit.preemptionTimer (ARCHITECTURE: preemption timer); set VirtualMachineConfiguration.preemptionTimerInterval"),
         "huge-pages-1g": .inherent("KVM picks EPT page sizes from the host backing of each memory slot"),
         "ept-ad": .inherent("KVM decides EPT accessed/dirty use itself (kvm_intel eptad)"),
         "pat": .inherent("KVM saves and loads the guest PAT on every entry and exit"),
@@ -102,6 +102,10 @@ extension KVMVirtualMachine {
                     throw .unsupported(knob: name, backend: "kvm", reason: "needs an in-kernel LAPIC (interruptController kernel or split)")
                 }
             }
+        }
+        if vmx.preemptionTimerTSC != nil, configuration.preemptionTimerInterval == nil {
+            throw .unsupported(knob: "preemption-timer", backend: "kvm",
+                               reason: "the host timer that emulates it is part of the VM: set VirtualMachineConfiguration.preemptionTimerInterval")
         }
         if vmx.cr0GuestHostMask != 0 {
             throw .unsupported(knob: "cr0-guest-host-mask", backend: "kvm", reason: "KVM offers no CR-access exits to user space")
