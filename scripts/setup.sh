@@ -21,6 +21,9 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# Debian's kernel image for the Linux-loader test (unpacked, not installed); not fatal.
+"$(dirname "$0")/fetch-linux-kernel.sh" || echo "setup: note: Debian's kernel image could not be fetched; the Linux early-boot test will be skipped" >&2
+
 command -v swift >/dev/null || { echo "setup: swift is not on PATH (HV needs Swift 6.1 or later)" >&2; exit 1; }
 
 if [ ! -e /dev/kvm ]; then
