@@ -98,24 +98,8 @@ extension GuestImage {
     }
 
     static func longModeImage(program: Chunk, entry: UInt64, memorySize: UInt64) -> GuestImage {
-        let code = longModeCodeSegment
-        let data = longModeDataSegment
-        var gdt = [UInt8](repeating: 0, count: 3 * 8)
-        store(descriptor(for: code), at: Int(codeSelector), in: &gdt)
-        store(descriptor(for: data), at: Int(dataSelector), in: &gdt)
+        var (gdt, special) = flatSegments(code: longModeCodeSegment, data: longModeDataSegment)
         let tables = identityPageTables(memorySize: memorySize)
-
-        var special = SpecialRegisters()
-        special.cs = code
-        special.ds = data
-        special.es = data
-        special.fs = data
-        special.gs = data
-        special.ss = data
-        resetSystemSegments(&special)
-        special.gdt = DescriptorTable(base: gdtAddress, limit: UInt16(gdt.count - 1))
-        // An empty IDT: any exception becomes a triple fault, which KVM reports as a shutdown.
-        special.idt = DescriptorTable(base: 0, limit: 0)
         special.cr3 = pml4Address
         special.cr4 = ControlBits.cr4PAE | ControlBits.cr4OSFXSR | ControlBits.cr4OSXMMEXCPT
         special.cr0 = ControlBits.cr0PE | ControlBits.cr0MP | ControlBits.cr0ET | ControlBits.cr0NE
@@ -135,6 +119,27 @@ extension GuestImage {
             Chunk(address: GuestPhysicalAddress(pageDirectoryAddress), bytes: tables.directories, name: "page directories"),
         ]
         return GuestImage(chunks: chunks, registers: registers, specialRegisters: special, mode: .long)
+    }
+
+    /// A three-entry GDT (null, `code` at `codeSelector`, `data` at `dataSelector`; SDM Vol. 3A,
+    /// 3.4.5) and the special registers that use it: CS = code, DS/ES/FS/GS/SS = data, TR and
+    /// LDTR as after reset, GDTR at `gdtAddress`, and an empty IDT, so that any exception becomes
+    /// a triple fault, which KVM reports as a shutdown.
+    static func flatSegments(code: Segment, data: Segment) -> (gdt: [UInt8], special: SpecialRegisters) {
+        var gdt = [UInt8](repeating: 0, count: 3 * 8)
+        store(descriptor(for: code), at: Int(codeSelector), in: &gdt)
+        store(descriptor(for: data), at: Int(dataSelector), in: &gdt)
+        var special = SpecialRegisters()
+        special.cs = code
+        special.ds = data
+        special.es = data
+        special.fs = data
+        special.gs = data
+        special.ss = data
+        resetSystemSegments(&special)
+        special.gdt = DescriptorTable(base: gdtAddress, limit: UInt16(gdt.count - 1))
+        special.idt = DescriptorTable(base: 0, limit: 0)
+        return (gdt, special)
     }
 
     private static func store(_ value: UInt64, at offset: Int, in bytes: inout [UInt8]) {

@@ -24,23 +24,8 @@ extension GuestImage {
     /// descriptors also written to a GDT at 0x500), EFLAGS = 0x2 (IF and VM clear),
     /// ESP = 0x80000. `chunks` come first in the result, the GDT after them.
     static func protectedModeImage(chunks: [Chunk], entry: UInt64) -> GuestImage {
-        let code = protectedModeCodeSegment
-        let data = longModeDataSegment  // already the flat 32-bit read/write data segment
-        var gdt = [UInt8](repeating: 0, count: 3 * 8)
-        for (selector, segment) in [(codeSelector, code), (dataSelector, data)] {
-            let value = descriptor(for: segment)
-            for index in 0..<8 { gdt[Int(selector) + index] = UInt8(truncatingIfNeeded: value >> UInt64(index * 8)) }
-        }
-        var special = SpecialRegisters()
-        special.cs = code
-        special.ds = data
-        special.es = data
-        special.fs = data
-        special.gs = data
-        special.ss = data
-        resetSystemSegments(&special)
-        special.gdt = DescriptorTable(base: gdtAddress, limit: UInt16(gdt.count - 1))
-        special.idt = DescriptorTable(base: 0, limit: 0)
+        // longModeDataSegment is already the flat 32-bit read/write data segment.
+        var (gdt, special) = flatSegments(code: protectedModeCodeSegment, data: longModeDataSegment)
         special.cr0 = ControlBits.cr0PE | ControlBits.cr0ET
         special.apicBase = resetAPICBase
 
