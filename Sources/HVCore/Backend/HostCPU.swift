@@ -25,8 +25,8 @@ public struct HostCPU: Sendable {
                 if text.hasPrefix("model name"), model == "unknown", let colon = text.firstIndex(of: ":") {
                     model = text[text.index(after: colon)...].trimmingCharacters()
                 } else if text.hasPrefix("flags") {
-                    let flags = text.split(separator: " ")
-                    if flags.contains(where: { $0 == "vmx" || $0 == "svm" || $0 == "vmx\n" || $0 == "svm\n" }) { virtualization = true }
+                    let flags = text.split(whereSeparator: \.isWhitespace)
+                    if flags.contains(where: { $0 == "vmx" || $0 == "svm" }) { virtualization = true }
                 } else if text.hasPrefix("processor") {
                     count += 1
                 }

@@ -40,9 +40,7 @@ public struct KVMBackend: Backend {
         self.system = system
         self.apiVersion = version
         self.vcpuMapSize = Int(try KVMSyscall.ioctl(fd, HV_KVM_GET_VCPU_MMAP_SIZE, "KVM_GET_VCPU_MMAP_SIZE"))
-        func check(_ capability: KVMCapability) -> Int32 {
-            (try? KVMSyscall.ioctl(fd, HV_KVM_CHECK_EXTENSION, value: UInt(capability.number), "KVM_CHECK_EXTENSION")) ?? 0
-        }
+        func check(_ capability: KVMCapability) -> Int32 { Self.check(capability, fd: fd) }
         let recommended = Int(check(.nrVCPUs))
         let maximum = Int(check(.maxVCPUs))
         self.capabilities = BackendCapabilities(
@@ -55,8 +53,10 @@ public struct KVMBackend: Backend {
 
     /// `KVM_CHECK_EXTENSION` on the system fd: 0 when absent, 1 or a count when present.
     /// The corresponding ioctl is `KVM_CHECK_EXTENSION`.
-    public func check(_ capability: KVMCapability) -> Int32 {
-        (try? KVMSyscall.ioctl(system.fd, HV_KVM_CHECK_EXTENSION, value: UInt(capability.number), "KVM_CHECK_EXTENSION")) ?? 0
+    public func check(_ capability: KVMCapability) -> Int32 { Self.check(capability, fd: system.fd) }
+
+    private static func check(_ capability: KVMCapability, fd: Int32) -> Int32 {
+        (try? KVMSyscall.ioctl(fd, HV_KVM_CHECK_EXTENSION, value: UInt(capability.number), "KVM_CHECK_EXTENSION")) ?? 0
     }
 
     /// The CPUID leaves KVM can present to a guest. The corresponding ioctl is `KVM_GET_SUPPORTED_CPUID`.
