@@ -14,7 +14,7 @@ import Synchronization
 /// A command runs synchronously on the vCPU thread whose `tpmGo` write started it, outside the
 /// register lock: other vCPUs see `execution` (STS without dataAvail) meanwhile, and their
 /// commandCancel reaches the engine. Safe to use from several vCPU threads.
-public final class TISDevice: MMIODevice, Sendable {
+public final class TISDevice: MMIODevice, ResettableDevice, Sendable {
     public let name: String
     public let engine: any TPMEngine
     private let registers: Mutex<Registers>
@@ -64,6 +64,17 @@ public final class TISDevice: MMIODevice, Sendable {
             withRegisters { $0.complete(response: response) }
         }
         return .resume
+    }
+
+    /// A platform reset: the TIS registers back to power-on (locality released, FIFO empty,
+    /// interrupt line low) and the TPM power-cycled (`_TPM_Init`: PCRs and sessions are gone, the
+    /// guest's next TPM2_Startup starts it; NVRAM stays). TCG PC Client Platform TPM Profile,
+    /// "TPM Reset".
+    public func reset() {
+        withRegisters { $0 = TISInterface(bufferSize: $0.bufferSize) }
+        do { try engine.powerCycle() } catch {
+            LogCategory.devices.logger.error("TPM power cycle on reset failed: \(error)")
+        }
     }
 
     /// Runs `body` on the locked model, then reports an interrupt level change.

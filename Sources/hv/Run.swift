@@ -83,6 +83,9 @@ struct Run: ParsableCommand {
     @Option(name: .long, help: "What HLT does: stop (end the run) or resume.")
     var onHalt: HaltPolicyArgument = .stop
 
+    @Option(name: .long, help: "What a guest reset (i8042 command 0xFE, port 0xCF9) does: restart the VM in place, as a PC reboots, or stop it (exit status 2).")
+    var onReset: ResetPolicyArgument = .restart
+
     @Option(name: .long, help: ArgumentHelp("Platform devices: pc (fw_cfg, CMOS/RTC, i8042, PCI host bridge, ACPI PM timer and tables) or none (only COM1 and the debug-exit port).", valueName: "kind"))
     var platform: PlatformArgument = .pc
 
@@ -94,9 +97,10 @@ struct Run: ParsableCommand {
     func run() throws {
         logging.bootstrap()
         let interruptMode = irqchip?.mode ?? (cpus > 1 ? .kernel : .none)
-        let configuration = VirtualMachineConfiguration(
+        var configuration = VirtualMachineConfiguration(
             memorySize: mem.bytes, cpuCount: cpus, haltPolicy: onHalt.policy, timeLimit: timeout, exitLimit: maxExits,
             interruptController: interruptMode)
+        configuration.resetPolicy = onReset.policy
         do { try configuration.validate() } catch { fail(flagName(for: error.field), error) }
         let image = try loaderImage() ?? flatImage()
         let (result, statistics) = try reportingErrors { () throws(HVError) -> (RunResult, ExitStatistics) in
@@ -119,7 +123,8 @@ struct Run: ParsableCommand {
             uart.flush()
             return (result, machine.statistics)
         }
-        printError("hv: \(result.reason) after \(result.exits) exits in \(String(format: "%.3f", result.seconds)) s")
+        let resets = result.resets == 0 ? "" : result.resets == 1 ? " (1 reset)" : " (\(result.resets) resets)"
+        printError("hv: \(result.reason) after \(result.exits) exits in \(String(format: "%.3f", result.seconds)) s\(resets)")
         if stats { printError(ExitTable.render(statistics)) }
         if case .backendFailure = result.reason, let error = result.error { printError("hv: error: \(error)") }
         let status = ExitStatus.forStop(result.reason)
@@ -187,6 +192,11 @@ enum PlatformArgument: String, ExpressibleByArgument, CaseIterable {
 enum IRQChipArgument: String, ExpressibleByArgument, CaseIterable {
     case none, kernel, split
     var mode: InterruptControllerMode { InterruptControllerMode(rawValue: rawValue)! }
+}
+
+enum ResetPolicyArgument: String, ExpressibleByArgument, CaseIterable {
+    case restart, stop
+    var policy: ResetPolicy { self == .restart ? .restart : .stop }
 }
 
 enum HaltPolicyArgument: String, ExpressibleByArgument, CaseIterable {

@@ -45,6 +45,17 @@ static const unsigned long HV_KVM_SIGNAL_MSI = KVM_SIGNAL_MSI;
 static const unsigned long HV_KVM_GET_LAPIC = KVM_GET_LAPIC;
 static const unsigned long HV_KVM_GET_MP_STATE = KVM_GET_MP_STATE;
 static const unsigned long HV_KVM_SET_GSI_ROUTING = KVM_SET_GSI_ROUTING;
+// Saving and restoring a vCPU and the in-kernel irqchip (reset, snapshots).
+static const unsigned long HV_KVM_SET_LAPIC = KVM_SET_LAPIC;
+static const unsigned long HV_KVM_SET_MP_STATE = KVM_SET_MP_STATE;
+static const unsigned long HV_KVM_GET_VCPU_EVENTS = KVM_GET_VCPU_EVENTS;
+static const unsigned long HV_KVM_SET_VCPU_EVENTS = KVM_SET_VCPU_EVENTS;
+static const unsigned long HV_KVM_GET_DEBUGREGS = KVM_GET_DEBUGREGS;
+static const unsigned long HV_KVM_SET_DEBUGREGS = KVM_SET_DEBUGREGS;
+static const unsigned long HV_KVM_GET_XCRS = KVM_GET_XCRS;
+static const unsigned long HV_KVM_SET_XCRS = KVM_SET_XCRS;
+static const unsigned long HV_KVM_GET_IRQCHIP = KVM_GET_IRQCHIP;
+static const unsigned long HV_KVM_SET_IRQCHIP = KVM_SET_IRQCHIP;
 
 // ioctl(2) is variadic, which Swift cannot call: one forwarder per argument kind.
 static inline int hv_ioctl_ptr(int fd, unsigned long request, void *argument) {

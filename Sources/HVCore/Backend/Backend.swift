@@ -39,6 +39,9 @@ public protocol Backend: Sendable {
 /// One VM of a backend: its memory map and vCPUs. Owns what it creates.
 public protocol VirtualMachine: AnyObject, Sendable {
     associatedtype CPU: VCPU
+    /// The VM-wide state a backend keeps outside its vCPUs (KVM: the in-kernel PIC and I/O
+    /// APIC), opaque to HV.
+    associatedtype SavedState: Sendable
     /// Makes `region` guest RAM in memory slot `slot`.
     func map(_ region: MemoryRegion, slot: Int) throws(HVError)
     /// Creates vCPU `id` (0 is the bootstrap processor).
@@ -51,11 +54,19 @@ public protocol VirtualMachine: AnyObject, Sendable {
     /// Tells the backend which MSI each GSI sends (a user-space I/O APIC's redirection table),
     /// so its local APICs report EOIs of level-triggered vectors.
     func setMSIRoutes(_ routes: [(gsi: UInt32, address: UInt64, data: UInt32)]) throws(HVError)
+    /// A copy of the VM-wide state, for reset and snapshots. Call while no vCPU runs.
+    func saveState() throws(HVError) -> SavedState
+    /// Puts back state from `saveState()`. Call while no vCPU runs.
+    func restoreState(_ state: SavedState) throws(HVError)
 }
 
 /// One virtual processor. `run()` and the register calls belong to the vCPU's own thread;
 /// `requestExit()` may be called from any thread.
 public protocol VCPU: AnyObject, Sendable {
+    /// Everything the backend keeps for one vCPU (registers, FPU, MSRs, local APIC,
+    /// multiprocessing state, pending events), opaque to HV.
+    associatedtype SavedState: Sendable
+
     var id: Int { get }
 
     /// Enters the guest until it exits. The exit's data is valid until the next `run()`.
@@ -86,4 +97,13 @@ public protocol VCPU: AnyObject, Sendable {
     /// The XSAVE area (SDM Vol. 1, 13.4), as the backend stores it.
     func xsave() throws(HVError) -> [UInt8]
     func setXSAVE(_ area: [UInt8]) throws(HVError)
+
+    /// Finishes the instruction behind the last exit without running guest code (an `OUT`
+    /// completes, RIP moves past it), so saved or restored state is not overwritten by it
+    /// later. Call on the vCPU's thread, outside `run()`.
+    func completePendingExit() throws(HVError)
+    /// A copy of the vCPU's whole state. Call while the vCPU is not running.
+    func saveState() throws(HVError) -> SavedState
+    /// Puts back state from `saveState()`. Call while the vCPU is not running.
+    func restoreState(_ state: SavedState) throws(HVError)
 }

@@ -27,6 +27,17 @@ public enum HaltPolicy: String, Sendable, CaseIterable {
     case resume
 }
 
+/// What happens when the guest resets the platform (the i8042 pulse, the 0xCF9 register, or a
+/// handler returning `ExitAction.reset`).
+public enum ResetPolicy: String, Sendable, CaseIterable {
+    /// Stop the VM with `StopReason.reset` (QEMU's `-no-reboot`).
+    case stop
+    /// Reset in place and run again, as a PC does: every vCPU back to its state at `start`
+    /// (application processors back to wait-for-SIPI), the interrupt controllers and devices
+    /// reset, the loaded images written again. RAM outside them keeps its contents.
+    case restart
+}
+
 /// What happens on an access to an address with neither RAM nor a device.
 public enum UnmappedAccessPolicy: String, Sendable, CaseIterable {
     /// Stop the VM and report the address.
@@ -74,6 +85,8 @@ public struct VirtualMachineConfiguration: Sendable, Equatable {
     /// vCPU out of the guest this often (seconds) and hands it a `VMExit.preemptionTimer`. Unlike
     /// the hardware timer it counts wall-clock time, not time spent in the guest.
     public var preemptionTimerInterval: Double?
+    /// What a guest reset does (default: stop the VM and report it).
+    public var resetPolicy: ResetPolicy
 
     /// The smallest and largest RAM sizes accepted.
     public static let memoryRange: ClosedRange<UInt64> = 4096...(1 << 40)
@@ -94,6 +107,7 @@ public struct VirtualMachineConfiguration: Sendable, Equatable {
         self.collectExitStatistics = collectExitStatistics
         self.interruptController = interruptController
         self.preemptionTimerInterval = nil
+        self.resetPolicy = .stop
     }
 
     /// Checks every field; the error names the first invalid one and what would be valid.

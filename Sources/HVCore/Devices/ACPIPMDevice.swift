@@ -17,7 +17,7 @@ import Synchronization
 ///   equal to `softOffType` (the DSDT's \_S5 value, 0) stops the VM with
 ///   `StopReason.systemEvent(.shutdown)`: the guest powered itself off (ACPI S5). Other sleep
 ///   types are ignored.
-public final class ACPIPMDevice: PortIODevice, Sendable {
+public final class ACPIPMDevice: PortIODevice, ResettableDevice, Sendable {
     public static let basePort: IOPort = 0x600
     public static let portCount = 12
     public static let timerPort: IOPort = 0x608
@@ -41,6 +41,11 @@ public final class ACPIPMDevice: PortIODevice, Sendable {
         self.name = name
         self.clock = clock
         self.origin = clock()
+    }
+
+    /// PM1 enable cleared, PM1 control back to SCI_EN; the PM timer runs on.
+    public func reset() {
+        registers.withLock { $0 = (0, 1) }
     }
 
     /// The PM timer's value now (24 bits).

@@ -30,7 +30,7 @@ import Synchronization
 /// the host clock (UTC) plus an offset; writing one moves the guest's clock by the difference,
 /// so the guest's setting survives. Register B's SET bit does not freeze the clock. Safe to use
 /// from several threads.
-public final class CMOSRTCDevice: PortIODevice, Sendable {
+public final class CMOSRTCDevice: PortIODevice, ResettableDevice, Sendable {
     /// The index port; the data port is `basePort + 1`.
     public static let basePort: IOPort = 0x70
     public static let portCount = 2
@@ -54,6 +54,8 @@ public final class CMOSRTCDevice: PortIODevice, Sendable {
     /// Register B bits (data sheet, "Register B").
     public enum RegisterB {
         public static let set: UInt8 = 1 << 7
+        /// PIE (bit 6), AIE (bit 5), UIE (bit 4) and SQWE (bit 3).
+        public static let interruptEnables: UInt8 = 0x78
         public static let binary: UInt8 = 1 << 2
         public static let twentyFourHour: UInt8 = 1 << 1
     }
@@ -78,6 +80,18 @@ public final class CMOSRTCDevice: PortIODevice, Sendable {
         state.fillMemorySize(below4G: min(ramSize, lowMemoryLimit), above4G: ramSize - min(ramSize, lowMemoryLimit))
         state.ram[0x5F] = UInt8(truncatingIfNeeded: max(cpuCount, 1) - 1)
         self.state = Mutex(state)
+    }
+
+    /// What the MC146818's RESET pin does (datasheet, "RESET"): the interrupt enables of
+    /// register B (PIE, AIE, UIE, SQWE) and the flags of register C clear. The clock, the NVRAM
+    /// and the guest's clock offset run on battery and stay.
+    public func reset() {
+        state.withLock { state in
+            state.ram[Int(Register.b)] &= ~RegisterB.interruptEnables
+            state.ram[Int(Register.c)] = 0
+            state.index = 0
+            state.nmiDisabled = false
+        }
     }
 
     /// Whether the guest masked NMIs through bit 7 of the index port.

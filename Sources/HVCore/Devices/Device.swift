@@ -24,3 +24,13 @@ public protocol MMIODevice: AnyObject {
     /// A write of `width` bytes at `offset`. Returns `.resume` normally.
     func mmioWrite(offset: UInt64, width: Int, value: UInt64) -> ExitAction
 }
+
+/// A device with state that a platform reset puts back to its power-on values (a UART's
+/// registers and FIFOs, an interrupt controller's masks, a TPM's volatile state).
+///
+/// `Machine` calls `reset()` on every registered device that conforms, once per device, while
+/// no vCPU runs, when a guest resets with `ResetPolicy.restart`. State the hardware keeps across
+/// a reset (CMOS NVRAM and the clock, a TPM's NVRAM) stays.
+public protocol ResettableDevice: AnyObject {
+    func reset()
+}

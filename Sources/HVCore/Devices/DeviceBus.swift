@@ -66,6 +66,17 @@ public final class DeviceBus: ExitHandler, @unchecked Sendable {
         mmioRanges.sort { $0.start < $1.start }
     }
 
+    /// Resets every registered `ResettableDevice` once (a device on several ranges, such as the
+    /// i8042's two ports, is reset once): port devices first, each kind in address order.
+    public func resetDevices() {
+        var seen = Set<ObjectIdentifier>()
+        let devices: [AnyObject] = portRanges.map { $0.device as AnyObject } + mmioRanges.map { $0.device as AnyObject }
+        for device in devices {
+            guard seen.insert(ObjectIdentifier(device)).inserted, let resettable = device as? ResettableDevice else { continue }
+            resettable.reset()
+        }
+    }
+
     /// The port device holding `port`, with the port's offset from the device's base.
     @inline(__always)
     func portDevice(at port: UInt16) -> (device: any PortIODevice, offset: UInt16)? {

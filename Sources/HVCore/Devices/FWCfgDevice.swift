@@ -42,7 +42,7 @@ public enum FWCfgError: Error, Equatable, CustomStringConvertible {
 /// bit 0 on error. Write (bit 4) is refused with the error bit: no item is writable. Every
 /// guest address and length is checked against guest RAM; a transfer that leaves RAM copies
 /// nothing and reports the error bit. Safe to use from several threads.
-public final class FWCfgDevice: PortIODevice, Sendable {
+public final class FWCfgDevice: PortIODevice, ResettableDevice, Sendable {
     /// The selector port; the data port is `basePort + 1`, the DMA address `basePort + 4`.
     public static let basePort: IOPort = 0x510
     /// Ports occupied from `basePort`: selector, data and the 8-byte DMA address.
@@ -104,6 +104,15 @@ public final class FWCfgDevice: PortIODevice, Sendable {
     /// The fw_cfg device of `memory`'s VM: its RAM size and `cpuCount`, with DMA.
     public convenience init(memory: GuestMemory, cpuCount: Int) {
         self.init(memory: memory, ramSize: memory.size, cpuCount: cpuCount)
+    }
+
+    /// Selector 0, offset 0, DMA address cleared; the items stay (QEMU's fw_cfg_reset).
+    public func reset() {
+        state.withLock { state in
+            state.selected = 0
+            state.offset = 0
+            state.dmaAddress = [UInt8](repeating: 0, count: 8)
+        }
     }
 
     // MARK: Host side

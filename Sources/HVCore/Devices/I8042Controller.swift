@@ -59,7 +59,7 @@ public final class I8042Controller: Sendable {
     public var outputPort: UInt8 { core.state.withLock { $0.outputPort } }
 
     /// One of the controller's two ports.
-    public final class Port: PortIODevice, Sendable {
+    public final class Port: PortIODevice, ResettableDevice, Sendable {
         enum Role { case data, command }
         public let name: String
         let role: Role
@@ -79,6 +79,12 @@ public final class I8042Controller: Sendable {
             let byte = UInt8(truncatingIfNeeded: value)
             let reset = core.state.withLock { role == .data ? $0.writeData(byte) : $0.writeCommand(byte) }
             return reset ? .reset : .resume
+        }
+
+        /// Both ports share one controller: resetting either puts the command byte, output
+        /// port and queue back to power-on values.
+        public func reset() {
+            core.state.withLock { $0 = State() }
         }
     }
 }

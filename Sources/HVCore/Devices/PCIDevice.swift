@@ -179,13 +179,20 @@ public struct PCIConfigurationSpace: Sendable, Equatable {
 
 /// A PCI function whose whole behaviour is its configuration space (a host bridge, or the
 /// front of a device whose BARs are served elsewhere). Thread-safe.
-public final class PCIFunction: PCIDevice {
+public final class PCIFunction: PCIDevice, ResettableDevice {
     public let name: String
     private let space: Mutex<PCIConfigurationSpace>
+    private let powerOn: PCIConfigurationSpace
 
     public init(name: String, configuration: PCIConfigurationSpace) {
         self.name = name
         self.space = Mutex(configuration)
+        self.powerOn = configuration
+    }
+
+    /// The configuration space as `init` received it: BARs unassigned, decoding off.
+    public func reset() {
+        space.withLock { $0 = powerOn }
     }
 
     /// QEMU's i440FX host bridge at 00:00.0: Intel 82441FX PMC, vendor 0x8086, device 0x1237,

@@ -15,7 +15,7 @@ import Synchronization
 /// read all-ones and are dropped.
 ///
 /// The bridge itself (an i440FX, 8086:1237, class 060000) is device 00:00.0; `attach` adds more.
-public final class PCIHostBridge: PortIODevice, Sendable {
+public final class PCIHostBridge: PortIODevice, ResettableDevice, Sendable {
     public static let basePort: IOPort = 0xCF8
     public static let portCount = 8
     public static let slotCount = 32
@@ -39,6 +39,17 @@ public final class PCIHostBridge: PortIODevice, Sendable {
         var state = State()
         state.functions[0] = hostBridge
         self.state = Mutex(state)
+    }
+
+    /// CONFIG_ADDRESS and the 0xCF9 register to 0, and every attached function that is a
+    /// `ResettableDevice` back to its power-on configuration space (BARs, command register).
+    public func reset() {
+        let functions = state.withLock { state in
+            state.address = 0
+            return state.functions
+        }
+        resetControl?.reset()
+        for case let function? in functions { (function as? ResettableDevice)?.reset() }
     }
 
     /// Places `device` at 00:`slot`.`function`.

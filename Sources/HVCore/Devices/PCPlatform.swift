@@ -6,7 +6,8 @@ extension Machine {
     /// resets), the PCI host bridge on configuration mechanism #1 (0xCF8-0xCFF, with the 0xCF9
     /// reset register) and the ACPI PM block (0x600, PM timer at 0x608). With `acpiTables`, also
     /// writes RSDP/XSDT/FADT/FACS/MADT/DSDT into 0xE0000-0xFFFFF (RAM must reach 1 MiB); a VM
-    /// with a TPM gets its MSFT0101 device in the DSDT when `tpm` is true.
+    /// with a TPM gets its MSFT0101 device in the DSDT when `tpm` is true. A reset
+    /// (`ResetPolicy.restart`) writes the tables again.
     public func attachPCPlatform(acpiTables: Bool = true, tpm: Bool = false) throws(HVError) {
         let cpus = configuration.cpuCount
         do throws(DeviceBusError) {
@@ -22,6 +23,11 @@ extension Machine {
         guard acpiTables else { return }
         var acpi = ACPIConfiguration(cpuCount: cpus)
         acpi.hasTPM = tpm
-        do { try ACPITables(acpi).install(into: memory) } catch { throw .memory(error) }
+        let tables = ACPITables(acpi)
+        do { try tables.install(into: memory) } catch { throw .memory(error) }
+        // Firmware writes its tables again at every boot; so does a reset here.
+        try onReset { (machine) throws(HVError) in
+            do throws(GuestMemoryError) { try tables.install(into: machine.memory) } catch { throw .memory(error) }
+        }
     }
 }

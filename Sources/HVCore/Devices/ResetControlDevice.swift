@@ -10,7 +10,7 @@ import Synchronization
 /// act on the low byte. 0xCF9 lies inside the PCI configuration address register (0xCF8-0xCFB):
 /// when a `PCIHostBridge` owns 0xCF8, give it this register and it forwards byte accesses at
 /// 0xCF9 here, as a real chipset does.
-public final class ResetControlDevice: PortIODevice, Sendable {
+public final class ResetControlDevice: PortIODevice, ResettableDevice, Sendable {
     public static let port: IOPort = 0xCF9
     public static let resetCPU: UInt8 = 1 << 2
 
@@ -19,6 +19,11 @@ public final class ResetControlDevice: PortIODevice, Sendable {
 
     public init(name: String = "reset-control") {
         self.name = name
+    }
+
+    /// Clears SYS_RST and FULL_RST, as QEMU's PIIX reset does.
+    public func reset() {
+        stored.withLock { $0 = 0 }
     }
 
     /// The register's stored bits (SYS_RST and FULL_RST).

@@ -376,3 +376,5 @@ private struct State {
         rxCount = 0
     }
 }
+
+extension UART16550: ResettableDevice {}

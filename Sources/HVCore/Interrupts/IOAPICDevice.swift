@@ -5,7 +5,7 @@ import Logging
 import Synchronization
 
 /// An I/O APIC at 0xFEC00000 whose deliveries become message-signalled interrupts.
-public final class IOAPICDevice: MMIODevice, Sendable {
+public final class IOAPICDevice: MMIODevice, ResettableDevice, Sendable {
     public static let baseAddress = GuestPhysicalAddress(IOAPIC.defaultBaseAddress)
     public static let windowSize: UInt64 = 0x1000
     public static let pinCount = UInt32(IOAPIC.lineCount)
@@ -46,6 +46,16 @@ public final class IOAPICDevice: MMIODevice, Sendable {
         if changed { tableChanged(routes) }
         send(deliveries)
         return .resume
+    }
+
+    /// Every redirection entry masked, as after the 82093AA's RESET (datasheet 3.2.4); the
+    /// backend's MSI routes follow.
+    public func reset() {
+        let routes = model.withLock { model in
+            model = IOAPIC(id: 0, version: 0x20)
+            return (0..<IOAPIC.lineCount).map { MSIMessage(model.entry($0).message) }
+        }
+        tableChanged(routes)
     }
 
     /// Sets input `pin` (a GSI below 24) to `high`.

@@ -19,6 +19,8 @@ public struct RunResult: Sendable {
     public var exits: UInt64
     /// Wall-clock seconds from start to the last vCPU thread's end.
     public var seconds: Double
+    /// In-place resets the guest went through (`ResetPolicy.restart`).
+    public var resets: Int = 0
 }
 
 /// A virtual machine on backend `B`: guest memory, a device bus and one thread per vCPU.
@@ -26,6 +28,10 @@ public struct RunResult: Sendable {
 /// Lifecycle: `init` (created) → `load` → `start`/`run` (running) ⇄ `pause`/`resume` (paused)
 /// → stopped. Management calls (`pause`, `resume`, `stop`) may come from any thread; the vCPU
 /// threads notice them at their next exit, kicked out of the guest by `VCPU.requestExit()`.
+///
+/// A guest reset (`ExitAction.reset`) stops the VM, or with `ResetPolicy.restart` resets it in
+/// place: every vCPU meets the others outside the guest, the last to arrive puts the machine
+/// back to its state at `start` (see `resetInPlace()`), and all run on.
 public final class Machine<B: Backend>: @unchecked Sendable {
     // Sendable: mutable state is guarded by `lock`; the vCPU hot path reads only `request`.
 
@@ -62,7 +68,20 @@ public final class Machine<B: Backend>: @unchecked Sendable {
     private var startCycles: UInt64 = 0
     private var endCycles: UInt64 = 0
 
-    enum Request: UInt8 { case none = 0, pause = 1, stop = 2 }
+    /// What `load` wrote, written again on every reset.
+    private var loadedChunks: [GuestImage.Chunk] = []
+    /// Set-up that a reset repeats (platform tables), in the order added.
+    private var resetHooks: [(Machine<B>) throws(HVError) -> Void] = []
+    /// The backend's VM and vCPU state at `start`, put back on a reset (restart policy only).
+    private var powerOnState: (vm: B.VM.SavedState, vcpus: [B.VM.CPU.SavedState])?
+    /// vCPUs that reached the reset rendezvous of the current generation.
+    private var resetArrivals = 0
+    private var resetGeneration = 0
+    /// A reset the guest asked for while the VM was paused: it happens on `resume()`.
+    private var resetPending = false
+    private var resetCount = 0
+
+    enum Request: UInt8 { case none = 0, pause = 1, stop = 2, reset = 3 }
 
     /// Validates `configuration`, creates the VM, maps its RAM (PC layout: up to 3 GiB at 0,
     /// the rest above 4 GiB) and creates its vCPUs.
@@ -119,6 +138,7 @@ public final class Machine<B: Backend>: @unchecked Sendable {
             do { try memory.write(bytes: chunk.bytes, at: chunk.address) } catch { throw .memory(error) }
             loader.debug("loaded \(chunk.name): \(chunk.bytes.count) bytes at 0x\(String(chunk.address.rawValue, radix: 16))")
         }
+        if configuration.resetPolicy == .restart { loadedChunks += image.chunks }
         let defaultIDs = configuration.interruptController == .none ? Array(vcpus.indices) : [0]
         for id in ids ?? defaultIDs {
             guard vcpus.indices.contains(id) else {
@@ -134,6 +154,10 @@ public final class Machine<B: Backend>: @unchecked Sendable {
     /// Starts one thread per vCPU running `handler` first, then the device bus, then the
     /// defaults. Returns at once; `wait()` returns when the VM stops.
     public func start<H: ExitHandler & Sendable>(handler: H) throws(HVError) {
+        if configuration.resetPolicy == .restart, state == .created {
+            // The state a reset returns to: registers as loaded, APs waiting for SIPI.
+            powerOnState = (try vm.saveState(), try vcpus.map { (vcpu) throws(HVError) in try vcpu.saveState() })
+        }
         lock.lock()
         guard _state.canTransition(to: .running), _state == .created else {
             let current = _state
@@ -175,8 +199,10 @@ public final class Machine<B: Backend>: @unchecked Sendable {
         let result = stopResult ?? (.requested, 0, nil)
         let total = perVCPUExits.reduce(0, +)
         let seconds = Double(endTime &- startTime) / 1e9
+        let resets = resetCount
         lock.unlock()
-        return RunResult(reason: result.reason, vcpuID: result.vcpuID, error: result.error, exits: total, seconds: seconds)
+        return RunResult(reason: result.reason, vcpuID: result.vcpuID, error: result.error, exits: total, seconds: seconds,
+                         resets: resets)
     }
 
     /// `start(handler:)` then `wait()`.
@@ -193,7 +219,9 @@ public final class Machine<B: Backend>: @unchecked Sendable {
     /// Parks every vCPU at its next exit and returns once all are parked.
     public func pause() throws(HVError) {
         lock.lock()
-        guard _state == .running else {
+        // A reset in progress finishes first (its vCPUs are between runs, not parkable).
+        while request.load(ordering: .acquiring) == Request.reset.rawValue { lock.wait() }
+        guard _state == .running, request.load(ordering: .acquiring) == Request.none.rawValue else {
             let current = _state
             lock.unlock()
             throw .invalidState(operation: "pause", state: current)
@@ -214,7 +242,8 @@ public final class Machine<B: Backend>: @unchecked Sendable {
         defer { lock.unlock() }
         guard _state == .paused else { throw .invalidState(operation: "resume", state: _state) }
         _state = .running
-        request.store(Request.none.rawValue, ordering: .sequentiallyConsistent)
+        request.store((resetPending ? Request.reset : Request.none).rawValue, ordering: .sequentiallyConsistent)
+        resetPending = false
         lock.broadcast()
         log.debug("resumed")
     }
@@ -223,6 +252,23 @@ public final class Machine<B: Backend>: @unchecked Sendable {
     /// Returns at once; `wait()` joins.
     public func stop() {
         requestStop(.requested, vcpuID: 0, error: nil)
+    }
+
+    /// Adds set-up that a reset repeats after the loaded images are written again, such as
+    /// firmware tables a platform placed in RAM (`attachPCPlatform` puts its ACPI tables back).
+    /// Runs on a vCPU thread while no vCPU runs.
+    public func onReset(_ body: @escaping (Machine<B>) throws(HVError) -> Void) throws(HVError) {
+        lock.lock()
+        defer { lock.unlock() }
+        guard _state == .created else { throw .invalidState(operation: "add a reset step to", state: _state) }
+        resetHooks.append(body)
+    }
+
+    /// In-place resets so far.
+    public var resets: Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return resetCount
     }
 
     /// The statistics of all vCPUs merged. Complete while the VM is paused or stopped.
@@ -257,7 +303,16 @@ public final class Machine<B: Backend>: @unchecked Sendable {
         let reason: StopReason
         do {
             try vcpu.prepareThread()
-            reason = try runLoop(vcpu, handler: handler, statistics: &statistics, exits: &exits)
+            var stopped: StopReason
+            repeat {
+                stopped = try runLoop(vcpu, handler: handler, statistics: &statistics, exits: &exits)
+                guard case .reset = stopped, configuration.resetPolicy == .restart else { break }
+                // KVM finishes the OUT that asked for the reset on the next entry: settle it now,
+                // or it would land on top of the state the reset puts back.
+                try vcpu.completePendingExit()
+                if !(try resetTogether(vcpu, statistics: statistics, exits: exits)) { stopped = .requested }
+            } while stopped == .reset
+            reason = stopped
         } catch {
             failure = error.description
             reason = .backendFailure
@@ -297,9 +352,16 @@ public final class Machine<B: Backend>: @unchecked Sendable {
                 return .requested
             case .pause?:
                 vcpu.clearExitRequest()
-                if park(vcpu.id, statistics: statistics, exits: exits) { return .requested }
+                switch park(vcpu.id, statistics: statistics, exits: exits) {
+                case .stop: return .requested
+                case .reset: return .reset
+                default: break
+                }
                 if collect { entered = cycleCounter() }
                 continue
+            case .reset?:
+                vcpu.clearExitRequest()
+                return .reset
             default:
                 break
             }
@@ -352,19 +414,99 @@ public final class Machine<B: Backend>: @unchecked Sendable {
         thread.start()
     }
 
-    /// Waits while paused, publishing this vCPU's statistics so far. Returns true when a stop
-    /// arrived instead of a resume.
-    private func park(_ id: Int, statistics: ExitStatistics, exits: UInt64) -> Bool {
+    /// Waits while paused, publishing this vCPU's statistics so far. Returns the request that
+    /// ended the pause: none (resume), stop, or reset (one the guest asked for while paused).
+    private func park(_ id: Int, statistics: ExitStatistics, exits: UInt64) -> Request {
         lock.lock()
+        defer { lock.unlock() }
+        return parkLocked(id, statistics: statistics, exits: exits)
+    }
+
+    private func parkLocked(_ id: Int, statistics: ExitStatistics, exits: UInt64) -> Request {
         perVCPUStatistics[id] = statistics
         perVCPUExits[id] = exits
         parked += 1
         lock.broadcast()
         while request.load(ordering: .acquiring) == Request.pause.rawValue { lock.wait() }
         parked -= 1
-        let stopping = request.load(ordering: .acquiring) == Request.stop.rawValue
+        return Request(rawValue: request.load(ordering: .acquiring)) ?? .none
+    }
+
+    // MARK: Reset in place
+
+    /// The reset rendezvous. The vCPU that asked for the reset kicks the others; each arrives
+    /// here outside the guest; the last to arrive runs `resetInPlace()` and lets all go on.
+    /// Returns false when the VM is stopping instead (a stop always wins over a reset).
+    private func resetTogether(_ vcpu: B.VM.CPU, statistics: ExitStatistics, exits: UInt64) throws(HVError) -> Bool {
+        lock.lock()
+        var kick = false
+        asking: while true {
+            switch Request(rawValue: request.load(ordering: .acquiring)) {
+            case .stop?:
+                lock.unlock()
+                return false
+            case .pause?:
+                // Paused while this vCPU asked: the reset waits for `resume()`.
+                resetPending = true
+                _ = parkLocked(vcpu.id, statistics: statistics, exits: exits)
+            case .reset?:
+                break asking
+            default:
+                request.store(Request.reset.rawValue, ordering: .sequentiallyConsistent)
+                kick = true
+                break asking
+            }
+        }
+        resetArrivals += 1
+        let generation = resetGeneration
+        if resetArrivals < vcpus.count {
+            lock.unlock()
+            if kick { for other in vcpus where other.id != vcpu.id { other.requestExit() } }
+            lock.lock()
+            while resetGeneration == generation, request.load(ordering: .acquiring) != Request.stop.rawValue { lock.wait() }
+            let stopping = request.load(ordering: .acquiring) == Request.stop.rawValue
+            lock.unlock()
+            return !stopping
+        }
+        // The last to arrive: every other vCPU waits above, none is in the guest.
         lock.unlock()
-        return stopping
+        var failure: HVError?
+        do { try resetInPlace() } catch { failure = error }
+        lock.lock()
+        resetArrivals = 0
+        resetGeneration += 1
+        if failure == nil { resetCount += 1 }
+        if request.load(ordering: .acquiring) == Request.reset.rawValue {
+            request.store(Request.none.rawValue, ordering: .sequentiallyConsistent)
+        }
+        let count = resetCount
+        lock.broadcast()
+        lock.unlock()
+        if let failure {
+            requestStop(.backendFailure, vcpuID: vcpu.id, error: "reset failed: \(failure)")
+            throw failure
+        }
+        log.info("guest reset #\(count): \(vcpus.count) vCPU(s) back to their state at start")
+        return true
+    }
+
+    /// Puts the machine back to its state at `start`: devices first (their interrupt lines
+    /// drop), then the backend's interrupt controllers and every vCPU (registers, MSRs, FPU,
+    /// local APIC, multiprocessing state: application processors wait for INIT-SIPI-SIPI again,
+    /// SDM Vol. 3A 9.1 "Initialization overview"), then the loaded images and the reset steps.
+    /// RAM outside the images keeps its contents, as on a PC.
+    private func resetInPlace() throws(HVError) {
+        guard let powerOnState else {
+            throw .invalidState(operation: "reset (no state saved at start)", state: state)
+        }
+        devices.resetDevices()
+        try vm.restoreState(powerOnState.vm)
+        for index in vcpus.indices { try vcpus[index].restoreState(powerOnState.vcpus[index]) }
+        for chunk in loadedChunks {
+            do { try memory.write(bytes: chunk.bytes, at: chunk.address) } catch { throw .memory(error) }
+        }
+        for hook in resetHooks { try hook(self) }
+        expiredTimers.store(0, ordering: .sequentiallyConsistent)
     }
 
     /// What happens to an exit nobody took (ARCHITECTURE.md: "then defaults").

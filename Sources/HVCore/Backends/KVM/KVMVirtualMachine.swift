@@ -13,6 +13,8 @@ public final class KVMVirtualMachine: VirtualMachine {
     public let configuration: VirtualMachineConfiguration
     /// The CPUID table every vCPU starts from (KVM_GET_SUPPORTED_CPUID), APIC ids patched per vCPU.
     let cpuid: [CPUIDEntry]
+    /// The MSRs a vCPU's saved state holds (KVM_GET_MSR_INDEX_LIST).
+    let savedMSRs: [UInt32]
 
     /// Where KVM may place the three pages it needs for real mode on Intel (KVM_SET_TSS_ADDR)
     /// and the identity-map page: just below the 4 GiB BIOS area, inside the MMIO hole, as QEMU does.
@@ -26,6 +28,7 @@ public final class KVMVirtualMachine: VirtualMachine {
         self.fd = fd
         do {
             cpuid = try backend.supportedCPUID()
+            savedMSRs = try backend.msrIndexList()
             if backend.check(.setTSSAddress) != 0 {
                 var identity = Self.identityMapAddress
                 try KVMSyscall.ioctl(fd, HV_KVM_SET_IDENTITY_MAP_ADDR, &identity, "KVM_SET_IDENTITY_MAP_ADDR")

@@ -114,6 +114,17 @@ public final class ScriptedVirtualMachine: VirtualMachine, @unchecked Sendable {
         }
     }
 
+    /// A scripted VM keeps no interrupt-controller state of its own beyond its MSI routes.
+    public struct SavedState: Sendable {
+        var routes: [UInt32: (address: UInt64, data: UInt32)]
+    }
+
+    public func saveState() throws(HVError) -> SavedState { SavedState(routes: msiRoutes) }
+
+    public func restoreState(_ state: SavedState) throws(HVError) {
+        routeTable.withLock { $0 = state.routes }
+    }
+
     public func createVCPU(id: Int) throws(HVError) -> ScriptedVCPU {
         let script = id < backend.scripts.count ? backend.scripts[id] : [.halt]
         return ScriptedVCPU(id: id, script: script, repeats: backend.repeats, records: backend.records)
@@ -225,5 +236,32 @@ public final class ScriptedVCPU: VCPU, @unchecked Sendable {
             throw .configuration(ConfigurationError(field: "xsave", value: "\(area.count) bytes", expected: "4096 bytes"))
         }
         xsaveArea = area
+    }
+
+    /// The scripted vCPU's registers, MSRs, FPU and XSAVE area. Its script position is the
+    /// "guest" and is not part of the state: after a reset the script goes on.
+    public struct SavedState: Sendable {
+        var registers: Registers
+        var special: SpecialRegisters
+        var msrs: [UInt32: UInt64]
+        var fpu: FPUState
+        var xsave: [UInt8]
+    }
+
+    /// How often the run loop asked to finish a pending exit (for tests).
+    public private(set) var pendingExitCompletions = 0
+
+    /// Completions happen in `complete(_:with:)`; nothing is pending afterwards.
+    public func completePendingExit() throws(HVError) { pendingExitCompletions += 1 }
+
+    public func saveState() throws(HVError) -> SavedState {
+        SavedState(registers: state.registers, special: state.special, msrs: msrValues, fpu: fpuState, xsave: xsaveArea)
+    }
+
+    public func restoreState(_ saved: SavedState) throws(HVError) {
+        state = (saved.registers, saved.special)
+        msrValues = saved.msrs
+        fpuState = saved.fpu
+        xsaveArea = saved.xsave
     }
 }

@@ -1,0 +1,174 @@
+// Saving and restoring a vCPU and the in-kernel interrupt controllers: what an in-place reset
+// puts back (and the start of snapshots). Documentation/virt/kvm/api.rst: 4.3
+// KVM_GET_MSR_INDEX_LIST, 4.11-4.14 regs/sregs, 4.18-4.19 MSRs, 4.22-4.23 FPU, 4.26-4.27
+// irqchip, 4.31-4.34 vCPU events and debug registers, 4.38-4.39 MP state, 4.42-4.45 XSAVE and
+// XCRs, 4.57-4.58 LAPIC; section 5, "immediate_exit".
+#if os(Linux)
+import CKVM
+import Glibc
+
+/// Everything KVM keeps for one vCPU, as its `KVM_GET_*` calls return it.
+public struct KVMVCPUState: @unchecked Sendable {
+    // @unchecked: plain C structs without pointers.
+    var regs = kvm_regs()
+    var sregs = kvm_sregs()
+    var fpu = kvm_fpu()
+    var xsave: kvm_xsave?
+    var xcrs: kvm_xcrs?
+    /// Every MSR of KVM_GET_MSR_INDEX_LIST that the vCPU could read, in index order.
+    var msrs: [(index: UInt32, value: UInt64)] = []
+    /// With an in-kernel local APIC only.
+    var lapic: kvm_lapic_state?
+    var mpState: kvm_mp_state?
+    var events = kvm_vcpu_events()
+    var debugRegisters = kvm_debugregs()
+
+    /// The MSRs saved, by index (for tests and tools).
+    public var msrValues: [UInt32: UInt64] {
+        Dictionary(msrs.map { ($0.index, $0.value) }, uniquingKeysWith: { $1 })
+    }
+    /// RIP as saved.
+    public var rip: UInt64 { regs.rip }
+}
+
+/// The in-kernel PIC pair and I/O APIC of a `kernel`-irqchip VM (nothing for `none` and `split`,
+/// whose I/O APIC lives in HV's device model).
+public struct KVMVirtualMachineState: @unchecked Sendable {
+    var irqchips: [kvm_irqchip] = []
+}
+
+extension KVMVCPU {
+    public typealias SavedState = KVMVCPUState
+
+    /// Lets KVM finish the instruction behind the last exit (an `OUT` moves RIP on, string I/O
+    /// continues) without running guest code: a `KVM_RUN` with `immediate_exit` set, the way
+    /// api.rst asks a VMM to settle a vCPU before reading its state. An exit the completion
+    /// itself causes (the next piece of a `REP OUTS`) is settled the same way, at most 64 times.
+    public func completePendingExit() throws(HVError) {
+        hv_store_immediate_exit(shared, 1)
+        defer { hv_store_immediate_exit(shared, 0) }
+        for _ in 0..<64 { if try !KVMSyscall.run(fd) { return } }
+    }
+
+    /// Reads the whole vCPU, in the order QEMU's kvm_arch_get_registers does.
+    public func saveState() throws(HVError) -> KVMVCPUState {
+        var state = KVMVCPUState()
+        try KVMSyscall.ioctl(fd, HV_KVM_GET_REGS, &state.regs, "KVM_GET_REGS")
+        try KVMSyscall.ioctl(fd, HV_KVM_GET_SREGS, &state.sregs, "KVM_GET_SREGS")
+        try KVMSyscall.ioctl(fd, HV_KVM_GET_FPU, &state.fpu, "KVM_GET_FPU")
+        if vm.backend.check(.xsave) != 0 {
+            var xsave = kvm_xsave()
+            try KVMSyscall.ioctl(fd, HV_KVM_GET_XSAVE, &xsave, "KVM_GET_XSAVE")
+            state.xsave = xsave
+        }
+        if vm.backend.check(.xcrs) != 0 {
+            var xcrs = kvm_xcrs()
+            try KVMSyscall.ioctl(fd, HV_KVM_GET_XCRS, &xcrs, "KVM_GET_XCRS")
+            state.xcrs = xcrs
+        }
+        let values = try msrs(vm.savedMSRs)
+        state.msrs = try writableMSRs(values.sorted { $0.key < $1.key }.map { ($0.key, $0.value) })
+        if vm.configuration.interruptController != .none {
+            var lapic = kvm_lapic_state()
+            try KVMSyscall.ioctl(fd, HV_KVM_GET_LAPIC, &lapic, "KVM_GET_LAPIC")
+            state.lapic = lapic
+            var mp = kvm_mp_state()
+            try KVMSyscall.ioctl(fd, HV_KVM_GET_MP_STATE, &mp, "KVM_GET_MP_STATE")
+            state.mpState = mp
+        }
+        try KVMSyscall.ioctl(fd, HV_KVM_GET_VCPU_EVENTS, &state.events, "KVM_GET_VCPU_EVENTS")
+        try KVMSyscall.ioctl(fd, HV_KVM_GET_DEBUGREGS, &state.debugRegisters, "KVM_GET_DEBUGREGS")
+        return state
+    }
+
+    /// The MSRs of `msrs` that KVM accepts back: each batch is written with the values just
+    /// read (no change for the guest), and an MSR KVM refuses (some paravirtual MSRs need CPUID
+    /// bits first) is left out of the saved state, as KVM_SET_MSRS stops at the first refusal.
+    private func writableMSRs(_ msrs: [(index: UInt32, value: UInt64)]) throws(HVError) -> [(index: UInt32, value: UInt64)] {
+        var accepted: [(index: UInt32, value: UInt64)] = []
+        var pending = msrs[...]
+        while !pending.isEmpty {
+            let batch = Array(pending)
+            let buffer = KVMMSRBuffer(indices: batch.map(\.index))
+            for i in 0..<batch.count { buffer[i].data = batch[i].value }
+            let written = Int(try KVMSyscall.ioctl(fd, HV_KVM_SET_MSRS, pointer: buffer.raw, "KVM_SET_MSRS"))
+            accepted += batch[..<written]
+            if written < batch.count {
+                LogCategory.vcpu.logger.debug("MSR 0x\(String(batch[written].index, radix: 16)) is not restorable on this host; left out of saved state")
+            }
+            pending = pending.dropFirst(written + 1)
+        }
+        return accepted
+    }
+
+    /// Writes the whole vCPU back, in the order QEMU's kvm_arch_put_registers does: registers,
+    /// XSAVE, XCRs, special registers (EFER and APIC base before the MSRs and LAPIC that depend
+    /// on them), MSRs, MP state, LAPIC, pending events, debug registers.
+    public func restoreState(_ saved: KVMVCPUState) throws(HVError) {
+        var state = saved
+        try KVMSyscall.ioctl(fd, HV_KVM_SET_REGS, &state.regs, "KVM_SET_REGS")
+        if var xsave = state.xsave {
+            try KVMSyscall.ioctl(fd, HV_KVM_SET_XSAVE, &xsave, "KVM_SET_XSAVE")
+        } else {
+            try KVMSyscall.ioctl(fd, HV_KVM_SET_FPU, &state.fpu, "KVM_SET_FPU")
+        }
+        if var xcrs = state.xcrs { try KVMSyscall.ioctl(fd, HV_KVM_SET_XCRS, &xcrs, "KVM_SET_XCRS") }
+        try KVMSyscall.ioctl(fd, HV_KVM_SET_SREGS, &state.sregs, "KVM_SET_SREGS")
+        if !state.msrs.isEmpty {
+            let buffer = KVMMSRBuffer(indices: state.msrs.map(\.index))
+            for i in 0..<state.msrs.count { buffer[i].data = state.msrs[i].value }
+            let written = Int(try KVMSyscall.ioctl(fd, HV_KVM_SET_MSRS, pointer: buffer.raw, "KVM_SET_MSRS"))
+            if written < state.msrs.count {
+                throw .systemCall(operation: "KVM_SET_MSRS(MSR 0x\(String(state.msrs[written].index, radix: 16)))", errno: EINVAL)
+            }
+        }
+        if var mp = state.mpState { try KVMSyscall.ioctl(fd, HV_KVM_SET_MP_STATE, &mp, "KVM_SET_MP_STATE") }
+        if var lapic = state.lapic { try KVMSyscall.ioctl(fd, HV_KVM_SET_LAPIC, &lapic, "KVM_SET_LAPIC") }
+        try KVMSyscall.ioctl(fd, HV_KVM_SET_VCPU_EVENTS, &state.events, "KVM_SET_VCPU_EVENTS")
+        try KVMSyscall.ioctl(fd, HV_KVM_SET_DEBUGREGS, &state.debugRegisters, "KVM_SET_DEBUGREGS")
+    }
+}
+
+extension KVMVirtualMachine {
+    public typealias SavedState = KVMVirtualMachineState
+
+    /// The in-kernel PIC master, PIC slave and I/O APIC (`KVM_GET_IRQCHIP` chips 0, 1, 2).
+    public func saveState() throws(HVError) -> KVMVirtualMachineState {
+        var state = KVMVirtualMachineState()
+        guard configuration.interruptController == .kernel else { return state }
+        for chip in [KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQCHIP_IOAPIC] {
+            var irqchip = kvm_irqchip()
+            irqchip.chip_id = UInt32(chip)
+            try KVMSyscall.ioctl(fd, HV_KVM_GET_IRQCHIP, &irqchip, "KVM_GET_IRQCHIP")
+            state.irqchips.append(irqchip)
+        }
+        return state
+    }
+
+    /// The corresponding ioctl is `KVM_SET_IRQCHIP`, once per saved chip.
+    public func restoreState(_ state: KVMVirtualMachineState) throws(HVError) {
+        for saved in state.irqchips {
+            var irqchip = saved
+            try KVMSyscall.ioctl(fd, HV_KVM_SET_IRQCHIP, &irqchip, "KVM_SET_IRQCHIP")
+        }
+    }
+}
+
+extension KVMBackend {
+    /// The MSRs KVM says a VMM should save and restore: the hardware MSRs it passes on and the
+    /// ones it emulates (kvmclock, async page faults, ...). The corresponding ioctl is
+    /// `KVM_GET_MSR_INDEX_LIST`, asked twice: once for the count, once for the list.
+    public func msrIndexList() throws(HVError) -> [UInt32] {
+        var count: UInt32 = 0
+        if hv_ioctl_ptr(system.fd, HV_KVM_GET_MSR_INDEX_LIST, &count) < 0, errno != E2BIG {
+            throw .systemCall(operation: "KVM_GET_MSR_INDEX_LIST", errno: errno)
+        }
+        guard count > 0 else { return [] }
+        var list = [UInt32](repeating: 0, count: Int(count) + 1)
+        list[0] = count
+        let result = list.withUnsafeMutableBytes { hv_ioctl_ptr(system.fd, HV_KVM_GET_MSR_INDEX_LIST, $0.baseAddress!) }
+        if result < 0 { throw .systemCall(operation: "KVM_GET_MSR_INDEX_LIST", errno: errno) }
+        return Array(list[1...(Int(min(list[0], count)))])
+    }
+}
+#endif
