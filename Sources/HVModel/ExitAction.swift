@@ -12,8 +12,8 @@ public enum ExitAction: Sendable, Equatable {
     case fault
     /// Stop the VM, reporting `reason`.
     case stop(StopReason)
-    /// Reset the VM (a real PC's reset line: i8042 pulse, port 0xCF9). Until the platform
-    /// can restart a guest in place, HV stops the VM with `StopReason.reset`.
+    /// Reset the VM (a real PC's reset line: i8042 pulse, port 0xCF9). The monitor's reset
+    /// policy decides: restart the guest in place, or stop with `StopReason.reset`.
     case reset
 }
 

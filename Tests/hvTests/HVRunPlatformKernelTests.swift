@@ -8,7 +8,10 @@ import Testing
 /// bit 0 fw_cfg signature "QEMU", bit 1 fw_cfg RAM size 64 MiB, bit 2 RTC in 24-hour mode with a
 /// BCD seconds value, bit 3 the i440FX host bridge at 00:00.0, bit 4 an empty slot 1 reading
 /// all-ones, bit 5 the ACPI RSDP found by the standard scan of 0xE0000-0xFFFFF, bit 6 the FADT
-/// found through the XSDT with PM_TMR_BLK = 0x608, bit 7 the PM timer advancing.
+/// found through the XSDT with PM_TMR_BLK = 0x608, bit 7 the PM timer advancing, bit 16 the PM
+/// timer counting 3,579,545 ± 2% ticks in one RTC second, bit 17 a second boot (the first stores
+/// a boot count in CMOS NVRAM byte 0x38, leaves PCI CONFIG_ADDRESS set and resets through the
+/// i8042), bit 18 CONFIG_ADDRESS back to 0 after the reset.
 private func platformProbeKernel() throws -> [UInt8] {
     var a = X86Assembler(bits: .bits32, origin: 0x40_0000)
     let entry = a.label()
@@ -20,6 +23,22 @@ private func platformProbeKernel() throws -> [UInt8] {
     a.bind(entry)
     a.printString("multiboot platform probe\n")
     a.mov(Register32.edi, 0)
+    // First boot: count it in CMOS NVRAM (battery-backed, it survives a reset), leave PCI
+    // CONFIG_ADDRESS pointing at slot 1, and pulse the reset line through the i8042.
+    let secondBoot = a.label(), addressKept = a.label()
+    a.mov(Register8.al, 0x38); a.out(0x70, Register8.al); a.in(Register8.al, 0x71)
+    a.cmp(Register8.al, 1); a.je(secondBoot)
+    a.mov(Register8.al, 0x38); a.out(0x70, Register8.al); a.mov(Register8.al, 1); a.out(0x71, Register8.al)
+    a.mov(Register32.eax, 0x8000_0800); a.mov(Register16.dx, 0xCF8); a.out(Register16.dx, Register32.eax)
+    a.printString("rebooting\n")
+    a.mov(Register8.al, 0xFE); a.out(0x64, Register8.al)
+    a.hlt()
+    a.bind(secondBoot)
+    a.or(Register32.edi, 0x2_0000)
+    a.mov(Register16.dx, 0xCF8); a.in(Register32.eax, Register16.dx)
+    a.test(Register32.eax, Register32.eax); a.jnz(addressKept)
+    a.or(Register32.edi, 0x4_0000)
+    a.bind(addressKept)
     // fw_cfg signature (key 0x00): "QEMU".
     let notQEMU = a.label()
     a.mov(Register16.dx, 0x510); a.mov(Register16.ax, 0x00); a.out(Register16.dx, Register16.ax)
@@ -91,6 +110,21 @@ private func platformProbeKernel() throws -> [UInt8] {
     a.in(Register32.eax, Register16.dx); a.cmp(Register32.eax, Register32.ebx); a.je(still)
     a.or(Register32.edi, 0x80)
     a.bind(still)
+    // The PM timer's rate: its ticks between two edges of the RTC's seconds register (ACPI 6.5,
+    // 4.8.3.3: 3.579545 MHz), within 2%.
+    let edge = a.label(), nextEdge = a.label(), rateDone = a.label()
+    a.mov(Register8.al, 0x00); a.out(0x70, Register8.al); a.in(Register8.al, 0x71); a.mov(Register8.bl, Register8.al)
+    a.bind(edge)
+    a.in(Register8.al, 0x71); a.cmp(Register8.al, Register8.bl); a.je(edge)
+    a.mov(Register8.bl, Register8.al)
+    a.mov(Register16.dx, 0x608); a.in(Register32.eax, Register16.dx); a.mov(Register32.esi, Register32.eax)
+    a.bind(nextEdge)
+    a.in(Register8.al, 0x71); a.cmp(Register8.al, Register8.bl); a.je(nextEdge)
+    a.in(Register32.eax, Register16.dx); a.sub(Register32.eax, Register32.esi); a.and(Register32.eax, 0x00FF_FFFF)
+    a.cmp(Register32.eax, Immediate(UInt32(3_507_954))); a.jb(rateDone)
+    a.cmp(Register32.eax, Immediate(UInt32(3_651_136))); a.ja(rateDone)
+    a.or(Register32.edi, 0x1_0000)
+    a.bind(rateDone)
     a.mov(Register32.eax, Register32.edi)
     a.out(0xF4, Register32.eax)
     a.hlt()
@@ -99,14 +133,25 @@ private func platformProbeKernel() throws -> [UInt8] {
 
 @Suite("hv run: a Multiboot kernel probes the PC platform")
 struct HVRunPlatformKernelTests {
-    @Test("fw_cfg, RTC, PCI and ACPI answer a Multiboot test kernel under hv run", .needsKVM)
+    @Test("fw_cfg, RTC, PCI and ACPI answer a Multiboot test kernel under hv run, before and after it reboots", .needsKVM)
     func probes() throws {
         let url = try PackageExecutable.temporaryDirectory().appendingPathComponent("probe.mb")
         try Data(try platformProbeKernel()).write(to: url)
         let result = try PackageExecutable.run(["run", "--multiboot", url.path, "--mem", "64M", "--cpus", "2", "--timeout", "60"])
-        #expect(result.stdout == "multiboot platform probe\n")
-        // Every probe bit set, two CPUs: 0x2FF; status (0x2FF << 1 | 1) & 0xFF.
-        #expect(result.stderr.contains("the guest wrote 767 (0x2ff)"), "stderr: \(result.stderr)")
-        #expect(result.status == Int32((0x2FF << 1 | 1) & 0xFF))
+        #expect(result.stdout == "multiboot platform probe\nrebooting\nmultiboot platform probe\n")
+        // Every probe bit set, two CPUs, rebooted once: 0x702FF; status (v << 1 | 1) & 0xFF.
+        #expect(result.stderr.contains("the guest wrote 459519 (0x702ff)"), "stderr: \(result.stderr)")
+        #expect(result.stderr.contains("(1 reset)"), "stderr: \(result.stderr)")
+        #expect(result.status == Int32((0x702FF << 1 | 1) & 0xFF))
+    }
+
+    @Test("with --on-reset stop the kernel's reboot ends the run with status 2", .needsKVM)
+    func resetStops() throws {
+        let url = try PackageExecutable.temporaryDirectory().appendingPathComponent("probe.mb")
+        try Data(try platformProbeKernel()).write(to: url)
+        let result = try PackageExecutable.run(["run", "--multiboot", url.path, "--on-reset", "stop", "--timeout", "60"])
+        #expect(result.stdout == "multiboot platform probe\nrebooting\n")
+        #expect(result.stderr.contains("the guest asked for a reset"), "stderr: \(result.stderr)")
+        #expect(result.status == 2)
     }
 }

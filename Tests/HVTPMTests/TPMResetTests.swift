@@ -1,0 +1,42 @@
+import HVCore
+import HVTPM
+import Testing
+
+/// Sends `command` through the TIS registers of `device` at locality 0 (requestUse,
+/// commandReady, the bytes, tpmGo) and reads the response back.
+private func transact(_ device: TISDevice, _ command: [UInt8]) -> [UInt8] {
+    _ = device.mmioWrite(offset: TISInterface.Register.access, width: 1, value: UInt64(TISInterface.Access.requestUse))
+    _ = device.mmioWrite(offset: TISInterface.Register.status, width: 1, value: UInt64(TISInterface.Status.commandReady))
+    for byte in command { _ = device.mmioWrite(offset: TISInterface.Register.dataFIFO, width: 1, value: UInt64(byte)) }
+    _ = device.mmioWrite(offset: TISInterface.Register.status, width: 1, value: UInt64(TISInterface.Status.tpmGo))
+    var response: [UInt8] = []
+    while UInt32(device.mmioRead(offset: TISInterface.Register.status, width: 4)) & TISInterface.Status.dataAvailable != 0 {
+        response.append(UInt8(device.mmioRead(offset: TISInterface.Register.dataFIFO, width: 1)))
+    }
+    return response
+}
+
+extension TPMLibTPMSSuites {
+    @Suite struct TPMResetTests {
+        @Test func aPlatformResetReleasesTheLocalityAndPowerCyclesTheTPMSoPCRsStartOver() throws {
+            let engine = try LibTPMSEngine.open(directory: nil)
+            defer { try? engine.close() }
+            let device = TISDevice(engine: engine)
+            #expect(TPMResponse.code(transact(device, TPMCommand.startup(.clear))) == 0)
+            let extend = TPMCommand.pcrExtend(16, digests: [(.sha256, SHA256.hash(Array("hello".utf8)))])
+            #expect(TPMResponse.code(transact(device, extend)) == 0)
+            let access = { UInt8(device.mmioRead(offset: TISInterface.Register.access, width: 1)) }
+            #expect(access() & TISInterface.Access.activeLocality != 0)
+
+            device.reset()   // what Machine does on a guest reset with ResetPolicy.restart
+
+            #expect(access() & TISInterface.Access.activeLocality == 0)
+            #expect(device.state == .idle)
+            // _TPM_Init happened: the TPM wants TPM2_Startup again, and PCR 16 starts from zero.
+            #expect(TPMResponse.code(transact(device, TPMCommand.getRandom(8))) == TPMResponseCode.initialize.rawValue)
+            #expect(TPMResponse.code(transact(device, TPMCommand.startup(.clear))) == 0)
+            let pcr = TPMCommand.pcrReadDigest(transact(device, TPMCommand.pcrRead(16, bank: .sha256)))
+            #expect(pcr == [UInt8](repeating: 0, count: 32))
+        }
+    }
+}
