@@ -65,6 +65,14 @@ struct ScriptedResetTests {
         #expect(try vm.memory.readBytes(at: GuestPhysicalAddress(0x7C00), count: 1) == [0xF4])
     }
 
+    @Test("a reset the backend reports (KVM_SYSTEM_EVENT_RESET) restarts too; a triple fault still stops")
+    func systemEventReset() throws {
+        let vm = try scripted([[.systemEvent(.reset), .shutdown]], policy: .restart)
+        let result = try vm.run()
+        #expect(result.resets == 1)
+        #expect(result.reason == .shutdown)
+    }
+
     @Test("every vCPU meets the reset: a spinning vCPU is kicked and goes on after it")
     func otherVCPUsJoin() throws {
         // vCPU 1 spins on port 0x80 until vCPU 0, after two resets, halts and stops the VM.

@@ -536,6 +536,8 @@ public final class Machine<B: Backend>: @unchecked Sendable {
         case .internalError(let error):
             return .stop(.internalError(error))
         case .systemEvent(let event):
+            // A reset the backend reports itself follows the reset policy like a device's.
+            if case .reset = event, configuration.resetPolicy == .restart { return .reset }
             return .stop(.systemEvent(event))
         case .msrRead, .msrWrite:
             // An MSR nobody models faults, as it would on hardware that lacks it.
