@@ -1,11 +1,46 @@
 #!/usr/bin/env bash
 # Fetches Debian's kernel image (the package linux-image-amd64 depends on) and unpacks it into
-# .build-kernel/ without installing it: the Linux-loader test boots its vmlinuz under
-# `hv run --kernel`. Installing the package itself would run initramfs hooks for no purpose.
+# .build-kernel/ without installing it: the Linux-loader tests boot its vmlinuz (a bzImage) and
+# the uncompressed vmlinux inside it (an ELF with a PVH entry note) under `hv run --kernel`.
+# Installing the package itself would run initramfs hooks for no purpose.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 destination=.build-kernel
-if compgen -G "$destination/boot/vmlinuz-*" >/dev/null; then exit 0; fi
+
+# The bzImage's payload (boot.rst: payload_offset at 0x248 and payload_length at 0x24C, counted
+# from the protected-mode code after the (setup_sects + 1) * 512 setup bytes) is the compressed
+# vmlinux; Debian compresses it with xz (zstd and gzip are recognised too).
+extract_vmlinux() {
+    local image=$1 output=$2 setup offset length start magic
+    setup=$(od -An -tu1 -j $((0x1F1)) -N1 "$image" | tr -d ' ')
+    [ "$setup" -eq 0 ] && setup=4
+    read -r offset length < <(od -An -tu4 -j $((0x248)) -N8 "$image")
+    start=$(( (setup + 1) * 512 + offset ))
+    magic=$(od -An -tx1 -j "$start" -N4 "$image" | tr -d ' ')
+    case $magic in
+        fd377a58) decompress="xz -dc" ;;
+        28b52ffd) decompress="zstd -dc" ;;
+        1f8b*) decompress="gzip -dc" ;;
+        *) echo "fetch-linux-kernel: unknown payload compression (magic $magic)" >&2; return 1 ;;
+    esac
+    # The kernel's xz stream ends without the index xz expects, so xz reports "unexpected end of
+    # input" after writing everything: judge the result, not the exit status. It must be an ELF
+    # file holding every byte its program headers name.
+    tail -c +$((start + 1)) "$image" | head -c "$length" | $decompress > "$output.tmp" 2>/dev/null || true
+    local size end=0 type fileOffset vaddr paddr fileSize rest
+    size=$(stat -c %s "$output.tmp")
+    while read -r type fileOffset vaddr paddr fileSize rest; do
+        [ "$type" = LOAD ] && (( fileOffset + fileSize > end )) && end=$(( fileOffset + fileSize ))
+    done < <(readelf -lW "$output.tmp" 2>/dev/null)
+    if [ "$end" -eq 0 ] || [ "$size" -lt "$end" ]; then rm -f "$output.tmp"; return 1; fi
+    mv "$output.tmp" "$output"
+    echo "fetch-linux-kernel: $output (uncompressed from $image)"
+}
+
+if compgen -G "$destination/boot/vmlinuz-*" >/dev/null; then
+    [ -e "$destination/vmlinux" ] || extract_vmlinux "$(ls "$destination"/boot/vmlinuz-* | head -1)" "$destination/vmlinux"
+    exit 0
+fi
 
 package() { apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ { print $2; exit }'; }
 name=$(package)
@@ -23,3 +58,5 @@ dpkg-deb -x "$work"/*.deb "$work/root"
 mkdir -p "$destination/boot"
 cp "$work"/root/boot/vmlinuz-* "$destination/boot/"
 echo "fetch-linux-kernel: $(ls "$destination"/boot/vmlinuz-*)"
+extract_vmlinux "$(ls "$destination"/boot/vmlinuz-* | head -1)" "$destination/vmlinux" \
+    || echo "fetch-linux-kernel: note: could not uncompress vmlinux; the PVH Linux test will be skipped" >&2

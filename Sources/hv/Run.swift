@@ -11,8 +11,9 @@ struct Run: ParsableCommand {
             kernel, ELF or a.out-kludge, entered in 32-bit protected mode with EAX = 0x2BADB002 and \
             EBX = the Multiboot info; its command line is KERNEL, a space, then --append; each \
             --module FILE becomes a boot module), --elf FILE (ELF64 x86-64 starts in long mode, \
-            ELF32 i386 in 32-bit protected mode with paging off) or --kernel BZIMAGE (Linux x86 \
-            boot protocol 2.12+, 64-bit entry, with --cmdline and --initrd). --mode, --entry and \
+            ELF32 i386 in 32-bit protected mode with paging off) or --kernel BZIMAGE|VMLINUX (a \
+            bzImage by the Linux x86 boot protocol 2.12+, 64-bit entry; an ELF kernel by its PVH \
+            entry note; with --cmdline and --initrd). --mode, --entry and \
             --load-address apply to flat images only (Documentation/Loaders.md).
 
             A flat image is copied to --load-address and entered at --entry (default: the load \
@@ -42,7 +43,7 @@ struct Run: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Run this ELF executable instead of a flat IMAGE.", valueName: "file"))
     var elf: String?
 
-    @Option(name: .long, help: ArgumentHelp("Boot this Linux bzImage instead of a flat IMAGE.", valueName: "bzimage"))
+    @Option(name: .long, help: ArgumentHelp("Boot this Linux kernel instead of a flat IMAGE: a bzImage (Linux boot protocol, 64-bit entry) or an ELF vmlinux (PVH entry note).", valueName: "bzimage|vmlinux"))
     var kernel: String?
 
     @Option(name: .long, help: ArgumentHelp("The Linux kernel command line.", valueName: "args"))
@@ -66,7 +67,7 @@ struct Run: ParsableCommand {
     @Option(name: .long, help: "Number of vCPUs. With interrupt controllers the BSP starts at the entry point and APs wait for INIT-SIPI-SIPI; without them every vCPU starts at the entry point.")
     var cpus: Int = 1
 
-    @Option(name: .long, help: ArgumentHelp("Interrupt controllers: none, kernel (KVM's LAPIC, I/O APIC, PIC) or split (KVM's LAPIC, HV's I/O APIC). Default: none for one vCPU, kernel for more.", valueName: "mode"))
+    @Option(name: .long, help: ArgumentHelp("Interrupt controllers: none, kernel (KVM's LAPIC, I/O APIC, PIC) or split (KVM's LAPIC, HV's I/O APIC). Default: kernel for --kernel or more than one vCPU, else none.", valueName: "mode"))
     var irqchip: IRQChipArgument?
 
     @Option(name: .long, help: ArgumentHelp("Where COM1 output goes: stdio or file:PATH.", valueName: "target"))
@@ -97,27 +98,29 @@ struct Run: ParsableCommand {
 
     func run() throws {
         logging.bootstrap()
-        let interruptMode = irqchip?.mode ?? (cpus > 1 ? .kernel : .none)
+        // Linux needs a local APIC; so does any SMP guest.
+        let interruptMode = irqchip?.mode ?? (cpus > 1 || kernel != nil ? .kernel : .none)
         var configuration = VirtualMachineConfiguration(
             memorySize: mem.bytes, cpuCount: cpus, haltPolicy: onHalt.policy, timeLimit: timeout, exitLimit: maxExits,
             interruptController: interruptMode)
         configuration.resetPolicy = onReset.policy
         do { try configuration.validate() } catch { fail(flagName(for: error.field), error) }
-        let image = try loaderImage() ?? flatImage()
+        let acpiRange: Range<UInt64> = 0xE_0000..<0x10_0000
+        let rsdp = platform == .pc && mem.bytes >= acpiRange.upperBound ? ACPITables(ACPIConfiguration(cpuCount: cpus)).rsdpAddress : 0
+        var image = try loaderImage(rsdpAddress: rsdp) ?? flatImage()
+        // ACPI tables live in 0xE0000-0xFFFFF: skip them when RAM is smaller or the image uses it.
+        let imageUsesACPIArea = image.chunks.contains { chunk in
+            let start = chunk.address.rawValue
+            return start < acpiRange.upperBound && start + UInt64(chunk.bytes.count) > acpiRange.lowerBound
+        }
+        let acpiTables = platform == .pc && mem.bytes >= acpiRange.upperBound && !imageUsesACPIArea
+        if !acpiTables, rsdp != 0, let withoutRSDP = loaderImage(rsdpAddress: 0) { image = withoutRSDP }
         let (result, statistics) = try reportingErrors { () throws(HVError) -> (RunResult, ExitStatistics) in
             let machine = try Machine(configuration: configuration, backend: KVMBackend())
             let uart = try attachConsole(to: machine, serial: serial)
             if interruptMode != .none { try machine.connect(uart, irq: 4) }
             let tpmEngine = try attachTPM(directory: tpm, to: machine)
-            if platform == .pc {
-                // ACPI tables live in 0xE0000-0xFFFFF: skip them when RAM is smaller or the image uses it.
-                let acpiRange: Range<UInt64> = 0xE_0000..<0x10_0000
-                let imageUsesIt = image.chunks.contains { chunk in
-                    let start = chunk.address.rawValue
-                    return start < acpiRange.upperBound && start + UInt64(chunk.bytes.count) > acpiRange.lowerBound
-                }
-                try machine.attachPCPlatform(acpiTables: mem.bytes >= acpiRange.upperBound && !imageUsesIt, tpm: tpm != nil)
-            }
+            if platform == .pc { try machine.attachPCPlatform(acpiTables: acpiTables, tpm: tpm != nil) }
             try machine.load(image)
             let result = try machine.run()
             try? tpmEngine?.close()

@@ -1,5 +1,6 @@
 // `hv run --multiboot KERNEL [--append ARGS] [--module FILE]...`, `hv run --elf FILE` and
-// `hv run --kernel BZIMAGE [--cmdline ARGS] [--initrd FILE]`: the
+// `hv run --kernel BZIMAGE|VMLINUX [--cmdline ARGS] [--initrd FILE]` (a bzImage by the Linux boot
+// protocol, an ELF kernel by its PVH entry): the
 // loaders of Documentation/Loaders.md behind `hv run`. The flat-image path stays in Run.swift.
 import ArgumentParser
 import Foundation
@@ -27,8 +28,9 @@ extension Run {
     }
 
     /// The image of --multiboot, --elf or --kernel, or nil for a flat IMAGE. A file or loader error ends
-    /// the process with "hv: error: FILE: FIELD: PROBLEM" and exit status 64.
-    func loaderImage() -> GuestImage? {
+    /// the process with "hv: error: FILE: FIELD: PROBLEM" and exit status 64. `rsdpAddress` goes
+    /// to a PVH kernel (0: none).
+    func loaderImage(rsdpAddress: UInt64 = 0) -> GuestImage? {
         if let path = multiboot {
             let modules = module.map { MultibootModule(name: $0, bytes: readLoaderFile($0)) }
             do {
@@ -41,9 +43,14 @@ extension Run {
         }
         if let path = kernel {
             let ramdisk = initrd.map { readLoaderFile($0) }
+            let bytes = readLoaderFile(path)
             do {
-                return try GuestImage.linux(readLoaderFile(path), commandLine: cmdline ?? "", initrd: ramdisk,
-                                            memorySize: mem.bytes)
+                // An ELF kernel (vmlinux) boots by its PVH note, anything else as a bzImage.
+                if ELFFile.hasMagic(bytes) {
+                    return try GuestImage.pvh(bytes, commandLine: cmdline ?? "", initrd: ramdisk, rsdpAddress: rsdpAddress,
+                                              memorySize: mem.bytes)
+                }
+                return try GuestImage.linux(bytes, commandLine: cmdline ?? "", initrd: ramdisk, memorySize: mem.bytes)
             } catch { loaderFail(path, "\(error)") }
         }
         return nil

@@ -48,11 +48,86 @@ enum PackageExecutable {
                              crashed: process.terminationReason == .uncaughtSignal)
     }
 
+    /// Runs `name` with `arguments` until its standard output holds every string of `markers`
+    /// or `timeout` seconds pass, then ends it with SIGTERM: for guests, such as a real Linux
+    /// kernel, that would run far longer than the facts a test needs. `status` is the child's
+    /// (15 when it was ended).
+    static func runUntil(_ arguments: [String], markers: [String], timeout: Double,
+                         executable name: String = "hv") throws -> ProcessResult {
+        let process = Process()
+        process.executableURL = binDirectory.appendingPathComponent(name)
+        process.arguments = arguments
+        let out = Pipe(), err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        let output = StreamBox()
+        let outputReader = Thread { [out] in
+            while true {
+                let chunk = out.fileHandleForReading.availableData
+                if chunk.isEmpty { break }
+                output.append(chunk)
+            }
+            output.finish()
+        }
+        outputReader.start()
+        let errorReader = Thread { [err] in
+            ErrorBox.shared.store(err.fileHandleForReading.readDataToEndOfFile(), for: ObjectIdentifier(err))
+        }
+        errorReader.start()
+        let deadline = Date(timeIntervalSinceNow: timeout)
+        while process.isRunning, Date() < deadline {
+            let text = output.text
+            if markers.allSatisfy(text.contains) { break }
+            Thread.sleep(forTimeInterval: 0.1)
+        }
+        if process.isRunning { process.terminate() }
+        process.waitUntilExit()
+        output.waitForEnd()
+        let errData = ErrorBox.shared.take(for: ObjectIdentifier(err))
+        return ProcessResult(status: process.terminationStatus, stdout: output.text,
+                             stderr: String(decoding: errData, as: UTF8.self),
+                             crashed: process.terminationReason == .uncaughtSignal && process.terminationStatus != SIGTERM)
+    }
+
     /// A fresh temporary directory for files a test writes.
     static func temporaryDirectory() throws -> URL {
         let url = FileManager.default.temporaryDirectory.appendingPathComponent("hv-tests-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
         return url
+    }
+}
+
+/// Standard output as it arrives, shared between a reader thread and the test thread.
+final class StreamBox: @unchecked Sendable {
+    private let condition = NSCondition()
+    private var data = Data()
+    private var ended = false
+
+    func append(_ chunk: Data) {
+        condition.lock()
+        data.append(chunk)
+        condition.unlock()
+    }
+
+    func finish() {
+        condition.lock()
+        ended = true
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    func waitForEnd() {
+        condition.lock()
+        while !ended { condition.wait() }
+        condition.unlock()
+    }
+
+    var text: String {
+        condition.lock()
+        defer { condition.unlock() }
+        return String(decoding: data, as: UTF8.self)
     }
 }
 

@@ -16,6 +16,10 @@ private enum KernelSource {
     /// through port 0xF4 (7 on any failed check).
     static var multiboot32: String { get throws { try String(contentsOf: directory.appendingPathComponent("multiboot32.s"), encoding: .utf8) } }
 
+    /// A PVH ELF32 kernel: checks hvm_start_info, prints its command line and module 0, exits
+    /// with 0x16 (7 on any failed check).
+    static var pvh32: String { get throws { try String(contentsOf: directory.appendingPathComponent("pvh32.s"), encoding: .utf8) } }
+
     /// An ELF64 program linked at 2 MiB: prints "elf64 long mode" and exits with 0x2A.
     static var elf64: String { get throws { try String(contentsOf: directory.appendingPathComponent("elf64.s"), encoding: .utf8) } }
 }
@@ -72,6 +76,19 @@ struct HVRunLoaderTests {
         #expect(result.status == 0x15 << 1 | 1, "stderr: \(result.stderr)")
     }
 
+    @Test("a PVH kernel (ELF with a Xen PHYS32_ENTRY note) gets hvm_start_info: command line, memory map, RSDP and its initrd",
+          .needsKVM, .enabled(if: TestKernel.toolsAvailable, "GNU as and ld are missing"))
+    func pvhKernel() throws {
+        let directory = try PackageExecutable.temporaryDirectory()
+        let kernel = try TestKernel.build(try KernelSource.pvh32, name: "pvh.elf", bits64: false, address: 0x40_0000, in: directory)
+        let initrd = directory.appendingPathComponent("initrd")
+        try "INITRD".write(to: initrd, atomically: true, encoding: .utf8)
+        let result = try PackageExecutable.run(["run", "--kernel", kernel.path, "--cmdline", "console=ttyS0 pvh",
+                                                "--initrd", initrd.path, "--timeout", "60"])
+        #expect(result.stdout == "console=ttyS0 pvh\nINITRD", "stderr: \(result.stderr)")
+        #expect(result.status == 0x16 << 1 | 1, "stderr: \(result.stderr)")
+    }
+
     @Test("an ELF64 executable runs in long mode", .needsKVM, .enabled(if: TestKernel.toolsAvailable, "GNU as and ld are missing"))
     func elf64() throws {
         let directory = try PackageExecutable.temporaryDirectory()
@@ -123,6 +140,6 @@ struct HVRunLoaderTests {
         #expect(initrd.status == 64 && initrd.stderr.contains("--kernel (Linux bzImage) only"), "stderr: \(initrd.stderr)")
         let help = try PackageExecutable.run(["run", "--help"])
         #expect(help.stdout.contains("--multiboot <kernel>") && help.stdout.contains("--elf <file>")
-                && help.stdout.contains("--kernel <bzimage>"))
+                && help.stdout.contains("--kernel <bzimage|vmlinux>"))
     }
 }

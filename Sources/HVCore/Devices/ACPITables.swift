@@ -42,6 +42,10 @@ public struct ACPITables: Sendable {
     /// Every table, RSDP first, in address order.
     public private(set) var tables: [ACPITable] = []
 
+    /// Where the RSDP goes (the configuration's base address), for boot protocols that pass it
+    /// (PVH's rsdp_paddr).
+    public var rsdpAddress: UInt64 { tables[0].address }
+
     public init(_ configuration: ACPIConfiguration) {
         var next = configuration.baseAddress
         func place(_ size: Int, align: UInt64 = 16) -> UInt64 {

@@ -20,6 +20,16 @@ public struct ELFSegment: Sendable, Equatable {
     public var flags: UInt32
 }
 
+/// One note of a PT_NOTE segment (gABI, "Note Section"): an owner name, a type, a descriptor.
+public struct ELFNote: Sendable, Equatable {
+    /// The owner ("Xen", "GNU", "Linux"), without its NUL.
+    public var name: String
+    /// n_type, meaningful per owner.
+    public var type: UInt32
+    /// The descriptor bytes.
+    public var descriptor: [UInt8]
+}
+
 /// The parts of an ELF executable that a loader uses.
 public struct ELFFile: Sendable, Equatable {
     /// EI_CLASS: 32- or 64-bit objects.
@@ -36,8 +46,11 @@ public struct ELFFile: Sendable, Equatable {
     public var entry: UInt64
     /// The PT_LOAD segments with p_memsz > 0, in program header order.
     public var segments: [ELFSegment]
+    /// The notes of every PT_NOTE segment, in file order.
+    public var notes: [ELFNote]
 
     static let ptLoad: UInt32 = 1
+    static let ptNote: UInt32 = 4
     static let etExec: UInt16 = 2
     static let em386: UInt16 = 3
     static let emX86_64: UInt16 = 62
@@ -85,8 +98,17 @@ public struct ELFFile: Sendable, Equatable {
         try reader.require(field: "e_phoff/e_phnum", offset: tableOffset, count: count * entrySize)
 
         var segments: [ELFSegment] = []
+        var notes: [ELFNote] = []
         for index in 0..<Int(count) {
             let base = Int(tableOffset) + index * Int(entrySize)
+            if reader.u32(base) == Self.ptNote {
+                let offset = is64 ? reader.u64(base + 8) : UInt64(reader.u32(base + 4))
+                let size = is64 ? reader.u64(base + 32) : UInt64(reader.u32(base + 16))
+                let align = is64 ? reader.u64(base + 48) : UInt64(reader.u32(base + 28))
+                try reader.require(field: "p_offset/p_filesz of PT_NOTE \(index)", offset: offset, count: size)
+                notes += try Self.notes(in: reader, offset: offset, size: size, alignment: align == 8 ? 8 : 4)
+                continue
+            }
             guard reader.u32(base) == Self.ptLoad else { continue }
             let segment = is64
                 ? ELFSegment(index: index, offset: reader.u64(base + 8), virtualAddress: reader.u64(base + 16),
@@ -107,6 +129,32 @@ public struct ELFFile: Sendable, Equatable {
         }
         guard !segments.isEmpty else { throw .noLoadableSegments }
         self.segments = segments
+        self.notes = notes
+    }
+
+    /// The notes in [offset, offset + size) of the file: each a 12-byte header (n_namesz,
+    /// n_descsz, n_type), the name and the descriptor, each padded to `alignment`. A note that
+    /// runs past the segment is an error naming it.
+    static func notes(in reader: ByteReader, offset: UInt64, size: UInt64, alignment: UInt64) throws(LoaderError) -> [ELFNote] {
+        var notes: [ELFNote] = []
+        var cursor: UInt64 = 0
+        func padded(_ value: UInt64) -> UInt64 { (value + alignment - 1) & ~(alignment - 1) }
+        while size - cursor >= 12 {
+            let at = Int(offset + cursor)
+            let nameSize = UInt64(reader.u32(at)), descriptorSize = UInt64(reader.u32(at + 4))
+            let type = reader.u32(at + 8)
+            let body = padded(nameSize) + padded(descriptorSize)  // each at most 2^32 + 7: no overflow
+            guard body <= size - cursor - 12 else {
+                throw .truncated(field: "n_namesz/n_descsz of the note at file offset \(hex(offset + cursor))",
+                                 offset: offset + cursor + 12, needed: body, fileSize: offset + size)
+            }
+            let nameStart = at + 12, descriptorStart = nameStart + Int(padded(nameSize))
+            let nameBytes = reader.bytes[nameStart..<nameStart + Int(nameSize)].prefix { $0 != 0 }
+            notes.append(ELFNote(name: String(decoding: nameBytes, as: UTF8.self), type: type,
+                                 descriptor: Array(reader.bytes[descriptorStart..<descriptorStart + Int(descriptorSize)])))
+            cursor += 12 + body
+        }
+        return notes
     }
 
     /// True when `bytes` starts with the ELF magic "\x7FELF".

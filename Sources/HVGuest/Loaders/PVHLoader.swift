@@ -1,0 +1,117 @@
+// Loading an ELF kernel by its PVH entry point: the direct boot Xen defined for HVM guests and
+// that QEMU (`-kernel vmlinux`), Firecracker and cloud-hypervisor use to start an uncompressed
+// Linux without firmware or a decompressor. The kernel announces a 32-bit entry point in an ELF
+// note (owner "Xen", type XEN_ELFNOTE_PHYS32_ENTRY = 18); the loader hands it a
+// `struct hvm_start_info` in EBX. Sources: Xen's docs/misc/pvh.pandoc and
+// xen/include/public/arch-x86/hvm/start_info.h; Linux's arch/x86/platform/pvh/enlighten.c.
+
+import HVModel
+
+extension ELFFile {
+    /// XEN_ELFNOTE_PHYS32_ENTRY (xen/include/public/elfnote.h).
+    static let xenPhys32EntryNote: UInt32 = 18
+
+    /// The 32-bit physical PVH entry point from the "Xen" note of type 18, if the file has one.
+    /// The descriptor holds it in its low 32 bits (Linux writes 4 bytes, some kernels 8).
+    public var pvhEntry: UInt32? {
+        guard let note = notes.first(where: { $0.name == "Xen" && $0.type == Self.xenPhys32EntryNote }),
+              note.descriptor.count >= 4
+        else { return nil }
+        return ByteReader(bytes: note.descriptor).u32(0)
+    }
+}
+
+extension GuestImage {
+    /// Where HV puts `struct hvm_start_info` (EBX at entry), the memory map and the module list.
+    public static let pvhStartInfoAddress: UInt64 = 0x9000
+    /// Where HV puts the kernel command line (at most `pvhCommandLineLimit` bytes with the NUL).
+    public static let pvhCommandLineAddress: UInt64 = 0x2_0000
+    static let pvhCommandLineLimit: UInt64 = 0x1_0000
+    /// hvm_start_info.magic ("xEn3" with the 0x80 bit set).
+    public static let pvhStartInfoMagic: UInt32 = 0x336E_C578
+
+    /// An image that boots the ELF kernel `kernel` at its PVH entry point, with `commandLine`,
+    /// an optional `initrd` (module 0, as Linux expects) and the ACPI RSDP at `rsdpAddress`
+    /// (0: the kernel scans for it).
+    ///
+    /// - Segments load at p_paddr (chunks "segment N"), checked as `elf(_:memorySize:)` does.
+    /// - hvm_start_info version 1 at 0x9000 (chunk "start info", 56 bytes): magic 0x336EC578,
+    ///   nr_modules, modlist_paddr, cmdline_paddr (0x20000, chunk "command line"), rsdp_paddr,
+    ///   memmap_paddr and memmap_entries (E820 types: RAM below 640 KiB, reserved to 1 MiB, RAM
+    ///   above). The memory map follows at 0x9038 (24-byte entries), the module list after it.
+    /// - initrd: page-aligned as high as possible in RAM, above every segment (chunk "initrd").
+    /// - Entry (pvh.pandoc): 32-bit protected mode, paging off, flat CS (0x08) and DS/ES/SS
+    ///   (0x10), CR0 = PE | ET, CR4 = 0, EFLAGS = 0x2, EBX = 0x9000.
+    ///
+    /// Throws `LoaderError` for everything `elf` rejects, an ELF without the PVH note, an entry
+    /// outside the loaded segments, or a command line or initrd that does not fit.
+    public static func pvh(
+        _ kernel: [UInt8], commandLine: String = "", initrd: [UInt8]? = nil, rsdpAddress: UInt64 = 0,
+        memorySize: UInt64
+    ) throws(LoaderError) -> GuestImage {
+        let file = try ELFFile(parsing: kernel)
+        guard let entry = file.pvhEntry else {
+            throw .unsupported(field: "XEN_ELFNOTE_PHYS32_ENTRY", value: 0,
+                               expected: "a PT_NOTE with a \"Xen\" note of type 18 holding the 32-bit entry (a kernel built with CONFIG_PVH)")
+        }
+        let line = Array(commandLine.utf8) + [0]
+        guard UInt64(line.count) <= pvhCommandLineLimit else {
+            throw .unsupported(field: "command line", value: UInt64(line.count - 1),
+                               expected: "at most \(pvhCommandLineLimit - 1) bytes")
+        }
+        let memoryMap: [(address: UInt64, size: UInt64, type: UInt32)] = [
+            (0, 0xA_0000, 1), (0xA_0000, 0x6_0000, 2), (0x10_0000, memorySize - min(memorySize, 0x10_0000), 1),
+        ]
+        let moduleCount: UInt64 = initrd == nil ? 0 : 1
+        let mapAddress = pvhStartInfoAddress + 56
+        let moduleListAddress = mapAddress + UInt64(memoryMap.count) * 24
+        let infoEnd = moduleListAddress + moduleCount * 32
+        let reserved = protectedModeReservedRegions + [
+            ("start info", pvhStartInfoAddress, infoEnd),
+            ("command line", pvhCommandLineAddress, pvhCommandLineAddress + pvhCommandLineLimit),
+        ]
+        var chunks = try loadSegments(of: file, from: kernel, memorySize: memorySize, reserved: reserved)
+        guard chunks.contains(where: { chunk in
+            UInt64(entry) >= chunk.address.rawValue && UInt64(entry) - chunk.address.rawValue < UInt64(chunk.bytes.count)
+        }) else {
+            throw .entryOutsideLoadedMemory(field: "XEN_ELFNOTE_PHYS32_ENTRY", entry: UInt64(entry))
+        }
+
+        var info = [UInt8](repeating: 0, count: Int(infoEnd - pvhStartInfoAddress))
+        func put(_ value: UInt64, _ offset: Int, _ count: Int) {
+            for index in 0..<count { info[offset + index] = UInt8(truncatingIfNeeded: value >> UInt64(index * 8)) }
+        }
+        put(UInt64(pvhStartInfoMagic), 0, 4)               // magic
+        put(1, 4, 4)                                        // version: the memory map fields are valid
+        put(moduleCount, 12, 4)                             // nr_modules
+        put(moduleCount == 0 ? 0 : moduleListAddress, 16, 8) // modlist_paddr
+        put(pvhCommandLineAddress, 24, 8)                   // cmdline_paddr
+        put(rsdpAddress, 32, 8)                             // rsdp_paddr
+        put(mapAddress, 40, 8)                              // memmap_paddr
+        put(UInt64(memoryMap.count), 48, 4)                 // memmap_entries
+        for (index, entry) in memoryMap.enumerated() {      // struct hvm_memmap_table_entry
+            let at = 56 + index * 24
+            put(entry.address, at, 8)
+            put(entry.size, at + 8, 8)
+            put(UInt64(entry.type), at + 16, 4)
+        }
+        if let initrd {
+            let size = UInt64(initrd.count)
+            let kernelEnd = chunks.map { $0.address.rawValue + UInt64($0.bytes.count) }.max() ?? 0
+            guard size <= memorySize, (memorySize - size) & ~0xFFF >= kernelEnd else {
+                throw .outsideMemory(field: "initrd", what: "the initrd", start: kernelEnd, size: size, memorySize: memorySize)
+            }
+            let address = (memorySize - size) & ~0xFFF
+            let at = Int(moduleListAddress - pvhStartInfoAddress)  // struct hvm_modlist_entry
+            put(address, at, 8)
+            put(size, at + 8, 8)
+            chunks.append(Chunk(address: GuestPhysicalAddress(address), bytes: initrd, name: "initrd"))
+        }
+        chunks.append(Chunk(address: GuestPhysicalAddress(pvhStartInfoAddress), bytes: info, name: "start info"))
+        chunks.append(Chunk(address: GuestPhysicalAddress(pvhCommandLineAddress), bytes: line, name: "command line"))
+
+        var image = protectedModeImage(chunks: chunks, entry: UInt64(entry))
+        image.registers.rbx = pvhStartInfoAddress
+        return image
+    }
+}
