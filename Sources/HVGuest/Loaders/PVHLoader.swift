@@ -54,13 +54,17 @@ extension GuestImage {
             throw .unsupported(field: "XEN_ELFNOTE_PHYS32_ENTRY", value: 0,
                                expected: "a PT_NOTE with a \"Xen\" note of type 18 holding the 32-bit entry (a kernel built with CONFIG_PVH)")
         }
+        guard memorySize >= 0x10_0000 else {
+            throw .outsideMemory(field: "memory size", what: "the PVH memory map (RAM to 640 KiB, reserved to 1 MiB)",
+                                 start: 0, size: 0x10_0000, memorySize: memorySize)
+        }
         let line = Array(commandLine.utf8) + [0]
         guard UInt64(line.count) <= pvhCommandLineLimit else {
             throw .unsupported(field: "command line", value: UInt64(line.count - 1),
                                expected: "at most \(pvhCommandLineLimit - 1) bytes")
         }
         let memoryMap: [(address: UInt64, size: UInt64, type: UInt32)] = [
-            (0, 0xA_0000, 1), (0xA_0000, 0x6_0000, 2), (0x10_0000, memorySize - min(memorySize, 0x10_0000), 1),
+            (0, 0xA_0000, 1), (0xA_0000, 0x6_0000, 2), (0x10_0000, memorySize - 0x10_0000, 1),
         ]
         let moduleCount: UInt64 = initrd == nil ? 0 : 1
         let mapAddress = pvhStartInfoAddress + 56
