@@ -123,6 +123,7 @@ struct Run: ParsableCommand {
             if platform == .pc { try machine.attachPCPlatform(acpiTables: acpiTables, tpm: tpm != nil) }
             try machine.load(image)
             let result = try machine.run()
+            if result.reason.isCrash { printError(crashSite(of: machine, vcpu: result.vcpuID)) }
             try? tpmEngine?.close()
             uart.flush()
             return (result, machine.statistics)
@@ -183,6 +184,32 @@ struct Run: ParsableCommand {
         printError("hv: error: \(subject): \(text)")
         Run.exit(withError: ExitCode(ExitStatus.usage))
     }
+}
+
+extension StopReason {
+    /// A guest crash, where the instruction the vCPU stopped at is worth showing.
+    var isCrash: Bool {
+        switch self {
+        case .shutdown, .internalError, .entryFailure: true
+        default: false
+        }
+    }
+}
+
+/// "hv: vCPU N stopped at RIP 0x... (CS.L=1): 0f 01 ..." for a crash report: the registers after
+/// the exit and the instruction bytes there, read through the guest's own page tables.
+func crashSite<B>(of machine: Machine<B>, vcpu id: Int) -> String {
+    guard machine.vcpus.indices.contains(id), let registers = try? machine.vcpus[id].registers(),
+          let special = try? machine.vcpus[id].specialRegisters()
+    else { return "hv: vCPU \(id)'s registers cannot be read" }
+    let mode = special.cs.long ? "64-bit" : special.cr0 & 1 == 0 ? "real mode" : special.cs.defaultSize32 ? "32-bit" : "16-bit"
+    let linear = special.cs.long ? registers.rip : special.cs.base &+ registers.rip
+    var line = "hv: vCPU \(id) stopped at RIP 0x\(String(registers.rip, radix: 16)) (\(mode), CR0 0x\(String(special.cr0, radix: 16)), "
+        + "CR4 0x\(String(special.cr4, radix: 16)), RSP 0x\(String(registers.rsp, radix: 16)))"
+    if let bytes = try? machine.readVirtualMemory(at: GuestVirtualAddress(linear), count: 15, vcpu: id) {
+        line += ": " + bytes.map { $0 < 16 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined(separator: " ")
+    }
+    return line
 }
 
 enum GuestModeArgument: String, ExpressibleByArgument, CaseIterable {

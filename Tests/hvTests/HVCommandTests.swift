@@ -79,6 +79,9 @@ struct HVCommandTests {
         #expect(result.status == 2)
         #expect(!result.crashed)
         #expect(result.stderr.contains("triple-faulted") || result.stderr.contains("could not emulate"))
+        // Where it stopped, with the instruction bytes read through the guest's page tables.
+        #expect(result.stderr.contains("hv: vCPU 0 stopped at RIP 0x100000 (64-bit"), "stderr: \(result.stderr)")
+        #expect(result.stderr.contains("): 0f 0b"), "stderr: \(result.stderr)")
     }
 
     @Test("a guest that never stops is ended by --max-exits and by --timeout with status 4", .needsKVM)
