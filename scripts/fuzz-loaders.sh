@@ -24,14 +24,14 @@ for target in ELFLoader MultibootLoader LinuxLoader PVHLoader; do
 done
 
 # Seeds: an ELF32 Multiboot kernel, an ELF64 program, an a.out-kludge Multiboot header.
-as --32 -o mb.o "$root/Fuzz/Seeds/multiboot32.s"
+as --32 -I "$root/Fuzz/Seeds" -o mb.o "$root/Fuzz/Seeds/multiboot32.s"
 printf 'ENTRY(_start)\nSECTIONS { . = 0x200000; .text : { *(.text) } .bss : { *(.bss) } }\n' > seed.ld
 ld -m elf_i386 -T seed.ld --build-id=none --no-warn-rwx-segments -o seeds-multiboot/elf32 mb.o 2>/dev/null \
     || ld -m elf_i386 -T seed.ld --build-id=none -o seeds-multiboot/elf32 mb.o
 as --64 -o e64.o "$root/Fuzz/Seeds/elf64.s"
 ld -m elf_x86_64 -T seed.ld --build-id=none -o seeds-elf/elf64 e64.o 2>/dev/null
 cp seeds-multiboot/elf32 seeds-elf/elf32
-as --32 -o pvh.o "$root/Fuzz/Seeds/pvh32.s"
+as --32 -I "$root/Fuzz/Seeds" -o pvh.o "$root/Fuzz/Seeds/pvh32.s"
 ld -m elf_i386 -T seed.ld --build-id=none -o seeds-pvh/pvh32 pvh.o 2>/dev/null
 # magic 0x1BADB002, flags 0x10002, checksum, header_addr 0x200000, load_addr 0x200000, 0, bss_end 0x201000, entry 0x200020
 printf '\x02\xb0\xad\x1b\x02\x00\x01\x00\xfc\x4f\x51\xe4\x00\x00\x20\x00\x00\x00\x20\x00\x00\x00\x00\x00\x00\x10\x20\x00\x20\x00\x20\x00\xf4\xf4\xf4\xf4' \

@@ -55,33 +55,4 @@ done:
     mov $0xF4, %dx
     out %eax, %dx
     hlt
-fail:
-    mov $7, %eax
-    mov $0xF4, %dx
-    out %eax, %dx
-    hlt
-puts:
-    mov (%esi), %al
-    test %al, %al
-    jz 2f
-    call putc
-    inc %esi
-    jmp puts
-2:  ret
-putc:                              # 16550: wait for LSR bit 5, then write THR
-    push %edx
-    push %eax
-    mov $0x3FD, %dx
-3:  in %dx, %al
-    test $0x20, %al
-    jz 3b
-    pop %eax
-    mov $0x3F8, %dx
-    out %al, %dx
-    pop %edx
-    ret
-.bss
-.align 16
-bss_word: .skip 4
-stack: .skip 4096
-stack_top:
+.include "kernel32.inc"

@@ -20,19 +20,26 @@ enum PackageExecutable {
             ?? candidates[0]
     }()
 
-    /// Runs `name` (default `hv`) with `arguments`, feeding no input, and waits for it.
-    static func run(_ arguments: [String], executable name: String = "hv", environment: [String: String] = [:]) throws -> ProcessResult {
+    /// Starts `executable` with `arguments` and `environment` added to this process's, no input,
+    /// and pipes for its output and errors.
+    static func start(_ executable: URL, _ arguments: [String], environment: [String: String] = [:],
+                      in folder: URL? = nil) throws -> (process: Process, out: Pipe, err: Pipe) {
         let process = Process()
-        process.executableURL = binDirectory.appendingPathComponent(name)
+        process.executableURL = executable
         process.arguments = arguments
-        var env = ProcessInfo.processInfo.environment
-        env.merge(environment) { $1 }
-        process.environment = env
+        if let folder { process.currentDirectoryURL = folder }
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         let out = Pipe(), err = Pipe()
         process.standardOutput = out
         process.standardError = err
         process.standardInput = FileHandle.nullDevice
         try process.run()
+        return (process, out, err)
+    }
+
+    /// Runs `name` (default `hv`) with `arguments`, feeding no input, and waits for it.
+    static func run(_ arguments: [String], executable name: String = "hv", environment: [String: String] = [:]) throws -> ProcessResult {
+        let (process, out, err) = try start(binDirectory.appendingPathComponent(name), arguments, environment: environment)
         // Drain stderr on another thread while reading stdout, so a chatty child cannot block
         // on a full pipe.
         let errorReader = Thread { [err] in
@@ -54,14 +61,7 @@ enum PackageExecutable {
     /// (15 when it was ended).
     static func runUntil(_ arguments: [String], markers: [String], timeout: Double,
                          executable name: String = "hv") throws -> ProcessResult {
-        let process = Process()
-        process.executableURL = binDirectory.appendingPathComponent(name)
-        process.arguments = arguments
-        let out = Pipe(), err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        process.standardInput = FileHandle.nullDevice
-        try process.run()
+        let (process, out, err) = try start(binDirectory.appendingPathComponent(name), arguments)
         let output = StreamBox()
         let outputReader = Thread { [out] in
             while true {

@@ -39,7 +39,7 @@ private enum TestKernel {
         try source.write(to: sourceURL, atomically: true, encoding: .utf8)
         try "ENTRY(_start)\nSECTIONS { . = 0x\(String(address, radix: 16)); .text : { *(.text) } .data : { *(.data) } .bss : { *(.bss) } }\n"
             .write(to: script, atomically: true, encoding: .utf8)
-        try run("/usr/bin/as", [bits64 ? "--64" : "--32", "-o", object.path, sourceURL.path])
+        try run("/usr/bin/as", [bits64 ? "--64" : "--32", "-I", KernelSource.directory.path, "-o", object.path, sourceURL.path])
         try run("/usr/bin/ld", ["-m", bits64 ? "elf_x86_64" : "elf_i386", "-T", script.path, "--build-id=none",
                                 "-o", output.path, object.path])
         return output

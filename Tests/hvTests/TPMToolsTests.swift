@@ -13,18 +13,8 @@ enum TPMTools {
 
     /// Runs `tpm2_<tool>` against the TPM at `tcti`.
     static func run(_ tool: String, _ arguments: [String], tcti: String, in folder: URL) throws -> ProcessResult {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "\(directory)/tpm2_\(tool)")
-        process.arguments = arguments
-        process.currentDirectoryURL = folder
-        var environment = ProcessInfo.processInfo.environment
-        environment["TPM2TOOLS_TCTI"] = tcti
-        process.environment = environment
-        let out = Pipe(), err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        process.standardInput = FileHandle.nullDevice
-        try process.run()
+        let (process, out, err) = try PackageExecutable.start(URL(fileURLWithPath: "\(directory)/tpm2_\(tool)"), arguments,
+                                                              environment: ["TPM2TOOLS_TCTI": tcti], in: folder)
         // Tool output is small: read both after exit would risk nothing, but drain anyway.
         let outData = out.fileHandleForReading.readDataToEndOfFile()
         let errData = err.fileHandleForReading.readDataToEndOfFile()
