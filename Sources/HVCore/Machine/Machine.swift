@@ -256,7 +256,8 @@ public final class Machine<B: Backend>: @unchecked Sendable {
 
     /// Adds set-up that a reset repeats after the loaded images are written again, such as
     /// firmware tables a platform placed in RAM (`attachPCPlatform` puts its ACPI tables back).
-    /// Runs on a vCPU thread while no vCPU runs.
+    /// Runs on a vCPU thread while every other vCPU waits: it may use `memory`, `vcpus` and
+    /// `devices`, but not `pause`, `resume` or `wait`, which would wait for the reset itself.
     public func onReset(_ body: @escaping (Machine<B>) throws(HVError) -> Void) throws(HVError) {
         lock.lock()
         defer { lock.unlock() }
