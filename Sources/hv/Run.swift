@@ -22,7 +22,8 @@ struct Run: ParsableCommand {
             and port 0xF4 a debug-exit port.
 
             Exit status: (v << 1) | 1 when the guest writes v to port 0xF4 (QEMU's \
-            isa-debug-exit rule, truncated to 8 bits by the OS); 0 when it halts; 2 when it \
+            isa-debug-exit rule, truncated to 8 bits by the OS); 0 when it halts or powers off \
+            (ACPI S5, "Shutdown" to port 0x8900); 2 when it \
             crashes (triple fault, emulation failure, unmapped MMIO) or resets with --on-reset \
             stop (by default a reset restarts the guest in place); 4 on --timeout or \
             --max-exits; 64 for a bad command line or image; 70 when the host cannot run VMs.

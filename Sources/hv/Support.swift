@@ -26,7 +26,7 @@ enum ExitStatus {
     static func forStop(_ reason: StopReason) -> Int32 {
         switch reason {
         case .debugExit(let code): DebugExitDevice.exitStatus(forCode: code)
-        case .halted, .requested: halted
+        case .halted, .requested, .systemEvent(.shutdown): halted
         case .timeout, .exitLimit: limitReached
         case .backendFailure: hostFailure
         default: guestCrashed

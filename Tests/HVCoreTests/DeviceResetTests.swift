@@ -96,6 +96,20 @@ struct DeviceResetTests {
         #expect(controller.commandPort.portRead(offset: 0, size: 1) & 0x01 == 0)  // output buffer empty
     }
 
+    @Test("power-off port: \"Shutdown\" byte by byte powers off; a wrong byte or a reset starts over")
+    func shutdownPort() {
+        let port = ShutdownPortDevice()
+        func send(_ text: String) -> [ExitAction] { text.utf8.map { port.portWrite(offset: 0, size: 1, value: UInt32($0)) } }
+        #expect(send("Shutdow").allSatisfy { $0 == .resume })
+        #expect(send("x") == [.resume])                                  // breaks the match
+        #expect(send("n") == [.resume])
+        #expect(send("SShutdown").last == .stop(.systemEvent(.shutdown)))  // a repeated S restarts it
+        _ = send("Shut")
+        port.reset()
+        #expect(send("down") == [.resume, .resume, .resume, .resume])
+        #expect(port.portRead(offset: 0, size: 1) == UInt32.max)
+    }
+
     @Test("ACPI PM: PM1 enable clears and PM1 control returns to SCI_EN; the timer runs on")
     func acpiPM() {
         let now = Atomic<UInt64>(0)

@@ -84,6 +84,21 @@ struct HVCommandTests {
         #expect(result.stderr.contains("): 0f 0b"), "stderr: \(result.stderr)")
     }
 
+    @Test("a guest that writes \"Shutdown\" to port 0x8900 (kvm-unit-tests' fallback) powers off: status 0", .needsKVM)
+    func runPowerOff() throws {
+        let program = try GuestProgram.longMode { a in
+            a.mov(Register16.dx, 0x8900)
+            for byte in "Shutdown".utf8 {
+                a.mov(Register8.al, Immediate(byte))
+                a.out(Register16.dx, Register8.al)
+            }
+            a.debugExit(code: 7)                                      // not reached
+        }
+        let result = try PackageExecutable.run(["run", try imageFile(program.code)])
+        #expect(result.status == 0, "stderr: \(result.stderr)")
+        #expect(result.stderr.contains("the guest requested a system shutdown"), "stderr: \(result.stderr)")
+    }
+
     @Test("a guest that never stops is ended by --max-exits and by --timeout with status 4", .needsKVM)
     func runLimits() throws {
         let program = try GuestProgram.longMode { a in

@@ -4,7 +4,8 @@
 extension Machine {
     /// Attaches fw_cfg (0x510), the CMOS/RTC (0x70), the i8042 (0x60/0x64, whose 0xFE command
     /// resets), the PCI host bridge on configuration mechanism #1 (0xCF8-0xCFF, with the 0xCF9
-    /// reset register) and the ACPI PM block (0x600, PM timer at 0x608). With `acpiTables`, also
+    /// reset register), the ACPI PM block (0x600, PM timer at 0x608) and the Bochs/QEMU power-off
+    /// port (0x8900, "Shutdown"). With `acpiTables`, also
     /// writes RSDP/XSDT/FADT/FACS/MADT/DSDT into 0xE0000-0xFFFFF (RAM must reach 1 MiB); a VM
     /// with a TPM gets its MSFT0101 device in the DSDT when `tpm` is true. A reset
     /// (`ResetPolicy.restart`) writes the tables again.
@@ -19,6 +20,7 @@ extension Machine {
             try devices.register(PCIHostBridge(resetControl: ResetControlDevice()),
                                  port: PCIHostBridge.basePort, count: PCIHostBridge.portCount)
             try devices.register(ACPIPMDevice(), port: ACPIPMDevice.basePort, count: ACPIPMDevice.portCount)
+            try devices.register(ShutdownPortDevice(), port: ShutdownPortDevice.port, count: 1)
         } catch { throw .device(error) }
         guard acpiTables else { return }
         var acpi = ACPIConfiguration(cpuCount: cpus)
