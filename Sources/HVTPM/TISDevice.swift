@@ -23,6 +23,9 @@ public final class TISDevice: MMIODevice, ResettableDevice, Sendable {
         var model: TISInterface
         var interruptLevel = false
         var onInterruptChange: (@Sendable (Bool) -> Void)?
+        /// The SIRQ currently driven (asserted), nil when none.
+        var routedLine: UInt8?
+        var onRoutedInterruptChange: (@Sendable (_ line: UInt8, _ asserted: Bool) -> Void)?
     }
 
     public init(name: String = "tpm-tis", engine: any TPMEngine, bufferSize: Int = 4096) {
@@ -37,6 +40,15 @@ public final class TISDevice: MMIODevice, ResettableDevice, Sendable {
     public var onInterruptChange: (@Sendable (Bool) -> Void)? {
         get { registers.withLock { $0.onInterruptChange } }
         set { registers.withLock { $0.onInterruptChange = newValue } }
+    }
+
+    /// Called with the SIRQ number the guest programmed in TPM_INT_VECTOR and the new level
+    /// whenever the interrupt is asserted or released, or moves to another vector while asserted
+    /// (the old one is released first). `Machine.connect(_:)` turns it into ISA IRQ lines. Runs
+    /// under the device lock; must not call back into the device.
+    public var onRoutedInterruptChange: (@Sendable (_ line: UInt8, _ asserted: Bool) -> Void)? {
+        get { registers.withLock { $0.onRoutedInterruptChange } }
+        set { registers.withLock { $0.onRoutedInterruptChange = newValue } }
     }
 
     /// The command state machine's state (for tests and diagnostics).
@@ -86,7 +98,27 @@ public final class TISDevice: MMIODevice, ResettableDevice, Sendable {
                 registers.interruptLevel = level
                 registers.onInterruptChange?(level)
             }
+            let routed = level ? registers.model.interruptLine : nil
+            if routed != registers.routedLine {
+                if let old = registers.routedLine { registers.onRoutedInterruptChange?(old, false) }
+                if let new = routed { registers.onRoutedInterruptChange?(new, true) }
+                registers.routedLine = routed
+            }
             return result
+        }
+    }
+}
+
+extension Machine {
+    /// Wires `tpm`'s interrupt to the ISA IRQ the guest selects in TPM_INT_VECTOR (the SIRQ
+    /// number, 1-15; 0 means none: TCG PC Client Platform TPM Profile, "TPM_INT_VECTOR"). Needs
+    /// interrupt controllers (`interruptController` kernel or split).
+    public func connect(_ tpm: TISDevice) throws(HVError) {
+        var lines: [InterruptLine] = []
+        for irq: UInt32 in 1...15 { lines.append(try interruptLine(irq)) }
+        tpm.onRoutedInterruptChange = { [lines] line, asserted in
+            guard (1...15).contains(line) else { return }
+            lines[Int(line) - 1].set(asserted)
         }
     }
 }

@@ -12,12 +12,17 @@ func attachTPM<B>(directory: String?, to machine: Machine<B>) throws(HVError) ->
     } catch {
         throw .configuration(ConfigurationError(field: "--tpm", value: directory, expected: "a usable TPM state directory (\(error))"))
     }
-    do {
-        try machine.devices.register(TISDevice(engine: engine), address: GuestPhysicalAddress(TISInterface.baseAddress),
-                                     length: TISInterface.windowSize)
+    let tis = TISDevice(engine: engine)
+    do throws(HVError) {
+        do throws(DeviceBusError) {
+            try machine.devices.register(tis, address: GuestPhysicalAddress(TISInterface.baseAddress),
+                                         length: TISInterface.windowSize)
+        } catch { throw .device(error) }
+        // With interrupt controllers the TPM raises the ISA IRQ the guest picks in TPM_INT_VECTOR.
+        if machine.configuration.interruptController != .none { try machine.connect(tis) }
     } catch {
         try? engine.close()
-        throw .device(error)
+        throw error
     }
     return engine
 }

@@ -1,3 +1,4 @@
+// The TPM as part of a machine: what a platform reset does to it, and its interrupt line.
 import HVCore
 import HVTPM
 import Testing
@@ -37,6 +38,41 @@ extension TPMLibTPMSSuites {
             #expect(TPMResponse.code(transact(device, TPMCommand.startup(.clear))) == 0)
             let pcr = TPMCommand.pcrReadDigest(transact(device, TPMCommand.pcrRead(16, bank: .sha256)))
             #expect(pcr == [UInt8](repeating: 0, count: 32))
+        }
+    }
+}
+
+extension TPMLibTPMSSuites {
+    @Suite struct TPMInterruptTests {
+        @Test func theTPMRaisesTheISAIRQTheGuestProgrammedAndReleasesItOnAcknowledge() throws {
+            let engine = try LibTPMSEngine.open(directory: nil)
+            defer { try? engine.close() }
+            let configuration = VirtualMachineConfiguration(memorySize: 1 << 20, interruptController: .kernel)
+            let vm = try Machine(configuration: configuration, backend: ScriptedBackend(script: [.halt]))
+            let device = TISDevice(engine: engine)
+            try vm.connect(device)
+            // Locality 0 takes the interface first: an inactive locality's writes change nothing.
+            _ = device.mmioWrite(offset: TISInterface.Register.access, width: 1, value: UInt64(TISInterface.Access.requestUse))
+            _ = device.mmioWrite(offset: TISInterface.Register.interruptVector, width: 1, value: 5)        // SIRQ 5
+            _ = device.mmioWrite(offset: TISInterface.Register.interruptEnable, width: 4,
+                                 value: UInt64(TISInterface.Interrupt.globalEnable | TISInterface.Interrupt.dataAvailable))
+            #expect(TPMResponse.code(transact(device, TPMCommand.startup(.clear))) == 0)
+            #expect(vm.vm.interruptEvents == [.line(gsi: 5, high: true)])
+            _ = device.mmioWrite(offset: TISInterface.Register.interruptStatus, width: 4,
+                                 value: UInt64(TISInterface.Interrupt.dataAvailable))                      // acknowledge
+            #expect(vm.vm.interruptEvents == [.line(gsi: 5, high: true), .line(gsi: 5, high: false)])
+            // Vector 0 means no interrupt: nothing is driven.
+            _ = device.mmioWrite(offset: TISInterface.Register.interruptVector, width: 1, value: 0)
+            _ = transact(device, TPMCommand.getRandom(8))
+            #expect(vm.vm.interruptEvents.count == 2)
+        }
+
+        @Test func aVMWithoutInterruptControllersCannotConnectTheTPM() throws {
+            let engine = try LibTPMSEngine.open(directory: nil)
+            defer { try? engine.close() }
+            let vm = try Machine(configuration: VirtualMachineConfiguration(memorySize: 1 << 20),
+                                 backend: ScriptedBackend(script: [.halt]))
+            #expect(throws: HVError.self) { try vm.connect(TISDevice(engine: engine)) }
         }
     }
 }
