@@ -8,7 +8,7 @@ set -euo pipefail
 seconds="${1:-60}"
 root="$(cd "$(dirname "$0")/.." && pwd)"
 work="${FUZZ_WORK:-$root/.build-fuzz}"
-mkdir -p "$work/seeds-elf" "$work/seeds-multiboot" "$work/seeds-linux" "$work/seeds-pvh"
+mkdir -p "$work/seeds-elf" "$work/seeds-multiboot" "$work/seeds-linux" "$work/seeds-pvh" "$work/seeds-multiboot2"
 cd "$work"
 
 echo "fuzz: building HVModel"
@@ -17,7 +17,7 @@ swiftc -O -parse-as-library -emit-library -static -module-name HVModel \
     $(find "$root/Sources/HVModel" -name '*.swift' | sort)
 
 hvguest=$(find "$root/Sources/HVGuest" -name '*.swift' | sort)
-for target in ELFLoader MultibootLoader LinuxLoader PVHLoader; do
+for target in ELFLoader MultibootLoader Multiboot2Loader LinuxLoader PVHLoader; do
     echo "fuzz: building $target"
     swiftc -O -sanitize=fuzzer -parse-as-library -module-name HVGuest -I . -L . -lHVModel \
         "$root/Fuzz/${target}Fuzz.swift" $hvguest -o "fuzz-$target"
@@ -33,6 +33,8 @@ ld -m elf_x86_64 -T seed.ld --build-id=none -o seeds-elf/elf64 e64.o 2>/dev/null
 cp seeds-multiboot/elf32 seeds-elf/elf32
 as --32 -I "$root/Fuzz/Seeds" -o pvh.o "$root/Fuzz/Seeds/pvh32.s"
 ld -m elf_i386 -T seed.ld --build-id=none -o seeds-pvh/pvh32 pvh.o 2>/dev/null
+as --32 -I "$root/Fuzz/Seeds" -o mb2.o "$root/Fuzz/Seeds/multiboot2.s"
+ld -m elf_i386 -T seed.ld --build-id=none -o seeds-multiboot2/elf32 mb2.o 2>/dev/null
 # magic 0x1BADB002, flags 0x10002, checksum, header_addr 0x200000, load_addr 0x200000, 0, bss_end 0x201000, entry 0x200020
 printf '\x02\xb0\xad\x1b\x02\x00\x01\x00\xfc\x4f\x51\xe4\x00\x00\x20\x00\x00\x00\x20\x00\x00\x00\x00\x00\x00\x10\x20\x00\x20\x00\x20\x00\xf4\xf4\xf4\xf4' \
     > seeds-multiboot/aout
@@ -45,11 +47,12 @@ poke 0x211 '\x01'; poke 0x22C '\xff\xff\xff\x7f'; poke 0x236 '\x01'; poke 0x238 
 poke 0x259 '\x00\x00\x01'; poke 0x260 '\x00\x10'
 
 status=0
-for target in ELFLoader MultibootLoader LinuxLoader PVHLoader; do
+for target in ELFLoader MultibootLoader Multiboot2Loader LinuxLoader PVHLoader; do
     corpus="corpus-$target"
     mkdir -p "$corpus"
     case $target in
-        ELFLoader) seeds=seeds-elf ;; MultibootLoader) seeds=seeds-multiboot ;; PVHLoader) seeds=seeds-pvh ;; *) seeds=seeds-linux ;;
+        ELFLoader) seeds=seeds-elf ;; MultibootLoader) seeds=seeds-multiboot ;; Multiboot2Loader) seeds=seeds-multiboot2 ;;
+        PVHLoader) seeds=seeds-pvh ;; *) seeds=seeds-linux ;;
     esac
     log="fuzz-$target.log"
     echo "fuzz: running $target for ${seconds}s"

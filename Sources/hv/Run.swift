@@ -10,7 +10,9 @@ struct Run: ParsableCommand {
             Give exactly one image: a flat binary as IMAGE, --multiboot KERNEL (a Multiboot 1 \
             kernel, ELF or a.out-kludge, entered in 32-bit protected mode with EAX = 0x2BADB002 and \
             EBX = the Multiboot info; its command line is KERNEL, a space, then --append; each \
-            --module FILE becomes a boot module), --elf FILE (ELF64 x86-64 starts in long mode, \
+            --module FILE becomes a boot module), --multiboot2 KERNEL (the same for a Multiboot2 \
+            kernel: EAX = 0x36D76289, EBX = the tagged boot information with the ACPI RSDP; its \
+            command line is --append alone, as GRUB 2 passes it), --elf FILE (ELF64 x86-64 starts in long mode, \
             ELF32 i386 in 32-bit protected mode with paging off) or --kernel BZIMAGE|VMLINUX (a \
             bzImage by the Linux x86 boot protocol 2.12+, 64-bit entry; an ELF kernel by its PVH \
             entry note; with --cmdline and --initrd). --mode, --entry and \
@@ -35,10 +37,13 @@ struct Run: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Boot this Multiboot 1 kernel instead of a flat IMAGE.", valueName: "kernel"))
     var multiboot: String?
 
-    @Option(name: .long, help: ArgumentHelp("Arguments after the kernel name in the Multiboot command line.", valueName: "args"))
+    @Option(name: .long, help: ArgumentHelp("Boot this Multiboot2 kernel (GRUB 2's multiboot2) instead of a flat IMAGE.", valueName: "kernel"))
+    var multiboot2: String?
+
+    @Option(name: .long, help: ArgumentHelp("Arguments after the kernel name in the Multiboot command line (with --multiboot2: the whole command line).", valueName: "args"))
     var append: String?
 
-    @Option(name: .long, help: ArgumentHelp("A Multiboot boot module (e.g. an environment file); repeatable, loaded in order.", valueName: "file"))
+    @Option(name: .long, help: ArgumentHelp("A Multiboot or Multiboot2 boot module (e.g. an environment file); repeatable, loaded in order.", valueName: "file"))
     var module: [String] = []
 
     @Option(name: .long, help: ArgumentHelp("Run this ELF executable instead of a flat IMAGE.", valueName: "file"))
@@ -107,15 +112,17 @@ struct Run: ParsableCommand {
         configuration.resetPolicy = onReset.policy
         do { try configuration.validate() } catch { fail(flagName(for: error.field), error) }
         let acpiRange: Range<UInt64> = 0xE_0000..<0x10_0000
-        let rsdp = platform == .pc && mem.bytes >= acpiRange.upperBound ? ACPITables(ACPIConfiguration(cpuCount: cpus)).rsdpAddress : 0
-        var image = try loaderImage(rsdpAddress: rsdp) ?? flatImage()
+        var acpiConfiguration = ACPIConfiguration(cpuCount: cpus)
+        acpiConfiguration.hasTPM = tpm != nil
+        let plannedTables = platform == .pc && mem.bytes >= acpiRange.upperBound ? ACPITables(acpiConfiguration) : nil
+        var image = try loaderImage(acpi: plannedTables) ?? flatImage()
         // ACPI tables live in 0xE0000-0xFFFFF: skip them when RAM is smaller or the image uses it.
         let imageUsesACPIArea = image.chunks.contains { chunk in
             let start = chunk.address.rawValue
             return start < acpiRange.upperBound && start + UInt64(chunk.bytes.count) > acpiRange.lowerBound
         }
         let acpiTables = platform == .pc && mem.bytes >= acpiRange.upperBound && !imageUsesACPIArea
-        if !acpiTables, rsdp != 0, let withoutRSDP = loaderImage(rsdpAddress: 0) { image = withoutRSDP }
+        if !acpiTables, plannedTables != nil, let withoutACPI = loaderImage(acpi: nil) { image = withoutACPI }
         let (result, statistics) = try reportingErrors { () throws(HVError) -> (RunResult, ExitStatistics) in
             let machine = try Machine(configuration: configuration, backend: KVMBackend())
             let uart = try attachConsole(to: machine, serial: serial)
@@ -152,7 +159,7 @@ struct Run: ParsableCommand {
 
     /// The image's bytes, or a one-line error and exit status 64.
     private func readImage() throws -> [UInt8] {
-        guard let image else { fail("IMAGE", "missing; give a flat binary, --multiboot KERNEL, --elf FILE or --kernel BZIMAGE") }
+        guard let image else { fail("IMAGE", "missing; give a flat binary, --multiboot KERNEL, --multiboot2 KERNEL, --elf FILE or --kernel BZIMAGE") }
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: image, isDirectory: &isDirectory) else {
             fail("\(image)", "no such file")

@@ -1,4 +1,4 @@
-// `hv run --multiboot KERNEL [--append ARGS] [--module FILE]...`, `hv run --elf FILE` and
+// `hv run --multiboot KERNEL [--append ARGS] [--module FILE]...` (and --multiboot2), `hv run --elf FILE` and
 // `hv run --kernel BZIMAGE|VMLINUX [--cmdline ARGS] [--initrd FILE]` (a bzImage by the Linux boot
 // protocol, an ELF kernel by its PVH entry): the
 // loaders of Documentation/Loaders.md behind `hv run`. The flat-image path stays in Run.swift.
@@ -10,17 +10,17 @@ extension Run {
     /// Exactly one image source: IMAGE, --multiboot, --elf or --kernel; the flat-image options
     /// only with IMAGE, the Multiboot options only with --multiboot, the Linux ones with --kernel.
     func validate() throws {
-        let sources = [image, multiboot, elf, kernel].compactMap { $0 }
+        let sources = [image, multiboot, multiboot2, elf, kernel].compactMap { $0 }
         guard sources.count == 1 else {
             throw ValidationError(sources.isEmpty
-                ? "Missing image: give a flat binary (hv run IMAGE), --multiboot KERNEL, --elf FILE or --kernel BZIMAGE."
-                : "Give one image: a flat IMAGE, --multiboot KERNEL, --elf FILE or --kernel BZIMAGE, not several.")
+                ? "Missing image: give a flat binary (hv run IMAGE), --multiboot KERNEL, --multiboot2 KERNEL, --elf FILE or --kernel BZIMAGE."
+                : "Give one image: a flat IMAGE, --multiboot KERNEL, --multiboot2 KERNEL, --elf FILE or --kernel BZIMAGE, not several.")
         }
         if image == nil, entry != nil || loadAddress != nil {
             throw ValidationError("--entry and --load-address apply to flat images only; ELF and Multiboot files carry their own.")
         }
-        if multiboot == nil, append != nil || !module.isEmpty {
-            throw ValidationError("--append and --module apply to --multiboot kernels only.")
+        if multiboot == nil, multiboot2 == nil, append != nil || !module.isEmpty {
+            throw ValidationError("--append and --module apply to --multiboot and --multiboot2 kernels only.")
         }
         if kernel == nil, cmdline != nil || initrd != nil {
             throw ValidationError("--cmdline and --initrd apply to --kernel (Linux bzImage) only; use --append with --multiboot.")
@@ -28,14 +28,22 @@ extension Run {
     }
 
     /// The image of --multiboot, --elf or --kernel, or nil for a flat IMAGE. A file or loader error ends
-    /// the process with "hv: error: FILE: FIELD: PROBLEM" and exit status 64. `rsdpAddress` goes
-    /// to a PVH kernel (0: none).
-    func loaderImage(rsdpAddress: UInt64 = 0) -> GuestImage? {
+    /// the process with "hv: error: FILE: FIELD: PROBLEM" and exit status 64. `acpi`, the tables
+    /// the platform will install, gives a PVH kernel its RSDP address and a Multiboot2 kernel its
+    /// RSDP bytes.
+    func loaderImage(acpi: ACPITables? = nil) -> GuestImage? {
         if let path = multiboot {
             let modules = module.map { MultibootModule(name: $0, bytes: readLoaderFile($0)) }
             do {
                 return try GuestImage.multiboot(readLoaderFile(path), name: path, arguments: append ?? "",
                                                 modules: modules, memorySize: mem.bytes)
+            } catch { loaderFail(path, "\(error)") }
+        }
+        if let path = multiboot2 {
+            let modules = module.map { MultibootModule(name: $0, bytes: readLoaderFile($0)) }
+            do {
+                return try GuestImage.multiboot2(readLoaderFile(path), commandLine: append ?? "", modules: modules,
+                                                 rsdp: acpi?.tables.first?.bytes, memorySize: mem.bytes)
             } catch { loaderFail(path, "\(error)") }
         }
         if let path = elf {
@@ -47,7 +55,7 @@ extension Run {
             do {
                 // An ELF kernel (vmlinux) boots by its PVH note, anything else as a bzImage.
                 if ELFFile.hasMagic(bytes) {
-                    return try GuestImage.pvh(bytes, commandLine: cmdline ?? "", initrd: ramdisk, rsdpAddress: rsdpAddress,
+                    return try GuestImage.pvh(bytes, commandLine: cmdline ?? "", initrd: ramdisk, rsdpAddress: acpi?.rsdpAddress ?? 0,
                                               memorySize: mem.bytes)
                 }
                 return try GuestImage.linux(bytes, commandLine: cmdline ?? "", initrd: ramdisk, memorySize: mem.bytes)

@@ -16,6 +16,10 @@ private enum KernelSource {
     /// through port 0xF4 (7 on any failed check).
     static var multiboot32: String { get throws { try String(contentsOf: directory.appendingPathComponent("multiboot32.s"), encoding: .utf8) } }
 
+    /// A Multiboot2 ELF32 kernel: walks the boot information, prints the command line, the loader
+    /// name and its modules, checks the memory map and the ACPI RSDP tag, exits with 0x17.
+    static var multiboot2: String { get throws { try String(contentsOf: directory.appendingPathComponent("multiboot2.s"), encoding: .utf8) } }
+
     /// A PVH ELF32 kernel: checks hvm_start_info, prints its command line and module 0, exits
     /// with 0x16 (7 on any failed check).
     static var pvh32: String { get throws { try String(contentsOf: directory.appendingPathComponent("pvh32.s"), encoding: .utf8) } }
@@ -76,6 +80,23 @@ struct HVRunLoaderTests {
         #expect(result.status == 0x15 << 1 | 1, "stderr: \(result.stderr)")
     }
 
+    @Test("a Multiboot2 kernel gets its command line, \"HV\", its module, the memory map and the ACPI RSDP, and exits (0x17 << 1) | 1",
+          .needsKVM, .enabled(if: TestKernel.toolsAvailable, "GNU as and ld are missing"))
+    func multiboot2Kernel() throws {
+        let directory = try PackageExecutable.temporaryDirectory()
+        let kernel = try TestKernel.build(try KernelSource.multiboot2, name: "mb2.elf", bits64: false, address: 0x40_0000,
+                                          in: directory)
+        let env = directory.appendingPathComponent("env")
+        try "KEY=VALUE\n".write(to: env, atomically: true, encoding: .utf8)
+        let result = try PackageExecutable.run(["run", "--multiboot2", kernel.path, "--append", "root=/dev/hv quiet",
+                                                "--module", env.path, "--timeout", "60"])
+        #expect(result.stdout == "root=/dev/hv quiet\nHV\nKEY=VALUE\n", "stderr: \(result.stderr)")
+        #expect(result.status == 0x17 << 1 | 1, "stderr: \(result.stderr)")
+        // Without ACPI tables (--platform none) the kernel finds no RSDP tag and fails its check.
+        let bare = try PackageExecutable.run(["run", "--multiboot2", kernel.path, "--platform", "none", "--timeout", "60"])
+        #expect(bare.status == 7 << 1 | 1, "stderr: \(bare.stderr)")
+    }
+
     @Test("a PVH kernel (ELF with a Xen PHYS32_ENTRY note) gets hvm_start_info: command line, memory map, RSDP and its initrd",
           .needsKVM, .enabled(if: TestKernel.toolsAvailable, "GNU as and ld are missing"))
     func pvhKernel() throws {
@@ -131,11 +152,12 @@ struct HVRunLoaderTests {
     @Test("exactly one image source; loader flags only with their loader")
     func imageSources() throws {
         let none = try PackageExecutable.run(["run"])
-        #expect(none.status == 64 && none.stderr.contains("--multiboot KERNEL, --elf FILE or --kernel BZIMAGE"), "stderr: \(none.stderr)")
+        #expect(none.status == 64 && none.stderr.contains("--multiboot KERNEL, --multiboot2 KERNEL, --elf FILE or --kernel BZIMAGE"),
+                "stderr: \(none.stderr)")
         let both = try PackageExecutable.run(["run", "flat.bin", "--elf", "x.elf"])
         #expect(both.status == 64 && both.stderr.contains("not several"), "stderr: \(both.stderr)")
         let append = try PackageExecutable.run(["run", "--elf", "x.elf", "--append", "a"])
-        #expect(append.status == 64 && append.stderr.contains("--multiboot kernels only"), "stderr: \(append.stderr)")
+        #expect(append.status == 64 && append.stderr.contains("--multiboot and --multiboot2 kernels only"), "stderr: \(append.stderr)")
         let initrd = try PackageExecutable.run(["run", "--multiboot", "k", "--initrd", "i"])
         #expect(initrd.status == 64 && initrd.stderr.contains("--kernel (Linux bzImage) only"), "stderr: \(initrd.stderr)")
         let help = try PackageExecutable.run(["run", "--help"])

@@ -26,6 +26,8 @@ public enum LoaderError: Error, Equatable, Sendable, CustomStringConvertible {
     case entryOutsideLoadedMemory(field: String, entry: UInt64)
     /// No Multiboot header (magic 0x1BADB002) in the first 8 KiB, 4-byte aligned (3.1.1).
     case multibootHeaderNotFound(searched: Int)
+    /// No Multiboot2 header (magic 0xE85250D6) in the first 32 KiB, 8-byte aligned (Multiboot2 3.1.1).
+    case multiboot2HeaderNotFound(searched: Int)
     /// magic + flags + checksum is not 0 mod 2^32 (Multiboot 3.1.2).
     case multibootBadChecksum(offset: UInt64, flags: UInt32, checksum: UInt32)
     /// A Multiboot a.out-kludge address field (3.1.3) contradicts another or the file.
@@ -57,6 +59,8 @@ public enum LoaderError: Error, Equatable, Sendable, CustomStringConvertible {
             "\(field): entry point \(hex(entry)) is outside every loaded segment"
         case .multibootHeaderNotFound(let searched):
             "magic: no Multiboot header (0x1BADB002, 4-byte aligned) in the first \(searched) bytes (Multiboot 0.6.96, 3.1.1)"
+        case .multiboot2HeaderNotFound(let searched):
+            "magic: no Multiboot2 header (0xE85250D6, 8-byte aligned) in the first \(searched) bytes (Multiboot2 3.1.1)"
         case .multibootBadChecksum(let offset, let flags, let checksum):
             "checksum: Multiboot header at offset \(hex(offset)) has flags \(hex(UInt64(flags))) and checksum \(hex(UInt64(checksum))); magic + flags + checksum must be 0 mod 2^32 (3.1.2)"
         case .multibootBadAddress(let field, let value, let reason):

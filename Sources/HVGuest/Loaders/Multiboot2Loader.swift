@@ -1,0 +1,286 @@
+// Loading a Multiboot2 kernel (Multiboot2 Specification 2.0, the one GRUB 2's `multiboot2`
+// command implements): find the header and walk its tags (3.1), load by the address tag or the
+// ELF program headers, build the tagged boot information (3.6) and start in the machine state of
+// 3.3 (i386: 32-bit protected mode, paging off, EAX = 0x36D76289, EBX = the information).
+
+import HVModel
+
+/// A Multiboot2 header found in a kernel file, with the tags HV acts on.
+public struct Multiboot2Header: Sendable, Equatable {
+    /// The header's magic field.
+    public static let magic: UInt32 = 0xE852_50D6
+    /// What EAX holds at entry (3.3).
+    public static let bootloaderMagic: UInt32 = 0x36D7_6289
+    /// The header must lie in the first 32768 bytes, 8-byte aligned (3.1.1).
+    public static let searchLimit = 32768
+    /// Information tag types HV can provide (3.6): cmdline 1, boot loader name 2, modules 3,
+    /// basic memory 4, memory map 6, and, when the platform has ACPI tables, old and new RSDP
+    /// 14 and 15. A request for any other type is refused unless marked optional.
+    public static let providedInformation: Set<UInt32> = [0, 1, 2, 3, 4, 6]
+
+    /// File offset of the magic field.
+    public var offset: UInt64
+    /// The address tag's fields (type 2), as in Multiboot 1's a.out kludge.
+    public var addresses: MultibootHeader.Addresses?
+    /// The entry address tag (type 3).
+    public var entryAddress: UInt32?
+    /// Information types the kernel requires (type 1 without the optional flag).
+    public var requiredInformation: [UInt32] = []
+
+    /// Finds and checks the first header in `bytes`: architecture 0 (i386), the checksum,
+    /// header_length inside the file, and every tag inside the header up to the end tag. Tags HV
+    /// cannot honour and the kernel did not mark optional are errors naming the tag.
+    public static func find(in bytes: [UInt8]) throws(LoaderError) -> Multiboot2Header {
+        let reader = ByteReader(bytes: bytes)
+        let limit = min(bytes.count, searchLimit)
+        var offset = 0
+        while offset + 16 <= limit {
+            defer { offset += 8 }
+            guard reader.u32(offset) == magic else { continue }
+            let architecture = reader.u32(offset + 4), length = reader.u32(offset + 8), checksum = reader.u32(offset + 12)
+            guard architecture == 0 else {
+                throw .unsupported(field: "architecture", value: UInt64(architecture), expected: "0 (i386 protected mode)")
+            }
+            guard magic &+ architecture &+ length &+ checksum == 0 else {
+                throw .unsupported(field: "checksum", value: UInt64(checksum),
+                                   expected: "magic + architecture + header_length + checksum = 0 mod 2^32 (Multiboot2 3.1.2)")
+            }
+            guard length >= 24 else {
+                throw .unsupported(field: "header_length", value: UInt64(length), expected: "at least 24 (16 bytes of fields and the end tag)")
+            }
+            try reader.require(field: "header_length", offset: UInt64(offset), count: UInt64(length))
+            return try parseTags(reader, header: offset, end: offset + Int(length))
+        }
+        throw .multiboot2HeaderNotFound(searched: limit)
+    }
+
+    private static func parseTags(_ reader: ByteReader, header: Int, end: Int) throws(LoaderError) -> Multiboot2Header {
+        var result = Multiboot2Header(offset: UInt64(header))
+        var cursor = header + 16
+        while true {
+            guard end - cursor >= 8 else {
+                throw .truncated(field: "header tags (no end tag)", offset: UInt64(cursor), needed: 8, fileSize: UInt64(end))
+            }
+            let type = reader.u16(cursor), optional = reader.u16(cursor + 2) & 1 != 0
+            let size = Int(reader.u32(cursor + 4))
+            guard size >= 8, size <= end - cursor else {
+                throw .truncated(field: "size of header tag \(type)", offset: UInt64(cursor), needed: UInt64(size),
+                                 fileSize: UInt64(end))
+            }
+            func need(_ bytes: Int) throws(LoaderError) {
+                guard size >= bytes else {
+                    throw .unsupported(field: "size of header tag \(type)", value: UInt64(size), expected: "at least \(bytes)")
+                }
+            }
+            switch type {
+            case 0:
+                if result.addresses != nil, result.entryAddress == nil {
+                    throw .multibootBadAddress(field: "address tag", value: result.addresses!.headerAddress,
+                                               reason: "comes without an entry address tag (type 3)")
+                }
+                return result
+            case 1:  // information request
+                if !optional {
+                    for index in 0..<(size - 8) / 4 { result.requiredInformation.append(reader.u32(cursor + 8 + index * 4)) }
+                }
+            case 2:  // address
+                try need(24)
+                result.addresses = MultibootHeader.Addresses(
+                    headerAddress: reader.u32(cursor + 8), loadAddress: reader.u32(cursor + 12),
+                    loadEndAddress: reader.u32(cursor + 16), bssEndAddress: reader.u32(cursor + 20), entryAddress: 0)
+            case 3:  // entry address
+                try need(12)
+                result.entryAddress = reader.u32(cursor + 8)
+            case 4, 5, 6, 7, 8, 9, 10:
+                // Console flags, framebuffer (HV has none: the kernel gets no framebuffer tag, as
+                // GRUB on a text console), module alignment (HV page-aligns modules anyway), EFI
+                // boot services and EFI entry points (no EFI here), relocatable (HV loads at the
+                // linked address). GRUB on BIOS accepts all of these the same way.
+                break
+            default:
+                if !optional {
+                    throw .unsupported(field: "header tag type", value: UInt64(type), expected: "a tag Multiboot2 defines (0-10), or the optional flag set")
+                }
+            }
+            cursor += (size + 7) & ~7
+        }
+    }
+}
+
+extension GuestImage {
+    /// Guest-physical address of the Multiboot2 boot information (EBX at entry).
+    public static let multiboot2InfoAddress: UInt64 = 0x9000
+
+    /// An image that boots the Multiboot2 kernel `kernel` (Multiboot2 2.0) with the boot command
+    /// line `commandLine` (the arguments only, as GRUB 2 passes them), `modules` and, when given,
+    /// the ACPI RSDP bytes `rsdp` (20 bytes: an "old" tag 14; 36: also a "new" tag 15).
+    ///
+    /// - Loading: by the address tag (load_addr 0xFFFFFFFF: from header_addr and the header's file
+    ///   offset; then as Multiboot 1's a.out kludge) or else by the ELF program headers; the entry
+    ///   address tag overrides e_entry. Everything must end below 4 GiB and in memory.
+    /// - Modules: page-aligned after the kernel (at least 1 MiB), chunks "module N".
+    /// - Information at 0x9000 (chunk "multiboot2 info"): total_size, then 8-byte aligned tags:
+    ///   command line (1), boot loader name "HV" (2), one module tag per module (3), basic memory
+    ///   (4: KiB below 640 KiB and above 1 MiB), memory map (6: RAM below 640 KiB, reserved to
+    ///   1 MiB, RAM above; 24-byte entries), the RSDP tags, the end tag.
+    /// - Entry (3.3): 32-bit protected mode, paging off, flat CS/DS/ES/FS/GS/SS, EFLAGS = 0x2,
+    ///   EAX = 0x36D76289, EBX = 0x9000, ESP = 0x80000 (undefined by the spec).
+    public static func multiboot2(
+        _ kernel: [UInt8], commandLine: String = "", modules: [MultibootModule] = [], rsdp: [UInt8]? = nil,
+        memorySize: UInt64
+    ) throws(LoaderError) -> GuestImage {
+        let header = try Multiboot2Header.find(in: kernel)
+        var provided = Multiboot2Header.providedInformation
+        if let rsdp {
+            guard rsdp.count == 20 || rsdp.count == 36 else {
+                throw .unsupported(field: "rsdp", value: UInt64(rsdp.count), expected: "20 (ACPI 1.0) or 36 (ACPI 2.0+) bytes")
+            }
+            provided.formUnion(rsdp.count == 36 ? [14, 15] : [14])
+        }
+        for type in header.requiredInformation where !provided.contains(type) {
+            throw .unsupported(field: "information request", value: UInt64(type),
+                               expected: "types HV provides: \(provided.sorted().map(String.init).joined(separator: ", ")), or the tag marked optional")
+        }
+        let fourGiB: UInt64 = 1 << 32
+        let limit = min(memorySize, fourGiB)
+
+        // The information's size does not depend on the module addresses: lay it out once with
+        // zeros to reserve its place, and again once the modules are placed.
+        func information(_ ranges: [(start: UInt64, end: UInt64)]) -> [UInt8] {
+            var info = Multiboot2InfoBuilder()
+            info.string(type: 1, commandLine)
+            info.string(type: 2, "HV")
+            for (index, module) in modules.enumerated() {
+                info.module(start: ranges[index].start, end: ranges[index].end, name: module.name)
+            }
+            info.basicMemory(memorySize: memorySize)
+            info.memoryMap(memorySize: memorySize)
+            if let rsdp {
+                info.raw(type: 14, Array(rsdp.prefix(20)))
+                if rsdp.count == 36 { info.raw(type: 15, rsdp) }
+            }
+            info.end()
+            return info.bytes
+        }
+        let infoSize = UInt64(information(modules.map { _ in (0, 0) }).count)
+        let infoEnd = multiboot2InfoAddress + infoSize
+        guard infoEnd <= multibootInfoLimit else {
+            throw .multibootInfoTooLarge(size: infoSize, maximum: multibootInfoLimit - multiboot2InfoAddress)
+        }
+        let reserved = protectedModeReservedRegions + [("multiboot2 info", multiboot2InfoAddress, infoEnd)]
+
+        var chunks: [Chunk]
+        let entry: UInt64
+        if var addresses = header.addresses {
+            if addresses.loadAddress == UInt32.max {
+                // 3.1.5: load_addr -1 means "the header's address minus its file offset".
+                guard UInt64(addresses.headerAddress) >= header.offset else {
+                    throw .multibootBadAddress(field: "header_addr", value: addresses.headerAddress,
+                                               reason: "is below the header's file offset \(hex(header.offset)) (load_addr is -1)")
+                }
+                addresses.loadAddress = addresses.headerAddress - UInt32(header.offset)
+            }
+            let asMultiboot1 = MultibootHeader(offset: header.offset, flags: 1 << 16, addresses: addresses)
+            let (chunk, start) = try aoutKludgeChunk(kernel, header: asMultiboot1, addresses: addresses, memoryLimit: limit)
+            let end = chunk.address.rawValue + UInt64(chunk.bytes.count)
+            for region in reserved where start < region.end && region.start < end {
+                throw .overlapsSetUpStructure(field: "load_addr", what: "the kernel", start: start, end: end,
+                                              structure: region.name, structureStart: region.start, structureEnd: region.end)
+            }
+            chunks = [chunk]
+            entry = UInt64(header.entryAddress ?? 0)
+        } else {
+            let file = try ELFFile(parsing: kernel)
+            chunks = try loadSegments(of: file, from: kernel, memorySize: limit, reserved: reserved)
+            if let address = header.entryAddress { entry = UInt64(address) } else { entry = try physicalEntry(of: file) }
+        }
+        guard chunks.contains(where: { entry >= $0.address.rawValue && entry - $0.address.rawValue < UInt64($0.bytes.count) }) else {
+            throw .entryOutsideLoadedMemory(field: header.entryAddress != nil ? "entry_addr" : "e_entry", entry: entry)
+        }
+
+        let kernelEnd = chunks.map { $0.address.rawValue + UInt64($0.bytes.count) }.max() ?? 0
+        var cursor = (max(kernelEnd, 0x10_0000) + 0xFFF) & ~0xFFF
+        var ranges: [(start: UInt64, end: UInt64)] = []
+        for (index, module) in modules.enumerated() {
+            let size = UInt64(module.bytes.count)
+            guard cursor <= limit, size <= limit - cursor else {
+                throw .outsideMemory(field: "module \(index)", what: "module \"\(module.name)\"", start: cursor, size: size,
+                                     memorySize: limit)
+            }
+            chunks.append(Chunk(address: GuestPhysicalAddress(cursor), bytes: module.bytes, name: "module \(index)"))
+            ranges.append((cursor, cursor + size))
+            cursor = (cursor + size + 0xFFF) & ~0xFFF
+        }
+        chunks.append(Chunk(address: GuestPhysicalAddress(multiboot2InfoAddress), bytes: information(ranges),
+                            name: "multiboot2 info"))
+
+        var image = protectedModeImage(chunks: chunks, entry: entry)
+        image.registers.rax = UInt64(Multiboot2Header.bootloaderMagic)
+        image.registers.rbx = multiboot2InfoAddress
+        return image
+    }
+}
+
+/// The boot information (Multiboot2 3.6): an 8-byte header (total_size, reserved) and tags, each
+/// 8-byte aligned, each starting with type and size.
+struct Multiboot2InfoBuilder {
+    private(set) var bytes = [UInt8](repeating: 0, count: 8)
+
+    private mutating func put(_ value: UInt64, at offset: Int, _ count: Int) {
+        for index in 0..<count { bytes[offset + index] = UInt8(truncatingIfNeeded: value >> UInt64(index * 8)) }
+    }
+
+    private mutating func tag(type: UInt32, body: [UInt8]) {
+        let start = bytes.count
+        bytes += [UInt8](repeating: 0, count: 8) + body
+        put(UInt64(type), at: start, 4)
+        put(UInt64(8 + body.count), at: start + 4, 4)
+        while bytes.count % 8 != 0 { bytes.append(0) }
+        put(UInt64(bytes.count), at: 0, 4)  // total_size so far
+    }
+
+    mutating func string(type: UInt32, _ text: String) { tag(type: type, body: Array(text.utf8) + [0]) }
+    mutating func raw(type: UInt32, _ body: [UInt8]) { tag(type: type, body: body) }
+
+    /// Tag 3: mod_start, mod_end (exclusive), then the module's string.
+    mutating func module(start: UInt64, end: UInt64, name: String) {
+        var body = [UInt8](repeating: 0, count: 8) + Array(name.utf8) + [0]
+        for index in 0..<4 {
+            body[index] = UInt8(truncatingIfNeeded: start >> UInt64(index * 8))
+            body[4 + index] = UInt8(truncatingIfNeeded: end >> UInt64(index * 8))
+        }
+        tag(type: 3, body: body)
+    }
+
+    /// Tag 4: KiB of RAM below 640 KiB and above 1 MiB.
+    mutating func basicMemory(memorySize: UInt64) {
+        var body = [UInt8](repeating: 0, count: 8)
+        let lower = min(memorySize, 0xA_0000) / 1024
+        let upper = memorySize > 0x10_0000 ? min((memorySize - 0x10_0000) / 1024, 0xFFFF_FFFF) : 0
+        for index in 0..<4 {
+            body[index] = UInt8(truncatingIfNeeded: lower >> UInt64(index * 8))
+            body[4 + index] = UInt8(truncatingIfNeeded: upper >> UInt64(index * 8))
+        }
+        tag(type: 4, body: body)
+    }
+
+    /// Tag 6: entry_size 24, entry_version 0, then base, length, type (1 RAM, 2 reserved).
+    mutating func memoryMap(memorySize: UInt64) {
+        let lowEnd = min(memorySize, 0xA_0000)
+        var entries: [(UInt64, UInt64, UInt32)] = [(0, lowEnd, 1), (0xA_0000, 0x6_0000, 2)]
+        if memorySize > 0x10_0000 { entries.append((0x10_0000, memorySize - 0x10_0000, 1)) }
+        var body = [UInt8](repeating: 0, count: 8 + entries.count * 24)
+        body[0] = 24
+        for (index, entry) in entries.enumerated() {
+            let at = 8 + index * 24
+            for byte in 0..<8 {
+                body[at + byte] = UInt8(truncatingIfNeeded: entry.0 >> UInt64(byte * 8))
+                body[at + 8 + byte] = UInt8(truncatingIfNeeded: entry.1 >> UInt64(byte * 8))
+            }
+            for byte in 0..<4 { body[at + 16 + byte] = UInt8(truncatingIfNeeded: entry.2 >> UInt32(byte * 8)) }
+        }
+        tag(type: 6, body: body)
+    }
+
+    mutating func end() { tag(type: 0, body: []) }
+}
