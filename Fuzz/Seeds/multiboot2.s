@@ -56,12 +56,8 @@ text:                              # command line or boot loader name
 module:
     mov 8(%ebx), %esi              # mod_start
     mov 12(%ebx), %ecx             # mod_end
-1:  cmp %ecx, %esi
-    jae advance
-    mov (%esi), %al
-    call putc
-    inc %esi
-    jmp 1b
+    call putrange
+    jmp advance
 mmap:
     cmpl $24, 8(%ebx)              # entry_size
     jne fail

@@ -29,12 +29,7 @@ _start:
     mov 24(%ebx), %edi             # mods_addr
     mov (%edi), %esi               # mod_start
     mov 4(%edi), %ecx              # mod_end
-1:  cmp %ecx, %esi
-    jae done
-    mov (%esi), %al
-    call putc
-    inc %esi
-    jmp 1b
+    call putrange
 done:
     cmpl $0, bss_word
     jne fail

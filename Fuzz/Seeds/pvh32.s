@@ -42,12 +42,7 @@ _start:
     mov (%edi), %esi
     mov 8(%edi), %ecx
     add %esi, %ecx
-1:  cmp %ecx, %esi
-    jae done
-    mov (%esi), %al
-    call putc
-    inc %esi
-    jmp 1b
+    call putrange
 done:
     cmpl $0, bss_word
     jne fail
