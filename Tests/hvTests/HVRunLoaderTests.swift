@@ -66,16 +66,22 @@ private enum TestKernel {
 
 @Suite("hv run --multiboot, --elf and --kernel")
 struct HVRunLoaderTests {
+    /// Builds `source` as a 32-bit kernel at 4 MiB and runs it with `loader` (--multiboot or
+    /// --multiboot2), `--append append` and a module holding "KEY=VALUE\n".
+    private func runWithModule(_ source: String, loader: String, append: String) throws -> (kernel: URL, result: ProcessResult) {
+        let directory = try PackageExecutable.temporaryDirectory()
+        let kernel = try TestKernel.build(source, name: "kernel.elf", bits64: false, address: 0x40_0000, in: directory)
+        let env = directory.appendingPathComponent("env")
+        try "KEY=VALUE\n".write(to: env, atomically: true, encoding: .utf8)
+        let result = try PackageExecutable.run(["run", loader, kernel.path, "--append", append, "--module", env.path,
+                                                "--timeout", "60"])
+        return (kernel, result)
+    }
+
     @Test("a Multiboot kernel prints its command line, the loader name and its module, and exits (0x15 << 1) | 1",
           .needsKVM, .enabled(if: TestKernel.toolsAvailable, "GNU as and ld are missing"))
     func multibootKernel() throws {
-        let directory = try PackageExecutable.temporaryDirectory()
-        let kernel = try TestKernel.build(try KernelSource.multiboot32, name: "kernel.elf", bits64: false, address: 0x40_0000,
-                                          in: directory)
-        let env = directory.appendingPathComponent("env")
-        try "KEY=VALUE\n".write(to: env, atomically: true, encoding: .utf8)
-        let result = try PackageExecutable.run(["run", "--multiboot", kernel.path, "--append", "hello world",
-                                                "--module", env.path, "--timeout", "60"])
+        let (kernel, result) = try runWithModule(try KernelSource.multiboot32, loader: "--multiboot", append: "hello world")
         #expect(result.stdout == "\(kernel.path) hello world\nHV\nKEY=VALUE\n", "stderr: \(result.stderr)")
         #expect(result.status == 0x15 << 1 | 1, "stderr: \(result.stderr)")
     }
@@ -83,13 +89,7 @@ struct HVRunLoaderTests {
     @Test("a Multiboot2 kernel gets its command line, \"HV\", its module, the memory map and the ACPI RSDP, and exits (0x17 << 1) | 1",
           .needsKVM, .enabled(if: TestKernel.toolsAvailable, "GNU as and ld are missing"))
     func multiboot2Kernel() throws {
-        let directory = try PackageExecutable.temporaryDirectory()
-        let kernel = try TestKernel.build(try KernelSource.multiboot2, name: "mb2.elf", bits64: false, address: 0x40_0000,
-                                          in: directory)
-        let env = directory.appendingPathComponent("env")
-        try "KEY=VALUE\n".write(to: env, atomically: true, encoding: .utf8)
-        let result = try PackageExecutable.run(["run", "--multiboot2", kernel.path, "--append", "root=/dev/hv quiet",
-                                                "--module", env.path, "--timeout", "60"])
+        let (kernel, result) = try runWithModule(try KernelSource.multiboot2, loader: "--multiboot2", append: "root=/dev/hv quiet")
         #expect(result.stdout == "root=/dev/hv quiet\nHV\nKEY=VALUE\n", "stderr: \(result.stderr)")
         #expect(result.status == 0x17 << 1 | 1, "stderr: \(result.stderr)")
         // Without ACPI tables (--platform none) the kernel finds no RSDP tag and fails its check.
