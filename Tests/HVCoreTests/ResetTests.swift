@@ -1,3 +1,4 @@
+import Foundation
 import HVCore
 import Synchronization
 import Testing
@@ -98,6 +99,20 @@ struct ScriptedResetTests {
         let result = vm.wait()
         #expect(result.reason == .requested)
         #expect(result.resets > 0)
+    }
+
+    @Test("Machine.reset() from the host needs the restart policy and a started VM")
+    func hostResetPreconditions() throws {
+        let stopping = try scripted([[.halt]], policy: .stop)
+        #expect(throws: HVError.self) { try stopping.reset() }
+        let restarting = try scripted([[.halt]], policy: .restart)
+        do {
+            try restarting.reset()
+            Issue.record("a reset before start was accepted")
+        } catch {
+            #expect("\(error)".contains("reset"), "\(error)")
+            guard case .invalidState(_, .created) = error else { Issue.record("unexpected \(error)"); return }
+        }
     }
 
     @Test("a reset asked for while a pause is being requested happens on resume")
@@ -278,5 +293,87 @@ struct KVMResetTests {
         #expect(result.resets == 1)
         #expect(recorder.accesses.map { "\($0.vcpu):\($0.port):\($0.values[0])" }
             == ["0:119:1", "1:120:169", "0:119:2", "1:120:169"])
+    }
+
+    @Test("Machine.reset() from the host restarts a spinning guest in place")
+    func hostReset() throws {
+        let vm = try KVMHost.machine { $0.resetPolicy = .restart }
+        _ = try attachConsole(vm)
+        try vm.load(GuestProgram.longMode { a in
+            let spin = a.label()
+            a.mov(Register64.rbx, Immediate(Self.bootCounter))
+            a.mov(Register64.rax, .at(Register64.rbx))
+            a.inc(Register64.rax)
+            a.mov(.at(Register64.rbx), Register64.rax)
+            a.out(0x77, Register8.al)
+            a.bind(spin)
+            a.pause()
+            a.jmp(spin)
+        })
+        let recorder = TrafficRecorder(ports: 0x77...0x77)
+        try vm.start(handler: recorder)
+        func waitFor(_ condition: () -> Bool) {
+            let deadline = ContinuousClock.now + .seconds(20)
+            while !condition(), ContinuousClock.now < deadline { Thread.sleep(forTimeInterval: 0.005) }
+        }
+        waitFor { recorder.accesses.count == 1 }
+        try vm.reset()
+        waitFor { recorder.accesses.count == 2 }
+        vm.stop()
+        let result = vm.wait()
+        #expect(result.reason == .requested)
+        #expect(result.resets == 1)
+        #expect(recorder.accesses.map { $0.values[0] } == [1, 2])
+    }
+
+    @Test("stress: a 2-vCPU split-irqchip guest resets over and over while the host pauses and resumes it")
+    func resetStorm() throws {
+        let vm = try KVMHost.machine(cpus: 2) {
+            $0.interruptController = .split
+            $0.resetPolicy = .restart
+        }
+        _ = try attachConsole(vm)
+        try vm.devices.register(PCIHostBridge(resetControl: ResetControlDevice()),
+                                port: PCIHostBridge.basePort, count: PCIHostBridge.portCount)
+        let trampoline: UInt64 = 0x8000
+        try vm.load(GuestProgram.longMode { a in
+            let delay = a.label()
+            a.enableLocalAPIC()
+            a.sendIPI(0x4500, to: 1, mode: .xAPIC)
+            a.sendIPI(0x4600 | UInt32(trampoline >> 12), to: 1, mode: .xAPIC)
+            a.mov(Register32.ecx, 200)                     // let the AP run a little
+            a.bind(delay)
+            a.pause()
+            a.dec(Register32.ecx)
+            a.jne(delay)
+            a.mov(Register8.al, 0x06)
+            a.mov(Register16.dx, 0xCF9)
+            a.out(Register16.dx, Register8.al)
+            a.debugExit(code: 0xE2)
+        })
+        let ap = try GuestProgram.realMode(loadAddress: trampoline) { a in
+            let spin = a.label()
+            a.cli()
+            a.bind(spin)
+            a.out(0x78, Register8.al)                      // an exit on every lap
+            a.jmp(spin)
+        }
+        for chunk in try ap.image(memorySize: 1 << 20).chunks where chunk.name == "program" {
+            try vm.memory.write(bytes: chunk.bytes, at: chunk.address)
+        }
+        try vm.start(handler: NoExitHandler())
+        let deadline = ContinuousClock.now + .seconds(25)
+        var pauses = 0
+        while vm.resets < 200 || pauses < 100, ContinuousClock.now < deadline, vm.state != .stopped {
+            try vm.pause()
+            pauses += 1
+            try vm.resume()
+            Thread.sleep(forTimeInterval: 0.001)
+        }
+        vm.stop()
+        let result = vm.wait()
+        #expect(result.reason == .requested, "\(result.reason) \(result.error ?? "")")
+        #expect(result.resets >= 200)
+        #expect(pauses >= 100)
     }
 }

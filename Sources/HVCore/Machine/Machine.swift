@@ -254,6 +254,36 @@ public final class Machine<B: Backend>: @unchecked Sendable {
         requestStop(.requested, vcpuID: 0, error: nil)
     }
 
+    /// Resets the VM in place from the host, as the guest's own reset would (QEMU's monitor
+    /// command `system_reset`): every vCPU is kicked out of the guest and the machine goes back
+    /// to its state at `start` (see "Resetting in place" in Documentation/ExitHandling.md). Needs
+    /// `resetPolicy` `.restart`. Returns at once; `resets` counts the reset once it is done. On a
+    /// paused VM the reset happens at `resume()`; a stop already under way wins.
+    public func reset() throws(HVError) {
+        guard configuration.resetPolicy == .restart else {
+            throw .configuration(ConfigurationError(field: "resetPolicy", value: "stop",
+                                                    expected: "restart, so that start saves the state a reset returns to"))
+        }
+        lock.lock()
+        guard _state == .running || _state == .paused else {
+            let current = _state
+            lock.unlock()
+            throw .invalidState(operation: "reset", state: current)
+        }
+        var kick = false
+        switch Request(rawValue: request.load(ordering: .acquiring)) {
+        case .none?:
+            request.store(Request.reset.rawValue, ordering: .sequentiallyConsistent)
+            kick = true
+        case .pause?:
+            resetPending = true
+        default:
+            break  // a reset is already on its way, or a stop wins
+        }
+        lock.unlock()
+        if kick { for vcpu in vcpus { vcpu.requestExit() } }
+    }
+
     /// Adds set-up that a reset repeats after the loaded images are written again, such as
     /// firmware tables a platform placed in RAM (`attachPCPlatform` puts its ACPI tables back).
     /// Runs on a vCPU thread while every other vCPU waits: it may use `memory`, `vcpus` and
