@@ -56,6 +56,7 @@ let package = Package(
         ),
         .executableTarget(name: "MinimalVMM", dependencies: ["HVCore"], path: "Examples/MinimalVMM"),
         .executableTarget(name: "ExitTracer", dependencies: ["HVCore"], path: "Examples/ExitTracer"),
+        .executableTarget(name: "PCBoot", dependencies: ["HVCore"], path: "Examples/PCBoot"),
         // Exit latency against a raw C KVM loop in the same run (Documentation/Benchmarks.md).
         // CKVMBaseline is by design a small C program, so it lives here, not with the shims.
         .target(name: "CKVMBaseline", path: "Benchmarks/CKVMBaseline"),
@@ -87,6 +88,6 @@ let package = Package(
         .testTarget(name: "HVGuestTests", dependencies: ["HVGuest"]),
         .testTarget(name: "HVCoreTests", dependencies: ["HVCore", "CAllocationCounter"]),
         .testTarget(name: "HVTPMTests", dependencies: ["HVTPM", "HVCore", "HVGuest"]),
-        .testTarget(name: "hvTests", dependencies: ["hv", "HVGuest", "MinimalVMM", "ExitTracer", "hv-bench", "HVTPM"]),
+        .testTarget(name: "hvTests", dependencies: ["hv", "HVGuest", "MinimalVMM", "ExitTracer", "PCBoot", "hv-bench", "HVTPM"]),
     ]
 )

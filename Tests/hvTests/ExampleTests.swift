@@ -25,4 +25,22 @@ struct ExampleTests {
             .flatMap { $0.split(separator: "[").last!.dropLast().split(separator: " ") }
         #expect(repBytes == ["0x72", "0x65", "0x70"])
     }
+
+    @Test("PCBoot boots a PVH and a Multiboot2 kernel on the SDK's PC platform, each finding the ACPI RSDP",
+          .needsKVM, .enabled(if: TestKernel.toolsAvailable, "GNU as and ld are missing"))
+    func pcBoot() throws {
+        let directory = try PackageExecutable.temporaryDirectory()
+        let pvh = try TestKernel.build(try KernelSource.pvh32, name: "pvh.elf", bits64: false, address: 0x40_0000, in: directory)
+        let mb2 = try TestKernel.build(try KernelSource.multiboot2, name: "mb2.elf", bits64: false, address: 0x40_0000,
+                                       in: directory)
+        let first = try PackageExecutable.run([pvh.path, "console=ttyS0 sdk"], executable: "PCBoot")
+        #expect(first.status == 0, "stderr: \(first.stderr)")
+        #expect(first.stdout.contains("PCBoot: protected entry at 0x400000\nconsole=ttyS0 sdk\n"), "stdout: \(first.stdout)")
+        #expect(first.stdout.contains("the guest wrote 22 (0x16) to the debug-exit port"), "stdout: \(first.stdout)")
+        let second = try PackageExecutable.run([mb2.path, "quiet"], executable: "PCBoot")
+        #expect(second.stdout.contains("quiet\nHV\n"), "stdout: \(second.stdout)")
+        #expect(second.stdout.contains("the guest wrote 23 (0x17) to the debug-exit port"), "stdout: \(second.stdout)")
+        let usage = try PackageExecutable.run([], executable: "PCBoot")
+        #expect(usage.status == 64 && usage.stderr.contains("usage: PCBoot KERNEL"))
+    }
 }

@@ -5,7 +5,7 @@ import Foundation
 import Testing
 
 /// The test kernels' sources, shared with the loader fuzz targets' seeds (Fuzz/Seeds).
-private enum KernelSource {
+enum KernelSource {
     static let directory = URL(fileURLWithPath: #filePath)
         .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent("Fuzz/Seeds")
@@ -28,7 +28,7 @@ private enum KernelSource {
     static var elf64: String { get throws { try String(contentsOf: directory.appendingPathComponent("elf64.s"), encoding: .utf8) } }
 }
 
-private enum TestKernel {
+enum TestKernel {
     static var toolsAvailable: Bool {
         FileManager.default.isExecutableFile(atPath: "/usr/bin/as") && FileManager.default.isExecutableFile(atPath: "/usr/bin/ld")
     }

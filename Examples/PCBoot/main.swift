@@ -1,0 +1,53 @@
+// PCBoot: a small PC built from the SDK's parts, booting the kernel file you give it.
+// Run it with:  swift run PCBoot KERNEL [COMMAND LINE]
+//
+// KERNEL is an ELF with a PVH note (an uncompressed vmlinux), a Multiboot2 kernel, or a Linux
+// bzImage; the example picks the loader the file asks for. The machine gets what
+// `hv run --platform pc` gives a guest: COM1 on IRQ 4 behind KVM's interrupt controllers, the
+// debug-exit port, fw_cfg, CMOS/RTC, the i8042, a PCI host bridge, the ACPI PM timer and ACPI
+// tables; a guest reset restarts it in place. Documentation/Loaders.md and Devices.md explain
+// each part.
+import Foundation
+import HVCore
+
+let arguments = CommandLine.arguments
+guard arguments.count >= 2, let data = FileManager.default.contents(atPath: arguments[1]) else {
+    FileHandle.standardError.write(Data("usage: PCBoot KERNEL [COMMAND LINE]\n".utf8))
+    exit(64)
+}
+let kernel = [UInt8](data)
+let commandLine = arguments.count > 2 ? arguments[2] : "console=ttyS0"
+
+// The VM: 256 MiB, one vCPU with an in-kernel LAPIC/IOAPIC/PIC, resets restart it.
+var configuration = VirtualMachineConfiguration(memorySize: 256 << 20, interruptController: .kernel)
+configuration.resetPolicy = .restart
+configuration.timeLimit = 60
+
+// The ACPI tables the platform will install; PVH and Multiboot2 kernels are told where they are.
+let tables = ACPITables(ACPIConfiguration(cpuCount: configuration.cpuCount))
+
+// Pick the loader by what the file is.
+let image: GuestImage
+if ELFFile.hasMagic(kernel), (try? ELFFile(parsing: kernel))?.pvhEntry != nil {
+    image = try GuestImage.pvh(kernel, commandLine: commandLine, rsdpAddress: tables.rsdpAddress,
+                               memorySize: configuration.memorySize)
+} else if (try? Multiboot2Header.find(in: kernel)) != nil {
+    image = try GuestImage.multiboot2(kernel, commandLine: commandLine, rsdp: tables.tables[0].bytes,
+                                      memorySize: configuration.memorySize)
+} else {
+    image = try GuestImage.linux(kernel, commandLine: commandLine, memorySize: configuration.memorySize)
+}
+print("PCBoot: \(image.mode) entry at 0x\(String(image.registers.rip, radix: 16))")
+fflush(nil)  // the guest's serial output goes to the same file descriptor, unbuffered
+
+let machine = try Machine(configuration: configuration, backend: KVMBackend())
+let uart = UART16550(output: .standardOutput)
+try machine.devices.register(uart, port: .com1, count: UART16550.portCount)
+try machine.connect(uart, irq: 4)
+try machine.devices.register(DebugExitDevice(), port: .debugExit, count: 4)
+try machine.attachPCPlatform()          // fw_cfg, CMOS, i8042, PCI, ACPI PM, power-off port, tables
+try machine.load(image)
+
+let result = try machine.run()
+uart.flush()
+print("PCBoot: \(result.reason) after \(result.exits) exits, \(result.resets) reset(s), \(String(format: "%.3f", result.seconds)) s")
