@@ -28,7 +28,7 @@ let tables = ACPITables(ACPIConfiguration(cpuCount: configuration.cpuCount))
 
 // Pick the loader by what the file is.
 let image: GuestImage
-if ELFFile.hasMagic(kernel), (try? ELFFile(parsing: kernel))?.pvhEntry != nil {
+if ELFFile.hasMagic(kernel), let file = try? ELFFile(parsing: kernel), (try? file.pvhEntry(in: kernel)) ?? nil != nil {
     image = try GuestImage.pvh(kernel, commandLine: commandLine, rsdpAddress: tables.rsdpAddress,
                                memorySize: configuration.memorySize)
 } else if (try? Multiboot2Header.find(in: kernel)) != nil {

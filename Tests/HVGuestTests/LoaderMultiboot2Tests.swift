@@ -121,4 +121,43 @@ struct LoaderMultiboot2Tests {
         noEnd += [UInt8](repeating: 0, count: 8)                            // bytes after the header, not in it
         #expect(message(noEnd).hasPrefix("header_length: 0x10 is not supported"))
     }
+
+    @Test("a stray magic value is skipped; the header must end within the first 32 KiB")
+    func headerSearch() throws {
+        // A first "header" with a wrong checksum, then the real one 16 bytes later.
+        var stray = [UInt8](repeating: 0, count: 16)
+        put(&stray, 0, 0xE852_50D6, 4)
+        put(&stray, 8, 24, 4)
+        let kernel = header([tag(3, [0x40_0040])]) + [UInt8](repeating: 0xF4, count: 0x40)
+        let elf = TestELF(is64: false, entry: 0x40_0030, segments: [
+            TestSegment(physicalAddress: 0x40_0000, data: [0, 0, 0, 0] + stray + kernel),
+        ]).bytes
+        #expect(try GuestImage.multiboot2(elf, memorySize: memory).registers.rip == 0x40_0040)
+        // Only the stray one: its checksum is the error.
+        do throws(LoaderError) {
+            _ = try GuestImage.multiboot2(stray + [UInt8](repeating: 0, count: 64), memorySize: memory)
+            Issue.record("accepted")
+        } catch {
+            #expect(error.description.hasPrefix("checksum:"), "\(error)")
+        }
+        // A header that starts near the end of the search window and runs past it.
+        var late = [UInt8](repeating: 0, count: 32768 - 16) + header([tag(42, optional: true, [UInt32](repeating: 0, count: 8))])
+        late += [UInt8](repeating: 0, count: 64)
+        do throws(LoaderError) {
+            _ = try GuestImage.multiboot2(late, memorySize: memory)
+            Issue.record("accepted")
+        } catch {
+            #expect(error.description.hasPrefix("header_length:"), "\(error)")
+        }
+    }
+
+    @Test("above 3 GiB the memory map and basic memory leave the PCI hole out")
+    func largeMemory() throws {
+        let image = try GuestImage.multiboot2(flatKernel(), memorySize: 5 << 30)
+        let tags = try infoTags(image)
+        let basic = try #require(tags.first { $0.type == 4 }), map = try #require(tags.first { $0.type == 6 })
+        #expect(read32(image, 0x9000 + UInt64(basic.offset) + 12) == UInt32((0xC000_0000 - 0x10_0000) / 1024))
+        #expect(map.size == 16 + 4 * 24)
+        #expect(read32(image, 0x9000 + UInt64(map.offset) + 16 + 3 * 24 + 4) == 1)   // base 4 GiB: high dword 1
+    }
 }

@@ -39,11 +39,12 @@ private func read64(_ image: GuestImage, _ address: UInt64) -> UInt64? {
 struct LoaderPVHTests {
     @Test("the PHYS32_ENTRY note is found among other notes and gives the 32-bit entry")
     func entryNote() throws {
-        #expect(try ELFFile(parsing: kernel()).pvhEntry == 0x100_0010)
-        #expect(try ELFFile(parsing: kernel()).notes.map(\.name) == ["GNU", "Xen"])
+        let bytes = kernel()
+        #expect(try ELFFile(parsing: bytes).pvhEntry(in: bytes) == 0x100_0010)
+        #expect(try ELFFile(parsing: bytes).notes(in: bytes).map(\.name) == ["GNU", "Xen"])
         // Eight-byte descriptors (some kernels) hold the entry in the low half.
-        let wide = note(name: "Xen", type: 18, descriptor: le32(0x100_0020) + [0, 0, 0, 0])
-        #expect(try ELFFile(parsing: kernel(notes: wide)).pvhEntry == 0x100_0020)
+        let wide = kernel(notes: note(name: "Xen", type: 18, descriptor: le32(0x100_0020) + [0, 0, 0, 0]))
+        #expect(try ELFFile(parsing: wide).pvhEntry(in: wide) == 0x100_0020)
     }
 
     @Test("32-bit protected mode at the note's entry, EBX = hvm_start_info with its memory map, command line, RSDP and initrd")
@@ -114,5 +115,61 @@ struct LoaderPVHTests {
         #expect(throws: LoaderError.self) {
             try GuestImage.pvh(kernel(), initrd: [UInt8](repeating: 0, count: Int(memory - 0x100_0000)), memorySize: memory)
         }
+    }
+
+    @Test("thousands of PT_NOTE headers naming the same bytes are read once; a malformed one does not stop --elf")
+    func noteFlood() throws {
+        var segments = [TestSegment(physicalAddress: 0x100_0000, data: [UInt8](repeating: 0xF4, count: 64)),
+                        TestSegment(type: 4, physicalAddress: 0, data: note(name: "Xen", type: 18, descriptor: le32(0x100_0010)))]
+        var bytes = TestELF(is64: true, entry: 0x100_0000, segments: segments).bytes
+        // Point 3,000 more program headers at the same note: copy header 1 over and over.
+        segments += [TestSegment](repeating: TestSegment(type: 4, physicalAddress: 0, data: []), count: 3000)
+        let flood = TestELF(is64: true, entry: 0x100_0000, segments: segments)
+        bytes = flood.bytes
+        let noteHeader = Array(bytes[flood.programHeader(1)..<flood.programHeader(1) + 56])
+        for index in 2..<segments.count { bytes.replaceSubrange(flood.programHeader(index)..<flood.programHeader(index) + 56, with: noteHeader) }
+        let file = try ELFFile(parsing: bytes)
+        #expect(file.noteSegments.count == 3001)
+        #expect(try file.notes(in: bytes).count == 1)
+        #expect(try file.pvhEntry(in: bytes) == 0x100_0010)
+        // A note segment that runs past the file matters only to a loader that reads notes.
+        var broken = kernel()
+        put(&broken, flood.programHeader(1) + 32, 0xFFFF_FFFF, 8)          // PT_NOTE p_filesz
+        #expect(throws: LoaderError.self) { try GuestImage.pvh(broken, memorySize: memory) }
+        #expect(try GuestImage.elf(broken, memorySize: memory).registers.rip == 0x100_0000)
+    }
+
+    @Test("the initrd goes above 1 MiB and the kernel, never over the low boot structures")
+    func initrdFloor() throws {
+        let low = TestELF(is64: false, entry: 0x3000, segments: [TestSegment(physicalAddress: 0x3000, data: [0xF4])]).bytes
+            .withPVHNote(entry: 0x3000)
+        #expect(throws: LoaderError.self) {                                 // would have needed 0xFF000
+            try GuestImage.pvh(low, initrd: [UInt8](repeating: 1, count: 0x10_1000), memorySize: 2 << 20)
+        }
+        #expect(try GuestImage.pvh(low, initrd: [1], memorySize: 2 << 20).chunk(named: "initrd")?.address.rawValue == 0x1F_F000)
+    }
+
+    @Test("above 3 GiB the memory map leaves the PCI hole out and continues at 4 GiB")
+    func largeMemory() throws {
+        let image = try GuestImage.pvh(kernel(), memorySize: 5 << 30)
+        #expect(read32(image, 0x9000 + 48) == 4)                            // memmap_entries
+        #expect(read64(image, 0x9038 + 2 * 24 + 8) == 0xC000_0000 - 0x10_0000)   // RAM 1 MiB-3 GiB
+        #expect(read64(image, 0x9038 + 3 * 24) == 1 << 32)                  // RAM from 4 GiB...
+        #expect(read64(image, 0x9038 + 3 * 24 + 8) == 2 << 30)              // ...for the other 2 GiB
+    }
+}
+
+extension Array where Element == UInt8 {
+    /// This ELF32 file with a PT_NOTE appended that holds a PVH entry note (for tests of files
+    /// built with `TestELF` without one): the note goes at the end, its header replaces nothing
+    /// because `TestELF` is rebuilt with the note segment added.
+    func withPVHNote(entry: UInt32) -> [UInt8] {
+        let file = try! ELFFile(parsing: self)
+        let segments = file.segments.map { segment in
+            TestSegment(physicalAddress: segment.physicalAddress, virtualAddress: segment.virtualAddress,
+                        data: Array(self[Int(segment.offset)..<Int(segment.offset + segment.fileSize)]), memorySize: segment.memorySize)
+        }
+        return TestELF(is64: file.elfClass == .elf64, entry: file.entry,
+                       segments: segments + [TestSegment(type: 4, physicalAddress: 0, data: note(name: "Xen", type: 18, descriptor: le32(entry)))]).bytes
     }
 }

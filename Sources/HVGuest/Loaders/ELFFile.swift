@@ -20,6 +20,16 @@ public struct ELFSegment: Sendable, Equatable {
     public var flags: UInt32
 }
 
+/// Where a PT_NOTE segment's notes lie in the file. Its contents are read only when asked for
+/// (`ELFFile.notes(in:)`), so a malformed note segment does not stop a loader that ignores notes.
+public struct ELFNoteSegment: Sendable, Equatable {
+    /// p_offset and p_filesz.
+    public var offset: UInt64
+    public var size: UInt64
+    /// 8 when p_align is 8, else 4: the padding of names and descriptors.
+    public var alignment: UInt64
+}
+
 /// One note of a PT_NOTE segment (gABI, "Note Section"): an owner name, a type, a descriptor.
 public struct ELFNote: Sendable, Equatable {
     /// The owner ("Xen", "GNU", "Linux"), without its NUL.
@@ -46,8 +56,8 @@ public struct ELFFile: Sendable, Equatable {
     public var entry: UInt64
     /// The PT_LOAD segments with p_memsz > 0, in program header order.
     public var segments: [ELFSegment]
-    /// The notes of every PT_NOTE segment, in file order.
-    public var notes: [ELFNote]
+    /// The PT_NOTE segments, in program header order.
+    public var noteSegments: [ELFNoteSegment]
 
     static let ptLoad: UInt32 = 1
     static let ptNote: UInt32 = 4
@@ -98,15 +108,14 @@ public struct ELFFile: Sendable, Equatable {
         try reader.require(field: "e_phoff/e_phnum", offset: tableOffset, count: count * entrySize)
 
         var segments: [ELFSegment] = []
-        var notes: [ELFNote] = []
+        var noteSegments: [ELFNoteSegment] = []
         for index in 0..<Int(count) {
             let base = Int(tableOffset) + index * Int(entrySize)
             if reader.u32(base) == Self.ptNote {
-                let offset = is64 ? reader.u64(base + 8) : UInt64(reader.u32(base + 4))
-                let size = is64 ? reader.u64(base + 32) : UInt64(reader.u32(base + 16))
                 let align = is64 ? reader.u64(base + 48) : UInt64(reader.u32(base + 28))
-                try reader.require(field: "p_offset/p_filesz of PT_NOTE \(index)", offset: offset, count: size)
-                notes += try Self.notes(in: reader, offset: offset, size: size, alignment: align == 8 ? 8 : 4)
+                noteSegments.append(ELFNoteSegment(offset: is64 ? reader.u64(base + 8) : UInt64(reader.u32(base + 4)),
+                                                   size: is64 ? reader.u64(base + 32) : UInt64(reader.u32(base + 16)),
+                                                   alignment: align == 8 ? 8 : 4))
                 continue
             }
             guard reader.u32(base) == Self.ptLoad else { continue }
@@ -129,32 +138,54 @@ public struct ELFFile: Sendable, Equatable {
         }
         guard !segments.isEmpty else { throw .noLoadableSegments }
         self.segments = segments
-        self.notes = notes
+        self.noteSegments = noteSegments
     }
 
-    /// The notes in [offset, offset + size) of the file: each a 12-byte header (n_namesz,
-    /// n_descsz, n_type), the name and the descriptor, each padded to `alignment`. A note that
-    /// runs past the segment is an error naming it.
-    static func notes(in reader: ByteReader, offset: UInt64, size: UInt64, alignment: UInt64) throws(LoaderError) -> [ELFNote] {
+    /// At most this many distinct PT_NOTE segments are read: kernels have one or two, and a
+    /// file with thousands pointing at the same bytes must not cost thousands of passes.
+    public static let noteSegmentLimit = 16
+
+    /// Every note of the PT_NOTE segments of `bytes` (the file this was parsed from), in file
+    /// order; segments repeated in the program header table count once. A segment beyond the file,
+    /// or a note running past its segment, is an error naming it.
+    public func notes(in bytes: [UInt8]) throws(LoaderError) -> [ELFNote] {
         var notes: [ELFNote] = []
-        var cursor: UInt64 = 0
-        func padded(_ value: UInt64) -> UInt64 { (value + alignment - 1) & ~(alignment - 1) }
-        while size - cursor >= 12 {
-            let at = Int(offset + cursor)
-            let nameSize = UInt64(reader.u32(at)), descriptorSize = UInt64(reader.u32(at + 4))
-            let type = reader.u32(at + 8)
-            let body = padded(nameSize) + padded(descriptorSize)  // each at most 2^32 + 7: no overflow
-            guard body <= size - cursor - 12 else {
-                throw .truncated(field: "n_namesz/n_descsz of the note at file offset \(hex(offset + cursor))",
-                                 offset: offset + cursor + 12, needed: body, fileSize: offset + size)
-            }
-            let nameStart = at + 12, descriptorStart = nameStart + Int(padded(nameSize))
-            let nameBytes = reader.bytes[nameStart..<nameStart + Int(nameSize)].prefix { $0 != 0 }
-            notes.append(ELFNote(name: String(decoding: nameBytes, as: UTF8.self), type: type,
-                                 descriptor: Array(reader.bytes[descriptorStart..<descriptorStart + Int(descriptorSize)])))
-            cursor += 12 + body
+        try forEachNote(in: bytes) { name, type, descriptor in
+            notes.append(ELFNote(name: String(decoding: name.prefix { $0 != 0 }, as: UTF8.self), type: type,
+                                 descriptor: Array(descriptor)))
+            return true
         }
         return notes
+    }
+
+    /// Calls `body` with each note's name bytes, type and descriptor bytes (slices of `bytes`,
+    /// not copies) until it returns false.
+    func forEachNote(in bytes: [UInt8],
+                     _ body: (ArraySlice<UInt8>, UInt32, ArraySlice<UInt8>) -> Bool) throws(LoaderError) {
+        let reader = ByteReader(bytes: bytes)
+        var seen: [ELFNoteSegment] = []
+        for segment in noteSegments where !seen.contains(segment) {
+            guard seen.count < Self.noteSegmentLimit else { return }
+            seen.append(segment)
+            try reader.require(field: "p_offset/p_filesz of a PT_NOTE", offset: segment.offset, count: segment.size)
+            let alignment = segment.alignment
+            func padded(_ value: UInt64) -> UInt64 { (value + alignment - 1) & ~(alignment - 1) }
+            var cursor: UInt64 = 0
+            while segment.size - cursor >= 12 {
+                let at = Int(segment.offset + cursor)
+                let nameSize = UInt64(reader.u32(at)), descriptorSize = UInt64(reader.u32(at + 4))
+                let type = reader.u32(at + 8)
+                let length = padded(nameSize) + padded(descriptorSize)  // each at most 2^32 + 7: no overflow
+                guard length <= segment.size - cursor - 12 else {
+                    throw .truncated(field: "n_namesz/n_descsz of the note at file offset \(hex(segment.offset + cursor))",
+                                     offset: segment.offset + cursor + 12, needed: length, fileSize: segment.offset + segment.size)
+                }
+                let nameStart = at + 12, descriptorStart = nameStart + Int(padded(nameSize))
+                guard body(bytes[nameStart..<nameStart + Int(nameSize)], type,
+                           bytes[descriptorStart..<descriptorStart + Int(descriptorSize)]) else { return }
+                cursor += 12 + length
+            }
+        }
     }
 
     /// True when `bytes` starts with the ELF magic "\x7FELF".

@@ -10,7 +10,8 @@ extension GuestImage {
     /// guest-physical 0.
     ///
     /// - Segments load at p_paddr, one chunk each, named "segment N" (N = program header index),
-    ///   `p_memsz` bytes long (file bytes, then zeros).
+    ///   `p_memsz` bytes long (file bytes, then zeros), in the RAM below the 3 GiB hole
+    ///   (`PCMemoryMap`).
     /// - The entry is e_entry translated to physical through the segment whose
     ///   [p_vaddr, p_vaddr + p_memsz) holds it; an e_entry that is no segment's virtual address but
     ///   lies in a segment's physical range is used as is (vmlinux-style files).
@@ -27,13 +28,14 @@ extension GuestImage {
         case .elf64:
             do { try checkLongModeMemory(memorySize) } catch { throw .setUp(error) }
             let reserved = longModeReservedRegions(memorySize: memorySize)
-            let chunks = try loadSegments(of: file, from: bytes, memorySize: memorySize, reserved: reserved)
+            let chunks = try loadSegments(of: file, from: bytes, memorySize: PCMemoryMap.lowRAMEnd(memorySize: memorySize),
+                                          reserved: reserved)
             let entry = try physicalEntry(of: file)
             var image = longModeImage(program: chunks[0], entry: entry, memorySize: memorySize)
             image.chunks.insert(contentsOf: chunks.dropFirst(), at: 1)
             return image
         case .elf32:
-            let chunks = try loadSegments(of: file, from: bytes, memorySize: memorySize,
+            let chunks = try loadSegments(of: file, from: bytes, memorySize: PCMemoryMap.lowRAMEnd(memorySize: memorySize),
                                           reserved: protectedModeReservedRegions)
             return protectedModeImage(chunks: chunks, entry: try physicalEntry(of: file))
         }

@@ -22,8 +22,8 @@ extension GuestImage {
     /// - Kernel: the file after the (setup_sects + 1) * 512 setup bytes, at pref_address (chunk
     ///   "kernel"); pref_address + init_size must fit in memory.
     /// - Zero page at 0x9000 (chunk "zero page"): the file's setup header copied in,
-    ///   type_of_loader 0xFF, cmd_line_ptr, ramdisk_image/size, and an E820 map (RAM below
-    ///   640 KiB, reserved to 1 MiB, RAM above).
+    ///   type_of_loader 0xFF, cmd_line_ptr, ramdisk_image/size, and the E820 map of
+    ///   `PCMemoryMap` (RAM below 640 KiB, reserved to 1 MiB, RAM to 3 GiB, RAM above 4 GiB).
     /// - initrd: page-aligned as high as possible below min(initrd_addr_max, memory) and above
     ///   the kernel (chunk "initrd").
     /// - Entry: long mode, identity paging, GDT with __BOOT_CS 0x10 and __BOOT_DS 0x18,
@@ -57,9 +57,10 @@ extension GuestImage {
         let payload = Array(kernel[Int(setupSize)...])
         let loadSize = max(UInt64(payload.count), initSize)
         let (kernelEnd, overflow) = load.addingReportingOverflow(loadSize)
-        guard !overflow, kernelEnd <= memorySize else {
+        let lowRAM = PCMemoryMap.lowRAMEnd(memorySize: memorySize)
+        guard !overflow, kernelEnd <= lowRAM else {
             throw .outsideMemory(field: "pref_address/init_size", what: "the kernel", start: load, size: loadSize,
-                                 memorySize: memorySize)
+                                 memorySize: lowRAM)
         }
         do { try checkLongModeMemory(memorySize) } catch { throw .setUp(error) }
         let reserved = longModeReservedRegions(memorySize: memorySize) + [
@@ -90,7 +91,7 @@ extension GuestImage {
         var chunks = [Chunk(address: GuestPhysicalAddress(load), bytes: payload, name: "kernel")]
         if let initrd {
             let size = UInt64(initrd.count)
-            let ceiling = min(UInt64(reader.u32(0x22C)) + 1, memorySize)
+            let ceiling = min(UInt64(reader.u32(0x22C)) + 1, lowRAM)
             guard size <= ceiling, (ceiling - size) & ~0xFFF >= kernelEnd else {
                 throw .outsideMemory(field: "initrd_addr_max", what: "the initrd", start: kernelEnd, size: size,
                                      memorySize: ceiling)
@@ -100,12 +101,12 @@ extension GuestImage {
             put(size, 0x21C, 4)                                // ramdisk_size
             chunks.append(Chunk(address: GuestPhysicalAddress(address), bytes: initrd, name: "initrd"))
         }
-        let e820: [(UInt64, UInt64, UInt64)] = [(0, 0xA_0000, 1), (0xA_0000, 0x6_0000, 2), (0x10_0000, memorySize - 0x10_0000, 1)]
+        let e820 = PCMemoryMap.ranges(memorySize: memorySize)
         put(UInt64(e820.count), 0x1E8, 1)                     // e820_entries
         for (index, entry) in e820.enumerated() {             // e820_table: addr, size, type
-            put(entry.0, 0x2D0 + index * 20, 8)
-            put(entry.1, 0x2D0 + index * 20 + 8, 8)
-            put(entry.2, 0x2D0 + index * 20 + 16, 4)
+            put(entry.address, 0x2D0 + index * 20, 8)
+            put(entry.size, 0x2D0 + index * 20 + 8, 8)
+            put(UInt64(entry.type), 0x2D0 + index * 20 + 16, 4)
         }
         chunks.append(Chunk(address: GuestPhysicalAddress(linuxZeroPageAddress), bytes: zeroPage, name: "zero page"))
         chunks.append(Chunk(address: GuestPhysicalAddress(linuxCommandLineAddress), bytes: line, name: "command line"))

@@ -27,31 +27,41 @@ public struct Multiboot2Header: Sendable, Equatable {
     /// Information types the kernel requires (type 1 without the optional flag).
     public var requiredInformation: [UInt32] = []
 
-    /// Finds and checks the first header in `bytes`: architecture 0 (i386), the checksum,
-    /// header_length inside the file, and every tag inside the header up to the end tag. Tags HV
-    /// cannot honour and the kernel did not mark optional are errors naming the tag.
+    /// Finds and checks the first header in `bytes`: architecture 0 (i386), the checksum, the
+    /// whole header inside the file and its first 32 KiB, and every tag inside the header up to
+    /// the end tag. A magic value whose checksum or architecture is wrong is skipped, as GRUB
+    /// does (the error names it when no good header follows). Tags HV cannot honour and the
+    /// kernel did not mark optional are errors naming the tag.
     public static func find(in bytes: [UInt8]) throws(LoaderError) -> Multiboot2Header {
         let reader = ByteReader(bytes: bytes)
         let limit = min(bytes.count, searchLimit)
+        var rejected: LoaderError?
         var offset = 0
         while offset + 16 <= limit {
             defer { offset += 8 }
             guard reader.u32(offset) == magic else { continue }
             let architecture = reader.u32(offset + 4), length = reader.u32(offset + 8), checksum = reader.u32(offset + 12)
             guard architecture == 0 else {
-                throw .unsupported(field: "architecture", value: UInt64(architecture), expected: "0 (i386 protected mode)")
+                rejected = rejected ?? .unsupported(field: "architecture", value: UInt64(architecture), expected: "0 (i386 protected mode)")
+                continue
             }
             guard magic &+ architecture &+ length &+ checksum == 0 else {
-                throw .unsupported(field: "checksum", value: UInt64(checksum),
-                                   expected: "magic + architecture + header_length + checksum = 0 mod 2^32 (Multiboot2 3.1.2)")
+                rejected = rejected ?? .unsupported(
+                    field: "checksum", value: UInt64(checksum),
+                    expected: "magic + architecture + header_length + checksum = 0 mod 2^32 (Multiboot2 3.1.2)")
+                continue
             }
             guard length >= 24 else {
                 throw .unsupported(field: "header_length", value: UInt64(length), expected: "at least 24 (16 bytes of fields and the end tag)")
             }
+            guard UInt64(offset) + UInt64(length) <= UInt64(searchLimit) else {
+                throw .unsupported(field: "header_length", value: UInt64(length),
+                                   expected: "a header that ends within the first 32768 bytes (3.1.1); it starts at \(hex(UInt64(offset)))")
+            }
             try reader.require(field: "header_length", offset: UInt64(offset), count: UInt64(length))
             return try parseTags(reader, header: offset, end: offset + Int(length))
         }
-        throw .multiboot2HeaderNotFound(searched: limit)
+        throw rejected ?? .multiboot2HeaderNotFound(searched: limit)
     }
 
     private static func parseTags(_ reader: ByteReader, header: Int, end: Int) throws(LoaderError) -> Multiboot2Header {
@@ -141,8 +151,8 @@ extension GuestImage {
             throw .unsupported(field: "information request", value: UInt64(type),
                                expected: "types HV provides: \(provided.sorted().map(String.init).joined(separator: ", ")), or the tag marked optional")
         }
-        let fourGiB: UInt64 = 1 << 32
-        let limit = min(memorySize, fourGiB)
+        // Kernel and modules go in the RAM below the 3 GiB hole (PCMemoryMap).
+        let limit = PCMemoryMap.lowRAMEnd(memorySize: memorySize)
 
         // The information's size does not depend on the module addresses: lay it out once with
         // zeros to reserve its place, and again once the modules are placed.
@@ -252,32 +262,21 @@ struct Multiboot2InfoBuilder {
         tag(type: 3, body: body)
     }
 
-    /// Tag 4: KiB of RAM below 640 KiB and above 1 MiB.
+    /// Tag 4: KiB of RAM below 640 KiB and from 1 MiB to the hole (as Multiboot 1's mem_*).
     mutating func basicMemory(memorySize: UInt64) {
-        var body = [UInt8](repeating: 0, count: 8)
-        let lower = min(memorySize, 0xA_0000) / 1024
-        let upper = memorySize > 0x10_0000 ? min((memorySize - 0x10_0000) / 1024, 0xFFFF_FFFF) : 0
-        for index in 0..<4 {
-            body[index] = UInt8(truncatingIfNeeded: lower >> UInt64(index * 8))
-            body[4 + index] = UInt8(truncatingIfNeeded: upper >> UInt64(index * 8))
-        }
+        let kib = PCMemoryMap.multibootKiB(memorySize: memorySize)
+        var body: [UInt8] = []
+        for value in [kib.lower, kib.upper] { body += (0..<4).map { UInt8(truncatingIfNeeded: value >> UInt64($0 * 8)) } }
         tag(type: 4, body: body)
     }
 
-    /// Tag 6: entry_size 24, entry_version 0, then base, length, type (1 RAM, 2 reserved).
+    /// Tag 6: entry_size 24, entry_version 0, then base, length, type per `PCMemoryMap` range.
     mutating func memoryMap(memorySize: UInt64) {
-        let lowEnd = min(memorySize, 0xA_0000)
-        var entries: [(UInt64, UInt64, UInt32)] = [(0, lowEnd, 1), (0xA_0000, 0x6_0000, 2)]
-        if memorySize > 0x10_0000 { entries.append((0x10_0000, memorySize - 0x10_0000, 1)) }
-        var body = [UInt8](repeating: 0, count: 8 + entries.count * 24)
-        body[0] = 24
-        for (index, entry) in entries.enumerated() {
-            let at = 8 + index * 24
-            for byte in 0..<8 {
-                body[at + byte] = UInt8(truncatingIfNeeded: entry.0 >> UInt64(byte * 8))
-                body[at + 8 + byte] = UInt8(truncatingIfNeeded: entry.1 >> UInt64(byte * 8))
-            }
-            for byte in 0..<4 { body[at + 16 + byte] = UInt8(truncatingIfNeeded: entry.2 >> UInt32(byte * 8)) }
+        var body: [UInt8] = [24, 0, 0, 0, 0, 0, 0, 0]
+        for range in PCMemoryMap.ranges(memorySize: memorySize) {
+            body += (0..<8).map { UInt8(truncatingIfNeeded: range.address >> UInt64($0 * 8)) }
+            body += (0..<8).map { UInt8(truncatingIfNeeded: range.size >> UInt64($0 * 8)) }
+            body += (0..<4).map { UInt8(truncatingIfNeeded: range.type >> UInt32($0 * 8)) } + [0, 0, 0, 0]
         }
         tag(type: 6, body: body)
     }

@@ -9,20 +9,22 @@ struct MultibootInfoBuilder {
     static let structureSize: UInt64 = 88
     /// One memory-map entry: size (u32, = 20, not counting itself), base_addr, length, type.
     static let mapEntrySize: UInt64 = 24
-    static let mapEntryCount: UInt64 = 3
     static let moduleEntrySize: UInt64 = 16
     static let bootLoaderName = "HV"
 
     let commandLine: String
     let moduleNames: [String]
+    /// The memory map (`PCMemoryMap`), one 24-byte entry per range.
+    let memoryMap: [PCMemoryRange]
 
-    init(commandLine: String, moduleNames: [String]) {
+    init(commandLine: String, moduleNames: [String], memorySize: UInt64) {
         self.commandLine = commandLine
         self.moduleNames = moduleNames
+        self.memoryMap = PCMemoryMap.ranges(memorySize: memorySize)
     }
 
     private var mapOffset: UInt64 { Self.structureSize }
-    private var modulesOffset: UInt64 { mapOffset + Self.mapEntryCount * Self.mapEntrySize }
+    private var modulesOffset: UInt64 { mapOffset + UInt64(memoryMap.count) * Self.mapEntrySize }
     private var stringsOffset: UInt64 { modulesOffset + UInt64(moduleNames.count) * Self.moduleEntrySize }
     private var strings: [String] { [Self.bootLoaderName, commandLine] + moduleNames }
 
@@ -32,6 +34,7 @@ struct MultibootInfoBuilder {
     /// The block for guest-physical `base`; `modules` are the [start, end) of each module
     /// (mod_end is exclusive, as GRUB writes it).
     func build(at base: UInt64, memorySize: UInt64, modules: [(start: UInt64, end: UInt64)]) -> [UInt8] {
+        precondition(memoryMap == PCMemoryMap.ranges(memorySize: memorySize), "built for another memory size")
         var bytes = [UInt8](repeating: 0, count: Int(size))
         func put32(_ value: UInt64, _ offset: UInt64) {
             for index in 0..<4 { bytes[Int(offset) + index] = UInt8(truncatingIfNeeded: value >> UInt64(index * 8)) }
@@ -52,31 +55,26 @@ struct MultibootInfoBuilder {
             cursor += 1  // the NUL
         }
 
-        // 3.3: mem_lower counts KiB from 0 (at most 640), mem_upper KiB from 1 MiB.
-        let lowEnd = min(memorySize, 0xA_0000)
+        // 3.3: mem_lower counts KiB from 0 (at most 640), mem_upper KiB from 1 MiB to the hole.
+        let kib = PCMemoryMap.multibootKiB(memorySize: memorySize)
         put32(UInt64(Self.flags), 0)
-        put32(lowEnd / 1024, 4)
-        put32(memorySize > 0x10_0000 ? min((memorySize - 0x10_0000) / 1024, 0xFFFF_FFFF) : 0, 8)
+        put32(kib.lower, 4)
+        put32(kib.upper, 8)
         put32(stringAddresses[1], 16)                        // cmdline
         put32(UInt64(modules.count), 20)                     // mods_count
         put32(base + modulesOffset, 24)                      // mods_addr
-        put32(Self.mapEntryCount * Self.mapEntrySize, 44)    // mmap_length
+        put32(UInt64(memoryMap.count) * Self.mapEntrySize, 44)  // mmap_length
         put32(base + mapOffset, 48)                          // mmap_addr
         put32(stringAddresses[0], 64)                        // boot_loader_name
 
         // mmap (3.3): type 1 = available RAM, 2 = reserved. The legacy 640 KiB-1 MiB hole is
         // reported reserved, as on a PC.
-        let regions: [(start: UInt64, end: UInt64, type: UInt64)] = [
-            (0, lowEnd, 1),
-            (lowEnd, min(max(memorySize, lowEnd), 0x10_0000), 2),
-            (0x10_0000, max(memorySize, 0x10_0000), 1),
-        ]
-        for (index, region) in regions.enumerated() {
+        for (index, range) in memoryMap.enumerated() {
             let offset = mapOffset + UInt64(index) * Self.mapEntrySize
             put32(Self.mapEntrySize - 4, offset)
-            put64(region.start, offset + 4)
-            put64(region.end - region.start, offset + 12)
-            put32(region.type, offset + 20)
+            put64(range.address, offset + 4)
+            put64(range.size, offset + 12)
+            put32(UInt64(range.type), offset + 20)
         }
         for (index, module) in modules.enumerated() {
             let offset = modulesOffset + UInt64(index) * Self.moduleEntrySize

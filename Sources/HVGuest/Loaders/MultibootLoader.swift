@@ -90,12 +90,13 @@ extension GuestImage {
     /// An image that boots the Multiboot 1 kernel `kernel` (Multiboot 0.6.96, 3.1-3.3).
     ///
     /// - Loading: by the a.out-kludge fields when header flag 16 is set (3.1.3), else by the ELF
-    ///   program headers (chunks "segment N"); everything must end below 4 GiB and in memory.
+    ///   program headers (chunks "segment N"); everything must lie in the RAM below the 3 GiB hole.
     /// - Modules: page-aligned one after another from the first 4 KiB boundary after the kernel
     ///   (and at least 1 MiB), chunks "module N".
     /// - Info at 0x9000 (chunk "multiboot info"): flags 0x24D = mem_lower/mem_upper (bit 0),
     ///   cmdline (bit 2) = `name`, then a space and `arguments` when they are not empty, mods
-    ///   (bit 3), mmap (bit 6: RAM below 640 KiB, reserved 640 KiB-1 MiB, RAM above) and
+    ///   (bit 3), mmap (bit 6: `PCMemoryMap`: RAM below 640 KiB, reserved 640 KiB-1 MiB, RAM to
+    ///   the 3 GiB hole, RAM above 4 GiB) and
     ///   boot_loader_name "HV" (bit 9).
     /// - Entry (3.2): 32-bit protected mode, paging off, flat CS/DS/ES/FS/GS/SS,
     ///   EAX = 0x2BADB002, EBX = 0x9000, EFLAGS = 0x2, ESP = 0x80000 (undefined by the spec).
@@ -105,14 +106,15 @@ extension GuestImage {
     ) throws(LoaderError) -> GuestImage {
         let header = try MultibootHeader.find(in: kernel)
         let info = MultibootInfoBuilder(
-            commandLine: arguments.isEmpty ? name : name + " " + arguments, moduleNames: modules.map(\.name))
+            commandLine: arguments.isEmpty ? name : name + " " + arguments, moduleNames: modules.map(\.name),
+            memorySize: memorySize)
         let infoEnd = multibootInfoAddress + info.size
         guard infoEnd <= multibootInfoLimit else {
             throw .multibootInfoTooLarge(size: info.size, maximum: multibootInfoLimit - multibootInfoAddress)
         }
         let reserved = protectedModeReservedRegions + [("multiboot info", multibootInfoAddress, infoEnd)]
-        let fourGiB: UInt64 = 1 << 32
-        let limit = min(memorySize, fourGiB)
+        // Kernel and modules go in the RAM below the 3 GiB hole (PCMemoryMap).
+        let limit = PCMemoryMap.lowRAMEnd(memorySize: memorySize)
 
         var chunks: [Chunk]
         let entry: UInt64

@@ -11,13 +11,19 @@ extension ELFFile {
     /// XEN_ELFNOTE_PHYS32_ENTRY (xen/include/public/elfnote.h).
     static let xenPhys32EntryNote: UInt32 = 18
 
-    /// The 32-bit physical PVH entry point from the "Xen" note of type 18, if the file has one.
-    /// The descriptor holds it in its low 32 bits (Linux writes 4 bytes, some kernels 8).
-    public var pvhEntry: UInt32? {
-        guard let note = notes.first(where: { $0.name == "Xen" && $0.type == Self.xenPhys32EntryNote }),
-              note.descriptor.count >= 4
-        else { return nil }
-        return ByteReader(bytes: note.descriptor).u32(0)
+    /// The 32-bit physical PVH entry point from the first "Xen" note of type 18 in `bytes` (the
+    /// file this was parsed from), if it has one. The descriptor holds it in its low 32 bits
+    /// (Linux writes 4 bytes, some kernels 8).
+    public func pvhEntry(in bytes: [UInt8]) throws(LoaderError) -> UInt32? {
+        var entry: UInt32?
+        try forEachNote(in: bytes) { name, type, descriptor in
+            guard type == Self.xenPhys32EntryNote, name.elementsEqual(Array("Xen".utf8) + [0]) || name.elementsEqual("Xen".utf8),
+                  descriptor.count >= 4 else { return true }
+            let start = descriptor.startIndex
+            entry = (0..<4).reduce(UInt32(0)) { $0 | UInt32(descriptor[start + $1]) << UInt32($1 * 8) }
+            return false
+        }
+        return entry
     }
 }
 
@@ -37,9 +43,10 @@ extension GuestImage {
     /// - Segments load at p_paddr (chunks "segment N"), checked as `elf(_:memorySize:)` does.
     /// - hvm_start_info version 1 at 0x9000 (chunk "start info", 56 bytes): magic 0x336EC578,
     ///   nr_modules, modlist_paddr, cmdline_paddr (0x20000, chunk "command line"), rsdp_paddr,
-    ///   memmap_paddr and memmap_entries (E820 types: RAM below 640 KiB, reserved to 1 MiB, RAM
-    ///   above). The memory map follows at 0x9038 (24-byte entries), the module list after it.
-    /// - initrd: page-aligned as high as possible in RAM, above every segment (chunk "initrd").
+    ///   memmap_paddr and memmap_entries (`PCMemoryMap`, E820 types). The memory map follows at
+    ///   0x9038 (24-byte entries), the module list after it.
+    /// - initrd: page-aligned as high as possible below the 3 GiB hole, above every segment and
+    ///   1 MiB (chunk "initrd").
     /// - Entry (pvh.pandoc): 32-bit protected mode, paging off, flat CS (0x08) and DS/ES/SS
     ///   (0x10), CR0 = PE | ET, CR4 = 0, EFLAGS = 0x2, EBX = 0x9000.
     ///
@@ -50,7 +57,7 @@ extension GuestImage {
         memorySize: UInt64
     ) throws(LoaderError) -> GuestImage {
         let file = try ELFFile(parsing: kernel)
-        guard let entry = file.pvhEntry else {
+        guard let entry = try file.pvhEntry(in: kernel) else {
             throw .unsupported(field: "XEN_ELFNOTE_PHYS32_ENTRY", value: 0,
                                expected: "a PT_NOTE with a \"Xen\" note of type 18 holding the 32-bit entry (a kernel built with CONFIG_PVH)")
         }
@@ -63,9 +70,8 @@ extension GuestImage {
             throw .unsupported(field: "command line", value: UInt64(line.count - 1),
                                expected: "at most \(pvhCommandLineLimit - 1) bytes")
         }
-        let memoryMap: [(address: UInt64, size: UInt64, type: UInt32)] = [
-            (0, 0xA_0000, 1), (0xA_0000, 0x6_0000, 2), (0x10_0000, memorySize - 0x10_0000, 1),
-        ]
+        let memoryMap = PCMemoryMap.ranges(memorySize: memorySize)
+        let lowRAM = PCMemoryMap.lowRAMEnd(memorySize: memorySize)
         let moduleCount: UInt64 = initrd == nil ? 0 : 1
         let mapAddress = pvhStartInfoAddress + 56
         let moduleListAddress = mapAddress + UInt64(memoryMap.count) * 24
@@ -74,7 +80,7 @@ extension GuestImage {
             ("start info", pvhStartInfoAddress, infoEnd),
             ("command line", pvhCommandLineAddress, pvhCommandLineAddress + pvhCommandLineLimit),
         ]
-        var chunks = try loadSegments(of: file, from: kernel, memorySize: memorySize, reserved: reserved)
+        var chunks = try loadSegments(of: file, from: kernel, memorySize: lowRAM, reserved: reserved)
         guard chunks.contains(where: { chunk in
             UInt64(entry) >= chunk.address.rawValue && UInt64(entry) - chunk.address.rawValue < UInt64(chunk.bytes.count)
         }) else {
@@ -100,12 +106,13 @@ extension GuestImage {
             put(UInt64(entry.type), at + 16, 4)
         }
         if let initrd {
+            // Above the kernel and 1 MiB (clear of every low structure), as high as possible below the hole.
             let size = UInt64(initrd.count)
-            let kernelEnd = chunks.map { $0.address.rawValue + UInt64($0.bytes.count) }.max() ?? 0
-            guard size <= memorySize, (memorySize - size) & ~0xFFF >= kernelEnd else {
-                throw .outsideMemory(field: "initrd", what: "the initrd", start: kernelEnd, size: size, memorySize: memorySize)
+            let floor = max(chunks.map { $0.address.rawValue + UInt64($0.bytes.count) }.max() ?? 0, PCMemoryMap.extendedStart)
+            guard size <= lowRAM, (lowRAM - size) & ~0xFFF >= floor else {
+                throw .outsideMemory(field: "initrd", what: "the initrd", start: floor, size: size, memorySize: lowRAM)
             }
-            let address = (memorySize - size) & ~0xFFF
+            let address = (lowRAM - size) & ~0xFFF
             let at = Int(moduleListAddress - pvhStartInfoAddress)  // struct hvm_modlist_entry
             put(address, at, 8)
             put(size, at + 8, 8)
