@@ -101,6 +101,67 @@ struct ScriptedResetTests {
         #expect(result.resets > 0)
     }
 
+    @Test("a stop while paused stands: resume() does not send the vCPUs back into the guest")
+    func stopWhilePaused() throws {
+        let vm = try scripted([[.portOut(port: 0x80, size: 1, values: [1])], [.portOut(port: 0x81, size: 1, values: [1])]],
+                              repeats: true, policy: .restart)
+        try vm.start(handler: NoExitHandler())
+        try vm.pause()
+        vm.stop()
+        try? vm.resume()
+        let started = ContinuousClock.now
+        let result = vm.wait()
+        #expect(result.reason == .requested)
+        #expect(ContinuousClock.now - started < .seconds(5))        // not the 30 s time limit
+    }
+
+    @Test("a reset that fails stops the VM with the reason; no vCPU runs the guest afterwards")
+    func failedReset() throws {
+        let vm = try scripted([[Self.reset, .portOut(port: 0x90, size: 1, values: [1])],
+                               [.portOut(port: 0x91, size: 1, values: [1])]],
+                              repeats: true, policy: .restart)
+        let afterFailure = Atomic<Int>(0)
+        let failed = Atomic<Bool>(false)
+        try vm.onReset { (_) throws(HVError) in
+            failed.store(true, ordering: .sequentiallyConsistent)
+            throw .invalidState(operation: "test reset step", state: .running)
+        }
+        let handler = ClosureExitHandler { exit, _ in
+            if case .portOut(let io) = exit, io.port == 0xCF9 { return .reset }
+            if failed.load(ordering: .sequentiallyConsistent) { afterFailure.add(1, ordering: .relaxed) }
+            return nil
+        }
+        try vm.start(handler: handler)
+        let result = vm.wait()
+        let hookRan = failed.load(ordering: .relaxed)
+        #expect(hookRan)
+        #expect(result.reason == .backendFailure)
+        #expect(result.error?.contains("reset failed") == true, "\(result.error ?? "")")
+        #expect(result.resets == 0)
+        #expect(afterFailure.load(ordering: .relaxed) == 0)
+        #expect(vm.state == .error)
+    }
+
+    @Test("three vCPUs meet at the reset; a host reset of a paused VM happens on resume")
+    func threeVCPUsAndPausedHostReset() throws {
+        let spin = ScriptedExit.portOut(port: 0x80, size: 1, values: [1])
+        let vm = try scripted([[spin], [spin], [spin]], repeats: true, policy: .restart)
+        try vm.start(handler: NoExitHandler())
+        try vm.pause()
+        try vm.reset()
+        #expect(vm.resets == 0)                                     // not while paused
+        try vm.resume()
+        let deadline = ContinuousClock.now + .seconds(10)
+        while vm.resets < 1, ContinuousClock.now < deadline {}
+        try vm.reset()
+        while vm.resets < 2, ContinuousClock.now < deadline {}
+        vm.stop()
+        let result = vm.wait()
+        #expect(result.resets == 2)
+        #expect(result.reason == .requested)
+        #expect(vm.vcpus.allSatisfy { $0.pendingExitCompletions == 2 })
+    }
+
     @Test("Machine.reset() from the host needs the restart policy and a started VM")
     func hostResetPreconditions() throws {
         let stopping = try scripted([[.halt]], policy: .stop)

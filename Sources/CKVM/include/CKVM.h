@@ -56,6 +56,8 @@ static const unsigned long HV_KVM_GET_XCRS = KVM_GET_XCRS;
 static const unsigned long HV_KVM_SET_XCRS = KVM_SET_XCRS;
 static const unsigned long HV_KVM_GET_IRQCHIP = KVM_GET_IRQCHIP;
 static const unsigned long HV_KVM_SET_IRQCHIP = KVM_SET_IRQCHIP;
+static const unsigned long HV_KVM_GET_NESTED_STATE = KVM_GET_NESTED_STATE;
+static const unsigned long HV_KVM_SET_NESTED_STATE = KVM_SET_NESTED_STATE;
 
 // ioctl(2) is variadic, which Swift cannot call: one forwarder per argument kind.
 static inline int hv_ioctl_ptr(int fd, unsigned long request, void *argument) {

@@ -102,8 +102,10 @@ public protocol VCPU: AnyObject, Sendable {
     /// completes, RIP moves past it), so saved or restored state is not overwritten by it
     /// later. Call on the vCPU's thread, outside `run()`.
     func completePendingExit() throws(HVError)
-    /// A copy of the vCPU's whole state. Call while the vCPU is not running.
+    /// A copy of the vCPU's whole state; reads only. Call while the vCPU is not running.
     func saveState() throws(HVError) -> SavedState
-    /// Puts back state from `saveState()`. Call while the vCPU is not running.
+    /// Puts back state from `saveState()`. Call while the vCPU is not running; unlike `run()`
+    /// and the register calls, from any thread (a reset restores every vCPU from one thread
+    /// while their own threads wait).
     func restoreState(_ state: SavedState) throws(HVError)
 }

@@ -154,15 +154,21 @@ public final class Machine<B: Backend>: @unchecked Sendable {
     /// Starts one thread per vCPU running `handler` first, then the device bus, then the
     /// defaults. Returns at once; `wait()` returns when the VM stops.
     public func start<H: ExitHandler & Sendable>(handler: H) throws(HVError) {
-        if configuration.resetPolicy == .restart, state == .created {
-            // The state a reset returns to: registers as loaded, APs waiting for SIPI.
-            powerOnState = (try vm.saveState(), try vcpus.map { (vcpu) throws(HVError) in try vcpu.saveState() })
-        }
         lock.lock()
         guard _state.canTransition(to: .running), _state == .created else {
             let current = _state
             lock.unlock()
             throw .invalidState(operation: "start", state: current)
+        }
+        if configuration.resetPolicy == .restart {
+            // The state a reset returns to: registers as loaded, APs waiting for SIPI. Saved under
+            // the lock, so a second start() cannot save it again while the vCPUs run.
+            do throws(HVError) {
+                powerOnState = (try vm.saveState(), try vcpus.map { (vcpu) throws(HVError) in try vcpu.saveState() })
+            } catch {
+                lock.unlock()
+                throw error
+            }
         }
         _state = .running
         perVCPUStatistics = vcpus.map { _ in ExitStatistics() }
@@ -231,7 +237,8 @@ public final class Machine<B: Backend>: @unchecked Sendable {
         for vcpu in vcpus { vcpu.requestExit() }
         lock.lock()
         while parked + finished < vcpus.count { lock.wait() }
-        if _state == .running { _state = .paused }
+        // A stop that came in meanwhile wins: the VM is on its way to stopped, not paused.
+        if _state == .running, request.load(ordering: .acquiring) == Request.pause.rawValue { _state = .paused }
         lock.unlock()
         log.debug("paused")
     }
@@ -242,6 +249,8 @@ public final class Machine<B: Backend>: @unchecked Sendable {
         defer { lock.unlock() }
         guard _state == .paused else { throw .invalidState(operation: "resume", state: _state) }
         _state = .running
+        // A stop requested while paused stands: the parked vCPUs wake to it and end.
+        guard request.load(ordering: .acquiring) != Request.stop.rawValue else { return }
         request.store((resetPending ? Request.reset : Request.none).rawValue, ordering: .sequentiallyConsistent)
         resetPending = false
         lock.broadcast()
@@ -506,37 +515,45 @@ public final class Machine<B: Backend>: @unchecked Sendable {
         lock.lock()
         resetArrivals = 0
         resetGeneration += 1
-        if failure == nil { resetCount += 1 }
-        if request.load(ordering: .acquiring) == Request.reset.rawValue {
-            request.store(Request.none.rawValue, ordering: .sequentiallyConsistent)
+        if let failure {
+            // Half-restored: the waiters must wake to a stop, never to the guest.
+            if stopResult == nil { stopResult = (.backendFailure, vcpu.id, "reset failed: \(failure)") }
+            request.store(Request.stop.rawValue, ordering: .sequentiallyConsistent)
+        } else {
+            resetCount += 1
+            if request.load(ordering: .acquiring) == Request.reset.rawValue {
+                request.store(Request.none.rawValue, ordering: .sequentiallyConsistent)
+            }
         }
         let count = resetCount
         lock.broadcast()
         lock.unlock()
         if let failure {
-            requestStop(.backendFailure, vcpuID: vcpu.id, error: "reset failed: \(failure)")
+            for other in vcpus where other.id != vcpu.id { other.requestExit() }
             throw failure
         }
         log.info("guest reset #\(count): \(vcpus.count) vCPU(s) back to their state at start")
         return true
     }
 
-    /// Puts the machine back to its state at `start`: devices first (their interrupt lines
-    /// drop), then the backend's interrupt controllers and every vCPU (registers, MSRs, FPU,
-    /// local APIC, multiprocessing state: application processors wait for INIT-SIPI-SIPI again,
-    /// SDM Vol. 3A 9.1 "Initialization overview"), then the loaded images and the reset steps.
+    /// Puts the machine back to its state at `start`: first the loaded images and the reset
+    /// steps (a vCPU's restore may read guest memory, e.g. PAE page-directory pointers), then the
+    /// backend's interrupt controllers and every vCPU (registers, MSRs, FPU, local APIC,
+    /// multiprocessing state: application processors wait for INIT-SIPI-SIPI again, SDM Vol. 3A
+    /// 9.1 "Initialization overview"), and last the devices, whose reset lowers their interrupt
+    /// lines on the restored controllers (a line raised meanwhile by a host thread is not lost).
     /// RAM outside the images keeps its contents, as on a PC.
     private func resetInPlace() throws(HVError) {
         guard let powerOnState else {
             throw .invalidState(operation: "reset (no state saved at start)", state: state)
         }
-        devices.resetDevices()
-        try vm.restoreState(powerOnState.vm)
-        for index in vcpus.indices { try vcpus[index].restoreState(powerOnState.vcpus[index]) }
         for chunk in loadedChunks {
             do { try memory.write(bytes: chunk.bytes, at: chunk.address) } catch { throw .memory(error) }
         }
         for hook in resetHooks { try hook(self) }
+        try vm.restoreState(powerOnState.vm)
+        for index in vcpus.indices { try vcpus[index].restoreState(powerOnState.vcpus[index]) }
+        devices.resetDevices()
         expiredTimers.store(0, ordering: .sequentiallyConsistent)
     }
 

@@ -22,6 +22,9 @@ public struct KVMVCPUState: @unchecked Sendable {
     var mpState: kvm_mp_state?
     var events = kvm_vcpu_events()
     var debugRegisters = kvm_debugregs()
+    /// `struct kvm_nested_state` as KVM_GET_NESTED_STATE wrote it, where KVM can nest (a guest
+    /// that ran VMXON or set EFER.SVME); nil without KVM_CAP_NESTED_STATE.
+    var nested: [UInt8]?
 
     /// The MSRs saved, by index (for tests and tools).
     public var msrValues: [UInt32: UInt64] {
@@ -66,8 +69,19 @@ extension KVMVCPU {
             try KVMSyscall.ioctl(fd, HV_KVM_GET_XCRS, &xcrs, "KVM_GET_XCRS")
             state.xcrs = xcrs
         }
-        let values = try msrs(vm.savedMSRs)
-        state.msrs = try writableMSRs(values.sorted { $0.key < $1.key }.map { ($0.key, $0.value) })
+        let values = try msrs(vm.restorableMSRs)
+        state.msrs = values.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
+        let nestedCapacity = Int(vm.backend.check(.nestedState))
+        if nestedCapacity >= 128 {
+            // api.rst 4.114: the caller puts its buffer size in `size`; KVM writes the real one.
+            var buffer = [UInt8](repeating: 0, count: nestedCapacity)
+            buffer.withUnsafeMutableBytes { $0.storeBytes(of: UInt32(nestedCapacity), toByteOffset: 4, as: UInt32.self) }
+            if buffer.withUnsafeMutableBytes({ hv_ioctl_ptr(fd, HV_KVM_GET_NESTED_STATE, $0.baseAddress!) }) < 0 {
+                throw .systemCall(operation: "KVM_GET_NESTED_STATE", errno: errno)
+            }
+            let size = Int(buffer.withUnsafeBytes { $0.load(fromByteOffset: 4, as: UInt32.self) })
+            state.nested = Array(buffer.prefix(min(max(size, 128), nestedCapacity)))
+        }
         if vm.configuration.interruptController != .none {
             var lapic = kvm_lapic_state()
             try KVMSyscall.ioctl(fd, HV_KVM_GET_LAPIC, &lapic, "KVM_GET_LAPIC")
@@ -81,9 +95,15 @@ extension KVMVCPU {
         return state
     }
 
-    /// The MSRs of `msrs` that KVM accepts back: each batch is written with the values just
-    /// read (no change for the guest), and an MSR KVM refuses (some paravirtual MSRs need CPUID
-    /// bits first) is left out of the saved state, as KVM_SET_MSRS stops at the first refusal.
+    /// The MSRs of `indices` this vCPU reads and KVM accepts back: each batch is written with
+    /// the values just read, and an MSR KVM refuses (some paravirtual MSRs need CPUID bits
+    /// first) is left out, as KVM_SET_MSRS stops at the first refusal. Call on a new vCPU, before
+    /// the guest runs: the writes put back what was read.
+    func restorableMSRs(of indices: [UInt32]) throws(HVError) -> [UInt32] {
+        let read = try msrs(indices).sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
+        return try writableMSRs(read).map(\.index)
+    }
+
     private func writableMSRs(_ msrs: [(index: UInt32, value: UInt64)]) throws(HVError) -> [(index: UInt32, value: UInt64)] {
         var accepted: [(index: UInt32, value: UInt64)] = []
         var pending = msrs[...]
@@ -103,7 +123,9 @@ extension KVMVCPU {
 
     /// Writes the whole vCPU back, in the order QEMU's kvm_arch_put_registers does: registers,
     /// XSAVE, XCRs, special registers (EFER and APIC base before the MSRs and LAPIC that depend
-    /// on them), MSRs, MP state, LAPIC, pending events, debug registers.
+    /// on them), MSRs, MP state, LAPIC, pending events, debug registers. The nested state goes
+    /// first of the system state: the state HV restores is the one at start, outside VMX/SVM
+    /// operation, and leaving nested operation first lets KVM accept a CR4 without VMXE.
     public func restoreState(_ saved: KVMVCPUState) throws(HVError) {
         var state = saved
         try KVMSyscall.ioctl(fd, HV_KVM_SET_REGS, &state.regs, "KVM_SET_REGS")
@@ -113,6 +135,10 @@ extension KVMVCPU {
             try KVMSyscall.ioctl(fd, HV_KVM_SET_FPU, &state.fpu, "KVM_SET_FPU")
         }
         if var xcrs = state.xcrs { try KVMSyscall.ioctl(fd, HV_KVM_SET_XCRS, &xcrs, "KVM_SET_XCRS") }
+        if var nested = state.nested,
+           nested.withUnsafeMutableBytes({ hv_ioctl_ptr(fd, HV_KVM_SET_NESTED_STATE, $0.baseAddress!) }) < 0 {
+            throw .systemCall(operation: "KVM_SET_NESTED_STATE", errno: errno)
+        }
         try KVMSyscall.ioctl(fd, HV_KVM_SET_SREGS, &state.sregs, "KVM_SET_SREGS")
         if !state.msrs.isEmpty {
             let buffer = KVMMSRBuffer(indices: state.msrs.map(\.index))

@@ -15,8 +15,9 @@ public final class KVMVCPU: VCPU, @unchecked Sendable {
     let shared: UnsafeMutablePointer<kvm_run>
     let mapSize: Int
     let vm: KVMVirtualMachine
-    /// The pthread running this vCPU, 0 when none (for the kick signal).
-    private let thread = Atomic<UInt>(0)
+    /// The pthread running this vCPU, 0 when none (for the kick signal). A Mutex, not an atomic:
+    /// `finishThread()` cannot clear it, and the thread cannot end, while a kick is signalling it.
+    private let thread = Mutex<UInt>(0)
 
     init(id: Int, fd: Int32, run: UnsafeMutableRawPointer, mapSize: Int, vm: KVMVirtualMachine) {
         self.id = id
@@ -145,8 +146,9 @@ public final class KVMVCPU: VCPU, @unchecked Sendable {
 
     public func requestExit() {
         hv_store_immediate_exit(shared, 1)
-        let target = thread.load(ordering: .acquiring)
-        if target != 0 { _ = pthread_kill(pthread_t(target), hv_kick_signal()) }
+        thread.withLock { target in
+            if target != 0 { _ = pthread_kill(pthread_t(target), hv_kick_signal()) }
+        }
     }
 
     public func clearExitRequest() {
@@ -155,12 +157,12 @@ public final class KVMVCPU: VCPU, @unchecked Sendable {
 
     public func prepareThread() throws(HVError) {
         try KVMKickSignal.install()
-        thread.store(UInt(pthread_self()), ordering: .releasing)
+        thread.withLock { $0 = UInt(pthread_self()) }
     }
 
     /// Forgets the thread so no signal is sent to it after it ends.
     public func finishThread() {
-        thread.store(0, ordering: .releasing)
+        thread.withLock { $0 = 0 }
     }
 }
 

@@ -3,6 +3,7 @@
 #if os(Linux)
 import CKVM
 import Glibc
+import Synchronization
 
 /// Owns a VM file descriptor. vCPUs keep their VM alive.
 public final class KVMVirtualMachine: VirtualMachine {
@@ -13,8 +14,12 @@ public final class KVMVirtualMachine: VirtualMachine {
     public let configuration: VirtualMachineConfiguration
     /// The CPUID table every vCPU starts from (KVM_GET_SUPPORTED_CPUID), APIC ids patched per vCPU.
     let cpuid: [CPUIDEntry]
-    /// The MSRs a vCPU's saved state holds (KVM_GET_MSR_INDEX_LIST).
+    /// The MSRs KVM lists for saving (KVM_GET_MSR_INDEX_LIST).
     let savedMSRs: [UInt32]
+    /// Those of `savedMSRs` that vCPU 0 read and KVM took back when it was created: what a
+    /// vCPU's saved state holds. Set once, by the first `createVCPU`.
+    private let restorableMSRList = Mutex<[UInt32]?>(nil)
+    var restorableMSRs: [UInt32] { restorableMSRList.withLock { $0 ?? [] } }
 
     /// Where KVM may place the three pages it needs for real mode on Intel (KVM_SET_TSS_ADDR)
     /// and the identity-map page: just below the 4 GiB BIOS area, inside the MMIO hole, as QEMU does.
@@ -160,6 +165,11 @@ public final class KVMVirtualMachine: VirtualMachine {
         }
         let table = KVMCPUIDBuffer(entries: Self.cpuid(cpuid, forVCPU: UInt32(id)))
         try KVMSyscall.ioctl(vcpuFD, HV_KVM_SET_CPUID2, pointer: table.raw, "KVM_SET_CPUID2")
+        if restorableMSRList.withLock({ $0 == nil }) {
+            // Probed on a fresh vCPU, before any guest code: saving state later only reads.
+            let list = try vcpu.restorableMSRs(of: savedMSRs)
+            restorableMSRList.withLock { $0 = $0 ?? list }
+        }
         return vcpu
     }
 
