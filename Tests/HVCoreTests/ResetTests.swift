@@ -210,6 +210,20 @@ struct KVMResetTests {
     static let bootCounter: UInt64 = 0xB000     // RAM outside the image: survives a reset
     static let kernelGSBase: UInt32 = 0xC000_0102
     static let apCounter: UInt64 = 0xA010
+    /// Where the AP's real-mode code goes (SIPI vector 0x08).
+    static let trampoline: UInt64 = 0x8000
+
+    /// Two vCPUs with `irqchip`, the restart policy, a console and the 0xCF9 reset register.
+    static func twoVCPUMachine(_ irqchip: InterruptControllerMode) throws -> Machine<KVMBackend> {
+        let vm = try KVMHost.machine(cpus: 2) {
+            $0.interruptController = irqchip
+            $0.resetPolicy = .restart
+        }
+        _ = try attachConsole(vm)
+        try vm.devices.register(PCIHostBridge(resetControl: ResetControlDevice()),
+                                port: PCIHostBridge.basePort, count: PCIHostBridge.portCount)
+        return vm
+    }
 
     @Test("a guest resets through the i8042 and then 0xCF9 and boots three times from fresh state")
     func threeBoots() throws {
@@ -272,14 +286,8 @@ struct KVMResetTests {
     @Test("after a reset the AP waits for INIT-SIPI-SIPI again and the BSP's LAPIC is back to power-on",
           arguments: [InterruptControllerMode.kernel, .split])
     func applicationProcessorRestarts(irqchip: InterruptControllerMode) throws {
-        let vm = try KVMHost.machine(cpus: 2) {
-            $0.interruptController = irqchip
-            $0.resetPolicy = .restart
-        }
-        _ = try attachConsole(vm)
-        try vm.devices.register(PCIHostBridge(resetControl: ResetControlDevice()),
-                                port: PCIHostBridge.basePort, count: PCIHostBridge.portCount)
-        let trampoline: UInt64 = 0x8000
+        let vm = try Self.twoVCPUMachine(irqchip)
+        let trampoline = Self.trampoline
         try vm.load(GuestProgram.longMode { a in
             let apicWasReset = a.label(), wait = a.label(), second = a.label(), delay = a.label(), apStill = a.label()
             a.mov(Register64.rbx, Immediate(Self.bootCounter))
@@ -389,14 +397,8 @@ struct KVMResetTests {
 
     @Test("stress: a 2-vCPU split-irqchip guest resets over and over while the host pauses and resumes it")
     func resetStorm() throws {
-        let vm = try KVMHost.machine(cpus: 2) {
-            $0.interruptController = .split
-            $0.resetPolicy = .restart
-        }
-        _ = try attachConsole(vm)
-        try vm.devices.register(PCIHostBridge(resetControl: ResetControlDevice()),
-                                port: PCIHostBridge.basePort, count: PCIHostBridge.portCount)
-        let trampoline: UInt64 = 0x8000
+        let vm = try Self.twoVCPUMachine(.split)
+        let trampoline = Self.trampoline
         try vm.load(GuestProgram.longMode { a in
             let delay = a.label()
             a.enableLocalAPIC()
