@@ -138,3 +138,11 @@ extension X86Assembler {
 func littleEndian(_ value: UInt64, count: Int) -> [UInt8] {
     (0..<count).map { UInt8(truncatingIfNeeded: value >> UInt64($0 * 8)) }
 }
+
+extension Array where Element == UInt8 {
+    /// Writes the low `count` bytes of `value`, least significant first, at `offset` (boot
+    /// structures the loaders fill in place: zero page, Multiboot info, hvm_start_info).
+    mutating func putLittleEndian(_ value: UInt64, at offset: Int, count: Int) {
+        for index in 0..<count { self[offset + index] = UInt8(truncatingIfNeeded: value >> UInt64(index * 8)) }
+    }
+}

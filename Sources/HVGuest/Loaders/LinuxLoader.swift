@@ -83,9 +83,7 @@ extension GuestImage {
         var zeroPage = [UInt8](repeating: 0, count: 0x1000)
         let headerEnd = min(0x202 + Int(kernel[0x201]), Int(setupSize), 0x1000)
         zeroPage.replaceSubrange(0x1F1..<headerEnd, with: kernel[0x1F1..<headerEnd])
-        func put(_ value: UInt64, _ offset: Int, _ count: Int) {
-            for index in 0..<count { zeroPage[offset + index] = UInt8(truncatingIfNeeded: value >> UInt64(index * 8)) }
-        }
+        func put(_ value: UInt64, _ offset: Int, _ count: Int) { zeroPage.putLittleEndian(value, at: offset, count: count) }
         put(0xFF, 0x210, 1)                                   // type_of_loader: undefined loader
         put(linuxCommandLineAddress, 0x228, 4)                // cmd_line_ptr
         var chunks = [Chunk(address: GuestPhysicalAddress(load), bytes: payload, name: "kernel")]

@@ -236,17 +236,13 @@ extension GuestImage {
 struct Multiboot2InfoBuilder {
     private(set) var bytes = [UInt8](repeating: 0, count: 8)
 
-    private mutating func put(_ value: UInt64, at offset: Int, _ count: Int) {
-        for index in 0..<count { bytes[offset + index] = UInt8(truncatingIfNeeded: value >> UInt64(index * 8)) }
-    }
-
     private mutating func tag(type: UInt32, body: [UInt8]) {
         let start = bytes.count
         bytes += [UInt8](repeating: 0, count: 8) + body
-        put(UInt64(type), at: start, 4)
-        put(UInt64(8 + body.count), at: start + 4, 4)
+        bytes.putLittleEndian(UInt64(type), at: start, count: 4)
+        bytes.putLittleEndian(UInt64(8 + body.count), at: start + 4, count: 4)
         while bytes.count % 8 != 0 { bytes.append(0) }
-        put(UInt64(bytes.count), at: 0, 4)  // total_size so far
+        bytes.putLittleEndian(UInt64(bytes.count), at: 0, count: 4)  // total_size so far
     }
 
     mutating func string(type: UInt32, _ text: String) { tag(type: type, body: Array(text.utf8) + [0]) }
@@ -254,29 +250,21 @@ struct Multiboot2InfoBuilder {
 
     /// Tag 3: mod_start, mod_end (exclusive), then the module's string.
     mutating func module(start: UInt64, end: UInt64, name: String) {
-        var body = [UInt8](repeating: 0, count: 8) + Array(name.utf8) + [0]
-        for index in 0..<4 {
-            body[index] = UInt8(truncatingIfNeeded: start >> UInt64(index * 8))
-            body[4 + index] = UInt8(truncatingIfNeeded: end >> UInt64(index * 8))
-        }
-        tag(type: 3, body: body)
+        tag(type: 3, body: littleEndian(start, count: 4) + littleEndian(end, count: 4) + Array(name.utf8) + [0])
     }
 
     /// Tag 4: KiB of RAM below 640 KiB and from 1 MiB to the hole (as Multiboot 1's mem_*).
     mutating func basicMemory(memorySize: UInt64) {
         let kib = PCMemoryMap.multibootKiB(memorySize: memorySize)
-        var body: [UInt8] = []
-        for value in [kib.lower, kib.upper] { body += (0..<4).map { UInt8(truncatingIfNeeded: value >> UInt64($0 * 8)) } }
-        tag(type: 4, body: body)
+        tag(type: 4, body: littleEndian(kib.lower, count: 4) + littleEndian(kib.upper, count: 4))
     }
 
     /// Tag 6: entry_size 24, entry_version 0, then base, length, type per `PCMemoryMap` range.
     mutating func memoryMap(memorySize: UInt64) {
-        var body: [UInt8] = [24, 0, 0, 0, 0, 0, 0, 0]
+        var body = littleEndian(24, count: 4) + littleEndian(0, count: 4)
         for range in PCMemoryMap.ranges(memorySize: memorySize) {
-            body += (0..<8).map { UInt8(truncatingIfNeeded: range.address >> UInt64($0 * 8)) }
-            body += (0..<8).map { UInt8(truncatingIfNeeded: range.size >> UInt64($0 * 8)) }
-            body += (0..<4).map { UInt8(truncatingIfNeeded: range.type >> UInt32($0 * 8)) } + [0, 0, 0, 0]
+            body += littleEndian(range.address, count: 8) + littleEndian(range.size, count: 8)
+                + littleEndian(UInt64(range.type), count: 4) + littleEndian(0, count: 4)
         }
         tag(type: 6, body: body)
     }

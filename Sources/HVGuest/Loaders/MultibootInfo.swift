@@ -36,13 +36,8 @@ struct MultibootInfoBuilder {
     func build(at base: UInt64, memorySize: UInt64, modules: [(start: UInt64, end: UInt64)]) -> [UInt8] {
         precondition(memoryMap == PCMemoryMap.ranges(memorySize: memorySize), "built for another memory size")
         var bytes = [UInt8](repeating: 0, count: Int(size))
-        func put32(_ value: UInt64, _ offset: UInt64) {
-            for index in 0..<4 { bytes[Int(offset) + index] = UInt8(truncatingIfNeeded: value >> UInt64(index * 8)) }
-        }
-        func put64(_ value: UInt64, _ offset: UInt64) {
-            put32(value & 0xFFFF_FFFF, offset)
-            put32(value >> 32, offset + 4)
-        }
+        func put32(_ value: UInt64, _ offset: UInt64) { bytes.putLittleEndian(value, at: Int(offset), count: 4) }
+        func put64(_ value: UInt64, _ offset: UInt64) { bytes.putLittleEndian(value, at: Int(offset), count: 8) }
         // Strings first, remembering each one's address.
         var stringAddresses: [UInt64] = []
         var cursor = stringsOffset

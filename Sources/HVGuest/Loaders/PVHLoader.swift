@@ -88,9 +88,7 @@ extension GuestImage {
         }
 
         var info = [UInt8](repeating: 0, count: Int(infoEnd - pvhStartInfoAddress))
-        func put(_ value: UInt64, _ offset: Int, _ count: Int) {
-            for index in 0..<count { info[offset + index] = UInt8(truncatingIfNeeded: value >> UInt64(index * 8)) }
-        }
+        func put(_ value: UInt64, _ offset: Int, _ count: Int) { info.putLittleEndian(value, at: offset, count: count) }
         put(UInt64(pvhStartInfoMagic), 0, 4)               // magic
         put(1, 4, 4)                                        // version: the memory map fields are valid
         put(moduleCount, 12, 4)                             // nr_modules
