@@ -15,8 +15,9 @@ public struct KVMVCPUState: @unchecked Sendable {
     var fpu = kvm_fpu()
     var xsave: kvm_xsave?
     var xcrs: kvm_xcrs?
-    /// Every MSR of KVM_GET_MSR_INDEX_LIST that the vCPU could read, in index order.
-    var msrs: [(index: UInt32, value: UInt64)] = []
+    /// The MSRs saved, by index: those of KVM_GET_MSR_INDEX_LIST that KVM took back when vCPU 0
+    /// was created (`KVMVirtualMachine.restorableMSRs`).
+    public internal(set) var msrs: [UInt32: UInt64] = [:]
     /// With an in-kernel local APIC only.
     var lapic: kvm_lapic_state?
     var mpState: kvm_mp_state?
@@ -25,13 +26,6 @@ public struct KVMVCPUState: @unchecked Sendable {
     /// `struct kvm_nested_state` as KVM_GET_NESTED_STATE wrote it, where KVM can nest (a guest
     /// that ran VMXON or set EFER.SVME); nil without KVM_CAP_NESTED_STATE.
     var nested: [UInt8]?
-
-    /// The MSRs saved, by index (for tests and tools).
-    public var msrValues: [UInt32: UInt64] {
-        Dictionary(msrs.map { ($0.index, $0.value) }, uniquingKeysWith: { $1 })
-    }
-    /// RIP as saved.
-    public var rip: UInt64 { regs.rip }
 }
 
 /// The in-kernel PIC pair and I/O APIC of a `kernel`-irqchip VM (nothing for `none` and `split`,
@@ -69,8 +63,7 @@ extension KVMVCPU {
             try KVMSyscall.ioctl(fd, HV_KVM_GET_XCRS, &xcrs, "KVM_GET_XCRS")
             state.xcrs = xcrs
         }
-        let values = try msrs(vm.restorableMSRs)
-        state.msrs = values.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
+        state.msrs = try msrs(vm.restorableMSRs)
         let nestedCapacity = Int(vm.backend.check(.nestedState))
         if nestedCapacity >= 128 {
             // api.rst 4.114: the caller puts its buffer size in `size`; KVM writes the real one.
@@ -140,14 +133,7 @@ extension KVMVCPU {
             throw .systemCall(operation: "KVM_SET_NESTED_STATE", errno: errno)
         }
         try KVMSyscall.ioctl(fd, HV_KVM_SET_SREGS, &state.sregs, "KVM_SET_SREGS")
-        if !state.msrs.isEmpty {
-            let buffer = KVMMSRBuffer(indices: state.msrs.map(\.index))
-            for i in 0..<state.msrs.count { buffer[i].data = state.msrs[i].value }
-            let written = Int(try KVMSyscall.ioctl(fd, HV_KVM_SET_MSRS, pointer: buffer.raw, "KVM_SET_MSRS"))
-            if written < state.msrs.count {
-                throw .systemCall(operation: "KVM_SET_MSRS(MSR 0x\(String(state.msrs[written].index, radix: 16)))", errno: EINVAL)
-            }
-        }
+        if !state.msrs.isEmpty { try setMSRs(state.msrs) }
         if var mp = state.mpState { try KVMSyscall.ioctl(fd, HV_KVM_SET_MP_STATE, &mp, "KVM_SET_MP_STATE") }
         if var lapic = state.lapic { try KVMSyscall.ioctl(fd, HV_KVM_SET_LAPIC, &lapic, "KVM_SET_LAPIC") }
         try KVMSyscall.ioctl(fd, HV_KVM_SET_VCPU_EVENTS, &state.events, "KVM_SET_VCPU_EVENTS")
