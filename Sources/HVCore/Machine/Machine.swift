@@ -133,11 +133,7 @@ public final class Machine<B: Backend>: @unchecked Sendable {
     /// INIT-SIPI-SIPI as on real hardware (SDM Vol. 3A, 9.4 "Multiple-processor initialization").
     public func load(_ image: GuestImage, vcpus ids: [Int]? = nil) throws(HVError) {
         guard state == .created else { throw .invalidState(operation: "load an image into", state: state) }
-        let loader = LogCategory.loader.logger
-        for chunk in image.chunks {
-            do { try memory.write(bytes: chunk.bytes, at: chunk.address) } catch { throw .memory(error) }
-            loader.debug("loaded \(chunk.name): \(chunk.bytes.count) bytes at 0x\(String(chunk.address.rawValue, radix: 16))")
-        }
+        try write(image.chunks)
         if configuration.resetPolicy == .restart { loadedChunks += image.chunks }
         let defaultIDs = configuration.interruptController == .none ? Array(vcpus.indices) : [0]
         for id in ids ?? defaultIDs {
@@ -146,6 +142,15 @@ public final class Machine<B: Backend>: @unchecked Sendable {
             }
             try vcpus[id].setSpecialRegisters(image.specialRegisters)
             try vcpus[id].setRegisters(image.registers)
+        }
+    }
+
+    /// Copies `chunks` into guest memory (at `load`, and again at every reset).
+    private func write(_ chunks: [GuestImage.Chunk]) throws(HVError) {
+        let loader = LogCategory.loader.logger
+        for chunk in chunks {
+            do { try memory.write(bytes: chunk.bytes, at: chunk.address) } catch { throw .memory(error) }
+            loader.debug("loaded \(chunk.name): \(chunk.bytes.count) bytes at 0x\(String(chunk.address.rawValue, radix: 16))")
         }
     }
 
@@ -547,9 +552,7 @@ public final class Machine<B: Backend>: @unchecked Sendable {
         guard let powerOnState else {
             throw .invalidState(operation: "reset (no state saved at start)", state: state)
         }
-        for chunk in loadedChunks {
-            do { try memory.write(bytes: chunk.bytes, at: chunk.address) } catch { throw .memory(error) }
-        }
+        try write(loadedChunks)
         for hook in resetHooks { try hook(self) }
         try vm.restoreState(powerOnState.vm)
         for index in vcpus.indices { try vcpus[index].restoreState(powerOnState.vcpus[index]) }
