@@ -24,7 +24,7 @@ configuration.resetPolicy = .restart
 configuration.timeLimit = 60
 
 // The ACPI tables the platform will install; PVH and Multiboot2 kernels are told where they are.
-let tables = ACPITables(ACPIConfiguration(cpuCount: configuration.cpuCount))
+let tables = ACPITables.pc(cpuCount: configuration.cpuCount, tpm: false)
 
 // Pick the loader by what the file is.
 let image: GuestImage

@@ -23,9 +23,7 @@ struct ACPI: ParsableCommand {
         }
 
         func run() {
-            var configuration = ACPIConfiguration(cpuCount: cpus)
-            configuration.hasTPM = tpm
-            print(ACPITables(configuration).dump(), terminator: "")
+            print(ACPITables.pc(cpuCount: cpus, tpm: tpm).dump(), terminator: "")
         }
     }
 }

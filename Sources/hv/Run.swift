@@ -112,9 +112,7 @@ struct Run: ParsableCommand {
         configuration.resetPolicy = onReset.policy
         do { try configuration.validate() } catch { fail(flagName(for: error.field), error) }
         let acpiRange: Range<UInt64> = 0xE_0000..<0x10_0000
-        var acpiConfiguration = ACPIConfiguration(cpuCount: cpus)
-        acpiConfiguration.hasTPM = tpm != nil
-        let plannedTables = platform == .pc && mem.bytes >= acpiRange.upperBound ? ACPITables(acpiConfiguration) : nil
+        let plannedTables = platform == .pc && mem.bytes >= acpiRange.upperBound ? ACPITables.pc(cpuCount: cpus, tpm: tpm != nil) : nil
         var image = try loaderImage(acpi: plannedTables) ?? flatImage()
         // ACPI tables live in 0xE0000-0xFFFFF: skip them when RAM is smaller or the image uses it.
         let imageUsesACPIArea = image.chunks.contains { chunk in

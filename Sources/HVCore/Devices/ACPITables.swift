@@ -46,6 +46,15 @@ public struct ACPITables: Sendable {
     /// (PVH's rsdp_paddr).
     public var rsdpAddress: UInt64 { tables[0].address }
 
+    /// The tables `Machine.attachPCPlatform(acpiTables:tpm:)` installs for `cpuCount` CPUs, with
+    /// the TPM device in the DSDT when `tpm` is true. A loader that passes the RSDP's address or
+    /// bytes to a kernel builds them here, so that what it passes is what gets installed.
+    public static func pc(cpuCount: Int, tpm: Bool) -> ACPITables {
+        var configuration = ACPIConfiguration(cpuCount: cpuCount)
+        configuration.hasTPM = tpm
+        return ACPITables(configuration)
+    }
+
     public init(_ configuration: ACPIConfiguration) {
         var next = configuration.baseAddress
         func place(_ size: Int, align: UInt64 = 16) -> UInt64 {

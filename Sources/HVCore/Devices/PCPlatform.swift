@@ -23,9 +23,7 @@ extension Machine {
             try devices.register(ShutdownPortDevice(), port: ShutdownPortDevice.port, count: 1)
         } catch { throw .device(error) }
         guard acpiTables else { return }
-        var acpi = ACPIConfiguration(cpuCount: cpus)
-        acpi.hasTPM = tpm
-        let tables = ACPITables(acpi)
+        let tables = ACPITables.pc(cpuCount: cpus, tpm: tpm)
         do { try tables.install(into: memory) } catch { throw .memory(error) }
         // Firmware writes its tables again at every boot; so does a reset here.
         try onReset { (machine) throws(HVError) in
