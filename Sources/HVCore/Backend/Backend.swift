@@ -102,7 +102,9 @@ public protocol VCPU: AnyObject, Sendable {
     /// completes, RIP moves past it), so saved or restored state is not overwritten by it
     /// later. Call on the vCPU's thread, outside `run()`.
     func completePendingExit() throws(HVError)
-    /// A copy of the vCPU's whole state; reads only. Call while the vCPU is not running.
+    /// A copy of the vCPU's whole state. It changes nothing the guest can see (KVM's first save
+    /// probes which MSRs it can restore by writing back the values it read). Call while the vCPU
+    /// is not running.
     func saveState() throws(HVError) -> SavedState
     /// Puts back state from `saveState()`. Call while the vCPU is not running; unlike `run()`
     /// and the register calls, from any thread (a reset restores every vCPU from one thread

@@ -15,8 +15,8 @@ public struct KVMVCPUState: @unchecked Sendable {
     var fpu = kvm_fpu()
     var xsave: kvm_xsave?
     var xcrs: kvm_xcrs?
-    /// The MSRs saved, by index: those of KVM_GET_MSR_INDEX_LIST that KVM took back when vCPU 0
-    /// was created (`KVMVirtualMachine.restorableMSRs`).
+    /// The MSRs saved, by index: those of KVM_GET_MSR_INDEX_LIST that KVM takes back
+    /// (`KVMVirtualMachine.restorableMSRs(probingWith:)`).
     public internal(set) var msrs: [UInt32: UInt64] = [:]
     /// With an in-kernel local APIC only.
     var lapic: kvm_lapic_state?
@@ -47,7 +47,8 @@ extension KVMVCPU {
         for _ in 0..<64 { if try !KVMSyscall.run(fd) { return } }
     }
 
-    /// Reads the whole vCPU, in the order QEMU's kvm_arch_get_registers does.
+    /// Reads the whole vCPU, in the order QEMU's kvm_arch_get_registers does. The VM's first
+    /// save also probes which MSRs KVM takes back (`restorableMSRs(probingWith:)`).
     public func saveState() throws(HVError) -> KVMVCPUState {
         var state = KVMVCPUState()
         try KVMSyscall.ioctl(fd, HV_KVM_GET_REGS, &state.regs, "KVM_GET_REGS")
@@ -63,7 +64,7 @@ extension KVMVCPU {
             try KVMSyscall.ioctl(fd, HV_KVM_GET_XCRS, &xcrs, "KVM_GET_XCRS")
             state.xcrs = xcrs
         }
-        state.msrs = try msrs(vm.restorableMSRs)
+        state.msrs = try msrs(vm.restorableMSRs(probingWith: self))
         let nestedCapacity = Int(vm.backend.check(.nestedState))
         if nestedCapacity >= 128 {
             // api.rst 4.114: the caller puts its buffer size in `size`; KVM writes the real one.
@@ -90,8 +91,8 @@ extension KVMVCPU {
 
     /// The MSRs of `indices` this vCPU reads and KVM accepts back: each batch is written with
     /// the values just read, and an MSR KVM refuses (some paravirtual MSRs need CPUID bits
-    /// first) is left out, as KVM_SET_MSRS stops at the first refusal. Call on a new vCPU, before
-    /// the guest runs: the writes put back what was read.
+    /// first) is left out, as KVM_SET_MSRS stops at the first refusal. Call before the guest
+    /// runs: the writes put back what was read.
     func restorableMSRs(of indices: [UInt32]) throws(HVError) -> [UInt32] {
         let read = try msrs(indices).sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
         return try writableMSRs(read).map(\.index)

@@ -16,10 +16,19 @@ public final class KVMVirtualMachine: VirtualMachine {
     let cpuid: [CPUIDEntry]
     /// The MSRs KVM lists for saving (KVM_GET_MSR_INDEX_LIST).
     let savedMSRs: [UInt32]
-    /// Those of `savedMSRs` that vCPU 0 read and KVM took back when it was created: what a
-    /// vCPU's saved state holds. Set once, by the first `createVCPU`.
+    /// Those of `savedMSRs` that KVM takes back: what a vCPU's saved state holds. Probed once,
+    /// by the first `saveState` (at `Machine.start`, before any guest code runs), so VMs that
+    /// never save state do not pay for it.
     private let restorableMSRList = Mutex<[UInt32]?>(nil)
-    var restorableMSRs: [UInt32] { restorableMSRList.withLock { $0 ?? [] } }
+
+    func restorableMSRs(probingWith vcpu: KVMVCPU) throws(HVError) -> [UInt32] {
+        if let list = restorableMSRList.withLock({ $0 }) { return list }
+        let probed = try vcpu.restorableMSRs(of: savedMSRs)
+        return restorableMSRList.withLock { list in
+            if list == nil { list = probed }
+            return list ?? probed
+        }
+    }
 
     /// Where KVM may place the three pages it needs for real mode on Intel (KVM_SET_TSS_ADDR)
     /// and the identity-map page: just below the 4 GiB BIOS area, inside the MMIO hole, as QEMU does.
@@ -165,11 +174,6 @@ public final class KVMVirtualMachine: VirtualMachine {
         }
         let table = KVMCPUIDBuffer(entries: Self.cpuid(cpuid, forVCPU: UInt32(id)))
         try KVMSyscall.ioctl(vcpuFD, HV_KVM_SET_CPUID2, pointer: table.raw, "KVM_SET_CPUID2")
-        if restorableMSRList.withLock({ $0 == nil }) {
-            // Probed on a fresh vCPU, before any guest code: saving state later only reads.
-            let list = try vcpu.restorableMSRs(of: savedMSRs)
-            restorableMSRList.withLock { $0 = $0 ?? list }
-        }
         return vcpu
     }
 
