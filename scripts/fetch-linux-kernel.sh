@@ -2,7 +2,9 @@
 # Fetches Debian's kernel image (the package linux-image-amd64 depends on) and unpacks it into
 # .build-kernel/ without installing it: the Linux-loader tests boot its vmlinuz (a bzImage) and
 # the uncompressed vmlinux inside it (an ELF with a PVH entry note) under `hv run --kernel`.
-# Installing the package itself would run initramfs hooks for no purpose.
+# Installing the package itself would run initramfs hooks for no purpose. The modules the
+# hardware-assisted test bed loads (KVM for AMD-V, and 9p over virtio for its shares; see
+# scripts/testbed) are kept beside it under .build-kernel/lib/modules/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 destination=.build-kernel
@@ -37,7 +39,15 @@ extract_vmlinux() {
     echo "fetch-linux-kernel: $output (uncompressed from $image)"
 }
 
-if compgen -G "$destination/boot/vmlinuz-*" >/dev/null; then
+# The test bed's modules, in load order (each after those it depends on).
+bed_modules=(
+    virt/lib/irqbypass.ko arch/x86/kvm/kvm.ko drivers/crypto/ccp/ccp.ko arch/x86/kvm/kvm-amd.ko
+    drivers/virtio/virtio_ring.ko drivers/virtio/virtio.ko drivers/virtio/virtio_pci_legacy_dev.ko
+    drivers/virtio/virtio_pci_modern_dev.ko drivers/virtio/virtio_pci.ko
+    fs/netfs/netfs.ko fs/fscache/fscache.ko net/9p/9pnet.ko net/9p/9pnet_virtio.ko fs/9p/9p.ko
+)
+
+if compgen -G "$destination/boot/vmlinuz-*" >/dev/null && compgen -G "$destination/lib/modules/*/kernel/fs/9p/9p.ko" >/dev/null; then
     [ -e "$destination/vmlinux" ] || extract_vmlinux "$(ls "$destination"/boot/vmlinuz-* | head -1)" "$destination/vmlinux"
     exit 0
 fi
@@ -57,6 +67,14 @@ mkdir -p "$destination"
 dpkg-deb -x "$work"/*.deb "$work/root"
 mkdir -p "$destination/boot"
 cp "$work"/root/boot/vmlinuz-* "$destination/boot/"
+for module in "${bed_modules[@]}"; do
+    for source in "$work"/root/lib/modules/*/kernel/"$module"; do
+        target="$destination/lib/modules/${source#"$work"/root/lib/modules/}"
+        mkdir -p "$(dirname "$target")"
+        cp "$source" "$target"
+    done
+done
+printf '%s\n' "${bed_modules[@]}" > "$destination/lib/modules/load-order"
 echo "fetch-linux-kernel: $(ls "$destination"/boot/vmlinuz-*)"
 extract_vmlinux "$(ls "$destination"/boot/vmlinuz-* | head -1)" "$destination/vmlinux" \
     || echo "fetch-linux-kernel: note: could not uncompress vmlinux; the PVH Linux test will be skipped" >&2

@@ -58,6 +58,9 @@ static const unsigned long HV_KVM_GET_IRQCHIP = KVM_GET_IRQCHIP;
 static const unsigned long HV_KVM_SET_IRQCHIP = KVM_SET_IRQCHIP;
 static const unsigned long HV_KVM_GET_NESTED_STATE = KVM_GET_NESTED_STATE;
 static const unsigned long HV_KVM_SET_NESTED_STATE = KVM_SET_NESTED_STATE;
+static const unsigned long HV_KVM_CREATE_PIT2 = KVM_CREATE_PIT2;
+static const unsigned long HV_KVM_GET_PIT2 = KVM_GET_PIT2;
+static const unsigned long HV_KVM_SET_PIT2 = KVM_SET_PIT2;
 
 // ioctl(2) is variadic, which Swift cannot call: one forwarder per argument kind.
 static inline int hv_ioctl_ptr(int fd, unsigned long request, void *argument) {

@@ -58,6 +58,19 @@ public enum InterruptControllerMode: String, Sendable, CaseIterable {
     case split
 }
 
+/// Where the PC's 8254 programmable interval timer (PIT, ports 0x40-0x43, with the PC speaker
+/// port 0x61 that gates channel 2) lives. Linux needs it: its timer check wants IRQ 0 ticking and
+/// it calibrates the TSC against channel 2 (Documentation/Interrupts.md, "The PIT").
+public enum PITMode: String, Sendable, CaseIterable {
+    /// The kernel's PIT where the kernel owns the interrupt controllers (`kernel`), none otherwise.
+    case automatic
+    /// No PIT: ports 0x40-0x43 and 0x61 reach the device bus like any other port.
+    case none
+    /// KVM's in-kernel 8254 (KVM_CREATE_PIT2) with the speaker port; needs `interruptController = kernel`,
+    /// since it raises IRQ 0 on the in-kernel PIC and I/O APIC.
+    case kernel
+}
+
 /// The shape of a VM. Build one, `validate()` it, hand it to a backend.
 public struct VirtualMachineConfiguration: Sendable, Equatable {
     /// Guest RAM in bytes: a multiple of 4 KiB.
@@ -87,6 +100,13 @@ public struct VirtualMachineConfiguration: Sendable, Equatable {
     public var preemptionTimerInterval: Double?
     /// What a guest reset does (default: stop the VM and report it).
     public var resetPolicy: ResetPolicy
+    /// Where the 8254 PIT lives (default: in the kernel when the interrupt controllers are).
+    public var pit: PITMode
+
+    /// The PIT the backend creates: `pit` with `automatic` resolved.
+    public var effectivePIT: PITMode {
+        pit == .automatic ? (interruptController == .kernel ? .kernel : .none) : pit
+    }
 
     /// The smallest and largest RAM sizes accepted.
     public static let memoryRange: ClosedRange<UInt64> = 4096...(1 << 40)
@@ -108,6 +128,7 @@ public struct VirtualMachineConfiguration: Sendable, Equatable {
         self.interruptController = interruptController
         self.preemptionTimerInterval = nil
         self.resetPolicy = .stop
+        self.pit = .automatic
     }
 
     /// Checks every field; the error names the first invalid one and what would be valid.
@@ -133,6 +154,10 @@ public struct VirtualMachineConfiguration: Sendable, Equatable {
         }
         if preemptionTimerInterval != nil, cpuCount > 64 {
             throw ConfigurationError(field: "cpuCount", value: "\(cpuCount)", expected: "at most 64 with a preemption timer")
+        }
+        if pit == .kernel, interruptController != .kernel {
+            throw ConfigurationError(field: "pit", value: "kernel",
+                                     expected: "none or automatic with interruptController \(interruptController.rawValue) (the in-kernel PIT needs interruptController kernel)")
         }
         if let exitLimit, exitLimit == 0 {
             throw ConfigurationError(field: "exitLimit", value: "0", expected: "at least 1 (or no limit)")

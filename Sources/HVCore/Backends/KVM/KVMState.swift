@@ -32,6 +32,8 @@ public struct KVMVCPUState: @unchecked Sendable {
 /// whose I/O APIC lives in HV's device model).
 public struct KVMVirtualMachineState: @unchecked Sendable {
     var irqchips: [kvm_irqchip] = []
+    /// The in-kernel 8254's channels and speaker gate, where the VM has one.
+    var pit: kvm_pit_state2?
 }
 
 extension KVMVCPU {
@@ -145,9 +147,15 @@ extension KVMVCPU {
 extension KVMVirtualMachine {
     public typealias SavedState = KVMVirtualMachineState
 
-    /// The in-kernel PIC master, PIC slave and I/O APIC (`KVM_GET_IRQCHIP` chips 0, 1, 2).
+    /// The in-kernel PIC master, PIC slave and I/O APIC (`KVM_GET_IRQCHIP` chips 0, 1, 2) and
+    /// the in-kernel PIT (`KVM_GET_PIT2`).
     public func saveState() throws(HVError) -> KVMVirtualMachineState {
         var state = KVMVirtualMachineState()
+        if configuration.effectivePIT == .kernel {
+            var pit = kvm_pit_state2()
+            try KVMSyscall.ioctl(fd, HV_KVM_GET_PIT2, &pit, "KVM_GET_PIT2")
+            state.pit = pit
+        }
         guard configuration.interruptController == .kernel else { return state }
         for chip in [KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQCHIP_IOAPIC] {
             var irqchip = kvm_irqchip()
@@ -158,12 +166,13 @@ extension KVMVirtualMachine {
         return state
     }
 
-    /// The corresponding ioctl is `KVM_SET_IRQCHIP`, once per saved chip.
+    /// The corresponding ioctls are `KVM_SET_IRQCHIP`, once per saved chip, and `KVM_SET_PIT2`.
     public func restoreState(_ state: KVMVirtualMachineState) throws(HVError) {
         for saved in state.irqchips {
             var irqchip = saved
             try KVMSyscall.ioctl(fd, HV_KVM_SET_IRQCHIP, &irqchip, "KVM_SET_IRQCHIP")
         }
+        if var pit = state.pit { try KVMSyscall.ioctl(fd, HV_KVM_SET_PIT2, &pit, "KVM_SET_PIT2") }
     }
 }
 

@@ -41,7 +41,8 @@ public final class KVMVirtualMachine: VirtualMachine {
         let fd = try KVMSyscall.ioctl(backend.system.fd, HV_KVM_CREATE_VM, value: 0, "KVM_CREATE_VM")
         self.fd = fd
         do {
-            cpuid = try backend.supportedCPUID()
+            cpuid = Self.withTSCDeadline(try backend.supportedCPUID(),
+                                         when: configuration.interruptController != .none && backend.check(.tscDeadline) != 0)
             savedMSRs = try backend.msrIndexList()
             if backend.check(.setTSSAddress) != 0 {
                 var identity = Self.identityMapAddress
@@ -49,6 +50,7 @@ public final class KVMVirtualMachine: VirtualMachine {
                 try KVMSyscall.ioctl(fd, HV_KVM_SET_TSS_ADDR, value: Self.tssAddress, "KVM_SET_TSS_ADDR")
             }
             try Self.createInterruptControllers(fd: fd, mode: configuration.interruptController, backend: backend)
+            if configuration.effectivePIT == .kernel { try Self.createPIT(fd: fd, backend: backend) }
             if configuration.trapUnknownMSRs {
                 // api.rst 7.21 KVM_CAP_X86_USER_SPACE_MSR: send unknown and invalid accesses to us.
                 var cap = kvm_enable_cap()
@@ -78,6 +80,7 @@ public final class KVMVirtualMachine: VirtualMachine {
                 throw .unsupported(knob: "interruptController = kernel", backend: "kvm", reason: "this kernel lacks KVM_CAP_IRQCHIP")
             }
             try KVMSyscall.ioctl(fd, HV_KVM_CREATE_IRQCHIP, value: 0, "KVM_CREATE_IRQCHIP")
+            try setRouting(fd: fd, pcRouting())
         case .split:
             guard backend.check(.splitIRQChip) != 0 else {
                 throw .unsupported(knob: "interruptController = split", backend: "kvm", reason: "this kernel lacks KVM_CAP_SPLIT_IRQCHIP")
@@ -97,6 +100,19 @@ public final class KVMVirtualMachine: VirtualMachine {
         }
     }
 
+    /// Creates KVM's 8254 with the PC speaker port 0x61, whose bit 0 gates channel 2 and whose bit 5
+    /// shows its output: what Linux's PIT calibration of the TSC polls (api.rst 4.59 KVM_CREATE_PIT2;
+    /// without KVM_PIT_SPEAKER_DUMMY the kernel emulates port 0x61 too). Must follow
+    /// KVM_CREATE_IRQCHIP: the PIT raises IRQ 0 on the in-kernel PIC and I/O APIC.
+    static func createPIT(fd: Int32, backend: KVMBackend) throws(HVError) {
+        guard backend.check(.pit2) != 0 else {
+            throw .unsupported(knob: "pit = kernel", backend: "kvm", reason: "this kernel lacks KVM_CAP_PIT2")
+        }
+        var config = kvm_pit_config()
+        config.flags = 0
+        try KVMSyscall.ioctl(fd, HV_KVM_CREATE_PIT2, &config, "KVM_CREATE_PIT2")
+    }
+
     /// Drives interrupt line `gsi` of the in-kernel PIC/I/O APIC. The corresponding ioctl is
     /// `KVM_IRQ_LINE`.
     public func setInterruptLine(_ gsi: UInt32, high: Bool) throws(HVError) {
@@ -114,22 +130,50 @@ public final class KVMVirtualMachine: VirtualMachine {
     /// KVM_SET_GSI_ROUTING). With a split irqchip, KVM derives from these routes which vectors
     /// are level-triggered I/O APIC interrupts whose EOI must exit to user space.
     public func setMSIRoutes(_ routes: [(gsi: UInt32, address: UInt64, data: UInt32)]) throws(HVError) {
-        let count = routes.count
-        let bytes = MemoryLayout<kvm_irq_routing>.size + max(count, 1) * MemoryLayout<kvm_irq_routing_entry>.stride
-        let raw = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 16)
-        defer { raw.deallocate() }
-        raw.initializeMemory(as: UInt8.self, repeating: 0, count: bytes)
-        raw.assumingMemoryBound(to: kvm_irq_routing.self).pointee.nr = UInt32(count)
-        let entries = (raw + MemoryLayout<kvm_irq_routing>.size).assumingMemoryBound(to: kvm_irq_routing_entry.self)
-        for (index, route) in routes.enumerated() {
+        try Self.setRouting(fd: fd, routes.map { route in
             var entry = kvm_irq_routing_entry()
             entry.gsi = route.gsi
             entry.type = UInt32(KVM_IRQ_ROUTING_MSI)
             entry.u.msi.address_lo = UInt32(truncatingIfNeeded: route.address)
             entry.u.msi.address_hi = UInt32(truncatingIfNeeded: route.address >> 32)
             entry.u.msi.data = route.data
-            entries[index] = entry
+            return entry
+        })
+    }
+
+    /// The PC's wiring of the in-kernel interrupt controllers, as QEMU's kvm_pc_setup_irq_routing
+    /// sets it: GSI 0-15 reach the 8259 pair (IRQ 2 is the cascade), GSI 1-23 the I/O APIC pin of
+    /// the same number, and GSI 0 (the PIT) I/O APIC pin 2, which the MADT's interrupt source
+    /// override for ISA IRQ 0 promises (ACPI 6.4, 5.2.12.5). KVM's default routing would send
+    /// the PIT to pin 0, and Linux's timer check would find it "not connected to IO-APIC".
+    static func pcRouting() -> [kvm_irq_routing_entry] {
+        func route(_ gsi: UInt32, chip: Int32, pin: UInt32) -> kvm_irq_routing_entry {
+            var entry = kvm_irq_routing_entry()
+            entry.gsi = gsi
+            entry.type = UInt32(KVM_IRQ_ROUTING_IRQCHIP)
+            entry.u.irqchip.irqchip = UInt32(chip)
+            entry.u.irqchip.pin = pin
+            return entry
         }
+        var entries: [kvm_irq_routing_entry] = []
+        for gsi: UInt32 in 0..<16 where gsi != 2 {
+            entries.append(route(gsi, chip: gsi < 8 ? KVM_IRQCHIP_PIC_MASTER : KVM_IRQCHIP_PIC_SLAVE, pin: gsi % 8))
+        }
+        for gsi in 0..<UInt32(ioapicPins) where gsi != 2 {
+            entries.append(route(gsi, chip: KVM_IRQCHIP_IOAPIC, pin: gsi == 0 ? 2 : gsi))
+        }
+        return entries
+    }
+
+    /// The corresponding ioctl is `KVM_SET_GSI_ROUTING`: `struct kvm_irq_routing` followed by its entries.
+    static func setRouting(fd: Int32, _ entries: [kvm_irq_routing_entry]) throws(HVError) {
+        let bytes = MemoryLayout<kvm_irq_routing>.size + max(entries.count, 1) * MemoryLayout<kvm_irq_routing_entry>.stride
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 16)
+        defer { raw.deallocate() }
+        raw.initializeMemory(as: UInt8.self, repeating: 0, count: bytes)
+        raw.assumingMemoryBound(to: kvm_irq_routing.self).pointee.nr = UInt32(entries.count)
+        let table = (raw + MemoryLayout<kvm_irq_routing>.size).assumingMemoryBound(to: kvm_irq_routing_entry.self)
+        for (index, entry) in entries.enumerated() { table[index] = entry }
         try KVMSyscall.ioctl(fd, HV_KVM_SET_GSI_ROUTING, pointer: raw, "KVM_SET_GSI_ROUTING")
     }
 
@@ -177,13 +221,31 @@ public final class KVMVirtualMachine: VirtualMachine {
         return vcpu
     }
 
+    /// `entries` with CPUID.1:ECX[24] (TSC-deadline timer mode) set when `enabled`. KVM emulates
+    /// the mode in its in-kernel LAPIC and says so with KVM_CAP_TSC_DEADLINE_TIMER, but leaves the
+    /// bit out of KVM_GET_SUPPORTED_CPUID for the VMM to set (api.rst 4.46), as QEMU does. With it
+    /// Linux need not calibrate the LAPIC timer against the PIT (SDM Vol. 3A, 11.5.4.1).
+    static func withTSCDeadline(_ entries: [CPUIDEntry], when enabled: Bool) -> [CPUIDEntry] {
+        guard enabled else { return entries }
+        return entries.map { entry in
+            var entry = entry
+            if entry.function == 0x1 { entry.ecx |= 1 << 24 }
+            return entry
+        }
+    }
+
     /// `entries` with the initial APIC id set to `apicID` (CPUID.1:EBX[31:24]; CPUID.0BH/1FH:EDX,
-    /// SDM Vol. 2A CPUID) so each vCPU sees its own id.
+    /// SDM Vol. 2A CPUID) so each vCPU sees its own id, and the hypervisor-present bit set.
     static func cpuid(_ entries: [CPUIDEntry], forVCPU apicID: UInt32) -> [CPUIDEntry] {
         entries.map { entry in
             var entry = entry
             switch entry.function {
-            case 0x1: entry.ebx = (entry.ebx & 0x00FF_FFFF) | (apicID << 24)
+            case 0x1:
+                entry.ebx = (entry.ebx & 0x00FF_FFFF) | (apicID << 24)
+                // CPUID.1:ECX[31], reserved for hypervisors' use: "running under a hypervisor".
+                // KVM_GET_SUPPORTED_CPUID leaves it clear; without it Linux never looks at
+                // leaf 0x40000000, so it finds neither KVM nor kvm-clock (api.rst 4.46, cpuid.rst).
+                entry.ecx |= 1 << 31
             case 0xB, 0x1F: entry.edx = apicID
             default: break
             }
