@@ -125,6 +125,8 @@ struct Run: ParsableCommand {
             let machine = try Machine(configuration: configuration, backend: KVMBackend())
             let uart = try attachConsole(to: machine, serial: serial)
             if interruptMode != .none { try machine.connect(uart, irq: 4) }
+            let console = connectStandardInput(to: uart, machine: machine)
+            defer { console?.stop(); TerminalRawMode.restore() }
             let tpmEngine = try attachTPM(directory: tpm, to: machine)
             if platform == .pc { try machine.attachPCPlatform(acpiTables: acpiTables, tpm: tpm != nil) }
             try machine.load(image)
@@ -140,6 +142,20 @@ struct Run: ParsableCommand {
         if case .backendFailure = result.reason, let error = result.error { printError("hv: error: \(error)") }
         let status = ExitStatus.forStop(result.reason)
         if status != 0 { throw ExitCode(status) }
+    }
+
+    /// With `--serial stdio`, what is typed (or piped) on standard input reaches COM1's receiver.
+    /// A terminal goes into raw mode (restored on every way out) and Ctrl-A x quits, as QEMU's
+    /// -nographic; a pipe is passed through byte for byte, and its end leaves the guest running.
+    private func connectStandardInput<B>(to uart: UART16550, machine: Machine<B>) -> SerialConsoleInput? {
+        guard case .stdio = serial else { return nil }
+        let interactive = TerminalRawMode.enable()
+        if interactive { printError("hv: the guest's console is this terminal; C-a x quits, C-a h lists the keys") }
+        let input = SerialConsoleInput(uart: uart, escapes: interactive,
+                                       onQuit: { printError("\r\nhv: quit from the console (C-a x)"); machine.stop() },
+                                       onHelp: { printError("\r\nhv: \(ConsoleEscape.helpText)") })
+        input.start()
+        return input
     }
 
     /// The flat IMAGE as a guest image, or a one-line error and exit status 64.

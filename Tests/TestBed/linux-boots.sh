@@ -1,0 +1,62 @@
+#!/bin/sh
+# Runs inside scripts/testbed (hardware-assisted KVM): boots Debian's Linux under `hv run` to
+# the busybox user space of scripts/linux-guest-initrd in each configuration named on the
+# command line (all of them by default), one after another. For each, NAME.log (the serial
+# console and hv's own lines) and NAME.status (hv's exit status) land in $TESTBED_OUT, and one
+# summary line goes to the console. The Swift suite TestBedTests reads them.
+#
+#   Tests/TestBed/linux-boots.sh [NAME...]     HV=path/to/hv (default .build/debug/hv)
+hv=${HV:-.build/debug/hv}
+out=${TESTBED_OUT:?run me inside scripts/testbed}
+bzimage=$(ls .build-kernel/boot/vmlinuz-* | head -1)
+vmlinux=.build-kernel/vmlinux
+initrd=.build-testbed/linux-guest.cpio.gz
+
+# NAME: vCPUs, irqchip, kernel image
+configuration() {
+    case $1 in
+        bzimage-1cpu-kernel) echo "1 kernel $bzimage" ;;
+        bzimage-2cpu-kernel) echo "2 kernel $bzimage" ;;
+        pvh-2cpu-kernel) echo "2 kernel $vmlinux" ;;
+        bzimage-2cpu-split) echo "2 split $bzimage" ;;
+        bzimage-4cpu-kernel) echo "4 kernel $bzimage" ;;
+        console-1cpu-kernel) echo "1 kernel $bzimage" ;;
+        *) return 1 ;;
+    esac
+}
+
+[ $# -gt 0 ] || set -- bzimage-1cpu-kernel bzimage-2cpu-kernel pvh-2cpu-kernel bzimage-2cpu-split
+for name in "$@"; do
+    set -- $(configuration "$name") || { echo "linux-boots: unknown configuration $name" >&2; exit 64; }
+    cpus=$1 irqchip=$2 kernel=$3
+    start=$(date +%s.%N)
+    case $name in
+    console-*)
+        # The guest's init starts a shell on the console; once it says so, two lines are typed
+        # into hv's standard input (a FIFO standing in for a keyboard) and the shell's answer
+        # must come back on the serial console. `exit` ends the shell and the guest powers off.
+        fifo=/tmp/hv-console.$$
+        rm -f "$fifo" && mkfifo "$fifo"
+        "$hv" run --kernel "$kernel" --initrd "$initrd" --cpus "$cpus" --irqchip "$irqchip" --mem 256M \
+            --timeout 240 --cmdline "console=ttyS0 hv.cpus=$cpus hv.shell" < "$fifo" > "$out/$name.log" 2>&1 &
+        pid=$!
+        exec 3> "$fifo"
+        waited=0
+        until grep -q "a shell on the console" "$out/$name.log" || [ $waited -ge 200 ]; do sleep 1; waited=$((waited + 1)); done
+        printf 'echo hv-console-$((6 * 7))\nexit\n' >&3
+        wait $pid
+        status=$?
+        exec 3>&-
+        rm -f "$fifo"
+        ;;
+    *)
+        "$hv" run --kernel "$kernel" --initrd "$initrd" --cpus "$cpus" --irqchip "$irqchip" --mem 256M \
+            --timeout 240 --cmdline "console=ttyS0 hv.cpus=$cpus" > "$out/$name.log" 2>&1
+        status=$?
+        ;;
+    esac
+    end=$(date +%s.%N)
+    echo "$status" > "$out/$name.status"
+    echo "linux-boots: $name: status $status in $(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.1f", b - a }') s;" \
+        "$(grep -c 'hv-guest: user space reached' "$out/$name.log") user-space marker(s)"
+done

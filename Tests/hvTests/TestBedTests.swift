@@ -1,0 +1,152 @@
+// The hardware-assisted test bed (scripts/testbed, Documentation/TestBed.md): QEMU's software
+// CPU with AMD-V, Debian's kernel with kvm-amd, and HV on real nested SVM. One bed boot serves
+// every test here: it boots Debian's Linux under `hv run` in several configurations
+// (Tests/TestBed/linux-boots.sh) and runs the KVM suites of this very test binary.
+import Foundation
+import Testing
+
+/// What one run of the bed brought back.
+struct TestBedRun {
+    /// scripts/testbed's exit status (the command's, 124 past the timeout, 125 when the bed died).
+    var status: Int32
+    /// The bed's serial console: the summary lines of each step.
+    var console: String
+    /// The folder the bed's command wrote into ($TESTBED_OUT).
+    var folder: URL
+
+    func file(_ name: String) -> String? {
+        (try? Data(contentsOf: folder.appendingPathComponent(name))).map { String(decoding: $0, as: UTF8.self) }
+    }
+
+    /// A boot's serial console and hv's lines, and hv's exit status.
+    func boot(_ name: String) -> (log: String, status: Int32?) {
+        (file("\(name).log") ?? "", file("\(name).status").flatMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) })
+    }
+
+    /// The "hv-guest: NAME=VALUE" lines the guest's init printed.
+    func guestReport(_ name: String) -> [String: String] {
+        var report: [String: String] = [:]
+        for line in boot(name).log.split(whereSeparator: \.isNewline) where line.hasPrefix("hv-guest: ") {
+            let pair = line.dropFirst("hv-guest: ".count).split(separator: "=", maxSplits: 1)
+            if pair.count == 2 { report[String(pair[0])] = String(pair[1]).trimmingCharacters(in: .whitespaces) }
+        }
+        return report
+    }
+}
+
+enum TestBed {
+    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    /// The Linux boots the bed runs: name, vCPUs.
+    static let boots: [(name: String, cpus: Int)] = [
+        ("bzimage-1cpu-kernel", 1), ("bzimage-2cpu-kernel", 2), ("pvh-2cpu-kernel", 2), ("bzimage-2cpu-split", 2),
+    ]
+
+    /// The suites run again inside the bed: everything that drives /dev/kvm.
+    static let kvmSuites = "KVMGuestTests|KVMSMPTests|KVMInterruptTests|MachineTests|ResetTests|PreemptionTimer|KVMControl|KVMTranslate|KVMVMXSupport|HVRunSMP|TPMGuest"
+
+    /// Why the bed cannot run here, or nil when it can.
+    static let unavailableReason: String? = {
+        let environment = ProcessInfo.processInfo.environment
+        if environment["HV_IN_TESTBED"] != nil { return "skipped: already inside the test bed" }
+        if environment["HV_TESTBED"] == "0" { return "skipped: HV_TESTBED=0" }
+        let paths = (environment["PATH"] ?? "").split(separator: ":")
+        if !paths.contains(where: { FileManager.default.isExecutableFile(atPath: "\($0)/qemu-system-x86_64") }) {
+            return "skipped: qemu-system-x86_64 is missing; run scripts/setup.sh"
+        }
+        if !FileManager.default.isExecutableFile(atPath: "/bin/busybox") { return "skipped: busybox-static is missing; run scripts/setup.sh" }
+        let modules = root.appendingPathComponent(".build-kernel/lib/modules/load-order").path
+        if !FileManager.default.fileExists(atPath: modules) { return "skipped: no test-bed kernel modules; run scripts/fetch-linux-kernel.sh" }
+        return nil
+    }()
+
+    /// The one bed run every test here reads, started by the first test that asks.
+    static let run: TestBedRun? = {
+        guard unavailableReason == nil else { return nil }
+        do {
+            let folder = try PackageExecutable.temporaryDirectory()
+            let initrd = try shell(["scripts/linux-guest-initrd"])
+            guard initrd.status == 0 else { return TestBedRun(status: initrd.status, console: initrd.stdout + initrd.stderr, folder: folder) }
+            let binaries = PackageExecutable.binDirectory
+            let suite = binaries.appendingPathComponent("HVPackageTests.xctest").path
+            let command = """
+                HV=\(binaries.appendingPathComponent("hv").path) Tests/TestBed/linux-boots.sh \(boots.map(\.name).joined(separator: " ")) console-1cpu-kernel
+                \(binaries.appendingPathComponent("hv").path) info > "$TESTBED_OUT/info.log" 2>&1
+                \(suite) --testing-library swift-testing --filter '\(kvmSuites)' > "$TESTBED_OUT/suites.log" 2>&1
+                echo "testbed: KVM suites: status $?; $(tail -1 "$TESTBED_OUT/suites.log")"
+                """
+            let bed = try shell(["scripts/testbed", "--attempts", "2", "--timeout", "900", "--out", folder.path, command])
+            return TestBedRun(status: bed.status, console: bed.stdout + bed.stderr, folder: folder)
+        } catch {
+            return TestBedRun(status: -1, console: "could not start the bed: \(error)", folder: URL(fileURLWithPath: "/nonexistent"))
+        }
+    }()
+
+    private static func shell(_ arguments: [String]) throws -> ProcessResult {
+        let (process, out, err) = try PackageExecutable.start(root.appendingPathComponent(arguments[0]), Array(arguments.dropFirst()), in: root)
+        let errors = StreamBox()
+        let reader = Thread { [err] in
+            while case let chunk = err.fileHandleForReading.availableData, !chunk.isEmpty { errors.append(chunk) }
+            errors.finish()
+        }
+        reader.start()
+        let output = out.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        errors.waitForEnd()
+        return ProcessResult(status: process.terminationStatus, stdout: String(decoding: output, as: UTF8.self),
+                             stderr: errors.text, crashed: process.terminationReason == .uncaughtSignal)
+    }
+}
+
+@Suite("Test bed: HV on hardware-assisted KVM (QEMU TCG with AMD-V)", .serialized,
+       .enabled(if: TestBed.unavailableReason == nil, "\(TestBed.unavailableReason ?? "")"))
+struct TestBedTests {
+    @Test("the bed boots, runs its command and brings back the command's status")
+    func bedRuns() throws {
+        let run = try #require(TestBed.run)
+        #expect(run.status == 0, "bed status \(run.status); console: \(run.console.suffix(4000))")
+        #expect(run.console.contains("testbed: ready after"))
+    }
+
+    @Test("hv info inside the bed sees hardware-assisted KVM")
+    func hardwareAssisted() throws {
+        let info = try #require(TestBed.run?.file("info.log"), "no info.log; console: \(TestBed.run?.console.suffix(3000) ?? "")")
+        #expect(info.contains("hardware-assisted"), "\(info.prefix(2000))")
+    }
+
+    @Test("Debian's Linux boots under hv to busybox user space, sees every vCPU run a process, keeps time and powers off through ACPI",
+          arguments: TestBed.boots.map(\.name))
+    func linuxReachesUserSpace(_ name: String) throws {
+        let run = try #require(TestBed.run)
+        let (log, status) = run.boot(name)
+        let cpus = TestBed.boots.first { $0.name == name }!.cpus
+        let report = run.guestReport(name)
+        #expect(log.contains("hv-guest: user space reached"), "\(name): no user-space marker; log: \(log.suffix(3000)); console: \(run.console.suffix(2000))")
+        #expect(report["cpus-online"] == (cpus == 1 ? "0" : "0-\(cpus - 1)"), "\(name): \(report)")
+        #expect(report["cpus-ran"] == "\(cpus)", "\(name): \(report)")
+        #expect(report["clocksource"] == "kvm-clock", "\(name): \(report)")
+        let slept = Double(report["slept-seconds"] ?? "") ?? 0
+        #expect(slept >= 0.95 && slept < 3, "\(name): `sleep 1` took \(slept) s of guest time")
+        #expect(log.contains("reboot: Power down") && log.contains("hv: the guest requested a system shutdown"), "\(name): \(log.suffix(1500))")
+        #expect(status == 0, "\(name): hv exit status \(String(describing: status)); \(log.suffix(1500))")
+    }
+
+    @Test("a shell on the guest's console answers what is typed into hv's standard input, and exit powers the guest off")
+    func consoleShell() throws {
+        let run = try #require(TestBed.run)
+        let (log, status) = run.boot("console-1cpu-kernel")
+        #expect(log.contains("hv-guest: a shell on the console"), "\(log.suffix(2000))")
+        // The typed line is echoed as "echo hv-console-$((6 * 7))"; only the shell's answer says 42.
+        #expect(log.contains("hv-console-42"), "\(log.suffix(2000))")
+        #expect(log.contains("hv: the guest requested a system shutdown") && status == 0, "\(log.suffix(1500))")
+    }
+
+    @Test("the KVM suites pass inside the bed, on hardware-assisted KVM")
+    func kvmSuitesPass() throws {
+        let run = try #require(TestBed.run)
+        let suites = try #require(run.file("suites.log"), "no suites.log; console: \(run.console.suffix(3000))")
+        let closing = suites.split(whereSeparator: \.isNewline).last { $0.contains("Test run with") }.map(String.init) ?? ""
+        #expect(closing.contains("passed"), "closing line: \(closing); failures: \(suites.split(whereSeparator: \.isNewline).filter { $0.contains("✘") }.prefix(30).joined(separator: "\n"))")
+        #expect(!closing.contains("with 0 tests"))
+    }
+}
