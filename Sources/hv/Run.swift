@@ -121,6 +121,10 @@ struct Run: ParsableCommand {
         }
         let acpiTables = platform == .pc && mem.bytes >= acpiRange.upperBound && !imageUsesACPIArea
         if !acpiTables, plannedTables != nil, let withoutACPI = loaderImage(acpi: nil) { image = withoutACPI }
+        // A Linux kernel on a host whose KVM emulates guest code stops early in boot: say so once,
+        // before the run, instead of leaving a crash report to explain it.
+        let emulatedLinux = kernel != nil && !HostCPU.current.hasHardwareVirtualization
+        if emulatedLinux { printError(Self.emulatedLinuxNote) }
         let (result, statistics) = try reportingErrors { () throws(HVError) -> (RunResult, ExitStatistics) in
             let machine = try Machine(configuration: configuration, backend: KVMBackend())
             let uart = try attachConsole(to: machine, serial: serial)
@@ -131,7 +135,12 @@ struct Run: ParsableCommand {
             if platform == .pc { try machine.attachPCPlatform(acpiTables: acpiTables, tpm: tpm != nil) }
             try machine.load(image)
             let result = try machine.run()
-            if result.reason.isCrash { printError(crashSite(of: machine, vcpu: result.vcpuID)) }
+            if case .internalError = result.reason, emulatedLinux {
+                printError("hv: Linux reached an instruction this host's KVM cannot emulate, as the note above said (run with --log-level debug for where)")
+                LogCategory.vcpu.logger.debug("\(crashSite(of: machine, vcpu: result.vcpuID))")
+            } else if result.reason.isCrash {
+                printError(crashSite(of: machine, vcpu: result.vcpuID))
+            }
             try? tpmEngine?.close()
             uart.flush()
             return (result, machine.statistics)
@@ -143,6 +152,14 @@ struct Run: ParsableCommand {
         let status = ExitStatus.forStop(result.reason)
         if status != 0 { throw ExitCode(status) }
     }
+
+    /// The one note `hv run --kernel` prints where the CPU has neither VT-x nor AMD-V.
+    static let emulatedLinuxNote = """
+        hv: note: this CPU has no VT-x/AMD-V, so KVM emulates guest code: Linux runs its early boot \
+        here but stops in setup_arch (an instruction the emulator lacks). A full boot needs \
+        VT-x/AMD-V, or the test bed: scripts/testbed .build/debug/hv run --kernel ... \
+        (Documentation/TestBed.md)
+        """
 
     /// With `--serial stdio`, what is typed (or piped) on standard input reaches COM1's receiver.
     /// A terminal goes into raw mode (restored on every way out) and Ctrl-A x quits, as QEMU's

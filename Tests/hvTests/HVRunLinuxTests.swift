@@ -18,6 +18,16 @@ private enum DebianKernel {
     }()
 }
 
+extension DebianKernel {
+    /// Whether this CPU advertises VMX or SVM (/proc/cpuinfo), so KVM runs guest code natively.
+    static let hostHasVTxOrAMDV: Bool = {
+        let info = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
+        return info.split(whereSeparator: \.isNewline).contains { line in
+            line.hasPrefix("flags") && line.split(whereSeparator: \.isWhitespace).contains { $0 == "vmx" || $0 == "svm" }
+        }
+    }()
+}
+
 @Suite("hv run: a real Linux kernel")
 struct HVRunLinuxTests {
     @Test("Debian's bzImage, loaded by the 64-bit boot protocol, prints its first early-boot serial line",
@@ -33,6 +43,24 @@ struct HVRunLinuxTests {
         ])
         #expect(result.stdout.contains("KASLR disabled: 'nokaslr' on cmdline."), "stdout: \(result.stdout)")
         #expect(result.status == 4, "stderr: \(result.stderr)")
+        #expect(!result.crashed)
+        if !DebianKernel.hostHasVTxOrAMDV {
+            #expect(result.stderr.components(separatedBy: "hv: note: this CPU has no VT-x/AMD-V").count == 2, "the note once: \(result.stderr)")
+        }
+    }
+
+    @Test("where KVM emulates guest code, Linux's stop in setup_arch ends in one clear line naming the cause, not a crash report",
+          .needsKVM,
+          .enabled(if: DebianKernel.vmlinux != nil && !DebianKernel.hostHasVTxOrAMDV, "skipped: needs .build-kernel/vmlinux and a host without VT-x/AMD-V"))
+    func emulatedLinuxStopIsExplained() throws {
+        // The PVH entry reaches the emulator's missing instruction (lock cmpxchg16b) in ~40 s here.
+        let result = try PackageExecutable.run([
+            "run", "--kernel", DebianKernel.vmlinux!, "--cmdline", "console=ttyS0", "--mem", "256M", "--timeout", "170",
+        ])
+        #expect(result.status == 2, "stderr: \(result.stderr)")
+        #expect(result.stderr.contains("A full boot needs VT-x/AMD-V, or the test bed: scripts/testbed"), "\(result.stderr)")
+        #expect(result.stderr.contains("hv: Linux reached an instruction this host's KVM cannot emulate"), "\(result.stderr)")
+        #expect(!result.stderr.contains("stopped at RIP"), "no crash report: \(result.stderr)")
         #expect(!result.crashed)
     }
 
