@@ -25,7 +25,7 @@ configuration() {
     esac
 }
 
-[ $# -gt 0 ] || set -- bzimage-1cpu-kernel bzimage-2cpu-kernel pvh-2cpu-kernel bzimage-2cpu-split
+[ $# -gt 0 ] || set -- bzimage-1cpu-kernel bzimage-2cpu-kernel pvh-2cpu-kernel bzimage-2cpu-split bzimage-4cpu-kernel console-1cpu-kernel
 for name in "$@"; do
     set -- $(configuration "$name") || { echo "linux-boots: unknown configuration $name" >&2; exit 64; }
     cpus=$1 irqchip=$2 kernel=$3

@@ -40,6 +40,7 @@ enum TestBed {
     /// The Linux boots the bed runs: name, vCPUs.
     static let boots: [(name: String, cpus: Int)] = [
         ("bzimage-1cpu-kernel", 1), ("bzimage-2cpu-kernel", 2), ("pvh-2cpu-kernel", 2), ("bzimage-2cpu-split", 2),
+        ("bzimage-4cpu-kernel", 4),
     ]
 
     /// The suites run again inside the bed: everything that drives /dev/kvm.
