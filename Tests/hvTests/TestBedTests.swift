@@ -76,7 +76,7 @@ enum TestBed {
                 \(suite) --testing-library swift-testing --filter '\(kvmSuites)' > "$TESTBED_OUT/suites.log" 2>&1
                 echo "testbed: KVM suites: status $?; $(tail -1 "$TESTBED_OUT/suites.log")"
                 """
-            let bed = try shell(["scripts/testbed", "--attempts", "2", "--timeout", "900", "--out", folder.path, command])
+            let bed = try shell(["scripts/testbed", "--attempts", "2", "--timeout", "600", "--out", folder.path, command])
             return TestBedRun(status: bed.status, console: bed.stdout + bed.stderr, folder: folder)
         } catch {
             return TestBedRun(status: -1, console: "could not start the bed: \(error)", folder: URL(fileURLWithPath: "/nonexistent"))
