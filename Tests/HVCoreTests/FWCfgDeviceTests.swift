@@ -1,5 +1,6 @@
 // fw_cfg's register model (QEMU docs/specs/fw_cfg.rst) without a VM: selector, data, file
 // directory and the DMA interface against a small guest memory.
+import CAllocationCounter
 import HVCore
 import Testing
 
@@ -111,6 +112,28 @@ struct FWCfgDeviceTests {
         _ = device.portWrite(offset: 0, size: 2, value: UInt32(FWCfgDevice.Key.cpuCount))
         #expect(try dma(device, memory, at: 0x1000, control: FWCfgDevice.DMAControl.read, length: 2, address: 0x3000) == 0)
         #expect(try memory.read(UInt16.self, at: 0x3000) == 4)
+    }
+
+    @Test("a 16 MiB DMA read goes straight into guest memory (no host buffer of the guest's length); skips stop at the item's end")
+    func dmaBoundedHostWork() throws {
+        let memory = try GuestMemory.pcLayout(size: 32 << 20)
+        let device = FWCfgDevice(memory: memory, cpuCount: 2)
+        try memory.fill(0xAA, count: 16 << 20, at: GuestPhysicalAddress(0x10_0000))
+        let selectAndRead = FWCfgDevice.DMAControl.select | FWCfgDevice.DMAControl.read | UInt32(FWCfgDevice.Key.signature) << 16
+        hv_thread_largest_allocation_reset()
+        #expect(try dma(device, memory, at: 0x1000, control: selectAndRead, length: 16 << 20, address: 0x10_0000) == 0)
+        #expect(hv_thread_largest_allocation() < 64 << 10, "largest host allocation: \(hv_thread_largest_allocation()) bytes")
+        #expect(try memory.readBytes(at: GuestPhysicalAddress(0x10_0000), count: 5) == Array("QEMU".utf8) + [0])
+        #expect(try memory.read(UInt64.self, at: GuestPhysicalAddress(0x10_0000 + (16 << 20) - 8)) == 0)
+        // Skips of ~4 GiB, again and again, leave the offset at the item's end (QEMU clamps too):
+        // the next port read finds nothing, and a fresh select starts over.
+        let skip = FWCfgDevice.DMAControl.select | FWCfgDevice.DMAControl.skip | UInt32(FWCfgDevice.Key.signature) << 16
+        #expect(try dma(device, memory, at: 0x1000, control: skip, length: 0xFFFF_FFFF, address: 0) == 0)
+        for _ in 0..<1000 {
+            #expect(try dma(device, memory, at: 0x1000, control: FWCfgDevice.DMAControl.skip, length: 0xFFFF_FFFF, address: 0) == 0)
+        }
+        #expect(device.portRead(offset: 1, size: 1) == 0)
+        #expect(read(device, key: FWCfgDevice.Key.signature, count: 4) == Array("QEMU".utf8))
     }
 
     @Test("DMA targets outside guest RAM, huge lengths and writes report the error bit")

@@ -10,6 +10,12 @@
 /// Allocation calls made so far by the calling thread (always counted).
 uint64_t hv_thread_allocation_count(void);
 
+/// The largest allocation (bytes) the calling thread asked for since the last reset, so a test
+/// can show that no host allocation grows with a guest-chosen length.
+uint64_t hv_thread_largest_allocation(void);
+/// Forgets the calling thread's largest allocation.
+void hv_thread_largest_allocation_reset(void);
+
 /// Starts counting allocations of every thread into the process-wide count.
 void hv_allocation_counting_start(void);
 /// Stops the process-wide count.

@@ -249,23 +249,30 @@ private struct State {
         } else if control & FWCfgDevice.DMAControl.write != 0 {
             status = FWCfgDevice.DMAControl.error  // no writable items
         } else if control & FWCfgDevice.DMAControl.skip != 0 {
-            offset += length
+            // Clamped to the item, as QEMU's fw_cfg_dma_transfer does: a guest-chosen length
+            // added again and again must not overflow the offset.
+            let count = items[selected]?.count ?? 0
+            let start = min(offset, count)
+            offset = start + min(length, count - start)
         }
         try? memory.write(UInt32(status).byteSwapped, at: descriptor)
     }
 
     /// Copies `length` bytes of the selected item from the current offset to guest `address`,
-    /// zeros past the item's end; nothing at all when the range leaves guest RAM.
+    /// zeros past the item's end; nothing at all when the range leaves guest RAM. The item's
+    /// bytes go straight into guest memory and the zeros are a `memset`: the host allocates
+    /// nothing in proportion to the guest's length. The offset stops at the item's end.
     private mutating func copyOut(length: Int, to address: UInt64, memory: GuestMemory) -> Bool {
         let destination = GuestPhysicalAddress(address)
         guard length == 0 || memory.contains(destination, length: UInt64(length)) else { return false }
         let item = items[selected] ?? []
         let start = min(offset, item.count)
         let available = min(length, item.count - start)
-        var bytes = Array(item[start..<start + available])
-        bytes += [UInt8](repeating: 0, count: length - available)
-        do { try memory.write(bytes: bytes, at: destination) } catch { return false }
-        offset += length
+        do throws(GuestMemoryError) {
+            try memory.write(bytes: item[start..<start + available], at: destination)
+            try memory.fill(0, count: UInt64(length - available), at: GuestPhysicalAddress(address + UInt64(available)))
+        } catch { return false }
+        offset = start + available
         return true
     }
 }

@@ -123,14 +123,26 @@ public final class GuestMemory: @unchecked Sendable {
         pointer.storeBytes(of: value.littleEndian, as: T.self)
     }
 
-    /// Copies `bytes` into guest RAM at `address`.
+    /// Copies `bytes` into guest RAM at `address` (one `memcpy` when they are contiguous).
     public func write(bytes: some Collection<UInt8>, at address: GuestPhysicalAddress) throws(GuestMemoryError) {
         let pointer = try hostPointer(for: address, length: UInt64(bytes.count))
+        let copied: Void? = bytes.withContiguousStorageIfAvailable { buffer in
+            if let base = buffer.baseAddress { pointer.copyMemory(from: base, byteCount: buffer.count) }
+        }
+        guard copied == nil else { return }
         var offset = 0
         for byte in bytes {
             pointer.storeBytes(of: byte, toByteOffset: offset, as: UInt8.self)
             offset += 1
         }
+    }
+
+    /// Sets `count` bytes of guest RAM at `address` to `value` (`memset`): no host buffer of
+    /// `count` bytes, whatever a guest asks for.
+    public func fill(_ value: UInt8, count: UInt64, at address: GuestPhysicalAddress) throws(GuestMemoryError) {
+        guard count > 0 else { return }
+        let pointer = try hostPointer(for: address, length: count)
+        pointer.initializeMemory(as: UInt8.self, repeating: value, count: Int(count))
     }
 
     /// Copies `count` bytes of guest RAM at `address` out.
