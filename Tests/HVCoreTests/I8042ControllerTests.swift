@@ -11,6 +11,23 @@ struct I8042ControllerTests {
     func status(_ controller: I8042Controller) -> UInt8 { UInt8(controller.commandPort.portRead(offset: 0, size: 1)) }
     func data(_ controller: I8042Controller) -> UInt8 { UInt8(controller.dataPort.portRead(offset: 0, size: 1)) }
 
+    @Test("a guest that writes keyboard commands and never reads fills a 16-byte queue, no more; reads drain it in order")
+    func outputQueueIsBounded() {
+        let controller = I8042Controller()
+        for _ in 0..<100_000 { _ = controller.dataPort.portWrite(offset: 0, size: 1, value: 0xEE) }  // echo: answers 0xEE
+        _ = command(controller, 0xD3)  // aux loopback: the newest byte is dropped while full
+        _ = controller.dataPort.portWrite(offset: 0, size: 1, value: 0x42)
+        var drained: [UInt8] = []
+        while status(controller) & 0x01 != 0, drained.count < 1000 { drained.append(data(controller)) }
+        #expect(drained == [UInt8](repeating: 0xEE, count: 16))
+        // Room again: the next answer is queued and reads back, with the aux bit for aux data.
+        _ = command(controller, 0xD3)
+        _ = controller.dataPort.portWrite(offset: 0, size: 1, value: 0x42)
+        #expect(status(controller) & 0x21 == 0x21)
+        #expect(data(controller) == 0x42)
+        #expect(status(controller) & 0x01 == 0)
+    }
+
     @Test("command 0xFE pulses the reset line; other pulse commands reset only with bit 0 clear")
     func resetPulse() {
         let controller = I8042Controller()

@@ -99,7 +99,10 @@ private struct State {
     var commandByte: UInt8 = 0x03
     var statusFlags: UInt8 = I8042Controller.Status.unlocked
     var outputPort: UInt8 = 0x03
-    var queue: [(byte: UInt8, aux: Bool)] = []
+    /// Bytes waiting for the guest: a fixed ring, as QEMU's PS/2 queue (16 entries, newest
+    /// dropped when full), so a guest that writes commands and never reads holds a bounded
+    /// amount of host memory. Each entry is the byte, with bit 8 set for aux data.
+    var queue = OutputQueue()
     var lastRead: UInt8 = 0
     /// The command waiting for its data byte (0x60, 0xD1, 0xD2, 0xD3, 0xD4).
     var pending: UInt8?
@@ -114,12 +117,12 @@ private struct State {
     }
 
     mutating func readData() -> UInt8 {
-        guard !queue.isEmpty else { return lastRead }
-        lastRead = queue.removeFirst().byte
+        guard let first = queue.removeFirst() else { return lastRead }
+        lastRead = first.byte
         return lastRead
     }
 
-    mutating func output(_ byte: UInt8, aux: Bool = false) { queue.append((byte, aux)) }
+    mutating func output(_ byte: UInt8, aux: Bool = false) { queue.append(byte, aux: aux) }
 
     /// Returns true when the command resets the machine.
     mutating func writeCommand(_ command: UInt8) -> Bool {
@@ -180,5 +183,35 @@ private struct State {
             output(0xAA)
         default: output(0xFA)
         }
+    }
+}
+
+/// A ring of at most `capacity` output bytes; appending to a full ring drops the new byte.
+struct OutputQueue {
+    static let capacity = 16
+    private var entries: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)  // 16 x UInt16, no heap
+    private var head = 0
+    private(set) var count = 0
+
+    var isEmpty: Bool { count == 0 }
+    var first: (byte: UInt8, aux: Bool)? { isEmpty ? nil : entry(head) }
+
+    mutating func append(_ byte: UInt8, aux: Bool) {
+        guard count < Self.capacity else { return }
+        let index = (head + count) % Self.capacity
+        withUnsafeMutableBytes(of: &entries) { $0.storeBytes(of: UInt16(byte) | (aux ? 0x100 : 0), toByteOffset: 2 * index, as: UInt16.self) }
+        count += 1
+    }
+
+    mutating func removeFirst() -> (byte: UInt8, aux: Bool)? {
+        guard let value = first else { return nil }
+        head = (head + 1) % Self.capacity
+        count -= 1
+        return value
+    }
+
+    private func entry(_ index: Int) -> (byte: UInt8, aux: Bool) {
+        let raw = withUnsafeBytes(of: entries) { $0.load(fromByteOffset: 2 * index, as: UInt16.self) }
+        return (UInt8(truncatingIfNeeded: raw), raw & 0x100 != 0)
     }
 }
