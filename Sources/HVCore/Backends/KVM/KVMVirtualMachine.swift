@@ -35,32 +35,30 @@ public final class KVMVirtualMachine: VirtualMachine {
     static let tssAddress: UInt = 0xFFFB_D000
     static let identityMapAddress: UInt64 = 0xFFFB_C000
 
+    /// Every stored property is set before the first call that can fail after KVM_CREATE_VM, so
+    /// from then on a failure leaves a fully initialised object whose `deinit` closes the VM
+    /// descriptor: exactly once (a close here too would close whatever another thread opened
+    /// under the same number in between).
     init(backend: KVMBackend, configuration: VirtualMachineConfiguration) throws(HVError) {
         self.backend = backend
         self.configuration = configuration
-        let fd = try KVMSyscall.ioctl(backend.system.fd, HV_KVM_CREATE_VM, value: 0, "KVM_CREATE_VM")
-        self.fd = fd
-        do {
-            cpuid = Self.withTSCDeadline(try backend.supportedCPUID(),
-                                         when: configuration.interruptController != .none && backend.check(.tscDeadline) != 0)
-            savedMSRs = try backend.msrIndexList()
-            if backend.check(.setTSSAddress) != 0 {
-                var identity = Self.identityMapAddress
-                try KVMSyscall.ioctl(fd, HV_KVM_SET_IDENTITY_MAP_ADDR, &identity, "KVM_SET_IDENTITY_MAP_ADDR")
-                try KVMSyscall.ioctl(fd, HV_KVM_SET_TSS_ADDR, value: Self.tssAddress, "KVM_SET_TSS_ADDR")
-            }
-            try Self.createInterruptControllers(fd: fd, mode: configuration.interruptController, backend: backend)
-            if configuration.effectivePIT == .kernel { try Self.createPIT(fd: fd, backend: backend) }
-            if configuration.trapUnknownMSRs {
-                // api.rst 7.21 KVM_CAP_X86_USER_SPACE_MSR: send unknown and invalid accesses to us.
-                var cap = kvm_enable_cap()
-                cap.cap = UInt32(KVM_CAP_X86_USER_SPACE_MSR)
-                cap.args.0 = UInt64(KVM_MSR_EXIT_REASON_UNKNOWN | KVM_MSR_EXIT_REASON_INVAL | KVM_MSR_EXIT_REASON_FILTER)
-                try KVMSyscall.ioctl(fd, HV_KVM_ENABLE_CAP, &cap, "KVM_ENABLE_CAP(KVM_CAP_X86_USER_SPACE_MSR)")
-            }
-        } catch {
-            KVMSyscall.close(fd)
-            throw error
+        cpuid = Self.withTSCDeadline(try backend.supportedCPUID(),
+                                     when: configuration.interruptController != .none && backend.check(.tscDeadline) != 0)
+        savedMSRs = try backend.msrIndexList()
+        fd = try KVMSyscall.ioctl(backend.system.fd, HV_KVM_CREATE_VM, value: 0, "KVM_CREATE_VM")
+        if backend.check(.setTSSAddress) != 0 {
+            var identity = Self.identityMapAddress
+            try KVMSyscall.ioctl(fd, HV_KVM_SET_IDENTITY_MAP_ADDR, &identity, "KVM_SET_IDENTITY_MAP_ADDR")
+            try KVMSyscall.ioctl(fd, HV_KVM_SET_TSS_ADDR, value: Self.tssAddress, "KVM_SET_TSS_ADDR")
+        }
+        try Self.createInterruptControllers(fd: fd, mode: configuration.interruptController, backend: backend)
+        if configuration.effectivePIT == .kernel { try Self.createPIT(fd: fd, backend: backend) }
+        if configuration.trapUnknownMSRs {
+            // api.rst 7.21 KVM_CAP_X86_USER_SPACE_MSR: send unknown and invalid accesses to us.
+            var cap = kvm_enable_cap()
+            cap.cap = UInt32(KVM_CAP_X86_USER_SPACE_MSR)
+            cap.args.0 = UInt64(KVM_MSR_EXIT_REASON_UNKNOWN | KVM_MSR_EXIT_REASON_INVAL | KVM_MSR_EXIT_REASON_FILTER)
+            try KVMSyscall.ioctl(fd, HV_KVM_ENABLE_CAP, &cap, "KVM_ENABLE_CAP(KVM_CAP_X86_USER_SPACE_MSR)")
         }
     }
 
