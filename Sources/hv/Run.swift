@@ -104,6 +104,9 @@ struct Run: ParsableCommand {
 
     func run() throws {
         logging.bootstrap()
+        // A closed output pipe (`hv run ... | head`) becomes EPIPE on the console's writes, and
+        // the VM stops cleanly below, instead of the process dying of SIGPIPE mid-run.
+        signal(SIGPIPE, SIG_IGN)
         // Linux needs a local APIC; so does any SMP guest.
         let interruptMode = irqchip?.mode ?? (cpus > 1 || kernel != nil ? .kernel : .none)
         var configuration = VirtualMachineConfiguration(
@@ -129,6 +132,10 @@ struct Run: ParsableCommand {
             let machine = try Machine(configuration: configuration, backend: KVMBackend())
             let uart = try attachConsole(to: machine, serial: serial)
             if interruptMode != .none { try machine.connect(uart, irq: 4) }
+            uart.output.whenReaderGone {
+                printError("hv: standard output was closed; stopping the guest")
+                machine.stop()
+            }
             let console = connectStandardInput(to: uart, machine: machine)
             defer { console?.stop(); TerminalRawMode.restore() }
             let tpmEngine = try attachTPM(directory: tpm, to: machine)

@@ -1,6 +1,7 @@
 // `hv run`'s interactive console on a real terminal: util-linux `script` gives hv a
 // pseudo-terminal, as a person's terminal would be.
 import Foundation
+import HVGuest
 import Testing
 
 @Suite("hv run: the interactive console")
@@ -40,5 +41,31 @@ struct HVRunConsoleTests {
         #expect(lines.contains("status=0"), "\(text.text)")
         let settings = lines.filter { $0.split(separator: ":").count > 30 }  // stty -g: colon-separated fields
         #expect(settings.count == 2 && settings[0] == settings[1], "terminal before and after: \(settings)")
+    }
+
+    @Test("when the reader of hv's output goes away (hv run | head -1), the guest stops cleanly: status 0, no SIGPIPE death", .needsKVM)
+    func closedOutputStopsTheGuest() throws {
+        let program = try GuestProgram.realMode { a in
+            let again = a.label()
+            a.bind(again)
+            a.printString("a line of guest output\n")
+            a.jmp(again)
+        }
+        let folder = try PackageExecutable.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let image = folder.appendingPathComponent("chatty.bin")
+        try Data(program.code).write(to: image)
+        let (process, out, err) = try PackageExecutable.start(PackageExecutable.binDirectory.appendingPathComponent("hv"),
+                                                              ["run", image.path, "--mode", "real", "--mem", "1M", "--timeout", "60"])
+        // Read one chunk, then close the read end, as `head -1` does.
+        let first = out.fileHandleForReading.availableData
+        try out.fileHandleForReading.close()
+        let errors = err.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        let stderr = String(decoding: errors, as: UTF8.self)
+        #expect(String(decoding: first, as: UTF8.self).hasPrefix("a line of guest output"))
+        #expect(process.terminationReason == .exit, "hv died of signal \(process.terminationStatus)")
+        #expect(process.terminationStatus == 0, "\(stderr)")
+        #expect(stderr.contains("hv: standard output was closed; stopping the guest"), "\(stderr)")
     }
 }

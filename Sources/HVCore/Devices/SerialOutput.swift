@@ -56,6 +56,9 @@ public final class SerialOutput: Sendable {
 
     let sink: Sink
     private let pending: Mutex<PendingBytes>
+    /// Called once when the reader of the descriptor goes away (`EPIPE`: `hv run | head`).
+    private let closedHandler = Mutex<(@Sendable () -> Void)?>(nil)
+    private let readerGone = Atomic<Bool>(false)
 
     init(sink: Sink) {
         self.sink = sink
@@ -100,13 +103,13 @@ public final class SerialOutput: Sendable {
     public func write(_ byte: UInt8) {
         switch sink {
         case .fileDescriptor(let fd, _):
-            pending.withLock { pending in
+            let error = pending.withLock { pending -> Int32 in
                 pending.storage[pending.count] = byte
                 pending.count += 1
-                if byte == UInt8(ascii: "\n") || pending.count == pending.storage.count {
-                    Self.drain(&pending, to: fd)
-                }
+                guard byte == UInt8(ascii: "\n") || pending.count == pending.storage.count else { return 0 }
+                return Self.drain(&pending, to: fd)
             }
+            if error != 0 { noteWriteError(error) }
         case .callback(let body): body(byte)
         case .capture(let capture): capture.append(byte)
         case .discard: break
@@ -116,13 +119,31 @@ public final class SerialOutput: Sendable {
     /// Writes any buffered bytes to the file descriptor now.
     public func flush() {
         guard case .fileDescriptor(let fd, _) = sink else { return }
-        pending.withLock { Self.drain(&$0, to: fd) }
+        let error = pending.withLock { Self.drain(&$0, to: fd) }
+        noteWriteError(error)
     }
 
-    private static func drain(_ pending: inout PendingBytes, to fd: Int32) {
-        guard pending.count > 0, let base = pending.storage.baseAddress else { return }
-        writeAll(fd, UnsafeRawBufferPointer(start: base, count: pending.count))
+    /// True once a write found no reader (`EPIPE`); later bytes are dropped.
+    public var isReaderGone: Bool { readerGone.load(ordering: .acquiring) }
+
+    /// Calls `body` once, on the writing thread, when a write finds that the descriptor's reader
+    /// has gone (`EPIPE`, with SIGPIPE ignored): the embedder decides, e.g. stops the VM, where
+    /// the default signal would have killed the process mid-run.
+    public func whenReaderGone(_ body: @escaping @Sendable () -> Void) {
+        closedHandler.withLock { $0 = body }
+    }
+
+    private func noteWriteError(_ error: Int32) {
+        guard error == EPIPE, !readerGone.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        closedHandler.withLock { $0 }?()
+    }
+
+    /// Returns the `errno` of a failed write (0 when every byte went out).
+    private static func drain(_ pending: inout PendingBytes, to fd: Int32) -> Int32 {
+        guard pending.count > 0, let base = pending.storage.baseAddress else { return 0 }
+        let error = writeAll(fd, UnsafeRawBufferPointer(start: base, count: pending.count))
         pending.count = 0
+        return error
     }
 }
 
@@ -140,8 +161,9 @@ private func openForWriting(_ path: String, append: Bool) -> (fd: Int32, errno: 
 }
 
 /// `write(2)` of every byte of `bytes`, continuing after short writes and `EINTR`; gives up
-/// (dropping the rest) on any other error.
-private func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) {
+/// (dropping the rest) on any other error, whose `errno` it returns (0 on success).
+@discardableResult
+private func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> Int32 {
     var offset = 0
     while offset < bytes.count, let base = bytes.baseAddress {
         let written = write(fd, base + offset, bytes.count - offset)
@@ -150,9 +172,10 @@ private func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) {
         } else if written < 0 && errno == EINTR {
             continue
         } else {
-            return
+            return written < 0 ? errno : EIO
         }
     }
+    return 0
 }
 
 /// An in-memory record of transmitted bytes, for tests and embedders. Thread-safe.
