@@ -86,6 +86,45 @@ private let context = ExitContext(vcpuID: 0)
         #expect(error.description.contains("0x3f8-0x3ff"))
     }
 
+    @Test("an access that starts in a device's range but runs past its end reaches no device, ports and MMIO alike")
+    func straddlingAccessesAreDeclined() throws {
+        let bus = DeviceBus()
+        let port = RecordingPortDevice(name: "port"), window = RecordingMMIODevice(name: "window")
+        let top = RecordingMMIODevice(name: "top")
+        try bus.register(port, port: 0x500, count: 4)
+        try bus.register(window, address: 0x1000, length: 0x1000)
+        try bus.register(top, address: GuestPhysicalAddress(UInt64.max - 0xFFF), length: 0x1000)
+
+        #expect(withPortIO(0x502, size: 4, elements: [7]) { bus.handle(.portOut($0), context: context) }.0 == nil)
+        #expect(withPortIO(0x503, size: 2, elements: [0]) { bus.handle(.portIn($0), context: context) }.0 == nil)
+        #expect(port.writes.isEmpty && port.reads.isEmpty)
+        #expect(withPortIO(0x502, size: 2, elements: [7]) { bus.handle(.portOut($0), context: context) }.0 == .resume)
+        #expect(port.writes == [.init(offset: 2, size: 2, value: 7)])
+
+        let straddling = MMIOAccess(address: 0x1FFC, width: 8)
+        #expect(bus.handle(.mmioRead(straddling), context: context) == nil)
+        #expect(bus.handle(.mmioWrite(MMIOAccess(address: 0x1FFF, width: 2, value: 1)), context: context) == nil)
+        #expect(window.accesses.isEmpty)
+        #expect(bus.handle(.mmioRead(MMIOAccess(address: 0x1FFC, width: 4)), context: context) == .resumeWith(0xC0DE_0FFC))
+        // At the very top of the address space the check cannot overflow.
+        #expect(bus.handle(.mmioRead(MMIOAccess(address: GuestPhysicalAddress(UInt64.max - 3), width: 8)), context: context) == nil)
+        #expect(bus.handle(.mmioRead(MMIOAccess(address: GuestPhysicalAddress(UInt64.max - 7), width: 8)), context: context) == .resumeWith(0xC0DE_0FF8))
+    }
+
+    @Test("once Machine.start has frozen the bus, registering a device is refused with an error naming it")
+    func registrationAfterStartIsRefused() throws {
+        let vm = try Machine(configuration: VirtualMachineConfiguration(memorySize: 1 << 20), backend: ScriptedBackend(script: [.halt]))
+        try vm.devices.register(RecordingPortDevice(name: "before"), port: 0x500, count: 1)
+        _ = try vm.run()
+        #expect(throws: DeviceBusError.frozen(device: "late")) {
+            try vm.devices.register(RecordingPortDevice(name: "late"), port: 0x600, count: 1)
+        }
+        #expect(throws: DeviceBusError.frozen(device: "late-mmio")) {
+            try vm.devices.register(RecordingMMIODevice(name: "late-mmio"), address: 0x10_0000, length: 0x1000)
+        }
+        #expect(DeviceBusError.frozen(device: "late").description.contains("register devices before start"))
+    }
+
     @Test func overlappingMMIORangesAreRejectedNamingBothDevices() throws {
         let bus = DeviceBus()
         try bus.register(RecordingMMIODevice(name: "ioapic"), address: 0xFEC0_0000, length: 0x1000)
@@ -133,12 +172,12 @@ private let context = ExitContext(vcpuID: 0)
         let bus = DeviceBus()
         let device = RecordingPortDevice(name: "fifo")
         try bus.register(device, port: 0x500, count: 4)
-        let (action, elements) = withPortIO(0x501, size: 4, elements: [0, 0, 0, 0]) {
+        let (action, elements) = withPortIO(0x500, size: 4, elements: [0, 0, 0, 0]) {
             bus.handle(.portIn($0), context: context)
         }
         #expect(action == .resume)
         #expect(elements == [10, 11, 12, 13])
-        #expect(device.reads.map(\.offset) == [1, 1, 1, 1])
+        #expect(device.reads.map(\.offset) == [0, 0, 0, 0])
     }
 
     @Test func mmioAccessesReachTheDeviceWithTheirOffsets() throws {

@@ -48,7 +48,7 @@ struct MachineTests {
     func stringOut() throws {
         let vm = try machine([.portOut(port: 0x70, size: 2, values: [1, 2, 3]), .halt])
         let device = RecordingPort()
-        try vm.devices.register(device, port: 0x70, count: 1)
+        try vm.devices.register(device, port: 0x70, count: 2)  // the whole 16-bit access must fit
         _ = try vm.run()
         #expect(device.writes.map(\.value) == [1, 2, 3])
         #expect(device.writes.allSatisfy { $0.size == 2 })
@@ -57,7 +57,7 @@ struct MachineTests {
     @Test("a device can stop the VM with a reason")
     func deviceStops() throws {
         let vm = try machine([.portOut(port: 0x70, size: 4, values: [0xDEAD]), .halt])
-        try vm.devices.register(RecordingPort(), port: 0x70, count: 1)
+        try vm.devices.register(RecordingPort(), port: 0x70, count: 4)
         let result = try vm.run()
         #expect(result.reason == .debugExit(code: 0xDEAD))
         #expect(result.exits == 1)

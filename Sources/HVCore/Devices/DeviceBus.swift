@@ -6,6 +6,8 @@ public enum DeviceBusError: Error, Equatable, CustomStringConvertible {
     case emptyRange(device: String)
     case rangeOverflow(device: String)
     case overlap(device: String, existing: String, start: UInt64, end: UInt64)
+    /// The bus is in use by running vCPUs (`Machine.start` froze it).
+    case frozen(device: String)
 
     public var description: String {
         switch self {
@@ -13,106 +15,100 @@ public enum DeviceBusError: Error, Equatable, CustomStringConvertible {
         case .rangeOverflow(let device): "device \(device): the range runs past the end of the address space"
         case let .overlap(device, existing, start, end):
             "device \(device) overlaps \(existing), which already holds 0x\(String(start, radix: 16))-0x\(String(end, radix: 16))"
+        case .frozen(let device):
+            "device \(device): the bus is frozen once the VM has started (register devices before start or run)"
         }
     }
 }
 
-/// Maps port ranges and guest-physical ranges to devices. Registration happens before the VM
-/// runs; lookups (binary search, no allocation) happen on vCPU threads.
-public final class DeviceBus: ExitHandler, @unchecked Sendable {
-    // Sendable: ranges are only mutated during set-up, before any vCPU thread starts.
-
-    struct PortRange {
-        let start: UInt16
-        let end: UInt16  // inclusive
-        let device: any PortIODevice
-    }
-
-    struct MMIORange {
+/// One address space (I/O ports or guest-physical addresses) cut into device ranges, sorted for
+/// binary search. The same code serves both spaces (vm-device's generic bus): a lookup takes the
+/// whole access, not only its first address, as vm-device's `check_access(addr, len)` does.
+struct AddressRanges<Device> {
+    struct Range {
         let start: UInt64
         let end: UInt64  // inclusive
-        let device: any MMIODevice
+        let device: Device
+        let name: String
     }
 
-    private(set) var portRanges: [PortRange] = []
-    private(set) var mmioRanges: [MMIORange] = []
+    private(set) var ranges: [Range] = []
+
+    /// Adds `device` at `base ..< base + length`, inside `0 ... limit`.
+    mutating func insert(_ device: Device, name: String, base: UInt64, length: UInt64, limit: UInt64) throws(DeviceBusError) {
+        guard length > 0 else { throw .emptyRange(device: name) }
+        let (last, overflow) = base.addingReportingOverflow(length - 1)
+        guard !overflow, last <= limit else { throw .rangeOverflow(device: name) }
+        for other in ranges where other.start <= last && base <= other.end {
+            throw .overlap(device: name, existing: other.name, start: other.start, end: other.end)
+        }
+        ranges.append(Range(start: base, end: last, device: device, name: name))
+        ranges.sort { $0.start < $1.start }
+    }
+
+    /// The device whose range holds every byte of `address ..< address + length`, with the
+    /// offset of `address` in it; nil when no range holds `address`, or when the access runs
+    /// past the end of the range that does (it then reaches no device: the unmapped-access
+    /// policy answers, so a device never sees an offset + width beyond its window).
+    @inline(__always)
+    func lookup(_ address: UInt64, length: UInt64) -> (device: Device, offset: UInt64)? {
+        var low = 0
+        var high = ranges.count - 1
+        while low <= high {
+            let mid = (low + high) >> 1
+            let range = ranges[mid]
+            if address < range.start {
+                high = mid - 1
+            } else if address > range.end {
+                low = mid + 1
+            } else {
+                let offset = address - range.start
+                guard length == 0 || length - 1 <= range.end - address else { return nil }
+                return (range.device, offset)
+            }
+        }
+        return nil
+    }
+}
+
+/// Maps port ranges and guest-physical ranges to devices. Registration happens before the VM
+/// runs (`Machine.start` freezes the bus; a later `register` throws `.frozen`); lookups
+/// (binary search, no allocation, no lock) happen on vCPU threads.
+public final class DeviceBus: ExitHandler, @unchecked Sendable {
+    // @unchecked Sendable: the tables change only before `freeze()`, which `Machine.start`
+    // calls before any vCPU thread exists (thread creation orders the writes before the reads).
+
+    private(set) var ports = AddressRanges<any PortIODevice>()
+    private(set) var mmio = AddressRanges<any MMIODevice>()
+    private var frozen = false
 
     public init() {}
 
+    /// Refuses registrations from now on.
+    public func freeze() { frozen = true }
+
     /// Places `device` at ports `base ..< base + count`.
     public func register(_ device: any PortIODevice, port base: IOPort, count: Int) throws(DeviceBusError) {
+        guard !frozen else { throw .frozen(device: device.name) }
         guard count > 0 else { throw .emptyRange(device: device.name) }
-        let last = Int(base.rawValue) + count - 1
-        guard last <= Int(UInt16.max) else { throw .rangeOverflow(device: device.name) }
-        let range = PortRange(start: base.rawValue, end: UInt16(last), device: device)
-        for other in portRanges where other.start <= range.end && range.start <= other.end {
-            throw .overlap(device: device.name, existing: other.device.name,
-                           start: UInt64(other.start), end: UInt64(other.end))
-        }
-        portRanges.append(range)
-        portRanges.sort { $0.start < $1.start }
+        try ports.insert(device, name: device.name, base: UInt64(base.rawValue), length: UInt64(count), limit: UInt64(UInt16.max))
     }
 
     /// Places `device` at guest-physical `base ..< base + length`.
     public func register(_ device: any MMIODevice, address base: GuestPhysicalAddress, length: UInt64) throws(DeviceBusError) {
-        guard length > 0 else { throw .emptyRange(device: device.name) }
-        let (last, overflow) = base.rawValue.addingReportingOverflow(length - 1)
-        guard !overflow else { throw .rangeOverflow(device: device.name) }
-        let range = MMIORange(start: base.rawValue, end: last, device: device)
-        for other in mmioRanges where other.start <= range.end && range.start <= other.end {
-            throw .overlap(device: device.name, existing: other.device.name, start: other.start, end: other.end)
-        }
-        mmioRanges.append(range)
-        mmioRanges.sort { $0.start < $1.start }
+        guard !frozen else { throw .frozen(device: device.name) }
+        try mmio.insert(device, name: device.name, base: base.rawValue, length: length, limit: UInt64.max)
     }
 
     /// Resets every registered `ResettableDevice` once (a device on several ranges, such as the
     /// i8042's two ports, is reset once): port devices first, each kind in address order.
     public func resetDevices() {
         var seen = Set<ObjectIdentifier>()
-        let devices: [AnyObject] = portRanges.map { $0.device as AnyObject } + mmioRanges.map { $0.device as AnyObject }
+        let devices: [AnyObject] = ports.ranges.map { $0.device as AnyObject } + mmio.ranges.map { $0.device as AnyObject }
         for device in devices {
             guard seen.insert(ObjectIdentifier(device)).inserted, let resettable = device as? ResettableDevice else { continue }
             resettable.reset()
         }
-    }
-
-    /// The port device holding `port`, with the port's offset from the device's base.
-    @inline(__always)
-    func portDevice(at port: UInt16) -> (device: any PortIODevice, offset: UInt16)? {
-        var low = 0
-        var high = portRanges.count - 1
-        while low <= high {
-            let mid = (low + high) >> 1
-            let range = portRanges[mid]
-            if port < range.start {
-                high = mid - 1
-            } else if port > range.end {
-                low = mid + 1
-            } else {
-                return (range.device, port - range.start)
-            }
-        }
-        return nil
-    }
-
-    /// The MMIO device holding `address`, with the address's offset from the device's base.
-    @inline(__always)
-    func mmioDevice(at address: UInt64) -> (device: any MMIODevice, offset: UInt64)? {
-        var low = 0
-        var high = mmioRanges.count - 1
-        while low <= high {
-            let mid = (low + high) >> 1
-            let range = mmioRanges[mid]
-            if address < range.start {
-                high = mid - 1
-            } else if address > range.end {
-                low = mid + 1
-            } else {
-                return (range.device, address - range.start)
-            }
-        }
-        return nil
     }
 
     /// Takes port and MMIO exits that land on a registered device; declines everything else.
@@ -120,23 +116,23 @@ public final class DeviceBus: ExitHandler, @unchecked Sendable {
     public func handle(_ exit: VMExit, context: ExitContext) -> ExitAction? {
         switch exit {
         case .portOut(let io):
-            guard let (device, offset) = portDevice(at: io.port.rawValue) else { return nil }
+            guard let (device, offset) = ports.lookup(UInt64(io.port.rawValue), length: UInt64(io.data.size)) else { return nil }
             for index in 0..<io.data.count {
-                let action = device.portWrite(offset: offset, size: io.data.size, value: io.data[index])
+                let action = device.portWrite(offset: UInt16(truncatingIfNeeded: offset), size: io.data.size, value: io.data[index])
                 if action != .resume { return action }
             }
             return .resume
         case .portIn(let io):
-            guard let (device, offset) = portDevice(at: io.port.rawValue) else { return nil }
+            guard let (device, offset) = ports.lookup(UInt64(io.port.rawValue), length: UInt64(io.data.size)) else { return nil }
             for index in 0..<io.data.count {
-                io.data[index] = device.portRead(offset: offset, size: io.data.size)
+                io.data[index] = device.portRead(offset: UInt16(truncatingIfNeeded: offset), size: io.data.size)
             }
             return .resume
         case .mmioRead(let access):
-            guard let (device, offset) = mmioDevice(at: access.address.rawValue) else { return nil }
+            guard let (device, offset) = mmio.lookup(access.address.rawValue, length: UInt64(access.width)) else { return nil }
             return .resumeWith(device.mmioRead(offset: offset, width: Int(access.width)))
         case .mmioWrite(let access):
-            guard let (device, offset) = mmioDevice(at: access.address.rawValue) else { return nil }
+            guard let (device, offset) = mmio.lookup(access.address.rawValue, length: UInt64(access.width)) else { return nil }
             return device.mmioWrite(offset: offset, width: Int(access.width), value: access.value)
         default:
             return nil

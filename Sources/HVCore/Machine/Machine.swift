@@ -165,6 +165,8 @@ public final class Machine<B: Backend>: @unchecked Sendable {
             lock.unlock()
             throw .invalidState(operation: "start", state: current)
         }
+        // vCPU threads read the device tables without a lock: they stop changing here.
+        devices.freeze()
         if configuration.resetPolicy == .restart {
             // The state a reset returns to: registers as loaded, APs waiting for SIPI. Saved under
             // the lock, so a second start() cannot save it again while the vCPUs run.
