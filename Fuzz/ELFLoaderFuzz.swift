@@ -7,7 +7,7 @@ public func elfLoaderFuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     // unsafe: libFuzzer hands a raw buffer; it is copied once into a Swift array.
     let bytes = Array(UnsafeBufferPointer(start: data, count: size))
     if let image = try? GuestImage.elf(bytes, memorySize: 4 << 20) {
-        precondition(image.chunks.allSatisfy { $0.address.rawValue + UInt64($0.bytes.count) <= 4 << 20 })
+        precondition(image.chunks.allSatisfy { $0.address.rawValue + $0.size <= 4 << 20 })
     }
     return 0
 }

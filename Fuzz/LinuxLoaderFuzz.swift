@@ -8,7 +8,7 @@ public func linuxLoaderFuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     let bytes = Array(UnsafeBufferPointer(start: data, count: size))
     if let image = try? GuestImage.linux(bytes, commandLine: "console=ttyS0", initrd: [1, 2, 3], memorySize: 32 << 20) {
         precondition(image.registers.rsi == GuestImage.linuxZeroPageAddress)
-        precondition(image.chunks.allSatisfy { $0.address.rawValue + UInt64($0.bytes.count) <= 32 << 20 })
+        precondition(image.chunks.allSatisfy { $0.address.rawValue + $0.size <= 32 << 20 })
     }
     return 0
 }

@@ -10,7 +10,7 @@ public func multiboot2LoaderFuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> C
     let modules = [MultibootModule(name: "env", bytes: [1, 2, 3])]
     if let image = try? GuestImage.multiboot2(bytes, commandLine: "console=ttyS0", modules: modules, rsdp: rsdp,
                                               memorySize: 4 << 20) {
-        precondition(image.chunks.allSatisfy { $0.address.rawValue + UInt64($0.bytes.count) <= 4 << 20 })
+        precondition(image.chunks.allSatisfy { $0.address.rawValue + $0.size <= 4 << 20 })
         precondition(image.registers.rbx == GuestImage.multiboot2InfoAddress)
     }
     return 0

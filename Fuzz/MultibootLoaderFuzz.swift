@@ -10,7 +10,7 @@ public func multibootLoaderFuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CI
     if let image = try? GuestImage.multiboot(bytes, name: "kernel", arguments: "a b", modules: [module],
                                              memorySize: 4 << 20) {
         precondition(image.registers.rax == 0x2BAD_B002 && image.registers.rbx == GuestImage.multibootInfoAddress)
-        precondition(image.chunks.allSatisfy { $0.address.rawValue + UInt64($0.bytes.count) <= 4 << 20 })
+        precondition(image.chunks.allSatisfy { $0.address.rawValue + $0.size <= 4 << 20 })
     }
     return 0
 }

@@ -10,7 +10,7 @@ public func pvhLoaderFuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     let initrd = size > 0 ? [UInt8](repeating: 0, count: Int(bytes[size - 1]) << 12) : nil
     if let image = try? GuestImage.pvh(bytes, commandLine: "console=ttyS0", initrd: initrd, rsdpAddress: 0xE_0000,
                                        memorySize: 4 << 20) {
-        precondition(image.chunks.allSatisfy { $0.address.rawValue + UInt64($0.bytes.count) <= 4 << 20 })
+        precondition(image.chunks.allSatisfy { $0.address.rawValue + $0.size <= 4 << 20 })
         precondition(image.registers.rbx == GuestImage.pvhStartInfoAddress)
     }
     return 0

@@ -46,21 +46,29 @@ public enum GuestMode: Sendable, Hashable {
 /// The identity map covers the first 4 GiB (so MMIO below 4 GiB, e.g. 0xD000_0000, is
 /// reachable) or all of memory rounded up to 1 GiB, whichever is larger.
 public struct GuestImage: Sendable, Equatable {
-    /// Bytes to copy to one guest-physical address.
+    /// Bytes to copy to one guest-physical address, then zeros.
     public struct Chunk: Sendable, Equatable {
         /// Where the first byte goes.
         public var address: GuestPhysicalAddress
         /// The contents.
         public var bytes: [UInt8]
+        /// Zero bytes after `bytes` (an ELF segment's .bss, p_memsz - p_filesz): kept as a count,
+        /// never as bytes, so a huge .bss costs no host memory; the machine zeroes the range by
+        /// dropping the pages (`GuestMemory.zero`).
+        public var zeroFill: UInt64
         /// What the bytes are: "program", "gdt", "pml4", "pdpt", "page directories".
         public var name: String
 
-        /// A chunk of `bytes` at `address`.
-        public init(address: GuestPhysicalAddress, bytes: [UInt8], name: String) {
+        /// A chunk of `bytes` at `address`, followed by `zeroFill` zero bytes.
+        public init(address: GuestPhysicalAddress, bytes: [UInt8], zeroFill: UInt64 = 0, name: String) {
             self.address = address
             self.bytes = bytes
+            self.zeroFill = zeroFill
             self.name = name
         }
+
+        /// Bytes of guest memory the chunk covers: its contents and its zeros.
+        public var size: UInt64 { UInt64(bytes.count) + zeroFill }
     }
 
     /// Everything to write into guest memory, program first.

@@ -120,7 +120,7 @@ struct Run: ParsableCommand {
         // ACPI tables live in 0xE0000-0xFFFFF: skip them when RAM is smaller or the image uses it.
         let imageUsesACPIArea = image.chunks.contains { chunk in
             let start = chunk.address.rawValue
-            return start < acpiRange.upperBound && start + UInt64(chunk.bytes.count) > acpiRange.lowerBound
+            return start < acpiRange.upperBound && start + chunk.size > acpiRange.lowerBound
         }
         let acpiTables = platform == .pc && mem.bytes >= acpiRange.upperBound && !imageUsesACPIArea
         if !acpiTables, plannedTables != nil, let withoutACPI = loaderImage(acpi: nil) { image = withoutACPI }

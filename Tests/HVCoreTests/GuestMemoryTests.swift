@@ -3,6 +3,20 @@ import Testing
 
 @Suite("Guest memory")
 struct GuestMemoryTests {
+    @Test("zero(count:at:) clears exactly the range, whole pages by handing them back, partial pages by hand; neighbours keep their bytes")
+    func zeroClearsExactlyTheRange() throws {
+        let memory = try GuestMemory.pcLayout(size: 1 << 20)
+        try memory.fill(0xAB, count: 0x8000, at: GuestPhysicalAddress(0x1_0000))
+        try memory.zero(count: 0x5000, at: GuestPhysicalAddress(0x1_0800))  // 0x10800 ..< 0x15800: two partial pages, four whole
+        #expect(try memory.read(UInt8.self, at: GuestPhysicalAddress(0x1_07FF)) == 0xAB)
+        #expect(try memory.readBytes(at: GuestPhysicalAddress(0x1_0800), count: 0x5000).allSatisfy { $0 == 0 })
+        #expect(try memory.read(UInt8.self, at: GuestPhysicalAddress(0x1_5800)) == 0xAB)
+        // Within one page.
+        try memory.zero(count: 3, at: GuestPhysicalAddress(0x1_6001))
+        #expect(try memory.readBytes(at: GuestPhysicalAddress(0x1_6000), count: 5) == [0xAB, 0, 0, 0, 0xAB])
+        #expect(throws: GuestMemoryError.self) { try memory.zero(count: 2, at: GuestPhysicalAddress((1 << 20) - 1)) }
+    }
+
     @Test("typed reads and writes are little-endian and round-trip")
     func typedAccess() throws {
         let memory = try GuestMemory.pcLayout(size: 64 << 10)

@@ -32,6 +32,20 @@ func portLoop() throws -> GuestProgram {
 
 @Suite("KVM control", .requiresKVM, .serialized)
 struct KVMControlTests {
+    @Test("a memory mapping KVM refuses is reported with its slot, guest range and size")
+    func refusedMappingNamesTheMapping() throws {
+        let vm = try KVMBackend().createVirtualMachine(configuration: VirtualMachineConfiguration(memorySize: 1 << 20))
+        let region = try MemoryRegion(guestAddress: GuestPhysicalAddress(0x10_0000), size: 0x10_0000)
+        try vm.map(region, slot: 0)
+        do {
+            try vm.map(region, slot: 1)  // the same guest range in a second slot: KVM says EEXIST
+            Issue.record("KVM accepted an overlapping slot")
+        } catch {
+            let text = "\(error)"
+            #expect(text.contains("KVM_SET_USER_MEMORY_REGION(slot 1, guest 0x100000-0x1fffff, 1048576 bytes)"), "\(text)")
+        }
+    }
+
     @Test("stop() kicks a vCPU out of a guest that never exits by itself")
     func stopSpinningGuest() throws {
         let vm = try KVMHost.machine()

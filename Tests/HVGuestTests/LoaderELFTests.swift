@@ -23,6 +23,17 @@ private func expectError(_ expected: LoaderError, field: String, sourceLocation:
 struct LoaderELFTests {
     let code: [UInt8] = [0xF4, 0xEB, 0xFD]  // hlt; jmp $-1
 
+    @Test("a segment asking for 2 GiB of .bss from a 100-byte file costs a count, not 2 GiB of host bytes")
+    func hugeBSSIsACount() throws {
+        let elf = TestELF(is64: true, entry: 0x10_0000, segments: [
+            TestSegment(physicalAddress: 0x10_0000, data: code, memorySize: 2 << 30),
+        ])
+        let image = try GuestImage.elf(elf.bytes, memorySize: 3 << 30)
+        let segment = try #require(image.chunk(named: "segment 0"))
+        #expect(segment.bytes == code)
+        #expect(segment.zeroFill == (2 << 30) - UInt64(code.count) && segment.size == 2 << 30)
+    }
+
     @Test("ELF64 loads each PT_LOAD at p_paddr, zero-fills .bss and enters long mode at the translated e_entry")
     func elf64() throws {
         let elf = TestELF(is64: true, entry: 0xFFFF_FFFF_8010_0001, segments: [
@@ -38,7 +49,7 @@ struct LoaderELFTests {
         #expect(image.chunk(named: "segment 0")?.address.rawValue == 0x10_0000)
         #expect(image.chunk(named: "segment 1") == nil)
         let data = try #require(image.chunk(named: "segment 2"))
-        #expect(data.bytes.count == 0x1000 && data.bytes[0...1] == [9, 9] && data.bytes[2...].allSatisfy { $0 == 0 })
+        #expect(data.bytes == [9, 9] && data.zeroFill == 0x1000 - 2 && data.size == 0x1000)  // .bss as a count
         #expect(image.chunk(named: "pml4") != nil)
     }
 

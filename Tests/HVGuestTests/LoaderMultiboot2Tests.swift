@@ -65,7 +65,7 @@ struct LoaderMultiboot2Tests {
         #expect(image.registers.rax == 0x36D7_6289 && image.registers.rbx == 0x9000 && image.registers.rip == 0x10_0100)
         #expect(image.specialRegisters.cr0 & ControlBits.cr0PG == 0 && image.specialRegisters.cr0 & ControlBits.cr0PE != 0)
         let kernel = try #require(image.chunk(named: "kernel"))
-        #expect(kernel.address.rawValue == 0x10_0000 && kernel.bytes.count == 0x2000)   // bss to bss_end_addr
+        #expect(kernel.address.rawValue == 0x10_0000 && kernel.size == 0x2000)   // bss to bss_end_addr
         let tags = try infoTags(image)
         #expect(tags.map(\.type) == [1, 2, 3, 4, 6, 14, 15, 0])
         let info = try #require(image.chunk(named: "multiboot2 info")).bytes

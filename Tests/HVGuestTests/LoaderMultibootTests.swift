@@ -63,7 +63,7 @@ struct LoaderMultibootTests {
         #expect(entries[1] == (20, 0xA_0000, 0x6_0000, 2))
         #expect(entries[2] == (20, 0x10_0000, 0xF0_0000, 1))
         let bss = try #require(image.chunk(named: "segment 0"))
-        #expect(bss.bytes.count == 0x200D && bss.bytes[13...].allSatisfy { $0 == 0 })
+        #expect(bss.bytes.count == 13 && bss.size == 0x200D)
     }
 
     @Test("without arguments the command line is the image name alone")
@@ -81,15 +81,16 @@ struct LoaderMultibootTests {
         file += [UInt8](repeating: 0xF4, count: 0x20)
         let image = try GuestImage.multiboot(file, name: "raw", memorySize: memory)
         let kernel = try #require(image.chunk(named: "kernel"))
-        #expect(kernel.address.rawValue == 0x20_0000 && kernel.bytes.count == 0x1000)
-        #expect(Array(kernel.bytes[0..<file.count]) == file && kernel.bytes[file.count...].allSatisfy { $0 == 0 })
+        #expect(kernel.address.rawValue == 0x20_0000 && kernel.size == 0x1000)
+        #expect(kernel.bytes == file && kernel.zeroFill == UInt64(0x1000 - file.count))
         #expect(image.registers.rip == 0x20_0030 && image.registers.rax == 0x2BAD_B002)
 
         // load_end_addr: only the first 0x40 bytes come from the file (the checksum covers no address).
         var short = file
         put(&short, 0x10 + 20, 0x20_0040, 4)
         let shortImage = try GuestImage.multiboot(short, name: "raw", memorySize: memory)
-        #expect(shortImage.chunk(named: "kernel")?.bytes[0x3F] == 0xF4 && shortImage.chunk(named: "kernel")?.bytes[0x40] == 0)
+        let shortKernel = try #require(shortImage.chunk(named: "kernel"))
+        #expect(shortKernel.bytes.count == 0x40 && shortKernel.bytes[0x3F] == 0xF4 && shortKernel.size == 0x1000)
     }
 
     @Test("header search: none, beyond 8 KiB, bad checksum, video mode, undefined required flags")

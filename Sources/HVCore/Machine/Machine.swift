@@ -145,12 +145,16 @@ public final class Machine<B: Backend>: @unchecked Sendable {
         }
     }
 
-    /// Copies `chunks` into guest memory (at `load`, and again at every reset).
+    /// Copies `chunks` into guest memory and zeroes their zero fill (at `load`, and again at
+    /// every reset, when the guest may have written there).
     private func write(_ chunks: [GuestImage.Chunk]) throws(HVError) {
         let loader = LogCategory.loader.logger
         for chunk in chunks {
-            do { try memory.write(bytes: chunk.bytes, at: chunk.address) } catch { throw .memory(error) }
-            loader.debug("loaded \(chunk.name): \(chunk.bytes.count) bytes at 0x\(String(chunk.address.rawValue, radix: 16))")
+            do throws(GuestMemoryError) {
+                try memory.write(bytes: chunk.bytes, at: chunk.address)
+                try memory.zero(count: chunk.zeroFill, at: GuestPhysicalAddress(chunk.address.rawValue + UInt64(chunk.bytes.count)))
+            } catch { throw .memory(error) }
+            loader.debug("loaded \(chunk.name): \(chunk.bytes.count) bytes and \(chunk.zeroFill) zeros at 0x\(String(chunk.address.rawValue, radix: 16))")
         }
     }
 

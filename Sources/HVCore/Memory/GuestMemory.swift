@@ -137,6 +137,27 @@ public final class GuestMemory: @unchecked Sendable {
         }
     }
 
+    /// Zeroes `count` bytes of guest RAM at `address` at the cost of the pages touched, not of
+    /// `count`: whole pages are handed back to the kernel (`madvise(MADV_DONTNEED)` on this
+    /// private anonymous mapping reads back as zeros, and an untouched page costs nothing),
+    /// the partial pages at either end are cleared with `memset`.
+    public func zero(count: UInt64, at address: GuestPhysicalAddress) throws(GuestMemoryError) {
+        guard count > 0 else { return }
+        let pointer = try hostPointer(for: address, length: count)
+        let page = UInt(sysconf(Int32(_SC_PAGESIZE)))
+        let start = UInt(bitPattern: pointer), end = start + UInt(count)
+        let firstPage = (start + page - 1) / page * page, lastPage = end / page * page
+        guard firstPage < lastPage else {
+            pointer.initializeMemory(as: UInt8.self, repeating: 0, count: Int(count))
+            return
+        }
+        pointer.initializeMemory(as: UInt8.self, repeating: 0, count: Int(firstPage - start))
+        if madvise(UnsafeMutableRawPointer(bitPattern: firstPage), Int(lastPage - firstPage), MADV_DONTNEED) != 0 {
+            UnsafeMutableRawPointer(bitPattern: firstPage)!.initializeMemory(as: UInt8.self, repeating: 0, count: Int(lastPage - firstPage))
+        }
+        UnsafeMutableRawPointer(bitPattern: lastPage)!.initializeMemory(as: UInt8.self, repeating: 0, count: Int(end - lastPage))
+    }
+
     /// Sets `count` bytes of guest RAM at `address` to `value` (`memset`): no host buffer of
     /// `count` bytes, whatever a guest asks for.
     public func fill(_ value: UInt8, count: UInt64, at address: GuestPhysicalAddress) throws(GuestMemoryError) {

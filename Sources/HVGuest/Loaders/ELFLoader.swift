@@ -69,11 +69,10 @@ extension GuestImage {
         }
         return file.segments.map { segment in
             // Both sizes were checked: the file range against the file, p_memsz against memory.
-            var contents = [UInt8](repeating: 0, count: Int(segment.memorySize))
+            // The .bss stays a count: a 100-byte file may ask for gigabytes of zeros.
             let start = Int(segment.offset), count = Int(segment.fileSize)
-            contents.replaceSubrange(0..<count, with: bytes[start..<start + count])
-            return Chunk(address: GuestPhysicalAddress(segment.physicalAddress), bytes: contents,
-                         name: "segment \(segment.index)")
+            return Chunk(address: GuestPhysicalAddress(segment.physicalAddress), bytes: Array(bytes[start..<start + count]),
+                         zeroFill: segment.memorySize - segment.fileSize, name: "segment \(segment.index)")
         }
     }
 

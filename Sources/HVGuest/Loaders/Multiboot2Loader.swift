@@ -192,7 +192,7 @@ extension GuestImage {
             }
             let asMultiboot1 = MultibootHeader(offset: header.offset, flags: 1 << 16, addresses: addresses)
             let (chunk, start) = try aoutKludgeChunk(kernel, header: asMultiboot1, addresses: addresses, memoryLimit: limit)
-            let end = chunk.address.rawValue + UInt64(chunk.bytes.count)
+            let end = chunk.address.rawValue + chunk.size
             for region in reserved where start < region.end && region.start < end {
                 throw .overlapsSetUpStructure(field: "load_addr", what: "the kernel", start: start, end: end,
                                               structure: region.name, structureStart: region.start, structureEnd: region.end)
@@ -204,11 +204,11 @@ extension GuestImage {
             chunks = try loadSegments(of: file, from: kernel, memorySize: limit, reserved: reserved)
             if let address = header.entryAddress { entry = UInt64(address) } else { entry = try physicalEntry(of: file) }
         }
-        guard chunks.contains(where: { entry >= $0.address.rawValue && entry - $0.address.rawValue < UInt64($0.bytes.count) }) else {
+        guard chunks.contains(where: { entry >= $0.address.rawValue && entry - $0.address.rawValue < $0.size }) else {
             throw .entryOutsideLoadedMemory(field: header.entryAddress != nil ? "entry_addr" : "e_entry", entry: entry)
         }
 
-        let kernelEnd = chunks.map { $0.address.rawValue + UInt64($0.bytes.count) }.max() ?? 0
+        let kernelEnd = chunks.map { $0.address.rawValue + $0.size }.max() ?? 0
         var cursor = (max(kernelEnd, 0x10_0000) + 0xFFF) & ~0xFFF
         var ranges: [(start: UInt64, end: UInt64)] = []
         for (index, module) in modules.enumerated() {

@@ -120,7 +120,7 @@ extension GuestImage {
         let entry: UInt64
         if let addresses = header.addresses {
             let (chunk, start) = try aoutKludgeChunk(kernel, header: header, addresses: addresses, memoryLimit: limit)
-            let end = chunk.address.rawValue + UInt64(chunk.bytes.count)
+            let end = chunk.address.rawValue + chunk.size
             for region in reserved where start < region.end && region.start < end {
                 throw .overlapsSetUpStructure(field: "load_addr", what: "the kernel", start: start, end: end,
                                               structure: region.name, structureStart: region.start,
@@ -136,7 +136,7 @@ extension GuestImage {
         }
 
         // Modules after the kernel, page-aligned (flag 0 asks for it; HV always does it).
-        let kernelEnd = chunks.map { $0.address.rawValue + UInt64($0.bytes.count) }.max() ?? 0
+        let kernelEnd = chunks.map { $0.address.rawValue + $0.size }.max() ?? 0
         var cursor = (max(kernelEnd, 0x10_0000) + 0xFFF) & ~0xFFF
         var ranges: [(start: UInt64, end: UInt64)] = []
         for (index, module) in modules.enumerated() {
@@ -202,8 +202,7 @@ extension GuestImage {
             throw .outsideMemory(field: "load_addr/bss_end_addr", what: "the kernel", start: load, size: memorySize,
                                  memorySize: memoryLimit)
         }
-        var contents = [UInt8](repeating: 0, count: Int(memorySize))
-        contents.replaceSubrange(0..<Int(loadSize), with: kernel[Int(fileStart)..<Int(fileStart + loadSize)])
-        return (Chunk(address: GuestPhysicalAddress(load), bytes: contents, name: "kernel"), load)
+        let contents = Array(kernel[Int(fileStart)..<Int(fileStart + loadSize)])
+        return (Chunk(address: GuestPhysicalAddress(load), bytes: contents, zeroFill: memorySize - loadSize, name: "kernel"), load)
     }
 }

@@ -82,7 +82,7 @@ extension GuestImage {
         ]
         var chunks = try loadSegments(of: file, from: kernel, memorySize: lowRAM, reserved: reserved)
         guard chunks.contains(where: { chunk in
-            UInt64(entry) >= chunk.address.rawValue && UInt64(entry) - chunk.address.rawValue < UInt64(chunk.bytes.count)
+            UInt64(entry) >= chunk.address.rawValue && UInt64(entry) - chunk.address.rawValue < chunk.size
         }) else {
             throw .entryOutsideLoadedMemory(field: "XEN_ELFNOTE_PHYS32_ENTRY", entry: UInt64(entry))
         }
@@ -106,7 +106,7 @@ extension GuestImage {
         if let initrd {
             // Above the kernel and 1 MiB (clear of every low structure), as high as possible below the hole.
             let size = UInt64(initrd.count)
-            let floor = max(chunks.map { $0.address.rawValue + UInt64($0.bytes.count) }.max() ?? 0, PCMemoryMap.extendedStart)
+            let floor = max(chunks.map { $0.address.rawValue + $0.size }.max() ?? 0, PCMemoryMap.extendedStart)
             guard size <= lowRAM, (lowRAM - size) & ~0xFFF >= floor else {
                 throw .outsideMemory(field: "initrd", what: "the initrd", start: floor, size: size, memorySize: lowRAM)
             }

@@ -55,8 +55,25 @@ public struct KVMBackend: Backend {
     /// The corresponding ioctl is `KVM_CHECK_EXTENSION`.
     public func check(_ capability: KVMCapability) -> Int32 { Self.check(capability, fd: system.fd) }
 
+    /// The answer, or the failed call itself: KVM answers 0 for a capability it lacks, so a
+    /// failure (a closed or wrong descriptor) is a different fact and is reported as one.
+    public func checkReportingErrors(_ capability: KVMCapability) throws(HVError) -> Int32 {
+        do {
+            return try KVMSyscall.ioctl(system.fd, HV_KVM_CHECK_EXTENSION, value: UInt(capability.number), "KVM_CHECK_EXTENSION")
+        } catch {
+            guard case .systemCall(_, let code) = error else { throw error }
+            throw .systemCall(operation: "KVM_CHECK_EXTENSION(\(capability.name))", errno: code)
+        }
+    }
+
     private static func check(_ capability: KVMCapability, fd: Int32) -> Int32 {
-        (try? KVMSyscall.ioctl(fd, HV_KVM_CHECK_EXTENSION, value: UInt(capability.number), "KVM_CHECK_EXTENSION")) ?? 0
+        do {
+            return try KVMSyscall.ioctl(fd, HV_KVM_CHECK_EXTENSION, value: UInt(capability.number), "KVM_CHECK_EXTENSION")
+        } catch {
+            // Treated as absent, but said: "absent" and "could not ask" are different answers.
+            LogCategory.kvm.logger.warning("KVM_CHECK_EXTENSION(\(capability.name)) failed (\(error)); treating it as absent")
+            return 0
+        }
     }
 
     /// The CPUID leaves KVM can present to a guest. The corresponding ioctl is `KVM_GET_SUPPORTED_CPUID`.

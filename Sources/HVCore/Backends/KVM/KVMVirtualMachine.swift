@@ -197,7 +197,15 @@ public final class KVMVirtualMachine: VirtualMachine {
         var descriptor = kvm_userspace_memory_region(
             slot: UInt32(slot), flags: 0, guest_phys_addr: region.guestAddress.rawValue,
             memory_size: region.size, userspace_addr: UInt64(UInt(bitPattern: region.hostAddress)))
-        try KVMSyscall.ioctl(fd, HV_KVM_SET_USER_MEMORY_REGION, &descriptor, "KVM_SET_USER_MEMORY_REGION")
+        do {
+            try KVMSyscall.ioctl(fd, HV_KVM_SET_USER_MEMORY_REGION, &descriptor, "KVM_SET_USER_MEMORY_REGION")
+        } catch {
+            // Name the slot and the range: "Invalid argument" alone does not say which mapping.
+            guard case .systemCall(_, let code) = error else { throw error }
+            let guest = region.guestAddress.rawValue
+            throw .systemCall(operation: "KVM_SET_USER_MEMORY_REGION(slot \(slot), guest 0x\(String(guest, radix: 16))"
+                                  + "-0x\(String(guest &+ region.size &- 1, radix: 16)), \(region.size) bytes)", errno: code)
+        }
     }
 
     /// The corresponding ioctls are `KVM_CREATE_VCPU` and `KVM_SET_CPUID2`.
