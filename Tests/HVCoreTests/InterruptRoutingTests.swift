@@ -1,3 +1,4 @@
+import Dispatch
 import HVCore
 import Testing
 
@@ -6,6 +7,39 @@ struct InterruptRoutingTests {
     private func splitMachine() throws -> Machine<ScriptedBackend> {
         try Machine(configuration: VirtualMachineConfiguration(memorySize: 1 << 20, interruptController: .split),
                     backend: ScriptedBackend(script: []))
+    }
+
+    @Test("two devices on one line are wired-OR: the line stays high until both have lowered it, and drops once")
+    func sharedLinesAreWiredOR() throws {
+        let vm = try Machine(configuration: VirtualMachineConfiguration(memorySize: 1 << 20, interruptController: .kernel),
+                             backend: ScriptedBackend(script: []))
+        let uart = try vm.interruptLine(4), tpm = try vm.interruptLine(4), other = try vm.interruptLine(5)
+        uart.raise()
+        tpm.raise()
+        uart.lower()   // the TPM still asserts IRQ 4: the line must not drop
+        other.pulse()  // another line is independent
+        tpm.lower()
+        tpm.lower()    // no change, nothing driven
+        #expect(vm.vm.interruptEvents == [.line(gsi: 4, high: true), .line(gsi: 5, high: true), .line(gsi: 5, high: false),
+                                          .line(gsi: 4, high: false)])
+    }
+
+    @Test("concurrent redirection-table writes publish their MSI routes in order: the backend ends with the final table")
+    func routePublicationIsOrdered() throws {
+        let vm = try splitMachine()
+        let ioapic = try #require(vm.ioapicForTesting)
+        // Four threads reprogram entries at once. Their IOREGSEL/IOWIN pairs interleave, so which
+        // entry ends with which vector is up to the race; what must hold is that the routes the
+        // backend was given last are the model's final table, not an older one.
+        DispatchQueue.concurrentPerform(iterations: 4) { thread in
+            for round in 0..<300 {
+                _ = ioapic.mmioWrite(offset: 0x00, width: 4, value: UInt64(0x10 + 2 * thread))
+                _ = ioapic.mmioWrite(offset: 0x10, width: 4, value: UInt64(0x20 + (round % 0xC0)))
+            }
+        }
+        for (pin, route) in ioapic.routes.enumerated() {
+            #expect(vm.vm.msiRoutes[UInt32(pin)]?.data == route.data && vm.vm.msiRoutes[UInt32(pin)]?.address == route.address, "pin \(pin)")
+        }
     }
 
     @Test("split mode puts HV's I/O APIC on the bus; programming an entry updates the MSI routes")

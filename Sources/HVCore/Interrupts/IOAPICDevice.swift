@@ -16,6 +16,11 @@ public final class IOAPICDevice: MMIODevice, ResettableDevice, Sendable {
     private let deliver: @Sendable (UInt64, UInt32) throws(HVError) -> Void
     /// Told the redirection table after every change (KVM: MSI routes for EOI exits).
     private let tableChanged: @Sendable ([MSIMessage]) -> Void
+    /// Numbers each table change in the order the model made it (taken under the model lock) ...
+    private let tableGeneration = Atomic<UInt64>(0)
+    /// ... and the newest number published: an older table that loses the race to the backend
+    /// is dropped, so the routes KVM holds are always the model's latest.
+    private let publishedGeneration = Mutex<UInt64>(0)
 
     init(deliver: @escaping @Sendable (UInt64, UInt32) throws(HVError) -> Void,
          tableChanged: @escaping @Sendable ([MSIMessage]) -> Void = { _ in })
@@ -36,26 +41,36 @@ public final class IOAPICDevice: MMIODevice, ResettableDevice, Sendable {
     }
 
     public func mmioWrite(offset: UInt64, width: Int, value: UInt64) -> ExitAction {
-        let (deliveries, changed, routes) = model.withLock { model in
+        let (deliveries, changed, routes, generation) = model.withLock { model in
             let before = model.table
             let deliveries = model.write(offset: UInt32(truncatingIfNeeded: offset), value: UInt32(truncatingIfNeeded: value))
             let changed = model.table != before
             let routes = changed ? (0..<IOAPIC.lineCount).map { MSIMessage(model.entry($0).message) } : []
-            return (deliveries, changed, routes)
+            let generation = changed ? tableGeneration.add(1, ordering: .relaxed).newValue : 0
+            return (deliveries, changed, routes, generation)
         }
-        if changed { tableChanged(routes) }
+        if changed { publish(routes, generation: generation) }
         send(deliveries)
         return .resume
+    }
+
+    /// Hands `routes` to the backend unless a newer table got there first.
+    private func publish(_ routes: [MSIMessage], generation: UInt64) {
+        publishedGeneration.withLock { newest in
+            guard generation > newest else { return }
+            newest = generation
+            tableChanged(routes)
+        }
     }
 
     /// Every redirection entry masked, as after the 82093AA's RESET (datasheet 3.2.4); the
     /// backend's MSI routes follow.
     public func reset() {
-        let routes = model.withLock { model in
+        let (routes, generation) = model.withLock { model in
             model = IOAPIC(id: 0, version: 0x20)
-            return (0..<IOAPIC.lineCount).map { MSIMessage(model.entry($0).message) }
+            return ((0..<IOAPIC.lineCount).map { MSIMessage(model.entry($0).message) }, tableGeneration.add(1, ordering: .relaxed).newValue)
         }
-        tableChanged(routes)
+        publish(routes, generation: generation)
     }
 
     /// Sets input `pin` (a GSI below 24) to `high`.

@@ -1,5 +1,6 @@
 // One API for devices to raise interrupts, whatever the irqchip mode (Documentation/Interrupts.md).
 import Logging
+import Synchronization
 
 /// Where a device's interrupt requests go: a global system interrupt (GSI) of the VM.
 /// ISA IRQ n is GSI n (the I/O APIC's pin n; COM1 is IRQ 4).
@@ -14,16 +15,39 @@ public protocol InterruptController: AnyObject, Sendable {
 public struct InterruptLine: Sendable {
     public let controller: any InterruptController
     public let gsi: UInt32
+    /// The line's other sources, when it is shared (`Machine.interruptLine` lines always are).
+    private let wiring: SharedInterruptLines?
+    private let source: Int
 
+    /// A line of its own: `set` drives the controller directly.
     public init(controller: any InterruptController, gsi: UInt32) {
         self.controller = controller
         self.gsi = gsi
+        self.wiring = nil
+        self.source = 0
     }
 
-    /// Drives the line; a failure (a configuration without interrupt controllers) is logged,
-    /// not thrown, because devices raise interrupts from inside register writes.
+    /// Source `source` of a line shared through `wiring`.
+    init(controller: any InterruptController, gsi: UInt32, wiring: SharedInterruptLines, source: Int) {
+        self.controller = controller
+        self.gsi = gsi
+        self.wiring = wiring
+        self.source = source
+    }
+
+    /// Drives this source's output; the line follows the OR of every source on it. A failure
+    /// (a configuration without interrupt controllers) is logged, not thrown, because devices
+    /// raise interrupts from inside register writes.
     public func set(_ high: Bool) {
-        do { try controller.setLevel(gsi, high: high) } catch {
+        do throws(HVError) {
+            if let wiring {
+                try wiring.set(gsi: gsi, source: source, high: high) { (level) throws(HVError) in
+                    try controller.setLevel(gsi, high: level)
+                }
+            } else {
+                try controller.setLevel(gsi, high: high)
+            }
+        } catch {
             LogCategory.devices.logger.warning("interrupt line \(gsi) could not be set: \(error)")
         }
     }
@@ -69,5 +93,60 @@ final class InterruptRouter<VM: VirtualMachine>: InterruptController, @unchecked
 
     func signalMSI(address: UInt64, data: UInt32) throws(HVError) {
         try vm.signalMSI(address: address, data: data)
+    }
+}
+
+/// The wired-OR of the sources sharing each GSI, as an open-collector ISA/PCI interrupt line
+/// behaves: the line is high while any source drives it high, so one device lowering its output
+/// cannot drop another's pending request (a guest may configure the TPM onto COM1's IRQ).
+/// Each source's level is kept; the controller hears only changes of the OR, in order (the
+/// change is computed and delivered under one lock).
+final class SharedInterruptLines: Sendable {
+    /// GSIs that can be shared and sources per GSI (one bit each).
+    static let gsiCount = 256
+    static let sourcesPerLine = 64
+
+    private struct State {
+        var levels = [UInt64](repeating: 0, count: SharedInterruptLines.gsiCount)
+        var sources = [Int](repeating: 0, count: SharedInterruptLines.gsiCount)
+    }
+
+    private let state = Mutex(State())
+
+    /// A new source on `gsi`.
+    func newSource(gsi: UInt32) throws(HVError) -> Int {
+        guard gsi < Self.gsiCount else {
+            throw .configuration(ConfigurationError(field: "gsi", value: "\(gsi)", expected: "0..<\(Self.gsiCount)"))
+        }
+        let source = state.withLock { state -> Int in
+            defer { state.sources[Int(gsi)] += 1 }
+            return state.sources[Int(gsi)]
+        }
+        guard source < Self.sourcesPerLine else {
+            throw .configuration(ConfigurationError(field: "gsi", value: "\(gsi)",
+                                                    expected: "a line with fewer than \(Self.sourcesPerLine) devices on it"))
+        }
+        return source
+    }
+
+    /// Every source low again, without driving anything: after the controllers themselves were
+    /// put back to power-on (an in-place reset).
+    func forgetLevels() {
+        state.withLock { state in
+            for index in state.levels.indices { state.levels[index] = 0 }
+        }
+    }
+
+    /// Sets `source`'s level on `gsi` and calls `drive` with the line's new level when the OR
+    /// changed.
+    func set(gsi: UInt32, source: Int, high: Bool, drive: (Bool) throws(HVError) -> Void) throws(HVError) {
+        try state.withLock { (state) throws(HVError) in
+            let index = Int(gsi)
+            let before = state.levels[index]
+            let bit: UInt64 = 1 << UInt64(source)
+            state.levels[index] = high ? before | bit : before & ~bit
+            let wasHigh = before != 0, isHigh = state.levels[index] != 0
+            if wasHigh != isHigh { try drive(isHigh) }
+        }
     }
 }

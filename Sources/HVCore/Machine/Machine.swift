@@ -45,6 +45,8 @@ public final class Machine<B: Backend>: @unchecked Sendable {
     public let interrupts: (any InterruptController)?
     /// HV's user-space I/O APIC (split irqchip only), at 0xFEC00000 on the device bus.
     let ioapic: IOAPICDevice?
+    /// Each GSI's sources, ORed: every `interruptLine(_:)` is one source.
+    let sharedLines = SharedInterruptLines()
 
     private let log = LogCategory.vcpu.logger
     private let exitLog = LogCategory.exits.logger
@@ -562,6 +564,9 @@ public final class Machine<B: Backend>: @unchecked Sendable {
         for hook in resetHooks { try hook(self) }
         try vm.restoreState(powerOnState.vm)
         for index in vcpus.indices { try vcpus[index].restoreState(powerOnState.vcpus[index]) }
+        // The controllers are back at power-on, every line low; the devices' resets re-drive
+        // what is still high.
+        sharedLines.forgetLevels()
         devices.resetDevices()
         expiredTimers.store(0, ordering: .sequentiallyConsistent)
     }
@@ -636,7 +641,7 @@ extension Machine {
             throw .unsupported(knob: "interrupt line \(gsi)", backend: backend.name,
                                reason: "the VM's interruptController is none; choose kernel or split")
         }
-        return InterruptLine(controller: interrupts, gsi: gsi)
+        return InterruptLine(controller: interrupts, gsi: gsi, wiring: sharedLines, source: try sharedLines.newSource(gsi: gsi))
     }
 
     /// The user-space I/O APIC of a split-irqchip VM (for tests and tools).
