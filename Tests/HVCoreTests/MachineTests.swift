@@ -44,6 +44,17 @@ struct MachineTests {
         #expect(completions.last?.action == .stop(.halted))
     }
 
+    @Test("pause() from an exit handler is refused with an error naming the vCPU, instead of waiting for itself forever")
+    func pauseFromHandlerIsRefused() throws {
+        let vm = try machine([.portOut(port: 0x80, size: 1, values: [1]), .halt])
+        let pauser = Pauser()
+        pauser.machine = vm
+        let result = try vm.run(handler: pauser)
+        #expect(result.reason == .halted)
+        let error = try #require(pauser.error)
+        #expect("\(error)".contains("pause() was called on vCPU 0's own thread (from an exit handler)"), "\(error)")
+    }
+
     @Test("a string OUT reaches the device once per element, in order")
     func stringOut() throws {
         let vm = try machine([.portOut(port: 0x70, size: 2, values: [1, 2, 3]), .halt])
@@ -199,5 +210,18 @@ struct ConfigurationTests {
     @Test("the default configuration is valid")
     func defaults() throws {
         try VirtualMachineConfiguration().validate()
+    }
+}
+
+/// Calls `pause()` on its own machine from inside the first exit it sees.
+private final class Pauser: ExitHandler, @unchecked Sendable {
+    // @unchecked: one vCPU writes these, the test reads them after run() returned.
+    var machine: Machine<ScriptedBackend>?
+    var error: HVError?
+
+    func handle(_ exit: VMExit, context: ExitContext) -> ExitAction? {
+        guard error == nil, case .portOut = exit else { return nil }
+        do { try machine?.pause() } catch { self.error = error }
+        return .resume
     }
 }

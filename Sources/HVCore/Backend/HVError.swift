@@ -24,6 +24,9 @@ public enum HVError: Error, CustomStringConvertible {
     case invalidState(operation: String, state: MachineState)
     /// The KVM API version is not the stable one (12).
     case unsupportedAPIVersion(Int32)
+    /// A call that waits for every vCPU came from one of them (an exit handler), which would
+    /// wait for itself forever.
+    case calledFromVCPUThread(operation: String, vcpuID: Int)
 
     public var description: String {
         switch self {
@@ -43,6 +46,9 @@ public enum HVError: Error, CustomStringConvertible {
             return "cannot \(operation) a VM that is \(state)"
         case .unsupportedAPIVersion(let version):
             return "KVM API version \(version) is not supported (HV needs the stable API, version 12)"
+        case let .calledFromVCPUThread(operation, id):
+            return "\(operation) was called on vCPU \(id)'s own thread (from an exit handler): it waits for every vCPU to stop, "
+                + "this one included; call it from another thread, or return an ExitAction"
         }
     }
 }

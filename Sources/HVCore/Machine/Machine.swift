@@ -59,6 +59,9 @@ public final class Machine<B: Backend>: @unchecked Sendable {
     private let expiredTimers = Atomic<UInt64>(0)
 
     private let lock = NSCondition()
+    /// The running vCPU threads (under `lock`), so calls that wait for every vCPU can refuse
+    /// to be made from one of them.
+    private var vcpuThreads: [(thread: pthread_t, id: Int)] = []
     private var _state: MachineState = .created
     private var stopResult: (reason: StopReason, vcpuID: Int, error: String?)?
     private var parked = 0
@@ -134,7 +137,11 @@ public final class Machine<B: Backend>: @unchecked Sendable {
     /// bootstrap processor (vCPU 0) with them: application processors then wait for
     /// INIT-SIPI-SIPI as on real hardware (SDM Vol. 3A, 9.4 "Multiple-processor initialization").
     public func load(_ image: GuestImage, vcpus ids: [Int]? = nil) throws(HVError) {
-        guard state == .created else { throw .invalidState(operation: "load an image into", state: state) }
+        // Under the lock: a `start` on another thread cannot slip in between the state check
+        // and the register writes.
+        lock.lock()
+        defer { lock.unlock() }
+        guard _state == .created else { throw .invalidState(operation: "load an image into", state: _state) }
         try write(image.chunks)
         if configuration.resetPolicy == .restart { loadedChunks += image.chunks }
         let defaultIDs = configuration.interruptController == .none ? Array(vcpus.indices) : [0]
@@ -238,6 +245,11 @@ public final class Machine<B: Backend>: @unchecked Sendable {
     /// Parks every vCPU at its next exit and returns once all are parked.
     public func pause() throws(HVError) {
         lock.lock()
+        let me = pthread_self()
+        if let caller = vcpuThreads.first(where: { pthread_equal($0.thread, me) != 0 }) {
+            lock.unlock()
+            throw .calledFromVCPUThread(operation: "pause()", vcpuID: caller.id)
+        }
         // A reset in progress finishes first (its vCPUs are between runs, not parkable).
         while request.load(ordering: .acquiring) == Request.reset.rawValue { lock.wait() }
         guard _state == .running, request.load(ordering: .acquiring) == Request.none.rawValue else {
@@ -354,6 +366,9 @@ public final class Machine<B: Backend>: @unchecked Sendable {
         var exits: UInt64 = 0
         var failure: String?
         let reason: StopReason
+        lock.lock()
+        vcpuThreads.append((pthread_self(), vcpu.id))
+        lock.unlock()
         do {
             try vcpu.prepareThread()
             var stopped: StopReason
@@ -374,6 +389,7 @@ public final class Machine<B: Backend>: @unchecked Sendable {
         if case .backendFailure = reason { log.error("vCPU \(vcpu.id) failed: \(failure ?? "unknown")") }
         requestStop(reason, vcpuID: vcpu.id, error: failure)
         lock.lock()
+        vcpuThreads.removeAll { $0.id == vcpu.id }
         perVCPUStatistics[vcpu.id] = statistics
         perVCPUExits[vcpu.id] = exits
         if case .backendFailure = reason, _state != .error { _state = .error }
