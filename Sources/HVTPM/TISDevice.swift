@@ -70,7 +70,9 @@ public final class TISDevice: MMIODevice, ResettableDevice, Sendable {
             do {
                 response = try engine.execute(command, locality: locality)
             } catch {
-                // The engine failed (closed, I/O): the guest sees a TPM in failure mode.
+                // The engine failed (closed, I/O, a full disk): the guest sees a TPM in failure
+                // mode, and the host is told why, once per failed command.
+                LogCategory.devices.logger.error("TPM command (locality \(locality), \(command.count) bytes) failed in the engine: \(error); the guest gets TPM_RC_FAILURE")
                 response = TPMResponse.error(.failure)
             }
             withRegisters { $0.complete(response: response) }
