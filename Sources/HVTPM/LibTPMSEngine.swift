@@ -206,6 +206,17 @@ public final class LibTPMSEngine: TPMEngine, @unchecked Sendable {
         }
     }
 
+    /// Snapshot and write under the engine's lock, where libtpms' own NVRAM writes (the store
+    /// callback, during `execute`) also happen: the two can neither interleave nor reorder.
+    public func storeState(into directory: TPMStateDirectory) throws(TPMError) {
+        try lock.withLock { closed throws(TPMError) in
+            guard !closed else { throw .closed }
+            let state = try currentState()
+            try directory.writePermanent(state.permanent)
+            try directory.writeVolatile(state.volatile, permanent: state.permanent)
+        }
+    }
+
     /// Both blobs of the running TPM. Caller holds `lock`.
     private func currentState() throws(TPMError) -> TPMSnapshot {
         func blob(_ type: TPMLIB_StateType, _ name: String) throws(TPMError) -> [UInt8] {

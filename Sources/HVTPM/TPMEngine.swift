@@ -32,6 +32,20 @@ public protocol TPMEngine: AnyObject, Sendable {
     /// Writes whatever is not yet on stable storage and releases the TPM. Later calls fail
     /// with `.closed`.
     func close() throws(TPMError)
+
+    /// Writes the running TPM's permanent and volatile state into `directory` (swtpm's
+    /// `CMD_STORE_VOLATILE`), ordered with the engine's own state writes, so an older snapshot
+    /// never lands after a newer NVRAM write.
+    func storeState(into directory: TPMStateDirectory) throws(TPMError)
+}
+
+extension TPMEngine {
+    /// Snapshot, then write: for engines whose state writes happen elsewhere (a remote swtpm).
+    public func storeState(into directory: TPMStateDirectory) throws(TPMError) {
+        let snapshot = try saveState()
+        try directory.writePermanent(snapshot.permanent)
+        try directory.writeVolatile(snapshot.volatile, permanent: snapshot.permanent)
+    }
 }
 
 /// A running TPM's state: both libtpms blobs (`TPMLIB_GetState`), opaque to HV.

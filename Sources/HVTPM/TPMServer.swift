@@ -224,9 +224,7 @@ public final class TPMServer: @unchecked Sendable {
         case .storeVolatile:
             guard let directory else { return result(.fail) }
             do throws(TPMError) {
-                let snapshot = try engine.saveState()
-                try directory.writePermanent(snapshot.permanent)
-                try directory.writeVolatile(snapshot.volatile, permanent: snapshot.permanent)
+                try engine.storeState(into: directory)
                 return result(.success)
             } catch {
                 return result(.fail)

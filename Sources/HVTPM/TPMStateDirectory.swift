@@ -5,6 +5,7 @@
 // a freshly manufactured TPM (which would silently destroy the TPM's keys).
 #if canImport(Glibc)
 import Glibc
+import Synchronization
 #endif
 
 /// One file's framing: magic, version, kind, payload length, SHA-256 of the payload, the
@@ -186,11 +187,17 @@ public final class TPMStateDirectory: @unchecked Sendable {
         return bytes
     }
 
+    /// Numbers this process's temporary state files.
+    private static let temporaryCounter = Atomic<UInt64>(0)
+
     /// Temporary file, write, fsync, rename over the old file, fsync the directory: after a
-    /// crash the file holds either the old or the new bytes (rename(2) is atomic).
+    /// crash the file holds either the old or the new bytes (rename(2) is atomic). Each write
+    /// gets a temporary file of its own, so two writers of the same state file
+    /// never write into one temporary file: the last rename wins whole.
     public static func writeAtomically(path filePath: String, bytes: [UInt8]) throws(TPMError) {
-        let temporary = filePath + ".tmp"
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        // Unique per process (pid) and per write (a counter); O_EXCL refuses a leftover.
+        let temporary = "\(filePath).tmp.\(getpid()).\(temporaryCounter.add(1, ordering: .relaxed).newValue)"
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw .io(operation: "open", path: temporary, errno: errno) }
         var written = 0
         while written < bytes.count {
@@ -211,7 +218,11 @@ public final class TPMStateDirectory: @unchecked Sendable {
             throw .io(operation: "fsync", path: temporary, errno: code)
         }
         close(fd)
-        guard rename(temporary, filePath) == 0 else { throw .io(operation: "rename", path: temporary, errno: errno) }
+        guard rename(temporary, filePath) == 0 else {
+            let code = errno
+            unlink(temporary)
+            throw .io(operation: "rename", path: temporary, errno: code)
+        }
         let directory = filePath.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
         let dirfd = open(directory.isEmpty ? "." : directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         if dirfd >= 0 {

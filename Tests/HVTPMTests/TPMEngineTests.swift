@@ -1,6 +1,8 @@
 // The in-process libtpms engine and its state directory.
+import Dispatch
 import Foundation
 import HVTPM
+import Synchronization
 import Testing
 
 @Suite struct TPMStateFileTests {
@@ -24,6 +26,28 @@ import Testing
         var foreign = bytes
         foreign[0] = UInt8(ascii: "X")
         #expect(TPMStateFile.decode(foreign) == .failure(.notAStateFile))
+    }
+
+    @Test("writers racing on one state file each use a temporary file of their own: the file always decodes whole, none is left behind")
+    func concurrentAtomicWritesStayWhole() throws {
+        let path = temporaryTPMDirectory()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        let file = path + "/tpm2-00.permall"
+        let failures = Atomic<Int>(0)
+        DispatchQueue.concurrentPerform(iterations: 4) { writer in
+            for round in 0..<50 {
+                let payload = [UInt8](repeating: UInt8(writer * 50 + round), count: 16 << 10)
+                do { try TPMStateDirectory.writeAtomically(path: file, bytes: TPMStateFile(kind: .permanent, payload: payload).encoded()) } catch {
+                    failures.add(1, ordering: .relaxed)
+                }
+            }
+        }
+        #expect(failures.load(ordering: .relaxed) == 0)
+        let bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: file)))
+        guard case .success(let decoded) = TPMStateFile.decode(bytes) else { Issue.record("the state file does not decode"); return }
+        #expect(Set(decoded.payload).count == 1, "one writer's payload, whole")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: path).filter { $0.contains(".tmp") }.isEmpty)
     }
 
     @Test func aDirectoryIsLockedAgainstASecondUser() throws {
