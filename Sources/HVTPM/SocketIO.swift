@@ -61,12 +61,16 @@ struct StoppableDescriptor {
     }
 
     /// Reads exactly `count` bytes; nil on end of file, error or stop (a partial frame is dropped).
+    /// The buffer grows with what arrives, 64 KiB at a time: a peer that announces a large
+    /// length and sends nothing costs no more than that.
     func readExactly(_ count: Int) -> [UInt8]? {
-        var bytes = [UInt8](repeating: 0, count: count)
+        let step = 64 << 10
+        var bytes = [UInt8](repeating: 0, count: min(count, step))
         var done = 0
         while done < count {
+            if done == bytes.count { bytes += [UInt8](repeating: 0, count: min(count - done, step)) }
             guard waitReadable() else { return nil }
-            let got = bytes.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress! + done, count - done) }
+            let got = bytes.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress! + done, $0.count - done) }
             if got < 0 && errno == EINTR { continue }
             if got <= 0 { return nil }
             done += got

@@ -37,12 +37,25 @@ public final class SwtpmClientEngine: TPMEngine, @unchecked Sendable {
 
     deinit { try? close() }
 
+    /// True when the peer has closed `fd` (a zero-byte peek without waiting).
+    private static func peerClosed(_ fd: Int32) -> Bool {
+        var byte: UInt8 = 0
+        return recv(fd, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT)) == 0
+    }
+
     public func execute(_ command: [UInt8], locality: UInt8) throws(TPMError) -> [UInt8] {
         try connection.withLock { state throws(TPMError) -> [UInt8] in
             guard !state.closed else { throw .closed }
             if locality != state.locality {
                 try control(.setLocality, input: [locality], answerSize: 4)
                 state.locality = locality
+            }
+            // A server may close a connection that sat idle (TPMServer.idleTimeout): that shows
+            // as end of file before anything is sent, so reconnect then instead of failing the
+            // command. (A connection lost mid-command is not retried: it may have executed.)
+            if state.data >= 0, Self.peerClosed(state.data) {
+                Glibc.close(state.data)
+                state.data = -1
             }
             if state.data < 0 { state.data = try TCPSocket.connect(host: host, port: port) }
             let stream = StoppableDescriptor(fd: state.data, stop: stopPipe, pollBeforeRead: false)

@@ -3,6 +3,7 @@
 // that lives in another process. Data port: raw TPM frames, any number per connection.
 // Control port (data port + 1): swtpm control commands (SwtpmProtocol.swift).
 import Foundation
+import HVCore
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -26,6 +27,10 @@ public final class TPMServer: @unchecked Sendable {
     public let startupClear: Bool
     /// The largest command frame accepted (libtpms's buffer).
     public static let maximumFrame = 4096
+    /// Connections served at once (data and control together); more are closed on arrival.
+    public static let maximumConnections = 32
+    /// A connection that sends nothing for this long is closed (tpm2-tools open one per command).
+    public let idleTimeout: Double
 
     private let dataSocket: Int32
     private let controlSocket: Int32
@@ -45,8 +50,9 @@ public final class TPMServer: @unchecked Sendable {
 
     /// Binds `host:port` and `host:port+1`. With `port` 0, picks a free pair (for tests).
     public init(engine: any TPMEngine, directory: TPMStateDirectory?, host: String = "127.0.0.1",
-                port: UInt16, startupClear: Bool = false) throws(TPMError)
+                port: UInt16, startupClear: Bool = false, idleTimeout: Double = 60) throws(TPMError)
     {
+        self.idleTimeout = idleTimeout
         self.engine = engine
         self.directory = directory
         self.host = host
@@ -75,6 +81,13 @@ public final class TPMServer: @unchecked Sendable {
         close(controlSocket)
     }
 
+    /// Connections being served now (data and control).
+    public var openConnections: Int {
+        finished.lock()
+        defer { finished.unlock() }
+        return liveConnections.count
+    }
+
     /// Whether a client sent CMD_SHUTDOWN (the server then stops, as swtpm exits).
     public var shutdownRequested: Bool { shared.withLock { $0.shutdownRequested } }
 
@@ -101,9 +114,27 @@ public final class TPMServer: @unchecked Sendable {
             if entries[2].revents != 0 { break }
             for (index, isControl) in [(0, false), (1, true)] where entries[index].revents != 0 {
                 let client = accept(entries[index].fd, nil, nil)
-                guard client >= 0 else { continue }
+                guard client >= 0 else {
+                    // Out of descriptors: the listening socket stays readable, so back off
+                    // instead of spinning until a connection ends.
+                    if errno == EMFILE || errno == ENFILE {
+                        LogCategory.devices.logger.warning("TPM server: out of file descriptors; not accepting for 100 ms")
+                        usleep(100_000)
+                    }
+                    continue
+                }
                 _ = fcntl(client, F_SETFD, FD_CLOEXEC)
+                finished.lock()
+                let full = liveConnections.count >= Self.maximumConnections
+                finished.unlock()
+                if full {
+                    LogCategory.devices.logger.warning("TPM server: \(Self.maximumConnections) connections open; closing a new one")
+                    close(client)
+                    continue
+                }
                 TCPSocket.noDelay(client)
+                var timeout = timeval(tv_sec: Int(idleTimeout), tv_usec: Int((idleTimeout - idleTimeout.rounded(.down)) * 1_000_000))
+                _ = setsockopt(client, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
                 spawn(client, control: isControl)
             }
         }

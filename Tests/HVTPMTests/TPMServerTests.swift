@@ -13,9 +13,9 @@ final class RunningServer: @unchecked Sendable {
     private let done = NSCondition()
     private var finished = false
 
-    init(directory: TPMStateDirectory? = nil) throws {
+    init(directory: TPMStateDirectory? = nil, idleTimeout: Double = 60) throws {
         engine = try LibTPMSEngine.open(directory: directory, holder: "RunningServer")
-        server = try TPMServer(engine: engine, directory: directory, port: 0, startupClear: true)
+        server = try TPMServer(engine: engine, directory: directory, port: 0, startupClear: true, idleTimeout: idleTimeout)
         try server.powerOn()
         let thread = Thread { [self] in
             server.run()
@@ -93,6 +93,52 @@ extension TPMLibTPMSSuites {
             try client.restoreState(snapshot)  // CMD_STOP, SET_STATEBLOB x2, CMD_INIT
             let pcr = TPMCommand.pcrReadDigest(try client.execute(TPMCommand.pcrRead(16, bank: .sha256), locality: 0))
             #expect(pcr?.hexString == "9851312028952521510E8EAAB5BE94E7DC24B5FC292B2E9781173CF11FFA9878")
+        }
+
+        @Test("past 32 open connections a new one is closed on arrival; once some end, new ones are served again")
+        func connectionsAreLimited() throws {
+            let running = try RunningServer()
+            defer { running.stop() }
+            let open = try (0..<TPMServer.maximumConnections).map { _ in try running.connect() }
+            let extra = try running.connect()
+            #expect(receiveAll(extra).isEmpty, "the server closes the connection past the limit")
+            close(extra)
+            for fd in open { close(fd) }
+            // The server notices the closes as its threads end; a fresh client is then served.
+            var answer: [UInt8] = []
+            for _ in 0..<200 where answer.isEmpty {
+                let fd = try running.connect()
+                send(fd, TPMCommand.getRandom(8))
+                var chunk = [UInt8](repeating: 0, count: 64)
+                let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+                if count > 0 { answer = Array(chunk[0..<count]) }
+                close(fd)
+            }
+            #expect(TPMResponse.code(answer) == 0)
+        }
+
+        @Test("a connection that sends nothing is closed after the idle timeout")
+        func idleConnectionsAreClosed() throws {
+            let running = try RunningServer(idleTimeout: 0.3)
+            defer { running.stop() }
+            let fd = try running.connect()
+            let start = Date()
+            #expect(receiveAll(fd).isEmpty)
+            #expect(Date().timeIntervalSince(start) < 10)
+            close(fd)
+        }
+
+        @Test("HV's client reconnects when the server closed its idle data connection, instead of failing the next command")
+        func clientSurvivesTheIdleTimeout() throws {
+            let running = try RunningServer(idleTimeout: 0.2)
+            defer { running.stop() }
+            let client = try SwtpmClientEngine(port: running.server.dataPort)
+            defer { try? client.close() }
+            #expect(TPMResponse.code(try client.execute(TPMCommand.getRandom(8), locality: 0)) == 0)
+            let deadline = Date(timeIntervalSinceNow: 10)
+            while running.server.openConnections > 0, Date() < deadline { usleep(10_000) }
+            #expect(running.server.openConnections == 0, "the idle connection was closed")
+            #expect(TPMResponse.code(try client.execute(TPMCommand.getRandom(8), locality: 0)) == 0)
         }
 
         @Test func aFrameWithAnImpossibleSizeIsRefusedAndTheConnectionClosed() throws {
