@@ -28,9 +28,18 @@ public final class TISDevice: MMIODevice, ResettableDevice, Sendable {
         var onRoutedInterruptChange: (@Sendable (_ line: UInt8, _ asserted: Bool) -> Void)?
     }
 
-    public init(name: String = "tpm-tis", engine: any TPMEngine, bufferSize: Int = 4096) {
+    /// What firmware leaves of the platform hierarchy after each power-on (`TPMFirmware`):
+    /// `.guest` (the default) leaves the TPM to the guest; with another policy the platform
+    /// reset re-runs `TPMFirmware.prepare` after power-cycling the TPM, as a PC's BIOS does at
+    /// every boot. The first power-on is the embedder's: call `TPMFirmware.prepare` before the
+    /// guest runs.
+    public let platformPolicy: TPMPlatformPolicy
+
+    public init(name: String = "tpm-tis", engine: any TPMEngine, bufferSize: Int = 4096,
+                platformPolicy: TPMPlatformPolicy = .guest) {
         self.name = name
         self.engine = engine
+        self.platformPolicy = platformPolicy
         registers = Mutex(Registers(model: TISInterface(bufferSize: bufferSize)))
     }
 
@@ -86,7 +95,10 @@ public final class TISDevice: MMIODevice, ResettableDevice, Sendable {
     /// "TPM Reset".
     public func reset() {
         withRegisters { $0 = TISInterface(bufferSize: $0.bufferSize) }
-        do { try engine.powerCycle() } catch {
+        do {
+            try engine.powerCycle()
+            try TPMFirmware.prepare(engine, policy: platformPolicy)
+        } catch {
             LogCategory.devices.logger.error("TPM power cycle on reset failed: \(error)")
         }
     }

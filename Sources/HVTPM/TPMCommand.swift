@@ -98,6 +98,49 @@ public enum TPMCommand {
         return frame(tag: TPMHeader.noSessions, code: 0x144, body: body)
     }
 
+    /// TPM_RH_PLATFORM (Part 2, 7.4): the hierarchy firmware owns.
+    public static let platformHierarchy: UInt32 = 0x4000_000C
+
+    /// TPM2_HierarchyControl (Part 3, 24.2) with the platform's (empty) password: enables or
+    /// disables `hierarchy`; disabling TPM_RH_PLATFORM (phEnable) lasts until the next
+    /// TPM2_Startup(CLEAR).
+    public static func hierarchyControl(_ hierarchy: UInt32, enable: Bool) -> [UInt8] {
+        var body: [UInt8] = []
+        body.appendBigEndian(platformHierarchy)
+        body += passwordAuthorizations(1)
+        body.appendBigEndian(hierarchy)
+        body.append(enable ? 1 : 0)
+        return frame(tag: TPMHeader.sessions, code: 0x121, body: body)
+    }
+
+    /// TPM2_HierarchyChangeAuth (Part 3, 24.8) of the platform hierarchy, from its empty
+    /// password to `newAuth` (at most the name-algorithm digest size, 32 bytes for SHA-256).
+    public static func platformChangeAuth(_ newAuth: [UInt8]) -> [UInt8] {
+        var body: [UInt8] = []
+        body.appendBigEndian(platformHierarchy)
+        body += passwordAuthorizations(1)
+        body.appendBigEndian(UInt16(newAuth.count))
+        body += newAuth
+        return frame(tag: TPMHeader.sessions, code: 0x129, body: body)
+    }
+
+    /// TPM2_Clear (Part 3, 24.6) authorised by `hierarchy` (TPM_RH_PLATFORM or TPM_RH_LOCKOUT)
+    /// with an empty password: what a hostile guest would send to wipe the TPM.
+    public static func clear(authorizedBy hierarchy: UInt32) -> [UInt8] {
+        var body: [UInt8] = []
+        body.appendBigEndian(hierarchy)
+        body += passwordAuthorizations(1)
+        return frame(tag: TPMHeader.sessions, code: 0x126, body: body)
+    }
+
+    /// TPM2_ChangeEPS (Part 3, 24.5): a new endorsement primary seed, authorised by the platform.
+    public static func changeEPS() -> [UInt8] {
+        var body: [UInt8] = []
+        body.appendBigEndian(platformHierarchy)
+        body += passwordAuthorizations(1)
+        return frame(tag: TPMHeader.sessions, code: 0x124, body: body)
+    }
+
     /// TPM2_Shutdown (Part 3, 9.4).
     public static func shutdown(_ type: StartupType) -> [UInt8] {
         var body: [UInt8] = []

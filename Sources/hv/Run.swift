@@ -2,6 +2,7 @@
 import ArgumentParser
 import Foundation
 import HVCore
+import HVTPM
 
 struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -82,6 +83,9 @@ struct Run: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Attach a TPM 2.0 (TIS at 0xFED40000) whose state lives in this directory (Documentation/vTPM.md).", valueName: "dir"))
     var tpm: String?
 
+    @Option(name: .long, help: ArgumentHelp("With --tpm, what HV leaves of the TPM's platform hierarchy before the guest runs, as firmware does: random-auth (SeaBIOS: a random password nobody keeps), disable (OVMF: turned off) or guest (untouched; the guest starts the TPM and can TPM2_Clear it).", valueName: "policy"))
+    var tpmPlatform: TPMPlatformArgument = .randomAuth
+
     @Option(name: .long, help: ArgumentHelp("Stop the guest after this many seconds.", valueName: "seconds"))
     var timeout: Double?
 
@@ -138,7 +142,7 @@ struct Run: ParsableCommand {
             }
             let console = connectStandardInput(to: uart, machine: machine)
             defer { console?.stop(); TerminalRawMode.restore() }
-            let tpmEngine = try attachTPM(directory: tpm, to: machine)
+            let tpmEngine = try attachTPM(directory: tpm, platform: tpmPlatform.policy, to: machine)
             if platform == .pc { try machine.attachPCPlatform(acpiTables: acpiTables, tpm: tpm != nil) }
             try machine.load(image)
             let result = try machine.run()
@@ -256,6 +260,11 @@ func crashSite<B>(of machine: Machine<B>, vcpu id: Int) -> String {
         line += ": " + bytes.map { $0 < 16 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined(separator: " ")
     }
     return line
+}
+
+enum TPMPlatformArgument: String, ExpressibleByArgument, CaseIterable {
+    case randomAuth = "random-auth", disable, guest
+    var policy: TPMPlatformPolicy { TPMPlatformPolicy(rawValue: rawValue)! }
 }
 
 enum GuestModeArgument: String, ExpressibleByArgument, CaseIterable {

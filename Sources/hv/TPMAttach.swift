@@ -4,7 +4,7 @@ import HVTPM
 
 /// Opens the TPM whose state is in `directory` and places its TIS window at 0xFED40000; nil
 /// when no directory was given. The caller closes the engine after the run.
-func attachTPM<B>(directory: String?, to machine: Machine<B>) throws(HVError) -> LibTPMSEngine? {
+func attachTPM<B>(directory: String?, platform: TPMPlatformPolicy, to machine: Machine<B>) throws(HVError) -> LibTPMSEngine? {
     guard let directory else { return nil }
     let engine: LibTPMSEngine
     do {
@@ -12,8 +12,13 @@ func attachTPM<B>(directory: String?, to machine: Machine<B>) throws(HVError) ->
     } catch {
         throw .configuration(ConfigurationError(field: "--tpm", value: directory, expected: "a usable TPM state directory (\(error))"))
     }
-    let tis = TISDevice(engine: engine)
+    let tis = TISDevice(engine: engine, platformPolicy: platform)
     do throws(HVError) {
+        // Firmware's part before the guest's first instruction: start the TPM, lock the platform hierarchy.
+        do { try TPMFirmware.prepare(engine, policy: platform) } catch {
+            throw .configuration(ConfigurationError(field: "--tpm-platform", value: platform.rawValue,
+                                                    expected: "a policy the TPM accepts (\(error))"))
+        }
         do throws(DeviceBusError) {
             try machine.devices.register(tis, address: GuestPhysicalAddress(TISInterface.baseAddress),
                                          length: TISInterface.windowSize)
