@@ -44,7 +44,7 @@ enum TestBed {
     ]
 
     /// The suites run again inside the bed: everything that drives /dev/kvm.
-    static let kvmSuites = "KVMGuestTests|KVMSMPTests|KVMInterruptTests|MachineTests|ResetTests|PreemptionTimer|KVMControl|KVMTranslate|KVMVMXSupport|HVRunSMP|TPMGuest"
+    static let kvmSuites = "KVMGuestTests|KVMSMPTests|KVMInterruptTests|MachineTests|ResetTests|PreemptionTimer|KVMControl|KVMTranslate|KVMVMXSupport|HVRunSMP|TPMGuest|HostileGuest"
 
     /// Why the bed cannot run here, or nil when it can.
     static let unavailableReason: String? = {
