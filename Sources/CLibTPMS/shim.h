@@ -1,4 +1,4 @@
-// libtpms (Debian libtpms-dev) for Swift: headers only, no logic (ARCHITECTURE.md, layer 3).
+// libtpms (Debian libtpms-dev) for Swift: headers only, no logic (Documentation/Architecture.md, layer 4).
 // API reference: libtpms man pages TPMLIB_Process(3), TPMLIB_RegisterCallbacks(3),
 // TPMLIB_GetState(3), TPMLIB_SetState(3).
 #ifndef HV_CLIBTPMS_SHIM_H

@@ -1,6 +1,6 @@
 // The in-process TPM: libtpms called directly. libtpms keeps one TPM in global variables, so
 // this engine is a process-wide singleton and every TPMLIB_* call runs under one lock
-// (FACTS.md, "libtpms"). Order of calls (TPMLIB_MainInit(3)): ChooseTPMVersion ->
+// (Documentation/HostFacts.md, "libtpms"). Order of calls (TPMLIB_MainInit(3)): ChooseTPMVersion ->
 // RegisterCallbacks -> [SetState] -> MainInit -> Process... -> Terminate.
 import CLibTPMS
 import Synchronization

@@ -63,7 +63,7 @@ public struct TPMSnapshot: Sendable, Equatable {
 
 /// Why a TPM operation failed.
 public enum TPMError: Error, Equatable, CustomStringConvertible {
-    /// libtpms is a process-wide singleton (FACTS.md): a second in-process engine was asked for
+    /// libtpms is a process-wide singleton (Documentation/HostFacts.md): a second in-process engine was asked for
     /// while `holder` still has it.
     case engineInUse(holder: String)
     /// A libtpms call returned a TPM_RESULT other than success.

@@ -2,7 +2,7 @@ import Foundation
 import HVTPM
 import Testing
 
-/// libtpms is one TPM per process (FACTS.md), so every test that opens the in-process engine
+/// libtpms is one TPM per process (Documentation/HostFacts.md), so every test that opens the in-process engine
 /// lives in a suite nested in this serialized one.
 @Suite(.serialized) enum TPMLibTPMSSuites {}
 

@@ -35,7 +35,7 @@ struct HVRunLinuxTests {
           .enabled(if: DebianKernel.path != nil, "skipped: no Debian kernel image; run scripts/fetch-linux-kernel.sh"))
     func earlyBootLine() throws {
         // The decompressor's early console (earlyprintk=serial) speaks before decompression; full
-        // boot to user space is out of reach while KVM emulates guest code (FACTS.md), so the run
+        // boot to user space is out of reach while KVM emulates guest code (Documentation/HostFacts.md), so the run
         // ends at --timeout (status 4).
         let result = try PackageExecutable.run([
             "run", "--kernel", DebianKernel.path!, "--cmdline", "earlyprintk=serial,ttyS0,115200 nokaslr",
@@ -70,7 +70,7 @@ struct HVRunLinuxTests {
     func pvhFindsACPITables() throws {
         // No decompressor: Linux itself runs from its first instruction and reaches ACPI table
         // parsing in setup_arch() within seconds, even under emulation. The run is ended once the
-        // lines are there (or after the budget); booting on is out of reach here (FACTS.md).
+        // lines are there (or after the budget); booting on is out of reach here (Documentation/HostFacts.md).
         let markers = [
             "Linux version",
             "ACPI: RSDP 0x00000000000E0000",

@@ -10,7 +10,7 @@ enum KernelSource {
         .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent("Fuzz/Seeds")
 
-    /// A Multiboot 1 kernel linked at 4 MiB as ELF32 (FACTS.md, "Conventions of small x86 test
+    /// A Multiboot 1 kernel linked at 4 MiB as ELF32 (Documentation/HostFacts.md, "Conventions of small x86 test
     /// kernels"). It checks EAX and the info flags, prints its command line, the boot loader
     /// name and every byte of module 0 to COM1, checks its .bss is zero, and exits with 0x15
     /// through port 0xF4 (7 on any failed check).

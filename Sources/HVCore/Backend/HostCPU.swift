@@ -8,7 +8,7 @@ public struct HostCPU: Sendable {
     /// The model name ("AMD EPYC ...").
     public var modelName: String
     /// Whether the CPU advertises VMX (Intel VT-x) or SVM (AMD-V). Without either, KVM here
-    /// runs guest code by software emulation (FACTS.md), roughly 1 µs per instruction.
+    /// runs guest code by software emulation (Documentation/HostFacts.md), roughly 1 µs per instruction.
     public var hasHardwareVirtualization: Bool
     public var logicalCPUs: Int
 

@@ -1,4 +1,4 @@
-// Routes port and MMIO exits to the device registered for the address (ARCHITECTURE.md:
+// Routes port and MMIO exits to the device registered for the address (Documentation/Architecture.md:
 // "the device bus (port I/O and MMIO ranges to devices)").
 
 /// Why a device could not be registered.

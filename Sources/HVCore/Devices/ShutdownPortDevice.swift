@@ -1,6 +1,6 @@
 // The Bochs/QEMU power-off port: writing the bytes "Shutdown" to I/O port 0x8900 turns the
 // machine off. Bochs' BIOS defined it; QEMU kept it for the i440FX PC; kvm-unit-tests' exit()
-// falls back to it when the debug-exit device is absent (FACTS.md, "Conventions of small x86
+// falls back to it when the debug-exit device is absent (Documentation/HostFacts.md, "Conventions of small x86
 // test kernels").
 import Synchronization
 

@@ -1,5 +1,5 @@
 // A whole VM: configuration, memory, devices, vCPU threads and their run loops, on any backend.
-// ARCHITECTURE.md, "The way an exit travels": run -> decode -> handler chain -> action -> run.
+// Documentation/Architecture.md, "The way an exit travels": run -> decode -> handler chain -> action -> run.
 import Foundation
 #if os(Linux)
 import CKVM
@@ -587,7 +587,7 @@ public final class Machine<B: Backend>: @unchecked Sendable {
         expiredTimers.store(0, ordering: .sequentiallyConsistent)
     }
 
-    /// What happens to an exit nobody took (ARCHITECTURE.md: "then defaults").
+    /// What happens to an exit nobody took (Documentation/Architecture.md: "then defaults").
     @inline(__always)
     private func defaultAction(for exit: VMExit) -> ExitAction {
         switch exit {

@@ -30,7 +30,7 @@ extension X86Assembler {
         mov(.dword, .at(Register64.rbx), Immediate(value))
     }
 
-    /// Masks both 8259 PICs, so only the APICs deliver (FACTS.md: PIC masks at 0x21/0xA1).
+    /// Masks both 8259 PICs, so only the APICs deliver (Documentation/HostFacts.md: PIC masks at 0x21/0xA1).
     mutating func maskPICs() {
         mov(Register8.al, 0xFF)
         out(0x21, Register8.al)

@@ -1,5 +1,5 @@
 // The hosted meaning of `VMXConfiguration` on KVM: which knob KVM honours and how
-// (shared/ARCHITECTURE.md, "Backends and what they can honour"), and `apply`, which installs
+// (Documentation/Architecture.md, "Backends and what they can honour"), and `apply`, which installs
 // what can be installed. Kernel docs: Documentation/virt/kvm/api.rst 4.126
 // KVM_X86_SET_MSR_FILTER, 4.59 KVM_SET_GUEST_DEBUG, 7.21 KVM_CAP_X86_USER_SPACE_MSR.
 #if os(Linux)
