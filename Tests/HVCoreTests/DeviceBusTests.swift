@@ -3,7 +3,7 @@ import HVCore
 import Testing
 
 /// A port device that records every access and reads back a counter.
-private final class RecordingPortDevice: PortIODevice {
+private final class RecordingPortDevice: PortIODevice, @unchecked Sendable {  // each test drives it from one thread
     struct Access: Equatable {
         var offset: UInt16
         var size: Int
@@ -30,7 +30,7 @@ private final class RecordingPortDevice: PortIODevice {
 }
 
 /// An MMIO device that records writes and reads back a value derived from the offset.
-private final class RecordingMMIODevice: MMIODevice {
+private final class RecordingMMIODevice: MMIODevice, @unchecked Sendable {  // each test drives it from one thread
     struct Access: Equatable {
         var offset: UInt64
         var width: Int

@@ -74,7 +74,13 @@ enum TestBed {
                 HV=\(binaries.appendingPathComponent("hv").path) Tests/TestBed/linux-boots.sh \(boots.map(\.name).joined(separator: " ")) console-1cpu-kernel
                 \(binaries.appendingPathComponent("hv").path) info > "$TESTBED_OUT/info.log" 2>&1
                 \(suite) --testing-library swift-testing --filter '\(kvmSuites)' > "$TESTBED_OUT/suites.log" 2>&1
-                echo "testbed: KVM suites: status $?; $(tail -1 "$TESTBED_OUT/suites.log")"
+                status=$?
+                echo "testbed: KVM suites: status $status; $(tail -1 "$TESTBED_OUT/suites.log")"
+                if [ $status != 0 ]; then  # once more, for the emulated SVM's rare crashes (TestBed.md)
+                    mv "$TESTBED_OUT/suites.log" "$TESTBED_OUT/suites.first.log"
+                    \(suite) --testing-library swift-testing --filter '\(kvmSuites)' > "$TESTBED_OUT/suites.log" 2>&1
+                    echo "testbed: KVM suites, second run: status $?; $(tail -1 "$TESTBED_OUT/suites.log")"
+                fi
                 """
             let bed = try shell(["scripts/testbed", "--attempts", "2", "--timeout", "600", "--out", folder.path, command])
             return TestBedRun(status: bed.status, console: bed.stdout + bed.stderr, folder: folder)
@@ -108,6 +114,10 @@ struct TestBedTests {
         let run = try #require(TestBed.run, "the test bed is required (HV_REQUIRE_TESTBED=1) but \(TestBed.unavailableReason ?? "could not run")")
         #expect(run.status == 0, "bed status \(run.status); console: \(run.console.suffix(4000))")
         #expect(run.console.contains("testbed: ready after"))
+        // Retries (a crash of the emulated SVM, TestBed.md) are allowed once each, and said.
+        for line in run.console.split(whereSeparator: \.isNewline) where line.contains("retrying once") || line.contains("second run") {
+            print("test bed: \(line)")
+        }
     }
 
     @Test("hv info inside the bed sees hardware-assisted KVM")

@@ -6,7 +6,7 @@
 /// The bus passes `offset`, the port minus the base the device was registered at, so one
 /// device type can sit at several bases (COM1, COM2, ...). Calls come from vCPU threads; a
 /// device shared by several vCPUs serialises its own state.
-public protocol PortIODevice: AnyObject {
+public protocol PortIODevice: AnyObject, Sendable {
     /// A short name for logs and errors ("uart16550", "debug-exit").
     var name: String { get }
     /// A read of `size` bytes (1, 2 or 4) at `offset`. Unused high bytes are ignored.
@@ -17,7 +17,7 @@ public protocol PortIODevice: AnyObject {
 }
 
 /// A device reached through guest-physical addresses that no RAM backs.
-public protocol MMIODevice: AnyObject {
+public protocol MMIODevice: AnyObject, Sendable {
     var name: String { get }
     /// A read of `width` bytes (1, 2, 4 or 8) at `offset` from the device's base.
     func mmioRead(offset: UInt64, width: Int) -> UInt64

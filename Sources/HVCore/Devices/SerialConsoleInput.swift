@@ -2,6 +2,7 @@
 // on a thread of its own and fed to a 16550's receiver, paced by its FIFO the way QEMU's
 // serial_can_receive paces a character device; with QEMU's escape key (Ctrl-A x quits).
 #if os(Linux)
+import Foundation
 import Glibc
 import Synchronization
 
@@ -68,10 +69,11 @@ public final class SerialConsoleInput: Sendable {
         self.onHelp = onHelp
     }
 
-    /// Starts the reader thread (detached: a read blocked on a terminal cannot be interrupted
-    /// portably, and the process's end ends it).
+    /// Starts the reader thread (never joined: a read blocked on a terminal cannot be
+    /// interrupted portably, and the process's end ends it).
     public func start() {
-        let thread = PThread { [self] in pump() }
+        let thread = Thread { [self] in pump() }
+        thread.name = "console-input"
         thread.start()
     }
 
@@ -110,24 +112,6 @@ public final class SerialConsoleInput: Sendable {
         }
         uart.receive(CollectionOfOne(byte))
         return true
-    }
-}
-
-/// A detached POSIX thread running one closure.
-private final class PThread: @unchecked Sendable {
-    // @unchecked: `body` is only touched by the thread it starts.
-    private let body: () -> Void
-    init(_ body: @escaping @Sendable () -> Void) { self.body = body }
-
-    func start() {
-        var thread = pthread_t()
-        let context = Unmanaged.passRetained(self).toOpaque()
-        let created = pthread_create(&thread, nil, { context in
-            let box = Unmanaged<PThread>.fromOpaque(context!).takeRetainedValue()
-            box.body()
-            return nil
-        }, context)
-        if created == 0 { pthread_detach(thread) } else { Unmanaged<PThread>.fromOpaque(context).release() }
     }
 }
 
