@@ -91,6 +91,15 @@ public enum TPMCommand {
         return area
     }
 
+    /// A command on one handle, authorised by one empty password session, followed by
+    /// `parameters` (Part 1, 18.2 "Command Header Validation" and 19.8 "Password Authorization").
+    static func authorized(_ code: UInt32, handle: UInt32, parameters: [UInt8] = []) -> [UInt8] {
+        var body: [UInt8] = []
+        body.appendBigEndian(handle)
+        body += passwordAuthorizations(1)
+        return frame(tag: TPMHeader.sessions, code: code, body: body + parameters)
+    }
+
     /// TPM2_Startup (Part 3, 9.3).
     public static func startup(_ type: StartupType) -> [UInt8] {
         var body: [UInt8] = []
@@ -105,40 +114,29 @@ public enum TPMCommand {
     /// disables `hierarchy`; disabling TPM_RH_PLATFORM (phEnable) lasts until the next
     /// TPM2_Startup(CLEAR).
     public static func hierarchyControl(_ hierarchy: UInt32, enable: Bool) -> [UInt8] {
-        var body: [UInt8] = []
-        body.appendBigEndian(platformHierarchy)
-        body += passwordAuthorizations(1)
-        body.appendBigEndian(hierarchy)
-        body.append(enable ? 1 : 0)
-        return frame(tag: TPMHeader.sessions, code: 0x121, body: body)
+        var parameters: [UInt8] = []
+        parameters.appendBigEndian(hierarchy)
+        parameters.append(enable ? 1 : 0)
+        return authorized(0x121, handle: platformHierarchy, parameters: parameters)
     }
 
     /// TPM2_HierarchyChangeAuth (Part 3, 24.8) of the platform hierarchy, from its empty
     /// password to `newAuth` (at most the name-algorithm digest size, 32 bytes for SHA-256).
     public static func platformChangeAuth(_ newAuth: [UInt8]) -> [UInt8] {
-        var body: [UInt8] = []
-        body.appendBigEndian(platformHierarchy)
-        body += passwordAuthorizations(1)
-        body.appendBigEndian(UInt16(newAuth.count))
-        body += newAuth
-        return frame(tag: TPMHeader.sessions, code: 0x129, body: body)
+        var parameters: [UInt8] = []
+        parameters.appendBigEndian(UInt16(newAuth.count))
+        return authorized(0x129, handle: platformHierarchy, parameters: parameters + newAuth)
     }
 
     /// TPM2_Clear (Part 3, 24.6) authorised by `hierarchy` (TPM_RH_PLATFORM or TPM_RH_LOCKOUT)
     /// with an empty password: what a hostile guest would send to wipe the TPM.
     public static func clear(authorizedBy hierarchy: UInt32) -> [UInt8] {
-        var body: [UInt8] = []
-        body.appendBigEndian(hierarchy)
-        body += passwordAuthorizations(1)
-        return frame(tag: TPMHeader.sessions, code: 0x126, body: body)
+        authorized(0x126, handle: hierarchy)
     }
 
     /// TPM2_ChangeEPS (Part 3, 24.5): a new endorsement primary seed, authorised by the platform.
     public static func changeEPS() -> [UInt8] {
-        var body: [UInt8] = []
-        body.appendBigEndian(platformHierarchy)
-        body += passwordAuthorizations(1)
-        return frame(tag: TPMHeader.sessions, code: 0x124, body: body)
+        authorized(0x124, handle: platformHierarchy)
     }
 
     /// TPM2_Shutdown (Part 3, 9.4).
@@ -157,15 +155,13 @@ public enum TPMCommand {
 
     /// TPM2_PCR_Extend of PCR `index` with one digest per bank (Part 3, 22.2).
     public static func pcrExtend(_ index: UInt32, digests: [(TPMHashAlgorithm, [UInt8])]) -> [UInt8] {
-        var body: [UInt8] = []
-        body.appendBigEndian(index)
-        body += passwordAuthorizations(1)
-        body.appendBigEndian(UInt32(digests.count))
+        var parameters: [UInt8] = []
+        parameters.appendBigEndian(UInt32(digests.count))
         for (algorithm, digest) in digests {
-            body.appendBigEndian(algorithm.rawValue)
-            body += digest
+            parameters.appendBigEndian(algorithm.rawValue)
+            parameters += digest
         }
-        return frame(tag: TPMHeader.sessions, code: 0x182, body: body)
+        return authorized(0x182, handle: index, parameters: parameters)
     }
 
     /// TPM2_PCR_Read of one PCR in one bank (Part 3, 22.4).
@@ -211,12 +207,9 @@ public enum TPMCommand {
 
     /// TPM2_SequenceUpdate (Part 3, 17.4).
     public static func sequenceUpdate(_ handle: UInt32, _ chunk: ArraySlice<UInt8>) -> [UInt8] {
-        var body: [UInt8] = []
-        body.appendBigEndian(handle)
-        body += passwordAuthorizations(1)
-        body.appendBigEndian(UInt16(chunk.count))
-        body += chunk
-        return frame(tag: TPMHeader.sessions, code: 0x15C, body: body)
+        var parameters: [UInt8] = []
+        parameters.appendBigEndian(UInt16(chunk.count))
+        return authorized(0x15C, handle: handle, parameters: parameters + chunk)
     }
 
     /// TPM2_EventSequenceComplete: extends PCR `index` in every bank (Part 3, 17.6).
