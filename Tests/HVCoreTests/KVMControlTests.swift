@@ -1,4 +1,5 @@
 import CAllocationCounter
+import Foundation
 import Glibc
 import HVCore
 import Synchronization
@@ -13,9 +14,12 @@ final class ProgressCounter: ExitHandler, Sendable {
         return .resume
     }
 
-    /// Spins (yielding the CPU) until the guest has made `target` exits, or fails after `limit` tries.
-    func wait(for target: Int, limit: Int = 50_000_000) -> Bool {
-        for _ in 0..<limit where count.load(ordering: .relaxed) < target { sched_yield() }
+    /// Spins (yielding the CPU) until the guest has made `target` exits, or fails after
+    /// `seconds` (a guest that stopped early fails the test in seconds, not after millions of
+    /// yields, which take minutes inside the test bed).
+    func wait(for target: Int, seconds: Double = 30) -> Bool {
+        let deadline = Date(timeIntervalSinceNow: seconds)
+        while count.load(ordering: .relaxed) < target, Date() < deadline { sched_yield() }
         return count.load(ordering: .relaxed) >= target
     }
 }
