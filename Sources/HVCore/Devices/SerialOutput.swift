@@ -141,9 +141,8 @@ public final class SerialOutput: Sendable {
     /// Returns the `errno` of a failed write (0 when every byte went out).
     private static func drain(_ pending: inout PendingBytes, to fd: Int32) -> Int32 {
         guard pending.count > 0, let base = pending.storage.baseAddress else { return 0 }
-        let error = writeAll(fd, UnsafeRawBufferPointer(start: base, count: pending.count))
-        pending.count = 0
-        return error
+        defer { pending.count = 0 }
+        return writeAll(fd, UnsafeRawBufferPointer(start: base, count: pending.count))
     }
 }
 
@@ -162,7 +161,6 @@ private func openForWriting(_ path: String, append: Bool) -> (fd: Int32, errno: 
 
 /// `write(2)` of every byte of `bytes`, continuing after short writes and `EINTR`; gives up
 /// (dropping the rest) on any other error, whose `errno` it returns (0 on success).
-@discardableResult
 private func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> Int32 {
     var offset = 0
     while offset < bytes.count, let base = bytes.baseAddress {

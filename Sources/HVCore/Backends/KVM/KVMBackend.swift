@@ -61,8 +61,7 @@ public struct KVMBackend: Backend {
         do {
             return try KVMSyscall.ioctl(system.fd, HV_KVM_CHECK_EXTENSION, value: UInt(capability.number), "KVM_CHECK_EXTENSION")
         } catch {
-            guard case .systemCall(_, let code) = error else { throw error }
-            throw .systemCall(operation: "KVM_CHECK_EXTENSION(\(capability.name))", errno: code)
+            throw error.naming("KVM_CHECK_EXTENSION(\(capability.name))")
         }
     }
 

@@ -201,10 +201,9 @@ public final class KVMVirtualMachine: VirtualMachine {
             try KVMSyscall.ioctl(fd, HV_KVM_SET_USER_MEMORY_REGION, &descriptor, "KVM_SET_USER_MEMORY_REGION")
         } catch {
             // Name the slot and the range: "Invalid argument" alone does not say which mapping.
-            guard case .systemCall(_, let code) = error else { throw error }
             let guest = region.guestAddress.rawValue
-            throw .systemCall(operation: "KVM_SET_USER_MEMORY_REGION(slot \(slot), guest 0x\(String(guest, radix: 16))"
-                                  + "-0x\(String(guest &+ region.size &- 1, radix: 16)), \(region.size) bytes)", errno: code)
+            throw error.naming("KVM_SET_USER_MEMORY_REGION(slot \(slot), guest 0x\(String(guest, radix: 16))"
+                               + "-0x\(String(guest &+ region.size &- 1, radix: 16)), \(region.size) bytes)")
         }
     }
 
