@@ -4,7 +4,9 @@
 # the uncompressed vmlinux inside it (an ELF with a PVH entry note) under `hv run --kernel`.
 # Installing the package itself would run initramfs hooks for no purpose. The modules the
 # hardware-assisted test bed loads (KVM for AMD-V, and 9p over virtio for its shares; see
-# scripts/testbed) are kept beside it under .build-kernel/lib/modules/.
+# scripts/testbed) and those the Linux guest under HV loads (virtio-mmio, virtio-blk, -rng and
+# -console, ext4; see scripts/linux-guest-initrd) are kept beside it under
+# .build-kernel/lib/modules/, each list in load order.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 destination=.build-kernel
@@ -47,7 +49,14 @@ bed_modules=(
     fs/netfs/netfs.ko fs/fscache/fscache.ko net/9p/9pnet.ko net/9p/9pnet_virtio.ko fs/9p/9p.ko
 )
 
-if compgen -G "$destination/boot/vmlinuz-*" >/dev/null && compgen -G "$destination/lib/modules/*/kernel/fs/9p/9p.ko" >/dev/null; then
+# The guest's modules, in load order (Debian builds virtio-mmio and ext4 as modules).
+guest_modules=(
+    drivers/virtio/virtio_ring.ko drivers/virtio/virtio.ko drivers/virtio/virtio_mmio.ko
+    drivers/block/virtio_blk.ko drivers/char/hw_random/virtio-rng.ko drivers/char/virtio_console.ko
+    lib/crc16.ko fs/mbcache.ko fs/jbd2/jbd2.ko crypto/crc32c_generic.ko fs/ext4/ext4.ko
+)
+
+if compgen -G "$destination/boot/vmlinuz-*" >/dev/null && compgen -G "$destination/lib/modules/*/kernel/fs/ext4/ext4.ko" >/dev/null; then
     [ -e "$destination/vmlinux" ] || extract_vmlinux "$(ls "$destination"/boot/vmlinuz-* | head -1)" "$destination/vmlinux"
     exit 0
 fi
@@ -67,7 +76,7 @@ mkdir -p "$destination"
 dpkg-deb -x "$work"/*.deb "$work/root"
 mkdir -p "$destination/boot"
 cp "$work"/root/boot/vmlinuz-* "$destination/boot/"
-for module in "${bed_modules[@]}"; do
+for module in "${bed_modules[@]}" "${guest_modules[@]}"; do
     for source in "$work"/root/lib/modules/*/kernel/"$module"; do
         target="$destination/lib/modules/${source#"$work"/root/lib/modules/}"
         mkdir -p "$(dirname "$target")"
@@ -75,6 +84,7 @@ for module in "${bed_modules[@]}"; do
     done
 done
 printf '%s\n' "${bed_modules[@]}" > "$destination/lib/modules/load-order"
+printf '%s\n' "${guest_modules[@]}" > "$destination/lib/modules/guest-load-order"
 echo "fetch-linux-kernel: $(ls "$destination"/boot/vmlinuz-*)"
 extract_vmlinux "$(ls "$destination"/boot/vmlinuz-* | head -1)" "$destination/vmlinux" \
     || echo "fetch-linux-kernel: note: could not uncompress vmlinux; the PVH Linux test will be skipped" >&2

@@ -86,6 +86,13 @@ struct Run: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("With --tpm, what HV leaves of the TPM's platform hierarchy before the guest runs, as firmware does: random-auth (SeaBIOS: a random password nobody keeps), disable (OVMF: turned off) or guest (untouched; the guest starts the TPM and can TPM2_Clear it).", valueName: "policy"))
     var tpmPlatform: TPMPlatformArgument = .randomAuth
 
+    @Option(name: .long, help: ArgumentHelp("A virtio-blk disk on a raw image file, ro for read-only, serial=ID for the serial the guest reads; repeatable (Linux's vda, vdb, ... in order). Found through the ACPI tables (--platform pc); needs --irqchip kernel or split (Documentation/Virtio.md).", valueName: "file[,ro][,serial=id]"),
+            transform: DiskArgument.init(parsing:))
+    var disk: [DiskArgument] = []
+
+    @Flag(name: .long, help: "Attach a virtio-rng entropy device fed by the host's getrandom(2) (Linux's /dev/hwrng).")
+    var rng = false
+
     @Option(name: .long, help: ArgumentHelp("Stop the guest after this many seconds.", valueName: "seconds"))
     var timeout: Double?
 
@@ -118,8 +125,11 @@ struct Run: ParsableCommand {
             interruptController: interruptMode)
         configuration.resetPolicy = onReset.policy
         do { try configuration.validate() } catch { fail(flagName(for: error.field), error) }
+        let virtio = try openVirtioDevices(interruptMode: interruptMode)
+        let virtioSlots = virtio.map(\.slot)
         let acpiRange: Range<UInt64> = 0xE_0000..<0x10_0000
-        let plannedTables = platform == .pc && mem.bytes >= acpiRange.upperBound ? ACPITables.pc(cpuCount: cpus, tpm: tpm != nil) : nil
+        let plannedTables = platform == .pc && mem.bytes >= acpiRange.upperBound
+            ? ACPITables.pc(cpuCount: cpus, tpm: tpm != nil, virtio: virtioSlots) : nil
         var image = try loaderImage(acpi: plannedTables) ?? flatImage()
         // ACPI tables live in 0xE0000-0xFFFFF: skip them when RAM is smaller or the image uses it.
         let imageUsesACPIArea = image.chunks.contains { chunk in
@@ -143,7 +153,8 @@ struct Run: ParsableCommand {
             let console = connectStandardInput(to: uart, machine: machine)
             defer { console?.stop(); TerminalRawMode.restore() }
             let tpmEngine = try attachTPM(directory: tpm, platform: tpmPlatform.policy, to: machine)
-            if platform == .pc { try machine.attachPCPlatform(acpiTables: acpiTables, tpm: tpm != nil) }
+            for device in virtio { try device.attach(machine) }
+            if platform == .pc { try machine.attachPCPlatform(acpiTables: acpiTables, tpm: tpm != nil, virtio: virtioSlots) }
             try machine.load(image)
             let result = try machine.run()
             if case .internalError = result.reason, emulatedLinux {
@@ -162,6 +173,32 @@ struct Run: ParsableCommand {
         if case .backendFailure = result.reason, let error = result.error { printError("hv: error: \(error)") }
         let status = ExitStatus.forStop(result.reason)
         if status != 0 { throw ExitCode(status) }
+    }
+
+    /// The --disk and --rng devices, opened before the VM is built (a missing or locked image is a
+    /// one-line error), each with its virtio-mmio slot: disks first, in order, then the rng.
+    private func openVirtioDevices(interruptMode: InterruptControllerMode) throws -> [VirtioAttachment] {
+        guard !disk.isEmpty || rng else { return [] }
+        let flag = disk.isEmpty ? "--rng" : "--disk"
+        if interruptMode == .none { fail(flag, "virtio devices interrupt the guest; add --irqchip kernel or split") }
+        if platform == .none { fail(flag, "the guest finds virtio-mmio devices in the ACPI tables; use --platform pc") }
+        var attachments: [VirtioAttachment] = []
+        for (index, disk) in disk.enumerated() {
+            do {
+                let device = try VirtioBlock(path: disk.path, readOnly: disk.readOnly, serial: disk.serial)
+                let slot = try VirtioMMIOSlot(index)
+                attachments.append(VirtioAttachment(slot: slot) { machine throws(HVError) in try machine.attachVirtio(device, slot: slot) })
+            } catch let error as VirtioBlockError {
+                fail("--disk \(error.path)", error.problem)
+            } catch {
+                fail("--disk", error)
+            }
+        }
+        if rng {
+            let slot = try VirtioMMIOSlot(attachments.count)
+            attachments.append(VirtioAttachment(slot: slot) { machine throws(HVError) in try machine.attachVirtio(VirtioEntropy(), slot: slot) })
+        }
+        return attachments
     }
 
     /// The one note `hv run --kernel` prints where the CPU has neither VT-x nor AMD-V.
@@ -260,6 +297,34 @@ func crashSite<B>(of machine: Machine<B>, vcpu id: Int) -> String {
         line += ": " + bytes.map { $0 < 16 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined(separator: " ")
     }
     return line
+}
+
+/// A virtio device `hv run` attaches, and where.
+struct VirtioAttachment {
+    let slot: VirtioMMIOSlot
+    let attach: (Machine<KVMBackend>) throws(HVError) -> Void
+}
+
+/// `--disk FILE[,ro][,serial=ID]`.
+struct DiskArgument {
+    var path: String
+    var readOnly = false
+    var serial: String?
+
+    init(parsing text: String) throws {
+        var parts = text.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+        path = parts.removeFirst()
+        guard !path.isEmpty else { throw ValidationError("--disk needs a file: --disk FILE[,ro][,serial=ID]") }
+        for option in parts {
+            if option == "ro" {
+                readOnly = true
+            } else if option.hasPrefix("serial=") {
+                serial = String(option.dropFirst("serial=".count))
+            } else {
+                throw ValidationError("--disk \(path): unknown option \"\(option)\"; expected ro or serial=ID")
+            }
+        }
+    }
 }
 
 enum TPMPlatformArgument: String, ExpressibleByArgument, CaseIterable {

@@ -21,11 +21,14 @@ configuration() {
         bzimage-2cpu-split) echo "2 split $bzimage" ;;
         bzimage-4cpu-kernel) echo "4 kernel $bzimage" ;;
         console-1cpu-kernel) echo "1 kernel $bzimage" ;;
+        virtio-1cpu-kernel) echo "1 kernel $bzimage" ;;
+        virtio-2cpu-split) echo "2 split $bzimage" ;;
         *) return 1 ;;
     esac
 }
 
-[ $# -gt 0 ] || set -- bzimage-1cpu-kernel bzimage-2cpu-kernel pvh-2cpu-kernel bzimage-2cpu-split bzimage-4cpu-kernel console-1cpu-kernel
+[ $# -gt 0 ] || set -- bzimage-1cpu-kernel bzimage-2cpu-kernel pvh-2cpu-kernel bzimage-2cpu-split bzimage-4cpu-kernel console-1cpu-kernel \
+    virtio-1cpu-kernel virtio-2cpu-split
 # boot NAME: one boot of configuration NAME into $out/NAME.log and $out/NAME.status.
 boot() {
     name=$1
@@ -50,6 +53,26 @@ boot() {
         status=$?
         exec 3>&-
         rm -f "$fifo"
+        ;;
+    virtio-*)
+        # Two ext4 images made here (mkfs.ext4 -d copies a file in): vda, which the guest
+        # mounts, reads and writes, and vdb, read-only. After the guest powers off, the host
+        # reads what it wrote (debugfs) and checks the file system (e2fsck -fn).
+        images=/tmp/hv-virtio.$$
+        rm -rf "$images" && mkdir -p "$images/content"
+        echo "made by the host for $name" > "$images/content/from-host.txt"
+        mkfs.ext4 -q -F -d "$images/content" "$images/rw.img" 64M
+        mkfs.ext4 -q -F -d "$images/content" "$images/ro.img" 16M
+        "$hv" run --kernel "$kernel" --initrd "$initrd" --cpus "$cpus" --irqchip "$irqchip" --mem 256M \
+            --disk "$images/rw.img,serial=hv-disk-0" --disk "$images/ro.img,ro" --rng \
+            --timeout 240 --cmdline "console=ttyS0 hv.cpus=$cpus hv.virtio" > "$out/$name.log" 2>&1
+        status=$?
+        debugfs -R "cat /from-guest.txt" "$images/rw.img" > "$out/$name.from-guest" 2>/dev/null
+        debugfs -R "dump /blob $images/blob" "$images/rw.img" >/dev/null 2>&1
+        md5sum "$images/blob" 2>/dev/null | cut -d' ' -f1 > "$out/$name.blob-md5"
+        e2fsck -fn "$images/rw.img" > "$out/$name.fsck" 2>&1
+        echo "e2fsck-status=$?" >> "$out/$name.fsck"
+        rm -rf "$images"
         ;;
     *)
         "$hv" run --kernel "$kernel" --initrd "$initrd" --cpus "$cpus" --irqchip "$irqchip" --mem 256M \

@@ -11,6 +11,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <unistd.h>
+// For the virtio devices: getrandom(2) (virtio-rng) and fallocate(2)'s modes (virtio-blk
+// discard and write-zeroes), which Swift's Glibc module does not bring in.
+#include <sys/random.h>
+#include <linux/falloc.h>
 
 // _IO/_IOR/_IOW macros do not import into Swift: expose each request as a constant.
 static const unsigned long HV_KVM_GET_API_VERSION = KVM_GET_API_VERSION;
@@ -83,5 +87,9 @@ static inline unsigned long long hv_rdtsc(void) { return __builtin_ia32_rdtsc();
 static inline void hv_store_immediate_exit(struct kvm_run *run, unsigned char value) {
     __atomic_store_n(&run->immediate_exit, value, __ATOMIC_SEQ_CST);
 }
+
+// fallocate(2) is declared only under _GNU_SOURCE; glibc always has it.
+int fallocate(int fd, int mode, off_t offset, off_t length);
+static inline int hv_fallocate(int fd, int mode, off_t offset, off_t length) { return fallocate(fd, mode, offset, length); }
 
 #endif

@@ -27,6 +27,8 @@ public struct ACPIConfiguration: Sendable, Equatable {
     public var hasResetRegister = true
     /// Adds a TPM 2.0 device (MSFT0101) with a TIS window at 0xFED40000 to the DSDT.
     public var hasTPM = false
+    /// virtio-mmio devices for the DSDT (HID LNRO0005, as Linux's virtio_mmio driver matches).
+    public var virtioSlots: [VirtioMMIOSlot] = []
     /// Where the tables go: the RSDP first, the rest after it. Must lie in 0xE0000-0xFFFFF.
     public var baseAddress: UInt64 = 0xE_0000
 
@@ -46,12 +48,14 @@ public struct ACPITables: Sendable {
     /// (PVH's rsdp_paddr).
     public var rsdpAddress: UInt64 { tables[0].address }
 
-    /// The tables `Machine.attachPCPlatform(acpiTables:tpm:)` installs for `cpuCount` CPUs, with
-    /// the TPM device in the DSDT when `tpm` is true. A loader that passes the RSDP's address or
-    /// bytes to a kernel builds them here, so that what it passes is what gets installed.
-    public static func pc(cpuCount: Int, tpm: Bool) -> ACPITables {
+    /// The tables `Machine.attachPCPlatform(acpiTables:tpm:virtio:)` installs for `cpuCount`
+    /// CPUs, with the TPM device in the DSDT when `tpm` is true and one device per virtio-mmio
+    /// slot. A loader that passes the RSDP's address or bytes to a kernel builds them here, so
+    /// that what it passes is what gets installed.
+    public static func pc(cpuCount: Int, tpm: Bool, virtio: [VirtioMMIOSlot] = []) -> ACPITables {
         var configuration = ACPIConfiguration(cpuCount: cpuCount)
         configuration.hasTPM = tpm
+        configuration.virtioSlots = virtio
         return ACPITables(configuration)
     }
 
@@ -63,7 +67,7 @@ public struct ACPITables: Sendable {
             return address
         }
         let rsdpAddress = place(36)
-        let dsdt = Self.table("DSDT", revision: 2, body: ACPIAML.dsdtBody(tpm: configuration.hasTPM))
+        let dsdt = Self.table("DSDT", revision: 2, body: ACPIAML.dsdtBody(tpm: configuration.hasTPM, virtio: configuration.virtioSlots))
         let facs = Self.facs()
         let madt = Self.madt(configuration)
         let facsAddress = place(facs.count, align: 64)
@@ -193,21 +197,54 @@ public struct ACPITables: Sendable {
 
 // MARK: - AML
 
-/// Just enough AML (ACPI 6.4, chapter 20) for a DSDT: \_S5 and an optional TPM device.
+/// Just enough AML (ACPI 6.4, chapter 20) for a DSDT: \_S5, an optional TPM device and
+/// virtio-mmio devices.
 enum ACPIAML {
-    static func dsdtBody(tpm: Bool) -> [UInt8] {
+    static func dsdtBody(tpm: Bool, virtio: [VirtioMMIOSlot] = []) -> [UInt8] {
         // Name (\_S5, Package (4) { 0, 0, 0, 0 }): SLP_TYP 0 for soft off (ACPIPMDevice).
         var body: [UInt8] = [0x08, 0x5C] + Array("_S5_".utf8) + [0x12] + pkgLength([0x04, 0, 0, 0, 0])
+        var devices: [UInt8] = []
         if tpm {
-            // Scope (\_SB) { Device (TPM) { _HID "MSFT0101", _STA 0x0F, _CRS Memory32Fixed } }
-            let resources: [UInt8] = [0x86, 0x09, 0x00, 0x01] + le(0xFED4_0000, 4) + le(0x5000, 4) + [0x79, 0x00]
-            let crs = [0x08] + Array("_CRS".utf8) + [0x11] + pkgLength([0x0A, UInt8(resources.count)] + resources)
-            let hid = [0x08] + Array("_HID".utf8) + [0x0D] + Array("MSFT0101".utf8) + [0]
-            let sta = [0x08] + Array("_STA".utf8) + [0x0A, 0x0F]
-            let device = [0x5B, 0x82] + pkgLength(Array("TPM_".utf8) + hid + sta + crs)
-            body += [0x10] + pkgLength([0x5C] + Array("_SB_".utf8) + device)
+            // Device (TPM) { _HID "MSFT0101", _STA 0x0F, _CRS Memory32Fixed }
+            let resources = memory32Fixed(0xFED4_0000, length: 0x5000)
+            devices += device("TPM_", hid: "MSFT0101", uid: nil, resources: resources, status: 0x0F)
+        }
+        for slot in virtio {
+            // Device (VRnn) { _HID "LNRO0005", _UID n, _CRS { Memory32Fixed (window),
+            // Interrupt (ResourceConsumer, Level, ActiveHigh, Shared) { GSI } } }: the
+            // virtio-mmio binding Linux's drivers/virtio/virtio_mmio.c matches.
+            let resources = memory32Fixed(UInt32(truncatingIfNeeded: slot.address), length: UInt32(VirtioMMIOSlot.stride))
+                + extendedInterrupt(slot.gsi, shared: true)
+            let digits = Array(String(slot.index, radix: 16, uppercase: true).utf8)
+            let name = "VR" + String(decoding: digits.count == 1 ? [UInt8(ascii: "0")] + digits : digits, as: UTF8.self)
+            devices += device(name, hid: "LNRO0005", uid: UInt8(slot.index), resources: resources, status: nil)
+        }
+        if !devices.isEmpty {
+            // Scope (\_SB) { ... }
+            body += [0x10] + pkgLength([0x5C] + Array("_SB_".utf8) + devices)
         }
         return body
+    }
+
+    /// Device (NAME) { Name (_HID, "hid"), [Name (_UID, uid)], [Name (_STA, status)], Name (_CRS, ResourceTemplate) }
+    static func device(_ name: String, hid: String, uid: UInt8?, resources: [UInt8], status: UInt8?) -> [UInt8] {
+        let template = resources + [0x79, 0x00]  // End Tag (6.4.2.9), checksum 0
+        let crs = [0x08] + Array("_CRS".utf8) + [0x11] + pkgLength([0x0A, UInt8(template.count)] + template)
+        var contents = Array(name.utf8) + [0x08] + Array("_HID".utf8) + [0x0D] + Array(hid.utf8) + [0]
+        if let uid { contents += [0x08] + Array("_UID".utf8) + [0x0A, uid] }
+        if let status { contents += [0x08] + Array("_STA".utf8) + [0x0A, status] }
+        return [0x5B, 0x82] + pkgLength(contents + crs)
+    }
+
+    /// Memory32Fixed (ReadWrite, base, length): ACPI 6.4, 6.4.3.4.
+    static func memory32Fixed(_ base: UInt32, length: UInt32) -> [UInt8] {
+        [0x86, 0x09, 0x00, 0x01] + le(UInt64(base), 4) + le(UInt64(length), 4)
+    }
+
+    /// Extended Interrupt (ResourceConsumer, Level, ActiveHigh, Shared or Exclusive) { gsi }:
+    /// ACPI 6.4, 6.4.3.6 (flags bit 0 consumer, bit 1 edge, bit 2 active-low, bit 3 shared).
+    static func extendedInterrupt(_ gsi: UInt32, shared: Bool) -> [UInt8] {
+        [0x89, 0x06, 0x00, shared ? 0x09 : 0x01, 0x01] + le(UInt64(gsi), 4)
     }
 
     /// PkgLength (20.2.4) followed by `contents`; the length counts its own bytes.

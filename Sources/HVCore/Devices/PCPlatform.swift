@@ -7,9 +7,10 @@ extension Machine {
     /// reset register), the ACPI PM block (0x600, PM timer at 0x608) and the Bochs/QEMU power-off
     /// port (0x8900, "Shutdown"). With `acpiTables`, also
     /// writes RSDP/XSDT/FADT/FACS/MADT/DSDT into 0xE0000-0xFFFFF (RAM must reach 1 MiB); a VM
-    /// with a TPM gets its MSFT0101 device in the DSDT when `tpm` is true. A reset
-    /// (`ResetPolicy.restart`) writes the tables again.
-    public func attachPCPlatform(acpiTables: Bool = true, tpm: Bool = false) throws(HVError) {
+    /// with a TPM gets its MSFT0101 device in the DSDT when `tpm` is true, and each virtio-mmio
+    /// slot in `virtio` (devices attached with `attachVirtio(_:slot:)`) a LNRO0005 device. A
+    /// reset (`ResetPolicy.restart`) writes the tables again.
+    public func attachPCPlatform(acpiTables: Bool = true, tpm: Bool = false, virtio: [VirtioMMIOSlot] = []) throws(HVError) {
         let cpus = configuration.cpuCount
         do throws(DeviceBusError) {
             try devices.register(FWCfgDevice(memory: memory, ramSize: memory.size, cpuCount: cpus),
@@ -23,7 +24,7 @@ extension Machine {
             try devices.register(ShutdownPortDevice(), port: ShutdownPortDevice.port, count: 1)
         } catch { throw .device(error) }
         guard acpiTables else { return }
-        let tables = ACPITables.pc(cpuCount: cpus, tpm: tpm)
+        let tables = ACPITables.pc(cpuCount: cpus, tpm: tpm, virtio: virtio)
         do { try tables.install(into: memory) } catch { throw .memory(error) }
         // Firmware writes its tables again at every boot; so does a reset here.
         try onReset { (machine) throws(HVError) in

@@ -1,0 +1,246 @@
+// The block device (virtio 1.2, 5.2 "Block Device") on a raw image file: reads, writes,
+// flush, discard and write-zeroes, and the serial id. A request is a 16-byte header (type,
+// reserved, sector), the data, and a status byte the device writes last; with
+// VIRTIO_F_VERSION_1 the driver may split them across buffers any way it likes (2.6.4), so the
+// device reads the chain as one byte string. Every sector range is checked against the
+// image's capacity before the file is touched.
+#if canImport(Glibc)
+import Glibc
+#endif
+import CKVM
+import Synchronization
+
+/// Why an image cannot back a virtio-blk device.
+public struct VirtioBlockError: Error, Equatable, CustomStringConvertible {
+    public var path: String
+    public var problem: String
+    public var description: String { "\(path): \(problem)" }
+}
+
+public final class VirtioBlock: VirtioDevice {
+    /// Device feature bits (5.2.3).
+    public enum Feature {
+        public static let segmentMaximum: UInt64 = 1 << 2
+        public static let readOnly: UInt64 = 1 << 5
+        public static let blockSize: UInt64 = 1 << 6
+        public static let flush: UInt64 = 1 << 9
+        public static let discard: UInt64 = 1 << 13
+        public static let writeZeroes: UInt64 = 1 << 14
+    }
+
+    /// Request types and status values (5.2.6).
+    enum RequestType: UInt32 {
+        case read = 0, write = 1, flush = 4, getID = 8, discard = 11, writeZeroes = 13
+    }
+    enum Status: UInt8 { case ok = 0, ioError = 1, unsupported = 2 }
+
+    public static let sectorSize: UInt64 = 512
+    static let queueSize: UInt16 = 256
+    /// Segments per discard or write-zeroes request, and sectors per segment.
+    static let maximumRangeSegments: UInt32 = 32
+    static let maximumRangeSectors: UInt32 = 0x3F_FFFF
+    /// The serial id's length (VIRTIO_BLK_ID_BYTES).
+    public static let serialLength = 20
+
+    public var type: VirtioDeviceType { .block }
+    public let name: String
+    public let features: UInt64
+    public var queueSizes: [UInt16] { [Self.queueSize] }
+
+    public let path: String
+    public let readOnly: Bool
+    /// Capacity in 512-byte sectors (a trailing partial sector of the image is not used).
+    public let sectors: UInt64
+    public let serial: [UInt8]
+    private let fd: Int32
+    private let configuration: [UInt8]
+    private let chain = Mutex(VirtqueueChain())
+
+    /// Opens `path` (read-only when `readOnly`) and takes an advisory lock on it, shared when
+    /// read-only and exclusive otherwise, so two VMs cannot write one image. `serial` (up to 20
+    /// bytes) is what the guest reads as the disk's serial number.
+    public init(path: String, readOnly: Bool = false, serial: String? = nil) throws(VirtioBlockError) {
+        let serialBytes = Array((serial ?? "").utf8)
+        guard serialBytes.count <= Self.serialLength else {
+            throw VirtioBlockError(path: path, problem: "serial \"\(serial ?? "")\" is \(serialBytes.count) bytes; at most \(Self.serialLength)")
+        }
+        let fd = open(path, (readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC)
+        guard fd >= 0 else { throw VirtioBlockError(path: path, problem: String(cString: strerror(errno))) }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else {
+            let problem = String(cString: strerror(errno))
+            close(fd)
+            throw VirtioBlockError(path: path, problem: problem)
+        }
+        guard info.st_mode & S_IFMT == S_IFREG || info.st_mode & S_IFMT == S_IFBLK else {
+            close(fd)
+            throw VirtioBlockError(path: path, problem: "is not a regular file or a block device")
+        }
+        guard flock(fd, (readOnly ? LOCK_SH : LOCK_EX) | LOCK_NB) == 0 else {
+            let problem = errno == EWOULDBLOCK ? "is in use by another process (it holds a lock on it)" : String(cString: strerror(errno))
+            close(fd)
+            throw VirtioBlockError(path: path, problem: problem)
+        }
+        var bytes = UInt64(info.st_size)
+        if info.st_mode & S_IFMT == S_IFBLK {
+            let end = lseek(fd, 0, SEEK_END)
+            bytes = end > 0 ? UInt64(end) : 0
+        }
+        self.fd = fd
+        self.path = path
+        self.readOnly = readOnly
+        self.sectors = bytes / Self.sectorSize
+        self.serial = serialBytes
+        self.name = "virtio-blk"
+        var features = Feature.segmentMaximum | Feature.blockSize | Feature.flush
+        features |= readOnly ? Feature.readOnly : Feature.discard | Feature.writeZeroes
+        self.features = features
+        self.configuration = Self.configurationSpace(sectors: bytes / Self.sectorSize)
+    }
+
+    deinit { close(fd) }
+
+    /// struct virtio_blk_config (5.2.4), the fields up to write_zeroes_may_unmap.
+    static func configurationSpace(sectors: UInt64) -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: 60)
+        func put(_ value: UInt64, at offset: Int, width: Int) {
+            for index in 0..<width { bytes[offset + index] = UInt8(truncatingIfNeeded: value >> (8 * UInt64(index))) }
+        }
+        put(sectors, at: 0, width: 8)                                    // capacity
+        put(UInt64(queueSize) - 2, at: 12, width: 4)                      // seg_max
+        put(sectorSize, at: 20, width: 4)                                 // blk_size
+        put(1, at: 34, width: 2)                                          // num_queues
+        put(UInt64(maximumRangeSectors), at: 36, width: 4)                // max_discard_sectors
+        put(UInt64(maximumRangeSegments), at: 40, width: 4)               // max_discard_seg
+        put(8, at: 44, width: 4)                                          // discard_sector_alignment (4 KiB)
+        put(UInt64(maximumRangeSectors), at: 48, width: 4)                // max_write_zeroes_sectors
+        put(UInt64(maximumRangeSegments), at: 52, width: 4)               // max_write_zeroes_seg
+        put(1, at: 56, width: 1)                                          // write_zeroes_may_unmap
+        return bytes
+    }
+
+    public func readConfiguration(offset: Int, width: Int) -> UInt64 {
+        virtioConfigurationRead(configuration, offset: offset, width: width)
+    }
+
+    public func serve(queue index: Int, _ queue: inout Virtqueue, memory: GuestMemory) throws(VirtioDeviceError) -> Bool {
+        try chain.withLock { (chain) throws(VirtioDeviceError) -> Bool in
+            var used = false
+            while true {
+                do throws(VirtqueueError) {
+                    guard try queue.pop(into: &chain, memory: memory) else { break }
+                } catch { throw .queue(error) }
+                let written = try handle(chain, memory: memory)
+                queue.push(head: chain.head, written: written, memory: memory)
+                used = true
+            }
+            return used
+        }
+    }
+
+    /// Carries out one request and writes its status byte; returns the bytes written.
+    func handle(_ chain: VirtqueueChain, memory: GuestMemory) throws(VirtioDeviceError) -> UInt32 {
+        guard chain.readableLength >= 16, let type = chain.readInteger(UInt32.self, at: 0, memory: memory),
+              let sector = chain.readInteger(UInt64.self, at: 8, memory: memory)
+        else { throw .malformedRequest("a block request shorter than its 16-byte header") }
+        guard chain.writableLength >= 1 else { throw .malformedRequest("a block request without room for its status byte") }
+        let statusOffset = chain.writableLength - 1
+        var written: UInt64 = 1
+        let status: Status
+        switch RequestType(rawValue: type) {
+        case .read:
+            status = transfer(chain, sector: sector, toGuest: true, length: statusOffset, memory: memory)
+            if status == .ok { written += statusOffset }
+        case .write:
+            status = readOnly ? .ioError : transfer(chain, sector: sector, toGuest: false, length: chain.readableLength - 16, memory: memory)
+        case .flush:
+            status = readOnly || fdatasync(fd) == 0 ? .ok : .ioError
+        case .getID:
+            let count = min(UInt64(Self.serialLength), statusOffset)
+            var id = [UInt8](repeating: 0, count: Int(count))
+            for index in 0..<min(serial.count, id.count) { id[index] = serial[index] }
+            id.withUnsafeBytes { _ = chain.copyIn($0, at: 0, memory: memory) }
+            written += count
+            status = .ok
+        case .discard, .writeZeroes:
+            status = readOnly ? .ioError : ranges(chain, zeroes: type == RequestType.writeZeroes.rawValue, memory: memory)
+        case nil:
+            status = .unsupported
+        }
+        var byte = status.rawValue
+        withUnsafeBytes(of: &byte) { _ = chain.copyIn($0, at: statusOffset, memory: memory) }
+        return UInt32(written)
+    }
+
+    /// The byte range of `count` sectors at `sector`, or nil when it leaves the image.
+    private func byteRange(sector: UInt64, bytes length: UInt64) -> Range<UInt64>? {
+        let (start, overflow) = sector.multipliedReportingOverflow(by: Self.sectorSize)
+        guard !overflow, start <= sectors * Self.sectorSize, length <= sectors * Self.sectorSize - start else { return nil }
+        return start..<start + length
+    }
+
+    /// A read (`toGuest`) or write of `length` data bytes at `sector`.
+    private func transfer(_ chain: VirtqueueChain, sector: UInt64, toGuest: Bool, length: UInt64, memory: GuestMemory) -> Status {
+        // 5.2.6.1: data is a multiple of 512 bytes.
+        guard length % Self.sectorSize == 0, let range = byteRange(sector: sector, bytes: length) else { return .ioError }
+        var offset = Int(range.lowerBound), failed = false
+        let dataStart: UInt64 = toGuest ? 0 : 16
+        chain.forEachPiece(writable: toGuest, range: dataStart..<dataStart + length, memory: memory) { pointer, count in
+            guard !failed else { return }
+            var done = 0
+            while done < count {
+                let result = toGuest ? pread(fd, pointer + done, count - done, offset + Int(done))
+                                     : pwrite(fd, pointer + done, count - done, offset + Int(done))
+                if result < 0, errno == EINTR { continue }
+                guard result > 0 else { failed = true; return }
+                done += result
+            }
+            offset += Int(count)
+        }
+        return failed ? .ioError : .ok
+    }
+
+    /// Discard or write-zeroes: an array of { sector u64, num_sectors u32, flags u32 } (5.2.6).
+    private func ranges(_ chain: VirtqueueChain, zeroes: Bool, memory: GuestMemory) -> Status {
+        let data = chain.readableLength - 16
+        guard data > 0, data % 16 == 0, data / 16 <= UInt64(Self.maximumRangeSegments) else { return .unsupported }
+        for segment in 0..<data / 16 {
+            let at = 16 + segment * 16
+            guard let sector = chain.readInteger(UInt64.self, at: at, memory: memory),
+                  let count = chain.readInteger(UInt32.self, at: at + 8, memory: memory),
+                  let flags = chain.readInteger(UInt32.self, at: at + 12, memory: memory)
+            else { return .ioError }
+            let unmap = flags & 1 != 0
+            // 5.2.6.2: the unmap flag is for write-zeroes only; other flag bits are reserved.
+            guard flags & ~1 == 0, zeroes || !unmap, count <= Self.maximumRangeSectors else { return .unsupported }
+            guard let range = byteRange(sector: sector, bytes: UInt64(count) * Self.sectorSize) else { return .ioError }
+            guard !range.isEmpty else { continue }
+            let offset = Int(range.lowerBound), length = Int(range.count)
+            if !zeroes {
+                // Discard is a hint: a file system that cannot punch holes keeps the bytes.
+                _ = hv_fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length)
+                continue
+            }
+            if unmap, hv_fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) == 0 { continue }
+            if hv_fallocate(fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, offset, length) == 0 { continue }
+            guard writeZeroes(offset: offset, length: length) else { return .ioError }
+        }
+        return .ok
+    }
+
+    /// Zeroes by writing, 64 KiB at a time, where the file system has no fallocate modes.
+    private func writeZeroes(offset: Int, length: Int) -> Bool {
+        Self.zeroes.withUnsafeBytes { zeroes in
+            var done: Int = 0
+            while done < length {
+                let result = pwrite(fd, zeroes.baseAddress, Int(min(Int(zeroes.count), length - done)), offset + done)
+                if result < 0, errno == EINTR { continue }
+                guard result > 0 else { return false }
+                done += Int(result)
+            }
+            return true
+        }
+    }
+
+    private static let zeroes = [UInt8](repeating: 0, count: 64 * 1024)
+}

@@ -1,0 +1,98 @@
+// What a virtio device type implements (virtio 1.2, 5 "Device Types"), whatever transport
+// carries it: its type, feature bits, queues and configuration space, and how it serves a
+// queue. The transport (VirtioMMIOTransport) owns the status, the feature negotiation and the
+// queues' addresses, and calls the device with its lock held.
+
+/// Device IDs (virtio 1.2, 5 "Device Types").
+public enum VirtioDeviceType: UInt32, Sendable {
+    case network = 1
+    case block = 2
+    case console = 3
+    case entropy = 4
+    case balloon = 5
+    case vsock = 19
+}
+
+/// Feature bits that belong to the transport and the rings (virtio 1.2, 6 "Reserved Feature
+/// Bits"); device types use bits 0-23.
+public enum VirtioFeature {
+    /// VIRTIO_F_INDIRECT_DESC (28): chains may point to a table of descriptors.
+    public static let indirectDescriptors: UInt64 = 1 << 28
+    /// VIRTIO_F_EVENT_IDX (29): used_event/avail_event suppress interrupts and notifications.
+    public static let eventIndex: UInt64 = 1 << 29
+    /// VIRTIO_F_VERSION_1 (32): a 1.x device; HV offers no legacy interface.
+    public static let version1: UInt64 = 1 << 32
+    /// What every HV transport offers besides the device's own bits.
+    public static let transport: UInt64 = indirectDescriptors | eventIndex | version1
+}
+
+/// Device status bits (virtio 1.2, 2.1).
+public enum VirtioStatus {
+    public static let acknowledge: UInt32 = 1
+    public static let driver: UInt32 = 2
+    public static let driverOK: UInt32 = 4
+    public static let featuresOK: UInt32 = 8
+    public static let deviceNeedsReset: UInt32 = 64
+    public static let failed: UInt32 = 128
+}
+
+/// Why a device could not serve a queue. Either way the transport sets DEVICE_NEEDS_RESET and
+/// logs the problem once; the VM keeps running.
+public enum VirtioDeviceError: Error, Equatable, CustomStringConvertible {
+    /// The ring or a chain broke a rule of 2.7.
+    case queue(VirtqueueError)
+    /// A request whose layout the device type cannot read (a block request without room for
+    /// its header or status byte).
+    case malformedRequest(String)
+
+    public var description: String {
+        switch self {
+        case .queue(let error): "\(error)"
+        case .malformedRequest(let why): "malformed request: \(why)"
+        }
+    }
+}
+
+/// A virtio device type behind a transport.
+///
+/// The transport calls these methods with its lock held, so one device sees one call at a time;
+/// a device that is also driven from a host thread (console input) asks its transport to serve
+/// the queue (`VirtioMMIOTransport.serve(queue:)`) instead of touching the queue itself.
+public protocol VirtioDevice: AnyObject, Sendable {
+    var type: VirtioDeviceType { get }
+    /// A short name for logs ("virtio-blk").
+    var name: String { get }
+    /// The device-type feature bits offered (bits 0-23); the transport adds `VirtioFeature.transport`.
+    var features: UInt64 { get }
+    /// The largest size of each queue, in queue order (a power of two each).
+    var queueSizes: [UInt16] { get }
+    /// A read of `width` bytes (1, 2, 4 or 8) at `offset` of the device configuration space;
+    /// 0 beyond its end.
+    func readConfiguration(offset: Int, width: Int) -> UInt64
+    /// A write to the configuration space (most device types ignore it).
+    func writeConfiguration(offset: Int, width: Int, value: UInt64)
+    /// The driver accepted `features` (FEATURES_OK), a subset of what was offered.
+    func activate(features: UInt64)
+    /// Takes what the driver made available on `queue` (index `index`) and returns true when it
+    /// put anything on the used ring.
+    func serve(queue index: Int, _ queue: inout Virtqueue, memory: GuestMemory) throws(VirtioDeviceError) -> Bool
+    /// A device reset (the driver wrote 0 to the status, or the platform reset): back to
+    /// power-on, nothing in flight.
+    func reset()
+}
+
+extension VirtioDevice {
+    public func writeConfiguration(offset: Int, width: Int, value: UInt64) {}
+    public func activate(features: UInt64) {}
+    public func reset() {}
+}
+
+/// Little-endian configuration-space bytes read at any offset and width, as the transports'
+/// configuration windows are.
+public func virtioConfigurationRead(_ bytes: [UInt8], offset: Int, width: Int) -> UInt64 {
+    var value: UInt64 = 0
+    for index in 0..<min(width, 8) where offset >= 0 && offset + index < bytes.count {
+        value |= UInt64(bytes[offset + index]) << (8 * UInt64(index))
+    }
+    return value
+}
