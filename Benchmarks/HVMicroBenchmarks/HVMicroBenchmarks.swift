@@ -9,4 +9,5 @@ let benchmarks: @Sendable () -> Void = {
     registerExitBenchmarks()
     registerPagingBenchmarks()
     registerVMXBenchmarks()
+    registerVirtioBenchmarks()
 }

@@ -93,6 +93,9 @@ struct Run: ParsableCommand {
     @Flag(name: .long, help: "Attach a virtio-rng entropy device fed by the host's getrandom(2) (Linux's /dev/hwrng).")
     var rng = false
 
+    @Option(name: .long, help: ArgumentHelp("Where standard input goes: serial (COM1) or virtio (a virtio console, Linux's hvc0; its output goes to standard output too, and COM1 stays where --serial says).", valueName: "kind"))
+    var console: ConsoleArgument = .serial
+
     @Option(name: .long, help: ArgumentHelp("Stop the guest after this many seconds.", valueName: "seconds"))
     var timeout: Double?
 
@@ -126,7 +129,8 @@ struct Run: ParsableCommand {
         configuration.resetPolicy = onReset.policy
         do { try configuration.validate() } catch { fail(flagName(for: error.field), error) }
         let virtio = try openVirtioDevices(interruptMode: interruptMode)
-        let virtioSlots = virtio.map(\.slot)
+        // The virtio console, when asked for, takes the slot after the disks and the rng.
+        let virtioSlots = virtio.map(\.slot) + (console == .virtio ? [try VirtioMMIOSlot(virtio.count)] : [])
         let acpiRange: Range<UInt64> = 0xE_0000..<0x10_0000
         let plannedTables = platform == .pc && mem.bytes >= acpiRange.upperBound
             ? ACPITables.pc(cpuCount: cpus, tpm: tpm != nil, virtio: virtioSlots) : nil
@@ -150,7 +154,13 @@ struct Run: ParsableCommand {
                 printError("hv: standard output was closed; stopping the guest")
                 machine.stop()
             }
-            let console = connectStandardInput(to: uart, machine: machine)
+            var receiver: any ConsoleReceiver = uart
+            if self.console == .virtio {
+                let device = VirtioConsole(output: .standardOutput)
+                try machine.attachVirtio(device, slot: VirtioMMIOSlot(virtio.count))
+                receiver = device
+            }
+            let console = connectStandardInput(to: receiver, machine: machine)
             defer { console?.stop(); TerminalRawMode.restore() }
             let tpmEngine = try attachTPM(directory: tpm, platform: tpmPlatform.policy, to: machine)
             for device in virtio { try device.attach(machine) }
@@ -178,8 +188,8 @@ struct Run: ParsableCommand {
     /// The --disk and --rng devices, opened before the VM is built (a missing or locked image is a
     /// one-line error), each with its virtio-mmio slot: disks first, in order, then the rng.
     private func openVirtioDevices(interruptMode: InterruptControllerMode) throws -> [VirtioAttachment] {
-        guard !disk.isEmpty || rng else { return [] }
-        let flag = disk.isEmpty ? "--rng" : "--disk"
+        guard !disk.isEmpty || rng || console == .virtio else { return [] }
+        let flag = !disk.isEmpty ? "--disk" : rng ? "--rng" : "--console virtio"
         if interruptMode == .none { fail(flag, "virtio devices interrupt the guest; add --irqchip kernel or split") }
         if platform == .none { fail(flag, "the guest finds virtio-mmio devices in the ACPI tables; use --platform pc") }
         var attachments: [VirtioAttachment] = []
@@ -212,11 +222,11 @@ struct Run: ParsableCommand {
     /// With `--serial stdio`, what is typed (or piped) on standard input reaches COM1's receiver.
     /// A terminal goes into raw mode (restored on every way out) and Ctrl-A x quits, as QEMU's
     /// -nographic; a pipe is passed through byte for byte, and its end leaves the guest running.
-    private func connectStandardInput<B>(to uart: UART16550, machine: Machine<B>) -> SerialConsoleInput? {
+    private func connectStandardInput<B>(to receiver: any ConsoleReceiver, machine: Machine<B>) -> SerialConsoleInput? {
         guard case .stdio = serial else { return nil }
         let interactive = TerminalRawMode.enable()
         if interactive { printError("hv: the guest's console is this terminal; C-a x quits, C-a h lists the keys") }
-        let input = SerialConsoleInput(uart: uart, escapes: interactive,
+        let input = SerialConsoleInput(receiver: receiver, escapes: interactive,
                                        onQuit: { printError("\r\nhv: quit from the console (C-a x)"); machine.stop() },
                                        onHelp: { printError("\r\nhv: \(ConsoleEscape.helpText)") })
         input.start()
@@ -297,6 +307,10 @@ func crashSite<B>(of machine: Machine<B>, vcpu id: Int) -> String {
         line += ": " + bytes.map { $0 < 16 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined(separator: " ")
     }
     return line
+}
+
+enum ConsoleArgument: String, ExpressibleByArgument, CaseIterable {
+    case serial, virtio
 }
 
 /// A virtio device `hv run` attaches, and where.

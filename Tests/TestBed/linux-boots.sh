@@ -21,6 +21,7 @@ configuration() {
         bzimage-2cpu-split) echo "2 split $bzimage" ;;
         bzimage-4cpu-kernel) echo "4 kernel $bzimage" ;;
         console-1cpu-kernel) echo "1 kernel $bzimage" ;;
+        hvc-1cpu-kernel) echo "1 kernel $bzimage" ;;
         virtio-1cpu-kernel) echo "1 kernel $bzimage" ;;
         virtio-2cpu-split) echo "2 split $bzimage" ;;
         *) return 1 ;;
@@ -28,7 +29,7 @@ configuration() {
 }
 
 [ $# -gt 0 ] || set -- bzimage-1cpu-kernel bzimage-2cpu-kernel pvh-2cpu-kernel bzimage-2cpu-split bzimage-4cpu-kernel console-1cpu-kernel \
-    virtio-1cpu-kernel virtio-2cpu-split
+    virtio-1cpu-kernel virtio-2cpu-split hvc-1cpu-kernel
 # boot NAME: one boot of configuration NAME into $out/NAME.log and $out/NAME.status.
 boot() {
     name=$1
@@ -36,18 +37,23 @@ boot() {
     cpus=$1 irqchip=$2 kernel=$3
     start=$(date +%s.%N)
     case $name in
-    console-*)
-        # The guest's init starts a shell on the console; once it says so, two lines are typed
-        # into hv's standard input (a FIFO standing in for a keyboard) and the shell's answer
-        # must come back on the serial console. `exit` ends the shell and the guest powers off.
+    console-* | hvc-*)
+        # The guest's init starts a shell on the console (hvc-*: on the virtio console, hvc0);
+        # once it says so, two lines are typed into hv's standard input (a FIFO standing in for
+        # a keyboard) and the shell's answer must come back on hv's standard output. `exit`
+        # ends the shell and the guest powers off.
         fifo=/tmp/hv-console.$$
         rm -f "$fifo" && mkfifo "$fifo"
-        "$hv" run --kernel "$kernel" --initrd "$initrd" --cpus "$cpus" --irqchip "$irqchip" --mem 256M \
-            --timeout 240 --cmdline "console=ttyS0 hv.cpus=$cpus hv.shell" < "$fifo" > "$out/$name.log" 2>&1 &
+        case $name in
+            hvc-*) console="--console virtio" shell=hv.hvc ready="a shell on hvc0" ;;
+            *) console="" shell=hv.shell ready="a shell on the console" ;;
+        esac
+        "$hv" run --kernel "$kernel" --initrd "$initrd" --cpus "$cpus" --irqchip "$irqchip" --mem 256M $console \
+            --timeout 240 --cmdline "console=ttyS0 hv.cpus=$cpus $shell" < "$fifo" > "$out/$name.log" 2>&1 &
         pid=$!
         exec 3> "$fifo"
         waited=0
-        until grep -q "a shell on the console" "$out/$name.log" || [ $waited -ge 200 ]; do sleep 1; waited=$((waited + 1)); done
+        until grep -q "$ready" "$out/$name.log" || [ $waited -ge 200 ]; do sleep 1; waited=$((waited + 1)); done
         printf 'echo hv-console-$((6 * 7))\nexit\n' >&3
         wait $pid
         status=$?

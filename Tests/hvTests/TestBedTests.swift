@@ -43,6 +43,11 @@ enum TestBed {
         ("bzimage-4cpu-kernel", 4),
     ]
 
+    /// Boots with virtio disks and the entropy device (linux-boots.sh makes the ext4 images).
+    static let virtioBoots = ["virtio-1cpu-kernel", "virtio-2cpu-split"]
+    /// Boots with a shell on each kind of console.
+    static let consoleBoots = ["console-1cpu-kernel", "hvc-1cpu-kernel"]
+
     /// Whether the bed also reruns the KVM suites (`HV_TESTBED_SUITES=1`). Off by default: in two
     /// of six runs a suite run stalled or crashed inside the bed's emulated SVM (TestBed.md), and
     /// the Linux boots must not be lost to that.
@@ -78,7 +83,7 @@ enum TestBed {
             let binaries = PackageExecutable.binDirectory
             let suite = binaries.appendingPathComponent("HVPackageTests.xctest").path
             let command = """
-                HV=\(binaries.appendingPathComponent("hv").path) Tests/TestBed/linux-boots.sh \(boots.map(\.name).joined(separator: " ")) console-1cpu-kernel
+                HV=\(binaries.appendingPathComponent("hv").path) Tests/TestBed/linux-boots.sh \((boots.map(\.name) + consoleBoots + virtioBoots).joined(separator: " "))
                 \(binaries.appendingPathComponent("hv").path) info > "$TESTBED_OUT/info.log" 2>&1
                 [ "\(runsSuites ? 1 : 0)" = 1 ] || exit 0
                 \(suite) --testing-library swift-testing --filter '\(kvmSuites)' > "$TESTBED_OUT/suites.log" 2>&1
@@ -151,14 +156,42 @@ struct TestBedTests {
         #expect(status == 0, "\(name): hv exit status \(String(describing: status)); \(log.suffix(1500))")
     }
 
-    @Test("a shell on the guest's console answers what is typed into hv's standard input, and exit powers the guest off")
-    func consoleShell() throws {
+    @Test("a shell on the guest's console (COM1, or hvc0 on the virtio console) answers what is typed into hv's standard input, and exit powers the guest off",
+          arguments: TestBed.consoleBoots)
+    func consoleShell(_ name: String) throws {
         let run = try #require(TestBed.run)
-        let (log, status) = run.boot("console-1cpu-kernel")
-        #expect(log.contains("hv-guest: a shell on the console"), "\(log.suffix(2000))")
+        let (log, status) = run.boot(name)
+        #expect(log.contains(name.hasPrefix("hvc") ? "hv-guest: a shell on hvc0" : "hv-guest: a shell on the console"), "\(log.suffix(2000))")
         // The typed line is echoed as "echo hv-console-$((6 * 7))"; only the shell's answer says 42.
         #expect(log.contains("hv-console-42"), "\(log.suffix(2000))")
         #expect(log.contains("hv: the guest requested a system shutdown") && status == 0, "\(log.suffix(1500))")
+    }
+
+    @Test("Linux's own virtio drivers use HV's virtio-mmio devices: ext4 on virtio-blk written, read back and found by the host; a read-only disk; /dev/hwrng",
+          arguments: TestBed.virtioBoots)
+    func linuxUsesVirtio(_ name: String) throws {
+        let run = try #require(TestBed.run)
+        let (log, status) = run.boot(name)
+        let report = run.guestReport(name)
+        let context = "\(name): \(report); log: \(log.suffix(2500))"
+        // Two block devices (ID 2) and an entropy device (ID 4), found through the DSDT.
+        #expect(report["virtio-devices"] == "0x0002,0x0002,0x0004", "\(context)")
+        #expect(report["vda-sectors"] == "131072" && report["vda-serial"] == "hv-disk-0", "\(context)")
+        #expect(report["vda-mounted"] == "yes" && report["vda-host-file"] == "made by the host for \(name)", "\(context)")
+        // 4 MiB written, read back after the page cache was dropped, and read again by the host.
+        let written = try #require(report["blob-md5"], "\(context)")
+        #expect(written.count == 32 && report["blob-md5-reread"] == written, "\(context)")
+        #expect(run.file("\(name).blob-md5")?.trimmingCharacters(in: .whitespacesAndNewlines) == written, "\(context)")
+        #expect(run.file("\(name).from-guest") == "written by the guest under hv\n", "\(context)")
+        #expect(run.file("\(name).fsck")?.contains("e2fsck-status=0") == true, "\(run.file("\(name).fsck") ?? "no fsck output")")
+        #expect(report["fstrim"] == "ok" && report["vda-unmounted"] == "yes", "\(context)")
+        // The read-only disk: mounted read-only, and Linux refuses a raw write (VIRTIO_BLK_F_RO).
+        #expect(report["vdb-ro"] == "1" && report["vdb-host-file"] == "made by the host for \(name)", "\(context)")
+        #expect(report["vdb-write"] == "refused", "\(context)")
+        #expect(report["rng-current"]?.hasPrefix("virtio_rng") == true, "\(context)")
+        let random = report["hwrng"] ?? ""
+        #expect(random.count == 64 && Set(random).count > 4, "32 bytes from /dev/hwrng: \(random)")
+        #expect(status == 0 && log.contains("hv: the guest requested a system shutdown"), "\(context)")
     }
 
     @Test("the KVM suites pass inside the bed, on hardware-assisted KVM",

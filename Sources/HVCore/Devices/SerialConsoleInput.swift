@@ -48,25 +48,42 @@ public struct ConsoleEscape: Sendable {
     }
 }
 
-/// Reads a file descriptor on its own thread and feeds what it reads to a UART's receiver,
-/// never faster than the receive FIFO drains, so nothing typed is lost to an overrun. With
+/// Where console input goes: a UART's receiver, or a virtio console's receive queue.
+public protocol ConsoleReceiver: AnyObject, Sendable {
+    /// How many bytes `receive` takes now without losing any.
+    var receiveSpace: Int { get }
+    /// Takes bytes from the host side.
+    func receive(_ bytes: some Sequence<UInt8>)
+}
+
+extension UART16550: ConsoleReceiver {}
+
+/// Reads a file descriptor on its own thread and feeds what it reads to a UART's receiver (or
+/// another `ConsoleReceiver`), never faster than the receiver drains, so nothing typed is lost
+/// to an overrun. With
 /// `escapes`, Ctrl-A x calls `onQuit` (and Ctrl-A h `onHelp`); without, every byte goes through
 /// (for pipes, which have no keyboard). End of input ends the thread; the guest keeps running.
 public final class SerialConsoleInput: Sendable {
-    private let uart: UART16550
+    private let receiver: any ConsoleReceiver
     private let fd: Int32
     private let escapes: Bool
     private let onQuit: @Sendable () -> Void
     private let onHelp: @Sendable () -> Void
     private let stopped = Atomic<Bool>(false)
 
-    public init(uart: UART16550, fileDescriptor fd: Int32 = STDIN_FILENO, escapes: Bool,
+    public init(receiver: any ConsoleReceiver, fileDescriptor fd: Int32 = STDIN_FILENO, escapes: Bool,
                 onQuit: @escaping @Sendable () -> Void, onHelp: @escaping @Sendable () -> Void = {}) {
-        self.uart = uart
+        self.receiver = receiver
         self.fd = fd
         self.escapes = escapes
         self.onQuit = onQuit
         self.onHelp = onHelp
+    }
+
+    /// Feeds COM1's (or another UART's) receiver.
+    public convenience init(uart: UART16550, fileDescriptor fd: Int32 = STDIN_FILENO, escapes: Bool,
+                            onQuit: @escaping @Sendable () -> Void, onHelp: @escaping @Sendable () -> Void = {}) {
+        self.init(receiver: uart, fileDescriptor: fd, escapes: escapes, onQuit: onQuit, onHelp: onHelp)
     }
 
     /// Starts the reader thread (never joined: a read blocked on a terminal cannot be
@@ -104,13 +121,13 @@ public final class SerialConsoleInput: Sendable {
         }
     }
 
-    /// Waits (1 ms at a time) for room in the receive FIFO, then hands the byte over.
+    /// Waits (1 ms at a time) for room in the receiver, then hands the byte over.
     private func deliver(_ byte: UInt8) -> Bool {
-        while uart.receiveSpace == 0 {
+        while receiver.receiveSpace == 0 {
             if stopped.load(ordering: .relaxed) { return false }
             usleep(1000)
         }
-        uart.receive(CollectionOfOne(byte))
+        receiver.receive(CollectionOfOne(byte))
         return true
     }
 }

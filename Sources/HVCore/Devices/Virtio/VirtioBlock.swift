@@ -14,6 +14,10 @@ import Synchronization
 public struct VirtioBlockError: Error, Equatable, CustomStringConvertible {
     public var path: String
     public var problem: String
+    public init(path: String, problem: String) {
+        self.path = path
+        self.problem = problem
+    }
     public var description: String { "\(path): \(problem)" }
 }
 

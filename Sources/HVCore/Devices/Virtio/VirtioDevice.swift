@@ -79,9 +79,13 @@ public protocol VirtioDevice: AnyObject, Sendable {
     /// A device reset (the driver wrote 0 to the status, or the platform reset): back to
     /// power-on, nothing in flight.
     func reset()
+    /// Called once by the transport with a way to have a queue served from a host thread
+    /// (a device with input of its own keeps it; others ignore it).
+    func connect(serve: @escaping @Sendable (Int) -> Void)
 }
 
 extension VirtioDevice {
+    public func connect(serve: @escaping @Sendable (Int) -> Void) {}
     public func writeConfiguration(offset: Int, width: Int, value: UInt64) {}
     public func activate(features: UInt64) {}
     public func reset() {}

@@ -95,6 +95,7 @@ public final class VirtioMMIOTransport<Device: VirtioDevice>: MMIODevice, Resett
         self.name = device.name
         self.offeredFeatures = (device.features & 0xFF_FFFF) | VirtioFeature.transport
         self.state = Mutex(State(queues: device.queueSizes.map { Virtqueue(maximumSize: $0) }))
+        device.connect { [weak self] queue in self?.serve(queue: queue) }
     }
 
     /// The features the driver accepted (0 until FEATURES_OK).
