@@ -1,5 +1,6 @@
 // ACPI tables (ACPI 6.4 chapter 5) and the PM registers at 0x600, without a VM, plus a guest
 // that finds them by the standard RSDP scan.
+import Foundation
 import HVCore
 import Synchronization
 import Testing
@@ -88,6 +89,39 @@ struct ACPITablesTests {
         #expect(text.contains("MSFT0101"))
         #expect(text.contains("TPM_"))
         #expect(sum(withTPM.bytes) == 0)
+    }
+
+    @Test("virtio-mmio devices appear in the DSDT as LNRO0005 with their window and a level, active-high, shared interrupt, as iasl disassembles them",
+          .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/iasl"), "skipped: no iasl (acpica-tools); run scripts/setup.sh"))
+    func virtioDevicesInDSDT() throws {
+        var configuration = ACPIConfiguration(cpuCount: 1)
+        configuration.hasTPM = true
+        configuration.virtioSlots = [try VirtioMMIOSlot(0), try VirtioMMIOSlot(11)]
+        let dsdt = try #require(ACPITables(configuration).table("DSDT"))
+        #expect(sum(dsdt.bytes) == 0)
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("hv-dsdt-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: folder) }
+        try Data(dsdt.bytes).write(to: folder.appendingPathComponent("dsdt.dat"))
+        let iasl = Process()
+        iasl.executableURL = URL(fileURLWithPath: "/usr/bin/iasl")
+        iasl.arguments = ["-d", "dsdt.dat"]
+        iasl.currentDirectoryURL = folder
+        iasl.standardOutput = FileHandle.nullDevice
+        iasl.standardError = FileHandle.nullDevice
+        try iasl.run()
+        iasl.waitUntilExit()
+        #expect(iasl.terminationStatus == 0)
+        let source = try String(contentsOf: folder.appendingPathComponent("dsdt.dsl"), encoding: .utf8)
+        let compact = source.replacingOccurrences(of: " ", with: "")
+        for (name, uid, window, gsi) in [("VR00", "0x00", "0xD0000000", "0x00000010"), ("VR0B", "0x0B", "0xD000B000", "0x00000013")] {
+            #expect(source.contains("Device (\(name))"), "\(source)")
+            #expect(compact.contains("Name(_UID,\(uid))"), "\(name): \(source)")
+            #expect(compact.contains("Memory32Fixed(ReadWrite,\n\(window),//AddressBase\n0x00001000,//AddressLength\n)"), "\(name): \(source)")
+            #expect(compact.contains("Interrupt(ResourceConsumer,Level,ActiveHigh,Shared,,,)\n{\n\(gsi),\n}"), "\(name): \(source)")
+        }
+        #expect(source.components(separatedBy: "\"LNRO0005\"").count == 3)
+        #expect(source.contains("\"MSFT0101\""))
     }
 
     @Test("install writes the tables into guest RAM; dump prints them acpidump-style")

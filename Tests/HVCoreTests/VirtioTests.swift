@@ -462,3 +462,55 @@ struct VirtioBlockTests {
         #expect(hv_thread_largest_allocation() < 4096, "largest host allocation: \(hv_thread_largest_allocation()) bytes")
     }
 }
+
+@Suite("virtio-console")
+struct VirtioConsoleTests {
+    @Test("transmitq0 carries the guest's bytes to the output; receiveq0 gets host input once the driver posts buffers")
+    func bothWays() throws {
+        let capture = SerialCapture()
+        let console = VirtioConsole(output: .capture(capture))
+        let driver = try VirtioTestDriver(console)
+        #expect(driver.initialise())
+        // Queue 1 (transmitq0) at other addresses, set up by hand.
+        driver.write(0x30, 1)
+        driver.write(0x38, 16)
+        driver.write(0x80, 0x7_0000); driver.write(0x90, 0x7_1000); driver.write(0xA0, 0x7_2000)
+        driver.write(0x44, 1)
+        try driver.memory.write(bytes: Array("hello from hvc0\n".utf8), at: 0x8_0000)
+        try driver.descriptor(0, address: 0x8_0000, length: 16, table: 0x7_0000)
+        try driver.memory.write(UInt16(0), at: 0x7_1004)
+        try driver.memory.write(UInt16(1), at: 0x7_1002)
+        driver.write(0x50, 1)
+        #expect(capture.text == "hello from hvc0\n")
+
+        // Input before any receive buffer waits; a posted buffer then gets it.
+        #expect(console.receiveSpace == VirtioConsole.inputCapacity)
+        console.receive(Array("ls\n".utf8))
+        #expect(console.receiveSpace == VirtioConsole.inputCapacity - 3)
+        #expect(driver.usedIndex == 0)
+        try driver.descriptor(0, address: VirtioTestDriver<VirtioConsole>.data, length: 2, flags: descriptorWrite)
+        try driver.descriptor(1, address: VirtioTestDriver<VirtioConsole>.data + 16, length: 64, flags: descriptorWrite)
+        try driver.submit(0)
+        try driver.submit(1)
+        #expect(driver.usedIndex == 2)
+        #expect(try driver.used(0) == (0, 2))
+        #expect(try driver.used(1) == (1, 1))
+        #expect(try driver.memory.readBytes(at: GuestPhysicalAddress(VirtioTestDriver<VirtioConsole>.data), count: 2) == Array("ls".utf8))
+        // More input goes straight into the next posted buffer.
+        try driver.submit(1)
+        #expect(driver.usedIndex == 2, "no input: the buffer is kept")
+        console.receive(Array("pwd".utf8))
+        #expect(driver.usedIndex == 3)
+        #expect(try driver.used(2) == (1, 3))
+        #expect(driver.read(0x60) & 1 == 1)
+    }
+
+    @Test("input beyond the buffer's capacity is refused by receiveSpace, and a device reset drops what was unread")
+    func bounded() throws {
+        let console = VirtioConsole(output: .discard)
+        console.receive([UInt8](repeating: 0x41, count: VirtioConsole.inputCapacity + 100))
+        #expect(console.receiveSpace == 0)
+        console.reset()
+        #expect(console.receiveSpace == VirtioConsole.inputCapacity)
+    }
+}
