@@ -86,7 +86,7 @@ struct Run: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("With --tpm, what HV leaves of the TPM's platform hierarchy before the guest runs, as firmware does: random-auth (SeaBIOS: a random password nobody keeps), disable (OVMF: turned off) or guest (untouched; the guest starts the TPM and can TPM2_Clear it).", valueName: "policy"))
     var tpmPlatform: TPMPlatformArgument = .randomAuth
 
-    @Option(name: .long, help: ArgumentHelp("A virtio-blk disk on a raw image file, ro for read-only, serial=ID for the serial the guest reads; repeatable (Linux's vda, vdb, ... in order). Found through the ACPI tables (--platform pc); needs --irqchip kernel or split (Documentation/Virtio.md).", valueName: "file[,ro][,serial=id]"),
+    @Option(name: .long, help: ArgumentHelp("A virtio-blk disk on a raw image file, ro for read-only, serial=ID for the serial the guest reads, bw=SIZE and iops=N to limit bytes and requests per second; repeatable (Linux's vda, vdb, ... in order). Found through the ACPI tables (--platform pc); needs --irqchip kernel or split (Documentation/Virtio.md).", valueName: "file[,ro][,serial=id][,bw=size][,iops=n]"),
             transform: DiskArgument.init(parsing:))
     var disk: [DiskArgument] = []
 
@@ -195,7 +195,9 @@ struct Run: ParsableCommand {
         var attachments: [VirtioAttachment] = []
         for (index, disk) in disk.enumerated() {
             do {
-                let device = try VirtioBlock(path: disk.path, readOnly: disk.readOnly, serial: disk.serial)
+                let limit = RateLimit(bandwidth: disk.bandwidth.map { TokenBucket(rate: $0) },
+                                      operations: disk.operations.map { TokenBucket(rate: $0) })
+                let device = try VirtioBlock(path: disk.path, readOnly: disk.readOnly, serial: disk.serial, rateLimit: limit)
                 let slot = try VirtioMMIOSlot(index)
                 attachments.append(VirtioAttachment(slot: slot) { machine throws(HVError) in try machine.attachVirtio(device, slot: slot) })
             } catch let error as VirtioBlockError {
@@ -319,11 +321,14 @@ struct VirtioAttachment {
     let attach: (Machine<KVMBackend>) throws(HVError) -> Void
 }
 
-/// `--disk FILE[,ro][,serial=ID]`.
+/// `--disk FILE[,ro][,serial=ID][,bw=SIZE][,iops=N]`.
 struct DiskArgument {
     var path: String
     var readOnly = false
     var serial: String?
+    /// Bytes per second, and requests per second, the guest may move (token buckets).
+    var bandwidth: UInt64?
+    var operations: UInt64?
 
     init(parsing text: String) throws {
         var parts = text.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
@@ -334,8 +339,18 @@ struct DiskArgument {
                 readOnly = true
             } else if option.hasPrefix("serial=") {
                 serial = String(option.dropFirst("serial=".count))
+            } else if option.hasPrefix("bw=") {
+                guard let size = ByteSize(argument: String(option.dropFirst(3))), size.bytes > 0 else {
+                    throw ValidationError("--disk \(path): bw=\(option.dropFirst(3)) is not a size in bytes per second (e.g. bw=20M)")
+                }
+                bandwidth = size.bytes
+            } else if option.hasPrefix("iops=") {
+                guard let count = UInt64(option.dropFirst(5)), count > 0 else {
+                    throw ValidationError("--disk \(path): iops=\(option.dropFirst(5)) is not a positive number of requests per second")
+                }
+                operations = count
             } else {
-                throw ValidationError("--disk \(path): unknown option \"\(option)\"; expected ro or serial=ID")
+                throw ValidationError("--disk \(path): unknown option \"\(option)\"; expected ro, serial=ID, bw=SIZE or iops=N")
             }
         }
     }

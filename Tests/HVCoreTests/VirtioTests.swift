@@ -514,3 +514,57 @@ struct VirtioConsoleTests {
         #expect(console.receiveSpace == VirtioConsole.inputCapacity)
     }
 }
+
+@Suite("Rate limits (token buckets)")
+struct RateLimitTests {
+    @Test("a bucket gives its capacity at once, then its rate; the wait it names is exact")
+    func bucket() {
+        var bucket = TokenBucket(rate: 1000, burst: 0.1)
+        #expect(bucket.capacity == 100)
+        #expect(bucket.take(100, now: 0) == 0)
+        #expect(bucket.take(1, now: 0) == 1_000_000, "1 token at 1000/s: 1 ms")
+        #expect(bucket.take(1, now: 1_000_000) == 0)
+        // An oversized request passes when the bucket is full and leaves it in debt.
+        var big = TokenBucket(rate: 1000, burst: 0.1)
+        #expect(big.take(500, now: 0) == 0)
+        #expect(big.take(1, now: 0) == 401_000_000, "400 owed plus 1 at 1000/s")
+        #expect(big.take(1, now: 401_000_000) == 0)
+    }
+
+    @Test("over 10 simulated seconds, a greedy client gets the configured bandwidth within 1 %")
+    func longRunRate() {
+        var limit = RateLimit(bandwidth: TokenBucket(rate: 8 << 20), operations: nil)
+        var now: UInt64 = 0, moved: UInt64 = 0
+        while now < 10_000_000_000 {
+            let wait = limit.take(bytes: 1 << 20, now: now)
+            if wait == 0 { moved += 1 << 20 } else { now += wait }
+        }
+        let rate = Double(moved) / 10 / Double(8 << 20)
+        #expect(rate > 0.99 && rate < 1.02, "moved \(moved) bytes: \(rate) of the limit")
+    }
+
+    @Test("an operations limit refused after the bandwidth bucket took its bytes gives nothing away, and vice versa")
+    func bothBuckets() {
+        var limit = RateLimit(bandwidth: TokenBucket(rate: 1000, burst: 1), operations: TokenBucket(rate: 10, burst: 0.1))
+        #expect(limit.take(bytes: 10, now: 0) == 0)
+        #expect(limit.take(bytes: 10, now: 0) == 100_000_000, "1 op at 10/s")
+        #expect(limit.take(bytes: 2000, now: 100_000_000) == 0, "the full byte bucket lets an oversized one through")
+        #expect(limit.take(bytes: 1, now: 200_000_000) > 0, "the bytes are owed now")
+        #expect(limit.operations!.capacity == 1)
+    }
+
+    @Test("a virtio-blk request over the limit waits on the available ring; lifting the limit serves it at once")
+    func throttledDisk() throws {
+        let image = try VirtioBlockTests.Image(sectors: 64)
+        let disk = try VirtioBlock(path: image.path, rateLimit: RateLimit(operations: TokenBucket(rate: 1, burst: 1)), clock: { 0 })
+        let driver = try VirtioTestDriver(disk)
+        driver.initialise()
+        #expect(try VirtioBlockTests.request(driver, type: 0, sector: 0, data: 512).status == 0)
+        try driver.submit(0)
+        #expect(driver.usedIndex == 1, "the second request waits")
+        #expect(disk.throttledRequests >= 1)
+        disk.setRateLimit(.none)
+        #expect(driver.usedIndex == 2, "served as soon as the limit went")
+        #expect(try driver.memory.read(UInt8.self, at: GuestPhysicalAddress(VirtioBlockTests.status)) == 0)
+    }
+}

@@ -8,6 +8,7 @@
 import Glibc
 #endif
 import CKVM
+import Dispatch
 import Synchronization
 
 /// Why an image cannot back a virtio-blk device.
@@ -60,10 +61,23 @@ public final class VirtioBlock: VirtioDevice {
     private let configuration: [UInt8]
     private let chain = Mutex(VirtqueueChain())
 
+    /// The rate limit, and whether a throttled queue already waits for a timer.
+    private struct Throttle {
+        var limit: RateLimit
+        var retryPending = false
+        var throttledRequests: UInt64 = 0
+    }
+    private let throttle: Mutex<Throttle>
+    private let clock: @Sendable () -> UInt64
+    private let serveQueue = Mutex<(@Sendable (Int) -> Void)?>(nil)
+
     /// Opens `path` (read-only when `readOnly`) and takes an advisory lock on it, shared when
     /// read-only and exclusive otherwise, so two VMs cannot write one image. `serial` (up to 20
     /// bytes) is what the guest reads as the disk's serial number.
-    public init(path: String, readOnly: Bool = false, serial: String? = nil) throws(VirtioBlockError) {
+    /// `rateLimit` bounds the disk's bytes and requests per second (changeable later with
+    /// `setRateLimit`); `clock` (monotonic nanoseconds) is for tests.
+    public init(path: String, readOnly: Bool = false, serial: String? = nil, rateLimit: RateLimit = .none,
+                clock: (@Sendable () -> UInt64)? = nil) throws(VirtioBlockError) {
         let serialBytes = Array((serial ?? "").utf8)
         guard serialBytes.count <= Self.serialLength else {
             throw VirtioBlockError(path: path, problem: "serial \"\(serial ?? "")\" is \(serialBytes.count) bytes; at most \(Self.serialLength)")
@@ -100,7 +114,25 @@ public final class VirtioBlock: VirtioDevice {
         features |= readOnly ? Feature.readOnly : Feature.discard | Feature.writeZeroes
         self.features = features
         self.configuration = Self.configurationSpace(sectors: bytes / Self.sectorSize)
+        self.throttle = Mutex(Throttle(limit: rateLimit))
+        self.clock = clock ?? { monotonicNanoseconds() }
     }
+
+    public func connect(serve: @escaping @Sendable (Int) -> Void) { serveQueue.withLock { $0 = serve } }
+
+    /// The limit in force.
+    public var rateLimit: RateLimit { throttle.withLock { $0.limit } }
+
+    /// Replaces the limit while the VM runs (the buckets start full); requests held back by the
+    /// old one are served at once if the new one lets them through.
+    public func setRateLimit(_ limit: RateLimit) {
+        throttle.withLock { $0.limit = limit }
+        let serve = serveQueue.withLock { $0 }
+        serve?(0)
+    }
+
+    /// How many times a request had to wait for the rate limit.
+    public var throttledRequests: UInt64 { throttle.withLock { $0.throttledRequests } }
 
     deinit { close(fd) }
 
@@ -134,11 +166,50 @@ public final class VirtioBlock: VirtioDevice {
                 do throws(VirtqueueError) {
                     guard try queue.pop(into: &chain, memory: memory) else { break }
                 } catch { throw .queue(error) }
+                if let wait = admit(chain, memory: memory) {
+                    // Over the limit: the request goes back on the ring until the bucket refills.
+                    queue.undoPop(memory: memory)
+                    retry(after: wait)
+                    break
+                }
                 let written = try handle(chain, memory: memory)
                 queue.push(head: chain.head, written: written, memory: memory)
                 used = true
             }
             return used
+        }
+    }
+
+    /// Takes the request's tokens, or returns the nanoseconds to wait for them. Reads and writes
+    /// count their data bytes; every request counts as one operation.
+    private func admit(_ chain: VirtqueueChain, memory: GuestMemory) -> UInt64? {
+        throttle.withLock { throttle -> UInt64? in
+            guard throttle.limit.isLimited else { return nil }
+            let type = chain.readInteger(UInt32.self, at: 0, memory: memory)
+            let bytes: UInt64 = switch type.flatMap(RequestType.init(rawValue:)) {
+            case .read: chain.writableLength > 0 ? chain.writableLength - 1 : 0
+            case .write: chain.readableLength > 16 ? chain.readableLength - 16 : 0
+            default: 0
+            }
+            let wait = throttle.limit.take(bytes: bytes, now: clock())
+            guard wait > 0 else { return nil }
+            throttle.throttledRequests += 1
+            return wait
+        }
+    }
+
+    /// Serves the queue again after `nanoseconds` (one timer at a time).
+    private func retry(after nanoseconds: UInt64) {
+        let schedule = throttle.withLock { throttle -> Bool in
+            defer { throttle.retryPending = true }
+            return !throttle.retryPending
+        }
+        guard schedule else { return }
+        DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(Int(min(nanoseconds, 10_000_000_000)))) { [weak self] in
+            guard let self else { return }
+            throttle.withLock { $0.retryPending = false }
+            let serve = serveQueue.withLock { $0 }
+            serve?(0)
         }
     }
 

@@ -253,6 +253,16 @@ public struct Virtqueue: Sendable {
         return true
     }
 
+    /// Puts the chain `pop` just took back on the available ring (a rate-limited device serves
+    /// it later). Only right after a `pop` that returned true.
+    public mutating func undoPop(memory: GuestMemory) {
+        guard ready else { return }
+        nextAvailable &-= 1
+        if eventIndex {
+            try? memory.write(nextAvailable, at: GuestPhysicalAddress(deviceArea + 4 + 8 * UInt64(size)))
+        }
+    }
+
     /// Follows a chain through the table at `table` of `tableSize` descriptors.
     private func walk(from first: UInt16, table: UInt64, tableSize: UInt32, inIndirect: Bool,
                       into chain: inout VirtqueueChain, memory: GuestMemory) throws(VirtqueueError) {

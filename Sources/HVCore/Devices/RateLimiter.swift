@@ -1,0 +1,73 @@
+// Token buckets for a device's bandwidth and operations, the quality-of-service limits
+// Firecracker's rate limiters give each block and network device
+// (https://github.com/firecracker-microvm/firecracker/blob/main/docs/api_requests/patch-block.md):
+// a bucket refills at its rate up to its capacity, a request takes its tokens, and a request that
+// finds too few waits until the bucket has them.
+
+/// One token bucket: `rate` tokens a second, at most `capacity` saved up.
+///
+/// A request larger than the capacity is let through once the bucket is full and leaves it in
+/// debt (a negative budget), so any size passes and the long-run rate is exactly `rate`.
+public struct TokenBucket: Sendable, Equatable {
+    /// Tokens added per second (bytes/s for bandwidth, requests/s for operations); at least 1.
+    public let rate: UInt64
+    /// The most tokens saved up: how large a burst may be.
+    public let capacity: UInt64
+    /// Tokens available now (negative: owed by an oversized request).
+    private(set) var budget: Double
+    private var updated: UInt64?
+
+    /// A bucket of `rate` tokens a second that may save up `burst` seconds' worth (0.1 s by
+    /// default), starting full.
+    public init(rate: UInt64, burst: Double = 0.1) {
+        self.rate = max(rate, 1)
+        self.capacity = max(1, UInt64(Double(max(rate, 1)) * max(burst, 0)))
+        self.budget = Double(capacity)
+    }
+
+    private mutating func refill(now: UInt64) {
+        if let updated, now > updated {
+            budget = min(Double(capacity), budget + Double(now - updated) * Double(rate) / 1e9)
+        }
+        updated = max(updated ?? now, now)
+    }
+
+    /// Takes `tokens` at time `now` (nanoseconds, monotonic) and returns 0, or takes nothing and
+    /// returns how many nanoseconds to wait before asking again.
+    public mutating func take(_ tokens: UInt64, now: UInt64) -> UInt64 {
+        refill(now: now)
+        let needed = Double(min(tokens, capacity))
+        guard budget >= needed else { return UInt64(((needed - budget) * 1e9 / Double(rate)).rounded(.up)) }
+        budget -= Double(tokens)
+        return 0
+    }
+
+    /// Gives back `tokens` taken for a request that another bucket then refused.
+    mutating func giveBack(_ tokens: UInt64) { budget = min(Double(capacity), budget + Double(tokens)) }
+}
+
+/// A device's limits: bytes and operations, each optional.
+public struct RateLimit: Sendable, Equatable {
+    public var bandwidth: TokenBucket?
+    public var operations: TokenBucket?
+
+    public init(bandwidth: TokenBucket? = nil, operations: TokenBucket? = nil) {
+        self.bandwidth = bandwidth
+        self.operations = operations
+    }
+
+    /// No limit.
+    public static let none = RateLimit()
+
+    public var isLimited: Bool { bandwidth != nil || operations != nil }
+
+    /// Takes one operation of `bytes` at `now` from both buckets and returns 0, or takes nothing
+    /// and returns the nanoseconds to wait.
+    public mutating func take(bytes: UInt64, now: UInt64) -> UInt64 {
+        let wait = operations?.take(1, now: now) ?? 0
+        guard wait == 0 else { return wait }
+        let bandwidthWait = bandwidth?.take(bytes, now: now) ?? 0
+        if bandwidthWait > 0 { operations?.giveBack(1) }
+        return bandwidthWait
+    }
+}
