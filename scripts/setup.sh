@@ -9,10 +9,11 @@
 #                   the busybox guest Linux boots into (scripts/linux-guest-initrd)
 #   e2fsprogs       mkfs.ext4/debugfs/e2fsck: the ext4 images the virtio-blk tests boot Linux with
 #   acpica-tools    iasl, which disassembles HV's DSDT in the ACPI tests
+#   gcc             builds the static block benchmark the test bed's guest runs (Benchmarks/testbed)
 # Swift itself (6.1 or later) must already be on PATH.
 set -euo pipefail
 
-packages=(linux-libc-dev binutils libc6-dev libtpms-dev pkg-config tpm2-tools swtpm swtpm-tools qemu-system-x86 busybox-static cpio e2fsprogs acpica-tools)
+packages=(linux-libc-dev binutils libc6-dev libtpms-dev pkg-config tpm2-tools swtpm swtpm-tools qemu-system-x86 busybox-static cpio e2fsprogs acpica-tools gcc)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

@@ -22,6 +22,7 @@ configuration() {
         bzimage-4cpu-kernel) echo "4 kernel $bzimage" ;;
         console-1cpu-kernel) echo "1 kernel $bzimage" ;;
         hvc-1cpu-kernel) echo "1 kernel $bzimage" ;;
+        ratelimit-1cpu-kernel) echo "1 kernel $bzimage" ;;
         virtio-1cpu-kernel) echo "1 kernel $bzimage" ;;
         virtio-2cpu-split) echo "2 split $bzimage" ;;
         *) return 1 ;;
@@ -29,7 +30,7 @@ configuration() {
 }
 
 [ $# -gt 0 ] || set -- bzimage-1cpu-kernel bzimage-2cpu-kernel pvh-2cpu-kernel bzimage-2cpu-split bzimage-4cpu-kernel console-1cpu-kernel \
-    virtio-1cpu-kernel virtio-2cpu-split hvc-1cpu-kernel
+    virtio-1cpu-kernel virtio-2cpu-split hvc-1cpu-kernel ratelimit-1cpu-kernel
 # boot NAME: one boot of configuration NAME into $out/NAME.log and $out/NAME.status.
 boot() {
     name=$1
@@ -79,6 +80,17 @@ boot() {
         e2fsck -fn "$images/rw.img" > "$out/$name.fsck" 2>&1
         echo "e2fsck-status=$?" >> "$out/$name.fsck"
         rm -rf "$images"
+        ;;
+    ratelimit-*)
+        # Sequential reads and writes as fast as the guest can (blockbench, O_DIRECT, 1 MiB
+        # requests) on a disk limited to 8 MiB/s: the guest must measure 8 MiB/s.
+        image=/tmp/hv-ratelimit.$$.img
+        truncate -s 64M "$image"
+        "$hv" run --kernel "$kernel" --initrd "$initrd" --cpus "$cpus" --irqchip "$irqchip" --mem 256M \
+            --disk "$image,bw=8M" --timeout 240 \
+            --cmdline "console=ttyS0 hv.cpus=$cpus hv.bench=seqread,seqwrite hv.benchsecs=5" > "$out/$name.log" 2>&1
+        status=$?
+        rm -f "$image"
         ;;
     *)
         "$hv" run --kernel "$kernel" --initrd "$initrd" --cpus "$cpus" --irqchip "$irqchip" --mem 256M \

@@ -44,7 +44,7 @@ enum TestBed {
     ]
 
     /// Boots with virtio disks and the entropy device (linux-boots.sh makes the ext4 images).
-    static let virtioBoots = ["virtio-1cpu-kernel", "virtio-2cpu-split"]
+    static let virtioBoots = ["virtio-1cpu-kernel", "virtio-2cpu-split", "ratelimit-1cpu-kernel"]
     /// Boots with a shell on each kind of console.
     static let consoleBoots = ["console-1cpu-kernel", "hvc-1cpu-kernel"]
 
@@ -78,7 +78,10 @@ enum TestBed {
         guard unavailableReason == nil else { return nil }
         do {
             let folder = try PackageExecutable.temporaryDirectory()
-            let initrd = try shell(["scripts/linux-guest-initrd"])
+            // The block benchmark the rate-limit boot runs in the guest (static, for busybox).
+            let benchmark = try shell(["/usr/bin/env", "cc", "-static", "-O2", "-o", ".build-testbed/blockbench", "Benchmarks/testbed/blockbench.c"])
+            guard benchmark.status == 0 else { return TestBedRun(status: benchmark.status, console: benchmark.stderr, folder: folder) }
+            let initrd = try shell(["/usr/bin/env", "HV_GUEST_EXTRA=.build-testbed/blockbench", "scripts/linux-guest-initrd"])
             guard initrd.status == 0 else { return TestBedRun(status: initrd.status, console: initrd.stdout + initrd.stderr, folder: folder) }
             let binaries = PackageExecutable.binDirectory
             let suite = binaries.appendingPathComponent("HVPackageTests.xctest").path
@@ -103,7 +106,8 @@ enum TestBed {
     }()
 
     private static func shell(_ arguments: [String]) throws -> ProcessResult {
-        let (process, out, err) = try PackageExecutable.start(root.appendingPathComponent(arguments[0]), Array(arguments.dropFirst()), in: root)
+        let executable = arguments[0].hasPrefix("/") ? URL(fileURLWithPath: arguments[0]) : root.appendingPathComponent(arguments[0])
+        let (process, out, err) = try PackageExecutable.start(executable, Array(arguments.dropFirst()), in: root)
         let errors = StreamBox()
         let reader = Thread { [err] in
             while case let chunk = err.fileHandleForReading.availableData, !chunk.isEmpty { errors.append(chunk) }
@@ -168,7 +172,7 @@ struct TestBedTests {
     }
 
     @Test("Linux's own virtio drivers use HV's virtio-mmio devices: ext4 on virtio-blk written, read back and found by the host; a read-only disk; /dev/hwrng",
-          arguments: TestBed.virtioBoots)
+          arguments: TestBed.virtioBoots.filter { !$0.hasPrefix("ratelimit") })
     func linuxUsesVirtio(_ name: String) throws {
         let run = try #require(TestBed.run)
         let (log, status) = run.boot(name)
@@ -192,6 +196,20 @@ struct TestBedTests {
         let random = report["hwrng"] ?? ""
         #expect(random.count == 64 && Set(random).count > 4, "32 bytes from /dev/hwrng: \(random)")
         #expect(status == 0 && log.contains("hv: the guest requested a system shutdown"), "\(context)")
+    }
+
+    @Test("a virtio-blk disk limited to 8 MiB/s gives a guest reading and writing as fast as it can 8 MiB/s, within 5 %")
+    func rateLimitHolds() throws {
+        let run = try #require(TestBed.run)
+        let (log, status) = run.boot("ratelimit-1cpu-kernel")
+        // "hv-guest: blockbench MODE MiB/s IOPS latency requests"
+        let results = log.split(whereSeparator: \.isNewline).filter { $0.hasPrefix("hv-guest: blockbench ") }.map { $0.split(separator: " ") }
+        #expect(results.count == 2, "\(log.suffix(2500))")
+        for fields in results where fields.count >= 4 {
+            let rate = Double(fields[3]) ?? 0
+            #expect(abs(rate - 8) / 8 < 0.05, "\(fields[2]): \(rate) MiB/s against a limit of 8")
+        }
+        #expect(status == 0, "\(log.suffix(1500))")
     }
 
     @Test("the KVM suites pass inside the bed, on hardware-assisted KVM",
