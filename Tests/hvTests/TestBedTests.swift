@@ -79,6 +79,7 @@ enum TestBed {
         do {
             let folder = try PackageExecutable.temporaryDirectory()
             // The block benchmark the rate-limit boot runs in the guest (static, for busybox).
+            try FileManager.default.createDirectory(at: root.appendingPathComponent(".build-testbed"), withIntermediateDirectories: true)
             let benchmark = try shell(["/usr/bin/env", "cc", "-static", "-O2", "-o", ".build-testbed/blockbench", "Benchmarks/testbed/blockbench.c"])
             guard benchmark.status == 0 else { return TestBedRun(status: benchmark.status, console: benchmark.stderr, folder: folder) }
             let initrd = try shell(["/usr/bin/env", "HV_GUEST_EXTRA=.build-testbed/blockbench", "scripts/linux-guest-initrd"])

@@ -1,0 +1,94 @@
+// libFuzzer target: the virtio-mmio transport, the split virtqueue and the block, entropy and
+// console devices with guest memory that is entirely the fuzzer's. The first bytes choose the
+// device, the negotiated features, the queue size and how many notifications to send; the rest
+// is guest RAM (descriptor table at 0x1000, available ring at 0x2000, used ring at 0x3000,
+// buffers anywhere). Whatever it holds, serving the queue must neither trap nor hang nor touch
+// host memory outside guest RAM, and the disk image must keep its size.
+// Built and run by scripts/fuzz-virtio.sh against HVCore compiled with coverage.
+import Foundation
+import HVCore
+import Logging
+
+/// Everything built once per process: guest RAM, an image file, the devices.
+private struct Harness {
+    static let memorySize: UInt64 = 64 << 10
+    static let imageSize = 64 * 512
+    let memory: GuestMemory
+    let imagePath: String
+    let block: VirtioMMIOTransport<VirtioBlock>
+    let entropy: VirtioMMIOTransport<VirtioEntropy>
+    let console: VirtioMMIOTransport<VirtioConsole>
+    let consoleDevice: VirtioConsole
+
+    init() {
+        // Device warnings (a broken chain is logged once per device) would flood the output.
+        LoggingSystem.bootstrap { _ in SwiftLogNoOpLogHandler() }
+        memory = try! GuestMemory(regions: [MemoryRegion(guestAddress: 0, size: Self.memorySize)])
+        imagePath = NSTemporaryDirectory() + "hv-virtio-fuzz-\(getpid()).img"
+        FileManager.default.createFile(atPath: imagePath, contents: Data(repeating: 0, count: Self.imageSize))
+        block = VirtioMMIOTransport(device: try! VirtioBlock(path: imagePath), memory: memory, interrupt: nil)
+        entropy = VirtioMMIOTransport(device: VirtioEntropy(), memory: memory, interrupt: nil)
+        consoleDevice = VirtioConsole(output: .discard)
+        console = VirtioMMIOTransport(device: consoleDevice, memory: memory, interrupt: nil)
+    }
+}
+
+nonisolated(unsafe) private let harness = Harness()
+
+/// The driver's side of 3.1.1 through the registers, with the fuzzer's features and size.
+private func initialise(_ transport: some MMIODevice, features: UInt64, size: UInt32) {
+    func write(_ register: UInt64, _ value: UInt32) { _ = transport.mmioWrite(offset: register, width: 4, value: UInt64(value)) }
+    write(0x70, 0)
+    write(0x70, 3)
+    write(0x24, 0); write(0x20, UInt32(truncatingIfNeeded: features))
+    write(0x24, 1); write(0x20, UInt32(truncatingIfNeeded: features >> 32))
+    write(0x70, 11)
+    for queue: UInt32 in 0..<2 {
+        write(0x30, queue)
+        write(0x38, size)
+        write(0x80, 0x1000 + queue * 0x4000); write(0x84, 0)
+        write(0x90, 0x2000 + queue * 0x4000); write(0x94, 0)
+        write(0xA0, 0x3000 + queue * 0x4000); write(0xA4, 0)
+        write(0x44, 1)
+    }
+    write(0x70, 15)
+}
+
+@_cdecl("LLVMFuzzerTestOneInput")
+public func virtioFuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
+    guard size >= 4 else { return 0 }
+    // unsafe: libFuzzer's buffer, read within `size`.
+    let input = UnsafeBufferPointer(start: data, count: size)
+    let kind = input[0] % 3
+    var features = VirtioFeature.version1
+    if input[1] & 1 != 0 { features |= VirtioFeature.eventIndex }
+    if input[1] & 2 != 0 { features |= VirtioFeature.indirectDescriptors }
+    // Mostly valid sizes (powers of two up to 256), sometimes anything.
+    let queueSize = input[2] & 0x80 != 0 ? UInt32(input[2] & 0x7F) : UInt32(1) << UInt32(input[2] % 9)
+    let notifications = Int(input[3] % 8) + 1
+
+    let memory = harness.memory
+    try! memory.fill(0, count: Harness.memorySize, at: 0)
+    try! memory.write(bytes: input[4..<min(size, 4 + Int(Harness.memorySize))], at: 0)
+
+    func run(_ transport: some MMIODevice, queues: Int) {
+        initialise(transport, features: features, size: queueSize)
+        for round in 0..<notifications {
+            _ = transport.mmioWrite(offset: 0x50, width: 4, value: UInt64(round % queues))
+        }
+    }
+
+    switch kind {
+    case 0:
+        run(harness.block, queues: 1)
+        var info = stat()
+        precondition(stat(harness.imagePath, &info) == 0 && info.st_size == Harness.imageSize, "the image changed size")
+    case 1:
+        run(harness.entropy, queues: 1)
+    default:
+        harness.consoleDevice.receive(input.prefix(64))
+        run(harness.console, queues: 2)
+        harness.consoleDevice.receive(input.suffix(32))
+    }
+    return 0
+}
