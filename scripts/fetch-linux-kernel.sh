@@ -4,8 +4,8 @@
 # the uncompressed vmlinux inside it (an ELF with a PVH entry note) under `hv run --kernel`.
 # Installing the package itself would run initramfs hooks for no purpose. The modules the
 # hardware-assisted test bed loads (KVM for AMD-V, and 9p over virtio for its shares; see
-# scripts/testbed) and those the Linux guest under HV loads (virtio-mmio, virtio-blk, -rng and
-# -console, ext4; see scripts/linux-guest-initrd) are kept beside it under
+# scripts/testbed; tun for the TAP interfaces of virtio-net) and those the Linux guest under HV
+# loads (virtio-mmio, virtio-blk, -rng, -console and -net, ext4; see scripts/linux-guest-initrd) are kept beside it under
 # .build-kernel/lib/modules/, each list in load order.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,6 +47,7 @@ bed_modules=(
     drivers/virtio/virtio_ring.ko drivers/virtio/virtio.ko drivers/virtio/virtio_pci_legacy_dev.ko
     drivers/virtio/virtio_pci_modern_dev.ko drivers/virtio/virtio_pci.ko
     fs/netfs/netfs.ko fs/fscache/fscache.ko net/9p/9pnet.ko net/9p/9pnet_virtio.ko fs/9p/9p.ko
+    drivers/net/tun.ko
 )
 
 # The guest's modules, in load order (Debian builds virtio-mmio and ext4 as modules).
@@ -54,9 +55,10 @@ guest_modules=(
     drivers/virtio/virtio_ring.ko drivers/virtio/virtio.ko drivers/virtio/virtio_mmio.ko
     drivers/block/virtio_blk.ko drivers/char/hw_random/virtio-rng.ko drivers/char/virtio_console.ko
     lib/crc16.ko fs/mbcache.ko fs/jbd2/jbd2.ko crypto/crc32c_generic.ko fs/ext4/ext4.ko
+    net/core/failover.ko drivers/net/net_failover.ko drivers/net/virtio_net.ko
 )
 
-if compgen -G "$destination/boot/vmlinuz-*" >/dev/null && compgen -G "$destination/lib/modules/*/kernel/fs/ext4/ext4.ko" >/dev/null; then
+if compgen -G "$destination/boot/vmlinuz-*" >/dev/null && compgen -G "$destination/lib/modules/*/kernel/drivers/net/virtio_net.ko" >/dev/null; then
     [ -e "$destination/vmlinux" ] || extract_vmlinux "$(ls "$destination"/boot/vmlinuz-* | head -1)" "$destination/vmlinux"
     exit 0
 fi

@@ -90,6 +90,10 @@ struct Run: ParsableCommand {
             transform: DiskArgument.init(parsing:))
     var disk: [DiskArgument] = []
 
+    @Option(name: .long, help: ArgumentHelp("A virtio-net device on a TAP interface hv creates (needs CAP_NET_ADMIN): tap=NAME, mac=52:54:00:12:34:56 by default, host-ip=10.0.2.1/24 to bring the host side up with that address; repeatable (Linux's eth0, eth1, ...).", valueName: "tap=name[,mac=mac][,host-ip=addr/len]"),
+            transform: NetArgument.init(parsing:))
+    var net: [NetArgument] = []
+
     @Flag(name: .long, help: "Attach a virtio-rng entropy device fed by the host's getrandom(2) (Linux's /dev/hwrng).")
     var rng = false
 
@@ -188,8 +192,8 @@ struct Run: ParsableCommand {
     /// The --disk and --rng devices, opened before the VM is built (a missing or locked image is a
     /// one-line error), each with its virtio-mmio slot: disks first, in order, then the rng.
     private func openVirtioDevices(interruptMode: InterruptControllerMode) throws -> [VirtioAttachment] {
-        guard !disk.isEmpty || rng || console == .virtio else { return [] }
-        let flag = !disk.isEmpty ? "--disk" : rng ? "--rng" : "--console virtio"
+        guard !disk.isEmpty || !net.isEmpty || rng || console == .virtio else { return [] }
+        let flag = !disk.isEmpty ? "--disk" : !net.isEmpty ? "--net" : rng ? "--rng" : "--console virtio"
         if interruptMode == .none { fail(flag, "virtio devices interrupt the guest; add --irqchip kernel or split") }
         if platform == .none { fail(flag, "the guest finds virtio-mmio devices in the ACPI tables; use --platform pc") }
         var attachments: [VirtioAttachment] = []
@@ -204,6 +208,19 @@ struct Run: ParsableCommand {
                 fail("--disk \(error.path)", error.problem)
             } catch {
                 fail("--disk", error)
+            }
+        }
+        for net in net {
+            do {
+                let tap = try TAPDevice(name: net.tap)
+                if net.bringUp { try tap.bringUp(address: net.hostAddress) }
+                let device = VirtioNetwork(endpoint: tap, mac: net.mac)
+                let slot = try VirtioMMIOSlot(attachments.count)
+                attachments.append(VirtioAttachment(slot: slot) { machine throws(HVError) in try machine.attachVirtio(device, slot: slot) })
+            } catch let error as TAPError {
+                fail("--net tap=\(net.tap)", error.problem)
+            } catch {
+                fail("--net", error)
             }
         }
         if rng {
@@ -309,6 +326,36 @@ func crashSite<B>(of machine: Machine<B>, vcpu id: Int) -> String {
         line += ": " + bytes.map { $0 < 16 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined(separator: " ")
     }
     return line
+}
+
+/// `--net tap=NAME[,mac=MAC][,host-ip=ADDR/LEN]`.
+struct NetArgument {
+    var tap = ""
+    var mac = MACAddress.qemuDefault
+    var hostAddress: IPv4Interface?
+    /// Whether hv brings the host side up (with host-ip=, or up on its own).
+    var bringUp: Bool { hostAddress != nil }
+
+    init(parsing text: String) throws {
+        for option in text.split(separator: ",").map(String.init) {
+            if option.hasPrefix("tap=") {
+                tap = String(option.dropFirst(4))
+            } else if option.hasPrefix("mac=") {
+                guard let mac = MACAddress(parsing: String(option.dropFirst(4))) else {
+                    throw ValidationError("--net: \(option) is not a MAC address like 52:54:00:12:34:56")
+                }
+                self.mac = mac
+            } else if option.hasPrefix("host-ip=") {
+                guard let address = IPv4Interface(parsing: String(option.dropFirst(8))) else {
+                    throw ValidationError("--net: \(option) is not an IPv4 address with a prefix length, like 10.0.2.1/24")
+                }
+                hostAddress = address
+            } else {
+                throw ValidationError("--net: unknown option \"\(option)\"; expected tap=NAME, mac=MAC or host-ip=ADDR/LEN")
+            }
+        }
+        guard !tap.isEmpty else { throw ValidationError("--net needs tap=NAME: --net tap=NAME[,mac=MAC][,host-ip=ADDR/LEN]") }
+    }
 }
 
 enum ConsoleArgument: String, ExpressibleByArgument, CaseIterable {

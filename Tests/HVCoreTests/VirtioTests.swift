@@ -568,3 +568,100 @@ struct RateLimitTests {
         #expect(try driver.memory.read(UInt8.self, at: GuestPhysicalAddress(VirtioBlockTests.status)) == 0)
     }
 }
+
+/// One end of a SOCK_SEQPACKET pair: frames keep their boundaries, as a TAP's do.
+final class SocketFrames: FrameEndpoint {
+    let frameDescriptor: Int32
+    let peer: Int32
+    init() {
+        var fds: [Int32] = [0, 0]
+        precondition(socketpair(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue), 0, &fds) == 0)
+        _ = fcntl(fds[0], F_SETFL, O_NONBLOCK)
+        frameDescriptor = fds[0]
+        peer = fds[1]
+    }
+    deinit { close(frameDescriptor); close(peer) }
+
+    func send(_ frame: [UInt8]) { _ = frame.withUnsafeBytes { Foundation.send(peer, $0.baseAddress, $0.count, 0) } }
+    /// The next frame the device sent, waiting up to a second.
+    func receive() -> [UInt8]? {
+        var poller = pollfd(fd: peer, events: Int16(POLLIN), revents: 0)
+        guard poll(&poller, 1, 1000) == 1 else { return nil }
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        let count = buffer.withUnsafeMutableBytes { recv(peer, $0.baseAddress, $0.count, 0) }
+        return count >= 0 ? Array(buffer.prefix(count)) : nil
+    }
+}
+
+@Suite("virtio-net")
+struct VirtioNetworkTests {
+    /// Waits up to 2 s for `condition` (the receive thread works on its own time).
+    static func eventually(_ condition: () -> Bool) -> Bool {
+        for _ in 0..<200 where !condition() { usleep(10_000) }
+        return condition()
+    }
+
+    @Test("configuration space: the MAC and link up; frames the guest sends leave with their header; frames that arrive fill posted buffers with num_buffers = 1")
+    func bothWays() throws {
+        let frames = SocketFrames()
+        let mac = try #require(MACAddress(parsing: "52:54:00:ab:cd:ef"))
+        let device = VirtioNetwork(endpoint: frames, mac: mac)
+        defer { device.stop() }
+        let driver = try VirtioTestDriver(device)
+        #expect(driver.transport.mmioRead(offset: 0x100, width: 4) == 0xAB00_5452)
+        #expect(driver.transport.mmioRead(offset: 0x104, width: 2) == 0xEFCD)
+        #expect(driver.transport.mmioRead(offset: 0x106, width: 2) == 1, "VIRTIO_NET_S_LINK_UP")
+        #expect(driver.initialise())
+        // transmitq1 (queue 1) at other addresses: a 12-byte header and a 60-byte frame in two buffers.
+        driver.write(0x30, 1)
+        driver.write(0x38, 16)
+        driver.write(0x80, 0x7_0000); driver.write(0x90, 0x7_1000); driver.write(0xA0, 0x7_2000)
+        driver.write(0x44, 1)
+        let frame = (0..<60).map { UInt8($0) }
+        try driver.memory.write(bytes: [UInt8](repeating: 0, count: 12), at: 0x8_0000)
+        try driver.memory.write(bytes: frame, at: 0x8_1000)
+        try driver.descriptor(0, address: 0x8_0000, length: 12, flags: descriptorNext, next: 1, table: 0x7_0000)
+        try driver.descriptor(1, address: 0x8_1000, length: 60, table: 0x7_0000)
+        try driver.memory.write(UInt16(0), at: 0x7_1004)
+        try driver.memory.write(UInt16(1), at: 0x7_1002)
+        driver.write(0x50, 1)
+        #expect(frames.receive() == [UInt8](repeating: 0, count: 12) + frame)
+        #expect(device.statistics.transmitted == 1 && device.statistics.transmittedBytes == 60)
+
+        // A frame that arrives before any receive buffer waits in the socket...
+        let incoming = [UInt8](repeating: 0, count: 12) + (0..<100).map { UInt8(255 - $0) }
+        frames.send(incoming)
+        usleep(50_000)
+        #expect(driver.usedIndex == 0)
+        // ... and fills the buffer the driver posts (its notification serves the queue).
+        try driver.memory.fill(0xEE, count: 2048, at: GuestPhysicalAddress(VirtioTestDriver<VirtioNetwork>.data))
+        try driver.descriptor(0, address: VirtioTestDriver<VirtioNetwork>.data, length: 1526, flags: descriptorWrite)
+        try driver.submit(0)
+        #expect(Self.eventually { driver.usedIndex == 1 })
+        #expect(try driver.used(0) == (0, 112))
+        var expected = incoming
+        expected[10] = 1  // num_buffers
+        #expect(try driver.memory.readBytes(at: GuestPhysicalAddress(VirtioTestDriver<VirtioNetwork>.data), count: 112) == expected)
+        // With a buffer posted, the receive thread delivers the next frame by itself.
+        try driver.descriptor(1, address: VirtioTestDriver<VirtioNetwork>.data + 4096, length: 1526, flags: descriptorWrite)
+        try driver.submit(1)
+        frames.send([UInt8](repeating: 0, count: 12) + [1, 2, 3])
+        #expect(Self.eventually { driver.usedIndex == 2 })
+        #expect(try driver.used(1) == (1, 15))
+        #expect(device.statistics.received == 2 && driver.read(0x60) & 1 == 1)
+    }
+
+    @Test("a receive buffer too small for the header, or a transmitted frame without one, sets DEVICE_NEEDS_RESET")
+    func malformed() throws {
+        let frames = SocketFrames()
+        let device = VirtioNetwork(endpoint: frames)
+        defer { device.stop() }
+        let driver = try VirtioTestDriver(device)
+        #expect(driver.initialise())
+        frames.send([UInt8](repeating: 0, count: 20))
+        try driver.descriptor(0, address: VirtioTestDriver<VirtioNetwork>.data, length: 8, flags: descriptorWrite)
+        try driver.submit(0)
+        #expect(Self.eventually { driver.transport.needsReset })
+        #expect(driver.usedIndex == 0)
+    }
+}

@@ -23,6 +23,7 @@ configuration() {
         console-1cpu-kernel) echo "1 kernel $bzimage" ;;
         hvc-1cpu-kernel) echo "1 kernel $bzimage" ;;
         ratelimit-1cpu-kernel) echo "1 kernel $bzimage" ;;
+        net-1cpu-kernel) echo "1 kernel $bzimage" ;;
         virtio-1cpu-kernel) echo "1 kernel $bzimage" ;;
         virtio-2cpu-split) echo "2 split $bzimage" ;;
         *) return 1 ;;
@@ -30,7 +31,7 @@ configuration() {
 }
 
 [ $# -gt 0 ] || set -- bzimage-1cpu-kernel bzimage-2cpu-kernel pvh-2cpu-kernel bzimage-2cpu-split bzimage-4cpu-kernel console-1cpu-kernel \
-    virtio-1cpu-kernel virtio-2cpu-split hvc-1cpu-kernel ratelimit-1cpu-kernel
+    virtio-1cpu-kernel virtio-2cpu-split hvc-1cpu-kernel ratelimit-1cpu-kernel net-1cpu-kernel
 # boot NAME: one boot of configuration NAME into $out/NAME.log and $out/NAME.status.
 boot() {
     name=$1
@@ -80,6 +81,26 @@ boot() {
         e2fsck -fn "$images/rw.img" > "$out/$name.fsck" 2>&1
         echo "e2fsck-status=$?" >> "$out/$name.fsck"
         rm -rf "$images"
+        ;;
+    net-*)
+        # In a network namespace of its own (nothing outside sees the TAP): hv creates hvtap0 and
+        # brings it up as 10.0.2.1/24; the guest (10.0.2.15) pings it and sends 1 MiB to the
+        # busybox nc listening on port 7777, whose MD5 must match the guest's.
+        unshare -n sh -c '
+            ip link set lo up
+            # busybox nc ends at the end of its standard input: give it one that never ends (a
+            # FIFO opened for reading and writing has no data and no end).
+            mkfifo /tmp/hv-nc-input.$$
+            busybox nc -l -p 7777 <> /tmp/hv-nc-input.$$ > "$3/$2.received" &
+            listener=$!
+            "$1" run --kernel "$4" --initrd "$5" --cpus 1 --mem 256M --timeout 240 \
+                --net tap=hvtap0,mac=52:54:00:ab:cd:ef,host-ip=10.0.2.1/24 \
+                --cmdline "console=ttyS0 hv.cpus=1 hv.net=10.0.2.15/24,10.0.2.1" > "$3/$2.log" 2>&1
+            status=$?
+            sleep 1; kill $listener 2>/dev/null; rm -f /tmp/hv-nc-input.$$
+            exit $status' sh "$hv" "$name" "$out" "$kernel" "$initrd"
+        status=$?
+        md5sum "$out/$name.received" 2>/dev/null | cut -d' ' -f1 > "$out/$name.received-md5"
         ;;
     ratelimit-*)
         # Sequential reads and writes as fast as the guest can (blockbench, O_DIRECT, 1 MiB

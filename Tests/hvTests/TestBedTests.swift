@@ -44,7 +44,7 @@ enum TestBed {
     ]
 
     /// Boots with virtio disks and the entropy device (linux-boots.sh makes the ext4 images).
-    static let virtioBoots = ["virtio-1cpu-kernel", "virtio-2cpu-split", "ratelimit-1cpu-kernel"]
+    static let virtioBoots = ["virtio-1cpu-kernel", "virtio-2cpu-split", "ratelimit-1cpu-kernel", "net-1cpu-kernel"]
     /// Boots with a shell on each kind of console.
     static let consoleBoots = ["console-1cpu-kernel", "hvc-1cpu-kernel"]
 
@@ -173,7 +173,7 @@ struct TestBedTests {
     }
 
     @Test("Linux's own virtio drivers use HV's virtio-mmio devices: ext4 on virtio-blk written, read back and found by the host; a read-only disk; /dev/hwrng",
-          arguments: TestBed.virtioBoots.filter { !$0.hasPrefix("ratelimit") })
+          arguments: TestBed.virtioBoots.filter { $0.hasPrefix("virtio") })
     func linuxUsesVirtio(_ name: String) throws {
         let run = try #require(TestBed.run)
         let (log, status) = run.boot(name)
@@ -197,6 +197,21 @@ struct TestBedTests {
         let random = report["hwrng"] ?? ""
         #expect(random.count == 64 && Set(random).count > 4, "32 bytes from /dev/hwrng: \(random)")
         #expect(status == 0 && log.contains("hv: the guest requested a system shutdown"), "\(context)")
+    }
+
+    @Test("virtio-net on a TAP hv creates (in a network namespace of the test's): the guest pings the host side and sends it 1 MiB over TCP, byte for byte")
+    func linuxUsesVirtioNet() throws {
+        let run = try #require(TestBed.run)
+        let (log, status) = run.boot("net-1cpu-kernel")
+        let report = run.guestReport("net-1cpu-kernel")
+        let context = "\(report); log: \(log.suffix(2500))"
+        #expect(report["net-mac"] == "52:54:00:ab:cd:ef", "\(context)")
+        #expect(report["ping-received"] == "3", "\(context)")
+        let sent = try #require(report["sent-md5"], "\(context)")
+        #expect(report["tcp-sent"] == "yes", "\(context)")
+        #expect(run.file("net-1cpu-kernel.received-md5")?.trimmingCharacters(in: .whitespacesAndNewlines) == sent,
+                "the host's listener got other bytes; \(context)")
+        #expect(status == 0, "\(context)")
     }
 
     @Test("a virtio-blk disk limited to 8 MiB/s gives a guest reading and writing as fast as it can 8 MiB/s, within 5 %")

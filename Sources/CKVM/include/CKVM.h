@@ -15,6 +15,10 @@
 // discard and write-zeroes), which Swift's Glibc module does not bring in.
 #include <sys/random.h>
 #include <linux/falloc.h>
+// For virtio-net: TAP interfaces (<linux/if_tun.h>), the receive thread's eventfd and poll.
+#include <linux/if_tun.h>
+#include <sys/eventfd.h>
+#include <poll.h>
 
 // _IO/_IOR/_IOW macros do not import into Swift: expose each request as a constant.
 static const unsigned long HV_KVM_GET_API_VERSION = KVM_GET_API_VERSION;
@@ -65,6 +69,8 @@ static const unsigned long HV_KVM_SET_NESTED_STATE = KVM_SET_NESTED_STATE;
 static const unsigned long HV_KVM_CREATE_PIT2 = KVM_CREATE_PIT2;
 static const unsigned long HV_KVM_GET_PIT2 = KVM_GET_PIT2;
 static const unsigned long HV_KVM_SET_PIT2 = KVM_SET_PIT2;
+static const unsigned long HV_TUNSETIFF = TUNSETIFF;
+static const unsigned long HV_TUNSETVNETHDRSZ = TUNSETVNETHDRSZ;
 
 // ioctl(2) is variadic, which Swift cannot call: one forwarder per argument kind.
 static inline int hv_ioctl_ptr(int fd, unsigned long request, void *argument) {

@@ -1,0 +1,237 @@
+// The network device (virtio 1.2, 5.1 "Network Device") on a host TAP interface: receiveq1
+// (queue 0) takes frames the TAP delivers, transmitq1 (queue 1) sends the guest's frames to it.
+// Frames keep their 12-byte virtio-net header both ways (the TAP is opened with IFF_VNET_HDR),
+// so nothing is copied besides the frame itself: readv/writev go straight between the TAP and
+// guest RAM. A receive thread waits for frames (poll) while the driver has buffers posted, and
+// for a wake-up from the driver's next notification while it has none.
+#if canImport(Glibc)
+import Glibc
+#endif
+import CKVM
+import Foundation
+import Synchronization
+
+/// A MAC address, "52:54:00:12:34:56".
+public struct MACAddress: Sendable, Equatable, CustomStringConvertible {
+    public var bytes: [UInt8]
+
+    public init?(parsing text: String) {
+        let parts = text.split(separator: ":", omittingEmptySubsequences: false)
+        guard parts.count == 6 else { return nil }
+        let bytes = parts.compactMap { $0.count == 2 ? UInt8($0, radix: 16) : nil }
+        guard bytes.count == 6 else { return nil }
+        self.bytes = bytes
+    }
+
+    /// QEMU's default, a locally administered address.
+    public static let qemuDefault = MACAddress(parsing: "52:54:00:12:34:56")!
+
+    public var description: String {
+        bytes.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined(separator: ":")
+    }
+}
+
+/// Where a network device's frames go: a file descriptor that reads and writes one frame (with
+/// its 12-byte virtio-net header) per call, non-blocking: a TAP interface, or in tests one end
+/// of a SOCK_SEQPACKET socket pair.
+public protocol FrameEndpoint: AnyObject, Sendable {
+    var frameDescriptor: Int32 { get }
+}
+
+extension TAPDevice: FrameEndpoint {
+    public var frameDescriptor: Int32 { fd }
+}
+
+public final class VirtioNetwork: VirtioDevice {
+    /// Device feature bits (5.1.3).
+    public enum Feature {
+        public static let mac: UInt64 = 1 << 5
+        public static let status: UInt64 = 1 << 16
+    }
+
+    static let receiveQueue = 0, transmitQueue = 1
+    static let queueSize: UInt16 = 256
+    /// The most buffers one frame may span (a chain is at most the queue size).
+    static let maximumPieces = Int(queueSize) + 2
+
+    public var type: VirtioDeviceType { .network }
+    public var name: String { "virtio-net" }
+    public var features: UInt64 { Feature.mac | Feature.status }
+    public var queueSizes: [UInt16] { [Self.queueSize, Self.queueSize] }
+
+    public let endpoint: any FrameEndpoint
+    private let frames: Int32
+    public let mac: MACAddress
+    private let configuration: [UInt8]
+
+    /// The chain and the iovec array a queue is served with (one per queue: the receive thread
+    /// and a vCPU may serve the two queues at once).
+    private struct Scratch: ~Copyable {
+        var chain = VirtqueueChain()
+        let vectors = UnsafeMutableBufferPointer<iovec>.allocate(capacity: VirtioNetwork.maximumPieces)
+        deinit { vectors.deallocate() }
+    }
+    private let receiveScratch = Mutex(Scratch())
+    private let transmitScratch = Mutex(Scratch())
+
+    /// True while the driver has no receive buffers posted: the receive thread then waits for a
+    /// wake-up instead of for frames (which it could not deliver).
+    private let starved = Atomic<Bool>(true)
+    private let running = Atomic<Bool>(true)
+    private let wakeFD: Int32
+    private let serveQueue = Mutex<(@Sendable (Int) -> Void)?>(nil)
+
+    /// Counters: frames and bytes each way, and frames the TAP refused.
+    private let counters = Mutex(Counters())
+    public struct Counters: Sendable, Equatable {
+        public var received: UInt64 = 0, receivedBytes: UInt64 = 0
+        public var transmitted: UInt64 = 0, transmittedBytes: UInt64 = 0
+        public var transmitErrors: UInt64 = 0
+    }
+
+    /// A network device on `endpoint` (a `TAPDevice`) whose guest sees `mac`.
+    public init(endpoint: any FrameEndpoint, mac: MACAddress = .qemuDefault) {
+        self.endpoint = endpoint
+        self.frames = endpoint.frameDescriptor
+        self.mac = mac
+        // struct virtio_net_config (5.1.4): mac, status (VIRTIO_NET_S_LINK_UP), max_virtqueue_pairs.
+        self.configuration = mac.bytes + [1, 0, 1, 0]
+        self.wakeFD = eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC))
+    }
+
+    deinit {
+        stop()
+        close(wakeFD)
+    }
+
+    public var statistics: Counters { counters.withLock { $0 } }
+
+    public func readConfiguration(offset: Int, width: Int) -> UInt64 {
+        virtioConfigurationRead(configuration, offset: offset, width: width)
+    }
+
+    /// Starts the receive thread once the transport can be asked to serve the receive queue.
+    public func connect(serve: @escaping @Sendable (Int) -> Void) {
+        serveQueue.withLock { $0 = serve }
+        let thread = Thread { [weak self] in self?.receiveLoop() }
+        thread.name = "virtio-net-rx"
+        thread.start()
+    }
+
+    /// Ends the receive thread.
+    public func stop() {
+        running.store(false, ordering: .releasing)
+        wake()
+    }
+
+    private func wake() {
+        var one: UInt64 = 1
+        _ = write(wakeFD, &one, 8)
+    }
+
+    private func receiveLoop() {
+        var fds = [pollfd(fd: frames, events: 0, revents: 0), pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0)]
+        while running.load(ordering: .acquiring) {
+            fds[0].events = starved.load(ordering: .acquiring) ? 0 : Int16(POLLIN)
+            let ready = poll(&fds, 2, -1)
+            if ready < 0 { if errno == EINTR { continue } else { return } }
+            if fds[1].revents & Int16(POLLIN) != 0 {
+                var count: UInt64 = 0
+                _ = read(wakeFD, &count, 8)
+            }
+            guard running.load(ordering: .acquiring) else { return }
+            if fds[0].revents & Int16(POLLIN) != 0 {
+                // Starved until the device says otherwise: a transport that does not call the
+                // device (the driver is not ready) must not leave this loop spinning on POLLIN.
+                starved.store(true, ordering: .releasing)
+                let serve = serveQueue.withLock { $0 }
+                serve?(Self.receiveQueue)
+            }
+        }
+    }
+
+    public func serve(queue index: Int, _ queue: inout Virtqueue, memory: GuestMemory) throws(VirtioDeviceError) -> Bool {
+        switch index {
+        case Self.receiveQueue: try receive(&queue, memory: memory)
+        case Self.transmitQueue: try transmit(&queue, memory: memory)
+        default: false
+        }
+    }
+
+    /// Moves frames from the TAP into posted receive buffers until one of them runs out.
+    private func receive(_ queue: inout Virtqueue, memory: GuestMemory) throws(VirtioDeviceError) -> Bool {
+        let wasStarved = starved.load(ordering: .acquiring)
+        var used = false, nowStarved = false
+        try receiveScratch.withLock { (scratch) throws(VirtioDeviceError) in
+            while true {
+                guard queue.hasAvailable(memory: memory) else { nowStarved = true; break }
+                do throws(VirtqueueError) {
+                    guard try queue.pop(into: &scratch.chain, memory: memory) else { nowStarved = true; break }
+                } catch { throw .queue(error) }
+                guard scratch.chain.writableLength >= UInt64(TAPDevice.headerSize) else {
+                    throw .malformedRequest("a receive buffer of \(scratch.chain.writableLength) bytes cannot hold the \(TAPDevice.headerSize)-byte header")
+                }
+                let count = gather(scratch.chain, writable: true, into: scratch.vectors, memory: memory)
+                let result = readv(frames, scratch.vectors.baseAddress, Int32(count))
+                if result <= 0 {
+                    queue.undoPop(memory: memory)  // no frame waiting (EAGAIN) or a TAP error
+                    break
+                }
+                // num_buffers (5.1.6.4): one buffer per frame without VIRTIO_NET_F_MRG_RXBUF.
+                var one = UInt16(1).littleEndian
+                withUnsafeBytes(of: &one) { _ = scratch.chain.copyIn($0, at: 10, memory: memory) }
+                queue.push(head: scratch.chain.head, written: UInt32(result), memory: memory)
+                counters.withLock { $0.received += 1; $0.receivedBytes += UInt64(result) - UInt64(TAPDevice.headerSize) }
+                used = true
+            }
+        }
+        starved.store(nowStarved, ordering: .releasing)
+        if wasStarved && !nowStarved { wake() }
+        return used
+    }
+
+    /// Sends every frame the driver made available.
+    private func transmit(_ queue: inout Virtqueue, memory: GuestMemory) throws(VirtioDeviceError) -> Bool {
+        try transmitScratch.withLock { (scratch) throws(VirtioDeviceError) -> Bool in
+            var used = false
+            while true {
+                do throws(VirtqueueError) {
+                    guard try queue.pop(into: &scratch.chain, memory: memory) else { break }
+                } catch { throw .queue(error) }
+                guard scratch.chain.readableLength >= UInt64(TAPDevice.headerSize) else {
+                    throw .malformedRequest("a transmitted frame of \(scratch.chain.readableLength) bytes has no \(TAPDevice.headerSize)-byte header")
+                }
+                let count = gather(scratch.chain, writable: false, into: scratch.vectors, memory: memory)
+                let result = writev(frames, scratch.vectors.baseAddress, Int32(count))
+                // A frame the TAP refuses (its queue is full, the interface is down) is dropped,
+                // as a real NIC drops on a dead link; the driver still gets its buffer back.
+                counters.withLock {
+                    if result < 0 { $0.transmitErrors += 1 } else {
+                        $0.transmitted += 1
+                        $0.transmittedBytes += UInt64(result) - UInt64(TAPDevice.headerSize)
+                    }
+                }
+                queue.push(head: scratch.chain.head, written: 0, memory: memory)
+                used = true
+            }
+            return used
+        }
+    }
+
+    /// Fills `vectors` with the chain's readable or writable pieces; returns how many.
+    private func gather(_ chain: VirtqueueChain, writable: Bool, into vectors: UnsafeMutableBufferPointer<iovec>,
+                        memory: GuestMemory) -> Int {
+        var count = 0
+        let length = writable ? chain.writableLength : chain.readableLength
+        chain.forEachPiece(writable: writable, range: 0..<length, memory: memory) { pointer, size in
+            guard count < vectors.count else { return }
+            vectors[count] = iovec(iov_base: pointer, iov_len: size)
+            count += 1
+        }
+        return count
+    }
+
+    public func reset() {
+        starved.store(true, ordering: .releasing)
+    }
+}
