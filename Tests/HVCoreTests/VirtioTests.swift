@@ -581,6 +581,7 @@ final class SocketFrames: FrameEndpoint {
         peer = fds[1]
     }
     deinit { close(frameDescriptor); close(peer) }
+    func acceptOffloads(checksum: Bool, tso4: Bool, tso6: Bool) -> Bool { false }
 
     func send(_ frame: [UInt8]) { _ = frame.withUnsafeBytes { Foundation.send(peer, $0.baseAddress, $0.count, 0) } }
     /// The next frame the device sent, waiting up to a second.

@@ -71,6 +71,7 @@ static const unsigned long HV_KVM_GET_PIT2 = KVM_GET_PIT2;
 static const unsigned long HV_KVM_SET_PIT2 = KVM_SET_PIT2;
 static const unsigned long HV_TUNSETIFF = TUNSETIFF;
 static const unsigned long HV_TUNSETVNETHDRSZ = TUNSETVNETHDRSZ;
+static const unsigned long HV_TUNSETOFFLOAD = TUNSETOFFLOAD;
 
 // ioctl(2) is variadic, which Swift cannot call: one forwarder per argument kind.
 static inline int hv_ioctl_ptr(int fd, unsigned long request, void *argument) {

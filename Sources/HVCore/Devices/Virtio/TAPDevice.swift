@@ -73,6 +73,21 @@ public final class TAPDevice: Sendable {
 
     deinit { close(fd) }
 
+    /// Tells the TAP which offloads the reader (the guest's driver) accepts, so the host may
+    /// hand over partially checksummed frames and TCP segments up to 64 KiB (TUNSETOFFLOAD with
+    /// TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6).
+    public func setOffloads(checksum: Bool, tso4: Bool, tso6: Bool) throws(TAPError) {
+        var flags: UInt32 = 0
+        if checksum {
+            flags |= UInt32(TUN_F_CSUM)
+            if tso4 { flags |= UInt32(TUN_F_TSO4) }
+            if tso6 { flags |= UInt32(TUN_F_TSO6) }
+        }
+        guard hv_ioctl_value(fd, HV_TUNSETOFFLOAD, UInt(flags)) == 0 else {
+            throw TAPError(interface: name, problem: "TUNSETOFFLOAD: \(String(cString: strerror(errno)))")
+        }
+    }
+
     static func request(_ name: String) -> ifreq {
         var request = ifreq()
         withUnsafeMutableBytes(of: &request.ifr_ifrn.ifrn_name) { bytes in

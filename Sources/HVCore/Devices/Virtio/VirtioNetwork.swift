@@ -36,17 +36,34 @@ public struct MACAddress: Sendable, Equatable, CustomStringConvertible {
 /// of a SOCK_SEQPACKET socket pair.
 public protocol FrameEndpoint: AnyObject, Sendable {
     var frameDescriptor: Int32 { get }
+    /// Which offloads the guest accepts on received frames; false when the endpoint cannot
+    /// honour them (the device then offers none).
+    func acceptOffloads(checksum: Bool, tso4: Bool, tso6: Bool) -> Bool
 }
 
 extension TAPDevice: FrameEndpoint {
     public var frameDescriptor: Int32 { fd }
+    public func acceptOffloads(checksum: Bool, tso4: Bool, tso6: Bool) -> Bool {
+        (try? setOffloads(checksum: checksum, tso4: tso4, tso6: tso6)) != nil
+    }
 }
 
 public final class VirtioNetwork: VirtioDevice {
     /// Device feature bits (5.1.3).
     public enum Feature {
+        /// The device takes frames with a partial checksum (the guest offloads it).
+        public static let checksum: UInt64 = 1 << 0
+        /// The driver takes frames with a partial checksum.
+        public static let guestChecksum: UInt64 = 1 << 1
+        public static let guestTSO4: UInt64 = 1 << 7
+        public static let guestTSO6: UInt64 = 1 << 8
         public static let mac: UInt64 = 1 << 5
+        /// The device takes TCP segments up to 64 KiB and segments them (the TAP does).
+        public static let hostTSO4: UInt64 = 1 << 11
+        public static let hostTSO6: UInt64 = 1 << 12
         public static let status: UInt64 = 1 << 16
+        /// Checksum and segmentation offloads both ways, as a TAP with IFF_VNET_HDR carries them.
+        public static let offloads: UInt64 = checksum | guestChecksum | guestTSO4 | guestTSO6 | hostTSO4 | hostTSO6
     }
 
     static let receiveQueue = 0, transmitQueue = 1
@@ -56,7 +73,7 @@ public final class VirtioNetwork: VirtioDevice {
 
     public var type: VirtioDeviceType { .network }
     public var name: String { "virtio-net" }
-    public var features: UInt64 { Feature.mac | Feature.status }
+    public let features: UInt64
     public var queueSizes: [UInt16] { [Self.queueSize, Self.queueSize] }
 
     public let endpoint: any FrameEndpoint
@@ -89,9 +106,14 @@ public final class VirtioNetwork: VirtioDevice {
         public var transmitErrors: UInt64 = 0
     }
 
-    /// A network device on `endpoint` (a `TAPDevice`) whose guest sees `mac`.
-    public init(endpoint: any FrameEndpoint, mac: MACAddress = .qemuDefault) {
+    /// A network device on `endpoint` (a `TAPDevice`) whose guest sees `mac`; with `offloads`
+    /// (and an endpoint that honours them) the guest may hand over and take partially
+    /// checksummed frames and TCP segments up to 64 KiB, as with QEMU's and Firecracker's
+    /// devices: far fewer frames, and exits, per byte.
+    public init(endpoint: any FrameEndpoint, mac: MACAddress = .qemuDefault, offloads: Bool = true) {
         self.endpoint = endpoint
+        let offloads = offloads && endpoint.acceptOffloads(checksum: false, tso4: false, tso6: false)
+        self.features = Feature.mac | Feature.status | (offloads ? Feature.offloads : 0)
         self.frames = endpoint.frameDescriptor
         self.mac = mac
         // struct virtio_net_config (5.1.4): mac, status (VIRTIO_NET_S_LINK_UP), max_virtqueue_pairs.
@@ -231,7 +253,15 @@ public final class VirtioNetwork: VirtioDevice {
         return count
     }
 
+    /// The driver's choice of receive offloads goes to the endpoint (5.1.6.3: the device may
+    /// hand over only what the driver accepted).
+    public func activate(features: UInt64) {
+        _ = endpoint.acceptOffloads(checksum: features & Feature.guestChecksum != 0,
+                                    tso4: features & Feature.guestTSO4 != 0, tso6: features & Feature.guestTSO6 != 0)
+    }
+
     public func reset() {
         starved.store(true, ordering: .releasing)
+        _ = endpoint.acceptOffloads(checksum: false, tso4: false, tso6: false)
     }
 }
