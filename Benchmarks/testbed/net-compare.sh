@@ -26,7 +26,7 @@ run() {
         busybox nc -l -p 7777 <> "$2/input" > "$2/received" &
         listener=$!
         if [ "$1" = hv ]; then
-            "$3" run --kernel "$5" --initrd "$2/initrd.cpio.gz" --mem "$6M" --timeout 600 \
+            "$3" run --kernel "$5" --initrd "$2/initrd.cpio.gz" --mem "$6M" --timeout 120 \
                 --net tap=hvtap0,host-ip=10.0.2.1/24 --cmdline "$7" > "$2/log" 2>&1
         else
             ( waited=0
@@ -43,6 +43,7 @@ run() {
     got=$(md5sum "$work/received" | cut -d' ' -f1)
     awk -v n="$1" -v s="${seconds:-0}" -v m="$megabytes" -v ok="$([ "$sent" = "$got" ] && echo yes || echo NO)" \
         'BEGIN { printf "%-5s %8.2f %8.2f %s\n", n, s, (s > 0 ? m / s : 0), ok }'
+    [ "$sent" = "$got" ] || { echo "net-compare: $1 failed; the end of its console:" >&2; tail -8 "$work/log" >&2; }
 }
 
 echo "net-compare: $rounds rounds, $megabytes MiB guest-to-host over TCP, 1 vCPU, $mem MiB, $(basename "$kernel")"

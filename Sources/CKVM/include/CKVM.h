@@ -69,6 +69,7 @@ static const unsigned long HV_KVM_SET_NESTED_STATE = KVM_SET_NESTED_STATE;
 static const unsigned long HV_KVM_CREATE_PIT2 = KVM_CREATE_PIT2;
 static const unsigned long HV_KVM_GET_PIT2 = KVM_GET_PIT2;
 static const unsigned long HV_KVM_SET_PIT2 = KVM_SET_PIT2;
+static const unsigned long HV_KVM_IOEVENTFD = KVM_IOEVENTFD;
 static const unsigned long HV_TUNSETIFF = TUNSETIFF;
 static const unsigned long HV_TUNSETVNETHDRSZ = TUNSETVNETHDRSZ;
 static const unsigned long HV_TUNSETOFFLOAD = TUNSETOFFLOAD;

@@ -58,6 +58,17 @@ public protocol VirtualMachine: AnyObject, Sendable {
     func saveState() throws(HVError) -> SavedState
     /// Puts back state from `saveState()`. Call while no vCPU runs.
     func restoreState(_ state: SavedState) throws(HVError)
+    /// Signals the eventfd `eventFD` instead of exiting when the guest writes `value` (any value
+    /// when nil) as `length` bytes to guest-physical `address`, so a device's doorbell costs
+    /// no return to user space (KVM: `KVM_IOEVENTFD`). Backends without such a path throw
+    /// `.unsupported` and the write exits as usual.
+    func addWriteNotifier(address: UInt64, length: Int, value: UInt64?, eventFD: Int32) throws(HVError)
+}
+
+extension VirtualMachine {
+    public func addWriteNotifier(address: UInt64, length: Int, value: UInt64?, eventFD: Int32) throws(HVError) {
+        throw .unsupported(knob: "write notifiers", backend: "\(Self.self)", reason: "the backend has no eventfd path for guest writes")
+    }
 }
 
 /// One virtual processor. `run()` and the register calls belong to the vCPU's own thread;

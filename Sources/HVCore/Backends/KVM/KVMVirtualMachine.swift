@@ -124,6 +124,20 @@ public final class KVMVirtualMachine: VirtualMachine {
         try KVMSyscall.ioctl(fd, HV_KVM_IRQ_LINE, &level, "KVM_IRQ_LINE")
     }
 
+    /// KVM_IOEVENTFD (api.rst 4.59): a guest write of `length` bytes to MMIO `address`
+    /// (matching `value` when given) signals `eventFD` inside the kernel and the vCPU goes on.
+    public func addWriteNotifier(address: UInt64, length: Int, value: UInt64?, eventFD: Int32) throws(HVError) {
+        var notifier = kvm_ioeventfd()
+        notifier.addr = address
+        notifier.len = UInt32(length)
+        notifier.fd = eventFD
+        if let value {
+            notifier.datamatch = value
+            notifier.flags = UInt32(1 << kvm_ioeventfd_flag_nr_datamatch)
+        }
+        try KVMSyscall.ioctl(fd, HV_KVM_IOEVENTFD, &notifier, "KVM_IOEVENTFD")
+    }
+
     /// Replaces the VM's GSI routing with one MSI route per entry (api.rst 4.52
     /// KVM_SET_GSI_ROUTING). With a split irqchip, KVM derives from these routes which vectors
     /// are level-triggered I/O APIC interrupts whose EOI must exit to user space.

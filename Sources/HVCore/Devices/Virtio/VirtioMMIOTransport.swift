@@ -2,6 +2,11 @@
 // register window per device, found by the guest through the ACPI DSDT (HID "LNRO0005", as
 // Linux's virtio_mmio driver matches it) or the kernel command line
 // (`virtio_mmio.device=4K@0xd0000000:16`), with a level-triggered interrupt line.
+#if canImport(Glibc)
+import Glibc
+#endif
+import CKVM
+import Foundation
 import Logging
 import Synchronization
 
@@ -307,6 +312,58 @@ public final class VirtioMMIOTransport<Device: VirtioDevice>: MMIODevice, Resett
 
     /// Whether the device set DEVICE_NEEDS_RESET (a driver broke a rule).
     public var needsReset: Bool { state.withLock { $0.status & VirtioStatus.deviceNeedsReset != 0 } }
+
+    // MARK: Notifications without exits
+
+    /// One eventfd per queue, signalled by the backend when the guest writes that queue's index
+    /// to QueueNotify (KVM_IOEVENTFD), and the thread that serves them.
+    private let notifiers = Mutex<[Int32]>([])
+    /// Whether the notifier thread runs (the guest's doorbell writes then never exit).
+    public var notifiesWithoutExits: Bool { notifiers.withLock { !$0.isEmpty } }
+
+    /// Asks the backend, through `register(queue, eventFD)`, to turn the guest's QueueNotify
+    /// writes into eventfd signals, and serves the queues from a thread of this transport: a
+    /// doorbell then costs the vCPU no return to user space, and the device works while the
+    /// guest runs on (QEMU's and Firecracker's ioeventfd). Returns false, leaving notifications
+    /// to MMIO exits, when the backend cannot.
+    @discardableResult
+    public func notifyThroughEventFDs(register: (Int, Int32) throws(HVError) -> Void) -> Bool {
+        var descriptors: [Int32] = []
+        for queue in device.queueSizes.indices {
+            let descriptor = eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC))
+            guard descriptor >= 0 else { break }
+            descriptors.append(descriptor)
+            do { try register(queue, descriptor) } catch {
+                LogCategory.devices.logger.debug("\(name): queue notifications stay MMIO exits: \(error)")
+                descriptors.forEach { close($0) }
+                return false
+            }
+        }
+        guard descriptors.count == device.queueSizes.count else {
+            descriptors.forEach { close($0) }
+            return false
+        }
+        notifiers.withLock { $0 = descriptors }
+        let thread = Thread { [weak self, descriptors] in
+            var fds = descriptors.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+            while true {
+                let ready = poll(&fds, nfds_t(fds.count), 1000)
+                guard let transport = self else { return }
+                if ready < 0 && errno != EINTR { return }
+                guard ready > 0 else { continue }
+                for (queue, entry) in fds.enumerated() where entry.revents & Int16(POLLIN) != 0 {
+                    var count: UInt64 = 0
+                    _ = read(entry.fd, &count, 8)
+                    transport.serve(queue: queue)
+                }
+            }
+        }
+        thread.name = "\(name)-queues"
+        thread.start()
+        return true
+    }
+
+    deinit { notifiers.withLock { $0.forEach { close($0) } } }
 }
 
 extension Machine {
@@ -319,6 +376,11 @@ extension Machine {
         do {
             try devices.register(transport, address: GuestPhysicalAddress(slot.address), length: VirtioMMIOSlot.stride)
         } catch { throw .device(error) }
+        // QueueNotify (offset 0x50) as an eventfd where the backend offers it (KVM_IOEVENTFD).
+        let vm = self.vm
+        transport.notifyThroughEventFDs { (queue, descriptor) throws(HVError) in
+            try vm.addWriteNotifier(address: slot.address + 0x50, length: 4, value: UInt64(queue), eventFD: descriptor)
+        }
         return transport
     }
 }
