@@ -50,7 +50,7 @@ mkdir -p "$corpus"
 log="$work/fuzz-virtio.log"
 if [ -n "${FUZZ_RUNS:-}" ]; then limit=(-runs="$FUZZ_RUNS"); else limit=(-max_total_time="$seconds"); fi
 echo "fuzz-virtio: running (${FUZZ_RUNS:+$FUZZ_RUNS executions}${FUZZ_RUNS:-${seconds}s})"
-if "$work/fuzz-virtio" "${limit[@]}" -max_len=32768 -timeout=10 -print_final_stats=1 "$corpus" "$seeds" >"$log" 2>&1; then
+if "$work/fuzz-virtio" "${limit[@]}" -artifact_prefix="$work/" -max_len=32768 -timeout=10 -print_final_stats=1 "$corpus" "$seeds" >"$log" 2>&1; then
     result="no crash"
     status=0
 else

@@ -505,6 +505,18 @@ struct VirtioConsoleTests {
         #expect(driver.read(0x60) & 1 == 1)
     }
 
+    @Test("the transport's serve callback can be called any number of times (a function kept as a Mutex's value grew one thunk per read and overflowed the stack after ~50,000: found by the fuzzer)")
+    func callbackDoesNotGrow() throws {
+        let console = VirtioConsole(output: .discard)
+        let driver = try VirtioTestDriver(console)
+        #expect(driver.initialise())
+        for _ in 0..<200_000 { console.receive(CollectionOfOne(0x41)); console.reset() }
+        console.receive(Array("ok".utf8))
+        try driver.descriptor(0, address: VirtioTestDriver<VirtioConsole>.data, length: 8, flags: descriptorWrite)
+        try driver.submit(0)
+        #expect(try driver.used(0) == (0, 2))
+    }
+
     @Test("input beyond the buffer's capacity is refused by receiveSpace, and a device reset drops what was unread")
     func bounded() throws {
         let console = VirtioConsole(output: .discard)

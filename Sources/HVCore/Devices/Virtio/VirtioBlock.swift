@@ -69,7 +69,7 @@ public final class VirtioBlock: VirtioDevice {
     }
     private let throttle: Mutex<Throttle>
     private let clock: @Sendable () -> UInt64
-    private let serveQueue = Mutex<(@Sendable (Int) -> Void)?>(nil)
+    private let serveQueue = VirtioQueueCallback()
 
     /// Opens `path` (read-only when `readOnly`) and takes an advisory lock on it, shared when
     /// read-only and exclusive otherwise, so two VMs cannot write one image. `serial` (up to 20
@@ -118,7 +118,7 @@ public final class VirtioBlock: VirtioDevice {
         self.clock = clock ?? { monotonicNanoseconds() }
     }
 
-    public func connect(serve: @escaping @Sendable (Int) -> Void) { serveQueue.withLock { $0 = serve } }
+    public func connect(serve: @escaping @Sendable (Int) -> Void) { serveQueue.set(serve) }
 
     /// The limit in force.
     public var rateLimit: RateLimit { throttle.withLock { $0.limit } }
@@ -127,8 +127,7 @@ public final class VirtioBlock: VirtioDevice {
     /// old one are served at once if the new one lets them through.
     public func setRateLimit(_ limit: RateLimit) {
         throttle.withLock { $0.limit = limit }
-        let serve = serveQueue.withLock { $0 }
-        serve?(0)
+        serveQueue(0)
     }
 
     /// How many times a request had to wait for the rate limit.
@@ -208,8 +207,7 @@ public final class VirtioBlock: VirtioDevice {
         DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(Int(min(nanoseconds, 10_000_000_000)))) { [weak self] in
             guard let self else { return }
             throttle.withLock { $0.retryPending = false }
-            let serve = serveQueue.withLock { $0 }
-            serve?(0)
+            serveQueue(0)
         }
     }
 

@@ -26,14 +26,14 @@ public final class VirtioConsole: VirtioDevice, ConsoleReceiver {
 
     private let input = Mutex(Input())
     private let chain = Mutex(VirtqueueChain())
-    private let serveQueue = Mutex<(@Sendable (Int) -> Void)?>(nil)
+    private let serveQueue = VirtioQueueCallback()
 
     /// A console whose guest output goes to `output`.
     public init(output: SerialOutput) { self.output = output }
 
     public func readConfiguration(offset: Int, width: Int) -> UInt64 { 0 }
 
-    public func connect(serve: @escaping @Sendable (Int) -> Void) { serveQueue.withLock { $0 = serve } }
+    public func connect(serve: @escaping @Sendable (Int) -> Void) { serveQueue.set(serve) }
 
     // MARK: Host side (ConsoleReceiver)
 
@@ -48,8 +48,7 @@ public final class VirtioConsole: VirtioDevice, ConsoleReceiver {
                 input.count += 1
             }
         }
-        let serve = serveQueue.withLock { $0 }
-        serve?(Self.receiveQueue)
+        serveQueue(Self.receiveQueue)
     }
 
     // MARK: Queues

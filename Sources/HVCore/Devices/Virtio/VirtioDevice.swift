@@ -1,3 +1,5 @@
+import Synchronization
+
 // What a virtio device type implements (virtio 1.2, 5 "Device Types"), whatever transport
 // carries it: its type, feature bits, queues and configuration space, and how it serves a
 // queue. The transport (VirtioMMIOTransport) owns the status, the feature negotiation and the
@@ -89,6 +91,33 @@ extension VirtioDevice {
     public func writeConfiguration(offset: Int, width: Int, value: UInt64) {}
     public func activate(features: UInt64) {}
     public func reset() {}
+}
+
+/// The transport's "serve this queue" callback as a device keeps it (`connect(serve:)`): set
+/// once, called from any thread.
+///
+/// It lives in a class because a function stored as a `Mutex`'s own value cannot be read
+/// safely: `withLock { $0 }` hands the body the value `inout`, and Swift converts a function
+/// between the generic and the concrete representation on the way in and writes the converted
+/// copy back on the way out, one reabstraction thunk deeper each time. After tens of thousands of
+/// reads (console input, received frames) calling it overflowed the stack; the virtio fuzz
+/// target found it. A class reference reads back as itself.
+public final class VirtioQueueCallback: Sendable {
+    private final class Box: Sendable {
+        let serve: @Sendable (Int) -> Void
+        init(_ serve: @escaping @Sendable (Int) -> Void) { self.serve = serve }
+    }
+    private let box = Mutex<Box?>(nil)
+
+    public init() {}
+
+    public func set(_ serve: @escaping @Sendable (Int) -> Void) { box.withLock { $0 = Box(serve) } }
+
+    /// Asks the transport to serve `queue`; nothing before `set`.
+    public func callAsFunction(_ queue: Int) {
+        let box = box.withLock { $0 }
+        box?.serve(queue)
+    }
 }
 
 /// Little-endian configuration-space bytes read at any offset and width, as the transports'

@@ -96,7 +96,7 @@ public final class VirtioNetwork: VirtioDevice {
     private let starved = Atomic<Bool>(true)
     private let running = Atomic<Bool>(true)
     private let wakeFD: Int32
-    private let serveQueue = Mutex<(@Sendable (Int) -> Void)?>(nil)
+    private let serveQueue = VirtioQueueCallback()
 
     /// Counters: frames and bytes each way, and frames the TAP refused.
     private let counters = Mutex(Counters())
@@ -134,7 +134,7 @@ public final class VirtioNetwork: VirtioDevice {
 
     /// Starts the receive thread once the transport can be asked to serve the receive queue.
     public func connect(serve: @escaping @Sendable (Int) -> Void) {
-        serveQueue.withLock { $0 = serve }
+        serveQueue.set(serve)
         let thread = Thread { [weak self] in self?.receiveLoop() }
         thread.name = "virtio-net-rx"
         thread.start()
@@ -166,8 +166,7 @@ public final class VirtioNetwork: VirtioDevice {
                 // Starved until the device says otherwise: a transport that does not call the
                 // device (the driver is not ready) must not leave this loop spinning on POLLIN.
                 starved.store(true, ordering: .releasing)
-                let serve = serveQueue.withLock { $0 }
-                serve?(Self.receiveQueue)
+                serveQueue(Self.receiveQueue)
             }
         }
     }
