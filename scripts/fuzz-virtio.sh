@@ -48,8 +48,11 @@ seed console 02
 corpus="$work/corpus"
 mkdir -p "$corpus"
 log="$work/fuzz-virtio.log"
-if [ -n "${FUZZ_RUNS:-}" ]; then limit=(-runs="$FUZZ_RUNS"); else limit=(-max_total_time="$seconds"); fi
-echo "fuzz-virtio: running (${FUZZ_RUNS:+$FUZZ_RUNS executions}${FUZZ_RUNS:-${seconds}s})"
+if [ -n "${FUZZ_RUNS:-}" ]; then
+    limit=(-runs="$FUZZ_RUNS"); echo "fuzz-virtio: running $FUZZ_RUNS executions"
+else
+    limit=(-max_total_time="$seconds"); echo "fuzz-virtio: running for ${seconds}s"
+fi
 if "$work/fuzz-virtio" "${limit[@]}" -artifact_prefix="$work/" -max_len=32768 -timeout=10 -print_final_stats=1 "$corpus" "$seeds" >"$log" 2>&1; then
     result="no crash"
     status=0
