@@ -25,7 +25,7 @@ private struct Harness {
         LoggingSystem.bootstrap { _ in SwiftLogNoOpLogHandler() }
         memory = try! GuestMemory(regions: [MemoryRegion(guestAddress: 0, size: Self.memorySize)])
         imagePath = NSTemporaryDirectory() + "hv-virtio-fuzz-\(getpid()).img"
-        FileManager.default.createFile(atPath: imagePath, contents: Data(repeating: 0, count: Self.imageSize))
+        precondition(FileManager.default.createFile(atPath: imagePath, contents: Data(repeating: 0, count: Self.imageSize)))
         block = VirtioMMIOTransport(device: try! VirtioBlock(path: imagePath), memory: memory, interrupt: nil)
         entropy = VirtioMMIOTransport(device: VirtioEntropy(), memory: memory, interrupt: nil)
         consoleDevice = VirtioConsole(output: .discard)
@@ -33,7 +33,7 @@ private struct Harness {
     }
 }
 
-nonisolated(unsafe) private let harness = Harness()
+private let harness = Harness()
 
 /// The driver's side of 3.1.1 through the registers, with the fuzzer's features and size.
 private func initialise(_ transport: some MMIODevice, features: UInt64, size: UInt32) {

@@ -99,7 +99,7 @@ enum TestBed {
                     echo "testbed: KVM suites, second run: status $?; $(tail -1 "$TESTBED_OUT/suites.log")"
                 fi
                 """
-            let bed = try shell(["scripts/testbed", "--attempts", "2", "--timeout", "600", "--out", folder.path, command])
+            let bed = try shell(["scripts/testbed", "--attempts", "2", "--timeout", "1200", "--out", folder.path, command])
             return TestBedRun(status: bed.status, console: bed.stdout + bed.stderr, folder: folder)
         } catch {
             return TestBedRun(status: -1, console: "could not start the bed: \(error)", folder: URL(fileURLWithPath: "/nonexistent"))
@@ -133,7 +133,8 @@ struct TestBedTests {
         #expect(run.status == 0, "bed status \(run.status); console: \(run.console.suffix(4000))")
         #expect(run.console.contains("testbed: ready after"))
         // Retries (a crash of the emulated SVM, TestBed.md) are allowed once each, and said.
-        for line in run.console.split(whereSeparator: \.isNewline) where line.contains("retrying once") || line.contains("second run") {
+        for line in run.console.split(whereSeparator: \.isNewline)
+        where line.contains("retrying once") || line.contains("second run") || line.contains("(attempt ") || line.hasPrefix("linux-boots:") {
             print("test bed: \(line)")
         }
     }
