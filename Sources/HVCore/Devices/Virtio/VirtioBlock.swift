@@ -162,9 +162,7 @@ public final class VirtioBlock: VirtioDevice {
         try chain.withLock { (chain) throws(VirtioDeviceError) -> Bool in
             var used = false
             while true {
-                do throws(VirtqueueError) {
-                    guard try queue.pop(into: &chain, memory: memory) else { break }
-                } catch { throw .queue(error) }
+                guard try queue.popRequest(into: &chain, memory: memory) else { break }
                 if let wait = admit(chain, memory: memory) {
                     // Over the limit: the request goes back on the ring until the bucket refills.
                     queue.undoPop(memory: memory)
@@ -260,15 +258,11 @@ public final class VirtioBlock: VirtioDevice {
         let dataStart: UInt64 = toGuest ? 0 : 16
         chain.forEachPiece(writable: toGuest, range: dataStart..<dataStart + length, memory: memory) { pointer, count in
             guard !failed else { return }
-            var done = 0
-            while done < count {
-                let result = toGuest ? pread(fd, pointer + done, count - done, offset + Int(done))
-                                     : pwrite(fd, pointer + done, count - done, offset + Int(done))
-                if result < 0, errno == EINTR { continue }
-                guard result > 0 else { failed = true; return }
-                done += result
+            let at = offset
+            failed = !Self.whole(count) { done in
+                toGuest ? pread(fd, pointer + done, count - done, at + done) : pwrite(fd, pointer + done, count - done, at + done)
             }
-            offset += Int(count)
+            offset += count
         }
         return failed ? .ioError : .ok
     }
@@ -304,15 +298,22 @@ public final class VirtioBlock: VirtioDevice {
     /// Zeroes by writing, 64 KiB at a time, where the file system has no fallocate modes.
     private func writeZeroes(offset: Int, length: Int) -> Bool {
         Self.zeroes.withUnsafeBytes { zeroes in
-            var done: Int = 0
-            while done < length {
-                let result = pwrite(fd, zeroes.baseAddress, Int(min(Int(zeroes.count), length - done)), offset + done)
-                if result < 0, errno == EINTR { continue }
-                guard result > 0 else { return false }
-                done += Int(result)
-            }
-            return true
+            Self.whole(length) { done in pwrite(fd, zeroes.baseAddress, min(zeroes.count, length - done), offset + done) }
         }
+    }
+
+    /// Calls `transfer` with the bytes done so far until `count` are done (a `pread` or `pwrite`
+    /// that returns the bytes it moved); an interrupted call is repeated. False on an error or
+    /// the end of the file.
+    private static func whole(_ count: Int, _ transfer: (_ done: Int) -> Int) -> Bool {
+        var done = 0
+        while done < count {
+            let result = transfer(done)
+            if result < 0, errno == EINTR { continue }
+            guard result > 0 else { return false }
+            done += result
+        }
+        return true
     }
 
     private static let zeroes = [UInt8](repeating: 0, count: 64 * 1024)

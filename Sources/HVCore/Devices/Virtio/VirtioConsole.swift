@@ -56,39 +56,37 @@ public final class VirtioConsole: VirtioDevice, ConsoleReceiver {
     public func serve(queue index: Int, _ queue: inout Virtqueue, memory: GuestMemory) throws(VirtioDeviceError) -> Bool {
         try chain.withLock { (chain) throws(VirtioDeviceError) -> Bool in
             var used = false
-            do throws(VirtqueueError) {
-                switch index {
-                case Self.transmitQueue:
-                    while try queue.pop(into: &chain, memory: memory) {
-                        chain.forEachPiece(writable: false, range: 0..<chain.readableLength, memory: memory) { pointer, count in
-                            for offset in 0..<count { output.write(pointer.load(fromByteOffset: offset, as: UInt8.self)) }
-                        }
-                        queue.push(head: chain.head, written: 0, memory: memory)
-                        used = true
+            switch index {
+            case Self.transmitQueue:
+                while try queue.popRequest(into: &chain, memory: memory) {
+                    chain.forEachPiece(writable: false, range: 0..<chain.readableLength, memory: memory) { pointer, count in
+                        for offset in 0..<count { output.write(pointer.load(fromByteOffset: offset, as: UInt8.self)) }
                     }
-                    output.flush()
-                case Self.receiveQueue:
-                    // A buffer is taken only when there is input for it.
-                    while input.withLock({ $0.count > 0 }), try queue.pop(into: &chain, memory: memory) {
-                        let written = input.withLock { input -> UInt64 in
-                            var written: UInt64 = 0
-                            chain.forEachPiece(writable: true, range: 0..<min(chain.writableLength, UInt64(input.count)), memory: memory) { pointer, count in
-                                for offset in 0..<count {
-                                    pointer.storeBytes(of: input.storage[input.start], toByteOffset: offset, as: UInt8.self)
-                                    input.start = (input.start + 1) % Self.inputCapacity
-                                    input.count -= 1
-                                }
-                                written += UInt64(count)
-                            }
-                            return written
-                        }
-                        queue.push(head: chain.head, written: UInt32(written), memory: memory)
-                        used = true
-                    }
-                default:
-                    break
+                    queue.push(head: chain.head, written: 0, memory: memory)
+                    used = true
                 }
-            } catch { throw .queue(error) }
+                output.flush()
+            case Self.receiveQueue:
+                // A buffer is taken only when there is input for it.
+                while input.withLock({ $0.count > 0 }), try queue.popRequest(into: &chain, memory: memory) {
+                    let written = input.withLock { input -> UInt64 in
+                        var written: UInt64 = 0
+                        chain.forEachPiece(writable: true, range: 0..<min(chain.writableLength, UInt64(input.count)), memory: memory) { pointer, count in
+                            for offset in 0..<count {
+                                pointer.storeBytes(of: input.storage[input.start], toByteOffset: offset, as: UInt8.self)
+                                input.start = (input.start + 1) % Self.inputCapacity
+                                input.count -= 1
+                            }
+                            written += UInt64(count)
+                        }
+                        return written
+                    }
+                    queue.push(head: chain.head, written: UInt32(written), memory: memory)
+                    used = true
+                }
+            default:
+                break
+            }
             return used
         }
     }

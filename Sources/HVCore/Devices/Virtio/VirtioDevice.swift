@@ -86,6 +86,14 @@ public protocol VirtioDevice: AnyObject, Sendable {
     func connect(serve: @escaping @Sendable (Int) -> Void)
 }
 
+extension Virtqueue {
+    /// `pop` as a device's serve loop wants it: a broken ring or chain becomes the
+    /// `VirtioDeviceError` the transport answers with DEVICE_NEEDS_RESET.
+    public mutating func popRequest(into chain: inout VirtqueueChain, memory: GuestMemory) throws(VirtioDeviceError) -> Bool {
+        do { return try pop(into: &chain, memory: memory) } catch { throw .queue(error) }
+    }
+}
+
 extension VirtioDevice {
     public func connect(serve: @escaping @Sendable (Int) -> Void) {}
     public func writeConfiguration(offset: Int, width: Int, value: UInt64) {}

@@ -31,9 +31,7 @@ public final class VirtioEntropy: VirtioDevice {
         try chain.withLock { (chain) throws(VirtioDeviceError) -> Bool in
             var used = false
             while true {
-                do throws(VirtqueueError) {
-                    guard try queue.pop(into: &chain, memory: memory) else { break }
-                } catch { throw .queue(error) }
+                guard try queue.popRequest(into: &chain, memory: memory) else { break }
                 let count = min(chain.writableLength, UInt64(Self.requestLimit))
                 var filled: UInt64 = 0, short = false
                 chain.forEachPiece(writable: true, range: 0..<count, memory: memory) { pointer, length in

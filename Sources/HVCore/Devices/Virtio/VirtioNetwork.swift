@@ -186,9 +186,7 @@ public final class VirtioNetwork: VirtioDevice {
         try receiveScratch.withLock { (scratch) throws(VirtioDeviceError) in
             while true {
                 guard queue.hasAvailable(memory: memory) else { nowStarved = true; break }
-                do throws(VirtqueueError) {
-                    guard try queue.pop(into: &scratch.chain, memory: memory) else { nowStarved = true; break }
-                } catch { throw .queue(error) }
+                guard try queue.popRequest(into: &scratch.chain, memory: memory) else { nowStarved = true; break }
                 guard scratch.chain.writableLength >= UInt64(TAPDevice.headerSize) else {
                     throw .malformedRequest("a receive buffer of \(scratch.chain.writableLength) bytes cannot hold the \(TAPDevice.headerSize)-byte header")
                 }
@@ -216,9 +214,7 @@ public final class VirtioNetwork: VirtioDevice {
         try transmitScratch.withLock { (scratch) throws(VirtioDeviceError) -> Bool in
             var used = false
             while true {
-                do throws(VirtqueueError) {
-                    guard try queue.pop(into: &scratch.chain, memory: memory) else { break }
-                } catch { throw .queue(error) }
+                guard try queue.popRequest(into: &scratch.chain, memory: memory) else { break }
                 guard scratch.chain.readableLength >= UInt64(TAPDevice.headerSize) else {
                     throw .malformedRequest("a transmitted frame of \(scratch.chain.readableLength) bytes has no \(TAPDevice.headerSize)-byte header")
                 }
