@@ -45,6 +45,22 @@ struct TestQueue {
         driver.write(0x50, index)
     }
 
+    /// Puts a one-buffer chain at `address` (outside this queue's own buffers) on the available ring.
+    mutating func post<D>(_ driver: VirtioTestDriver<D>, address: UInt64, length: UInt32, writable: Bool) throws {
+        let descriptor = nextDescriptor
+        nextDescriptor = (nextDescriptor + 1) % size
+        try driver.descriptor(descriptor, address: address, length: length, flags: writable ? descriptorWrite : 0, table: table)
+        try driver.memory.write(descriptor, at: GuestPhysicalAddress(available + 4 + 2 * UInt64(availableIndex % size)))
+        availableIndex &+= 1
+        try driver.memory.write(availableIndex, at: GuestPhysicalAddress(available + 2))
+        driver.write(0x50, index)
+    }
+
+    /// How many chains the device has used in all.
+    func usedCount<D>(_ driver: VirtioTestDriver<D>) throws -> UInt16 {
+        try driver.memory.read(UInt16.self, at: GuestPhysicalAddress(used + 2))
+    }
+
     /// The chains the device has used since the last call: their bytes (as far as it wrote).
     mutating func takeUsed<D>(_ driver: VirtioTestDriver<D>) throws -> [[UInt8]] {
         let usedIndex = try driver.memory.read(UInt16.self, at: GuestPhysicalAddress(used + 2))

@@ -84,6 +84,9 @@ public protocol VirtioDevice: AnyObject, Sendable {
     /// Called once by the transport with a way to have a queue served from a host thread
     /// (a device with input of its own keeps it; others ignore it).
     func connect(serve: @escaping @Sendable (Int) -> Void)
+    /// Called once by the transport with a way to announce a change the device made to its
+    /// configuration space (a configuration-change interrupt); most device types ignore it.
+    func connectConfigurationChange(_ changed: @escaping @Sendable () -> Void)
 }
 
 extension Virtqueue {
@@ -96,6 +99,7 @@ extension Virtqueue {
 
 extension VirtioDevice {
     public func connect(serve: @escaping @Sendable (Int) -> Void) {}
+    public func connectConfigurationChange(_ changed: @escaping @Sendable () -> Void) {}
     public func writeConfiguration(offset: Int, width: Int, value: UInt64) {}
     public func activate(features: UInt64) {}
     public func reset() {}

@@ -79,6 +79,8 @@ public final class VirtioMMIOTransport<Device: VirtioDevice>: MMIODevice, Resett
         var queues: [Virtqueue]
         var interruptStatus: UInt32 = 0
         var lineHigh = false
+        /// ConfigGeneration (4.2.2): moves on every change the device makes to its configuration.
+        var configurationGeneration: UInt32 = 0
         /// Problems already logged (each kind once per device, so a guest cannot flood the log).
         var reported: Set<String> = []
     }
@@ -101,6 +103,7 @@ public final class VirtioMMIOTransport<Device: VirtioDevice>: MMIODevice, Resett
         self.offeredFeatures = (device.features & 0xFF_FFFF) | VirtioFeature.transport
         self.state = Mutex(State(queues: device.queueSizes.map { Virtqueue(maximumSize: $0) }))
         device.connect { [weak self] queue in self?.serve(queue: queue) }
+        device.connectConfigurationChange { [weak self] in self?.configurationChanged() }
     }
 
     /// The features the driver accepted (0 until FEATURES_OK).
@@ -138,7 +141,7 @@ public final class VirtioMMIOTransport<Device: VirtioDevice>: MMIODevice, Resett
             case .status: return state.status
             // 4.2.2: reading the length of a region that does not exist gives -1.
             case .sharedMemoryLengthLow, .sharedMemoryLengthHigh: return UInt32.max
-            case .configurationGeneration: return 0
+            case .configurationGeneration: return state.configurationGeneration
             default: return 0
             }
         })
@@ -288,9 +291,10 @@ public final class VirtioMMIOTransport<Device: VirtioDevice>: MMIODevice, Resett
 
     private func resetLocked(_ state: inout State) {
         if state.lineHigh { interrupt?.set(false) }
-        let reported = state.reported
+        let reported = state.reported, generation = state.configurationGeneration
         state = State(queues: state.queues.map { Virtqueue(maximumSize: $0.maximumSize) })
         state.reported = reported
+        state.configurationGeneration = generation
         device.reset()
     }
 
@@ -301,6 +305,16 @@ public final class VirtioMMIOTransport<Device: VirtioDevice>: MMIODevice, Resett
     public func serve(queue index: Int) {
         state.withLock { state in
             serveLocked(queue: index, &state)
+            updateLine(&state)
+        }
+    }
+
+    /// The device changed its configuration space (a balloon's new target): ConfigGeneration
+    /// moves and a running driver gets a configuration-change interrupt (4.2.3.3).
+    public func configurationChanged() {
+        state.withLock { state in
+            state.configurationGeneration &+= 1
+            if state.status & VirtioStatus.driverOK != 0 { state.interruptStatus |= Self.configurationInterrupt }
             updateLine(&state)
         }
     }
