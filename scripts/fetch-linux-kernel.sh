@@ -5,7 +5,8 @@
 # Installing the package itself would run initramfs hooks for no purpose. The modules the
 # hardware-assisted test bed loads (KVM for AMD-V, and 9p over virtio for its shares; see
 # scripts/testbed; tun for the TAP interfaces of virtio-net) and those the Linux guest under HV
-# loads (virtio-mmio, virtio-blk, -rng, -console and -net, ext4; see scripts/linux-guest-initrd) are kept beside it under
+# loads (virtio-mmio, virtio-blk, -rng, -console, -net, -vsock and -balloon, ext4; see
+# scripts/linux-guest-initrd) are kept beside it under
 # .build-kernel/lib/modules/, each list in load order.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -56,9 +57,11 @@ guest_modules=(
     drivers/block/virtio_blk.ko drivers/char/hw_random/virtio-rng.ko drivers/char/virtio_console.ko
     lib/crc16.ko fs/mbcache.ko fs/jbd2/jbd2.ko crypto/crc32c_generic.ko fs/ext4/ext4.ko
     net/core/failover.ko drivers/net/net_failover.ko drivers/net/virtio_net.ko
+    net/vmw_vsock/vsock.ko net/vmw_vsock/vmw_vsock_virtio_transport_common.ko net/vmw_vsock/vmw_vsock_virtio_transport.ko
+    drivers/virtio/virtio_balloon.ko
 )
 
-if compgen -G "$destination/boot/vmlinuz-*" >/dev/null && compgen -G "$destination/lib/modules/*/kernel/drivers/net/virtio_net.ko" >/dev/null; then
+if compgen -G "$destination/boot/vmlinuz-*" >/dev/null && compgen -G "$destination/lib/modules/*/kernel/drivers/virtio/virtio_balloon.ko" >/dev/null; then
     [ -e "$destination/vmlinux" ] || extract_vmlinux "$(ls "$destination"/boot/vmlinuz-* | head -1)" "$destination/vmlinux"
     exit 0
 fi

@@ -97,6 +97,14 @@ struct Run: ParsableCommand {
     @Flag(name: .long, help: "Attach a virtio-rng entropy device fed by the host's getrandom(2) (Linux's /dev/hwrng).")
     var rng = false
 
+    @Option(name: .long, help: ArgumentHelp("A virtio-vsock device: the guest's context ID (3 or more) and a Unix socket path. A guest connection to host port P reaches the socket PATH_P; a host program connects to PATH and writes \"CONNECT P\\n\" to reach guest port P (Firecracker's hybrid vsock).", valueName: "cid,path"),
+            transform: VsockArgument.init(parsing:))
+    var vsock: VsockArgument?
+
+    @Option(name: .long, help: ArgumentHelp("A virtio-balloon device asking the guest for SIZE of its RAM (given back to the host), deflate-on-oom to let the guest take it back under pressure, stats=SECONDS for how often the guest's memory statistics are refreshed (default 2; 0: never). Free page reporting is on.", valueName: "size[,deflate-on-oom][,stats=seconds]"),
+            transform: BalloonArgument.init(parsing:))
+    var balloon: BalloonArgument?
+
     @Option(name: .long, help: ArgumentHelp("Where standard input goes: serial (COM1) or virtio (a virtio console, Linux's hvc0; its output goes to standard output too, and COM1 stays where --serial says).", valueName: "kind"))
     var console: ConsoleArgument = .serial
 
@@ -179,6 +187,7 @@ struct Run: ParsableCommand {
             }
             try? tpmEngine?.close()
             uart.flush()
+            for device in virtio { if let balloon = device.balloon { printError(Self.describe(balloon)) } }
             return (result, machine.statistics)
         }
         let resets = result.resets == 0 ? "" : result.resets == 1 ? " (1 reset)" : " (\(result.resets) resets)"
@@ -192,8 +201,8 @@ struct Run: ParsableCommand {
     /// The --disk and --rng devices, opened before the VM is built (a missing or locked image is a
     /// one-line error), each with its virtio-mmio slot: disks first, in order, then the rng.
     private func openVirtioDevices(interruptMode: InterruptControllerMode) throws -> [VirtioAttachment] {
-        guard !disk.isEmpty || !net.isEmpty || rng || console == .virtio else { return [] }
-        let flag = !disk.isEmpty ? "--disk" : !net.isEmpty ? "--net" : rng ? "--rng" : "--console virtio"
+        guard !disk.isEmpty || !net.isEmpty || rng || vsock != nil || balloon != nil || console == .virtio else { return [] }
+        let flag = !disk.isEmpty ? "--disk" : !net.isEmpty ? "--net" : rng ? "--rng" : vsock != nil ? "--vsock" : balloon != nil ? "--balloon" : "--console virtio"
         if interruptMode == .none { fail(flag, "virtio devices interrupt the guest; add --irqchip kernel or split") }
         if platform == .none { fail(flag, "the guest finds virtio-mmio devices in the ACPI tables; use --platform pc") }
         var attachments: [VirtioAttachment] = []
@@ -227,7 +236,37 @@ struct Run: ParsableCommand {
             let slot = try VirtioMMIOSlot(attachments.count)
             attachments.append(VirtioAttachment(slot: slot) { machine throws(HVError) in try machine.attachVirtio(VirtioEntropy(), slot: slot) })
         }
+        if let vsock {
+            do {
+                let device = try VirtioVsock(guestCID: vsock.guestCID, path: vsock.path)
+                let slot = try VirtioMMIOSlot(attachments.count)
+                attachments.append(VirtioAttachment(slot: slot) { machine throws(HVError) in try machine.attachVirtio(device, slot: slot) })
+            } catch let error as VirtioVsockError {
+                fail("--vsock", error.description)
+            }
+        }
+        if let balloon {
+            guard balloon.size < mem.bytes else {
+                fail("--balloon", "\(ByteSize(bytes: balloon.size)) is not less than the guest's RAM (--mem \(mem))")
+            }
+            let device = VirtioBalloon(targetBytes: balloon.size, deflateOnOOM: balloon.deflateOnOOM, statisticsInterval: balloon.statisticsInterval)
+            let slot = try VirtioMMIOSlot(attachments.count)
+            attachments.append(VirtioAttachment(slot: slot, balloon: device) { machine throws(HVError) in try machine.attachVirtio(device, slot: slot) })
+        }
         return attachments
+    }
+
+    /// The balloon's line when the guest stops: what it gave back, and the guest's last figures.
+    static func describe(_ balloon: VirtioBalloon) -> String {
+        let counters = balloon.counters, mib = { (bytes: UInt64) in "\(bytes >> 20) MiB" }
+        var line = "hv: virtio-balloon: target \(balloon.targetPages) pages; \(counters.inflatedPages) pages inflated "
+            + "(\(mib(counters.inflatedBytesReturned)) returned to the host), \(counters.deflatedPages) deflated, "
+            + "\(mib(counters.reportedBytesReturned)) reported free and returned"
+        let statistics = balloon.statistics
+        if let free = statistics.freeMemory, let total = statistics.totalMemory {
+            line += "; guest: \(mib(free)) free of \(mib(total))"
+        }
+        return line
     }
 
     /// The one note `hv run --kernel` prints where the CPU has neither VT-x nor AMD-V.
@@ -365,7 +404,51 @@ enum ConsoleArgument: String, ExpressibleByArgument, CaseIterable {
 /// A virtio device `hv run` attaches, and where.
 struct VirtioAttachment {
     let slot: VirtioMMIOSlot
+    /// The balloon, whose figures hv prints when the guest stops.
+    var balloon: VirtioBalloon? = nil
     let attach: (Machine<KVMBackend>) throws(HVError) -> Void
+}
+
+/// `--vsock CID,PATH`.
+struct VsockArgument {
+    var guestCID: UInt64
+    var path: String
+
+    init(parsing text: String) throws {
+        let parts = text.split(separator: ",", maxSplits: 1).map(String.init)
+        guard parts.count == 2, let cid = UInt64(parts[0]) else {
+            throw ValidationError("--vsock takes CID,PATH: the guest's context ID (3 or more) and a Unix socket path, e.g. --vsock 3,/tmp/hv.vsock")
+        }
+        guestCID = cid
+        path = parts[1]
+    }
+}
+
+/// `--balloon SIZE[,deflate-on-oom][,stats=SECONDS]`.
+struct BalloonArgument {
+    var size: UInt64
+    var deflateOnOOM = false
+    var statisticsInterval: Double? = 2
+
+    init(parsing text: String) throws {
+        var parts = text.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+        guard let size = ByteSize(argument: parts.removeFirst()) else {
+            throw ValidationError("--balloon needs a size first (the RAM to take back from the guest): --balloon 128M[,deflate-on-oom][,stats=SECONDS]")
+        }
+        self.size = size.bytes
+        for option in parts {
+            if option == "deflate-on-oom" {
+                deflateOnOOM = true
+            } else if option.hasPrefix("stats=") {
+                guard let seconds = Double(option.dropFirst(6)), seconds >= 0, seconds.isFinite else {
+                    throw ValidationError("--balloon: stats=\(option.dropFirst(6)) is not a number of seconds (0 turns the refresh off)")
+                }
+                statisticsInterval = seconds == 0 ? nil : seconds
+            } else {
+                throw ValidationError("--balloon: unknown option \"\(option)\"; expected deflate-on-oom or stats=SECONDS")
+            }
+        }
+    }
 }
 
 /// `--disk FILE[,ro][,serial=ID][,bw=SIZE][,iops=N]`.

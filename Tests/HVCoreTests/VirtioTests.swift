@@ -43,6 +43,9 @@ final class VirtioTestDriver<Device: VirtioDevice> {
         write(0x24, 1); write(0x20, UInt32(truncatingIfNeeded: accepted >> 32))
         write(0x70, VirtioStatus.acknowledge | VirtioStatus.driver | VirtioStatus.featuresOK)
         guard read(0x70) & VirtioStatus.featuresOK != 0 else { return false }
+        // Fresh rings, as a driver allocates them (the device serves what is available at DRIVER_OK).
+        try? memory.zero(count: 0x1000, at: GuestPhysicalAddress(Self.availableRing))
+        try? memory.zero(count: 0x1000, at: GuestPhysicalAddress(Self.usedRing))
         write(0x30, 0)
         write(0x38, UInt32(queueSize ?? size))
         write(0x80, UInt32(Self.descriptors)); write(0x84, 0)

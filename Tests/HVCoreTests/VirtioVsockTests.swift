@@ -230,7 +230,7 @@ struct VirtioVsockTests {
         #expect(throws: VirtioVsockError.self) { try VirtioVsock(guestCID: 3, path: "/proc/version") }
     }
 
-    @Test("a guest connection to host port P reaches PATH_P: RESPONSE, bytes both ways, host close becomes SHUTDOWN, the guest's RST ends it")
+    @Test("a guest connection to host port P reaches PATH_P: RESPONSE, bytes both ways, the host's end of sending becomes SHUTDOWN(SEND), the guest's full SHUTDOWN ends it with RST")
     func guestConnects() throws {
         let bench = try VsockBench()
         let listener = try UnixListener(path: bench.socketPath + "_5000")
@@ -250,14 +250,22 @@ struct VirtioVsockTests {
         #expect(data.first?.payload == Array("hello from the host".utf8))
         #expect(data.first?.forwardCount == 20, "fwd_cnt counts the guest bytes written to the host socket")
 
-        shutdown(host, Int32(SHUT_RDWR))
+        // The host program stops sending: the guest hears SHUTDOWN with SEND only, and can still
+        // send; its SHUTDOWN of both directions ends the connection with a reset.
+        shutdown(host, Int32(SHUT_WR))
         try bench.repost(); try bench.repost()
         let end = try bench.packets()
-        #expect(end.map(\.operation) == [VsockPacket.shutdown] && end.first?.flags == 3)
-        try bench.send(VsockPacket(sourcePort: 1234, destinationPort: 5000, operation: VsockPacket.reset))
+        #expect(end.map(\.operation) == [VsockPacket.shutdown] && end.first?.flags == 2)
+        try bench.send(VsockPacket(sourcePort: 1234, destinationPort: 5000, operation: VsockPacket.readWrite, payload: Array("bye".utf8)))
+        #expect(readSocket(host, count: 3) == Array("bye".utf8))
+        var close = VsockPacket(sourcePort: 1234, destinationPort: 5000, operation: VsockPacket.shutdown)
+        close.flags = 3
+        try bench.send(close)
+        #expect(try bench.packets().map(\.operation) == [VsockPacket.reset])
+        #expect(readSocket(host, count: 1).isEmpty, "the host program sees the end")
         #expect(bench.device.connectionCount == 0)
         #expect(bench.device.statistics.guestConnections == 1)
-        #expect(bench.device.statistics.bytesFromGuest == 20 && bench.device.statistics.bytesToGuest == 19)
+        #expect(bench.device.statistics.bytesFromGuest == 23 && bench.device.statistics.bytesToGuest == 19)
     }
 
     @Test("a host program writes CONNECT P: the guest gets a REQUEST, and once it answers, the program reads OK and the bytes flow")

@@ -26,12 +26,13 @@ configuration() {
         net-1cpu-kernel) echo "1 kernel $bzimage" ;;
         virtio-1cpu-kernel) echo "1 kernel $bzimage" ;;
         virtio-2cpu-split) echo "2 split $bzimage" ;;
+        vsock-balloon-1cpu-kernel) echo "1 kernel $bzimage" ;;
         *) return 1 ;;
     esac
 }
 
 [ $# -gt 0 ] || set -- bzimage-1cpu-kernel bzimage-2cpu-kernel pvh-2cpu-kernel bzimage-2cpu-split bzimage-4cpu-kernel console-1cpu-kernel \
-    virtio-1cpu-kernel virtio-2cpu-split hvc-1cpu-kernel ratelimit-1cpu-kernel net-1cpu-kernel
+    virtio-1cpu-kernel virtio-2cpu-split hvc-1cpu-kernel ratelimit-1cpu-kernel net-1cpu-kernel vsock-balloon-1cpu-kernel
 # boot NAME: one boot of configuration NAME into $out/NAME.log and $out/NAME.status.
 boot() {
     name=$1
@@ -101,6 +102,40 @@ boot() {
             exit $status' sh "$hv" "$name" "$out" "$kernel" "$initrd"
         status=$?
         md5sum "$out/$name.received" 2>/dev/null | cut -d' ' -f1 > "$out/$name.received-md5"
+        ;;
+    vsock-balloon-*)
+        # vsock: a host echo server on PATH_5000 (the guest connects to port 5000 and checks 4 MiB
+        # echoed), and a host program that asks for guest port 5001 through PATH (1 MiB echoed).
+        # balloon: the guest touches most of its 256 MiB and frees it; --balloon asks for 128 MiB
+        # back once it loads the driver. hv's RSS is sampled every 0.2 s: its peak, and its last
+        # value (taken after the balloon inflated, while the guest waits) go to NAME.rss.
+        peer=.build-testbed/vsock-peer
+        dir=/tmp/hv-vsock.$$
+        rm -rf "$dir" && mkdir -p "$dir"
+        "$peer" unix-echo "$dir/v.sock_5000" &
+        echo_server=$!
+        "$hv" run --kernel "$kernel" --initrd "$initrd" --cpus "$cpus" --irqchip "$irqchip" --mem 256M \
+            --vsock "3,$dir/v.sock" --balloon 128M,stats=1 --timeout 240 \
+            --cmdline "console=ttyS0 hv.cpus=$cpus hv.vsock=5000 hv.balloon=128" > "$out/$name.log" 2>&1 &
+        pid=$!
+        "$peer" unix-connect "$dir/v.sock" 5001 1048576 > "$out/$name.host-connect" 2>&1 &
+        connector=$!
+        peak=0 last=0 loaded=0 before=0
+        while kill -0 $pid 2>/dev/null; do
+            rss=$(awk '/^VmRSS/ { print $2 }' /proc/$pid/status 2>/dev/null)
+            if [ -n "$rss" ]; then
+                [ "$rss" -gt "$peak" ] && peak=$rss
+                # The peak before the driver loads, and the last value while the guest waits after it.
+                grep -q 'hv-guest: balloon-loading' "$out/$name.log" || before=$peak
+                grep -q 'hv-guest: balloon-done' "$out/$name.log" || last=$rss
+            fi
+            sleep 0.2
+        done
+        wait $pid
+        status=$?
+        echo "before-kib=$before peak-kib=$peak after-kib=$last" > "$out/$name.rss"
+        kill $echo_server $connector 2>/dev/null
+        rm -rf "$dir"
         ;;
     ratelimit-*)
         # Sequential reads and writes as fast as the guest can (blockbench, O_DIRECT, 1 MiB

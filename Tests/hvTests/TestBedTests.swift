@@ -44,7 +44,7 @@ enum TestBed {
     ]
 
     /// Boots with virtio disks and the entropy device (linux-boots.sh makes the ext4 images).
-    static let virtioBoots = ["virtio-1cpu-kernel", "virtio-2cpu-split", "ratelimit-1cpu-kernel", "net-1cpu-kernel"]
+    static let virtioBoots = ["virtio-1cpu-kernel", "virtio-2cpu-split", "ratelimit-1cpu-kernel", "net-1cpu-kernel", "vsock-balloon-1cpu-kernel"]
     /// Boots with a shell on each kind of console.
     static let consoleBoots = ["console-1cpu-kernel", "hvc-1cpu-kernel"]
 
@@ -80,9 +80,13 @@ enum TestBed {
             let folder = try PackageExecutable.temporaryDirectory()
             // The block benchmark the rate-limit boot runs in the guest (static, for busybox).
             try FileManager.default.createDirectory(at: root.appendingPathComponent(".build-testbed"), withIntermediateDirectories: true)
-            let benchmark = try shell(["/usr/bin/env", "cc", "-static", "-O2", "-o", ".build-testbed/blockbench", "Benchmarks/testbed/blockbench.c"])
-            guard benchmark.status == 0 else { return TestBedRun(status: benchmark.status, console: benchmark.stderr, folder: folder) }
-            let initrd = try shell(["/usr/bin/env", "HV_GUEST_EXTRA=.build-testbed/blockbench", "scripts/linux-guest-initrd"])
+            // The block benchmark the rate-limit boot runs in the guest, and both ends of the vsock
+            // check (static, for busybox and for the bed's host).
+            for (output, source) in [("blockbench", "Benchmarks/testbed/blockbench.c"), ("vsock-peer", "Tests/TestBed/vsock-peer.c")] {
+                let built = try shell(["/usr/bin/env", "cc", "-static", "-O2", "-o", ".build-testbed/\(output)", source])
+                guard built.status == 0 else { return TestBedRun(status: built.status, console: built.stderr, folder: folder) }
+            }
+            let initrd = try shell(["/usr/bin/env", "HV_GUEST_EXTRA=.build-testbed/blockbench .build-testbed/vsock-peer", "scripts/linux-guest-initrd"])
             guard initrd.status == 0 else { return TestBedRun(status: initrd.status, console: initrd.stdout + initrd.stderr, folder: folder) }
             let binaries = PackageExecutable.binDirectory
             let suite = binaries.appendingPathComponent("HVPackageTests.xctest").path
@@ -212,6 +216,34 @@ struct TestBedTests {
         #expect(report["tcp-sent"] == "yes", "\(context)")
         #expect(run.file("net-1cpu-kernel.received-md5")?.trimmingCharacters(in: .whitespacesAndNewlines) == sent,
                 "the host's listener got other bytes; \(context)")
+        #expect(status == 0, "\(context)")
+    }
+
+    @Test("virtio-vsock: the guest's 4 MiB echo through a host Unix socket and a host program's 1 MiB echo through CONNECT; virtio-balloon: 128 MiB inflated, given back, and hv's RSS drops")
+    func linuxUsesVsockAndBalloon() throws {
+        let run = try #require(TestBed.run)
+        let name = "vsock-balloon-1cpu-kernel"
+        let (log, status) = run.boot(name)
+        let report = run.guestReport(name)
+        let context = "\(report); log: \(log.suffix(2500))"
+        #expect(report["vsock-echo"]?.hasPrefix("ok 4194304 ") == true, "\(context)")
+        #expect(report["vsock-served"] == "ok", "\(context)")
+        #expect(run.file("\(name).host-connect")?.hasPrefix("ok 1048576 ") == true, "\(run.file("\(name).host-connect") ?? "no host-connect output"); \(context)")
+        // The guest touched most of its RAM and freed it before the driver loaded.
+        let touched = Int(report["balloon-touched-mib"] ?? "") ?? 0
+        #expect(touched >= 100, "\(context)")
+        #expect(Int(report["balloon-taken-mib"] ?? "") ?? 0 >= 128, "\(context)")
+        // hv's line: every page of the 128 MiB target inflated and handed back to the host.
+        let line = log.split(whereSeparator: \.isNewline).first { $0.contains("hv: virtio-balloon:") }.map(String.init) ?? ""
+        #expect(line.contains("32768 pages inflated (128 MiB returned to the host)"), "\(line); \(context)")
+        #expect(line.contains("; guest: "), "the guest's statistics reached hv: \(line)")
+        // The RSS: its peak while the guest held the memory, and after the balloon took 128 MiB.
+        let rss = (run.file("\(name).rss") ?? "").split(whereSeparator: { $0 == " " || $0.isNewline }).reduce(into: [String: Int]()) {
+            let parts = $1.split(separator: "=")
+            if parts.count == 2 { $0[String(parts[0])] = Int(parts[1]) }
+        }
+        let before = rss["before-kib"] ?? 0, after = rss["after-kib"] ?? 0
+        #expect(before > 0 && after > 0 && before - after >= 100 * 1024, "hv's RSS went from \(before) KiB to \(after) KiB; \(context)")
         #expect(status == 0, "\(context)")
     }
 

@@ -240,7 +240,14 @@ public final class VirtioMMIOTransport<Device: VirtioDevice>: MMIODevice, Resett
                 device.activate(features: state.driverFeatures)
             }
         }
+        let starting = value & VirtioStatus.driverOK != 0 && state.status & VirtioStatus.driverOK == 0
         state.status = value
+        // A driver may make buffers available and notify before DRIVER_OK (Linux's balloon
+        // primes its statistics queue in probe), when the device must not use them (3.1.1,
+        // 2.7.13): they are served now.
+        if starting {
+            for queue in state.queues.indices where state.queues[queue].ready { serveLocked(queue: queue, &state) }
+        }
     }
 
     /// Serves `queue` for a notification from the driver.

@@ -410,9 +410,9 @@ public final class VirtioVsock: VirtioDevice {
         /// Bytes for the host socket it has not taken yet: a ring of `ringCapacity` bytes.
         let pending: UnsafeMutableRawBufferPointer
         var pendingStart = 0, pendingCount = 0
-        /// Owed to the guest: the REQUEST (host-initiated), the RESPONSE, a credit update, a
-        /// SHUTDOWN after the host socket ended.
-        var owesRequest = false, owesResponse = false, owesCredit = false, owesShutdown = false
+        /// Owed to the guest: the REQUEST (host-initiated), the RESPONSE, a credit update. (The
+        /// SHUTDOWN for a host socket's end is made when the read finds it, into a buffer at hand.)
+        var owesRequest = false, owesResponse = false, owesCredit = false
         /// The host socket may have bytes (or its end) to read.
         var hostReadable = false
         /// The guest will send no more (SHUTDOWN SEND); will receive no more (SHUTDOWN RECEIVE).
@@ -468,7 +468,7 @@ public final class VirtioVsock: VirtioDevice {
         /// True when a reply, a reset or host bytes wait for a receive buffer.
         var hasOutput: Bool {
             !owedResets.isEmpty || connections.values.contains {
-                $0.owesRequest || $0.owesResponse || $0.owesCredit || $0.owesShutdown || ($0.hostReadable && $0.wantsHostInput)
+                $0.owesRequest || $0.owesResponse || $0.owesCredit || ($0.hostReadable && $0.wantsHostInput)
             }
         }
 
@@ -689,10 +689,6 @@ public final class VirtioVsock: VirtioDevice {
                     header.operation = Operation.response.rawValue
                 } else if connection.hostReadable && connection.wantsHostInput {
                     header.operation = Operation.readWrite.rawValue
-                } else if connection.owesShutdown {
-                    connection.owesShutdown = false
-                    header.operation = Operation.shutdown.rawValue
-                    header.flags = VirtioVsock.shutdownReceive | VirtioVsock.shutdownSend
                 } else if connection.owesCredit {
                     header.operation = Operation.creditUpdate.rawValue
                 } else {
@@ -716,7 +712,6 @@ public final class VirtioVsock: VirtioDevice {
             switch Operation(rawValue: packet.header.operation) {
             case .request: connection.owesRequest = true
             case .response: connection.owesResponse = true
-            case .shutdown: connection.owesShutdown = true
             case .creditUpdate: connection.owesCredit = true
             default: break  // RW: the host bytes are still in the socket
             }
@@ -747,11 +742,11 @@ public final class VirtioVsock: VirtioDevice {
                 packet.header.operation = 0
                 return packet
             }
-            // End of file or an error: the host program is done; the guest hears SHUTDOWN and
-            // answers with RST, which closes the connection.
+            // End of file: the host program sends no more (it may still read: shutdown(SHUT_WR)),
+            // so the guest hears SHUTDOWN with SEND; an error ends both directions.
             connection.hostEnded = true
             packet.header.operation = Operation.shutdown.rawValue
-            packet.header.flags = VirtioVsock.shutdownReceive | VirtioVsock.shutdownSend
+            packet.header.flags = result == 0 ? VirtioVsock.shutdownSend : VirtioVsock.shutdownReceive | VirtioVsock.shutdownSend
             return packet
         }
     }
