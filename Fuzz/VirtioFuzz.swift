@@ -1,5 +1,5 @@
-// libFuzzer target: the virtio-mmio transport, the split virtqueue and the block, entropy and
-// console devices with guest memory that is entirely the fuzzer's. The first bytes choose the
+// libFuzzer target: the virtio-mmio transport, the split virtqueue and the block, entropy,
+// console, vsock and balloon devices with guest memory that is entirely the fuzzer's. The first bytes choose the
 // device, the negotiated features, the queue size and how many notifications to send; the rest
 // is guest RAM (descriptor table at 0x1000, available ring at 0x2000, used ring at 0x3000,
 // buffers anywhere). Whatever it holds, serving the queue must neither trap nor hang nor touch
@@ -19,6 +19,8 @@ private struct Harness {
     let entropy: VirtioMMIOTransport<VirtioEntropy>
     let console: VirtioMMIOTransport<VirtioConsole>
     let consoleDevice: VirtioConsole
+    let vsock: VirtioMMIOTransport<VirtioVsock>
+    let balloon: VirtioMMIOTransport<VirtioBalloon>
 
     init() {
         // Device warnings (a broken chain is logged once per device) would flood the output.
@@ -30,20 +32,24 @@ private struct Harness {
         entropy = VirtioMMIOTransport(device: VirtioEntropy(), memory: memory, interrupt: nil)
         consoleDevice = VirtioConsole(output: .discard)
         console = VirtioMMIOTransport(device: consoleDevice, memory: memory, interrupt: nil)
+        // No host program listens beside the vsock socket: guest connections are refused (RST).
+        vsock = VirtioMMIOTransport(device: try! VirtioVsock(guestCID: 3, path: NSTemporaryDirectory() + "hv-virtio-fuzz-\(getpid()).vsock"),
+                                    memory: memory, interrupt: nil)
+        balloon = VirtioMMIOTransport(device: VirtioBalloon(targetBytes: 32 << 10, statisticsInterval: nil), memory: memory, interrupt: nil)
     }
 }
 
 private let harness = Harness()
 
 /// The driver's side of 3.1.1 through the registers, with the fuzzer's features and size.
-private func initialise(_ transport: some MMIODevice, features: UInt64, size: UInt32) {
+private func initialise(_ transport: some MMIODevice, features: UInt64, size: UInt32, queues: UInt32) {
     func write(_ register: UInt64, _ value: UInt32) { _ = transport.mmioWrite(offset: register, width: 4, value: UInt64(value)) }
     write(0x70, 0)
     write(0x70, 3)
     write(0x24, 0); write(0x20, UInt32(truncatingIfNeeded: features))
     write(0x24, 1); write(0x20, UInt32(truncatingIfNeeded: features >> 32))
     write(0x70, 11)
-    for queue: UInt32 in 0..<2 {
+    for queue: UInt32 in 0..<queues {
         write(0x30, queue)
         write(0x38, size)
         write(0x80, 0x1000 + queue * 0x4000); write(0x84, 0)
@@ -59,7 +65,7 @@ public func virtioFuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     guard size >= 4 else { return 0 }
     // unsafe: libFuzzer's buffer, read within `size`.
     let input = UnsafeBufferPointer(start: data, count: size)
-    let kind = input[0] % 3
+    let kind = input[0] % 5
     var features = VirtioFeature.version1
     if input[1] & 1 != 0 { features |= VirtioFeature.eventIndex }
     if input[1] & 2 != 0 { features |= VirtioFeature.indirectDescriptors }
@@ -71,8 +77,8 @@ public func virtioFuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     try! memory.fill(0, count: Harness.memorySize, at: 0)
     try! memory.write(bytes: input[4..<min(size, 4 + Int(Harness.memorySize))], at: 0)
 
-    func run(_ transport: some MMIODevice, queues: Int) {
-        initialise(transport, features: features, size: queueSize)
+    func run(_ transport: some MMIODevice, queues: Int, deviceFeatures: UInt64 = 0) {
+        initialise(transport, features: features | deviceFeatures, size: queueSize, queues: UInt32(queues))
         for round in 0..<notifications {
             _ = transport.mmioWrite(offset: 0x50, width: 4, value: UInt64(round % queues))
         }
@@ -85,10 +91,20 @@ public func virtioFuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
         precondition(stat(harness.imagePath, &info) == 0 && info.st_size == Harness.imageSize, "the image changed size")
     case 1:
         run(harness.entropy, queues: 1)
-    default:
+    case 3:
+        run(harness.vsock, queues: 3)
+    case 4:
+        // Statistics and free page reporting as the second control byte says.
+        let balloonFeatures = (input[1] & 4 != 0 ? VirtioBalloon.Feature.statisticsQueue : 0)
+            | (input[1] & 8 != 0 ? VirtioBalloon.Feature.pageReporting : 0)
+        run(harness.balloon, queues: 2 + (input[1] & 4 != 0 ? 1 : 0) + (input[1] & 8 != 0 ? 1 : 0), deviceFeatures: balloonFeatures)
+        harness.balloon.device.requestStatistics()
+    case 2:
         harness.consoleDevice.receive(input.prefix(64))
         run(harness.console, queues: 2)
         harness.consoleDevice.receive(input.suffix(32))
+    default:
+        break
     }
     return 0
 }

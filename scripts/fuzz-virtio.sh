@@ -44,6 +44,8 @@ seed() {  # NAME KIND: control bytes, a 3-descriptor chain 0x4000 (16, readable)
 seed block 00
 seed entropy 01
 seed console 02
+seed vsock 03
+seed balloon 04
 
 corpus="$work/corpus"
 mkdir -p "$corpus"
