@@ -2,7 +2,7 @@ import Synchronization
 
 // What a virtio device type implements (virtio 1.2, 5 "Device Types"), whatever transport
 // carries it: its type, feature bits, queues and configuration space, and how it serves a
-// queue. The transport (VirtioMMIOTransport) owns the status, the feature negotiation and the
+// queue. The transport (VirtioMMIOTransport or VirtioPCITransport, through VirtioTransportCore) owns the status, the feature negotiation and the
 // queues' addresses, and calls the device with its lock held.
 
 /// Device IDs (virtio 1.2, 5 "Device Types").
@@ -59,7 +59,7 @@ public enum VirtioDeviceError: Error, Equatable, CustomStringConvertible {
 ///
 /// The transport calls these methods with its lock held, so one device sees one call at a time;
 /// a device that is also driven from a host thread (console input) asks its transport to serve
-/// the queue (`VirtioMMIOTransport.serve(queue:)`) instead of touching the queue itself.
+/// the queue (through the callback `connect(serve:)` hands it) instead of touching the queue itself.
 public protocol VirtioDevice: AnyObject, Sendable {
     var type: VirtioDeviceType { get }
     /// A short name for logs ("virtio-blk").

@@ -1,14 +1,8 @@
 // The virtio-mmio transport, version 2 (virtio 1.2, 4.2 "Virtio Over MMIO"): a 0x200-byte
 // register window per device, found by the guest through the ACPI DSDT (HID "LNRO0005", as
 // Linux's virtio_mmio driver matches it) or the kernel command line
-// (`virtio_mmio.device=4K@0xd0000000:16`), with a level-triggered interrupt line.
-#if canImport(Glibc)
-import Glibc
-#endif
-import CKVM
-import Foundation
-import Logging
-import Synchronization
+// (`virtio_mmio.device=4K@0xd0000000:16`), with a level-triggered interrupt line. The status,
+// features and queues behind the registers are VirtioTransportCore's.
 
 /// Where a virtio-mmio device sits: slot n has its window at 0xD0000000 + n * 4 KiB, in the
 /// PC's 3-4 GiB MMIO hole, and its interrupt on GSI 16 + n % 8 (I/O APIC pins 16-23, which no
@@ -66,53 +60,34 @@ public final class VirtioMMIOTransport<Device: VirtioDevice>: MMIODevice, Resett
         case configurationGeneration = 0x0FC
     }
 
-    /// InterruptStatus bits (4.2.2): a used buffer, a configuration change.
-    static var usedBufferInterrupt: UInt32 { 1 }
-    static var configurationInterrupt: UInt32 { 2 }
-
-    struct State {
-        var status: UInt32 = 0
-        var deviceFeaturesSelect: UInt32 = 0
-        var driverFeaturesSelect: UInt32 = 0
-        var driverFeatures: UInt64 = 0
-        var queueSelect: UInt32 = 0
-        var queues: [Virtqueue]
-        var interruptStatus: UInt32 = 0
-        var lineHigh = false
-        /// ConfigGeneration (4.2.2): moves on every change the device makes to its configuration.
-        var configurationGeneration: UInt32 = 0
-        /// Problems already logged (each kind once per device, so a guest cannot flood the log).
-        var reported: Set<String> = []
+    /// The level-triggered line (4.2.3.4): high while any InterruptStatus bit is set.
+    private final class Line: VirtioInterruptDelivery {
+        let interrupt: InterruptLine?
+        init(_ interrupt: InterruptLine?) { self.interrupt = interrupt }
+        func raise(_ cause: VirtioInterruptCause, vector: UInt16) {}
+        func statusChanged(_ status: UInt32) { interrupt?.set(status != 0) }
     }
 
-    public let name: String
-    public let device: Device
-    private let memory: GuestMemory
-    private let interrupt: InterruptLine?
-    private let state: Mutex<State>
-    /// Device features plus the transport's, read by the guest 32 bits at a time.
-    private let offeredFeatures: UInt64
+    /// Status, features, queues and interrupts, shared with virtio-pci.
+    public let core: VirtioTransportCore<Device>
+    public var name: String { core.name }
+    public var device: Device { core.device }
 
     /// A transport for `device` on guest memory `memory`, raising `interrupt` (nil: a device the
     /// guest polls, as in tests).
     public init(device: Device, memory: GuestMemory, interrupt: InterruptLine?) {
-        self.device = device
-        self.memory = memory
-        self.interrupt = interrupt
-        self.name = device.name
-        self.offeredFeatures = (device.features & 0xFF_FFFF) | VirtioFeature.transport
-        self.state = Mutex(State(queues: device.queueSizes.map { Virtqueue(maximumSize: $0) }))
-        device.connect { [weak self] queue in self?.serve(queue: queue) }
-        device.connectConfigurationChange { [weak self] in self?.configurationChanged() }
+        core = VirtioTransportCore(device: device, memory: memory, delivery: Line(interrupt))
+        core.connectDevice()
     }
 
     /// The features the driver accepted (0 until FEATURES_OK).
-    public var negotiatedFeatures: UInt64 {
-        state.withLock { $0.status & VirtioStatus.featuresOK != 0 ? $0.driverFeatures : 0 }
-    }
-
+    public var negotiatedFeatures: UInt64 { core.negotiatedFeatures }
     /// The device status register (2.1).
-    public var status: UInt32 { state.withLock { $0.status } }
+    public var status: UInt32 { core.status }
+    /// Whether the device set DEVICE_NEEDS_RESET (a driver broke a rule).
+    public var needsReset: Bool { core.needsReset }
+    /// Whether queue notifications reach the device without exits (ioeventfd).
+    public var notifiesWithoutExits: Bool { core.notifiesWithoutExits }
 
     // MARK: Registers
 
@@ -120,23 +95,20 @@ public final class VirtioMMIOTransport<Device: VirtioDevice>: MMIODevice, Resett
         if offset >= 0x100 {
             return offset < Self.windowSize ? device.readConfiguration(offset: Int(offset - 0x100), width: width) : 0
         }
-        // 4.2.2.2: the driver MUST use 32-bit wide, aligned accesses for these registers.
-        guard width == 4, let register = Register(rawValue: offset) else {
-            state.withLock { report("a \(width)-byte read at register offset 0x\(String(offset, radix: 16))", in: &$0) }
-            return 0
-        }
-        return UInt64(state.withLock { state -> UInt32 in
+        return UInt64(core.access { state -> UInt32 in
+            // 4.2.2.2: the driver MUST use 32-bit wide, aligned accesses for these registers.
+            guard width == 4, let register = Register(rawValue: offset) else {
+                core.report("a \(width)-byte read at register offset 0x\(String(offset, radix: 16))", &state)
+                return 0
+            }
             switch register {
             case .magic: return Self.magic
             case .version: return Self.version
             case .deviceID: return device.type.rawValue
             case .vendorID: return Self.vendorID
-            case .deviceFeatures:
-                return state.deviceFeaturesSelect < 2 ? UInt32(truncatingIfNeeded: offeredFeatures >> (32 * UInt64(state.deviceFeaturesSelect))) : 0
-            case .queueSizeMaximum:
-                return state.queues.indices.contains(Int(state.queueSelect)) ? UInt32(state.queues[Int(state.queueSelect)].maximumSize) : 0
-            case .queueReady:
-                return state.queues.indices.contains(Int(state.queueSelect)) && state.queues[Int(state.queueSelect)].ready ? 1 : 0
+            case .deviceFeatures: return core.deviceFeatures(state)
+            case .queueSizeMaximum: return state.selectedQueue.map { UInt32(state.queues[$0].maximumSize) } ?? 0
+            case .queueReady: return state.selectedQueue.map { state.queues[$0].ready ? 1 : 0 } ?? 0
             case .interruptStatus: return state.interruptStatus
             case .status: return state.status
             // 4.2.2: reading the length of a region that does not exist gives -1.
@@ -153,238 +125,54 @@ public final class VirtioMMIOTransport<Device: VirtioDevice>: MMIODevice, Resett
             return .resume
         }
         let value = UInt32(truncatingIfNeeded: value)
-        state.withLock { state in
+        core.access { state in
             guard width == 4, let register = Register(rawValue: offset) else {
-                report("a \(width)-byte write at register offset 0x\(String(offset, radix: 16))", in: &state)
+                core.report("a \(width)-byte write at register offset 0x\(String(offset, radix: 16))", &state)
                 return
             }
             write(register, value, &state)
-            updateLine(&state)
         }
         return .resume
     }
 
-    private func write(_ register: Register, _ value: UInt32, _ state: inout State) {
-        let selected = Int(state.queueSelect)
-        let queueExists = state.queues.indices.contains(selected)
+    private func write(_ register: Register, _ value: UInt32, _ state: inout VirtioTransportCore<Device>.State) {
         switch register {
         case .deviceFeaturesSelect: state.deviceFeaturesSelect = value
         case .driverFeaturesSelect: state.driverFeaturesSelect = value
-        case .driverFeatures:
-            // 3.1.1: features are written before FEATURES_OK and fixed after it.
-            guard state.status & VirtioStatus.featuresOK == 0, state.driverFeaturesSelect < 2 else { return }
-            let shift = 32 * UInt64(state.driverFeaturesSelect)
-            state.driverFeatures = state.driverFeatures & ~(0xFFFF_FFFF << shift) | UInt64(value) << shift
+        case .driverFeatures: core.writeDriverFeatures(value, &state)
         case .queueSelect: state.queueSelect = value
-        case .queueSize where queueExists && !state.queues[selected].ready:
-            state.queues[selected].size = UInt16(truncatingIfNeeded: min(value, 0xFFFF))
-        case .queueDescriptorLow where queueExists && !state.queues[selected].ready:
-            state.queues[selected].descriptorTable = low(state.queues[selected].descriptorTable, value)
-        case .queueDescriptorHigh where queueExists && !state.queues[selected].ready:
-            state.queues[selected].descriptorTable = high(state.queues[selected].descriptorTable, value)
-        case .queueDriverLow where queueExists && !state.queues[selected].ready:
-            state.queues[selected].driverArea = low(state.queues[selected].driverArea, value)
-        case .queueDriverHigh where queueExists && !state.queues[selected].ready:
-            state.queues[selected].driverArea = high(state.queues[selected].driverArea, value)
-        case .queueDeviceLow where queueExists && !state.queues[selected].ready:
-            state.queues[selected].deviceArea = low(state.queues[selected].deviceArea, value)
-        case .queueDeviceHigh where queueExists && !state.queues[selected].ready:
-            state.queues[selected].deviceArea = high(state.queues[selected].deviceArea, value)
-        case .queueReady where queueExists:
-            if value & 1 == 0 {
-                state.queues[selected].ready = false
-                return
-            }
-            guard !state.queues[selected].ready else { return }
-            do throws(VirtqueueError) {
-                try state.queues[selected].activate(memory: memory,
-                                                    eventIndex: state.driverFeatures & VirtioFeature.eventIndex != 0,
-                                                    indirectDescriptors: state.driverFeatures & VirtioFeature.indirectDescriptors != 0)
-            } catch {
-                needsReset("queue \(selected): \(error)", &state)
-            }
-        case .queueNotify:
-            notify(queue: Int(value & 0xFFFF), &state)
-        case .interruptAcknowledge:
-            state.interruptStatus &= ~value
-        case .status:
-            writeStatus(value, &state)
-        case .queueSize, .queueDescriptorLow, .queueDescriptorHigh, .queueDriverLow, .queueDriverHigh,
-             .queueDeviceLow, .queueDeviceHigh, .queueReady:
-            report("a write to \(register) of queue \(selected), which \(queueExists ? "is live" : "does not exist")", in: &state)
-        case .sharedMemorySelect:
-            break
-        default:
-            report("a write to read-only register \(register)", in: &state)
+        case .queueSize: core.writeQueue(.size, value, &state)
+        case .queueDescriptorLow: core.writeQueue(.descriptorLow, value, &state)
+        case .queueDescriptorHigh: core.writeQueue(.descriptorHigh, value, &state)
+        case .queueDriverLow: core.writeQueue(.driverLow, value, &state)
+        case .queueDriverHigh: core.writeQueue(.driverHigh, value, &state)
+        case .queueDeviceLow: core.writeQueue(.deviceLow, value, &state)
+        case .queueDeviceHigh: core.writeQueue(.deviceHigh, value, &state)
+        case .queueReady: core.setQueueReady(value & 1 != 0, &state)
+        case .queueNotify: core.notify(queue: Int(value & 0xFFFF), &state)
+        case .interruptAcknowledge: state.interruptStatus &= ~value
+        case .status: core.writeStatus(value, &state)
+        case .sharedMemorySelect: break
+        default: core.report("a write to read-only register \(register)", &state)
         }
-    }
-
-    private func low(_ address: UInt64, _ value: UInt32) -> UInt64 { address & 0xFFFF_FFFF_0000_0000 | UInt64(value) }
-    private func high(_ address: UInt64, _ value: UInt32) -> UInt64 { address & 0xFFFF_FFFF | UInt64(value) << 32 }
-
-    /// 2.1 and 3.1.1: 0 resets the device; FEATURES_OK stays clear when the driver accepted a
-    /// feature that was not offered or did not accept VIRTIO_F_VERSION_1.
-    private func writeStatus(_ value: UInt32, _ state: inout State) {
-        if value == 0 {
-            resetLocked(&state)
-            return
-        }
-        var value = value | state.status & VirtioStatus.deviceNeedsReset
-        if value & VirtioStatus.featuresOK != 0, state.status & VirtioStatus.featuresOK == 0 {
-            let unoffered = state.driverFeatures & ~offeredFeatures
-            if unoffered != 0 || state.driverFeatures & VirtioFeature.version1 == 0 {
-                report(unoffered != 0 ? "the driver accepted features 0x\(String(unoffered, radix: 16)) that were not offered"
-                                      : "the driver did not accept VIRTIO_F_VERSION_1 (HV has no legacy interface)", in: &state)
-                value &= ~VirtioStatus.featuresOK
-            } else {
-                device.activate(features: state.driverFeatures)
-            }
-        }
-        let starting = value & VirtioStatus.driverOK != 0 && state.status & VirtioStatus.driverOK == 0
-        state.status = value
-        // A driver may make buffers available and notify before DRIVER_OK (Linux's balloon
-        // primes its statistics queue in probe), when the device must not use them (3.1.1,
-        // 2.7.13): they are served now.
-        if starting {
-            for queue in state.queues.indices where state.queues[queue].ready { serveLocked(queue: queue, &state) }
-        }
-    }
-
-    /// Serves `queue` for a notification from the driver.
-    private func notify(queue index: Int, _ state: inout State) {
-        guard state.queues.indices.contains(index), state.queues[index].ready else {
-            report("a notification for queue \(index), which is not set up", in: &state)
-            return
-        }
-        serveLocked(queue: index, &state)
-    }
-
-    private func serveLocked(queue index: Int, _ state: inout State) {
-        guard state.status & VirtioStatus.driverOK != 0, state.status & VirtioStatus.deviceNeedsReset == 0,
-              state.queues.indices.contains(index), state.queues[index].ready
-        else { return }
-        do throws(VirtioDeviceError) {
-            if try device.serve(queue: index, &state.queues[index], memory: memory),
-               state.queues[index].needsInterrupt(memory: memory)
-            {
-                state.interruptStatus |= Self.usedBufferInterrupt
-            }
-        } catch {
-            needsReset("queue \(index): \(error)", &state)
-        }
-    }
-
-    /// 2.1.2: a device that cannot go on sets DEVICE_NEEDS_RESET and, once the driver is
-    /// running, sends a configuration-change notification.
-    private func needsReset(_ problem: String, _ state: inout State) {
-        report(problem + "; the device needs a reset", in: &state)
-        state.status |= VirtioStatus.deviceNeedsReset
-        if state.status & VirtioStatus.driverOK != 0 { state.interruptStatus |= Self.configurationInterrupt }
-    }
-
-    /// Logs `problem` at warning level the first time this device sees it.
-    private func report(_ problem: String, in state: inout State) {
-        guard state.reported.count < 64, state.reported.insert(problem).inserted else { return }
-        LogCategory.devices.logger.warning("\(name): \(problem)")
-    }
-
-    /// The line follows InterruptStatus: high while any bit is set (level-triggered, 4.2.3.4).
-    private func updateLine(_ state: inout State) {
-        let high = state.interruptStatus != 0
-        guard high != state.lineHigh else { return }
-        state.lineHigh = high
-        interrupt?.set(high)
-    }
-
-    private func resetLocked(_ state: inout State) {
-        if state.lineHigh { interrupt?.set(false) }
-        let reported = state.reported, generation = state.configurationGeneration
-        state = State(queues: state.queues.map { Virtqueue(maximumSize: $0.maximumSize) })
-        state.reported = reported
-        state.configurationGeneration = generation
-        device.reset()
     }
 
     // MARK: Host side
 
-    /// Serves `queue` from a host thread: a device with input of its own (console, network)
-    /// calls this when it has something for the driver's buffers.
-    public func serve(queue index: Int) {
-        state.withLock { state in
-            serveLocked(queue: index, &state)
-            updateLine(&state)
-        }
-    }
+    /// Serves `queue` from a host thread (see `VirtioTransportCore.serve(queue:)`).
+    public func serve(queue index: Int) { core.serve(queue: index) }
 
-    /// The device changed its configuration space (a balloon's new target): ConfigGeneration
-    /// moves and a running driver gets a configuration-change interrupt (4.2.3.3).
-    public func configurationChanged() {
-        state.withLock { state in
-            state.configurationGeneration &+= 1
-            if state.status & VirtioStatus.driverOK != 0 { state.interruptStatus |= Self.configurationInterrupt }
-            updateLine(&state)
-        }
-    }
+    /// The device changed its configuration space: a configuration-change interrupt.
+    public func configurationChanged() { core.configurationChanged() }
 
     /// The platform reset: the device as at power-on.
-    public func reset() {
-        state.withLock { resetLocked(&$0) }
-    }
+    public func reset() { core.reset() }
 
-    /// Whether the device set DEVICE_NEEDS_RESET (a driver broke a rule).
-    public var needsReset: Bool { state.withLock { $0.status & VirtioStatus.deviceNeedsReset != 0 } }
-
-    // MARK: Notifications without exits
-
-    /// One eventfd per queue, signalled by the backend when the guest writes that queue's index
-    /// to QueueNotify (KVM_IOEVENTFD), and the thread that serves them.
-    private let notifiers = Mutex<[Int32]>([])
-    /// Whether the notifier thread runs (the guest's doorbell writes then never exit).
-    public var notifiesWithoutExits: Bool { notifiers.withLock { !$0.isEmpty } }
-
-    /// Asks the backend, through `register(queue, eventFD)`, to turn the guest's QueueNotify
-    /// writes into eventfd signals, and serves the queues from a thread of this transport: a
-    /// doorbell then costs the vCPU no return to user space, and the device works while the
-    /// guest runs on (QEMU's and Firecracker's ioeventfd). Returns false, leaving notifications
-    /// to MMIO exits, when the backend cannot.
+    /// Turns QueueNotify writes into eventfd signals (`VirtioTransportCore.notifyThroughEventFDs`).
     @discardableResult
     public func notifyThroughEventFDs(register: (Int, Int32) throws(HVError) -> Void) -> Bool {
-        var descriptors: [Int32] = []
-        for queue in device.queueSizes.indices {
-            let descriptor = eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC))
-            guard descriptor >= 0 else { break }
-            descriptors.append(descriptor)
-            do { try register(queue, descriptor) } catch {
-                LogCategory.devices.logger.debug("\(name): queue notifications stay MMIO exits: \(error)")
-                descriptors.forEach { close($0) }
-                return false
-            }
-        }
-        guard descriptors.count == device.queueSizes.count else {
-            descriptors.forEach { close($0) }
-            return false
-        }
-        notifiers.withLock { $0 = descriptors }
-        let thread = Thread { [weak self, descriptors] in
-            var fds = descriptors.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
-            while true {
-                let ready = poll(&fds, nfds_t(fds.count), 1000)
-                guard let transport = self else { return }
-                if ready < 0 && errno != EINTR { return }
-                guard ready > 0 else { continue }
-                for (queue, entry) in fds.enumerated() where entry.revents & Int16(POLLIN) != 0 {
-                    var count: UInt64 = 0
-                    _ = read(entry.fd, &count, 8)
-                    transport.serve(queue: queue)
-                }
-            }
-        }
-        thread.name = "\(name)-queues"
-        thread.start()
-        return true
+        core.notifyThroughEventFDs(register: register)
     }
-
-    deinit { notifiers.withLock { $0.forEach { close($0) } } }
 }
 
 extension Machine {
