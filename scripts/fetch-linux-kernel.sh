@@ -5,7 +5,7 @@
 # Installing the package itself would run initramfs hooks for no purpose. The modules the
 # hardware-assisted test bed loads (KVM for AMD-V, and 9p over virtio for its shares; see
 # scripts/testbed; tun for the TAP interfaces of virtio-net) and those the Linux guest under HV
-# loads (virtio-mmio, virtio-blk, -rng, -console, -net, -vsock and -balloon, ext4; see
+# loads (virtio-mmio, virtio-pci, virtio-blk, -rng, -console, -net, -vsock and -balloon, ext4; see
 # scripts/linux-guest-initrd) are kept beside it under
 # .build-kernel/lib/modules/, each list in load order.
 set -euo pipefail
@@ -54,6 +54,7 @@ bed_modules=(
 # The guest's modules, in load order (Debian builds virtio-mmio and ext4 as modules).
 guest_modules=(
     drivers/virtio/virtio_ring.ko drivers/virtio/virtio.ko drivers/virtio/virtio_mmio.ko
+    drivers/virtio/virtio_pci_legacy_dev.ko drivers/virtio/virtio_pci_modern_dev.ko drivers/virtio/virtio_pci.ko
     drivers/block/virtio_blk.ko drivers/char/hw_random/virtio-rng.ko drivers/char/virtio_console.ko
     lib/crc16.ko fs/mbcache.ko fs/jbd2/jbd2.ko crypto/crc32c_generic.ko fs/ext4/ext4.ko
     net/core/failover.ko drivers/net/net_failover.ko drivers/net/virtio_net.ko
@@ -61,7 +62,7 @@ guest_modules=(
     drivers/virtio/virtio_balloon.ko
 )
 
-if compgen -G "$destination/boot/vmlinuz-*" >/dev/null && compgen -G "$destination/lib/modules/*/kernel/drivers/virtio/virtio_balloon.ko" >/dev/null; then
+if compgen -G "$destination/boot/vmlinuz-*" >/dev/null && [ "$(cat "$destination/lib/modules/guest-load-order" 2>/dev/null)" = "$(printf '%s\n' "${guest_modules[@]}")" ]; then
     [ -e "$destination/vmlinux" ] || extract_vmlinux "$(ls "$destination"/boot/vmlinuz-* | head -1)" "$destination/vmlinux"
     exit 0
 fi

@@ -105,6 +105,9 @@ struct Run: ParsableCommand {
             transform: BalloonArgument.init(parsing:))
     var balloon: BalloonArgument?
 
+    @Option(name: .long, help: ArgumentHelp("How the virtio devices reach the guest: mmio (virtio-mmio windows the DSDT declares, a level-triggered line each) or pci (modern virtio-pci functions on the PCI bus, MSI-X interrupts).", valueName: "kind"))
+    var virtioTransport: VirtioTransportArgument = .mmio
+
     @Option(name: .long, help: ArgumentHelp("Where standard input goes: serial (COM1) or virtio (a virtio console, Linux's hvc0; its output goes to standard output too, and COM1 stays where --serial says).", valueName: "kind"))
     var console: ConsoleArgument = .serial
 
@@ -142,7 +145,7 @@ struct Run: ParsableCommand {
         do { try configuration.validate() } catch { fail(flagName(for: error.field), error) }
         let virtio = try openVirtioDevices(interruptMode: interruptMode)
         // The virtio console, when asked for, takes the slot after the disks and the rng.
-        let virtioSlots = virtio.map(\.slot) + (console == .virtio ? [try VirtioMMIOSlot(virtio.count)] : [])
+        let virtioSlots = virtioTransport == .pci ? [] : try virtio.map { (attachment) throws(HVError) in try attachment.slot() } + (console == .virtio ? [try VirtioMMIOSlot(virtio.count)] : [])
         let acpiRange: Range<UInt64> = 0xE_0000..<0x10_0000
         let plannedTables = platform == .pc && mem.bytes >= acpiRange.upperBound
             ? ACPITables.pc(cpuCount: cpus, tpm: tpm != nil, virtio: virtioSlots) : nil
@@ -167,16 +170,20 @@ struct Run: ParsableCommand {
                 machine.stop()
             }
             var receiver: any ConsoleReceiver = uart
+            var attachments = virtio
             if self.console == .virtio {
                 let device = VirtioConsole(output: .standardOutput)
-                try machine.attachVirtio(device, slot: VirtioMMIOSlot(virtio.count))
+                attachments.append(VirtioAttachment(device, index: virtio.count))
                 receiver = device
             }
             let console = connectStandardInput(to: receiver, machine: machine)
             defer { console?.stop(); TerminalRawMode.restore() }
             let tpmEngine = try attachTPM(directory: tpm, platform: tpmPlatform.policy, to: machine)
-            for device in virtio { try device.attach(machine) }
-            if platform == .pc { try machine.attachPCPlatform(acpiTables: acpiTables, tpm: tpm != nil, virtio: virtioSlots) }
+            if virtioTransport == .mmio { for device in attachments { try device.attachMMIO(machine) } }
+            if platform == .pc {
+                let pc = try machine.attachPCPlatform(acpiTables: acpiTables, tpm: tpm != nil, virtio: virtioSlots)
+                if virtioTransport == .pci { for device in attachments { try device.attachPCI(machine, pc) } }
+            }
             try machine.load(image)
             let result = try machine.run()
             if case .internalError = result.reason, emulatedLinux {
@@ -204,44 +211,36 @@ struct Run: ParsableCommand {
         guard !disk.isEmpty || !net.isEmpty || rng || vsock != nil || balloon != nil || console == .virtio else { return [] }
         let flag = !disk.isEmpty ? "--disk" : !net.isEmpty ? "--net" : rng ? "--rng" : vsock != nil ? "--vsock" : balloon != nil ? "--balloon" : "--console virtio"
         if interruptMode == .none { fail(flag, "virtio devices interrupt the guest; add --irqchip kernel or split") }
-        if platform == .none { fail(flag, "the guest finds virtio-mmio devices in the ACPI tables; use --platform pc") }
+        if platform == .none { fail(flag, "the guest finds virtio devices through the ACPI tables and the PCI bus; use --platform pc") }
         var attachments: [VirtioAttachment] = []
-        for (index, disk) in disk.enumerated() {
-            do {
+        for disk in disk {
+            do throws(VirtioBlockError) {
                 let limit = RateLimit(bandwidth: disk.bandwidth.map { TokenBucket(rate: $0) },
                                       operations: disk.operations.map { TokenBucket(rate: $0) })
                 let device = try VirtioBlock(path: disk.path, readOnly: disk.readOnly, serial: disk.serial, rateLimit: limit)
-                let slot = try VirtioMMIOSlot(index)
-                attachments.append(VirtioAttachment(slot: slot) { machine throws(HVError) in try machine.attachVirtio(device, slot: slot) })
-            } catch let error as VirtioBlockError {
-                fail("--disk \(error.path)", error.problem)
+                attachments.append(VirtioAttachment(device, index: attachments.count))
             } catch {
-                fail("--disk", error)
+                fail("--disk \(error.path)", error.problem)
             }
         }
         for net in net {
-            do {
+            do throws(TAPError) {
                 let tap = try TAPDevice(name: net.tap)
                 if net.bringUp { try tap.bringUp(address: net.hostAddress) }
                 let device = VirtioNetwork(endpoint: tap, mac: net.mac)
-                let slot = try VirtioMMIOSlot(attachments.count)
-                attachments.append(VirtioAttachment(slot: slot) { machine throws(HVError) in try machine.attachVirtio(device, slot: slot) })
-            } catch let error as TAPError {
-                fail("--net tap=\(net.tap)", error.problem)
+                attachments.append(VirtioAttachment(device, index: attachments.count))
             } catch {
-                fail("--net", error)
+                fail("--net tap=\(net.tap)", error.problem)
             }
         }
         if rng {
-            let slot = try VirtioMMIOSlot(attachments.count)
-            attachments.append(VirtioAttachment(slot: slot) { machine throws(HVError) in try machine.attachVirtio(VirtioEntropy(), slot: slot) })
+            attachments.append(VirtioAttachment(VirtioEntropy(), index: attachments.count))
         }
         if let vsock {
-            do {
+            do throws(VirtioVsockError) {
                 let device = try VirtioVsock(guestCID: vsock.guestCID, path: vsock.path)
-                let slot = try VirtioMMIOSlot(attachments.count)
-                attachments.append(VirtioAttachment(slot: slot) { machine throws(HVError) in try machine.attachVirtio(device, slot: slot) })
-            } catch let error as VirtioVsockError {
+                attachments.append(VirtioAttachment(device, index: attachments.count))
+            } catch {
                 fail("--vsock", error.description)
             }
         }
@@ -250,8 +249,9 @@ struct Run: ParsableCommand {
                 fail("--balloon", "\(ByteSize(bytes: balloon.size)) is not less than the guest's RAM (--mem \(mem))")
             }
             let device = VirtioBalloon(targetBytes: balloon.size, deflateOnOOM: balloon.deflateOnOOM, statisticsInterval: balloon.statisticsInterval)
-            let slot = try VirtioMMIOSlot(attachments.count)
-            attachments.append(VirtioAttachment(slot: slot, balloon: device) { machine throws(HVError) in try machine.attachVirtio(device, slot: slot) })
+            var attachment = VirtioAttachment(device, index: attachments.count)
+            attachment.balloon = device
+            attachments.append(attachment)
         }
         return attachments
     }
@@ -401,12 +401,26 @@ enum ConsoleArgument: String, ExpressibleByArgument, CaseIterable {
     case serial, virtio
 }
 
-/// A virtio device `hv run` attaches, and where.
+/// A virtio device `hv run` attaches, and how: on virtio-mmio slot `index`, or as the virtio-pci
+/// function in PCI slot `index + 1`.
 struct VirtioAttachment {
-    let slot: VirtioMMIOSlot
+    let index: Int
     /// The balloon, whose figures hv prints when the guest stops.
     var balloon: VirtioBalloon? = nil
-    let attach: (Machine<KVMBackend>) throws(HVError) -> Void
+    let attachMMIO: (Machine<KVMBackend>) throws(HVError) -> Void
+    let attachPCI: (Machine<KVMBackend>, PCPlatform) throws(HVError) -> Void
+
+    init<D: VirtioDevice>(_ device: D, index: Int) {
+        self.index = index
+        attachMMIO = { machine throws(HVError) in try machine.attachVirtio(device, slot: VirtioMMIOSlot(index)) }
+        attachPCI = { machine, platform throws(HVError) in try machine.attachVirtioPCI(device, platform: platform, slot: index + 1) }
+    }
+
+    func slot() throws(HVError) -> VirtioMMIOSlot { try VirtioMMIOSlot(index) }
+}
+
+enum VirtioTransportArgument: String, ExpressibleByArgument, CaseIterable {
+    case mmio, pci
 }
 
 /// `--vsock CID,PATH`.

@@ -26,13 +26,14 @@ configuration() {
         net-1cpu-kernel) echo "1 kernel $bzimage" ;;
         virtio-1cpu-kernel) echo "1 kernel $bzimage" ;;
         virtio-2cpu-split) echo "2 split $bzimage" ;;
+        virtio-pci-2cpu-kernel) echo "2 kernel $bzimage" ;;
         vsock-balloon-1cpu-kernel) echo "1 kernel $bzimage" ;;
         *) return 1 ;;
     esac
 }
 
 [ $# -gt 0 ] || set -- bzimage-1cpu-kernel bzimage-2cpu-kernel pvh-2cpu-kernel bzimage-2cpu-split bzimage-4cpu-kernel console-1cpu-kernel \
-    virtio-1cpu-kernel virtio-2cpu-split hvc-1cpu-kernel ratelimit-1cpu-kernel net-1cpu-kernel vsock-balloon-1cpu-kernel
+    virtio-1cpu-kernel virtio-2cpu-split virtio-pci-2cpu-kernel hvc-1cpu-kernel ratelimit-1cpu-kernel net-1cpu-kernel vsock-balloon-1cpu-kernel
 # boot NAME: one boot of configuration NAME into $out/NAME.log and $out/NAME.status.
 boot() {
     name=$1
@@ -72,8 +73,10 @@ boot() {
         echo "made by the host for $name" > "$images/content/from-host.txt"
         mkfs.ext4 -q -F -d "$images/content" "$images/rw.img" 64M
         mkfs.ext4 -q -F -d "$images/content" "$images/ro.img" 16M
+        # virtio-pci-*: the same devices as virtio-pci functions with MSI-X.
+        case $name in virtio-pci-*) transport=pci ;; *) transport=mmio ;; esac
         "$hv" run --kernel "$kernel" --initrd "$initrd" --cpus "$cpus" --irqchip "$irqchip" --mem 256M \
-            --disk "$images/rw.img,serial=hv-disk-0" --disk "$images/ro.img,ro" --rng \
+            --disk "$images/rw.img,serial=hv-disk-0" --disk "$images/ro.img,ro" --rng --virtio-transport $transport \
             --timeout 240 --cmdline "console=ttyS0 hv.cpus=$cpus hv.virtio" > "$out/$name.log" 2>&1
         status=$?
         debugfs -R "cat /from-guest.txt" "$images/rw.img" > "$out/$name.from-guest" 2>/dev/null

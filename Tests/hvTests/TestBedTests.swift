@@ -44,7 +44,7 @@ enum TestBed {
     ]
 
     /// Boots with virtio disks and the entropy device (linux-boots.sh makes the ext4 images).
-    static let virtioBoots = ["virtio-1cpu-kernel", "virtio-2cpu-split", "ratelimit-1cpu-kernel", "net-1cpu-kernel", "vsock-balloon-1cpu-kernel"]
+    static let virtioBoots = ["virtio-1cpu-kernel", "virtio-2cpu-split", "virtio-pci-2cpu-kernel", "ratelimit-1cpu-kernel", "net-1cpu-kernel", "vsock-balloon-1cpu-kernel"]
     /// Boots with a shell on each kind of console.
     static let consoleBoots = ["console-1cpu-kernel", "hvc-1cpu-kernel"]
 
@@ -177,7 +177,7 @@ struct TestBedTests {
         #expect(log.contains("hv: the guest requested a system shutdown") && status == 0, "\(log.suffix(1500))")
     }
 
-    @Test("Linux's own virtio drivers use HV's virtio-mmio devices: ext4 on virtio-blk written, read back and found by the host; a read-only disk; /dev/hwrng",
+    @Test("Linux's own virtio drivers use HV's virtio-mmio and virtio-pci devices: ext4 on virtio-blk written, read back and found by the host; a read-only disk; /dev/hwrng",
           arguments: TestBed.virtioBoots.filter { $0.hasPrefix("virtio") })
     func linuxUsesVirtio(_ name: String) throws {
         let run = try #require(TestBed.run)
@@ -201,6 +201,13 @@ struct TestBedTests {
         #expect(report["rng-current"]?.hasPrefix("virtio_rng") == true, "\(context)")
         let random = report["hwrng"] ?? ""
         #expect(random.count == 64 && Set(random).count > 4, "32 bytes from /dev/hwrng: \(random)")
+        // virtio-pci: the functions interrupt through MSI-X (a vector per queue and for the
+        // configuration; at least the two disks' and the rng's queue vectors fired).
+        if name.contains("pci") {
+            #expect(Int(report["msi-vectors-used"] ?? "") ?? 0 >= 3, "\(context)")
+        } else {
+            #expect(report["msi-vectors-used"] == "0", "\(context)")
+        }
         #expect(status == 0 && log.contains("hv: the guest requested a system shutdown"), "\(context)")
     }
 

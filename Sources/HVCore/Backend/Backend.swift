@@ -63,10 +63,15 @@ public protocol VirtualMachine: AnyObject, Sendable {
     /// no return to user space (KVM: `KVM_IOEVENTFD`). Backends without such a path throw
     /// `.unsupported` and the write exits as usual.
     func addWriteNotifier(address: UInt64, length: Int, value: UInt64?, eventFD: Int32) throws(HVError)
+    /// Takes back a notifier `addWriteNotifier` added with the same arguments (a device moved).
+    func removeWriteNotifier(address: UInt64, length: Int, value: UInt64?, eventFD: Int32) throws(HVError)
 }
 
 extension VirtualMachine {
     public func addWriteNotifier(address: UInt64, length: Int, value: UInt64?, eventFD: Int32) throws(HVError) {
+        throw .unsupported(knob: "write notifiers", backend: "\(Self.self)", reason: "the backend has no eventfd path for guest writes")
+    }
+    public func removeWriteNotifier(address: UInt64, length: Int, value: UInt64?, eventFD: Int32) throws(HVError) {
         throw .unsupported(knob: "write notifiers", backend: "\(Self.self)", reason: "the backend has no eventfd path for guest writes")
     }
 }

@@ -197,13 +197,22 @@ public struct ACPITables: Sendable {
 
 // MARK: - AML
 
-/// Just enough AML (ACPI 6.4, chapter 20) for a DSDT: \_S5, an optional TPM device and
-/// virtio-mmio devices.
+/// Just enough AML (ACPI 6.4, chapter 20) for a DSDT: \_S5, the PCI root bridge, an optional
+/// TPM device and virtio-mmio devices.
 enum ACPIAML {
     static func dsdtBody(tpm: Bool, virtio: [VirtioMMIOSlot] = []) -> [UInt8] {
         // Name (\_S5, Package (4) { 0, 0, 0, 0 }): SLP_TYP 0 for soft off (ACPIPMDevice).
         var body: [UInt8] = [0x08, 0x5C] + Array("_S5_".utf8) + [0x12] + pkgLength([0x04, 0, 0, 0, 0])
-        var devices: [UInt8] = []
+        // Device (PCI0) { _HID "PNP0A03", _UID 0, _CRS { bus 0-255, ports 0xCF8-0xCFF, the
+        // I/O space around them, the 32-bit memory window } }: the PCI root bridge Linux
+        // enumerates bus 0 under (drivers/acpi/pci_root.c) and assigns BARs from.
+        let window = PCIMemoryWindow.defaultRange
+        let root = wordAddressSpace(type: 2, typeFlags: 0, minimum: 0, maximum: 0xFF)
+            + [0x47, 0x01] + le(0xCF8, 2) + le(0xCF8, 2) + [0x01, 0x08]  // IO (Decode16, 0xCF8, 0xCF8, 1, 8)
+            + wordAddressSpace(type: 1, typeFlags: 0x03, minimum: 0x0000, maximum: 0x0CF7)
+            + wordAddressSpace(type: 1, typeFlags: 0x03, minimum: 0x0D00, maximum: 0xFFFF)
+            + dwordMemory(minimum: UInt32(window.lowerBound), maximum: UInt32(window.upperBound - 1))
+        var devices = device("PCI0", hid: "PNP0A03", uid: 0, resources: root, status: nil)
         if tpm {
             // Device (TPM) { _HID "MSFT0101", _STA 0x0F, _CRS Memory32Fixed }
             let resources = memory32Fixed(0xFED4_0000, length: 0x5000)
@@ -219,10 +228,8 @@ enum ACPIAML {
             let name = "VR" + String(decoding: digits.count == 1 ? [UInt8(ascii: "0")] + digits : digits, as: UTF8.self)
             devices += device(name, hid: "LNRO0005", uid: UInt8(slot.index), resources: resources, status: nil)
         }
-        if !devices.isEmpty {
-            // Scope (\_SB) { ... }
-            body += [0x10] + pkgLength([0x5C] + Array("_SB_".utf8) + devices)
-        }
+        // Scope (\_SB) { ... }
+        body += [0x10] + pkgLength([0x5C] + Array("_SB_".utf8) + devices)
         return body
     }
 
@@ -239,6 +246,19 @@ enum ACPIAML {
     /// Memory32Fixed (ReadWrite, base, length): ACPI 6.4, 6.4.3.4.
     static func memory32Fixed(_ base: UInt32, length: UInt32) -> [UInt8] {
         [0x86, 0x09, 0x00, 0x01] + le(UInt64(base), 4) + le(UInt64(length), 4)
+    }
+
+    /// Word Address Space Descriptor (ACPI 6.4, 6.4.3.5.3): a bridge's window of bus numbers
+    /// (type 2) or I/O ports (type 1), producer, minimum and maximum fixed.
+    static func wordAddressSpace(type: UInt8, typeFlags: UInt8, minimum: UInt16, maximum: UInt16) -> [UInt8] {
+        [0x88, 0x0D, 0x00, type, 0x0C, typeFlags] + le(0, 2) + le(UInt64(minimum), 2) + le(UInt64(maximum), 2)
+            + le(0, 2) + le(UInt64(maximum) - UInt64(minimum) + 1, 2)
+    }
+
+    /// DWord Address Space Descriptor (6.4.3.5.2) for a read-write, non-cacheable memory window.
+    static func dwordMemory(minimum: UInt32, maximum: UInt32) -> [UInt8] {
+        [0x87, 0x17, 0x00, 0x00, 0x0C, 0x01] + le(0, 4) + le(UInt64(minimum), 4) + le(UInt64(maximum), 4)
+            + le(0, 4) + le(UInt64(maximum) - UInt64(minimum) + 1, 4)
     }
 
     /// Extended Interrupt (ResourceConsumer, Level, ActiveHigh, Shared or Exclusive) { gsi }:

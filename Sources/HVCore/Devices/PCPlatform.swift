@@ -10,25 +10,40 @@ extension Machine {
     /// with a TPM gets its MSFT0101 device in the DSDT when `tpm` is true, and each virtio-mmio
     /// slot in `virtio` (devices attached with `attachVirtio(_:slot:)`) a LNRO0005 device. A
     /// reset (`ResetPolicy.restart`) writes the tables again.
-    public func attachPCPlatform(acpiTables: Bool = true, tpm: Bool = false, virtio: [VirtioMMIOSlot] = []) throws(HVError) {
+    ///
+    /// Returns the PCI bus and its memory window (0xC0000000-0xCFFFFFFF, the DSDT's PCI0
+    /// window), where `attachVirtioPCI` puts virtio-pci functions.
+    @discardableResult
+    public func attachPCPlatform(acpiTables: Bool = true, tpm: Bool = false, virtio: [VirtioMMIOSlot] = []) throws(HVError) -> PCPlatform {
         let cpus = configuration.cpuCount
+        let platform = PCPlatform(bus: PCIHostBridge(resetControl: ResetControlDevice()), window: PCIMemoryWindow())
         do throws(DeviceBusError) {
             try devices.register(FWCfgDevice(memory: memory, ramSize: memory.size, cpuCount: cpus),
                                  port: FWCfgDevice.basePort, count: FWCfgDevice.portCount)
             try devices.register(CMOSRTCDevice(ramSize: memory.size, cpuCount: cpus),
                                  port: CMOSRTCDevice.basePort, count: CMOSRTCDevice.portCount)
             try I8042Controller().register(on: devices)
-            try devices.register(PCIHostBridge(resetControl: ResetControlDevice()),
-                                 port: PCIHostBridge.basePort, count: PCIHostBridge.portCount)
+            try devices.register(platform.bus, port: PCIHostBridge.basePort, count: PCIHostBridge.portCount)
+            try devices.register(platform.window, address: GuestPhysicalAddress(platform.window.range.lowerBound),
+                                 length: UInt64(platform.window.range.count))
             try devices.register(ACPIPMDevice(), port: ACPIPMDevice.basePort, count: ACPIPMDevice.portCount)
             try devices.register(ShutdownPortDevice(), port: ShutdownPortDevice.port, count: 1)
         } catch { throw .device(error) }
-        guard acpiTables else { return }
+        guard acpiTables else { return platform }
         let tables = ACPITables.pc(cpuCount: cpus, tpm: tpm, virtio: virtio)
         do { try tables.install(into: memory) } catch { throw .memory(error) }
         // Firmware writes its tables again at every boot; so does a reset here.
         try onReset { (machine) throws(HVError) in
             do throws(GuestMemoryError) { try tables.install(into: machine.memory) } catch { throw .memory(error) }
         }
+        return platform
     }
+}
+
+/// The PC's PCI bus as `attachPCPlatform` built it.
+public struct PCPlatform: Sendable {
+    /// Configuration mechanism #1 and the functions on bus 0.
+    public let bus: PCIHostBridge
+    /// The 32-bit memory window the functions' BARs are assigned from.
+    public let window: PCIMemoryWindow
 }
