@@ -78,10 +78,11 @@ struct ACPITablesTests {
         #expect(entries.filter { $0[0] == 2 }.count == 2)
     }
 
-    @Test("the DSDT holds \\_S5 and, when asked, a TPM device with its TIS window")
+    @Test("the DSDT holds \\_S5, the PCI root bridge and, when asked, a TPM device with its TIS window")
     func dsdt() throws {
         let plain = try #require(ACPITables(ACPIConfiguration(cpuCount: 1)).table("DSDT"))
-        #expect(Array(plain.bytes[36...]) == [0x08, 0x5C, 0x5F, 0x53, 0x35, 0x5F, 0x12, 0x06, 0x04, 0, 0, 0, 0])
+        #expect(Array(plain.bytes[36..<49]) == [0x08, 0x5C, 0x5F, 0x53, 0x35, 0x5F, 0x12, 0x06, 0x04, 0, 0, 0, 0])
+        #expect(String(decoding: plain.bytes, as: UTF8.self).contains("PNP0A03"), "the PCI root bridge")
         var configuration = ACPIConfiguration(cpuCount: 1)
         configuration.hasTPM = true
         let withTPM = try #require(ACPITables(configuration).table("DSDT"))
@@ -91,7 +92,7 @@ struct ACPITablesTests {
         #expect(sum(withTPM.bytes) == 0)
     }
 
-    @Test("virtio-mmio devices appear in the DSDT as LNRO0005 with their window and a level, active-high, shared interrupt, as iasl disassembles them",
+    @Test("virtio-mmio devices appear in the DSDT as LNRO0005 with their window and a level, active-high, shared interrupt, and the PCI root bridge with its windows, as iasl disassembles them",
           .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/iasl"), "skipped: no iasl (acpica-tools); run scripts/setup.sh"))
     func virtioDevicesInDSDT() throws {
         var configuration = ACPIConfiguration(cpuCount: 1)
@@ -122,6 +123,15 @@ struct ACPITablesTests {
         }
         #expect(source.components(separatedBy: "\"LNRO0005\"").count == 3)
         #expect(source.contains("\"MSFT0101\""))
+        // The PCI root bridge and its windows (bus numbers, the configuration ports, the I/O
+        // space around them, the 32-bit memory window the virtio-pci BARs come from).
+        #expect(source.contains("Device (PCI0)") && source.contains("\"PNP0A03\""), "\(source)")
+        for window in ["WordBusNumber(ResourceProducer,MinFixed,MaxFixed,PosDecode,\n0x0000,//Granularity\n0x0000,//RangeMinimum\n0x00FF,",
+                       "IO(Decode16,\n0x0CF8,//RangeMinimum\n0x0CF8,//RangeMaximum\n0x01,//Alignment\n0x08,",
+                       "0x0000,//RangeMinimum\n0x0CF7,", "0x0D00,//RangeMinimum\n0xFFFF,",
+                       "0xC0000000,//RangeMinimum\n0xCFFFFFFF,"] {
+            #expect(compact.contains(window), "\(window): \(source)")
+        }
     }
 
     @Test("install writes the tables into guest RAM; dump prints them acpidump-style")
