@@ -1,5 +1,5 @@
 // libFuzzer target: the virtio-mmio transport, the split virtqueue and the block, entropy,
-// console, vsock and balloon devices with guest memory that is entirely the fuzzer's. The first bytes choose the
+// console, network, vsock and balloon devices with guest memory that is entirely the fuzzer's. The first bytes choose the
 // device, the negotiated features, the queue size and how many notifications to send; the rest
 // is guest RAM (descriptor table at 0x1000, available ring at 0x2000, used ring at 0x3000,
 // buffers anywhere). Whatever it holds, serving the queue must neither trap nor hang nor touch
@@ -20,6 +20,8 @@ private struct Harness {
     let console: VirtioMMIOTransport<VirtioConsole>
     let consoleDevice: VirtioConsole
     let vsock: VirtioMMIOTransport<VirtioVsock>
+    let network: VirtioMMIOTransport<VirtioNetwork>
+    let frames: FuzzFrames
     let balloon: VirtioMMIOTransport<VirtioBalloon>
 
     init() {
@@ -35,11 +37,37 @@ private struct Harness {
         // No host program listens beside the vsock socket: guest connections are refused (RST).
         vsock = VirtioMMIOTransport(device: try! VirtioVsock(guestCID: 3, path: NSTemporaryDirectory() + "hv-virtio-fuzz-\(getpid()).vsock"),
                                     memory: memory, interrupt: nil)
+        // The network device's frames go to a socket pair (a TAP needs privileges); the
+        // harness drains what it sends and feeds it frames of the input.
+        frames = FuzzFrames()
+        network = VirtioMMIOTransport(device: VirtioNetwork(endpoint: frames), memory: memory, interrupt: nil)
         balloon = VirtioMMIOTransport(device: VirtioBalloon(targetBytes: 32 << 10, statisticsInterval: nil), memory: memory, interrupt: nil)
     }
 }
 
 private let harness = Harness()
+
+/// One end of a SOCK_SEQPACKET pair standing in for a TAP: each send is one frame.
+final class FuzzFrames: FrameEndpoint {
+    let frameDescriptor: Int32
+    let peer: Int32
+    init() {
+        var fds: [Int32] = [0, 0]
+        precondition(socketpair(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue), 0, &fds) == 0)
+        _ = fcntl(fds[0], F_SETFL, O_NONBLOCK)
+        _ = fcntl(fds[1], F_SETFL, O_NONBLOCK)
+        frameDescriptor = fds[0]
+        peer = fds[1]
+    }
+    func acceptOffloads(checksum: Bool, tso4: Bool, tso6: Bool) -> Bool { false }
+
+    /// Sends a frame toward the device and throws away what the device sent.
+    func exchange(_ frame: UnsafeBufferPointer<UInt8>) {
+        _ = send(peer, frame.baseAddress, frame.count, 0)
+        var sink = [UInt8](repeating: 0, count: 65536)
+        while sink.withUnsafeMutableBytes({ recv(peer, $0.baseAddress, $0.count, 0) }) > 0 {}
+    }
+}
 
 /// The driver's side of 3.1.1 through the registers, with the fuzzer's features and size.
 private func initialise(_ transport: some MMIODevice, features: UInt64, size: UInt32, queues: UInt32) {
@@ -65,7 +93,7 @@ public func virtioFuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     guard size >= 4 else { return 0 }
     // unsafe: libFuzzer's buffer, read within `size`.
     let input = UnsafeBufferPointer(start: data, count: size)
-    let kind = input[0] % 5
+    let kind = input[0] % 6
     var features = VirtioFeature.version1
     if input[1] & 1 != 0 { features |= VirtioFeature.eventIndex }
     if input[1] & 2 != 0 { features |= VirtioFeature.indirectDescriptors }
@@ -93,6 +121,10 @@ public func virtioFuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
         run(harness.entropy, queues: 1)
     case 3:
         run(harness.vsock, queues: 3)
+    case 5:
+        harness.frames.exchange(UnsafeBufferPointer(rebasing: input[4..<min(size, 4 + 1514)]))
+        run(harness.network, queues: 2)
+        harness.frames.exchange(UnsafeBufferPointer(rebasing: input[4..<min(size, 64)]))
     case 4:
         // Statistics and free page reporting as the second control byte says.
         let balloonFeatures = (input[1] & 4 != 0 ? VirtioBalloon.Feature.statisticsQueue : 0)

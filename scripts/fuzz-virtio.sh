@@ -46,6 +46,7 @@ seed entropy 01
 seed console 02
 seed vsock 03
 seed balloon 04
+seed network 05
 
 corpus="$work/corpus"
 mkdir -p "$corpus"

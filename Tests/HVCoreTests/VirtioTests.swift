@@ -667,6 +667,22 @@ struct VirtioNetworkTests {
         #expect(device.statistics.received == 2 && driver.read(0x60) & 1 == 1)
     }
 
+    @Test("a frame from the endpoint shorter than its header is dropped, counted, and the buffer takes the next frame (fuzz-virtio found the trap)")
+    func shortFrame() throws {
+        let frames = SocketFrames()
+        let device = VirtioNetwork(endpoint: frames)
+        defer { device.stop() }
+        let driver = try VirtioTestDriver(device)
+        #expect(driver.initialise())
+        frames.send([1, 2, 3, 4, 5])
+        frames.send([UInt8](repeating: 0, count: 12) + [9, 9, 9])
+        try driver.descriptor(0, address: VirtioTestDriver<VirtioNetwork>.data, length: 1526, flags: descriptorWrite)
+        try driver.submit(0)
+        #expect(Self.eventually { driver.usedIndex == 1 })
+        #expect(try driver.used(0) == (0, 15))
+        #expect(device.statistics.receiveErrors == 1 && device.statistics.received == 1)
+    }
+
     @Test("a receive buffer too small for the header, or a transmitted frame without one, sets DEVICE_NEEDS_RESET")
     func malformed() throws {
         let frames = SocketFrames()

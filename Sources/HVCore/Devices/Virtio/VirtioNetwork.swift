@@ -98,12 +98,14 @@ public final class VirtioNetwork: VirtioDevice {
     private let wakeFD: Int32
     private let serveQueue = VirtioQueueCallback()
 
-    /// Counters: frames and bytes each way, and frames the TAP refused.
+    /// Counters: frames and bytes each way, frames the TAP refused and short frames dropped.
     private let counters = Mutex(Counters())
     public struct Counters: Sendable, Equatable {
         public var received: UInt64 = 0, receivedBytes: UInt64 = 0
         public var transmitted: UInt64 = 0, transmittedBytes: UInt64 = 0
         public var transmitErrors: UInt64 = 0
+        /// Frames from the endpoint too short to hold their header (dropped).
+        public var receiveErrors: UInt64 = 0
     }
 
     /// A network device on `endpoint` (a `TAPDevice`) whose guest sees `mac`; with `offloads`
@@ -195,6 +197,13 @@ public final class VirtioNetwork: VirtioDevice {
                 if result <= 0 {
                     queue.undoPop(memory: memory)  // no frame waiting (EAGAIN) or a TAP error
                     break
+                }
+                // A frame shorter than its header (an endpoint that is not a TAP with vnet
+                // headers) is dropped; the buffer waits for the next one (found by fuzz-virtio).
+                guard result >= Int(TAPDevice.headerSize) else {
+                    queue.undoPop(memory: memory)
+                    counters.withLock { $0.receiveErrors += 1 }
+                    continue
                 }
                 // num_buffers (5.1.6.4): one buffer per frame without VIRTIO_NET_F_MRG_RXBUF.
                 var one = UInt16(1).littleEndian
