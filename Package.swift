@@ -57,6 +57,8 @@ let package = Package(
         .executableTarget(name: "MinimalVMM", dependencies: ["HVCore"], path: "Examples/MinimalVMM"),
         .executableTarget(name: "ExitTracer", dependencies: ["HVCore"], path: "Examples/ExitTracer"),
         .executableTarget(name: "PCBoot", dependencies: ["HVCore"], path: "Examples/PCBoot"),
+        .executableTarget(name: "MicroVM", dependencies: ["HVCore", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+                          path: "Examples/MicroVM"),
         // Exit latency against a raw C KVM loop in the same run (Documentation/Benchmarks.md).
         // CKVMBaseline is by design a small C program, so it lives here, not with the shims.
         .target(name: "CKVMBaseline", path: "Benchmarks/CKVMBaseline"),
@@ -88,6 +90,6 @@ let package = Package(
         .testTarget(name: "HVGuestTests", dependencies: ["HVGuest"]),
         .testTarget(name: "HVCoreTests", dependencies: ["HVCore", "CAllocationCounter"]),
         .testTarget(name: "HVTPMTests", dependencies: ["HVTPM", "HVCore", "HVGuest"]),
-        .testTarget(name: "hvTests", dependencies: ["hv", "HVGuest", "MinimalVMM", "ExitTracer", "PCBoot", "hv-bench", "HVTPM"]),
+        .testTarget(name: "hvTests", dependencies: ["hv", "HVGuest", "MinimalVMM", "ExitTracer", "PCBoot", "MicroVM", "hv-bench", "HVTPM"]),
     ]
 )

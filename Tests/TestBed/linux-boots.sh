@@ -28,12 +28,13 @@ configuration() {
         virtio-2cpu-split) echo "2 split $bzimage" ;;
         virtio-pci-2cpu-kernel) echo "2 kernel $bzimage" ;;
         vsock-balloon-1cpu-kernel) echo "1 kernel $bzimage" ;;
+        microvm-example) echo "1 kernel $bzimage" ;;
         *) return 1 ;;
     esac
 }
 
 [ $# -gt 0 ] || set -- bzimage-1cpu-kernel bzimage-2cpu-kernel pvh-2cpu-kernel bzimage-2cpu-split bzimage-4cpu-kernel console-1cpu-kernel \
-    virtio-1cpu-kernel virtio-2cpu-split virtio-pci-2cpu-kernel hvc-1cpu-kernel ratelimit-1cpu-kernel net-1cpu-kernel vsock-balloon-1cpu-kernel
+    virtio-1cpu-kernel virtio-2cpu-split virtio-pci-2cpu-kernel hvc-1cpu-kernel ratelimit-1cpu-kernel net-1cpu-kernel vsock-balloon-1cpu-kernel microvm-example
 # boot NAME: one boot of configuration NAME into $out/NAME.log and $out/NAME.status.
 boot() {
     name=$1
@@ -139,6 +140,19 @@ boot() {
         echo "before-kib=$before peak-kib=$peak after-kib=$last" > "$out/$name.rss"
         kill $echo_server $connector 2>/dev/null
         rm -rf "$dir"
+        ;;
+    microvm-example)
+        # Examples/MicroVM, the SDK embedder: a disk, a TAP network and an rng as virtio-pci
+        # functions; the guest pings the host side of the TAP (in a namespace of its own).
+        image=/tmp/hv-microvm.$$.img
+        truncate -s 32M "$image"
+        unshare -n sh -c '
+            ip link set lo up
+            "$1" --kernel "$4" --initrd "$5" --disk "$6" --tap hvtap0 --host-ip 10.0.2.1/24 --timeout 240 \
+                --cmdline "console=ttyS0 hv.cpus=1 hv.net=10.0.2.15/24,10.0.2.1" > "$3/$2.log" 2>&1' \
+            sh "$(dirname "$hv")/MicroVM" "$name" "$out" "$kernel" "$initrd" "$image"
+        status=$?
+        rm -f "$image"
         ;;
     ratelimit-*)
         # Sequential reads and writes as fast as the guest can (blockbench, O_DIRECT, 1 MiB

@@ -44,7 +44,7 @@ enum TestBed {
     ]
 
     /// Boots with virtio disks and the entropy device (linux-boots.sh makes the ext4 images).
-    static let virtioBoots = ["virtio-1cpu-kernel", "virtio-2cpu-split", "virtio-pci-2cpu-kernel", "ratelimit-1cpu-kernel", "net-1cpu-kernel", "vsock-balloon-1cpu-kernel"]
+    static let virtioBoots = ["virtio-1cpu-kernel", "virtio-2cpu-split", "virtio-pci-2cpu-kernel", "ratelimit-1cpu-kernel", "net-1cpu-kernel", "vsock-balloon-1cpu-kernel", "microvm-example"]
     /// Boots with a shell on each kind of console.
     static let consoleBoots = ["console-1cpu-kernel", "hvc-1cpu-kernel"]
 
@@ -252,6 +252,18 @@ struct TestBedTests {
         let before = rss["before-kib"] ?? 0, after = rss["after-kib"] ?? 0
         #expect(before > 0 && after > 0 && before - after >= 100 * 1024, "hv's RSS went from \(before) KiB to \(after) KiB; \(context)")
         #expect(status == 0, "\(context)")
+    }
+
+    @Test("Examples/MicroVM, the SDK embedder, boots Linux with its virtio-pci disk, network and rng; the guest pings the host over the TAP it made")
+    func microVMExample() throws {
+        let run = try #require(TestBed.run)
+        let (log, status) = run.boot("microvm-example")
+        let report = run.guestReport("microvm-example")
+        let context = "\(report); log: \(log.suffix(2500))"
+        #expect(log.contains("MicroVM: virtio-blk on PCI 00:01.0") && log.contains("MicroVM: virtio-net on PCI 00:02.0"), "\(context)")
+        #expect(report["virtio-ids"] == "0x0001,0x0002,0x0004", "\(context)")
+        #expect(report["ping-received"] == "3", "\(context)")
+        #expect(log.contains("MicroVM: the guest requested a system shutdown") && status == 0, "\(context)")
     }
 
     @Test("a virtio-blk disk limited to 8 MiB/s gives a guest reading and writing as fast as it can 8 MiB/s, within 5 %")
