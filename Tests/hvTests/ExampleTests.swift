@@ -43,4 +43,14 @@ struct ExampleTests {
         let usage = try PackageExecutable.run([], executable: "PCBoot")
         #expect(usage.status == 64 && usage.stderr.contains("usage: PCBoot KERNEL"))
     }
+
+    @Test("MicroVM refuses what it cannot use with one line and a status (its Linux boot runs in the test bed)")
+    func microVMErrors() throws {
+        let missing = try PackageExecutable.run(["--kernel", "/nonexistent/bzImage", "--disk", "/nonexistent/root.img"], executable: "MicroVM")
+        #expect(missing.status == 1 && missing.stderr == "MicroVM: /nonexistent/root.img: No such file or directory\n", "\(missing.stderr)")
+        let transport = try PackageExecutable.run(["--kernel", "k", "--disk", "d", "--transport", "isa"], executable: "MicroVM")
+        #expect(transport.status == 64 && transport.stderr.contains("--transport is pci or mmio, not isa"))
+        let hostIP = try PackageExecutable.run(["--kernel", "k", "--disk", "d", "--host-ip", "10.0.2.1/24"], executable: "MicroVM")
+        #expect(hostIP.status == 64 && hostIP.stderr.contains("--host-ip needs --tap"))
+    }
 }
