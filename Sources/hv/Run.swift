@@ -86,7 +86,7 @@ struct Run: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("With --tpm, what HV leaves of the TPM's platform hierarchy before the guest runs, as firmware does: random-auth (SeaBIOS: a random password nobody keeps), disable (OVMF: turned off) or guest (untouched; the guest starts the TPM and can TPM2_Clear it).", valueName: "policy"))
     var tpmPlatform: TPMPlatformArgument = .randomAuth
 
-    @Option(name: .long, help: ArgumentHelp("A virtio-blk disk on a raw image file, ro for read-only, serial=ID for the serial the guest reads, bw=SIZE and iops=N to limit bytes and requests per second; repeatable (Linux's vda, vdb, ... in order). Found through the ACPI tables (--platform pc); needs --irqchip kernel or split (Documentation/Virtio.md).", valueName: "file[,ro][,serial=id][,bw=size][,iops=n]"),
+    @Option(name: .long, help: ArgumentHelp("A virtio-blk disk on a raw image file, ro for read-only, direct to bypass the host's page cache (O_DIRECT), serial=ID for the serial the guest reads, bw=SIZE and iops=N to limit bytes and requests per second; repeatable (Linux's vda, vdb, ... in order). Found through the ACPI tables (--platform pc); needs --irqchip kernel or split (Documentation/Virtio.md).", valueName: "file[,ro][,direct][,serial=id][,bw=size][,iops=n]"),
             transform: DiskArgument.init(parsing:))
     var disk: [DiskArgument] = []
 
@@ -217,7 +217,7 @@ struct Run: ParsableCommand {
             do throws(VirtioBlockError) {
                 let limit = RateLimit(bandwidth: disk.bandwidth.map { TokenBucket(rate: $0) },
                                       operations: disk.operations.map { TokenBucket(rate: $0) })
-                let device = try VirtioBlock(path: disk.path, readOnly: disk.readOnly, serial: disk.serial, rateLimit: limit)
+                let device = try VirtioBlock(path: disk.path, readOnly: disk.readOnly, serial: disk.serial, direct: disk.direct, rateLimit: limit)
                 attachments.append(VirtioAttachment(device, index: attachments.count))
             } catch {
                 fail("--disk \(error.path)", error.problem)
@@ -469,6 +469,7 @@ struct BalloonArgument {
 struct DiskArgument {
     var path: String
     var readOnly = false
+    var direct = false
     var serial: String?
     /// Bytes per second, and requests per second, the guest may move (token buckets).
     var bandwidth: UInt64?
@@ -481,6 +482,8 @@ struct DiskArgument {
         for option in parts {
             if option == "ro" {
                 readOnly = true
+            } else if option == "direct" {
+                direct = true
             } else if option.hasPrefix("serial=") {
                 serial = String(option.dropFirst("serial=".count))
             } else if option.hasPrefix("bw=") {
@@ -494,7 +497,7 @@ struct DiskArgument {
                 }
                 operations = count
             } else {
-                throw ValidationError("--disk \(path): unknown option \"\(option)\"; expected ro, serial=ID, bw=SIZE or iops=N")
+                throw ValidationError("--disk \(path): unknown option \"\(option)\"; expected ro, direct, serial=ID, bw=SIZE or iops=N")
             }
         }
     }

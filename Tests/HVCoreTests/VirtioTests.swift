@@ -342,6 +342,31 @@ struct VirtioBlockTests {
         #expect(try Self.request(driver, type: 4, sector: 0, data: 0) == (0, 1), "flush")
     }
 
+    @Test("direct: aligned transfers bypass the page cache (O_DIRECT), an unaligned buffer goes through it, and both land in the image")
+    func direct() throws {
+        let image = try Image(sectors: 64)
+        let device = try VirtioBlock(path: image.path, direct: true)
+        #expect(device.direct)
+        let driver = try VirtioTestDriver(device)
+        driver.initialise()
+        let pattern = (0..<4096).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ 1) }
+        try driver.memory.write(bytes: pattern, at: GuestPhysicalAddress(Self.buffer))
+        #expect(try Self.request(driver, type: 1, sector: 8, data: 4096, toDevice: true) == (0, 1))
+        #expect(try Self.request(driver, type: 0, sector: 8, data: 4096) == (0, 4097))
+        #expect(device.directTransfers == (direct: 2, buffered: 0))
+        // A buffer at an odd address: the page cache takes it, and reads see what O_DIRECT wrote.
+        try driver.memory.write(bytes: [UInt8](repeating: 0xAB, count: 512), at: GuestPhysicalAddress(Self.buffer + 0x2001))
+        try driver.descriptor(0, address: Self.header, length: 16, flags: descriptorNext, next: 1)
+        try driver.memory.write(UInt32(1), at: GuestPhysicalAddress(Self.header))
+        try driver.memory.write(UInt64(0), at: GuestPhysicalAddress(Self.header + 8))
+        try driver.descriptor(1, address: Self.buffer + 0x2001, length: 512, flags: descriptorNext, next: 2)
+        try driver.descriptor(2, address: Self.status, length: 1, flags: descriptorWrite)
+        try driver.submit(0)
+        #expect(device.directTransfers == (direct: 2, buffered: 1))
+        #expect(Array(image.bytes[0..<512]) == [UInt8](repeating: 0xAB, count: 512))
+        #expect(Array(image.bytes[4096..<8192]) == pattern)
+    }
+
     @Test("a request split any way across buffers (header and data in one, data over several) is read as one byte string")
     func anyLayout() throws {
         let image = try Image(sectors: 8, fill: 0xAB)

@@ -100,4 +100,12 @@ static inline void hv_store_immediate_exit(struct kvm_run *run, unsigned char va
 int fallocate(int fd, int mode, off_t offset, off_t length);
 static inline int hv_fallocate(int fd, int mode, off_t offset, off_t length) { return fallocate(fd, mode, offset, length); }
 
+// O_DIRECT is defined only under _GNU_SOURCE (and <asm/fcntl.h> clashes with glibc's): the
+// kernel's values, include/uapi/asm-generic/fcntl.h and arch/arm64/include/uapi/asm/fcntl.h.
+#if defined(__aarch64__)
+static const int HV_O_DIRECT = 0200000;
+#else
+static const int HV_O_DIRECT = 040000;
+#endif
+
 #endif
