@@ -3,7 +3,8 @@
 // device, the negotiated features, the queue size and how many notifications to send; the rest
 // is guest RAM (descriptor table at 0x1000, available ring at 0x2000, used ring at 0x3000,
 // buffers anywhere). Whatever it holds, serving the queue must neither trap nor hang nor touch
-// host memory outside guest RAM, and the disk image must keep its size.
+// host memory outside guest RAM, and the disk image must keep its size. Inputs of kind 6 are
+// register accesses to a virtio-pci function instead (its configuration space and BAR 0).
 // Built and run by scripts/fuzz-virtio.sh against HVCore compiled with coverage.
 import Foundation
 import HVCore
@@ -20,6 +21,7 @@ private struct Harness {
     let console: VirtioMMIOTransport<VirtioConsole>
     let consoleDevice: VirtioConsole
     let vsock: VirtioMMIOTransport<VirtioVsock>
+    let pci: VirtioPCITransport<VirtioBlock>
     let network: VirtioMMIOTransport<VirtioNetwork>
     let frames: FuzzFrames
     let balloon: VirtioMMIOTransport<VirtioBalloon>
@@ -37,6 +39,11 @@ private struct Harness {
         // No host program listens beside the vsock socket: guest connections are refused (RST).
         vsock = VirtioMMIOTransport(device: try! VirtioVsock(guestCID: 3, path: NSTemporaryDirectory() + "hv-virtio-fuzz-\(getpid()).vsock"),
                                     memory: memory, interrupt: nil)
+        // A second image: the first one's exclusive lock keeps it for the virtio-mmio disk.
+        let pciImage = imagePath + ".pci"
+        precondition(FileManager.default.createFile(atPath: pciImage, contents: Data(repeating: 0, count: Self.imageSize)))
+        pci = try! VirtioPCITransport(device: try! VirtioBlock(path: pciImage), memory: memory, controller: nil)
+        pci.assign(address: 0xC000_0000)
         // The network device's frames go to a socket pair (a TAP needs privileges); the
         // harness drains what it sends and feeds it frames of the input.
         frames = FuzzFrames()
@@ -93,7 +100,7 @@ public func virtioFuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     guard size >= 4 else { return 0 }
     // unsafe: libFuzzer's buffer, read within `size`.
     let input = UnsafeBufferPointer(start: data, count: size)
-    let kind = input[0] % 6
+    let kind = input[0] % 7
     var features = VirtioFeature.version1
     if input[1] & 1 != 0 { features |= VirtioFeature.eventIndex }
     if input[1] & 2 != 0 { features |= VirtioFeature.indirectDescriptors }
@@ -121,6 +128,24 @@ public func virtioFuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
         run(harness.entropy, queues: 1)
     case 3:
         run(harness.vsock, queues: 3)
+    case 6:
+        // virtio-pci: the input is a list of 12-byte register accesses (operation, width,
+        // offset, value) to the configuration space and BAR 0, a virtio-blk behind them.
+        var at = 4
+        while at + 12 <= min(size, 4 + 12 * 256) {
+            let width = [1, 2, 4, 8][Int(input[at + 1] & 3)]
+            let offset = UInt64(input[at + 2]) | UInt64(input[at + 3]) << 8
+            var value: UInt64 = 0
+            for index in 0..<8 { value |= UInt64(input[at + 4 + index]) << (8 * UInt64(index)) }
+            switch input[at] % 4 {
+            case 0: harness.pci.configurationWrite(offset: UInt8(truncatingIfNeeded: offset), size: min(width, 4), value: UInt32(truncatingIfNeeded: value))
+            case 1: _ = harness.pci.configurationRead(offset: UInt8(truncatingIfNeeded: offset), size: min(width, 4))
+            case 2: harness.pci.barWrite(0, offset: offset % VirtioPCILayout.barSize, width: width, value: value)
+            default: _ = harness.pci.barRead(0, offset: offset % VirtioPCILayout.barSize, width: width)
+            }
+            at += 12
+        }
+        harness.pci.reset()
     case 5:
         harness.frames.exchange(UnsafeBufferPointer(rebasing: input[4..<min(size, 4 + 1514)]))
         run(harness.network, queues: 2)

@@ -47,6 +47,7 @@ seed console 02
 seed vsock 03
 seed balloon 04
 seed network 05
+seed pci 06
 
 corpus="$work/corpus"
 mkdir -p "$corpus"
