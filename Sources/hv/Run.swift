@@ -90,7 +90,7 @@ struct Run: ParsableCommand {
             transform: DiskArgument.init(parsing:))
     var disk: [DiskArgument] = []
 
-    @Option(name: .long, help: ArgumentHelp("A virtio-net device on a TAP interface hv creates (needs CAP_NET_ADMIN): tap=NAME, mac=52:54:00:12:34:56 by default, host-ip=10.0.2.1/24 to bring the host side up with that address; repeatable (Linux's eth0, eth1, ...).", valueName: "tap=name[,mac=mac][,host-ip=addr/len]"),
+    @Option(name: .long, help: ArgumentHelp("A virtio-net device on a TAP interface hv creates (needs CAP_NET_ADMIN): tap=NAME, mac=52:54:00:12:34:56 by default, host-ip=10.0.2.1/24 to bring the host side up with that address, bw=SIZE and pps=N to limit bytes and frames per second each way (rx-bw, tx-bw, rx-pps, tx-pps for one way); repeatable (Linux's eth0, eth1, ...).", valueName: "tap=name[,mac=mac][,host-ip=addr/len][,bw=size][,pps=n]"),
             transform: NetArgument.init(parsing:))
     var net: [NetArgument] = []
 
@@ -227,7 +227,7 @@ struct Run: ParsableCommand {
             do throws(TAPError) {
                 let tap = try TAPDevice(name: net.tap)
                 if net.bringUp { try tap.bringUp(address: net.hostAddress) }
-                let device = VirtioNetwork(endpoint: tap, mac: net.mac)
+                let device = VirtioNetwork(endpoint: tap, mac: net.mac, receiveLimit: net.receiveLimit, transmitLimit: net.transmitLimit)
                 attachments.append(VirtioAttachment(device, index: attachments.count))
             } catch {
                 fail("--net tap=\(net.tap)", error.problem)
@@ -372,6 +372,16 @@ struct NetArgument {
     var tap = ""
     var mac = MACAddress.qemuDefault
     var hostAddress: IPv4Interface?
+    /// Bytes and frames per second received (rx) and transmitted (tx) by the guest.
+    var receiveBandwidth: UInt64?, transmitBandwidth: UInt64?
+    var receiveFrames: UInt64?, transmitFrames: UInt64?
+
+    var receiveLimit: RateLimit {
+        RateLimit(bandwidth: receiveBandwidth.map { TokenBucket(rate: $0) }, operations: receiveFrames.map { TokenBucket(rate: $0) })
+    }
+    var transmitLimit: RateLimit {
+        RateLimit(bandwidth: transmitBandwidth.map { TokenBucket(rate: $0) }, operations: transmitFrames.map { TokenBucket(rate: $0) })
+    }
     /// Whether hv brings the host side up (with host-ip=, or up on its own).
     var bringUp: Bool { hostAddress != nil }
 
@@ -389,11 +399,28 @@ struct NetArgument {
                     throw ValidationError("--net: \(option) is not an IPv4 address with a prefix length, like 10.0.2.1/24")
                 }
                 hostAddress = address
+            } else if let (key, value) = Self.split(option), ["bw", "rx-bw", "tx-bw"].contains(key) {
+                guard let size = ByteSize(argument: value), size.bytes > 0 else {
+                    throw ValidationError("--net: \(option) is not a size in bytes per second (e.g. \(key)=10M)")
+                }
+                if key != "tx-bw" { receiveBandwidth = size.bytes }
+                if key != "rx-bw" { transmitBandwidth = size.bytes }
+            } else if let (key, value) = Self.split(option), ["pps", "rx-pps", "tx-pps"].contains(key) {
+                guard let count = UInt64(value), count > 0 else {
+                    throw ValidationError("--net: \(option) is not a positive number of frames per second")
+                }
+                if key != "tx-pps" { receiveFrames = count }
+                if key != "rx-pps" { transmitFrames = count }
             } else {
-                throw ValidationError("--net: unknown option \"\(option)\"; expected tap=NAME, mac=MAC or host-ip=ADDR/LEN")
+                throw ValidationError("--net: unknown option \"\(option)\"; expected tap=NAME, mac=MAC, host-ip=ADDR/LEN, bw=SIZE, pps=N (or rx-/tx- each)")
             }
         }
         guard !tap.isEmpty else { throw ValidationError("--net needs tap=NAME: --net tap=NAME[,mac=MAC][,host-ip=ADDR/LEN]") }
+    }
+
+    private static func split(_ option: String) -> (String, String)? {
+        let parts = option.split(separator: "=", maxSplits: 1).map(String.init)
+        return parts.count == 2 ? (parts[0], parts[1]) : nil
     }
 }
 

@@ -692,6 +692,45 @@ struct VirtioNetworkTests {
         #expect(device.statistics.received == 2 && driver.read(0x60) & 1 == 1)
     }
 
+    @Test("rate limits each way: a transmitted frame over the limit waits on the ring, a received one in the socket, until the limit is lifted")
+    func rateLimits() throws {
+        let frames = SocketFrames()
+        let oneFrame = RateLimit(operations: TokenBucket(rate: 1, burst: 1))
+        let device = VirtioNetwork(endpoint: frames, receiveLimit: oneFrame, transmitLimit: oneFrame, clock: { 0 })
+        defer { device.stop() }
+        let driver = try VirtioTestDriver(device)
+        #expect(driver.initialise())
+        // Receive (queue 0): two frames, two buffers; the second frame waits.
+        frames.send([UInt8](repeating: 0, count: 12) + [1])
+        frames.send([UInt8](repeating: 0, count: 12) + [2])
+        try driver.descriptor(0, address: VirtioTestDriver<VirtioNetwork>.data, length: 1526, flags: descriptorWrite)
+        try driver.descriptor(1, address: VirtioTestDriver<VirtioNetwork>.data + 4096, length: 1526, flags: descriptorWrite)
+        try driver.submit(0)
+        try driver.submit(1)
+        #expect(Self.eventually { driver.usedIndex == 1 })
+        usleep(100_000)
+        #expect(driver.usedIndex == 1 && device.throttledFrames.receive >= 1)
+        // Transmit (queue 1): two frames; the second waits on the ring.
+        driver.write(0x30, 1)
+        driver.write(0x38, 16)
+        driver.write(0x80, 0x7_0000); driver.write(0x90, 0x7_1000); driver.write(0xA0, 0x7_2000)
+        driver.write(0x44, 1)
+        try driver.memory.write(bytes: [UInt8](repeating: 0, count: 60), at: 0x8_0000)
+        try driver.descriptor(0, address: 0x8_0000, length: 60, table: 0x7_0000)
+        try driver.descriptor(1, address: 0x8_0000, length: 60, table: 0x7_0000)
+        try driver.memory.write(UInt16(0), at: 0x7_1004)
+        try driver.memory.write(UInt16(1), at: 0x7_1006)
+        try driver.memory.write(UInt16(2), at: 0x7_1002)
+        driver.write(0x50, 1)
+        #expect(frames.receive()?.count == 60)
+        #expect(device.statistics.transmitted == 1 && device.throttledFrames.transmit >= 1)
+        // Lifting the limits serves both waiting frames.
+        device.setRateLimits(receive: .none, transmit: .none)
+        #expect(frames.receive()?.count == 60)
+        #expect(Self.eventually { driver.usedIndex == 2 })
+        #expect(device.statistics.transmitted == 2 && device.statistics.received == 2)
+    }
+
     @Test("a frame from the endpoint shorter than its header is dropped, counted, and the buffer takes the next frame (fuzz-virtio found the trap)")
     func shortFrame() throws {
         let frames = SocketFrames()

@@ -3,6 +3,8 @@
 // (https://github.com/firecracker-microvm/firecracker/blob/main/docs/api_requests/patch-block.md):
 // a bucket refills at its rate up to its capacity, a request takes its tokens, and a request that
 // finds too few waits until the bucket has them.
+import Foundation
+import Synchronization
 
 /// One token bucket: `rate` tokens a second, at most `capacity` saved up.
 ///
@@ -69,5 +71,87 @@ public struct RateLimit: Sendable, Equatable {
         let bandwidthWait = bandwidth?.take(bytes, now: now) ?? 0
         if bandwidthWait > 0 { operations?.giveBack(1) }
         return bandwidthWait
+    }
+}
+
+extension TokenBucket {
+    /// Takes `tokens` whatever the budget, into debt if need be: for a cost known only after the
+    /// fact (a received frame's length).
+    mutating func charge(_ tokens: UInt64, now: UInt64) {
+        refill(now: now)
+        budget -= Double(tokens)
+    }
+}
+
+extension RateLimit {
+    /// Charges `bytes` to the bandwidth bucket after the fact (see `TokenBucket.charge`).
+    mutating func charge(bytes: UInt64, now: UInt64) {
+        bandwidth?.charge(bytes, now: now)
+    }
+}
+
+/// A device queue's rate limit as a device uses it: admit a request or say how long to wait,
+/// and serve the queue again once, when the wait is over. Changeable while the VM runs.
+public final class QueueThrottle: Sendable {
+    private struct State {
+        var limit: RateLimit
+        var retryPending = false
+        var throttled: UInt64 = 0
+    }
+    private let state: Mutex<State>
+    private let clock: @Sendable () -> UInt64
+
+    /// `clock` gives monotonic nanoseconds (tests pass their own).
+    public init(_ limit: RateLimit, clock: (@Sendable () -> UInt64)? = nil) {
+        state = Mutex(State(limit: limit))
+        self.clock = clock ?? { monotonicNanoseconds() }
+    }
+
+    /// The limit in force.
+    public var limit: RateLimit { state.withLock { $0.limit } }
+
+    /// Replaces the limit (its buckets start full).
+    public func set(_ limit: RateLimit) { state.withLock { $0.limit = limit } }
+
+    /// How many times a request had to wait.
+    public var throttledRequests: UInt64 { state.withLock { $0.throttled } }
+
+    /// Takes one operation of `bytes`, or returns the nanoseconds to wait (nil: go ahead).
+    func admit(bytes: UInt64) -> UInt64? {
+        state.withLock { state -> UInt64? in
+            guard state.limit.isLimited else { return nil }
+            let wait = state.limit.take(bytes: bytes, now: clock())
+            guard wait > 0 else { return nil }
+            state.throttled += 1
+            return wait
+        }
+    }
+
+    /// Charges `bytes` after the fact (a received frame, admitted with `admit(bytes: 0)`).
+    func charge(bytes: UInt64) {
+        state.withLock { state in
+            guard state.limit.isLimited else { return }
+            state.limit.charge(bytes: bytes, now: clock())
+        }
+    }
+
+    /// Gives back the operation `admit` took for a request that turned out not to exist (a
+    /// receive attempt that found no frame).
+    func refundOperation() {
+        state.withLock { $0.limit.operations?.giveBack(1) }
+    }
+
+    /// Calls `serve` after `nanoseconds` (at most 10 s), unless a call is already pending.
+    func retry(after nanoseconds: UInt64, _ serve: @escaping @Sendable () -> Void) {
+        let schedule = state.withLock { state -> Bool in
+            defer { state.retryPending = true }
+            return !state.retryPending
+        }
+        guard schedule else { return }
+        DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(Int(min(nanoseconds, 10_000_000_000)))) { [weak self] in
+            guard let self else { return }
+            state.withLock { $0.retryPending = false }
+            serve()
+        }
     }
 }

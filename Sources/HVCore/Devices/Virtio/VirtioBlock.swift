@@ -66,14 +66,8 @@ public final class VirtioBlock: VirtioDevice {
     private let configuration: [UInt8]
     private let chain = Mutex(VirtqueueChain())
 
-    /// The rate limit, and whether a throttled queue already waits for a timer.
-    private struct Throttle {
-        var limit: RateLimit
-        var retryPending = false
-        var throttledRequests: UInt64 = 0
-    }
-    private let throttle: Mutex<Throttle>
-    private let clock: @Sendable () -> UInt64
+    /// The rate limit.
+    private let throttle: QueueThrottle
     private let serveQueue = VirtioQueueCallback()
 
     /// Opens `path` (read-only when `readOnly`) and takes an advisory lock on it, shared when
@@ -135,24 +129,23 @@ public final class VirtioBlock: VirtioDevice {
         features |= readOnly ? Feature.readOnly : Feature.discard | Feature.writeZeroes
         self.features = features
         self.configuration = Self.configurationSpace(sectors: bytes / Self.sectorSize)
-        self.throttle = Mutex(Throttle(limit: rateLimit))
-        self.clock = clock ?? { monotonicNanoseconds() }
+        self.throttle = QueueThrottle(rateLimit, clock: clock)
     }
 
     public func connect(serve: @escaping @Sendable (Int) -> Void) { serveQueue.set(serve) }
 
     /// The limit in force.
-    public var rateLimit: RateLimit { throttle.withLock { $0.limit } }
+    public var rateLimit: RateLimit { throttle.limit }
 
     /// Replaces the limit while the VM runs (the buckets start full); requests held back by the
-    /// old one are served at once if the new one lets them through.
+    /// old limit are served at once.
     public func setRateLimit(_ limit: RateLimit) {
-        throttle.withLock { $0.limit = limit }
+        throttle.set(limit)
         serveQueue(0)
     }
 
     /// How many times a request had to wait for the rate limit.
-    public var throttledRequests: UInt64 { throttle.withLock { $0.throttledRequests } }
+    public var throttledRequests: UInt64 { throttle.throttledRequests }
 
     deinit {
         close(fd)
@@ -210,33 +203,19 @@ public final class VirtioBlock: VirtioDevice {
     /// Takes the request's tokens, or returns the nanoseconds to wait for them. Reads and writes
     /// count their data bytes; every request counts as one operation.
     private func admit(_ chain: VirtqueueChain, memory: GuestMemory) -> UInt64? {
-        throttle.withLock { throttle -> UInt64? in
-            guard throttle.limit.isLimited else { return nil }
-            let type = chain.readInteger(UInt32.self, at: 0, memory: memory)
-            let bytes: UInt64 = switch type.flatMap(RequestType.init(rawValue:)) {
-            case .read: chain.writableLength > 0 ? chain.writableLength - 1 : 0
-            case .write: chain.readableLength > 16 ? chain.readableLength - 16 : 0
-            default: 0
-            }
-            let wait = throttle.limit.take(bytes: bytes, now: clock())
-            guard wait > 0 else { return nil }
-            throttle.throttledRequests += 1
-            return wait
+        guard throttle.limit.isLimited else { return nil }
+        let type = chain.readInteger(UInt32.self, at: 0, memory: memory)
+        let bytes: UInt64 = switch type.flatMap(RequestType.init(rawValue:)) {
+        case .read: chain.writableLength > 0 ? chain.writableLength - 1 : 0
+        case .write: chain.readableLength > 16 ? chain.readableLength - 16 : 0
+        default: 0
         }
+        return throttle.admit(bytes: bytes)
     }
 
     /// Serves the queue again after `nanoseconds` (one timer at a time).
     private func retry(after nanoseconds: UInt64) {
-        let schedule = throttle.withLock { throttle -> Bool in
-            defer { throttle.retryPending = true }
-            return !throttle.retryPending
-        }
-        guard schedule else { return }
-        DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(Int(min(nanoseconds, 10_000_000_000)))) { [weak self] in
-            guard let self else { return }
-            throttle.withLock { $0.retryPending = false }
-            serveQueue(0)
-        }
+        throttle.retry(after: nanoseconds) { [serveQueue] in serveQueue(0) }
     }
 
     /// Carries out one request and writes its status byte; returns the bytes written.

@@ -97,6 +97,24 @@ public final class VirtioNetwork: VirtioDevice {
     private let running = Atomic<Bool>(true)
     private let wakeFD: Int32
     private let serveQueue = VirtioQueueCallback()
+    /// The rate limits of each direction.
+    private let receiveThrottle: QueueThrottle
+    private let transmitThrottle: QueueThrottle
+
+    /// The limits in force, received and transmitted.
+    public var rateLimits: (receive: RateLimit, transmit: RateLimit) { (receiveThrottle.limit, transmitThrottle.limit) }
+
+    /// Replaces the limits while the VM runs (the buckets start full); frames held back are
+    /// served at once.
+    public func setRateLimits(receive: RateLimit, transmit: RateLimit) {
+        receiveThrottle.set(receive)
+        transmitThrottle.set(transmit)
+        serveQueue(Self.transmitQueue)
+        serveQueue(Self.receiveQueue)
+    }
+
+    /// How many times a frame had to wait for a limit, received and transmitted.
+    public var throttledFrames: (receive: UInt64, transmit: UInt64) { (receiveThrottle.throttledRequests, transmitThrottle.throttledRequests) }
 
     /// Counters: frames and bytes each way, frames the TAP refused and short frames dropped.
     private let counters = Mutex(Counters())
@@ -112,7 +130,14 @@ public final class VirtioNetwork: VirtioDevice {
     /// (and an endpoint that honours them) the guest may hand over and take partially
     /// checksummed frames and TCP segments up to 64 KiB, as with QEMU's and Firecracker's
     /// devices: far fewer frames, and exits, per byte.
-    public init(endpoint: any FrameEndpoint, mac: MACAddress = .qemuDefault, offloads: Bool = true) {
+    ///
+    /// `receiveLimit` and `transmitLimit` bound the frames and bytes per second each way
+    /// (Firecracker's rx and tx rate limiters; changeable with `setRateLimits`): a transmitted
+    /// frame over the limit waits on the ring; a received one waits in the TAP's queue.
+    public init(endpoint: any FrameEndpoint, mac: MACAddress = .qemuDefault, offloads: Bool = true,
+                receiveLimit: RateLimit = .none, transmitLimit: RateLimit = .none, clock: (@Sendable () -> UInt64)? = nil) {
+        self.receiveThrottle = QueueThrottle(receiveLimit, clock: clock)
+        self.transmitThrottle = QueueThrottle(transmitLimit, clock: clock)
         self.endpoint = endpoint
         let offloads = offloads && endpoint.acceptOffloads(checksum: false, tso4: false, tso6: false)
         self.features = Feature.mac | Feature.status | (offloads ? Feature.offloads : 0)
@@ -192,10 +217,19 @@ public final class VirtioNetwork: VirtioDevice {
                 guard scratch.chain.writableLength >= UInt64(TAPDevice.headerSize) else {
                     throw .malformedRequest("a receive buffer of \(scratch.chain.writableLength) bytes cannot hold the \(TAPDevice.headerSize)-byte header")
                 }
+                // Over the receive limit: frames wait in the TAP until the bucket refills (its
+                // size is known only once read, so it is charged after the fact).
+                if let wait = receiveThrottle.admit(bytes: 0) {
+                    queue.undoPop(memory: memory)
+                    nowStarved = true
+                    receiveThrottle.retry(after: wait) { [serveQueue] in serveQueue(Self.receiveQueue) }
+                    break
+                }
                 let count = gather(scratch.chain, writable: true, into: scratch.vectors, memory: memory)
                 let result = readv(frames, scratch.vectors.baseAddress, Int32(count))
                 if result <= 0 {
                     queue.undoPop(memory: memory)  // no frame waiting (EAGAIN) or a TAP error
+                    receiveThrottle.refundOperation()
                     break
                 }
                 // A frame shorter than its header (an endpoint that is not a TAP with vnet
@@ -209,6 +243,7 @@ public final class VirtioNetwork: VirtioDevice {
                 var one = UInt16(1).littleEndian
                 withUnsafeBytes(of: &one) { _ = scratch.chain.copyIn($0, at: 10, memory: memory) }
                 queue.push(head: scratch.chain.head, written: UInt32(result), memory: memory)
+                receiveThrottle.charge(bytes: UInt64(result) - UInt64(TAPDevice.headerSize))
                 counters.withLock { $0.received += 1; $0.receivedBytes += UInt64(result) - UInt64(TAPDevice.headerSize) }
                 used = true
             }
@@ -226,6 +261,12 @@ public final class VirtioNetwork: VirtioDevice {
                 guard try queue.popRequest(into: &scratch.chain, memory: memory) else { break }
                 guard scratch.chain.readableLength >= UInt64(TAPDevice.headerSize) else {
                     throw .malformedRequest("a transmitted frame of \(scratch.chain.readableLength) bytes has no \(TAPDevice.headerSize)-byte header")
+                }
+                // Over the transmit limit: the frame goes back on the ring until the bucket refills.
+                if let wait = transmitThrottle.admit(bytes: scratch.chain.readableLength - UInt64(TAPDevice.headerSize)) {
+                    queue.undoPop(memory: memory)
+                    transmitThrottle.retry(after: wait) { [serveQueue] in serveQueue(Self.transmitQueue) }
+                    break
                 }
                 let count = gather(scratch.chain, writable: false, into: scratch.vectors, memory: memory)
                 let result = writev(frames, scratch.vectors.baseAddress, Int32(count))
