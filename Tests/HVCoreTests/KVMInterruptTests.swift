@@ -1,3 +1,5 @@
+import CKVM
+import Glibc
 import HVCore
 import Synchronization
 import Testing
@@ -46,6 +48,11 @@ struct KVMInterruptTests {
           arguments: [InterruptControllerMode.kernel, .split])
     func uartInterrupt(mode: InterruptControllerMode) throws {
         let vm = try KVMHost.machine { $0.interruptController = mode }
+        // An MSI notifier's route joins the routing table; the controllers' own routes (the PC
+        // wiring, or the split I/O APIC's) must stay beside it.
+        let notifier = eventfd(0, Int32(EFD_CLOEXEC))
+        defer { close(notifier) }
+        _ = try vm.vm.addMSINotifier(eventFD: notifier, address: 0xFEE0_0000, data: 0x50)
         let uart = UART16550(output: .discard)
         try vm.devices.register(uart, port: .com1, count: UART16550.portCount)
         try vm.devices.register(DebugExitDevice(), port: .debugExit, count: 4)
@@ -103,6 +110,54 @@ struct KVMInterruptTests {
         let result = try vm.run(handler: handler)
         #expect(result.reason == .debugExit(code: 4))
         #expect(received.withLock { $0 } == [0x5A])
+    }
+}
+
+@Suite("KVM MSI notifiers (irqfd)", .requiresKVM, .serialized)
+struct KVMMSINotifierTests {
+    @Test("a write to an MSI notifier's eventfd is the MSI the guest's handler takes; a new route moves it to another vector",
+          arguments: [InterruptControllerMode.kernel, .split])
+    func notifier(mode: InterruptControllerMode) throws {
+        let vm = try KVMHost.machine { $0.interruptController = mode }
+        try vm.devices.register(DebugExitDevice(), port: .debugExit, count: 4)
+        let notifier = eventfd(0, Int32(EFD_CLOEXEC))
+        defer { close(notifier) }
+        let id = try vm.vm.addMSINotifier(eventFD: notifier, address: 0xFEE0_0000, data: 0x42)
+        try vm.load(GuestProgram.longMode { a in
+            let first = a.label(), second = a.label(), start = a.label()
+            a.jmp(start)
+            for (handler, value) in [(first, UInt64(1)), (second, UInt64(2))] {   // vector 0x42 sets 1, 0x43 sets 2
+                a.bind(handler)
+                a.push(Register64.rbx)
+                a.mov(Register64.rbx, Immediate(InterruptGuest.flag))
+                a.mov(.qword, .at(Register64.rbx), Immediate(value))
+                a.writeRegister(InterruptGuest.eoiRegister, 0)
+                a.pop(Register64.rbx)
+                a.iret()
+            }
+            a.bind(start)
+            a.maskPICs()
+            a.installGate(vector: 0x42, handler: first)
+            a.installGate(vector: 0x43, handler: second)
+            a.loadIDT()
+            a.enableLocalAPIC()
+            a.sti()
+            a.out(0x70, Register8.al)                          // ready: the host writes the eventfd
+            a.waitUntil(InterruptGuest.flag, reaches: 1)
+            a.out(0x71, Register8.al)                          // again, after the host re-routes it
+            a.waitUntil(InterruptGuest.flag, reaches: 2)
+            a.debugExit(code: 6)
+        })
+        let handler = ClosureExitHandler { exit, _ in
+            guard case .portOut(let io) = exit, io.port == 0x70 || io.port == 0x71 else { return nil }
+            if io.port == 0x71 { try? vm.vm.updateMSINotifier(id, address: 0xFEE0_0000, data: 0x43) }
+            var one: UInt64 = 1
+            _ = write(notifier, &one, 8)
+            return .resume
+        }
+        let result = try vm.run(handler: handler)
+        #expect(result.reason == .debugExit(code: 6))
+        #expect(try vm.memory.read(UInt64.self, at: GuestPhysicalAddress(InterruptGuest.flag)) == 2)
     }
 }
 

@@ -143,6 +143,32 @@ struct VirtioPCITests {
         #expect(bench.read(0x1000, 1) == 0)
     }
 
+    @Test("with eventfd notifiers (irqfd), each vector's message is routed as the driver writes it and an interrupt is one eventfd write, not a signalMSI call")
+    func eventFDNotifiers() throws {
+        let bench = try PCIBench()
+        let added = Mutex<[Int32]>([]), routes = Mutex<[UInt32: (UInt64, UInt32)]>([:])
+        let took = bench.transport.interruptThroughEventFDs(
+            add: { (descriptor: Int32, address: UInt64, data: UInt32) throws(HVError) -> UInt32 in
+                let id = added.withLock { added -> UInt32 in
+                    added.append(descriptor)
+                    return UInt32(100 + added.count)
+                }
+                routes.withLock { $0[id] = (address, data) }
+                return id
+            },
+            update: { (id: UInt32, address: UInt64, data: UInt32) throws(HVError) in routes.withLock { $0[id] = (address, data) } })
+        #expect(took)
+        #expect(bench.transport.msixThroughEventFDs)
+        #expect(added.withLock { $0.count } == 2, "one per vector")
+        bench.initialise()
+        #expect(routes.withLock { $0[102]?.0 == 0xFEE0_0000 && $0[102]?.1 == 0x41 }, "vector 1's route follows its table entry")
+        try bench.request(0)
+        #expect(bench.usedIndex == 1)
+        var count: UInt64 = 0
+        #expect(read(added.withLock { $0[1] }, &count, 8) == 8 && count == 1, "vector 1's eventfd was written once")
+        #expect(bench.controller.sent.isEmpty, "no signalMSI call")
+    }
+
     @Test("the PCI_CFG capability reaches BAR 0 through configuration space; a moved BAR decodes at its new address and tells the doorbells' owner")
     func accessWindowAndMoves() throws {
         let bench = try PCIBench()

@@ -53,6 +53,7 @@ static const unsigned long HV_KVM_SIGNAL_MSI = KVM_SIGNAL_MSI;
 static const unsigned long HV_KVM_GET_LAPIC = KVM_GET_LAPIC;
 static const unsigned long HV_KVM_GET_MP_STATE = KVM_GET_MP_STATE;
 static const unsigned long HV_KVM_SET_GSI_ROUTING = KVM_SET_GSI_ROUTING;
+static const unsigned long HV_KVM_IRQFD = KVM_IRQFD;
 // Saving and restoring a vCPU and the in-kernel irqchip (reset, snapshots).
 static const unsigned long HV_KVM_SET_LAPIC = KVM_SET_LAPIC;
 static const unsigned long HV_KVM_SET_MP_STATE = KVM_SET_MP_STATE;

@@ -65,6 +65,13 @@ public protocol VirtualMachine: AnyObject, Sendable {
     func addWriteNotifier(address: UInt64, length: Int, value: UInt64?, eventFD: Int32) throws(HVError)
     /// Takes back a notifier `addWriteNotifier` added with the same arguments (a device moved).
     func removeWriteNotifier(address: UInt64, length: Int, value: UInt64?, eventFD: Int32) throws(HVError)
+    /// Has the backend deliver the MSI (`address`, `data`) itself whenever `eventFD` is written,
+    /// so a device thread raises it with one `write(2)` (KVM: an irqfd on a GSI of its own routed
+    /// to the message). Returns the notifier's id for `updateMSINotifier`. Backends without such
+    /// a path throw `.unsupported` and devices call `signalMSI`.
+    func addMSINotifier(eventFD: Int32, address: UInt64, data: UInt32) throws(HVError) -> UInt32
+    /// Points notifier `id` at another message (the guest rewrote an MSI-X table entry).
+    func updateMSINotifier(_ id: UInt32, address: UInt64, data: UInt32) throws(HVError)
 }
 
 extension VirtualMachine {
@@ -73,6 +80,12 @@ extension VirtualMachine {
     }
     public func removeWriteNotifier(address: UInt64, length: Int, value: UInt64?, eventFD: Int32) throws(HVError) {
         throw .unsupported(knob: "write notifiers", backend: "\(Self.self)", reason: "the backend has no eventfd path for guest writes")
+    }
+    public func addMSINotifier(eventFD: Int32, address: UInt64, data: UInt32) throws(HVError) -> UInt32 {
+        throw .unsupported(knob: "MSI notifiers", backend: "\(Self.self)", reason: "the backend has no eventfd path for interrupts")
+    }
+    public func updateMSINotifier(_ id: UInt32, address: UInt64, data: UInt32) throws(HVError) {
+        throw .unsupported(knob: "MSI notifiers", backend: "\(Self.self)", reason: "the backend has no eventfd path for interrupts")
     }
 }
 

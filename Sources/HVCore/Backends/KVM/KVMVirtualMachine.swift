@@ -52,6 +52,7 @@ public final class KVMVirtualMachine: VirtualMachine {
             try KVMSyscall.ioctl(fd, HV_KVM_SET_TSS_ADDR, value: Self.tssAddress, "KVM_SET_TSS_ADDR")
         }
         try Self.createInterruptControllers(fd: fd, mode: configuration.interruptController, backend: backend)
+        routing.withLock { $0.pcWiring = configuration.interruptController == .kernel }
         if configuration.effectivePIT == .kernel { try Self.createPIT(fd: fd, backend: backend) }
         if configuration.trapUnknownMSRs {
             // api.rst 7.21 KVM_CAP_X86_USER_SPACE_MSR: send unknown and invalid accesses to us.
@@ -149,11 +150,35 @@ public final class KVMVirtualMachine: VirtualMachine {
         try KVMSyscall.ioctl(fd, HV_KVM_IOEVENTFD, &notifier, "KVM_IOEVENTFD")
     }
 
-    /// Replaces the VM's GSI routing with one MSI route per entry (api.rst 4.52
-    /// KVM_SET_GSI_ROUTING). With a split irqchip, KVM derives from these routes which vectors
-    /// are level-triggered I/O APIC interrupts whose EOI must exit to user space.
+    /// The VM's GSI routing, which KVM_SET_GSI_ROUTING takes whole: the interrupt controllers'
+    /// part (the PC wiring of `pcRouting`, or the split I/O APIC's MSI routes) and the MSI
+    /// routes of device notifiers (irqfds), on GSIs from `firstNotifierGSI` up.
+    private struct Routing {
+        var controllers: [MSIRoute] = []
+        var pcWiring = false
+        var notifiers: [UInt32: MSIRoute] = [:]
+        var nextNotifierGSI = KVMVirtualMachine.firstNotifierGSI
+    }
+    private struct MSIRoute { var gsi: UInt32, address: UInt64, data: UInt32 }
+    private let routing = Mutex(Routing())
+    /// Above the I/O APIC's pins, which a split irqchip reads its routes for.
+    static let firstNotifierGSI: UInt32 = 32
+    /// KVM_MAX_IRQ_ROUTES.
+    static let routeLimit: UInt32 = 4096
+
+    /// Replaces the interrupt controllers' GSI routing with one MSI route per entry (api.rst 4.52
+    /// KVM_SET_GSI_ROUTING), keeping the device notifiers' routes. With a split irqchip, KVM
+    /// derives from these routes which vectors are level-triggered I/O APIC interrupts whose EOI
+    /// must exit to user space.
     public func setMSIRoutes(_ routes: [(gsi: UInt32, address: UInt64, data: UInt32)]) throws(HVError) {
-        try Self.setRouting(fd: fd, routes.map { route in
+        try routing.withLock { (routing) throws(HVError) in
+            routing.controllers = routes.map { MSIRoute(gsi: $0.gsi, address: $0.address, data: $0.data) }
+            try apply(routing)
+        }
+    }
+
+    private func apply(_ routing: Routing) throws(HVError) {
+        func entry(_ route: MSIRoute) -> kvm_irq_routing_entry {
             var entry = kvm_irq_routing_entry()
             entry.gsi = route.gsi
             entry.type = UInt32(KVM_IRQ_ROUTING_MSI)
@@ -161,7 +186,48 @@ public final class KVMVirtualMachine: VirtualMachine {
             entry.u.msi.address_hi = UInt32(truncatingIfNeeded: route.address >> 32)
             entry.u.msi.data = route.data
             return entry
-        })
+        }
+        let base = routing.pcWiring ? Self.pcRouting() : routing.controllers.map(entry)
+        try Self.setRouting(fd: fd, base + routing.notifiers.values.sorted { $0.gsi < $1.gsi }.map(entry))
+    }
+
+    /// KVM_IRQFD (api.rst 4.75) on a GSI of its own, routed to the message: a write to `eventFD`
+    /// injects the MSI inside the kernel.
+    public func addMSINotifier(eventFD: Int32, address: UInt64, data: UInt32) throws(HVError) -> UInt32 {
+        guard configuration.interruptController != .none else {
+            throw .unsupported(knob: "MSI notifiers", backend: "kvm", reason: "irqfd MSIs need in-kernel LAPICs (interruptController kernel or split)")
+        }
+        return try routing.withLock { (routing) throws(HVError) -> UInt32 in
+            let gsi = routing.nextNotifierGSI
+            guard gsi < Self.routeLimit else {
+                throw .unsupported(knob: "MSI notifiers", backend: "kvm", reason: "all \(Self.routeLimit) GSI routes are in use")
+            }
+            routing.notifiers[gsi] = MSIRoute(gsi: gsi, address: address, data: data)
+            do throws(HVError) { try apply(routing) } catch {
+                routing.notifiers[gsi] = nil
+                throw error
+            }
+            var irqfd = kvm_irqfd()
+            irqfd.fd = UInt32(bitPattern: eventFD)
+            irqfd.gsi = gsi
+            do throws(HVError) { try KVMSyscall.ioctl(fd, HV_KVM_IRQFD, &irqfd, "KVM_IRQFD") } catch {
+                routing.notifiers[gsi] = nil
+                try? apply(routing)
+                throw error
+            }
+            routing.nextNotifierGSI += 1
+            return gsi
+        }
+    }
+
+    public func updateMSINotifier(_ id: UInt32, address: UInt64, data: UInt32) throws(HVError) {
+        try routing.withLock { (routing) throws(HVError) in
+            guard routing.notifiers[id] != nil else {
+                throw .configuration(ConfigurationError(field: "MSI notifier", value: "\(id)", expected: "an id addMSINotifier returned"))
+            }
+            routing.notifiers[id] = MSIRoute(gsi: id, address: address, data: data)
+            try apply(routing)
+        }
     }
 
     /// The PC's wiring of the in-kernel interrupt controllers, as QEMU's kvm_pc_setup_irq_routing

@@ -5,6 +5,10 @@
 // queue and one for configuration changes, as the driver maps them. Linux's virtio_pci driver
 // (drivers/virtio/virtio_pci_modern.c) drives it. No INTx: interrupt pin 0; a driver without
 // MSI-X gets no interrupts.
+#if canImport(Glibc)
+import Glibc
+#endif
+import CKVM
 import Logging
 import Synchronization
 
@@ -118,6 +122,19 @@ public final class VirtioPCITransport<Device: VirtioDevice>: PCIDevice, PCIMemor
     public var needsReset: Bool { core.needsReset }
     /// Whether MSI-X is enabled by the driver.
     public var msixEnabled: Bool { msix.state.withLock { $0.enabled } }
+
+    /// Whether the vectors' messages go out through eventfds the backend injects (irqfd)
+    /// rather than one `signalMSI` call each.
+    public var msixThroughEventFDs: Bool { msix.usesNotifiers }
+
+    /// Gives every MSI-X vector an eventfd the backend turns into its message (KVM: irqfd),
+    /// through `add(eventFD, address, data) -> id` and `update(id, address, data)`; returns false,
+    /// leaving the vectors on `signalMSI`, when the backend refuses.
+    @discardableResult
+    public func interruptThroughEventFDs(add: @escaping @Sendable (Int32, UInt64, UInt32) throws(HVError) -> UInt32,
+                                      update: @escaping @Sendable (UInt32, UInt64, UInt32) throws(HVError) -> Void) -> Bool {
+        msix.useNotifiers(MSINotifierRoutes(add: add, update: update))
+    }
 
     private func updateDecodedAddress() {
         let now = space.withLock { space -> UInt64? in
@@ -306,6 +323,11 @@ final class MSIX: VirtioInterruptDelivery {
     let state: Mutex<State>
     let controller: (any InterruptController)?
     let count: Int
+    /// Per vector, an eventfd the backend turns into the vector's MSI (irqfd), and the
+    /// backend's route for it; empty when the backend has none (messages then go through
+    /// `controller.signalMSI`).
+    private let notifiers = Mutex<[(id: UInt32, eventFD: Int32)]>([])
+    private let routes = Mutex<MSINotifierRoutes?>(nil)
 
     init(vectors: Int, controller: (any InterruptController)?) {
         count = vectors
@@ -316,6 +338,40 @@ final class MSIX: VirtioInterruptDelivery {
     func reset() {
         state.withLock { $0 = State(entries: [Entry](repeating: Entry(), count: count), pending: [Bool](repeating: false, count: count)) }
     }
+
+    deinit { notifiers.withLock { $0.forEach { close($0.eventFD) } } }
+
+    /// Gives every vector an eventfd the backend injects as its MSI (`routes.add`), or leaves
+    /// the vectors on `signalMSI` when the backend refuses. Returns whether it took.
+    func useNotifiers(_ routes: MSINotifierRoutes) -> Bool {
+        var created: [(id: UInt32, eventFD: Int32)] = []
+        for _ in 0..<count {
+            let descriptor = eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC))
+            guard descriptor >= 0 else { break }
+            do throws(HVError) {
+                created.append((try routes.add(descriptor, 0, 0), descriptor))
+            } catch {
+                close(descriptor)
+                LogCategory.devices.logger.debug("virtio-pci: MSI-X stays on KVM_SIGNAL_MSI: \(error)")
+                break
+            }
+        }
+        guard created.count == count else {
+            created.forEach { close($0.eventFD) }
+            return false
+        }
+        // The table as it is now (normally all zero before the driver runs).
+        let entries = state.withLock { $0.entries }
+        for (index, entry) in entries.enumerated() where entry.address != 0 || entry.data != 0 {
+            try? routes.update(created[index].id, entry.address, entry.data)
+        }
+        self.routes.withLock { $0 = routes }
+        notifiers.withLock { $0 = created }
+        return true
+    }
+
+    /// Whether vectors are raised through eventfds.
+    var usesNotifiers: Bool { notifiers.withLock { !$0.isEmpty } }
 
     /// The vector a driver asked for, or VIRTIO_MSI_NO_VECTOR when the table has no such entry
     /// (4.1.5.1.2.1: the driver reads it back to learn whether the mapping took).
@@ -331,12 +387,19 @@ final class MSIX: VirtioInterruptDelivery {
             }
             return (state.entries[Int(vector)].address, state.entries[Int(vector)].data)
         }
-        if let (address, data) = message { send(address, data) }
+        if let (address, data) = message { send(address, data, vector: Int(vector)) }
     }
 
     func statusChanged(_ status: UInt32) {}
 
-    private func send(_ address: UInt64, _ data: UInt32) {
+    private func send(_ address: UInt64, _ data: UInt32, vector: Int) {
+        // One write(2) to the vector's irqfd where there is one (its route carries the same
+        // message); otherwise KVM_SIGNAL_MSI.
+        let notifier = notifiers.withLock { $0.indices.contains(vector) ? $0[vector].eventFD : -1 }
+        if notifier >= 0 {
+            var one: UInt64 = 1
+            if Glibc.write(notifier, &one, 8) == 8 { return }
+        }
         do throws(HVError) { try controller?.signalMSI(address: address, data: data) } catch {
             LogCategory.devices.logger.warning("virtio-pci: MSI to 0x\(String(address, radix: 16)) could not be sent: \(error)")
         }
@@ -344,20 +407,20 @@ final class MSIX: VirtioInterruptDelivery {
 
     /// Message Control changed: an unmasked function sends what was pending on unmasked vectors.
     func setControl(enabled: Bool, functionMask: Bool) {
-        let messages = state.withLock { state -> [(UInt64, UInt32)] in
+        let messages = state.withLock { state -> [(UInt64, UInt32, Int)] in
             state.enabled = enabled
             state.functionMask = functionMask
             return drain(&state)
         }
-        for (address, data) in messages { send(address, data) }
+        for (address, data, vector) in messages { send(address, data, vector: vector) }
     }
 
-    private func drain(_ state: inout State) -> [(UInt64, UInt32)] {
+    private func drain(_ state: inout State) -> [(UInt64, UInt32, Int)] {
         guard state.enabled, !state.functionMask else { return [] }
-        var messages: [(UInt64, UInt32)] = []
+        var messages: [(UInt64, UInt32, Int)] = []
         for index in state.entries.indices where state.pending[index] && !state.entries[index].masked {
             state.pending[index] = false
-            messages.append((state.entries[index].address, state.entries[index].data))
+            messages.append((state.entries[index].address, state.entries[index].data, index))
         }
         return messages
     }
@@ -391,7 +454,16 @@ final class MSIX: VirtioInterruptDelivery {
     func write(offset: UInt64, width: Int, value: UInt64) {
         let index = Int((offset - VirtioPCILayout.tableOffset) / 16)
         guard index < count else { return }
-        let messages = state.withLock { state -> [(UInt64, UInt32)] in
+        let messages = state.withLock { state -> [(UInt64, UInt32, Int)] in
+            let before = state.entries[index]
+            defer {
+                // A new message for the vector's irqfd route (before anything pending is sent).
+                let after = state.entries[index]
+                if after.address != before.address || after.data != before.data, let routes = routes.withLock({ $0 }) {
+                    let id = notifiers.withLock { $0.indices.contains(index) ? $0[index].id : nil }
+                    if let id { try? routes.update(id, after.address, after.data) }
+                }
+            }
             switch (offset % 16, width) {
             case (0, 8): state.entries[index].address = value
             case (0, _): state.entries[index].address = state.entries[index].address & ~0xFFFF_FFFF | value & 0xFFFF_FFFF
@@ -402,8 +474,15 @@ final class MSIX: VirtioInterruptDelivery {
             }
             return drain(&state)
         }
-        for (address, data) in messages { send(address, data) }
+        for (address, data, vector) in messages { send(address, data, vector: vector) }
     }
+}
+
+/// How a backend routes MSI notifiers (`VirtualMachine.addMSINotifier`/`updateMSINotifier`),
+/// as the MSI-X table needs it.
+struct MSINotifierRoutes: Sendable {
+    let add: @Sendable (Int32, UInt64, UInt32) throws(HVError) -> UInt32
+    let update: @Sendable (UInt32, UInt64, UInt32) throws(HVError) -> Void
 }
 
 private func le16(_ value: UInt16) -> [UInt8] { [UInt8(truncatingIfNeeded: value), UInt8(value >> 8)] }
@@ -437,6 +516,11 @@ extension Machine {
         let registered = transport.notifyThroughEventFDs { (queue, descriptor) throws(HVError) in
             try vm.addWriteNotifier(address: VirtioPCILayout.doorbell(base: address, queue: queue), length: 2, value: UInt64(queue), eventFD: descriptor)
         }
+        // MSI-X vectors as irqfds where the backend has them: a device thread's interrupt is one
+        // write(2) the kernel turns into the MSI.
+        transport.interruptThroughEventFDs(
+            add: { (descriptor, address, data) throws(HVError) -> UInt32 in try vm.addMSINotifier(eventFD: descriptor, address: address, data: data) },
+            update: { (id, address, data) throws(HVError) in try vm.updateMSINotifier(id, address: address, data: data) })
         transport.assign(address: address)
         if registered {
             let descriptors = transport.notifierDescriptors
