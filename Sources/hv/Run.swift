@@ -194,7 +194,10 @@ struct Run: ParsableCommand {
             }
             try? tpmEngine?.close()
             uart.flush()
-            for device in virtio { if let balloon = device.balloon { printError(Self.describe(balloon)) } }
+            for device in virtio {
+                if let balloon = device.balloon { printError(Self.describe(balloon)) }
+                device.stop?()
+            }
             return (result, machine.statistics)
         }
         let resets = result.resets == 0 ? "" : result.resets == 1 ? " (1 reset)" : " (\(result.resets) resets)"
@@ -239,7 +242,9 @@ struct Run: ParsableCommand {
         if let vsock {
             do throws(VirtioVsockError) {
                 let device = try VirtioVsock(guestCID: vsock.guestCID, path: vsock.path)
-                attachments.append(VirtioAttachment(device, index: attachments.count))
+                var attachment = VirtioAttachment(device, index: attachments.count)
+                attachment.stop = { device.stop() }
+                attachments.append(attachment)
             } catch {
                 fail("--vsock", error.description)
             }
@@ -434,6 +439,8 @@ struct VirtioAttachment {
     let index: Int
     /// The balloon, whose figures hv prints when the guest stops.
     var balloon: VirtioBalloon? = nil
+    /// What to do when the guest has stopped (the vsock device takes its socket's name away).
+    var stop: (@Sendable () -> Void)? = nil
     let attachMMIO: (Machine<KVMBackend>) throws(HVError) -> Void
     let attachPCI: (Machine<KVMBackend>, PCPlatform) throws(HVError) -> Void
 

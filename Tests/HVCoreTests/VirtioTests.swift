@@ -731,6 +731,19 @@ struct VirtioNetworkTests {
         #expect(device.statistics.transmitted == 2 && device.statistics.received == 2)
     }
 
+    @Test("a device nobody holds goes away with its receive thread (the thread holds it one round at a time)")
+    func lifetime() throws {
+        weak var gone: VirtioNetwork?
+        do {
+            let device = VirtioNetwork(endpoint: SocketFrames())
+            let driver = try VirtioTestDriver(device)  // the transport starts the receive thread
+            _ = driver
+            gone = device
+        }
+        for _ in 0..<30 where gone != nil { usleep(100_000) }
+        #expect(gone == nil, "the receive thread kept the device alive")
+    }
+
     @Test("a frame from the endpoint shorter than its header is dropped, counted, and the buffer takes the next frame (fuzz-virtio found the trap)")
     func shortFrame() throws {
         let frames = SocketFrames()

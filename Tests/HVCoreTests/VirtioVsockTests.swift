@@ -358,6 +358,28 @@ struct VirtioVsockTests {
         #expect(bench.driver.read(0x70) & VirtioStatus.deviceNeedsReset == 0, "broken vsock protocol is the connection's problem, not the device's")
     }
 
+    @Test("a device nobody holds goes away with its poll thread, and takes its socket's name with it; stop() does that at once")
+    func lifetime() throws {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("hv-vsock-life-\(getpid())")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let path = folder.appendingPathComponent("v.sock").path
+        weak var gone: VirtioVsock?
+        do {
+            let device = try VirtioVsock(guestCID: 3, path: path)
+            let driver = try VirtioTestDriver(device)  // the transport starts the poll thread
+            _ = driver
+            gone = device
+            #expect(FileManager.default.fileExists(atPath: path))
+        }
+        for _ in 0..<30 where gone != nil { usleep(100_000) }
+        #expect(gone == nil, "the poll thread kept the device alive")
+        #expect(!FileManager.default.fileExists(atPath: path))
+        let stopped = try VirtioVsock(guestCID: 3, path: path)
+        stopped.stop()
+        #expect(!FileManager.default.fileExists(atPath: path))
+    }
+
     @Test("a driver reset closes every connection: the host program sees its end")
     func resetCloses() throws {
         let bench = try VsockBench()

@@ -12,6 +12,11 @@ bzimage=$(ls .build-kernel/boot/vmlinuz-* | head -1)
 vmlinux=.build-kernel/vmlinux
 initrd=.build-testbed/linux-guest.cpio.gz
 
+# hv's own --timeout 240 stops a guest that does not stop; `bounded` also stops an hv that does
+# not (twice a CI bed attempt overran its whole budget inside one boot, cause unknown): such a
+# boot ends with status 124 or 137 and is tried again like any failed boot, its first log kept.
+bounded() { timeout --kill-after=10 300 "$@"; }
+
 # NAME: vCPUs, irqchip, kernel image
 configuration() {
     case $1 in
@@ -53,7 +58,7 @@ boot() {
             hvc-*) console="--console virtio" shell=hv.hvc ready="a shell on hvc0" ;;
             *) console="" shell=hv.shell ready="a shell on the console" ;;
         esac
-        "$hv" run --kernel "$kernel" --initrd "$initrd" --cpus "$cpus" --irqchip "$irqchip" --mem 256M $console \
+        bounded "$hv" run --kernel "$kernel" --initrd "$initrd" --cpus "$cpus" --irqchip "$irqchip" --mem 256M $console \
             --timeout 240 --cmdline "console=ttyS0 hv.cpus=$cpus $shell" < "$fifo" > "$out/$name.log" 2>&1 &
         pid=$!
         exec 3> "$fifo"
@@ -76,7 +81,7 @@ boot() {
         mkfs.ext4 -q -F -d "$images/content" "$images/ro.img" 16M
         # virtio-pci-*: the same devices as virtio-pci functions with MSI-X.
         case $name in virtio-pci-*) transport=pci ;; *) transport=mmio ;; esac
-        "$hv" run --kernel "$kernel" --initrd "$initrd" --cpus "$cpus" --irqchip "$irqchip" --mem 256M \
+        bounded "$hv" run --kernel "$kernel" --initrd "$initrd" --cpus "$cpus" --irqchip "$irqchip" --mem 256M \
             --disk "$images/rw.img,serial=hv-disk-0" --disk "$images/ro.img,ro" --rng --virtio-transport $transport \
             --timeout 240 --cmdline "console=ttyS0 hv.cpus=$cpus hv.virtio" > "$out/$name.log" 2>&1
         status=$?
@@ -98,7 +103,7 @@ boot() {
             mkfifo /tmp/hv-nc-input.$$
             busybox nc -l -p 7777 <> /tmp/hv-nc-input.$$ > "$3/$2.received" &
             listener=$!
-            "$1" run --kernel "$4" --initrd "$5" --cpus 1 --mem 256M --timeout 240 \
+            timeout --kill-after=10 300 "$1" run --kernel "$4" --initrd "$5" --cpus 1 --mem 256M --timeout 240 \
                 --net tap=hvtap0,mac=52:54:00:ab:cd:ef,host-ip=10.0.2.1/24 \
                 --cmdline "console=ttyS0 hv.cpus=1 hv.net=10.0.2.15/24,10.0.2.1" > "$3/$2.log" 2>&1
             status=$?
@@ -118,14 +123,17 @@ boot() {
         rm -rf "$dir" && mkdir -p "$dir"
         "$peer" unix-echo "$dir/v.sock_5000" &
         echo_server=$!
+        # hv itself in the background (its RSS is what is sampled), bounded by the loop below.
         "$hv" run --kernel "$kernel" --initrd "$initrd" --cpus "$cpus" --irqchip "$irqchip" --mem 256M \
             --vsock "3,$dir/v.sock" --balloon 128M,stats=1 --timeout 240 \
             --cmdline "console=ttyS0 hv.cpus=$cpus hv.vsock=5000 hv.balloon=128" > "$out/$name.log" 2>&1 &
         pid=$!
         "$peer" unix-connect "$dir/v.sock" 5001 1048576 > "$out/$name.host-connect" 2>&1 &
         connector=$!
-        peak=0 last=0 loaded=0 before=0
+        peak=0 last=0 loaded=0 before=0 samples=0
         while kill -0 $pid 2>/dev/null; do
+            samples=$((samples + 1))
+            [ $samples -gt 1500 ] && kill -9 $pid  # 300 s, as `bounded`
             rss=$(awk '/^VmRSS/ { print $2 }' /proc/$pid/status 2>/dev/null)
             if [ -n "$rss" ]; then
                 [ "$rss" -gt "$peak" ] && peak=$rss
@@ -148,7 +156,7 @@ boot() {
         truncate -s 32M "$image"
         unshare -n sh -c '
             ip link set lo up
-            "$1" --kernel "$4" --initrd "$5" --disk "$6" --tap hvtap0 --host-ip 10.0.2.1/24 --timeout 240 \
+            timeout --kill-after=10 300 "$1" --kernel "$4" --initrd "$5" --disk "$6" --tap hvtap0 --host-ip 10.0.2.1/24 --timeout 240 \
                 --cmdline "console=ttyS0 hv.cpus=1 hv.net=10.0.2.15/24,10.0.2.1" > "$3/$2.log" 2>&1' \
             sh "$(dirname "$hv")/MicroVM" "$name" "$out" "$kernel" "$initrd" "$image"
         status=$?
@@ -159,14 +167,14 @@ boot() {
         # requests) on a disk limited to 8 MiB/s: the guest must measure 8 MiB/s.
         image=/tmp/hv-ratelimit.$$.img
         truncate -s 64M "$image"
-        "$hv" run --kernel "$kernel" --initrd "$initrd" --cpus "$cpus" --irqchip "$irqchip" --mem 256M \
+        bounded "$hv" run --kernel "$kernel" --initrd "$initrd" --cpus "$cpus" --irqchip "$irqchip" --mem 256M \
             --disk "$image,bw=8M" --timeout 240 \
             --cmdline "console=ttyS0 hv.cpus=$cpus hv.bench=seqread,seqwrite hv.benchsecs=5" > "$out/$name.log" 2>&1
         status=$?
         rm -f "$image"
         ;;
     *)
-        "$hv" run --kernel "$kernel" --initrd "$initrd" --cpus "$cpus" --irqchip "$irqchip" --mem 256M \
+        bounded "$hv" run --kernel "$kernel" --initrd "$initrd" --cpus "$cpus" --irqchip "$irqchip" --mem 256M \
             --timeout 240 --cmdline "console=ttyS0 hv.cpus=$cpus" > "$out/$name.log" 2>&1
         status=$?
         ;;

@@ -162,7 +162,11 @@ public final class VirtioNetwork: VirtioDevice {
     /// Starts the receive thread once the transport can be asked to serve the receive queue.
     public func connect(serve: @escaping @Sendable (Int) -> Void) {
         serveQueue.set(serve)
-        let thread = Thread { [weak self] in self?.receiveLoop() }
+        // The thread holds the device only for one round at a time, so a device nobody else
+        // holds goes away (and its thread with it) within a poll timeout.
+        let thread = Thread { [weak self] in
+            while let device = self, device.receiveOnce() {}
+        }
         thread.name = "virtio-net-rx"
         thread.start()
     }
@@ -178,24 +182,26 @@ public final class VirtioNetwork: VirtioDevice {
         _ = write(wakeFD, &one, 8)
     }
 
-    private func receiveLoop() {
-        var fds = [pollfd(fd: frames, events: 0, revents: 0), pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0)]
-        while running.load(ordering: .acquiring) {
-            fds[0].events = starved.load(ordering: .acquiring) ? 0 : Int16(POLLIN)
-            let ready = poll(&fds, 2, -1)
-            if ready < 0 { if errno == EINTR { continue } else { return } }
-            if fds[1].revents & Int16(POLLIN) != 0 {
-                var count: UInt64 = 0
-                _ = read(wakeFD, &count, 8)
-            }
-            guard running.load(ordering: .acquiring) else { return }
-            if fds[0].revents & Int16(POLLIN) != 0 {
-                // Starved until the device says otherwise: a transport that does not call the
-                // device (the driver is not ready) must not leave this loop spinning on POLLIN.
-                starved.store(true, ordering: .releasing)
-                serveQueue(Self.receiveQueue)
-            }
+    /// One round of the receive thread: wait (at most a second) for a frame or a wake-up. False
+    /// once the device is stopped.
+    private func receiveOnce() -> Bool {
+        guard running.load(ordering: .acquiring) else { return false }
+        var fds = (pollfd(fd: frames, events: starved.load(ordering: .acquiring) ? 0 : Int16(POLLIN), revents: 0),
+                   pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0))
+        let ready = withUnsafeMutableBytes(of: &fds) { poll($0.baseAddress!.assumingMemoryBound(to: pollfd.self), 2, 1000) }
+        if ready < 0 { return errno == EINTR }
+        if fds.1.revents & Int16(POLLIN) != 0 {
+            var count: UInt64 = 0
+            _ = read(wakeFD, &count, 8)
         }
+        guard running.load(ordering: .acquiring) else { return false }
+        if fds.0.revents & Int16(POLLIN) != 0 {
+            // Starved until the device says otherwise: a transport that does not call the
+            // device (the driver is not ready) must not leave this loop spinning on POLLIN.
+            starved.store(true, ordering: .releasing)
+            serveQueue(Self.receiveQueue)
+        }
+        return true
     }
 
     public func serve(queue index: Int, _ queue: inout Virtqueue, memory: GuestMemory) throws(VirtioDeviceError) -> Bool {

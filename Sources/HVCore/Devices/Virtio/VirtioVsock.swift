@@ -142,15 +142,22 @@ public final class VirtioVsock: VirtioDevice {
 
     public func connect(serve: @escaping @Sendable (Int) -> Void) {
         serveQueue.set(serve)
-        let thread = Thread { [weak self] in self?.pollLoop() }
+        // The thread holds the device only for one round at a time, so a device nobody else
+        // holds goes away (and its thread with it) within a poll timeout.
+        let thread = Thread { [weak self] in
+            var fds: [pollfd] = [], owners: [Owner] = []
+            while let device = self, device.pollOnce(&fds, &owners) {}
+        }
         thread.name = "virtio-vsock"
         thread.start()
     }
 
-    /// Ends the poll thread.
+    /// Ends the poll thread and takes the socket's name away (no new host connections); the
+    /// sockets themselves close when the device goes.
     public func stop() {
-        running.store(false, ordering: .releasing)
+        guard running.exchange(false, ordering: .acquiringAndReleasing) else { return }
         wake()
+        unlink(path)
     }
 
     private func wake() {
@@ -167,10 +174,11 @@ public final class VirtioVsock: VirtioDevice {
 
     // MARK: The poll thread
 
-    private func pollLoop() {
-        var fds: [pollfd] = []
-        var owners: [Owner] = []
-        while running.load(ordering: .acquiring) {
+    /// One round of the poll thread: wait (at most a second) for the host sockets and act on
+    /// what they say. False once the device is stopped.
+    private func pollOnce(_ fds: inout [pollfd], _ owners: inout [Owner]) -> Bool {
+        guard running.load(ordering: .acquiring) else { return false }
+        do {
             fds.removeAll(keepingCapacity: true)
             owners.removeAll(keepingCapacity: true)
             fds.append(pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0)); owners.append(.wake)
@@ -190,9 +198,10 @@ public final class VirtioVsock: VirtioDevice {
                     fds.append(pollfd(fd: connection.fd, events: events, revents: 0)); owners.append(.connection(key))
                 }
             }
-            let ready = poll(&fds, nfds_t(fds.count), -1)
-            if ready < 0 { if errno == EINTR { continue } else { return } }
-            guard running.load(ordering: .acquiring) else { return }
+            let ready = poll(&fds, nfds_t(fds.count), 1000)
+            if ready < 0 { return errno == EINTR }
+            guard running.load(ordering: .acquiring) else { return false }
+            guard ready > 0 else { return true }
             var deliver = false
             if fds[0].revents != 0 {
                 var count: UInt64 = 0
@@ -225,6 +234,7 @@ public final class VirtioVsock: VirtioDevice {
                 serveQueue(Self.receiveQueue)
             }
         }
+        return true
     }
 
     private enum Owner { case wake, listener, handshake(Int32), connection(UInt64) }
