@@ -41,7 +41,9 @@ struct Run: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Boot this Multiboot2 kernel (GRUB 2's multiboot2) instead of a flat IMAGE.", valueName: "kernel"))
     var multiboot2: String?
 
-    @Option(name: .long, help: ArgumentHelp("Arguments after the kernel name in the Multiboot command line (with --multiboot2: the whole command line).", valueName: "args"))
+    // `.unconditional`: a command line may start with a dash (kvm-unit-tests' `-x ...`).
+    @Option(name: .long, parsing: .unconditional,
+            help: ArgumentHelp("Arguments after the kernel name in the Multiboot command line (with --multiboot2: the whole command line); may start with a dash.", valueName: "args"))
     var append: String?
 
     @Option(name: .long, help: ArgumentHelp("A Multiboot or Multiboot2 boot module (e.g. an environment file); repeatable, loaded in order.", valueName: "file"))
@@ -53,7 +55,7 @@ struct Run: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Boot this Linux kernel instead of a flat IMAGE: a bzImage (Linux boot protocol, 64-bit entry) or an ELF vmlinux (PVH entry note).", valueName: "bzimage|vmlinux"))
     var kernel: String?
 
-    @Option(name: .long, help: ArgumentHelp("The Linux kernel command line.", valueName: "args"))
+    @Option(name: .long, parsing: .unconditional, help: ArgumentHelp("The Linux kernel command line; may start with a dash.", valueName: "args"))
     var cmdline: String?
 
     @Option(name: .long, help: ArgumentHelp("A Linux initial RAM disk.", valueName: "file"))

@@ -116,6 +116,18 @@ struct I8042ControllerTests {
         #expect(register.portWrite(offset: 0, size: 1, value: 0x0E) == .reset)
         #expect(register.value == 0x0A)
     }
+
+    @Test("port 0x92: bit 0 going from 0 to 1 resets, A20 (bit 1) is stored and read back, a reset clears only bit 0")
+    func systemControlPortA() {
+        let port = SystemControlPortA()
+        #expect(port.portWrite(offset: 0, size: 1, value: 0x02) == .resume)
+        #expect(port.portRead(offset: 0, size: 1) == 0x02)
+        #expect(port.portWrite(offset: 0, size: 1, value: 0x03) == .reset)
+        #expect(port.portWrite(offset: 0, size: 1, value: 0x03) == .resume, "no new rising edge")
+        port.reset()
+        #expect(port.value == 0x02)
+        #expect(port.portWrite(offset: 0, size: 1, value: 0x03) == .reset)
+    }
 }
 
 @Suite("i8042 under KVM", .requiresKVM, .serialized)
@@ -136,5 +148,19 @@ struct I8042KVMTests {
         let result = try vm.run(handler: recorder)
         #expect(result.reason == .reset)
         #expect(recorder.accesses.map { $0.values[0] } == [0x10])  // unlocked, output buffer empty
+    }
+
+    @Test("on the PC platform, a guest's write of bit 0 to port 0x92 resets the VM (kvm-unit-tests' init test does this)")
+    func resetThroughPort92() throws {
+        let vm = try KVMHost.machine { $0.resetPolicy = .stop }
+        _ = try attachConsole(vm)
+        try vm.attachPCPlatform(acpiTables: false)
+        try vm.load(GuestProgram.longMode { a in
+            a.in(Register8.al, 0x92)
+            a.or(Register8.al, 0x01)
+            a.out(0x92, Register8.al)
+            a.debugExit(code: 1)
+        })
+        #expect(try vm.run().reason == .reset)
     }
 }

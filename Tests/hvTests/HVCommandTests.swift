@@ -34,6 +34,15 @@ struct HVCommandTests {
         #expect(text.hasPrefix("Hello from a guest in 64-bit long mode"))
     }
 
+    @Test("--append and --cmdline take a value that starts with a dash (kvm-unit-tests passes `-x ...`)")
+    func dashValues() throws {
+        for (flag, kernelFlag) in [("--append", "--multiboot"), ("--cmdline", "--kernel")] {
+            let result = try PackageExecutable.run(["run", kernelFlag, "/nonexistent/kernel", flag, "-x test"])
+            #expect(!result.stderr.contains("Missing value"), "\(flag): \(result.stderr)")
+            #expect(result.status != 0 && result.stderr.contains("/nonexistent/kernel"), "\(flag): \(result.stderr)")
+        }
+    }
+
     @Test("hv info reports API version 12 in words and in JSON", .needsKVM)
     func info() throws {
         let text = try PackageExecutable.run(["info"])

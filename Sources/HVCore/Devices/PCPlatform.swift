@@ -3,7 +3,7 @@
 
 extension Machine {
     /// Attaches fw_cfg (0x510), the CMOS/RTC (0x70), the i8042 (0x60/0x64, whose 0xFE command
-    /// resets), the PCI host bridge on configuration mechanism #1 (0xCF8-0xCFF, with the 0xCF9
+    /// resets), System Control Port A (0x92: fast A20 and reset), the PCI host bridge on configuration mechanism #1 (0xCF8-0xCFF, with the 0xCF9
     /// reset register), the ACPI PM block (0x600, PM timer at 0x608) and the Bochs/QEMU power-off
     /// port (0x8900, "Shutdown"). With `acpiTables`, also
     /// writes RSDP/XSDT/FADT/FACS/MADT/DSDT into 0xE0000-0xFFFFF (RAM must reach 1 MiB); a VM
@@ -27,6 +27,7 @@ extension Machine {
             try devices.register(platform.window, address: GuestPhysicalAddress(platform.window.range.lowerBound),
                                  length: UInt64(platform.window.range.count))
             try devices.register(ACPIPMDevice(), port: ACPIPMDevice.basePort, count: ACPIPMDevice.portCount)
+            try devices.register(SystemControlPortA(), port: SystemControlPortA.port, count: 1)
             try devices.register(ShutdownPortDevice(), port: ShutdownPortDevice.port, count: 1)
         } catch { throw .device(error) }
         guard acpiTables else { return platform }
