@@ -188,7 +188,14 @@ boot() {
 # QEMU's emulated SVM has been seen to crash a nested guest now and then (a vCPU triple-faults
 # out of nowhere, the registers back at their reset values: Documentation/TestBed.md); a boot
 # that fails is tried once more, and the first attempt's log is kept as NAME.first.log.
+# A boot that passed in an earlier attempt of the same bed run (the bed is run again when it
+# stalls: Documentation/TestBed.md) is kept: its files are in $TESTBED_OUT already, and only the
+# boots it had not finished run again.
 for name in "$@"; do
+    if [ "$(cat "$out/$name.status" 2>/dev/null)" = 0 ] && [ -s "$out/$name.log" ]; then
+        echo "linux-boots: $name: passed in an earlier attempt of this bed run; kept"
+        continue
+    fi
     boot "$name"
     if [ "$(cat "$out/$name.status")" != 0 ]; then
         mv "$out/$name.log" "$out/$name.first.log"

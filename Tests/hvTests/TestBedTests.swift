@@ -103,7 +103,7 @@ enum TestBed {
                     echo "testbed: KVM suites, second run: status $?; $(tail -1 "$TESTBED_OUT/suites.log")"
                 fi
                 """
-            let bed = try shell(["scripts/testbed", "--attempts", "2", "--timeout", "1200", "--out", folder.path, command])
+            let bed = try shell(["scripts/testbed", "--attempts", "3", "--timeout", "900", "--out", folder.path, command])
             return TestBedRun(status: bed.status, console: bed.stdout + bed.stderr, folder: folder)
         } catch {
             return TestBedRun(status: -1, console: "could not start the bed: \(error)", folder: URL(fileURLWithPath: "/nonexistent"))
