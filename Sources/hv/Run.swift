@@ -198,6 +198,7 @@ struct Run: ParsableCommand {
             uart.flush()
             for device in virtio {
                 if let balloon = device.balloon { printError(Self.describe(balloon)) }
+                if let summary = device.summary { printError(summary()) }
                 device.stop?()
             }
             return (result, machine.statistics)
@@ -233,7 +234,15 @@ struct Run: ParsableCommand {
                 let tap = try TAPDevice(name: net.tap)
                 if net.bringUp { try tap.bringUp(address: net.hostAddress) }
                 let device = VirtioNetwork(endpoint: tap, mac: net.mac, receiveLimit: net.receiveLimit, transmitLimit: net.transmitLimit)
-                attachments.append(VirtioAttachment(device, index: attachments.count))
+                var attachment = VirtioAttachment(device, index: attachments.count)
+                let name = net.tap
+                attachment.summary = {
+                    let counts = device.statistics, throttled = device.throttledFrames
+                    return "hv: virtio-net \(name): received \(counts.received) frames (\(counts.receivedBytes) bytes), "
+                        + "sent \(counts.transmitted) (\(counts.transmittedBytes) bytes), \(counts.transmitErrors) refused by the TAP, "
+                        + "\(counts.receiveErrors) short; throttled \(throttled.receive) received, \(throttled.transmit) sent"
+                }
+                attachments.append(attachment)
             } catch {
                 fail("--net tap=\(net.tap)", error.problem)
             }
@@ -443,6 +452,8 @@ struct VirtioAttachment {
     var balloon: VirtioBalloon? = nil
     /// What to do when the guest has stopped (the vsock device takes its socket's name away).
     var stop: (@Sendable () -> Void)? = nil
+    /// A line for standard error when the guest has stopped (the network device's counters).
+    var summary: (@Sendable () -> String)? = nil
     let attachMMIO: (Machine<KVMBackend>) throws(HVError) -> Void
     let attachPCI: (Machine<KVMBackend>, PCPlatform) throws(HVError) -> Void
 
