@@ -178,61 +178,59 @@ public final class VirtioVsock: VirtioDevice {
     /// what they say. False once the device is stopped.
     private func pollOnce(_ fds: inout [pollfd], _ owners: inout [Owner]) -> Bool {
         guard running.load(ordering: .acquiring) else { return false }
-        do {
-            fds.removeAll(keepingCapacity: true)
-            owners.removeAll(keepingCapacity: true)
-            fds.append(pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0)); owners.append(.wake)
-            fds.append(pollfd(fd: listener, events: Int16(POLLIN), revents: 0)); owners.append(.listener)
-            let canDeliver = !starved.load(ordering: .acquiring)
-            state.withLock { state in
-                for handshake in state.handshakes {
-                    fds.append(pollfd(fd: handshake.fd, events: Int16(POLLIN), revents: 0)); owners.append(.handshake(handshake.fd))
-                }
-                for (key, connection) in state.connections {
-                    var events: Int16 = 0
-                    if canDeliver && connection.wantsHostInput { events |= Int16(POLLIN) }
-                    if connection.pendingCount > 0 { events |= Int16(POLLOUT) }
-                    // A socket polled for nothing still reports hang-ups; one that has nothing
-                    // to do now is left out until it does.
-                    guard events != 0 else { continue }
-                    fds.append(pollfd(fd: connection.fd, events: events, revents: 0)); owners.append(.connection(key))
-                }
+        fds.removeAll(keepingCapacity: true)
+        owners.removeAll(keepingCapacity: true)
+        fds.append(pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0)); owners.append(.wake)
+        fds.append(pollfd(fd: listener, events: Int16(POLLIN), revents: 0)); owners.append(.listener)
+        let canDeliver = !starved.load(ordering: .acquiring)
+        state.withLock { state in
+            for handshake in state.handshakes {
+                fds.append(pollfd(fd: handshake.fd, events: Int16(POLLIN), revents: 0)); owners.append(.handshake(handshake.fd))
             }
-            let ready = poll(&fds, nfds_t(fds.count), 1000)
-            if ready < 0 { return errno == EINTR }
-            guard running.load(ordering: .acquiring) else { return false }
-            guard ready > 0 else { return true }
-            var deliver = false
-            if fds[0].revents != 0 {
-                var count: UInt64 = 0
-                _ = read(wakeFD, &count, 8)
+            for (key, connection) in state.connections {
+                var events: Int16 = 0
+                if canDeliver && connection.wantsHostInput { events |= Int16(POLLIN) }
+                if connection.pendingCount > 0 { events |= Int16(POLLOUT) }
+                // A socket polled for nothing still reports hang-ups; one that has nothing
+                // to do now is left out until it does.
+                guard events != 0 else { continue }
+                fds.append(pollfd(fd: connection.fd, events: events, revents: 0)); owners.append(.connection(key))
             }
-            if fds[1].revents & Int16(POLLIN) != 0 { acceptHostConnections() }
-            state.withLock { state in
-                for (entry, owner) in zip(fds, owners) where entry.revents != 0 {
-                    switch owner {
-                    case .wake, .listener: break
-                    case .handshake(let fd):
-                        if state.readHandshake(fd: fd) { deliver = true }
-                    case .connection(let key):
-                        guard let connection = state.connections[key] else { continue }
-                        if entry.revents & Int16(POLLOUT) != 0 || entry.revents & Int16(POLLERR | POLLHUP) != 0 && connection.pendingCount > 0 {
-                            if state.flush(connection) { deliver = true }
-                        }
-                        if entry.revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 && connection.wantsHostInput {
-                            connection.hostReadable = true
-                            deliver = true
-                        }
+        }
+        let ready = poll(&fds, nfds_t(fds.count), 1000)
+        if ready < 0 { return errno == EINTR }
+        guard running.load(ordering: .acquiring) else { return false }
+        guard ready > 0 else { return true }
+        var deliver = false
+        if fds[0].revents != 0 {
+            var count: UInt64 = 0
+            _ = read(wakeFD, &count, 8)
+        }
+        if fds[1].revents & Int16(POLLIN) != 0 { acceptHostConnections() }
+        state.withLock { state in
+            for (entry, owner) in zip(fds, owners) where entry.revents != 0 {
+                switch owner {
+                case .wake, .listener: break
+                case .handshake(let fd):
+                    if state.readHandshake(fd: fd) { deliver = true }
+                case .connection(let key):
+                    guard let connection = state.connections[key] else { continue }
+                    if entry.revents & Int16(POLLOUT) != 0 || entry.revents & Int16(POLLERR | POLLHUP) != 0 && connection.pendingCount > 0 {
+                        if state.flush(connection) { deliver = true }
+                    }
+                    if entry.revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 && connection.wantsHostInput {
+                        connection.hostReadable = true
+                        deliver = true
                     }
                 }
-                if state.hasOutput { deliver = true }
             }
-            if deliver && canDeliver {
-                // Starved until the device says otherwise, so that a driver that is not ready
-                // (the transport does not call the device) leaves this loop waiting, not spinning.
-                starved.store(true, ordering: .releasing)
-                serveQueue(Self.receiveQueue)
-            }
+            if state.hasOutput { deliver = true }
+        }
+        if deliver && canDeliver {
+            // Starved until the device says otherwise, so that a driver that is not ready
+            // (the transport does not call the device) leaves this loop waiting, not spinning.
+            starved.store(true, ordering: .releasing)
+            serveQueue(Self.receiveQueue)
         }
         return true
     }
