@@ -150,10 +150,10 @@ struct LoaderMultibootTests {
         expectError(.entryOutsideLoadedMemory(field: "entry_addr", entry: 0x30_0000), field: "entry_addr") {
             () throws(LoaderError) in try GuestImage.multiboot(kernel([0x20_0000, 0x20_0000, 0, 0, 0x30_0000]), name: "k", memorySize: memory)
         }
-        expectError(.overlapsSetUpStructure(field: "load_addr", what: "the kernel", start: 0x9000, end: 0x9021,
-                                            structure: "multiboot info", structureStart: 0x9000, structureEnd: 0x90A5),
+        expectError(.overlapsSetUpStructure(field: "load_addr", what: "the kernel", start: 0x7_8000, end: 0x7_8021,
+                                            structure: "stack", structureStart: 0x7_0000, structureEnd: 0x8_0000),
                     field: "load_addr") {
-            () throws(LoaderError) in try GuestImage.multiboot(kernel([0x9000, 0x9000, 0, 0, 0x9000]), name: "k", memorySize: memory)
+            () throws(LoaderError) in try GuestImage.multiboot(kernel([0x7_8000, 0x7_8000, 0, 0, 0x7_8000]), name: "k", memorySize: memory)
         }
     }
 
@@ -164,9 +164,44 @@ struct LoaderMultibootTests {
                     field: "module 0") {
             () throws(LoaderError) in try GuestImage.multiboot(elfKernel(), name: "k", modules: [big], memorySize: memory)
         }
-        let arguments = String(repeating: "x", count: 0x70000)
-        expectError(.multibootInfoTooLarge(size: 0x700A6, maximum: 0x67000), field: "cmdline/modules") {
+        // 16 MiB leaves no 17 MiB anywhere for the information.
+        let arguments = String(repeating: "x", count: 17 << 20)
+        expectError(.noRoomForBootStructure(structure: "multiboot info", size: 0x11000A6, ramBelowHole: memory),
+                    field: "multiboot info") {
             () throws(LoaderError) in try GuestImage.multiboot(elfKernel(), name: "k", arguments: arguments, memorySize: memory)
         }
+    }
+
+    /// Where the image's chunk `name` lies.
+    private func range(of name: String, in image: GuestImage) throws -> Range<UInt64> {
+        let chunk = try #require(image.chunks.first { $0.name == name })
+        return chunk.address.rawValue..<chunk.address.rawValue + chunk.size
+    }
+
+    @Test("the information moves out of a kernel linked over 0x9000 (kvm-unit-tests' realmode: 0x8000-0xDA30)")
+    func informationAroundTheKernel() throws {
+        let text = multibootHeader(flags: 0x3) + [0xF4]
+        let kernel = TestELF(is64: false, entry: 0x800C, segments: [
+            TestSegment(physicalAddress: 0x8000, data: text, memorySize: 0x5A30),
+        ]).bytes
+        let image = try GuestImage.multiboot(kernel, name: "realmode.flat", arguments: "-x", memorySize: memory)
+        let info = try range(of: "multiboot info", in: image), loaded = try range(of: "segment 0", in: image)
+        #expect(!info.overlaps(loaded) && !info.overlaps(0x500..<0x518) && !info.overlaps(0x7_0000..<0x8_0000))
+        #expect(info.lowerBound == 0x1000, "the lowest free 8-byte aligned address above the BIOS data area")
+        #expect(image.registers.rbx == info.lowerBound)
+        #expect(readString(image, UInt64(read32(image, info.lowerBound + 16) ?? 0)) == "realmode.flat -x")
+        // A kernel over all of conventional memory's free part pushes it above 1 MiB, past the modules.
+        let wide = TestELF(is64: false, entry: 0x100C, segments: [
+            TestSegment(physicalAddress: 0x1000, data: text, memorySize: 0x6_F000),
+            TestSegment(physicalAddress: 0x8_0000, data: [0], memorySize: 0x2_0000),
+        ]).bytes
+        let module = MultibootModule(name: "env", bytes: Array("A=1\n".utf8))
+        let pushed = try GuestImage.multiboot(wide, name: "k", modules: [module], memorySize: memory)
+        let moved = try range(of: "multiboot info", in: pushed), placed = try range(of: "module 0", in: pushed)
+        #expect(moved.lowerBound >= placed.upperBound && moved.lowerBound < 0x10_2000)
+        #expect(pushed.registers.rbx == moved.lowerBound)
+        // A command line too long for low memory goes above 1 MiB too.
+        let long = try GuestImage.multiboot(elfKernel(), name: "k", arguments: String(repeating: "x", count: 0x7_0000), memorySize: memory)
+        #expect(try range(of: "multiboot info", in: long).lowerBound == 0x10_0000)
     }
 }

@@ -6,9 +6,11 @@
 import HVModel
 
 extension GuestImage {
-    /// Where HV puts the zero page (struct boot_params, 4 KiB); RSI at entry.
+    /// Where HV puts the zero page (struct boot_params, 4 KiB; RSI at entry) when the kernel and
+    /// initrd leave it free; else `BootStructurePlacer` finds another place.
     public static let linuxZeroPageAddress: UInt64 = 0x9000
-    /// Where HV puts the kernel command line (at most `linuxCommandLineLimit` bytes with the NUL).
+    /// Where HV puts the kernel command line (at most `linuxCommandLineLimit` bytes with the NUL),
+    /// when free.
     public static let linuxCommandLineAddress: UInt64 = 0x2_0000
     static let linuxCommandLineLimit: UInt64 = 0x1_0000
     /// The oldest boot protocol HV accepts: 2.12 brings xloadflags and XLF_KERNEL_64.
@@ -21,13 +23,15 @@ extension GuestImage {
     ///   xloadflags XLF_KERNEL_64, setup_sects and the kernel inside the file, cmdline_size.
     /// - Kernel: the file after the (setup_sects + 1) * 512 setup bytes, at pref_address (chunk
     ///   "kernel"); pref_address + init_size must fit in memory.
-    /// - Zero page at 0x9000 (chunk "zero page"): the file's setup header copied in,
+    /// - Zero page (chunk "zero page") at 0x9000 when free, else where `BootStructurePlacer`
+    ///   finds room; the command line (chunk "command line") at 0x20000 when free, likewise.
+    ///   The zero page holds the file's setup header copied in,
     ///   type_of_loader 0xFF, cmd_line_ptr, ramdisk_image/size, and the E820 map of
     ///   `PCMemoryMap` (RAM below 640 KiB, reserved to 1 MiB, RAM to 3 GiB, RAM above 4 GiB).
     /// - initrd: page-aligned as high as possible below min(initrd_addr_max, memory) and above
     ///   the kernel (chunk "initrd").
     /// - Entry: long mode, identity paging, GDT with __BOOT_CS 0x10 and __BOOT_DS 0x18,
-    ///   RIP = pref_address + 0x200, RSI = 0x9000, interrupts off.
+    ///   RIP = pref_address + 0x200, RSI = the zero page, interrupts off.
     public static func linux(
         _ kernel: [UInt8], commandLine: String = "", initrd: [UInt8]? = nil, memorySize: UInt64
     ) throws(LoaderError) -> GuestImage {
@@ -63,11 +67,7 @@ extension GuestImage {
                                  memorySize: lowRAM)
         }
         do { try checkLongModeMemory(memorySize) } catch { throw .setUp(error) }
-        let reserved = longModeReservedRegions(memorySize: memorySize) + [
-            ("gdt", gdtAddress, gdtAddress + 4 * 8),
-            ("zero page", linuxZeroPageAddress, linuxZeroPageAddress + 0x1000),
-            ("command line", linuxCommandLineAddress, linuxCommandLineAddress + linuxCommandLineLimit),
-        ]
+        let reserved = longModeReservedRegions(memorySize: memorySize) + [("gdt", gdtAddress, gdtAddress + 4 * 8)]
         for region in reserved where load < region.end && region.start < kernelEnd {
             throw .overlapsSetUpStructure(field: "pref_address", what: "the kernel", start: load, end: kernelEnd,
                                           structure: region.name, structureStart: region.start, structureEnd: region.end)
@@ -85,7 +85,6 @@ extension GuestImage {
         zeroPage.replaceSubrange(0x1F1..<headerEnd, with: kernel[0x1F1..<headerEnd])
         func put(_ value: UInt64, _ offset: Int, _ count: Int) { zeroPage.putLittleEndian(value, at: offset, count: count) }
         put(0xFF, 0x210, 1)                                   // type_of_loader: undefined loader
-        put(linuxCommandLineAddress, 0x228, 4)                // cmd_line_ptr
         var chunks = [Chunk(address: GuestPhysicalAddress(load), bytes: payload, name: "kernel")]
         if let initrd {
             let size = UInt64(initrd.count)
@@ -106,14 +105,20 @@ extension GuestImage {
             put(entry.size, 0x2D0 + index * 20 + 8, 8)
             put(UInt64(entry.type), 0x2D0 + index * 20 + 16, 4)
         }
-        chunks.append(Chunk(address: GuestPhysicalAddress(linuxZeroPageAddress), bytes: zeroPage, name: "zero page"))
-        chunks.append(Chunk(address: GuestPhysicalAddress(linuxCommandLineAddress), bytes: line, name: "command line"))
+        var placer = BootStructurePlacer(memorySize: memorySize, occupied: reserved)
+        placer.occupy(chunks)
+        placer.occupy("kernel (init_size)", start: load, end: kernelEnd)
+        let zeroPageAddress = try placer.place("zero page", size: 0x1000, alignment: 0x1000, preferred: linuxZeroPageAddress)
+        let lineAddress = try placer.place("command line", size: UInt64(line.count), alignment: 16, preferred: linuxCommandLineAddress)
+        put(lineAddress, 0x228, 4)                            // cmd_line_ptr
+        chunks.append(Chunk(address: GuestPhysicalAddress(zeroPageAddress), bytes: zeroPage, name: "zero page"))
+        chunks.append(Chunk(address: GuestPhysicalAddress(lineAddress), bytes: line, name: "command line"))
 
         // 64-bit entry: startup_64 is 0x200 bytes into the loaded kernel (boot.rst).
         var image = longModeImage(program: chunks[0], entry: load + 0x200, memorySize: memorySize)
         image.chunks.insert(contentsOf: chunks.dropFirst(), at: 1)
         linuxBootSegments(&image)
-        image.registers.rsi = linuxZeroPageAddress
+        image.registers.rsi = zeroPageAddress
         return image
     }
 

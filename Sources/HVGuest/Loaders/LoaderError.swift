@@ -32,8 +32,9 @@ public enum LoaderError: Error, Equatable, Sendable, CustomStringConvertible {
     case multibootBadChecksum(offset: UInt64, flags: UInt32, checksum: UInt32)
     /// A Multiboot a.out-kludge address field (3.1.3) contradicts another or the file.
     case multibootBadAddress(field: String, value: UInt32, reason: String)
-    /// The command line, module names and tables do not fit the info area.
-    case multibootInfoTooLarge(size: UInt64, maximum: UInt64)
+    /// No free range of guest RAM below the 3 GiB hole (which ends at `ramBelowHole`) holds the
+    /// `size` bytes of `structure` (the Multiboot information, a zero page, a command line...).
+    case noRoomForBootStructure(structure: String, size: UInt64, ramBelowHole: UInt64)
     /// The CPU-mode set-up refused the memory size (see `GuestImageError`).
     case setUp(GuestImageError)
 
@@ -65,8 +66,8 @@ public enum LoaderError: Error, Equatable, Sendable, CustomStringConvertible {
             "checksum: Multiboot header at offset \(hex(offset)) has flags \(hex(UInt64(flags))) and checksum \(hex(UInt64(checksum))); magic + flags + checksum must be 0 mod 2^32 (3.1.2)"
         case .multibootBadAddress(let field, let value, let reason):
             "\(field): \(hex(UInt64(value))) \(reason) (Multiboot 0.6.96, 3.1.3)"
-        case .multibootInfoTooLarge(let size, let maximum):
-            "cmdline/modules: the Multiboot info, command line and module names need \(hex(size)) bytes; at most \(hex(maximum)) fit"
+        case .noRoomForBootStructure(let structure, let size, let ramBelowHole):
+            "\(structure): no free \(hex(size)) bytes for it in guest RAM below \(hex(ramBelowHole)); the kernel, its modules and HV's set-up take the rest (more memory or a shorter command line makes room)"
         case .setUp(let error):
             error.description
         }

@@ -118,7 +118,8 @@ public struct Multiboot2Header: Sendable, Equatable {
 }
 
 extension GuestImage {
-    /// Guest-physical address of the Multiboot2 boot information (EBX at entry).
+    /// Where HV puts the Multiboot2 boot information (EBX at entry) when the kernel and its
+    /// modules leave it free; else `BootStructurePlacer` finds another place.
     public static let multiboot2InfoAddress: UInt64 = 0x9000
 
     /// An image that boots the Multiboot2 kernel `kernel` (Multiboot2 2.0) with the boot command
@@ -129,12 +130,13 @@ extension GuestImage {
     ///   offset; then as Multiboot 1's a.out kludge) or else by the ELF program headers; the entry
     ///   address tag overrides e_entry. Everything must end below 4 GiB and in memory.
     /// - Modules: page-aligned after the kernel (at least 1 MiB), chunks "module N".
-    /// - Information at 0x9000 (chunk "multiboot2 info"): total_size, then 8-byte aligned tags:
+    /// - Information (chunk "multiboot2 info") at 0x9000 when free, else where
+    ///   `BootStructurePlacer` finds room, 8-byte aligned (3.6.1): total_size, then 8-byte aligned tags:
     ///   command line (1), boot loader name "HV" (2), one module tag per module (3), basic memory
     ///   (4: KiB below 640 KiB and above 1 MiB), memory map (6: RAM below 640 KiB, reserved to
     ///   1 MiB, RAM above; 24-byte entries), the RSDP tags, the end tag.
     /// - Entry (3.3): 32-bit protected mode, paging off, flat CS/DS/ES/FS/GS/SS, EFLAGS = 0x2,
-    ///   EAX = 0x36D76289, EBX = 0x9000, ESP = 0x80000 (undefined by the spec).
+    ///   EAX = 0x36D76289, EBX = the information's address, ESP = 0x80000 (undefined by the spec).
     public static func multiboot2(
         _ kernel: [UInt8], commandLine: String = "", modules: [MultibootModule] = [], rsdp: [UInt8]? = nil,
         memorySize: UInt64
@@ -154,8 +156,6 @@ extension GuestImage {
         // Kernel and modules go in the RAM below the 3 GiB hole (PCMemoryMap).
         let limit = PCMemoryMap.lowRAMEnd(memorySize: memorySize)
 
-        // The information's size does not depend on the module addresses: lay it out once with
-        // zeros to reserve its place, and again once the modules are placed.
         func information(_ ranges: [(start: UInt64, end: UInt64)]) -> [UInt8] {
             var info = Multiboot2InfoBuilder()
             info.string(type: 1, commandLine)
@@ -172,12 +172,7 @@ extension GuestImage {
             info.end()
             return info.bytes
         }
-        let infoSize = UInt64(information(modules.map { _ in (0, 0) }).count)
-        let infoEnd = multiboot2InfoAddress + infoSize
-        guard infoEnd <= multibootInfoLimit else {
-            throw .multibootInfoTooLarge(size: infoSize, maximum: multibootInfoLimit - multiboot2InfoAddress)
-        }
-        let reserved = protectedModeReservedRegions + [("multiboot2 info", multiboot2InfoAddress, infoEnd)]
+        let reserved = protectedModeReservedRegions
 
         var chunks: [Chunk]
         let entry: UInt64
@@ -208,25 +203,16 @@ extension GuestImage {
             throw .entryOutsideLoadedMemory(field: header.entryAddress != nil ? "entry_addr" : "e_entry", entry: entry)
         }
 
-        let kernelEnd = chunks.map { $0.address.rawValue + $0.size }.max() ?? 0
-        var cursor = (max(kernelEnd, 0x10_0000) + 0xFFF) & ~0xFFF
-        var ranges: [(start: UInt64, end: UInt64)] = []
-        for (index, module) in modules.enumerated() {
-            let size = UInt64(module.bytes.count)
-            guard cursor <= limit, size <= limit - cursor else {
-                throw .outsideMemory(field: "module \(index)", what: "module \"\(module.name)\"", start: cursor, size: size,
-                                     memorySize: limit)
-            }
-            chunks.append(Chunk(address: GuestPhysicalAddress(cursor), bytes: module.bytes, name: "module \(index)"))
-            ranges.append((cursor, cursor + size))
-            cursor = (cursor + size + 0xFFF) & ~0xFFF
-        }
-        chunks.append(Chunk(address: GuestPhysicalAddress(multiboot2InfoAddress), bytes: information(ranges),
-                            name: "multiboot2 info"))
+        let ranges = try placeModules(modules, after: &chunks, limit: limit)
+        var placer = BootStructurePlacer(memorySize: memorySize, occupied: reserved)
+        placer.occupy(chunks)
+        let info = information(ranges)
+        let infoAddress = try placer.place("multiboot2 info", size: UInt64(info.count), alignment: 8, preferred: multiboot2InfoAddress)
+        chunks.append(Chunk(address: GuestPhysicalAddress(infoAddress), bytes: info, name: "multiboot2 info"))
 
         var image = protectedModeImage(chunks: chunks, entry: entry)
         image.registers.rax = UInt64(Multiboot2Header.bootloaderMagic)
-        image.registers.rbx = multiboot2InfoAddress
+        image.registers.rbx = infoAddress
         return image
     }
 }

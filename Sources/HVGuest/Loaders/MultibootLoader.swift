@@ -82,24 +82,25 @@ public struct MultibootModule: Sendable, Equatable {
 }
 
 extension GuestImage {
-    /// Guest-physical address of the Multiboot information structure (EBX at entry).
+    /// Where HV puts the Multiboot information structure (EBX at entry) when the kernel and its
+    /// modules leave it free; else `BootStructurePlacer` finds another place.
     public static let multibootInfoAddress: UInt64 = 0x9000
-    /// Where the info area must end: the protected-mode stack starts here.
-    static let multibootInfoLimit: UInt64 = 0x7_0000
 
     /// An image that boots the Multiboot 1 kernel `kernel` (Multiboot 0.6.96, 3.1-3.3).
     ///
     /// - Loading: by the a.out-kludge fields when header flag 16 is set (3.1.3), else by the ELF
-    ///   program headers (chunks "segment N"); everything must lie in the RAM below the 3 GiB hole.
+    ///   program headers (chunks "segment N"); everything must lie in the RAM below the 3 GiB hole
+    ///   and clear of HV's GDT (0x500) and stack (0x70000-0x80000).
     /// - Modules: page-aligned one after another from the first 4 KiB boundary after the kernel
     ///   (and at least 1 MiB), chunks "module N".
-    /// - Info at 0x9000 (chunk "multiboot info"): flags 0x24D = mem_lower/mem_upper (bit 0),
-    ///   cmdline (bit 2) = `name`, then a space and `arguments` when they are not empty, mods
-    ///   (bit 3), mmap (bit 6: `PCMemoryMap`: RAM below 640 KiB, reserved 640 KiB-1 MiB, RAM to
-    ///   the 3 GiB hole, RAM above 4 GiB) and
+    /// - Info (chunk "multiboot info") at 0x9000 when the kernel and modules leave it free, else
+    ///   where `BootStructurePlacer` finds room (low memory first, as a BIOS-era loader would):
+    ///   flags 0x24D = mem_lower/mem_upper (bit 0), cmdline (bit 2) = `name`, then a space and
+    ///   `arguments` when they are not empty, mods (bit 3), mmap (bit 6: `PCMemoryMap`: RAM below
+    ///   640 KiB, reserved 640 KiB-1 MiB, RAM to the 3 GiB hole, RAM above 4 GiB) and
     ///   boot_loader_name "HV" (bit 9).
     /// - Entry (3.2): 32-bit protected mode, paging off, flat CS/DS/ES/FS/GS/SS,
-    ///   EAX = 0x2BADB002, EBX = 0x9000, EFLAGS = 0x2, ESP = 0x80000 (undefined by the spec).
+    ///   EAX = 0x2BADB002, EBX = the info's address, EFLAGS = 0x2, ESP = 0x80000 (undefined by the spec).
     public static func multiboot(
         _ kernel: [UInt8], name: String, arguments: String = "", modules: [MultibootModule] = [],
         memorySize: UInt64
@@ -108,11 +109,7 @@ extension GuestImage {
         let info = MultibootInfoBuilder(
             commandLine: arguments.isEmpty ? name : name + " " + arguments, moduleNames: modules.map(\.name),
             memorySize: memorySize)
-        let infoEnd = multibootInfoAddress + info.size
-        guard infoEnd <= multibootInfoLimit else {
-            throw .multibootInfoTooLarge(size: info.size, maximum: multibootInfoLimit - multibootInfoAddress)
-        }
-        let reserved = protectedModeReservedRegions + [("multiboot info", multibootInfoAddress, infoEnd)]
+        let reserved = protectedModeReservedRegions
         // Kernel and modules go in the RAM below the 3 GiB hole (PCMemoryMap).
         let limit = PCMemoryMap.lowRAMEnd(memorySize: memorySize)
 
@@ -135,13 +132,32 @@ extension GuestImage {
             entry = try physicalEntry(of: file)
         }
 
-        // Modules after the kernel, page-aligned (flag 0 asks for it; HV always does it).
+        let ranges = try placeModules(modules, after: &chunks, limit: limit)
+        var placer = BootStructurePlacer(memorySize: memorySize, occupied: reserved)
+        placer.occupy(chunks)
+        let infoAddress = try placer.place("multiboot info", size: info.size, alignment: 8, preferred: multibootInfoAddress)
+        chunks.append(Chunk(address: GuestPhysicalAddress(infoAddress),
+                            bytes: info.build(at: infoAddress, memorySize: memorySize, modules: ranges),
+                            name: "multiboot info"))
+
+        var image = protectedModeImage(chunks: chunks, entry: entry)
+        image.registers.rax = UInt64(MultibootHeader.bootloaderMagic)
+        image.registers.rbx = infoAddress
+        return image
+    }
+
+    /// Appends `modules` to `chunks` page-aligned one after another from the first 4 KiB boundary
+    /// after the loaded kernel (and at least 1 MiB), chunks "module N"; returns each one's
+    /// [start, end) (Multiboot 1 3.3 and Multiboot2 3.6.6 both say page-aligned on request).
+    static func placeModules(
+        _ modules: [MultibootModule], after chunks: inout [Chunk], limit: UInt64
+    ) throws(LoaderError) -> [(start: UInt64, end: UInt64)] {
         let kernelEnd = chunks.map { $0.address.rawValue + $0.size }.max() ?? 0
-        var cursor = (max(kernelEnd, 0x10_0000) + 0xFFF) & ~0xFFF
+        var cursor = (max(kernelEnd, PCMemoryMap.extendedStart) + 0xFFF) & ~0xFFF
         var ranges: [(start: UInt64, end: UInt64)] = []
         for (index, module) in modules.enumerated() {
             let size = UInt64(module.bytes.count)
-            guard cursor + size <= limit else {
+            guard cursor <= limit, size <= limit - cursor else {
                 throw .outsideMemory(field: "module \(index)", what: "module \"\(module.name)\"", start: cursor,
                                      size: size, memorySize: limit)
             }
@@ -149,14 +165,7 @@ extension GuestImage {
             ranges.append((cursor, cursor + size))
             cursor = (cursor + size + 0xFFF) & ~0xFFF
         }
-        chunks.append(Chunk(address: GuestPhysicalAddress(multibootInfoAddress),
-                            bytes: info.build(at: multibootInfoAddress, memorySize: memorySize, modules: ranges),
-                            name: "multiboot info"))
-
-        var image = protectedModeImage(chunks: chunks, entry: entry)
-        image.registers.rax = UInt64(MultibootHeader.bootloaderMagic)
-        image.registers.rbx = multibootInfoAddress
-        return image
+        return ranges
     }
 
     /// The kernel loaded by the address fields (3.1.3): file bytes from

@@ -28,9 +28,11 @@ extension ELFFile {
 }
 
 extension GuestImage {
-    /// Where HV puts `struct hvm_start_info` (EBX at entry), the memory map and the module list.
+    /// Where HV puts `struct hvm_start_info` (EBX at entry), the memory map and the module list
+    /// when the kernel leaves it free; else `BootStructurePlacer` finds another place.
     public static let pvhStartInfoAddress: UInt64 = 0x9000
-    /// Where HV puts the kernel command line (at most `pvhCommandLineLimit` bytes with the NUL).
+    /// Where HV puts the kernel command line (at most `pvhCommandLineLimit` bytes with the NUL),
+    /// when free.
     public static let pvhCommandLineAddress: UInt64 = 0x2_0000
     static let pvhCommandLineLimit: UInt64 = 0x1_0000
     /// hvm_start_info.magic ("xEn3" with the 0x80 bit set).
@@ -41,14 +43,15 @@ extension GuestImage {
     /// (0: the kernel scans for it).
     ///
     /// - Segments load at p_paddr (chunks "segment N"), checked as `elf(_:memorySize:)` does.
-    /// - hvm_start_info version 1 at 0x9000 (chunk "start info", 56 bytes): magic 0x336EC578,
-    ///   nr_modules, modlist_paddr, cmdline_paddr (0x20000, chunk "command line"), rsdp_paddr,
-    ///   memmap_paddr and memmap_entries (`PCMemoryMap`, E820 types). The memory map follows at
-    ///   0x9038 (24-byte entries), the module list after it.
+    /// - hvm_start_info version 1 (chunk "start info", 56 bytes) at 0x9000 when free, else where
+    ///   `BootStructurePlacer` finds room: magic 0x336EC578, nr_modules, modlist_paddr,
+    ///   cmdline_paddr (chunk "command line", 0x20000 when free), rsdp_paddr, memmap_paddr and
+    ///   memmap_entries (`PCMemoryMap`, E820 types). The memory map follows it (24-byte
+    ///   entries), the module list after that.
     /// - initrd: page-aligned as high as possible below the 3 GiB hole, above every segment and
     ///   1 MiB (chunk "initrd").
     /// - Entry (pvh.pandoc): 32-bit protected mode, paging off, flat CS (0x08) and DS/ES/SS
-    ///   (0x10), CR0 = PE | ET, CR4 = 0, EFLAGS = 0x2, EBX = 0x9000.
+    ///   (0x10), CR0 = PE | ET, CR4 = 0, EFLAGS = 0x2, EBX = the start info's address.
     ///
     /// Throws `LoaderError` for everything `elf` rejects, an ELF without the PVH note, an entry
     /// outside the loaded segments, or a command line or initrd that does not fit.
@@ -73,13 +76,10 @@ extension GuestImage {
         let memoryMap = PCMemoryMap.ranges(memorySize: memorySize)
         let lowRAM = PCMemoryMap.lowRAMEnd(memorySize: memorySize)
         let moduleCount: UInt64 = initrd == nil ? 0 : 1
-        let mapAddress = pvhStartInfoAddress + 56
-        let moduleListAddress = mapAddress + UInt64(memoryMap.count) * 24
-        let infoEnd = moduleListAddress + moduleCount * 32
-        let reserved = protectedModeReservedRegions + [
-            ("start info", pvhStartInfoAddress, infoEnd),
-            ("command line", pvhCommandLineAddress, pvhCommandLineAddress + pvhCommandLineLimit),
-        ]
+        let mapOffset: UInt64 = 56
+        let moduleListOffset = mapOffset + UInt64(memoryMap.count) * 24
+        let infoSize = moduleListOffset + moduleCount * 32
+        let reserved = protectedModeReservedRegions
         var chunks = try loadSegments(of: file, from: kernel, memorySize: lowRAM, reserved: reserved)
         guard chunks.contains(where: { chunk in
             UInt64(entry) >= chunk.address.rawValue && UInt64(entry) - chunk.address.rawValue < chunk.size
@@ -87,13 +87,30 @@ extension GuestImage {
             throw .entryOutsideLoadedMemory(field: "XEN_ELFNOTE_PHYS32_ENTRY", entry: UInt64(entry))
         }
 
-        var info = [UInt8](repeating: 0, count: Int(infoEnd - pvhStartInfoAddress))
+        var info = [UInt8](repeating: 0, count: Int(infoSize))
         func put(_ value: UInt64, _ offset: Int, _ count: Int) { info.putLittleEndian(value, at: offset, count: count) }
+        var initrdRange: (address: UInt64, size: UInt64)?
+        if let initrd {
+            // Above the kernel and 1 MiB (clear of every low structure), as high as possible below the hole.
+            let size = UInt64(initrd.count)
+            let floor = max(chunks.map { $0.address.rawValue + $0.size }.max() ?? 0, PCMemoryMap.extendedStart)
+            guard size <= lowRAM, (lowRAM - size) & ~0xFFF >= floor else {
+                throw .outsideMemory(field: "initrd", what: "the initrd", start: floor, size: size, memorySize: lowRAM)
+            }
+            let address = (lowRAM - size) & ~0xFFF
+            initrdRange = (address, size)
+            chunks.append(Chunk(address: GuestPhysicalAddress(address), bytes: initrd, name: "initrd"))
+        }
+        var placer = BootStructurePlacer(memorySize: memorySize, occupied: reserved)
+        placer.occupy(chunks)
+        let infoAddress = try placer.place("start info", size: infoSize, alignment: 8, preferred: pvhStartInfoAddress)
+        let lineAddress = try placer.place("command line", size: UInt64(line.count), alignment: 16, preferred: pvhCommandLineAddress)
+        let mapAddress = infoAddress + mapOffset, moduleListAddress = infoAddress + moduleListOffset
         put(UInt64(pvhStartInfoMagic), 0, 4)               // magic
         put(1, 4, 4)                                        // version: the memory map fields are valid
         put(moduleCount, 12, 4)                             // nr_modules
         put(moduleCount == 0 ? 0 : moduleListAddress, 16, 8) // modlist_paddr
-        put(pvhCommandLineAddress, 24, 8)                   // cmdline_paddr
+        put(lineAddress, 24, 8)                             // cmdline_paddr
         put(rsdpAddress, 32, 8)                             // rsdp_paddr
         put(mapAddress, 40, 8)                              // memmap_paddr
         put(UInt64(memoryMap.count), 48, 4)                 // memmap_entries
@@ -103,24 +120,15 @@ extension GuestImage {
             put(entry.size, at + 8, 8)
             put(UInt64(entry.type), at + 16, 4)
         }
-        if let initrd {
-            // Above the kernel and 1 MiB (clear of every low structure), as high as possible below the hole.
-            let size = UInt64(initrd.count)
-            let floor = max(chunks.map { $0.address.rawValue + $0.size }.max() ?? 0, PCMemoryMap.extendedStart)
-            guard size <= lowRAM, (lowRAM - size) & ~0xFFF >= floor else {
-                throw .outsideMemory(field: "initrd", what: "the initrd", start: floor, size: size, memorySize: lowRAM)
-            }
-            let address = (lowRAM - size) & ~0xFFF
-            let at = Int(moduleListAddress - pvhStartInfoAddress)  // struct hvm_modlist_entry
-            put(address, at, 8)
-            put(size, at + 8, 8)
-            chunks.append(Chunk(address: GuestPhysicalAddress(address), bytes: initrd, name: "initrd"))
+        if let initrdRange {                                // struct hvm_modlist_entry
+            put(initrdRange.address, Int(moduleListOffset), 8)
+            put(initrdRange.size, Int(moduleListOffset) + 8, 8)
         }
-        chunks.append(Chunk(address: GuestPhysicalAddress(pvhStartInfoAddress), bytes: info, name: "start info"))
-        chunks.append(Chunk(address: GuestPhysicalAddress(pvhCommandLineAddress), bytes: line, name: "command line"))
+        chunks.append(Chunk(address: GuestPhysicalAddress(infoAddress), bytes: info, name: "start info"))
+        chunks.append(Chunk(address: GuestPhysicalAddress(lineAddress), bytes: line, name: "command line"))
 
         var image = protectedModeImage(chunks: chunks, entry: UInt64(entry))
-        image.registers.rbx = pvhStartInfoAddress
+        image.registers.rbx = infoAddress
         return image
     }
 }
