@@ -128,6 +128,13 @@ struct Run: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Platform devices: pc (fw_cfg, CMOS/RTC, i8042, PCI host bridge, ACPI PM timer and tables) or none (only COM1 and the debug-exit port).", valueName: "kind"))
     var platform: PlatformArgument = .pc
 
+    @Option(name: .long, help: ArgumentHelp("The CPU the guest sees, as QEMU's -cpu: a model (host or max: all this host's KVM gives; qemu64, kvm64, Opteron_G1: QEMU's baselines) then +FEATURE/-FEATURE edits (Linux's flag names: x2apic, tsc-deadline, pcid, invpcid, umip, pku, ...) and vendor=ID. A +FEATURE the host cannot give is refused, unless enforce=off leaves it out (Documentation/KvmUnitTests.md).", valueName: "model[,+feature|-feature|vendor=id]..."),
+            transform: { try CPUModel(parsing: $0) })
+    var cpu: CPUModel?
+
+    @Flag(name: .long, help: "Attach QEMU's pc-testdev, the test fixture kvm-unit-tests expects: a data port at 0xE0, a page-flush port at 0xE4, ISA interrupt-line ports at 0x2000-0x2017 and 64 KiB of MMIO scratch memory at 0xFF000000 (Documentation/KvmUnitTests.md). Not for production VMs.")
+    var testDevices = false
+
     @Flag(name: .long, help: "Print the exit table to standard error when the guest stops.")
     var stats = false
 
@@ -144,6 +151,7 @@ struct Run: ParsableCommand {
             memorySize: mem.bytes, cpuCount: cpus, haltPolicy: onHalt.policy, timeLimit: timeout, exitLimit: maxExits,
             interruptController: interruptMode)
         configuration.resetPolicy = onReset.policy
+        configuration.cpuModel = cpu
         do { try configuration.validate() } catch { fail(flagName(for: error.field), error) }
         let virtio = try openVirtioDevices(interruptMode: interruptMode)
         // The virtio console, when asked for, takes the slot after the disks and the rng.
@@ -186,6 +194,7 @@ struct Run: ParsableCommand {
                 let pc = try machine.attachPCPlatform(acpiTables: acpiTables, tpm: tpm != nil, virtio: virtioSlots)
                 if virtioTransport == .pci { for device in attachments { try device.attachPCI(machine, pc) } }
             }
+            if testDevices { try machine.attachTestDevices() }
             try machine.load(image)
             let result = try machine.run()
             if case .internalError = result.reason, emulatedLinux {

@@ -56,7 +56,7 @@ private final class RecordingMMIODevice: MMIODevice, @unchecked Sendable {  // e
 /// Runs `body` with a port access of `elements` (each `size` bytes) over a local buffer, the
 /// way a backend hands one over; returns the action and the elements afterwards (an `IN`
 /// fills them).
-private func withPortIO(
+func withPortIO(
     _ port: IOPort, size: Int, elements: [UInt32], _ body: (PortIO) -> ExitAction?
 ) -> (ExitAction?, [UInt32]) {
     let capacity = size * elements.count

@@ -7,9 +7,11 @@ import Synchronization
 import Testing
 
 /// An interrupt controller that records the MSIs it is asked to send.
+/// An interrupt controller that records the MSIs and line levels it is asked for.
 final class RecordingController: InterruptController {
     let messages = Mutex<[(UInt64, UInt32)]>([])
-    func setLevel(_ gsi: UInt32, high: Bool) throws(HVError) {}
+    let levels = Mutex<[(gsi: UInt32, high: Bool)]>([])
+    func setLevel(_ gsi: UInt32, high: Bool) throws(HVError) { levels.withLock { $0.append((gsi, high)) } }
     func signalMSI(address: UInt64, data: UInt32) throws(HVError) { messages.withLock { $0.append((address, data)) } }
     var sent: [UInt32] { messages.withLock { $0.map(\.1) } }
 }

@@ -72,6 +72,11 @@ public protocol VirtualMachine: AnyObject, Sendable {
     func addMSINotifier(eventFD: Int32, address: UInt64, data: UInt32) throws(HVError) -> UInt32
     /// Points notifier `id` at another message (the guest rewrote an MSI-X table entry).
     func updateMSINotifier(_ id: UInt32, address: UInt64, data: UInt32) throws(HVError)
+    /// Leaves the backend's 8259A pair as a PC BIOS does before it boots a kernel: initialised
+    /// (ICW1-ICW4: edge-triggered, cascaded on IRQ 2, 8086 mode), IRQ 0-7 on vectors
+    /// `masterBase`..+7 and IRQ 8-15 on `slaveBase`..+7, `mask` in the two IMRs (bit n: IRQ n).
+    /// Backends without an emulated PIC throw `.unsupported`.
+    func initializeLegacyPIC(masterBase: UInt8, slaveBase: UInt8, mask: UInt16) throws(HVError)
 }
 
 extension VirtualMachine {
@@ -86,6 +91,9 @@ extension VirtualMachine {
     }
     public func updateMSINotifier(_ id: UInt32, address: UInt64, data: UInt32) throws(HVError) {
         throw .unsupported(knob: "MSI notifiers", backend: "\(Self.self)", reason: "the backend has no eventfd path for interrupts")
+    }
+    public func initializeLegacyPIC(masterBase: UInt8, slaveBase: UInt8, mask: UInt16) throws(HVError) {
+        throw .unsupported(knob: "legacy PIC", backend: "\(Self.self)", reason: "the backend emulates no 8259A")
     }
 }
 

@@ -102,6 +102,8 @@ public struct VirtualMachineConfiguration: Sendable, Equatable {
     public var resetPolicy: ResetPolicy
     /// Where the 8254 PIT lives (default: in the kernel when the interrupt controllers are).
     public var pit: PITMode
+    /// The CPU the guest sees (CPUID): nil for everything the backend can give (`CPUModel.Base.host`).
+    public var cpuModel: CPUModel?
 
     /// The PIT the backend creates: `pit` with `automatic` resolved.
     public var effectivePIT: PITMode {
@@ -129,6 +131,7 @@ public struct VirtualMachineConfiguration: Sendable, Equatable {
         self.preemptionTimerInterval = nil
         self.resetPolicy = .stop
         self.pit = .automatic
+        self.cpuModel = nil
     }
 
     /// Checks every field; the error names the first invalid one and what would be valid.

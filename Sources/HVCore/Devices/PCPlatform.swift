@@ -30,6 +30,12 @@ extension Machine {
             try devices.register(SystemControlPortA(), port: SystemControlPortA.port, count: 1)
             try devices.register(ShutdownPortDevice(), port: ShutdownPortDevice.port, count: 1)
         } catch { throw .device(error) }
+        // A kernel booted from firmware finds the PICs initialised on the BIOS's vectors (IRQ 0-7
+        // on 0x08-0x0F, 8-15 on 0x70-0x77: a real-mode guest's IVT layout); HV leaves every line
+        // unmasked, since no HV device raises a line before its driver enables it.
+        if configuration.interruptController == .kernel {
+            try vm.initializeLegacyPIC(masterBase: 0x08, slaveBase: 0x70, mask: 0)
+        }
         guard acpiTables else { return platform }
         let tables = ACPITables.pc(cpuCount: cpus, tpm: tpm, virtio: virtio)
         do { try tables.install(into: memory) } catch { throw .memory(error) }
@@ -47,4 +53,20 @@ public struct PCPlatform: Sendable {
     public let bus: PCIHostBridge
     /// The 32-bit memory window the functions' BARs are assigned from.
     public let window: PCIMemoryWindow
+}
+
+extension Machine {
+    /// Attaches QEMU's `pc-testdev` (`PCTestDevice`: ports 0xE0-0xEB, the ISA interrupt-line ports
+    /// 0x2000-0x2017, the MMIO scratch window at 0xFF000000), the test fixture kvm-unit-tests'
+    /// x86 tests expect. Without interrupt controllers the interrupt-line ports do nothing.
+    @discardableResult
+    public func attachTestDevices() throws(HVError) -> PCTestDevice {
+        var lines: [InterruptLine?] = []
+        for line in 0..<PCTestDevice.irqLineCount {
+            lines.append(interrupts == nil ? nil : try interruptLine(UInt32(line)))
+        }
+        let device = PCTestDevice(memory: memory, lines: lines)
+        do { try device.register(on: devices) } catch { throw .device(error) }
+        return device
+    }
 }

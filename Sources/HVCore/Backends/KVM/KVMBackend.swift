@@ -108,14 +108,6 @@ public struct KVMBackend: Backend {
     }
 }
 
-/// One CPUID leaf/subleaf and its output registers (SDM Vol. 2A, CPUID).
-public struct CPUIDEntry: Sendable, Equatable {
-    public var function: UInt32
-    public var index: UInt32
-    public var flags: UInt32
-    public var eax: UInt32, ebx: UInt32, ecx: UInt32, edx: UInt32
-}
-
 /// A heap `struct kvm_cpuid2` with room for `capacity` entries.
 final class KVMCPUIDBuffer {
     let raw: UnsafeMutableRawPointer

@@ -166,6 +166,28 @@ extension KVMVirtualMachine {
         return state
     }
 
+    /// The in-kernel PICs as a BIOS leaves them (`VirtualMachine.initializeLegacyPIC`): what its
+    /// ICW1-ICW4 and OCW1 writes would have left in each chip's state (`KVM_GET_IRQCHIP`, the
+    /// fields changed, `KVM_SET_IRQCHIP`). Needs the kernel irqchip.
+    public func initializeLegacyPIC(masterBase: UInt8, slaveBase: UInt8, mask: UInt16) throws(HVError) {
+        guard configuration.interruptController == .kernel else {
+            throw .unsupported(knob: "legacy PIC", backend: "kvm",
+                               reason: "only the kernel irqchip has a PIC (interruptController is \(configuration.interruptController))")
+        }
+        for (chip, base, imr) in [(KVM_IRQCHIP_PIC_MASTER, masterBase, UInt8(truncatingIfNeeded: mask)),
+                                  (KVM_IRQCHIP_PIC_SLAVE, slaveBase, UInt8(truncatingIfNeeded: mask >> 8))] {
+            var irqchip = kvm_irqchip()
+            irqchip.chip_id = UInt32(chip)
+            try KVMSyscall.ioctl(fd, HV_KVM_GET_IRQCHIP, &irqchip, "KVM_GET_IRQCHIP")
+            irqchip.chip.pic.irq_base = base & 0xF8   // ICW2: T7-T3 of the vector
+            irqchip.chip.pic.init4 = 1                // ICW1 IC4: an ICW4 follows (8086 mode)
+            irqchip.chip.pic.init_state = 0           // initialisation done: OCWs from now on
+            irqchip.chip.pic.imr = imr                // OCW1
+            irqchip.chip.pic.auto_eoi = 0
+            try KVMSyscall.ioctl(fd, HV_KVM_SET_IRQCHIP, &irqchip, "KVM_SET_IRQCHIP")
+        }
+    }
+
     /// The corresponding ioctls are `KVM_SET_IRQCHIP`, once per saved chip, and `KVM_SET_PIT2`.
     public func restoreState(_ state: KVMVirtualMachineState) throws(HVError) {
         for saved in state.irqchips {

@@ -42,8 +42,10 @@ public final class KVMVirtualMachine: VirtualMachine {
     init(backend: KVMBackend, configuration: VirtualMachineConfiguration) throws(HVError) {
         self.backend = backend
         self.configuration = configuration
-        cpuid = Self.withTSCDeadline(try backend.supportedCPUID(),
-                                     when: configuration.interruptController != .none && backend.check(.tscDeadline) != 0)
+        cpuid = try Self.modelCPUID(
+            Self.withTSCDeadline(try backend.supportedCPUID(),
+                                 when: configuration.interruptController != .none && backend.check(.tscDeadline) != 0),
+            model: configuration.cpuModel)
         savedMSRs = try backend.msrIndexList()
         fd = try KVMSyscall.ioctl(backend.system.fd, HV_KVM_CREATE_VM, value: 0, "KVM_CREATE_VM")
         if backend.check(.setTSSAddress) != 0 {
@@ -315,6 +317,21 @@ public final class KVMVirtualMachine: VirtualMachine {
         let table = KVMCPUIDBuffer(entries: Self.cpuid(cpuid, forVCPU: UInt32(id)))
         try KVMSyscall.ioctl(vcpuFD, HV_KVM_SET_CPUID2, pointer: table.raw, "KVM_SET_CPUID2")
         return vcpu
+    }
+
+    /// `supported` narrowed to `model` (`CPUModel.apply`); a feature left out because the host
+    /// lacks it (enforce=off) is logged as a warning, as QEMU prints one.
+    static func modelCPUID(_ supported: [CPUIDEntry], model: CPUModel?) throws(HVError) -> [CPUIDEntry] {
+        guard let model else { return supported }
+        do throws(ConfigurationError) {
+            let (entries, dropped) = try model.apply(to: supported)
+            for feature in dropped {
+                LogCategory.vcpu.logger.warning("cpu: this host's KVM cannot give the guest \(feature.name); left out (enforce=off)")
+            }
+            return entries
+        } catch {
+            throw .configuration(error)
+        }
     }
 
     /// `entries` with CPUID.1:ECX[24] (TSC-deadline timer mode) set when `enabled`. KVM emulates
