@@ -31,9 +31,20 @@ extension GuestImage {
 
     static func realModeImage(program: Chunk, entry: UInt64) -> GuestImage {
         let (selector, offset) = realModeCodeSegment(entry: entry)
+        let (registers, special) = realModeState(codeSegment: selector, instructionPointer: offset)
+        return GuestImage(chunks: [program], registers: registers, specialRegisters: special, mode: .real)
+    }
+
+    /// A vCPU in real mode at `codeSegment`:`instructionPointer`: DS, ES, FS and GS =
+    /// `dataSegment` (nil: equal to CS), SS = 0 with SP = 0x7000, the IVT at 0, CR0 = ET
+    /// (protection and paging off), EFLAGS = 0x2, IA32_APIC_BASE as after RESET. ACPI's waking
+    /// vector uses it (ACPI 6.4, 5.2.10: "CS:IP = waking vector >> 4 : waking vector & 0xF"; the
+    /// data segments 0, as SeaBIOS's S3 resume leaves them).
+    public static func realModeState(codeSegment selector: UInt16, instructionPointer: UInt16,
+                                     dataSegment: UInt16? = nil) -> (Registers, SpecialRegisters) {
         var special = SpecialRegisters()
         special.cs = realModeSegment(selector: selector, code: true)
-        let data = realModeSegment(selector: selector, code: false)
+        let data = realModeSegment(selector: dataSegment ?? selector, code: false)
         special.ds = data
         special.es = data
         special.fs = data
@@ -48,9 +59,9 @@ extension GuestImage {
         special.apicBase = resetAPICBase
 
         var registers = Registers()
-        registers.rip = UInt64(offset)
+        registers.rip = UInt64(instructionPointer)
         registers.rsp = realModeStackPointer
         registers.rflags = 0x2
-        return GuestImage(chunks: [program], registers: registers, specialRegisters: special, mode: .real)
+        return (registers, special)
     }
 }

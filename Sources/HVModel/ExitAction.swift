@@ -15,6 +15,10 @@ public enum ExitAction: Sendable, Equatable {
     /// Reset the VM (a real PC's reset line: i8042 pulse, port 0xCF9). The monitor's reset
     /// policy decides: restart the guest in place, or stop with `StopReason.reset`.
     case reset
+    /// Put the machine to sleep (ACPI S3, suspend to RAM: ACPI 6.5, 16.1.3): every vCPU stops
+    /// and RAM keeps its contents until a wake event, when the processors start again from the
+    /// firmware waking vector (16.3.2).
+    case suspend
 }
 
 /// Why a VM stopped. Every stop has one; none is silent.

@@ -210,6 +210,8 @@ public enum SystemEvent: Sendable, Equatable {
     case reset
     /// The guest reported a crash (e.g. Hyper-V crash MSRs).
     case crash
+    /// The guest put the machine to sleep (ACPI S3) where nothing can wake it.
+    case sleep
     /// A backend event with no name here.
     case other(UInt32)
 }

@@ -78,10 +78,13 @@ struct ACPITablesTests {
         #expect(entries.filter { $0[0] == 2 }.count == 2)
     }
 
-    @Test("the DSDT holds \\_S5, the PCI root bridge and, when asked, a TPM device with its TIS window")
+    @Test("the DSDT holds \\_S3, \\_S4, \\_S5, the PCI root bridge and, when asked, a TPM device with its TIS window")
     func dsdt() throws {
         let plain = try #require(ACPITables(ACPIConfiguration(cpuCount: 1)).table("DSDT"))
-        #expect(Array(plain.bytes[36..<49]) == [0x08, 0x5C, 0x5F, 0x53, 0x35, 0x5F, 0x12, 0x06, 0x04, 0, 0, 0, 0])
+        // Name (\_S3, Package (4) { One, One, Zero, Zero }), \_S4 { 2, 2, 0, 0 }, \_S5 { 0, 0, 0, 0 }
+        #expect(Array(plain.bytes[36..<49]) == [0x08, 0x5C, 0x5F, 0x53, 0x33, 0x5F, 0x12, 0x06, 0x04, 1, 1, 0, 0])
+        #expect(Array(plain.bytes[49..<64]) == [0x08, 0x5C, 0x5F, 0x53, 0x34, 0x5F, 0x12, 0x08, 0x04, 0x0A, 2, 0x0A, 2, 0, 0])
+        #expect(Array(plain.bytes[64..<77]) == [0x08, 0x5C, 0x5F, 0x53, 0x35, 0x5F, 0x12, 0x06, 0x04, 0, 0, 0, 0])
         #expect(String(decoding: plain.bytes, as: UTF8.self).contains("PNP0A03"), "the PCI root bridge")
         var configuration = ACPIConfiguration(cpuCount: 1)
         configuration.hasTPM = true
@@ -159,13 +162,21 @@ struct ACPITablesTests {
         #expect(pm.timerValue == 17_897_728 - (1 << 24))
     }
 
-    @Test("PM1 control reports SCI_EN; SLP_EN with SLP_TYP 0 powers off")
+    @Test("PM1 control reports SCI_EN; SLP_EN with SLP_TYP 0 (S5) or 2 (S4) powers off, 1 (S3) suspends, others do nothing")
     func pm1Control() {
         let pm = ACPIPMDevice(clock: { 0 })
         #expect(pm.portRead(offset: 4, size: 2) == 1)
         #expect(pm.portWrite(offset: 4, size: 2, value: 0x0400) == .resume)
         #expect(pm.portRead(offset: 4, size: 2) == 0x0401)
-        #expect(pm.portWrite(offset: 4, size: 2, value: 0x2400) == .resume)  // S1: ignored
+        #expect(pm.portWrite(offset: 4, size: 2, value: 0x2C00) == .resume)  // SLP_TYP 3: no \_Sx declares it
+        #expect(pm.portWrite(offset: 4, size: 2, value: 0x2800) == .stop(.systemEvent(.shutdown)))  // S4
+        #expect(!pm.isSleeping)
+        #expect(pm.portWrite(offset: 4, size: 2, value: 0x2400) == .suspend)  // S3
+        #expect(pm.isSleeping)
+        pm.reset()
+        pm.resumed()
+        #expect(!pm.isSleeping && pm.portRead(offset: 0, size: 2) == 0x8000, "WAK_STS after the wake")
+        _ = pm.portWrite(offset: 0, size: 2, value: 0x8000)
         #expect(pm.portWrite(offset: 4, size: 2, value: 0x2000) == .stop(.systemEvent(.shutdown)))
         #expect(pm.portRead(offset: 0, size: 2) == 0)
         _ = pm.portWrite(offset: 2, size: 2, value: 0x0100)
@@ -173,6 +184,34 @@ struct ACPITablesTests {
         #expect(pm.portRead(offset: 0, size: 4) == 0x0100_0000)  // status and enable as one dword
         #expect(pm.portWrite(offset: 5, size: 1, value: 0x20) == .stop(.systemEvent(.shutdown)))  // byte write of SLP_EN
         #expect(pm.portRead(offset: 12, size: 1) == 0xFF)
+    }
+
+    @Test("PM1 events: RTC_STS and PWRBTN_STS set, clear by writing 1, drive the SCI with their enables; only enabled RTC alarms wake a sleeper, the power button always does")
+    func pm1Events() {
+        let controller = RecordingController()
+        let pm = ACPIPMDevice(sci: InterruptLine(controller: controller, gsi: 9), clock: { 0 })
+        let wakes = Mutex(0)
+        pm.onWake { wakes.withLock { $0 += 1 } }
+        pm.rtcAlarm()
+        #expect(pm.portRead(offset: 0, size: 2) == 0x0400)
+        #expect(controller.levels.withLock { $0.last?.high } == false, "RTC_EN clear: no SCI")
+        _ = pm.portWrite(offset: 2, size: 2, value: 0x0500)       // RTC_EN | PWRBTN_EN
+        #expect(controller.levels.withLock { $0.last?.high } == true)
+        _ = pm.portWrite(offset: 0, size: 2, value: 0x0400)       // clear RTC_STS
+        #expect(pm.portRead(offset: 0, size: 2) == 0 && controller.levels.withLock { $0.last?.high } == false)
+        pm.pressPowerButton()
+        #expect(pm.portRead(offset: 0, size: 2) == 0x0100 && controller.levels.withLock { $0.last?.high } == true)
+        #expect(wakes.withLock { $0 } == 0, "awake: nothing to wake")
+        _ = pm.portWrite(offset: 0, size: 2, value: 0x0100)
+        _ = pm.portWrite(offset: 2, size: 2, value: 0)            // nothing enabled
+        #expect(pm.portWrite(offset: 4, size: 2, value: 0x2400) == .suspend)
+        pm.rtcAlarm()
+        #expect(wakes.withLock { $0 } == 0, "RTC_EN clear: the alarm does not wake")
+        pm.pressPowerButton()
+        #expect(wakes.withLock { $0 } == 1, "the power button wakes")
+        pm.reset()
+        pm.resumed()
+        #expect(pm.portRead(offset: 0, size: 2) == 0x8100, "WAK_STS and what woke it")
     }
 }
 

@@ -1,5 +1,6 @@
 // The CMOS RTC's register model (MC146818A data sheet; QEMU pc_cmos_init memory bytes) with a
 // fixed clock: 2024-02-29 13:45:07 UTC, a Thursday.
+import Foundation
 import HVCore
 import Synchronization
 import Testing
@@ -9,7 +10,7 @@ struct CMOSRTCDeviceTests {
     static let leapDay: Int64 = 1_709_214_307
 
     func device(ramSize: UInt64 = 128 << 20, cpus: Int = 2, at time: Int64 = leapDay) -> CMOSRTCDevice {
-        CMOSRTCDevice(ramSize: ramSize, cpuCount: cpus, clock: { time })
+        CMOSRTCDevice(ramSize: ramSize, cpuCount: cpus, clock: { time * 1_000_000_000 })
     }
 
     func read(_ rtc: CMOSRTCDevice, _ index: UInt8) -> UInt8 {
@@ -52,7 +53,7 @@ struct CMOSRTCDeviceTests {
     @Test("writing the time moves the guest clock and keeps it running with the host")
     func settingTheTime() {
         let now = Mutex<Int64>(983_682_367)  // 2001-03-04 05:06:07
-        let rtc = CMOSRTCDevice(ramSize: 1 << 20, cpuCount: 1, clock: { now.withLock { $0 } })
+        let rtc = CMOSRTCDevice(ramSize: 1 << 20, cpuCount: 1, clock: { now.withLock { $0 } * 1_000_000_000 })
         write(rtc, 0x04, 0x22)  // 22 h
         write(rtc, 0x09, 0x99)
         write(rtc, 0x32, 0x19)
@@ -113,13 +114,112 @@ struct CMOSRTCDeviceTests {
     }
 }
 
+@Suite("CMOS RTC update cycle and interrupts")
+struct CMOSRTCTimingTests {
+    static let second: Int64 = 1_000_000_000
+    /// A settable nanosecond clock.
+    final class TestClock: Sendable {
+        let value = Mutex<Int64>(CMOSRTCDeviceTests.leapDay * CMOSRTCTimingTests.second)
+    }
+    let now = TestClock()
+    let controller = RecordingController()
+
+    func device() -> CMOSRTCDevice {
+        let now = self.now
+        return CMOSRTCDevice(ramSize: 1 << 20, cpuCount: 1, interrupt: InterruptLine(controller: controller, gsi: 8),
+                             clock: { now.value.withLock { $0 } })
+    }
+
+    func read(_ rtc: CMOSRTCDevice, _ index: UInt8) -> UInt8 { CMOSRTCDeviceTests().read(rtc, index) }
+    func write(_ rtc: CMOSRTCDevice, _ index: UInt8, _ value: UInt8) { CMOSRTCDeviceTests().write(rtc, index, value) }
+    func advance(by nanoseconds: Int64) { now.value.withLock { $0 += nanoseconds } }
+    var line: Bool? { controller.levels.withLock { $0.last?.high } }
+
+    @Test("UIP reads 1 only in the last 244 µs of each second, and never with SET or the divider stopped")
+    func updateInProgress() {
+        let rtc = device()
+        #expect(read(rtc, 0x0A) == 0x26)
+        advance(by: Self.second - 244_001)
+        #expect(read(rtc, 0x0A) == 0x26)
+        advance(by: 2)
+        #expect(read(rtc, 0x0A) == 0xA6)
+        write(rtc, 0x0B, 0x82)                    // SET: updates stop
+        #expect(read(rtc, 0x0A) == 0x26)
+        write(rtc, 0x0B, 0x02)
+        write(rtc, 0x0A, 0x06)                    // DV2-0 = 000: the oscillator is off
+        #expect(read(rtc, 0x0A) == 0x06)
+        write(rtc, 0x0A, 0x26)
+        advance(by: 300_000)                      // into the next second: the update is over
+        #expect(read(rtc, 0x0A) == 0x26)
+    }
+
+    @Test("UF sets as each second turns, PF at the periodic rate, AF when the alarm bytes match; reading C clears them")
+    func flags() {
+        let rtc = device()
+        advance(by: Self.second / 2)
+        #expect(read(rtc, 0x0C) == 0x40, "the 1024 Hz periodic flag (rate 6) set many times over, no second turned")
+        write(rtc, 0x0A, 0x20)                    // no periodic rate
+        advance(by: Self.second / 2)
+        #expect(read(rtc, 0x0C) == 0x10, "13:45:08: UF only")
+        write(rtc, 0x01, 0x10)                    // alarm at hh:mm:10, any minute, any hour
+        write(rtc, 0x03, 0xC0)
+        write(rtc, 0x05, 0xFF)
+        advance(by: Self.second)
+        #expect(read(rtc, 0x0C) == 0x10, "13:45:09: no alarm")
+        advance(by: Self.second)
+        #expect(read(rtc, 0x0C) == 0x30, "13:45:10: UF and AF")
+        #expect(read(rtc, 0x0C) == 0x00, "reading C cleared it")
+        #expect(line != true, "nothing enabled: IRQ 8 never rose")
+    }
+
+    @Test("IRQF and IRQ 8 follow the flags with their enables; reading C lowers the line; an enabled alarm calls onAlarm")
+    func interrupts() {
+        let rtc = device()
+        let alarms = Mutex(0)
+        rtc.onAlarm { alarms.withLock { $0 += 1 } }
+        write(rtc, 0x0A, 0x20)
+        write(rtc, 0x01, 0xC0)                    // every second
+        write(rtc, 0x03, 0xC0)
+        write(rtc, 0x05, 0xC0)
+        advance(by: Self.second)
+        write(rtc, 0x0B, 0x22)                    // AIE, with AF already set: IRQF at once
+        #expect(line == true)
+        #expect(alarms.withLock { $0 } == 0, "the flag set before AIE was")
+        #expect(read(rtc, 0x0C) == 0xB0)
+        #expect(line == false)
+        advance(by: Self.second)
+        #expect(read(rtc, 0x0C) == 0xB0)
+        #expect(alarms.withLock { $0 } == 1)
+        write(rtc, 0x0B, 0x12)                    // UIE only
+        advance(by: Self.second)
+        #expect(read(rtc, 0x0C) == 0xB0, "AF still sets; UF with UIE raises IRQF")
+        #expect(alarms.withLock { $0 } == 1, "AIE clear: no wake alarm")
+        rtc.reset()
+        #expect(read(rtc, 0x0B) == 0x02, "reset clears the enables")
+    }
+
+    @Test("with UIE set the timer thread raises IRQ 8 as the next second turns, without the guest reading anything")
+    func timerThread() throws {
+        let controller = RecordingController()
+        let rtc = CMOSRTCDevice(ramSize: 1 << 20, cpuCount: 1, interrupt: InterruptLine(controller: controller, gsi: 8))
+        write(rtc, 0x0B, 0x12)
+        let deadline = ContinuousClock.now + .seconds(3)
+        while controller.levels.withLock({ $0.last?.high }) != true, ContinuousClock.now < deadline {
+            Thread.sleep(forTimeInterval: 0.01)
+        }
+        #expect(controller.levels.withLock { $0.last?.high } == true)
+        #expect(read(rtc, 0x0C) & 0x90 == 0x90)
+        rtc.reset()
+    }
+}
+
 @Suite("CMOS RTC under KVM", .requiresKVM, .serialized)
 struct CMOSRTCKVMTests {
     @Test("a long-mode guest reads seconds, minutes and hours through ports 0x70/0x71")
     func guestReadsTheTime() throws {
         let vm = try KVMHost.machine()
         _ = try attachConsole(vm)
-        let rtc = CMOSRTCDevice(ramSize: vm.memory.size, cpuCount: 1, clock: { CMOSRTCDeviceTests.leapDay })
+        let rtc = CMOSRTCDevice(ramSize: vm.memory.size, cpuCount: 1, clock: { CMOSRTCDeviceTests.leapDay * 1_000_000_000 })
         try vm.devices.register(rtc, port: CMOSRTCDevice.basePort, count: CMOSRTCDevice.portCount)
         try vm.load(GuestProgram.longMode { a in
             for index: UInt8 in [0x00, 0x02, 0x04, 0x0B] {

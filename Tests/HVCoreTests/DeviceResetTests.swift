@@ -28,7 +28,7 @@ struct DeviceResetTests {
 
     @Test("CMOS: NVRAM, the clock offset and the time survive; interrupt enables and flags clear")
     func cmos() {
-        let rtc = CMOSRTCDevice(ramSize: 64 << 20, cpuCount: 1, clock: { 1_709_214_307 })
+        let rtc = CMOSRTCDevice(ramSize: 64 << 20, cpuCount: 1, clock: { 1_709_214_307 * 1_000_000_000 })
         func write(_ index: UInt8, _ value: UInt8) {
             _ = rtc.portWrite(offset: 0, size: 1, value: UInt32(index))
             _ = rtc.portWrite(offset: 1, size: 1, value: UInt32(value))

@@ -6,6 +6,7 @@ import HVGuest
 import HVModel
 import Synchronization
 import Testing
+import Foundation
 
 /// Port and MMIO accesses through the bus, as a vCPU's exits reach it.
 private extension DeviceBus {
@@ -216,5 +217,74 @@ struct CPUModelTests {
         #expect(entries[0].ebx == 0x756E_6547 && entries[0].edx == 0x4965_6E69 && entries[0].ecx == 0x6C65_746E)
         #expect(throws: ConfigurationError.self) { try CPUModel(parsing: "host,+vmx").apply(to: supported) }
         #expect(try CPUModel(parsing: "host,+vmx,enforce=off").apply(to: supported).dropped.map(\.name) == ["vmx"])
+    }
+}
+
+@Suite("ACPI S3 under KVM", .requiresKVM, .serialized)
+struct SleepKVMTests {
+    enum Wake: String, CaseIterable { case rtcAlarm = "an RTC alarm", powerButton = "the power button" }
+
+    @Test("a guest that writes its waking vector into the FACS and sleeps (S3) wakes in real mode there with RAM kept", arguments: Wake.allCases)
+    func suspendToRAMAndWake(_ wake: Wake) throws {
+        let vm = try KVMHost.machine { $0.interruptController = .kernel; $0.resetPolicy = .stop }
+        _ = try attachConsole(vm)
+        let platform = try vm.attachPCPlatform()
+        let facs = try #require(ACPITables.pc(cpuCount: 1, tpm: false).facsAddress)
+        // The resume code at 0x8000, entered as 0800:0000 with DS = 0: it reports what RAM holds at 0x600.
+        var resume = X86Assembler(bits: .bits16)
+        resume.mov(Register32.eax, .absolute(0x600))
+        resume.out(0xF4, Register32.eax)
+        resume.hlt()
+        try vm.memory.write(bytes: try resume.assemble(), at: GuestPhysicalAddress(0x8000))
+        try vm.load(GuestProgram.longMode { a in
+            a.mov(.dword, .absolute(facs + ACPITables.firmwareWakingVectorOffset), 0x8000)
+            a.mov(.dword, .absolute(0x600), 0x5A)
+            if wake == .rtcAlarm {
+                a.mov(Register16.dx, 0x602)                   // PM1 enable: RTC_EN
+                a.mov(Register16.ax, 0x400)
+                a.out(Register16.dx, Register16.ax)
+                for index: UInt8 in [0x01, 0x03, 0x05] {      // alarm: any second, minute, hour
+                    a.mov(Register8.al, Immediate(index))
+                    a.out(0x70, Register8.al)
+                    a.mov(Register8.al, 0xC0)
+                    a.out(0x71, Register8.al)
+                }
+                a.mov(Register8.al, 0x0B)                     // register B: AIE | 24-hour
+                a.out(0x70, Register8.al)
+                a.mov(Register8.al, 0x22)
+                a.out(0x71, Register8.al)
+            }
+            a.mov(Register16.dx, 0x604)                       // PM1 control: SLP_TYP 1 (\_S3) | SLP_EN
+            a.mov(Register16.ax, 0x2400)
+            a.out(Register16.dx, Register16.ax)
+            a.mov(.dword, .absolute(0x600), 0x77)             // never runs: the CPU stopped at the write
+            a.debugExit(code: 0x99)
+        })
+        try vm.start(handler: NoExitHandler())
+        if wake == .powerButton {
+            let deadline = ContinuousClock.now + .seconds(20)
+            while !vm.isAsleep, ContinuousClock.now < deadline { Thread.sleep(forTimeInterval: 0.01) }
+            #expect(vm.isAsleep)
+            platform.powerManagement.pressPowerButton()
+        }
+        let result = vm.wait()
+        #expect(result.reason == .debugExit(code: 0x5A))
+        #expect(vm.sleeps == 1 && vm.resets == 0)
+        let status = platform.powerManagement.portRead(offset: 0, size: 2)
+        #expect(status == (wake == .rtcAlarm ? 0x8400 : 0x8100), "WAK_STS and the event that woke it")
+    }
+
+    @Test("a machine without ACPI tables has no waking vector: a request to sleep stops it, saying so")
+    func sleepWithoutWakeStops() throws {
+        let vm = try KVMHost.machine { $0.interruptController = .kernel }
+        _ = try attachConsole(vm)
+        try vm.attachPCPlatform(acpiTables: false)
+        try vm.load(GuestProgram.longMode { a in
+            a.mov(Register16.dx, 0x604)
+            a.mov(Register16.ax, 0x2400)
+            a.out(Register16.dx, Register16.ax)
+            a.debugExit(code: 1)
+        })
+        #expect(try vm.run().reason == .systemEvent(.sleep))
     }
 }

@@ -141,6 +141,13 @@ public struct ACPITables: Sendable {
         return bytes
     }
 
+    /// FACS offsets of the waking vectors OSPM writes before sleeping (ACPI 6.4, table 5.14).
+    public static let firmwareWakingVectorOffset: UInt64 = 12
+    public static let extendedFirmwareWakingVectorOffset: UInt64 = 24
+
+    /// The FACS's guest-physical address.
+    public var facsAddress: UInt64? { tables.first { $0.signature == "FACS" }?.address }
+
     static func facs() -> [UInt8] {
         var bytes = Array("FACS".utf8) + le(64, 4) + [UInt8](repeating: 0, count: 56)
         bytes[32] = 2  // version (ACPI 6.4, table 5.14)
@@ -197,12 +204,18 @@ public struct ACPITables: Sendable {
 
 // MARK: - AML
 
-/// Just enough AML (ACPI 6.4, chapter 20) for a DSDT: \_S5, the PCI root bridge, an optional
+/// Just enough AML (ACPI 6.4, chapter 20) for a DSDT: \_S3-\_S5, the PCI root bridge, an optional
 /// TPM device and virtio-mmio devices.
 enum ACPIAML {
     static func dsdtBody(tpm: Bool, virtio: [VirtioMMIOSlot] = []) -> [UInt8] {
-        // Name (\_S5, Package (4) { 0, 0, 0, 0 }): SLP_TYP 0 for soft off (ACPIPMDevice).
-        var body: [UInt8] = [0x08, 0x5C] + Array("_S5_".utf8) + [0x12] + pkgLength([0x04, 0, 0, 0, 0])
+        // Name (\_S3, Package (4) { 1, 1, 0, 0 }), \_S4 { 2, 2, 0, 0 }, \_S5 { 0, 0, 0, 0 }: the
+        // SLP_TYP values for suspend to RAM, suspend to disk and soft off (ACPI 6.4, 7.4.2;
+        // ACPIPMDevice; QEMU's PIIX4 uses the same numbers). AML: OneOp 0x01, ZeroOp 0x00,
+        // BytePrefix 0x0A for 2.
+        var body: [UInt8] = []
+        for (name, value) in [("_S3_", [UInt8(0x01)]), ("_S4_", [0x0A, 0x02]), ("_S5_", [0x00])] {
+            body += [0x08, 0x5C] + Array(name.utf8) + [0x12] + pkgLength([0x04] + value + value + [0, 0])
+        }
         // Device (PCI0) { _HID "PNP0A03", _UID 0, _CRS { bus 0-255, ports 0xCF8-0xCFF, the
         // I/O space around them, the 32-bit memory window } }: the PCI root bridge Linux
         // enumerates bus 0 under (drivers/acpi/pci_root.c) and assigns BARs from.

@@ -13,11 +13,11 @@ import Synchronization
 /// | Index       | Contents                                                           |
 /// |-------------|--------------------------------------------------------------------|
 /// | 0x00/02/04  | seconds, minutes, hours (12-hour mode: bit 7 = PM)                 |
-/// | 0x01/03/05  | alarm seconds, minutes, hours (stored, never fire)                 |
+/// | 0x01/03/05  | alarm seconds, minutes, hours (0xC0-0xFF: any value matches)        |
 /// | 0x06-0x09   | day of week (1 = Sunday), day of month, month, year (00-99)        |
-/// | 0x0A        | register A: UIP (bit 7) always 0, divider and rate bits stored (0x26) |
+/// | 0x0A        | register A: UIP (bit 7) in the last 244 µs of each second, divider and rate (0x26) |
 /// | 0x0B        | register B: bit 2 DM (1 = binary, 0 = BCD), bit 1 24/12 (1 = 24-hour); 0x02 at reset |
-/// | 0x0C        | register C: interrupt flags, cleared by reading; always 0 (no interrupts) |
+/// | 0x0C        | register C: IRQF, PF, AF, UF (bits 7-4), cleared by reading        |
 /// | 0x0D        | register D: VRT (bit 7), the battery is good                       |
 /// | 0x32        | century (BCD or binary, as the other time bytes)                   |
 /// | 0x15-0x16   | base memory in KiB (640)                                           |
@@ -28,8 +28,17 @@ import Synchronization
 ///
 /// Other bytes are NVRAM: they read what was last written (0 at start). Time registers read
 /// the host clock (UTC) plus an offset; writing one moves the guest's clock by the difference,
-/// so the guest's setting survives. Register B's SET bit does not freeze the clock. Safe to use
-/// from several threads.
+/// so the guest's setting survives. Register B's SET bit does not freeze the clock.
+///
+/// The update cycle ("Update Cycle" in the data sheet) runs while register A's divider bits
+/// are 010 (the reset value) and SET is clear: UIP reads 1 for the 244 µs before each second
+/// ends, the update-ended flag UF sets as the second turns, the alarm flag AF with it when
+/// the new time matches the alarm bytes, and the periodic flag PF at register A's rate (RS3-0:
+/// 256 Hz for 1, 128 Hz for 2, else 65536 >> RS Hz). IRQF is set when a flag and its enable in
+/// register B (PIE, AIE, UIE) are both set; then `interrupt` (ISA IRQ 8) is raised until the
+/// guest reads register C. A timer thread keeps time for enabled interrupts, so they arrive
+/// without the guest polling. `onAlarm` is called each time an enabled alarm fires (the ACPI
+/// RTC wake event). Safe to use from several threads.
 public final class CMOSRTCDevice: PortIODevice, ResettableDevice, Sendable {
     /// The index port; the data port is `basePort + 1`.
     public static let basePort: IOPort = 0x70
@@ -60,23 +69,44 @@ public final class CMOSRTCDevice: PortIODevice, ResettableDevice, Sendable {
         public static let twentyFourHour: UInt8 = 1 << 1
     }
 
-    /// Seconds since 1970-01-01 00:00:00 UTC.
+    /// Register C flags (data sheet, "Register C").
+    public enum RegisterC {
+        public static let irqf: UInt8 = 1 << 7
+        public static let pf: UInt8 = 1 << 6
+        public static let af: UInt8 = 1 << 5
+        public static let uf: UInt8 = 1 << 4
+    }
+
+    /// Nanoseconds since 1970-01-01 00:00:00 UTC.
     public typealias Clock = @Sendable () -> Int64
 
-    /// The host's wall clock.
-    public static let hostClock: Clock = { Int64(Date().timeIntervalSince1970.rounded(.down)) }
+    /// The host's wall clock (CLOCK_REALTIME).
+    public static let hostClock: Clock = {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        return Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec)
+    }
+
+    /// How long before each second ends UIP reads 1 (the data sheet's t_BUC: 244 µs).
+    public static let updateInProgressNanoseconds: Int64 = 244_000
 
     public let name: String
     private let clock: Clock
     private let state: Mutex<State>
+    private let interrupt: InterruptLine?
+    private let alarmHandler = Mutex<(@Sendable () -> Void)?>(nil)
+    private let timer = RTCTimer()
 
     /// A CMOS RTC for a PC with `ramSize` bytes of RAM (split at `lowMemoryLimit`, the PCI hole,
     /// as `GuestMemory.pcLayout` does) and `cpuCount` CPUs, whose time comes from `clock`.
+    /// `interrupt` is ISA IRQ 8 (nil: the flags still set, no line is driven).
     public init(name: String = "cmos-rtc", ramSize: UInt64, cpuCount: Int,
-                lowMemoryLimit: UInt64 = 0xC000_0000, clock: @escaping Clock = CMOSRTCDevice.hostClock) {
+                lowMemoryLimit: UInt64 = 0xC000_0000, interrupt: InterruptLine? = nil,
+                clock: @escaping Clock = CMOSRTCDevice.hostClock) {
         self.name = name
         self.clock = clock
-        var state = State()
+        self.interrupt = interrupt
+        var state = State(now: clock())
         state.fillMemorySize(below4G: min(ramSize, lowMemoryLimit), above4G: ramSize - min(ramSize, lowMemoryLimit))
         state.ram[0x5F] = UInt8(truncatingIfNeeded: max(cpuCount, 1) - 1)
         self.state = Mutex(state)
@@ -92,6 +122,37 @@ public final class CMOSRTCDevice: PortIODevice, ResettableDevice, Sendable {
             state.index = 0
             state.nmiDisabled = false
         }
+        interrupt?.lower()
+        timer.cancel()
+    }
+
+    deinit { timer.cancel() }
+
+    /// Called (on the RTC's timer thread or a vCPU's) each time the alarm fires with AIE set:
+    /// the ACPI platform turns it into the RTC wake event.
+    public func onAlarm(_ handler: @escaping @Sendable () -> Void) {
+        alarmHandler.withLock { $0 = handler }
+    }
+
+    /// Brings the flags up to `now`, drives IRQ 8, tells the alarm handler, and schedules the
+    /// next event the enabled interrupts need.
+    private func advance(_ body: (inout State, Int64) -> Void = { _, _ in }) -> Void {
+        let now = clock()
+        let (raise, lower, alarm, next) = state.withLock { state -> (Bool, Bool, Bool, Int64?) in
+            let before = state.ram[Int(Register.c)] & RegisterC.irqf
+            let alarms = state.advance(to: now)
+            body(&state, now)
+            let after = state.ram[Int(Register.c)] & RegisterC.irqf
+            return (after != 0 && before == 0, after == 0 && before != 0, alarms, state.nextEvent(after: now))
+        }
+        if raise { interrupt?.raise() }
+        if lower { interrupt?.lower() }
+        if alarm, let handler = alarmHandler.withLock({ $0 }) { handler() }
+        if let next {
+            timer.schedule(at: next, clock: clock) { [weak self] in _ = self?.advance() }
+        } else {
+            timer.cancel()
+        }
     }
 
     /// Whether the guest masked NMIs through bit 7 of the index port.
@@ -102,8 +163,9 @@ public final class CMOSRTCDevice: PortIODevice, ResettableDevice, Sendable {
 
     public func portRead(offset: UInt16, size: Int) -> UInt32 {
         guard offset == 1 else { return 0xFF }
-        let now = clock()
-        return UInt32(state.withLock { $0.read(now: now) })
+        var value: UInt8 = 0
+        advance { state, now in value = state.read(now: now) }
+        return UInt32(value)
     }
 
     public func portWrite(offset: UInt16, size: Int, value: UInt32) -> ExitAction {
@@ -114,8 +176,7 @@ public final class CMOSRTCDevice: PortIODevice, ResettableDevice, Sendable {
                 state.nmiDisabled = byte & 0x80 != 0
             }
         } else if offset == 1 {
-            let now = clock()
-            state.withLock { $0.write(byte, now: now) }
+            advance { state, now in state.write(byte, now: now) }
         }
         return .resume
     }
@@ -164,9 +225,13 @@ private struct State {
     var ram = [UInt8](repeating: 0, count: 128)
     var index: UInt8 = 0
     var nmiDisabled = false
+    /// Seconds the guest's clock runs ahead of the host's.
     var offset: Int64 = 0
+    /// The host time (ns) the flags were last brought up to.
+    var checked: Int64
 
-    init() {
+    init(now: Int64) {
+        checked = now
         ram[Int(CMOSRTCDevice.Register.a)] = 0x26  // 32.768 kHz divider, 1.024 kHz rate (QEMU reset)
         ram[Int(CMOSRTCDevice.Register.b)] = CMOSRTCDevice.RegisterB.twentyFourHour
         ram[Int(CMOSRTCDevice.Register.d)] = 0x80  // VRT: valid RAM and time
@@ -216,8 +281,68 @@ private struct State {
         return byte & 0x80 != 0 ? twelve + 12 : twelve
     }
 
+    /// Seconds of `now` (host ns) on the guest's clock.
+    func guestSeconds(_ now: Int64) -> Int64 { floorDivide(now, 1_000_000_000) &+ offset }
+    private func floorDivide(_ a: Int64, _ b: Int64) -> Int64 { a >= 0 ? a / b : (a - b + 1) / b }
+
+    /// The oscillator runs and updates happen: divider bits DV2-0 = 010 and SET clear.
+    var updating: Bool {
+        ram[Int(CMOSRTCDevice.Register.a)] & 0x70 == 0x20 && ram[Int(CMOSRTCDevice.Register.b)] & CMOSRTCDevice.RegisterB.set == 0
+    }
+
+    /// The periodic interrupt's period in ns from RS3-0 (data sheet table 3), nil for RS = 0.
+    var periodicNanoseconds: Int64? {
+        let rate = ram[Int(CMOSRTCDevice.Register.a)] & 0x0F
+        guard rate != 0, ram[Int(CMOSRTCDevice.Register.a)] & 0x70 == 0x20 else { return nil }
+        let hertz: Int64 = rate <= 2 ? (rate == 1 ? 256 : 128) : 65536 >> Int64(rate)
+        return 1_000_000_000 / hertz
+    }
+
+    /// Whether the guest time `seconds` matches the alarm bytes (0xC0-0xFF: don't care).
+    func alarmMatches(_ seconds: Int64) -> Bool {
+        let time = RTCTime(epochSeconds: seconds)
+        func matches(_ index: Int, _ value: UInt8) -> Bool { ram[index] >= 0xC0 || ram[index] == value }
+        return matches(1, encode(time.second)) && matches(3, encode(time.minute)) && matches(5, encodeHours(time.hour))
+    }
+
+    /// Sets UF, AF and PF for what happened between `checked` and `now`, and IRQF for enabled
+    /// ones. Returns whether an enabled alarm fired.
+    mutating func advance(to now: Int64) -> Bool {
+        defer { checked = max(checked, now) }
+        guard now > checked else { return false }
+        typealias C = CMOSRTCDevice.RegisterC
+        let b = ram[Int(CMOSRTCDevice.Register.b)]
+        var flags: UInt8 = 0
+        if updating {
+            let first = guestSeconds(checked) + 1, last = guestSeconds(now)
+            if last >= first {
+                flags |= C.uf
+                // At most a day of seconds needs looking at: the alarm repeats daily.
+                if (max(first, last - 86_399)...last).contains(where: alarmMatches) { flags |= C.af }
+            }
+        }
+        if let period = periodicNanoseconds, now / period > checked / period { flags |= C.pf }
+        ram[Int(CMOSRTCDevice.Register.c)] |= flags
+        let enabled = b & (C.pf | C.af | C.uf)  // PIE, AIE, UIE sit where PF, AF, UF do
+        if ram[Int(CMOSRTCDevice.Register.c)] & enabled != 0 { ram[Int(CMOSRTCDevice.Register.c)] |= C.irqf }
+        return flags & C.af != 0 && enabled & C.af != 0
+    }
+
+    /// When the next enabled interrupt's flag sets (host ns), nil when none is enabled.
+    func nextEvent(after now: Int64) -> Int64? {
+        typealias C = CMOSRTCDevice.RegisterC
+        let enabled = ram[Int(CMOSRTCDevice.Register.b)] & (C.pf | C.af | C.uf)
+        var next: Int64?
+        if enabled & (C.uf | C.af) != 0, updating { next = (now / 1_000_000_000 + 1) * 1_000_000_000 }
+        if enabled & C.pf != 0, let period = periodicNanoseconds {
+            let tick = (now / period + 1) * period
+            next = min(next ?? tick, tick)
+        }
+        return next
+    }
+
     mutating func read(now: Int64) -> UInt8 {
-        let time = RTCTime(epochSeconds: now &+ offset)
+        let time = RTCTime(epochSeconds: guestSeconds(now))
         typealias R = CMOSRTCDevice.Register
         switch index {
         case R.seconds: return encode(time.second)
@@ -228,7 +353,10 @@ private struct State {
         case R.month: return encode(time.month)
         case R.year: return encode(time.year % 100)
         case R.century: return encode(time.year / 100)
-        case R.a: return ram[Int(R.a)] & 0x7F  // UIP never set: an update is never in progress
+        case R.a:
+            let fraction = now % 1_000_000_000
+            let inProgress = updating && fraction >= 1_000_000_000 - CMOSRTCDevice.updateInProgressNanoseconds
+            return ram[Int(R.a)] & 0x7F | (inProgress ? 0x80 : 0)
         case R.c:
             let flags = ram[Int(R.c)]
             ram[Int(R.c)] = 0
@@ -240,7 +368,7 @@ private struct State {
 
     mutating func write(_ byte: UInt8, now: Int64) {
         typealias R = CMOSRTCDevice.Register
-        var time = RTCTime(epochSeconds: now &+ offset)
+        var time = RTCTime(epochSeconds: guestSeconds(now))
         switch index {
         case R.seconds: time.second = min(decode(byte), 59)
         case R.minutes: time.minute = min(decode(byte), 59)
@@ -251,13 +379,77 @@ private struct State {
         case R.century: time.year = min(decode(byte), 99) * 100 + time.year % 100
         case R.a: ram[Int(R.a)] = byte & 0x7F
         case R.c, R.d: break  // read-only ("Register C", "Register D")
+        case R.b:
+            ram[Int(R.b)] = byte
+            // IRQF follows the enables: a flag already set raises it as its enable is written.
+            let enabled = byte & (CMOSRTCDevice.RegisterC.pf | CMOSRTCDevice.RegisterC.af | CMOSRTCDevice.RegisterC.uf)
+            if ram[Int(R.c)] & enabled != 0 { ram[Int(R.c)] |= CMOSRTCDevice.RegisterC.irqf }
         case R.dayOfWeek: break  // derived from the date here
         default: ram[Int(index)] = byte
         }
         switch index {
         case R.seconds, R.minutes, R.hours, R.dayOfMonth, R.month, R.year, R.century:
-            offset = time.epochSeconds &- now
+            offset = time.epochSeconds &- floorDivide(now, 1_000_000_000)
         default: break
+        }
+    }
+}
+
+/// One pending wake-up for the RTC's flags: a thread that sleeps until the deadline and then
+/// calls the action, started on first use and replaced by each `schedule`.
+private final class RTCTimer: @unchecked Sendable {
+    // Sendable: every field is read and written under `condition`.
+    private let condition = NSCondition()
+    private var deadline: Int64?
+    private var action: (@Sendable () -> Void)?
+    private var clock: CMOSRTCDevice.Clock?
+    private var running = false
+
+    func schedule(at deadline: Int64, clock: @escaping CMOSRTCDevice.Clock, action: @escaping @Sendable () -> Void) {
+        condition.lock()
+        defer { condition.unlock() }
+        self.deadline = deadline
+        self.action = action
+        self.clock = clock
+        if !running {
+            running = true
+            let thread = Thread { [self] in loop() }
+            thread.name = "cmos-rtc timer"
+            thread.start()
+        }
+        condition.broadcast()
+    }
+
+    func cancel() {
+        condition.lock()
+        deadline = nil
+        action = nil
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    private func loop() {
+        condition.lock()
+        while true {
+            guard let deadline, let clock else {
+                // Nothing scheduled: end the thread after a quiet second (the next schedule starts one).
+                if !condition.wait(until: Date(timeIntervalSinceNow: 1)), self.deadline == nil {
+                    running = false
+                    condition.unlock()
+                    return
+                }
+                continue
+            }
+            let now = clock()
+            if now < deadline {
+                _ = condition.wait(until: Date(timeIntervalSinceNow: Double(deadline - now) / 1e9))
+                continue
+            }
+            let action = self.action
+            self.deadline = nil
+            condition.unlock()
+            action?()
+            condition.lock()
         }
     }
 }

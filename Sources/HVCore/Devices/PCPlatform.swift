@@ -16,17 +16,21 @@ extension Machine {
     @discardableResult
     public func attachPCPlatform(acpiTables: Bool = true, tpm: Bool = false, virtio: [VirtioMMIOSlot] = []) throws(HVError) -> PCPlatform {
         let cpus = configuration.cpuCount
-        let platform = PCPlatform(bus: PCIHostBridge(resetControl: ResetControlDevice()), window: PCIMemoryWindow())
+        // The RTC on ISA IRQ 8 and the SCI on IRQ 9 (the FADT's SCI_INT), when there are controllers.
+        let rtc = CMOSRTCDevice(ramSize: memory.size, cpuCount: cpus, interrupt: interrupts == nil ? nil : try interruptLine(8))
+        let pm = ACPIPMDevice(sci: interrupts == nil ? nil : try interruptLine(9))
+        rtc.onAlarm { pm.rtcAlarm() }
+        pm.onWake { [weak self] in self?.wake() }
+        let platform = PCPlatform(bus: PCIHostBridge(resetControl: ResetControlDevice()), window: PCIMemoryWindow(), powerManagement: pm)
         do throws(DeviceBusError) {
             try devices.register(FWCfgDevice(memory: memory, ramSize: memory.size, cpuCount: cpus),
                                  port: FWCfgDevice.basePort, count: FWCfgDevice.portCount)
-            try devices.register(CMOSRTCDevice(ramSize: memory.size, cpuCount: cpus),
-                                 port: CMOSRTCDevice.basePort, count: CMOSRTCDevice.portCount)
+            try devices.register(rtc, port: CMOSRTCDevice.basePort, count: CMOSRTCDevice.portCount)
             try I8042Controller().register(on: devices)
             try devices.register(platform.bus, port: PCIHostBridge.basePort, count: PCIHostBridge.portCount)
             try devices.register(platform.window, address: GuestPhysicalAddress(platform.window.range.lowerBound),
                                  length: UInt64(platform.window.range.count))
-            try devices.register(ACPIPMDevice(), port: ACPIPMDevice.basePort, count: ACPIPMDevice.portCount)
+            try devices.register(pm, port: ACPIPMDevice.basePort, count: ACPIPMDevice.portCount)
             try devices.register(SystemControlPortA(), port: SystemControlPortA.port, count: 1)
             try devices.register(ShutdownPortDevice(), port: ShutdownPortDevice.port, count: 1)
         } catch { throw .device(error) }
@@ -43,6 +47,22 @@ extension Machine {
         try onReset { (machine) throws(HVError) in
             do throws(GuestMemoryError) { try tables.install(into: machine.memory) } catch { throw .memory(error) }
         }
+        // Waking from S3, firmware starts the bootstrap processor in real mode at the waking
+        // vector the guest wrote into the FACS (ACPI 6.4, 5.2.10 and 16.3.2); the other processors
+        // wait for INIT-SIPI-SIPI, as at power-on.
+        if let facs = tables.facsAddress {
+            try onWake { (machine) throws(HVError) in
+                let vector: UInt32
+                do throws(GuestMemoryError) {
+                    vector = try machine.memory.read(UInt32.self, at: GuestPhysicalAddress(facs + ACPITables.firmwareWakingVectorOffset))
+                } catch { throw .memory(error) }
+                let (registers, special) = GuestImage.realModeState(codeSegment: UInt16(truncatingIfNeeded: vector >> 4),
+                                                                    instructionPointer: UInt16(vector & 0xF), dataSegment: 0)
+                try machine.vcpus[0].setSpecialRegisters(special)
+                try machine.vcpus[0].setRegisters(registers)
+                pm.resumed()
+            }
+        }
         return platform
     }
 }
@@ -53,6 +73,8 @@ public struct PCPlatform: Sendable {
     public let bus: PCIHostBridge
     /// The 32-bit memory window the functions' BARs are assigned from.
     public let window: PCIMemoryWindow
+    /// The ACPI PM block: the power button (`pressPowerButton()`), sleep state.
+    public let powerManagement: ACPIPMDevice
 }
 
 extension Machine {

@@ -85,6 +85,13 @@ public final class Machine<B: Backend>: @unchecked Sendable {
     /// A reset the guest asked for while the VM was paused: it happens on `resume()`.
     private var resetPending = false
     private var resetCount = 0
+    /// Set-up that runs when the machine wakes from sleep (the platform's waking vector).
+    private var wakeHooks: [(Machine<B>) throws(HVError) -> Void] = []
+    /// A vCPU asked for sleep (ExitAction.suspend); the reset rendezvous turns it into one.
+    private var suspending = false
+    /// A wake event arrived while suspending or asleep.
+    private var wakeRequested = false
+    private var sleepCount = 0
 
     enum Request: UInt8 { case none = 0, pause = 1, stop = 2, reset = 3 }
 
@@ -180,9 +187,9 @@ public final class Machine<B: Backend>: @unchecked Sendable {
         }
         // vCPU threads read the device tables without a lock: they stop changing here.
         devices.freeze()
-        if configuration.resetPolicy == .restart {
-            // The state a reset returns to: registers as loaded, APs waiting for SIPI. Saved under
-            // the lock, so a second start() cannot save it again while the vCPUs run.
+        if configuration.resetPolicy == .restart || !wakeHooks.isEmpty {
+            // The state a reset or a wake returns to: registers as loaded, APs waiting for SIPI.
+            // Saved under the lock, so a second start() cannot save it again while the vCPUs run.
             do throws(HVError) {
                 powerOnState = (try vm.saveState(), try vcpus.map { (vcpu) throws(HVError) in try vcpu.saveState() })
             } catch {
@@ -329,6 +336,42 @@ public final class Machine<B: Backend>: @unchecked Sendable {
         resetHooks.append(body)
     }
 
+    /// Adds set-up that runs when the machine wakes from sleep (`ExitAction.suspend`, ACPI S3),
+    /// after every vCPU and the interrupt controllers are back at their power-on state and the
+    /// devices reset; RAM is untouched. A platform puts the bootstrap processor at its firmware
+    /// waking vector here. Without one, a guest's request to sleep stops the VM.
+    public func onWake(_ body: @escaping (Machine<B>) throws(HVError) -> Void) throws(HVError) {
+        lock.lock()
+        defer { lock.unlock() }
+        guard _state == .created else { throw .invalidState(operation: "add a wake step to", state: _state) }
+        wakeHooks.append(body)
+    }
+
+    /// A wake event (the power button, an RTC alarm the guest armed): a machine asleep, or on
+    /// its way to sleep, wakes; otherwise nothing happens. Any thread.
+    public func wake() {
+        lock.lock()
+        if suspending {
+            wakeRequested = true
+            lock.broadcast()
+        }
+        lock.unlock()
+    }
+
+    /// Whether the guest has put the machine to sleep and no wake event has come yet.
+    public var isAsleep: Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        return suspending
+    }
+
+    /// Times the guest slept and woke (ACPI S3).
+    public var sleeps: Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return sleepCount
+    }
+
     /// In-place resets so far.
     public var resets: Int {
         lock.lock()
@@ -374,7 +417,7 @@ public final class Machine<B: Backend>: @unchecked Sendable {
             var stopped: StopReason
             repeat {
                 stopped = try runLoop(vcpu, handler: handler, statistics: &statistics, exits: &exits)
-                guard case .reset = stopped, configuration.resetPolicy == .restart else { break }
+                guard case .reset = stopped, configuration.resetPolicy == .restart || isAsleep else { break }
                 // KVM finishes the OUT that asked for the reset on the next entry: settle it now,
                 // or it would land on top of the state the reset puts back.
                 try vcpu.completePendingExit()
@@ -461,6 +504,13 @@ public final class Machine<B: Backend>: @unchecked Sendable {
             switch action {
             case .stop(let reason): return reason
             case .reset: return .reset
+            case .suspend:
+                // Sleep goes through the reset rendezvous: every vCPU out of the guest first.
+                guard !wakeHooks.isEmpty else { return .systemEvent(.sleep) }
+                lock.lock()
+                suspending = true
+                lock.unlock()
+                return .reset
             default: break
             }
             if let limit, exitCount.add(1, ordering: .relaxed).newValue >= limit { return .exitLimit }
@@ -538,9 +588,10 @@ public final class Machine<B: Backend>: @unchecked Sendable {
             return !stopping
         }
         // The last to arrive: every other vCPU waits above, none is in the guest.
+        let sleeping = suspending
         lock.unlock()
         var failure: HVError?
-        do { try resetInPlace() } catch { failure = error }
+        do { if sleeping { try sleepUntilWoken() } else { try resetInPlace() } } catch { failure = error }
         lock.lock()
         resetArrivals = 0
         resetGeneration += 1
@@ -549,7 +600,7 @@ public final class Machine<B: Backend>: @unchecked Sendable {
             if stopResult == nil { stopResult = (.backendFailure, vcpu.id, "reset failed: \(failure)") }
             request.store(Request.stop.rawValue, ordering: .sequentiallyConsistent)
         } else {
-            resetCount += 1
+            if sleeping { sleepCount += 1 } else { resetCount += 1 }
             if request.load(ordering: .acquiring) == Request.reset.rawValue {
                 request.store(Request.none.rawValue, ordering: .sequentiallyConsistent)
             }
@@ -561,8 +612,36 @@ public final class Machine<B: Backend>: @unchecked Sendable {
             for other in vcpus where other.id != vcpu.id { other.requestExit() }
             throw failure
         }
-        log.info("guest reset #\(count): \(vcpus.count) vCPU(s) back to their state at start")
+        if sleeping {
+            log.info("guest woke from sleep (ACPI S3)")
+        } else {
+            log.info("guest reset #\(count): \(vcpus.count) vCPU(s) back to their state at start")
+        }
         return true
+    }
+
+    /// ACPI S3 (16.1.3 "S3 Sleeping State"): with every vCPU out of the guest, waits for `wake()`
+    /// or a stop; then puts the vCPUs and interrupt controllers back to power-on state (RAM
+    /// keeps its contents), resets the devices and runs the wake steps (the platform's waking
+    /// vector). A stop while asleep ends the wait and leaves the machine as it is.
+    private func sleepUntilWoken() throws(HVError) {
+        guard let powerOnState else {
+            throw .invalidState(operation: "sleep (no state saved at start)", state: state)
+        }
+        log.info("guest is asleep (ACPI S3): RAM kept, every vCPU stopped until a wake event")
+        lock.lock()
+        while !wakeRequested, request.load(ordering: .acquiring) != Request.stop.rawValue { lock.wait() }
+        let stopping = request.load(ordering: .acquiring) == Request.stop.rawValue
+        suspending = false
+        wakeRequested = false
+        lock.unlock()
+        if stopping { return }
+        try vm.restoreState(powerOnState.vm)
+        for index in vcpus.indices { try vcpus[index].restoreState(powerOnState.vcpus[index]) }
+        sharedLines.forgetLevels()
+        devices.resetDevices()
+        expiredTimers.store(0, ordering: .sequentiallyConsistent)
+        for hook in wakeHooks { try hook(self) }
     }
 
     /// Puts the machine back to its state at `start`: first the loaded images and the reset
