@@ -76,7 +76,7 @@ struct Run: ParsableCommand {
     @Option(name: .long, help: "Number of vCPUs. With interrupt controllers the BSP starts at the entry point and APs wait for INIT-SIPI-SIPI; without them every vCPU starts at the entry point.")
     var cpus: Int = 1
 
-    @Option(name: .long, help: ArgumentHelp("Interrupt controllers: none, kernel (KVM's LAPIC, I/O APIC, PIC) or split (KVM's LAPIC, HV's I/O APIC). Default: kernel for --kernel or more than one vCPU, else none.", valueName: "mode"))
+    @Option(name: .long, help: ArgumentHelp("Interrupt controllers: none, kernel (KVM's LAPIC, I/O APIC, PIC) or split (KVM's LAPIC, HV's I/O APIC). Default: kernel for a kernel image (--kernel, --multiboot, --multiboot2, --elf) or more than one vCPU, else none.", valueName: "mode"))
     var irqchip: IRQChipArgument?
 
     @Option(name: .long, help: ArgumentHelp("Where COM1 output goes: stdio or file:PATH.", valueName: "target"))
@@ -145,8 +145,10 @@ struct Run: ParsableCommand {
         // A closed output pipe (`hv run ... | head`) becomes EPIPE on the console's writes, and
         // the VM stops cleanly below, instead of the process dying of SIGPIPE mid-run.
         signal(SIGPIPE, SIG_IGN)
-        // Linux needs a local APIC; so does any SMP guest.
-        let interruptMode = irqchip?.mode ?? (cpus > 1 || kernel != nil ? .kernel : .none)
+        // Linux needs a local APIC; so does any SMP guest, and a kernel image expects the PC's
+        // (kvm-unit-tests' first LAPIC read at 0xFEE00020). A flat image starts bare.
+        let kernelImage = kernel != nil || multiboot != nil || multiboot2 != nil || elf != nil
+        let interruptMode = irqchip?.mode ?? (cpus > 1 || kernelImage ? .kernel : .none)
         var configuration = VirtualMachineConfiguration(
             memorySize: mem.bytes, cpuCount: cpus, haltPolicy: onHalt.policy, timeLimit: timeout, exitLimit: maxExits,
             interruptController: interruptMode)

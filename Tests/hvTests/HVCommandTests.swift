@@ -43,6 +43,22 @@ struct HVCommandTests {
         }
     }
 
+    @Test("--cpu: an unknown model or feature is a usage error naming it; a feature the host lacks is refused unless enforce=off", .needsKVM)
+    func cpuModels() throws {
+        let model = try PackageExecutable.run(["run", "--multiboot", "/nonexistent/kernel", "--cpu", "pentium"])
+        #expect(model.status == 64 && model.stderr.contains("cpu: pentium is invalid; expected a model: host, max, qemu64"), "\(model.stderr)")
+        let feature = try PackageExecutable.run(["run", "--multiboot", "/nonexistent/kernel", "--cpu", "qemu64,+warp"])
+        #expect(feature.status == 64 && feature.stderr.contains("cpu: +warp is invalid"), "\(feature.stderr)")
+        // VMX and SVM are never both there: one of them is missing on any host.
+        let flat = try PackageExecutable.temporaryDirectory().appendingPathComponent("exit.bin")
+        try Data([0xB8, 0x05, 0, 0, 0, 0xE7, 0xF4, 0xF4]).write(to: flat)  // mov eax, 5; out 0xF4, eax; hlt
+        let both = try ["vmx", "svm"].map { try PackageExecutable.run(["run", flat.path, "--cpu", "host,+\($0)"]) }
+        #expect(both.contains { $0.status != 11 && $0.stderr.contains("is not in its CPUID; enforce=off leaves it out instead") },
+                "\(both.map(\.stderr))")
+        let relaxed = try ["vmx", "svm"].map { try PackageExecutable.run(["run", flat.path, "--cpu", "host,+\($0),enforce=off"]) }
+        #expect(relaxed.allSatisfy { $0.status == 11 }, "\(relaxed.map(\.stderr))")
+    }
+
     @Test("hv info reports API version 12 in words and in JSON", .needsKVM)
     func info() throws {
         let text = try PackageExecutable.run(["info"])

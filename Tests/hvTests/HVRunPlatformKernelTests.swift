@@ -154,4 +154,24 @@ struct HVRunPlatformKernelTests {
         #expect(result.stderr.contains("the guest asked for a reset"), "stderr: \(result.stderr)")
         #expect(result.status == 2)
     }
+
+    @Test("a one-vCPU Multiboot kernel gets the local APIC by default: its read of the version register at 0xFEE00030 answers (kvm-unit-tests' first LAPIC access)", .needsKVM)
+    func kernelImagesGetInterruptControllers() throws {
+        var a = X86Assembler(bits: .bits32, origin: 0x40_0000)
+        let entry = a.label()
+        let flags: UInt32 = 0x0001_0003
+        a.u32(0x1BAD_B002); a.u32(flags); a.u32(0 &- (0x1BAD_B002 &+ flags))
+        a.u32(0x40_0000); a.u32(0x40_0000); a.u32(0); a.u32(0); a.u32(entry)
+        a.bind(entry)
+        a.mov(Register32.eax, .absolute(0xFEE0_0030))  // LAPIC version: 0x14 (KVM's), max LVT in 16-23
+        a.and(Register32.eax, 0xFF)
+        a.out(0xF4, Register32.eax)
+        a.hlt()
+        let url = try PackageExecutable.temporaryDirectory().appendingPathComponent("lapic.mb")
+        try Data(try a.assemble()).write(to: url)
+        let result = try PackageExecutable.run(["run", "--multiboot", url.path, "--timeout", "60"])
+        #expect(result.stderr.contains("the guest wrote 20 (0x14)"), "stderr: \(result.stderr)")
+        let bare = try PackageExecutable.run(["run", "--multiboot", url.path, "--irqchip", "none", "--timeout", "60"])
+        #expect(bare.status == 2 && bare.stderr.contains("0xfee00030"), "without one the read hits unmapped MMIO: \(bare.stderr)")
+    }
 }
