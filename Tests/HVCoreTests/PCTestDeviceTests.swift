@@ -274,6 +274,41 @@ struct SleepKVMTests {
         #expect(status == (wake == .rtcAlarm ? 0x8400 : 0x8100), "WAK_STS and the event that woke it")
     }
 
+    /// Port 0x77: asks the PM block for S3 and presses the power button before the vCPU has
+    /// returned from the exit, the race between a wake event and the machine reaching sleep.
+    final class SleepThenWake: PortIODevice {
+        let name = "sleep-then-wake"
+        let pm: ACPIPMDevice
+        init(pm: ACPIPMDevice) { self.pm = pm }
+        func portRead(offset: UInt16, size: Int) -> UInt32 { 0 }
+        func portWrite(offset: UInt16, size: Int, value: UInt32) -> ExitAction {
+            let action = pm.portWrite(offset: 4, size: 2, value: 0x2400)
+            pm.pressPowerButton()
+            return action
+        }
+    }
+
+    @Test("a wake event between the guest's request to sleep and the machine reaching sleep is not lost")
+    func wakeDuringTheWayToSleep() throws {
+        let vm = try KVMHost.machine { $0.interruptController = .kernel; $0.resetPolicy = .stop; $0.timeLimit = 20 }
+        _ = try attachConsole(vm)
+        let platform = try vm.attachPCPlatform()
+        try vm.devices.register(SleepThenWake(pm: platform.powerManagement), port: 0x77, count: 1)
+        let facs = try #require(ACPITables.pc(cpuCount: 1, tpm: false).facsAddress)
+        var resume = X86Assembler(bits: .bits16)
+        resume.mov(Register32.eax, 0x42)
+        resume.out(0xF4, Register32.eax)
+        try vm.memory.write(bytes: try resume.assemble(), at: GuestPhysicalAddress(0x8000))
+        try vm.load(GuestProgram.longMode { a in
+            a.mov(.dword, .absolute(facs + ACPITables.firmwareWakingVectorOffset), 0x8000)
+            a.out(0x77, Register8.al)
+            a.debugExit(code: 0x99)
+        })
+        let result = try vm.run()
+        #expect(result.reason == .debugExit(code: 0x42), "woke at the waking vector, not after the time limit")
+        #expect(vm.sleeps == 1)
+    }
+
     @Test("a machine without ACPI tables has no waking vector: a request to sleep stops it, saying so")
     func sleepWithoutWakeStops() throws {
         let vm = try KVMHost.machine { $0.interruptController = .kernel }

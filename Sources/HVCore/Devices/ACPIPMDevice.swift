@@ -101,6 +101,9 @@ public final class ACPIPMDevice: PortIODevice, ResettableDevice, Sendable {
     /// Whether the guest has put the machine to sleep (S3) and not woken yet.
     public var isSleeping: Bool { registers.withLock { $0.sleeping } }
 
+    /// Whether a wake event came since the guest asked to sleep (`Machine.addWakeSource`).
+    public var wakePending: Bool { registers.withLock { $0.sleeping && $0.wakeEvents != 0 } }
+
     /// The power button (ACPI's fixed power button, 4.8.2.2.1.1): sets PWRBTN_STS, raises the SCI
     /// when PWRBTN_EN is set (Linux then powers off), and wakes a sleeping machine.
     public func pressPowerButton() { event(Event.powerButton, wakes: true) }

@@ -51,6 +51,7 @@ extension Machine {
         // vector the guest wrote into the FACS (ACPI 6.4, 5.2.10 and 16.3.2); the other processors
         // wait for INIT-SIPI-SIPI, as at power-on.
         if let facs = tables.facsAddress {
+            try addWakeSource { pm.wakePending }
             try onWake { (machine) throws(HVError) in
                 let vector: UInt32
                 do throws(GuestMemoryError) {

@@ -91,6 +91,8 @@ public final class Machine<B: Backend>: @unchecked Sendable {
     private var suspending = false
     /// A wake event arrived while suspending or asleep.
     private var wakeRequested = false
+    /// Platform wake sources asked before sleeping: did one fire since the guest asked to sleep?
+    private var wakeSources: [@Sendable () -> Bool] = []
     private var sleepCount = 0
 
     enum Request: UInt8 { case none = 0, pause = 1, stop = 2, reset = 3 }
@@ -345,6 +347,17 @@ public final class Machine<B: Backend>: @unchecked Sendable {
         defer { lock.unlock() }
         guard _state == .created else { throw .invalidState(operation: "add a wake step to", state: _state) }
         wakeHooks.append(body)
+    }
+
+    /// Adds a wake source the machine asks before it sleeps: `pending` says whether the source
+    /// fired since the guest asked to sleep. A wake event can come between the guest's request
+    /// (the PM device sees it first) and every vCPU having left the guest, before `wake()` would
+    /// find the machine suspending; the platform keeps it and the machine finds it here.
+    public func addWakeSource(pending: @escaping @Sendable () -> Bool) throws(HVError) {
+        lock.lock()
+        defer { lock.unlock() }
+        guard _state == .created else { throw .invalidState(operation: "add a wake source to", state: _state) }
+        wakeSources.append(pending)
     }
 
     /// A wake event (the power button, an RTC alarm the guest armed): a machine asleep, or on
@@ -630,7 +643,8 @@ public final class Machine<B: Backend>: @unchecked Sendable {
         }
         log.info("guest is asleep (ACPI S3): RAM kept, every vCPU stopped until a wake event")
         lock.lock()
-        while !wakeRequested, request.load(ordering: .acquiring) != Request.stop.rawValue { lock.wait() }
+        while !wakeRequested, !wakeSources.contains(where: { $0() }),
+              request.load(ordering: .acquiring) != Request.stop.rawValue { lock.wait() }
         let stopping = request.load(ordering: .acquiring) == Request.stop.rawValue
         suspending = false
         wakeRequested = false
