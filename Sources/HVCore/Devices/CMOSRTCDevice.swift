@@ -140,8 +140,12 @@ public final class CMOSRTCDevice: PortIODevice, ResettableDevice, Sendable {
         let now = clock()
         let (raise, lower, alarm, next) = state.withLock { state -> (Bool, Bool, Bool, Int64?) in
             let before = state.ram[Int(Register.c)] & RegisterC.irqf
+            // IRQF before the access (a read of register C returns it) and after it (a write
+            // of register B may enable a flag already set).
             let alarms = state.advance(to: now)
+            state.updateIRQF()
             body(&state, now)
+            state.updateIRQF()
             let after = state.ram[Int(Register.c)] & RegisterC.irqf
             return (after != 0 && before == 0, after == 0 && before != 0, alarms, state.nextEvent(after: now))
         }
@@ -305,13 +309,23 @@ private struct State {
         return matches(1, encode(time.second)) && matches(3, encode(time.minute)) && matches(5, encodeHours(time.hour))
     }
 
-    /// Sets UF, AF and PF for what happened between `checked` and `now`, and IRQF for enabled
-    /// ones. Returns whether an enabled alarm fired.
+    /// The flags whose interrupts register B enables: PIE, AIE and UIE sit where PF, AF and UF do.
+    var enabledFlags: UInt8 {
+        ram[Int(CMOSRTCDevice.Register.b)] & (CMOSRTCDevice.RegisterC.pf | CMOSRTCDevice.RegisterC.af | CMOSRTCDevice.RegisterC.uf)
+    }
+
+    /// IRQF follows the flags and their enables: a flag set with its enable (in either order)
+    /// sets it; only reading register C clears it.
+    mutating func updateIRQF() {
+        if ram[Int(CMOSRTCDevice.Register.c)] & enabledFlags != 0 { ram[Int(CMOSRTCDevice.Register.c)] |= CMOSRTCDevice.RegisterC.irqf }
+    }
+
+    /// Sets UF, AF and PF for what happened between `checked` and `now`. Returns whether an
+    /// enabled alarm fired.
     mutating func advance(to now: Int64) -> Bool {
         defer { checked = max(checked, now) }
         guard now > checked else { return false }
         typealias C = CMOSRTCDevice.RegisterC
-        let b = ram[Int(CMOSRTCDevice.Register.b)]
         var flags: UInt8 = 0
         if updating {
             let first = guestSeconds(checked) + 1, last = guestSeconds(now)
@@ -323,15 +337,13 @@ private struct State {
         }
         if let period = periodicNanoseconds, now / period > checked / period { flags |= C.pf }
         ram[Int(CMOSRTCDevice.Register.c)] |= flags
-        let enabled = b & (C.pf | C.af | C.uf)  // PIE, AIE, UIE sit where PF, AF, UF do
-        if ram[Int(CMOSRTCDevice.Register.c)] & enabled != 0 { ram[Int(CMOSRTCDevice.Register.c)] |= C.irqf }
-        return flags & C.af != 0 && enabled & C.af != 0
+        return flags & enabledFlags & C.af != 0
     }
 
     /// When the next enabled interrupt's flag sets (host ns), nil when none is enabled.
     func nextEvent(after now: Int64) -> Int64? {
         typealias C = CMOSRTCDevice.RegisterC
-        let enabled = ram[Int(CMOSRTCDevice.Register.b)] & (C.pf | C.af | C.uf)
+        let enabled = enabledFlags
         var next: Int64?
         if enabled & (C.uf | C.af) != 0, updating { next = (now / 1_000_000_000 + 1) * 1_000_000_000 }
         if enabled & C.pf != 0, let period = periodicNanoseconds {
@@ -379,11 +391,6 @@ private struct State {
         case R.century: time.year = min(decode(byte), 99) * 100 + time.year % 100
         case R.a: ram[Int(R.a)] = byte & 0x7F
         case R.c, R.d: break  // read-only ("Register C", "Register D")
-        case R.b:
-            ram[Int(R.b)] = byte
-            // IRQF follows the enables: a flag already set raises it as its enable is written.
-            let enabled = byte & (CMOSRTCDevice.RegisterC.pf | CMOSRTCDevice.RegisterC.af | CMOSRTCDevice.RegisterC.uf)
-            if ram[Int(R.c)] & enabled != 0 { ram[Int(R.c)] |= CMOSRTCDevice.RegisterC.irqf }
         case R.dayOfWeek: break  // derived from the date here
         default: ram[Int(index)] = byte
         }
@@ -408,6 +415,8 @@ private final class RTCTimer: @unchecked Sendable {
     func schedule(at deadline: Int64, clock: @escaping CMOSRTCDevice.Clock, action: @escaping @Sendable () -> Void) {
         condition.lock()
         defer { condition.unlock() }
+        // Every RTC access reschedules; the thread need not wake for the deadline it has.
+        if running, self.deadline == deadline { return }
         self.deadline = deadline
         self.action = action
         self.clock = clock
