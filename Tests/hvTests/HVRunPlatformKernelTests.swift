@@ -2,6 +2,19 @@ import Foundation
 import HVGuest
 import Testing
 
+/// An assembler for a Multiboot 1 kernel loaded at 4 MiB by the a.out kludge, its header
+/// written (Multiboot 0.6.96, 3.1.1-3.1.3: magic, flags page-align + memory info + a.out kludge,
+/// checksum, then header/load/load-end/bss-end/entry addresses), positioned at the entry.
+private func multibootKernel() -> X86Assembler {
+    var a = X86Assembler(bits: .bits32, origin: 0x40_0000)
+    let entry = a.label()
+    let flags: UInt32 = 0x0001_0003
+    a.u32(0x1BAD_B002); a.u32(flags); a.u32(0 &- (0x1BAD_B002 &+ flags))
+    a.u32(0x40_0000); a.u32(0x40_0000); a.u32(0); a.u32(0); a.u32(entry)
+    a.bind(entry)
+    return a
+}
+
 /// A Multiboot 1 kernel (a.out kludge, loaded at 4 MiB, entered in 32-bit protected mode with
 /// paging off) that probes the PC platform the way small test kernels do, and reports one bit
 /// per probe that passed in its debug-exit code, with fw_cfg's CPU count in bits 8-15:
@@ -13,14 +26,7 @@ import Testing
 /// a boot count in CMOS NVRAM byte 0x38, leaves PCI CONFIG_ADDRESS set and resets through the
 /// i8042), bit 18 CONFIG_ADDRESS back to 0 after the reset.
 private func platformProbeKernel() throws -> [UInt8] {
-    var a = X86Assembler(bits: .bits32, origin: 0x40_0000)
-    let entry = a.label()
-    // Multiboot header (Multiboot 0.6.96, 3.1.1-3.1.3): magic, flags (page-align, memory info,
-    // a.out kludge), checksum, then header/load/load-end/bss-end/entry addresses.
-    let flags: UInt32 = 0x0001_0003
-    a.u32(0x1BAD_B002); a.u32(flags); a.u32(0 &- (0x1BAD_B002 &+ flags))
-    a.u32(0x40_0000); a.u32(0x40_0000); a.u32(0); a.u32(0); a.u32(entry)
-    a.bind(entry)
+    var a = multibootKernel()
     a.printString("multiboot platform probe\n")
     a.mov(Register32.edi, 0)
     // First boot: count it in CMOS NVRAM (battery-backed, it survives a reset), leave PCI
@@ -157,12 +163,7 @@ struct HVRunPlatformKernelTests {
 
     @Test("a one-vCPU Multiboot kernel gets the local APIC by default: its read of the version register at 0xFEE00030 answers (kvm-unit-tests' first LAPIC access)", .needsKVM)
     func kernelImagesGetInterruptControllers() throws {
-        var a = X86Assembler(bits: .bits32, origin: 0x40_0000)
-        let entry = a.label()
-        let flags: UInt32 = 0x0001_0003
-        a.u32(0x1BAD_B002); a.u32(flags); a.u32(0 &- (0x1BAD_B002 &+ flags))
-        a.u32(0x40_0000); a.u32(0x40_0000); a.u32(0); a.u32(0); a.u32(entry)
-        a.bind(entry)
+        var a = multibootKernel()
         a.mov(Register32.eax, .absolute(0xFEE0_0030))  // LAPIC version: 0x14 (KVM's), max LVT in 16-23
         a.and(Register32.eax, 0xFF)
         a.out(0xF4, Register32.eax)
