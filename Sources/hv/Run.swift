@@ -132,7 +132,7 @@ struct Run: ParsableCommand {
             transform: { try CPUModel(parsing: $0) })
     var cpu: CPUModel?
 
-    @Flag(name: .long, help: "Attach QEMU's pc-testdev, the test fixture kvm-unit-tests expects: a data port at 0xE0, a page-flush port at 0xE4, ISA interrupt-line ports at 0x2000-0x2017 and 64 KiB of MMIO scratch memory at 0xFF000000 (Documentation/KvmUnitTests.md). Not for production VMs.")
+    @Flag(name: .long, help: "Attach QEMU's pc-testdev and pci-testdev, the test fixtures kvm-unit-tests expects: a data port at 0xE0, a page-flush port at 0xE4, ISA interrupt-line ports at 0x2000-0x2017, 64 KiB of MMIO scratch memory at 0xFF000000 and, on the pc platform, PCI function 1b36:0005 with MMIO and port-I/O write tests (Documentation/KvmUnitTests.md). Not for production VMs.")
     var testDevices = false
 
     @Flag(name: .long, help: "Print the exit table to standard error when the guest stops.")
@@ -195,6 +195,7 @@ struct Run: ParsableCommand {
             if platform == .pc {
                 let pc = try machine.attachPCPlatform(acpiTables: acpiTables, tpm: tpm != nil, virtio: virtioSlots)
                 if virtioTransport == .pci { for device in attachments { try device.attachPCI(machine, pc) } }
+                if testDevices { try machine.attachPCITestDevice(platform: pc) }
             }
             if testDevices { try machine.attachTestDevices() }
             try machine.load(image)

@@ -34,11 +34,11 @@ struct PCIHostBridgeTests {
         #expect(read(bridge, slot: 5, register: 0, size: 1) == 0xFF)
     }
 
-    @Test("CONFIG_ADDRESS keeps only defined bits; without the enable bit or off bus 0 data reads all-ones")
+    @Test("CONFIG_ADDRESS keeps bit 31 and bits 23-0; without the enable bit or off bus 0 data reads all-ones")
     func configAddress() {
         let bridge = PCIHostBridge()
         _ = bridge.portWrite(offset: 0, size: 4, value: 0xFFFF_FFFF)
-        #expect(bridge.portRead(offset: 0, size: 4) == 0x80FF_FFFC)
+        #expect(bridge.portRead(offset: 0, size: 4) == 0x80FF_FFFF)
         _ = bridge.portWrite(offset: 0, size: 4, value: 0x0000_0000)
         #expect(bridge.portRead(offset: 4, size: 4) == 0xFFFF_FFFF)
         _ = bridge.portWrite(offset: 0, size: 4, value: address(slot: 0, register: 0, bus: 1))
@@ -46,6 +46,16 @@ struct PCIHostBridgeTests {
         // Byte and word accesses to 0xCF8 do not change CONFIG_ADDRESS.
         _ = bridge.portWrite(offset: 0, size: 1, value: 0)
         #expect(bridge.configAddress == address(slot: 0, register: 0, bus: 1))
+    }
+
+    @Test("bits 1-0 of CONFIG_ADDRESS are ORed into the register, as QEMU does: register 2 read at 0xCFC is the device ID")
+    func lowAddressBitsSelectBytes() {
+        let bridge = PCIHostBridge()
+        _ = bridge.portWrite(offset: 0, size: 4, value: address(slot: 0, register: 0) | 2)
+        #expect(bridge.portRead(offset: 4, size: 2) == 0x1237)
+        #expect(bridge.portRead(offset: 6, size: 2) == 0x1237)  // 2 | 2: the same register
+        _ = bridge.portWrite(offset: 0, size: 4, value: address(slot: 0, register: 0xFC) | 3)
+        #expect(bridge.portRead(offset: 4, size: 4) == 0)  // byte 0xFF alone (0): nothing past 255 is read
     }
 
     @Test("a byte write of 0x06 at 0xCF9 reaches the reset control register")

@@ -21,7 +21,7 @@ final class PCIBench {
     let memory: GuestMemory
     let controller = RecordingController()
     let transport: VirtioPCITransport<VirtioEntropy>
-    let window = PCIMemoryWindow()
+    let window = PCIWindow()
 
     init() throws {
         memory = try GuestMemory(regions: [MemoryRegion(guestAddress: 0, size: 16 << 20)])

@@ -65,6 +65,11 @@ public protocol VirtualMachine: AnyObject, Sendable {
     func addWriteNotifier(address: UInt64, length: Int, value: UInt64?, eventFD: Int32) throws(HVError)
     /// Takes back a notifier `addWriteNotifier` added with the same arguments (a device moved).
     func removeWriteNotifier(address: UInt64, length: Int, value: UInt64?, eventFD: Int32) throws(HVError)
+    /// The same for a guest `OUT` of `length` bytes to I/O `port` (KVM: `KVM_IOEVENTFD` with
+    /// `KVM_IOEVENTFD_FLAG_PIO`).
+    func addPortWriteNotifier(port: UInt16, length: Int, value: UInt64?, eventFD: Int32) throws(HVError)
+    /// Takes back a notifier `addPortWriteNotifier` added with the same arguments.
+    func removePortWriteNotifier(port: UInt16, length: Int, value: UInt64?, eventFD: Int32) throws(HVError)
     /// Has the backend deliver the MSI (`address`, `data`) itself whenever `eventFD` is written,
     /// so a device thread raises it with one `write(2)` (KVM: an irqfd on a GSI of its own routed
     /// to the message). Returns the notifier's id for `updateMSINotifier`. Backends without such
@@ -84,6 +89,12 @@ extension VirtualMachine {
         throw .unsupported(knob: "write notifiers", backend: "\(Self.self)", reason: "the backend has no eventfd path for guest writes")
     }
     public func removeWriteNotifier(address: UInt64, length: Int, value: UInt64?, eventFD: Int32) throws(HVError) {
+        throw .unsupported(knob: "write notifiers", backend: "\(Self.self)", reason: "the backend has no eventfd path for guest writes")
+    }
+    public func addPortWriteNotifier(port: UInt16, length: Int, value: UInt64?, eventFD: Int32) throws(HVError) {
+        throw .unsupported(knob: "write notifiers", backend: "\(Self.self)", reason: "the backend has no eventfd path for guest writes")
+    }
+    public func removePortWriteNotifier(port: UInt16, length: Int, value: UInt64?, eventFD: Int32) throws(HVError) {
         throw .unsupported(knob: "write notifiers", backend: "\(Self.self)", reason: "the backend has no eventfd path for guest writes")
     }
     public func addMSINotifier(eventFD: Int32, address: UInt64, data: UInt32) throws(HVError) -> UInt32 {

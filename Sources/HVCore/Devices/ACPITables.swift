@@ -219,7 +219,7 @@ enum ACPIAML {
         // Device (PCI0) { _HID "PNP0A03", _UID 0, _CRS { bus 0-255, ports 0xCF8-0xCFF, the
         // I/O space around them, the 32-bit memory window } }: the PCI root bridge Linux
         // enumerates bus 0 under (drivers/acpi/pci_root.c) and assigns BARs from.
-        let window = PCIMemoryWindow.defaultRange
+        let window = PCIWindow.memoryRange
         let root = wordAddressSpace(type: 2, typeFlags: 0, minimum: 0, maximum: 0xFF)
             + [0x47, 0x01] + le(0xCF8, 2) + le(0xCF8, 2) + [0x01, 0x08]  // IO (Decode16, 0xCF8, 0xCF8, 1, 8)
             + wordAddressSpace(type: 1, typeFlags: 0x03, minimum: 0x0000, maximum: 0x0CF7)

@@ -151,6 +151,18 @@ public struct PCIConfigurationSpace: Sendable, Equatable {
         return base | UInt64(read(offset: UInt8(0x14 + 4 * index), size: 4)) << 32
     }
 
+    /// The offset of `address` in BAR `index` (`size` bytes) when the BAR decodes `space`, the
+    /// command register has that space's decoding on (bit 0 I/O, bit 1 memory) and all `width`
+    /// bytes of the access fall inside the BAR; nil otherwise (PCI 3.0, 6.2.2 and 6.2.5).
+    public func offset(of address: UInt64, width: Int, inBAR index: Int, size: UInt64, space: PCIAddressSpace) -> UInt64? {
+        let io = read(offset: UInt8(0x10 + 4 * index), size: 4) & 1 == 1
+        let enable: UInt32 = io ? 0x1 : 0x2
+        guard io == (space == .io), read(offset: PCIConfigurationOffset.command, size: 2) & enable != 0 else { return nil }
+        let base = barAddress(index)
+        guard address >= base, address - base < size, UInt64(width) <= size - (address - base) else { return nil }
+        return address - base
+    }
+
     /// Appends a capability (`id`, then the next pointer, then `body`) to the list, dword
     /// aligned from 0x40, sets status bit 4 and links it (PCI 3.0, 6.7). Returns its offset.
     @discardableResult

@@ -7,8 +7,11 @@ import Synchronization
 /// The PC's PCI host bridge at ports 0xCF8-0xCFF (register it at `basePort` with `portCount` ports).
 ///
 /// CONFIG_ADDRESS (0xCF8, dword accesses only): bit 31 enable, bits 23-16 bus, 15-11 device,
-/// 10-8 function, 7-2 register; bits 30-24 and 1-0 read as 0. CONFIG_DATA (0xCFC-0xCFF): a
-/// byte, word or dword of the addressed register at `register + (port - 0xCFC)`. With the
+/// 10-8 function, 7-2 register; bits 30-24 read as 0. CONFIG_DATA (0xCFC-0xCFF): a byte, word
+/// or dword of the addressed register at `register | (port - 0xCFC)`. Bits 1-0 of CONFIG_ADDRESS
+/// are reserved in the specification; QEMU keeps them and ORs them into the byte offset
+/// (hw/pci/pci_host.c), and software written against QEMU relies on it (kvm-unit-tests reads
+/// the device ID by selecting register 2 and reading 0xCFC), so HV does the same. With the
 /// enable bit clear, on a bus other than 0 or at an empty slot, data reads return all-ones and
 /// writes are dropped. Byte accesses at 0xCF9 go to `resetControl` when one is given (the
 /// chipset's reset control register shares the port); other non-dword accesses to 0xCF8-0xCFB
@@ -82,7 +85,7 @@ public final class PCIHostBridge: PortIODevice, ResettableDevice, Sendable {
             return resetControl?.portRead(offset: 0, size: 1) ?? ones
         case 4..<8:
             guard let hit = target(offset: offset) else { return ones }
-            return hit.device.configurationRead(offset: hit.register, size: min(size, 8 - Int(offset))) & ones
+            return hit.device.configurationRead(offset: hit.register, size: min(size, 8 - Int(offset), 256 - Int(hit.register))) & ones
         default:
             return ones
         }
@@ -91,12 +94,12 @@ public final class PCIHostBridge: PortIODevice, ResettableDevice, Sendable {
     public func portWrite(offset: UInt16, size: Int, value: UInt32) -> ExitAction {
         switch offset {
         case 0 where size == 4:
-            state.withLock { $0.address = value & 0x80FF_FFFC }
+            state.withLock { $0.address = value & 0x80FF_FFFF }
         case 1 where size == 1:
             return resetControl?.portWrite(offset: 0, size: 1, value: value) ?? .resume
         case 4..<8:
             guard let hit = target(offset: offset) else { return .resume }
-            hit.device.configurationWrite(offset: hit.register, size: min(size, 8 - Int(offset)), value: value)
+            hit.device.configurationWrite(offset: hit.register, size: min(size, 8 - Int(offset), 256 - Int(hit.register)), value: value)
         default:
             break
         }
@@ -110,7 +113,7 @@ public final class PCIHostBridge: PortIODevice, ResettableDevice, Sendable {
             guard address & 0x8000_0000 != 0, (address >> 16) & 0xFF == 0 else { return nil }
             let index = Int((address >> 8) & 0xFF)  // device << 3 | function
             guard let device = state.functions[index] else { return nil }
-            return (device, UInt8(address & 0xFC) + UInt8(offset - 4))
+            return (device, UInt8(address & 0xFF) | UInt8(offset - 4))
         }
     }
 

@@ -11,8 +11,9 @@ extension Machine {
     /// slot in `virtio` (devices attached with `attachVirtio(_:slot:)`) a LNRO0005 device. A
     /// reset (`ResetPolicy.restart`) writes the tables again.
     ///
-    /// Returns the PCI bus and its memory window (0xC0000000-0xCFFFFFFF, the DSDT's PCI0
-    /// window), where `attachVirtioPCI` puts virtio-pci functions.
+    /// Returns the PCI bus and its windows (memory 0xC0000000-0xCFFFFFFF and ports
+    /// 0xC000-0xFFFF, inside the DSDT's PCI0 windows), where `attachVirtioPCI` and
+    /// `attachPCITestDevice` put PCI functions and their BARs.
     @discardableResult
     public func attachPCPlatform(acpiTables: Bool = true, tpm: Bool = false, virtio: [VirtioMMIOSlot] = []) throws(HVError) -> PCPlatform {
         let cpus = configuration.cpuCount
@@ -21,7 +22,8 @@ extension Machine {
         let pm = ACPIPMDevice(sci: interrupts == nil ? nil : try interruptLine(9))
         rtc.onAlarm { pm.rtcAlarm() }
         pm.onWake { [weak self] in self?.wake() }
-        let platform = PCPlatform(bus: PCIHostBridge(resetControl: ResetControlDevice()), window: PCIMemoryWindow(), powerManagement: pm)
+        let platform = PCPlatform(bus: PCIHostBridge(resetControl: ResetControlDevice()), window: PCIWindow(space: .memory),
+                                  ioWindow: PCIWindow(space: .io), powerManagement: pm)
         do throws(DeviceBusError) {
             try devices.register(FWCfgDevice(memory: memory, ramSize: memory.size, cpuCount: cpus),
                                  port: FWCfgDevice.basePort, count: FWCfgDevice.portCount)
@@ -30,6 +32,7 @@ extension Machine {
             try devices.register(platform.bus, port: PCIHostBridge.basePort, count: PCIHostBridge.portCount)
             try devices.register(platform.window, address: GuestPhysicalAddress(platform.window.range.lowerBound),
                                  length: UInt64(platform.window.range.count))
+            try devices.register(platform.ioWindow, port: IOPort(UInt16(platform.ioWindow.range.lowerBound)), count: platform.ioWindow.range.count)
             try devices.register(pm, port: ACPIPMDevice.basePort, count: ACPIPMDevice.portCount)
             try devices.register(SystemControlPortA(), port: SystemControlPortA.port, count: 1)
             try devices.register(ShutdownPortDevice(), port: ShutdownPortDevice.port, count: 1)
@@ -72,8 +75,10 @@ extension Machine {
 public struct PCPlatform: Sendable {
     /// Configuration mechanism #1 and the functions on bus 0.
     public let bus: PCIHostBridge
-    /// The 32-bit memory window the functions' BARs are assigned from.
-    public let window: PCIMemoryWindow
+    /// The 32-bit memory window the functions' memory BARs are assigned from.
+    public let window: PCIWindow
+    /// The I/O window (ports 0xC000-0xFFFF) the functions' I/O BARs are assigned from.
+    public let ioWindow: PCIWindow
     /// The ACPI PM block: the power button (`pressPowerButton()`), sleep state.
     public let powerManagement: ACPIPMDevice
 }

@@ -130,16 +130,25 @@ public final class KVMVirtualMachine: VirtualMachine {
     /// KVM_IOEVENTFD (api.rst 4.59): a guest write of `length` bytes to MMIO `address`
     /// (matching `value` when given) signals `eventFD` inside the kernel and the vCPU goes on.
     public func addWriteNotifier(address: UInt64, length: Int, value: UInt64?, eventFD: Int32) throws(HVError) {
-        try ioeventfd(address: address, length: length, value: value, eventFD: eventFD, deassign: false)
+        try ioeventfd(address: address, port: false, length: length, value: value, eventFD: eventFD, deassign: false)
     }
 
     public func removeWriteNotifier(address: UInt64, length: Int, value: UInt64?, eventFD: Int32) throws(HVError) {
-        try ioeventfd(address: address, length: length, value: value, eventFD: eventFD, deassign: true)
+        try ioeventfd(address: address, port: false, length: length, value: value, eventFD: eventFD, deassign: true)
     }
 
-    /// KVM_IOEVENTFD (api.rst 4.59); a deassign must match the assignment's address, length,
-    /// eventfd and datamatch.
-    private func ioeventfd(address: UInt64, length: Int, value: UInt64?, eventFD: Int32, deassign: Bool) throws(HVError) {
+    /// KVM_IOEVENTFD with KVM_IOEVENTFD_FLAG_PIO: the same for an `OUT` to `port`.
+    public func addPortWriteNotifier(port: UInt16, length: Int, value: UInt64?, eventFD: Int32) throws(HVError) {
+        try ioeventfd(address: UInt64(port), port: true, length: length, value: value, eventFD: eventFD, deassign: false)
+    }
+
+    public func removePortWriteNotifier(port: UInt16, length: Int, value: UInt64?, eventFD: Int32) throws(HVError) {
+        try ioeventfd(address: UInt64(port), port: true, length: length, value: value, eventFD: eventFD, deassign: true)
+    }
+
+    /// KVM_IOEVENTFD (api.rst 4.59); a deassign must match the assignment's address, space,
+    /// length, eventfd and datamatch.
+    private func ioeventfd(address: UInt64, port: Bool, length: Int, value: UInt64?, eventFD: Int32, deassign: Bool) throws(HVError) {
         var notifier = kvm_ioeventfd()
         notifier.addr = address
         notifier.len = UInt32(length)
@@ -148,6 +157,7 @@ public final class KVMVirtualMachine: VirtualMachine {
             notifier.datamatch = value
             notifier.flags = UInt32(1 << kvm_ioeventfd_flag_nr_datamatch)
         }
+        if port { notifier.flags |= UInt32(1 << kvm_ioeventfd_flag_nr_pio) }
         if deassign { notifier.flags |= UInt32(1 << kvm_ioeventfd_flag_nr_deassign) }
         try KVMSyscall.ioctl(fd, HV_KVM_IOEVENTFD, &notifier, "KVM_IOEVENTFD")
     }

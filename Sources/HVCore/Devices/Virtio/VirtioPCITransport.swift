@@ -30,7 +30,7 @@ public enum VirtioPCILayout {
     public static func doorbell(base: UInt64, queue: Int) -> UInt64 { base + notifyOffset + UInt64(queue) * notifyMultiplier }
 }
 
-public final class VirtioPCITransport<Device: VirtioDevice>: PCIDevice, PCIMemoryDecoder, ResettableDevice, Sendable {
+public final class VirtioPCITransport<Device: VirtioDevice>: PCIDevice, PCIBARDecoder, ResettableDevice, Sendable {
     public static var vendorID: UInt16 { 0x1AF4 }
     private typealias Layout = VirtioPCILayout
 
@@ -187,8 +187,8 @@ public final class VirtioPCITransport<Device: VirtioDevice>: PCIDevice, PCIMemor
 
     // MARK: BAR 0
 
-    public func decode(_ address: UInt64, width: Int) -> (bar: Int, offset: UInt64)? {
-        guard let base = barAddress, address >= base, address - base + UInt64(width) <= Layout.barSize else { return nil }
+    public func decode(_ address: UInt64, width: Int, space: PCIAddressSpace) -> (bar: Int, offset: UInt64)? {
+        guard space == .memory, let base = barAddress, address >= base, address - base + UInt64(width) <= Layout.barSize else { return nil }
         return (0, address - base)
     }
 
