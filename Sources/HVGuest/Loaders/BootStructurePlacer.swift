@@ -63,6 +63,16 @@ struct BootStructurePlacer {
                                       ramBelowHole: searched.last?.upperBound ?? 0)
     }
 
+    /// Where an initrd goes (Linux's boot protocol and PVH alike: "as high as possible"): the
+    /// highest page-aligned address from which `size` bytes end at or below `ceiling`, not below
+    /// `floor` (the end of the kernel). Throws `outsideMemory` naming `field` when none exists.
+    static func highestPage(for what: String, field: String, size: UInt64, floor: UInt64, ceiling: UInt64) throws(LoaderError) -> UInt64 {
+        guard size <= ceiling, (ceiling - size) & ~0xFFF >= floor else {
+            throw .outsideMemory(field: field, what: what, start: floor, size: size, memorySize: ceiling)
+        }
+        return (ceiling - size) & ~0xFFF
+    }
+
     private func conflict(_ start: UInt64, _ size: UInt64) -> (name: String, start: UInt64, end: UInt64)? {
         occupied.first { $0.start < start + size && start < $0.end }
     }

@@ -88,12 +88,8 @@ extension GuestImage {
         var chunks = [Chunk(address: GuestPhysicalAddress(load), bytes: payload, name: "kernel")]
         if let initrd {
             let size = UInt64(initrd.count)
-            let ceiling = min(UInt64(reader.u32(0x22C)) + 1, lowRAM)
-            guard size <= ceiling, (ceiling - size) & ~0xFFF >= kernelEnd else {
-                throw .outsideMemory(field: "initrd_addr_max", what: "the initrd", start: kernelEnd, size: size,
-                                     memorySize: ceiling)
-            }
-            let address = (ceiling - size) & ~0xFFF
+            let address = try BootStructurePlacer.highestPage(for: "the initrd", field: "initrd_addr_max", size: size, floor: kernelEnd,
+                                                              ceiling: min(UInt64(reader.u32(0x22C)) + 1, lowRAM))
             put(address, 0x218, 4)                             // ramdisk_image
             put(size, 0x21C, 4)                                // ramdisk_size
             chunks.append(Chunk(address: GuestPhysicalAddress(address), bytes: initrd, name: "initrd"))

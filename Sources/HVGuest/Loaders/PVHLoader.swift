@@ -94,10 +94,7 @@ extension GuestImage {
             // Above the kernel and 1 MiB (clear of every low structure), as high as possible below the hole.
             let size = UInt64(initrd.count)
             let floor = max(chunks.map { $0.address.rawValue + $0.size }.max() ?? 0, PCMemoryMap.extendedStart)
-            guard size <= lowRAM, (lowRAM - size) & ~0xFFF >= floor else {
-                throw .outsideMemory(field: "initrd", what: "the initrd", start: floor, size: size, memorySize: lowRAM)
-            }
-            let address = (lowRAM - size) & ~0xFFF
+            let address = try BootStructurePlacer.highestPage(for: "the initrd", field: "initrd", size: size, floor: floor, ceiling: lowRAM)
             initrdRange = (address, size)
             chunks.append(Chunk(address: GuestPhysicalAddress(address), bytes: initrd, name: "initrd"))
         }
