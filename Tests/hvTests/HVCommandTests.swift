@@ -215,7 +215,10 @@ struct HVLoggingTests {
     func environment() throws {
         let result = try PackageExecutable.run(["demo"], environment: ["HV_LOG_LEVEL": "trace", "HV_LOG_CATEGORIES": "exits"])
         #expect(result.status == 0)
-        #expect(result.stderr.contains("TRACE exits: vcpu0 io-out"))
+        #expect(result.stderr.contains("TRACE exits: vcpu0 rip=0x"))
+        // One readable line per exit: hex operands, no Swift dumps or host pointers.
+        #expect(result.stderr.contains(" io-out port=0x3f8 size=1 value=0x"))
+        #expect(!result.stderr.contains("HVModel.") && !result.stderr.contains("base: 0x"))
         #expect(!result.stderr.contains("loader:"))
     }
 }

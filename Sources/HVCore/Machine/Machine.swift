@@ -513,7 +513,10 @@ public final class Machine<B: Backend>: @unchecked Sendable {
                 statistics.record(exit.kind, roundTrip: done &- entered, handling: done &- exited)
                 entered = done
             }
-            if traceExits { exitLog.trace("vcpu\(vcpu.id) \(exit.kind.name): \(exit) -> \(action)") }
+            if traceExits {
+                // One KVM_GET_REGS per exit, paid only while tracing.
+                exitLog.trace("\(exitTraceLine(vcpu: vcpu.id, rip: try? vcpu.registers().rip, exit: exit, action: action))")
+            }
             switch action {
             case .stop(let reason): return reason
             case .reset: return .reset
