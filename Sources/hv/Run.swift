@@ -145,6 +145,9 @@ struct Run: ParsableCommand {
         // A closed output pipe (`hv run ... | head`) becomes EPIPE on the console's writes, and
         // the VM stops cleanly below, instead of the process dying of SIGPIPE mid-run.
         signal(SIGPIPE, SIG_IGN)
+        // Ctrl-C, SIGTERM and SIGHUP stop the guest and still print the summary (StopSignals);
+        // before any thread exists, so that every thread blocks them.
+        let stopSignals = StopSignals()
         // Linux needs a local APIC; so does any SMP guest, and a kernel image expects the PC's
         // (kvm-unit-tests' first LAPIC read at 0xFEE00020). A flat image starts bare.
         let kernelImage = kernel != nil || multiboot != nil || multiboot2 != nil || elf != nil
@@ -177,6 +180,7 @@ struct Run: ParsableCommand {
             let machine = try Machine(configuration: configuration, backend: KVMBackend())
             let uart = try attachConsole(to: machine, serial: serial)
             if interruptMode != .none { try machine.connect(uart, irq: 4) }
+            stopSignals.whenCaught { machine.stop() }
             uart.output.whenReaderGone {
                 printError("hv: standard output was closed; stopping the guest")
                 machine.stop()
@@ -219,7 +223,8 @@ struct Run: ParsableCommand {
         printError("hv: \(result.reason) after \(result.exits) exits in \(String(format: "%.3f", result.seconds)) s\(resets)")
         if stats { printError(ExitTable.render(statistics)) }
         if case .backendFailure = result.reason, let error = result.error { printError("hv: error: \(error)") }
-        let status = ExitStatus.forStop(result.reason)
+        // Stopped by a signal: the shell's status for it, as if hv had died of it (128 + number).
+        let status = stopSignals.signal.map { 128 + $0 } ?? ExitStatus.forStop(result.reason)
         if status != 0 { throw ExitCode(status) }
     }
 

@@ -124,6 +124,37 @@ struct HVCommandTests {
         #expect(result.stderr.contains("the guest requested a system shutdown"), "stderr: \(result.stderr)")
     }
 
+    @Test("SIGINT and SIGTERM stop the guest cleanly: the closing line and the --stats table, then status 128 + signal", .needsKVM,
+          arguments: [SIGINT, SIGTERM])
+    func signalStopsCleanly(_ signal: Int32) throws {
+        let program = try GuestProgram.longMode { a in
+            let again = a.label()
+            a.bind(again)
+            a.out(0x80, Register8.al)
+            a.jmp(again)
+        }
+        let (process, out, err) = try PackageExecutable.start(PackageExecutable.binDirectory.appendingPathComponent("hv"),
+                                                              ["run", try imageFile(program.code), "--stats"])
+        let errors = StreamBox()
+        let reader = Thread { [err] in
+            while case let chunk = err.fileHandleForReading.availableData, !chunk.isEmpty { errors.append(chunk) }
+            errors.finish()
+        }
+        reader.start()
+        Thread.sleep(forTimeInterval: 1)
+        #expect(process.isRunning, "the guest loops until the signal")
+        kill(process.processIdentifier, signal)
+        process.waitUntilExit()
+        errors.waitForEnd()
+        _ = out.fileHandleForReading.readDataToEndOfFile()
+        let name = signal == SIGINT ? "SIGINT" : "SIGTERM"
+        #expect(process.terminationReason == .exit, "hv exits by itself rather than dying of the signal")
+        #expect(process.terminationStatus == 128 + signal)
+        #expect(errors.text.contains("hv: \(name): stopping the guest"), "stderr: \(errors.text)")
+        #expect(errors.text.contains("the host asked the VM to stop after"))
+        #expect(errors.text.contains("io-out") && errors.text.contains("median µs"), "the --stats table")
+    }
+
     @Test("a guest that never stops is ended by --max-exits and by --timeout with status 4", .needsKVM)
     func runLimits() throws {
         let program = try GuestProgram.longMode { a in
