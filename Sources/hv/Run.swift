@@ -61,8 +61,8 @@ struct Run: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("A Linux initial RAM disk.", valueName: "file"))
     var initrd: String?
 
-    @Option(name: .long, help: "CPU mode at entry: real or long.")
-    var mode: GuestModeArgument = .long
+    @Option(name: .long, help: "CPU mode at entry for a flat image: real or long (default long).")
+    var mode: GuestModeArgument?
 
     @Option(name: .long, help: ArgumentHelp("Guest-physical entry point (default: the load address).", valueName: "address"))
     var entry: Address?
@@ -209,6 +209,10 @@ struct Run: ParsableCommand {
                 LogCategory.vcpu.logger.debug("\(crashSite(of: machine, vcpu: result.vcpuID))")
             } else if result.reason.isCrash {
                 printError(crashSite(of: machine, vcpu: result.vcpuID))
+                // 16-bit code run as 64-bit code goes wrong at once: a boot sector, say.
+                if !kernelImage, mode == nil {
+                    printError("hv: hint: a flat image starts in 64-bit long mode unless --mode real is given; if this one is 16-bit real-mode code (a boot sector, for instance), run it with --mode real")
+                }
             }
             try? tpmEngine?.close()
             uart.flush()
@@ -327,7 +331,7 @@ struct Run: ParsableCommand {
     /// The flat IMAGE as a guest image, or a one-line error and exit status 64.
     private func flatImage() throws -> GuestImage {
         let bytes = try readImage()
-        let guestMode: GuestMode = mode == .real ? .real : .long
+        let guestMode: GuestMode = mode == .real ? .real : .long  // long when --mode is not given
         let load = loadAddress?.value ?? guestMode.defaultLoadAddress
         do {
             return try GuestImage.flat(bytes, mode: guestMode, loadAddress: load, entry: entry?.value ?? load,
@@ -378,7 +382,7 @@ extension StopReason {
     /// A guest crash, where the instruction the vCPU stopped at is worth showing.
     var isCrash: Bool {
         switch self {
-        case .shutdown, .internalError, .entryFailure: true
+        case .shutdown, .internalError, .entryFailure, .unmappedMMIO, .unmappedPort: true
         default: false
         }
     }

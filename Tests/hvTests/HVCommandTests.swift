@@ -155,6 +155,25 @@ struct HVCommandTests {
         #expect(errors.text.contains("io-out") && errors.text.contains("median µs"), "the --stats table")
     }
 
+    @Test("a stop on unmapped MMIO reports the RIP and instruction bytes like any crash, with a --mode real hint unless --mode was given", .needsKVM)
+    func unmappedMMIOCrashSite() throws {
+        let program = try GuestProgram.longMode { a in
+            a.mov(Register64.rbx, 0xE000_0000)  // in the 3-4 GiB hole: no RAM, no device
+            a.mov(.at(Register64.rbx), Register8.al)
+            a.hlt()
+        }
+        let path = try imageFile(program.code)
+        let result = try PackageExecutable.run(["run", path])
+        #expect(result.status == 2)
+        #expect(result.stderr.contains("wrote to 0xe0000000, where there is neither RAM nor a device"), "stderr: \(result.stderr)")
+        #expect(result.stderr.contains("hv: vCPU 0 stopped at RIP 0x") && result.stderr.contains("(64-bit,"), "stderr: \(result.stderr)")
+        // KVM has finished the write when it exits, so RIP is past it, at the HLT (0xf4).
+        #expect(result.stderr.contains("RSP 0x80000): f4 "), "the instruction bytes at RIP")
+        #expect(result.stderr.contains("hint: a flat image starts in 64-bit long mode unless --mode real"))
+        let explicit = try PackageExecutable.run(["run", path, "--mode", "long"])
+        #expect(explicit.status == 2 && !explicit.stderr.contains("hint:"))
+    }
+
     @Test("a guest that never stops is ended by --max-exits and by --timeout with status 4", .needsKVM)
     func runLimits() throws {
         let program = try GuestProgram.longMode { a in
