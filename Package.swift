@@ -6,6 +6,8 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .library(name: "HVCore", targets: ["HVCore"]),
+        // The virtual TPM (libtpms engine, TIS device, swtpm-compatible server): vTPM.md's `import HVTPM`.
+        .library(name: "HVTPM", targets: ["HVTPM"]),
         .executable(name: "hv", targets: ["hv"]),
         .executable(name: "hv-bench", targets: ["hv-bench"]),
     ],
