@@ -42,6 +42,12 @@ struct ByteSize: ExpressibleByArgument, CustomStringConvertible {
 
     init?(argument: String) {
         let text = argument.trimmingCharacters(in: .whitespaces).uppercased()
+        // Hex (0x1000000) takes no unit: B is a hex digit.
+        if text.hasPrefix("0X") {
+            guard let value = UInt64(text.dropFirst(2), radix: 16) else { return nil }
+            bytes = value
+            return
+        }
         let units: [(String, UInt64)] = [("KIB", 1 << 10), ("MIB", 1 << 20), ("GIB", 1 << 30), ("TIB", 1 << 40),
                                          ("KB", 1 << 10), ("MB", 1 << 20), ("GB", 1 << 30), ("TB", 1 << 40),
                                          ("K", 1 << 10), ("M", 1 << 20), ("G", 1 << 30), ("T", 1 << 40), ("B", 1)]

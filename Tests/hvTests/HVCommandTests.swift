@@ -196,6 +196,10 @@ struct HVCommandTests {
         (["run", "EMPTY"], "is empty"),
         (["run", "SMALL", "--mem", "0"], "--mem: 0 is invalid"),
         (["run", "SMALL", "--mem", "5000"], "multiple of 4096"),
+        (["run", "SMALL", "--mem", "18446744073709551615"], "4096 (4 KiB) to 1 TiB"),  // 2^64 - 1: no trap rounding it up
+        (["run", "SMALL", "--mem", "0xFFFFFFFFFFFFF000"], "4096 (4 KiB) to 1 TiB"),
+        (["run", "SMALL", "--mem", "16777215T"], "4096 (4 KiB) to 1 TiB"),
+        (["run", "SMALL", "--mem", "0x1001"], "multiple of 4096 (4 KiB pages), e.g. 8192"),
         (["run", "SMALL", "--cpus", "0"], "--cpus: 0 is invalid"),
         (["run", "BIG", "--mem", "64K", "--mode", "real"], "larger than guest memory"),
         (["run", "SMALL", "--entry", "0x40000000"], "entry"),

@@ -139,12 +139,13 @@ public struct VirtualMachineConfiguration: Sendable, Equatable {
         guard memorySize > 0 else {
             throw ConfigurationError(field: "memorySize", value: "0", expected: "at least 4096 bytes (4 KiB)")
         }
+        // The range first: the suggestion below rounds up, which must not overflow.
+        guard Self.memoryRange.contains(memorySize) else {
+            throw ConfigurationError(field: "memorySize", value: "\(memorySize)", expected: "4096 (4 KiB) to 1 TiB")
+        }
         guard memorySize % 4096 == 0 else {
             throw ConfigurationError(field: "memorySize", value: "\(memorySize)",
                                      expected: "a multiple of 4096 (4 KiB pages), e.g. \((memorySize / 4096 + 1) * 4096)")
-        }
-        guard Self.memoryRange.contains(memorySize) else {
-            throw ConfigurationError(field: "memorySize", value: "\(memorySize)", expected: "at most 1 TiB")
         }
         guard cpuCount >= 1 else {
             throw ConfigurationError(field: "cpuCount", value: "\(cpuCount)", expected: "at least 1")
