@@ -83,9 +83,16 @@ struct VMXPlanCommand: ParsableCommand {
             print(report.text(listVMCS: vmcs))
         }
         if !report.problems.isEmpty {
-            var knobs: [String] = []
-            for problem in report.problems where !knobs.contains(problem.knob) { knobs.append(problem.knob) }
-            printError("hv: error: \(report.source) cannot provide \(knobs.joined(separator: ", ")) (\(report.problems.count) problem\(report.problems.count == 1 ? "" : "s"), each with its bit and capability MSR, above)")
+            func knobs(_ cause: String) -> [String] {
+                var knobs: [String] = []
+                for problem in report.problems where problem.cause == cause && !knobs.contains(problem.knob) { knobs.append(problem.knob) }
+                return knobs
+            }
+            let mistakes = knobs("configuration"), missing = knobs("cpu")
+            var parts: [String] = []
+            if !mistakes.isEmpty { parts.append("the configuration is invalid: \(mistakes.joined(separator: ", "))") }
+            if !missing.isEmpty { parts.append("\(report.source) cannot provide \(missing.joined(separator: ", "))") }
+            printError("hv: error: \(parts.joined(separator: "; ")) (\(report.problems.count) problem\(report.problems.count == 1 ? "" : "s"), each explained above)")
             throw ExitCode(Self.invalidPlanStatus)
         }
         if let first = report.entryFailures.first {
@@ -132,6 +139,9 @@ struct VMXPlanReport: Codable {
     struct Problem: Codable {
         var knob: String
         var message: String
+        /// "cpu": the capability MSRs forbid it; "configuration": the knobs contradict each other
+        /// or a value is out of range, whatever the CPU.
+        var cause: String
     }
 
     var source: String
@@ -197,10 +207,10 @@ struct VMXPlanReport: Codable {
         knobsOn = Self.knobsOn(configuration)
         valid = false
         self.problems = problems.map { problem in
-            let knob: String = switch problem {
-            case .control(let knob, _), .capability(let knob, _), .invalid(let knob, _): knob
+            switch problem {
+            case .control(let knob, _), .capability(let knob, _): Problem(knob: knob, message: problem.message, cause: "cpu")
+            case .invalid(let knob, _): Problem(knob: knob, message: problem.message, cause: "configuration")
             }
-            return Problem(knob: knob, message: problem.message)
         }
     }
 
@@ -208,9 +218,17 @@ struct VMXPlanReport: Codable {
         var out = ["VMX plan for \(source)\(processor.map { ": \($0)" } ?? "")"]
         out.append("knobs on: \(knobsOn.joined(separator: ", "))")
         if !problems.isEmpty {
-            out.append("")
-            out.append("This CPU cannot provide the configuration (\(problems.count) problem\(problems.count == 1 ? "" : "s")):")
-            for problem in problems { out.append("  \(problem.message)") }
+            let mistakes = problems.filter { $0.cause == "configuration" }, missing = problems.filter { $0.cause == "cpu" }
+            if !mistakes.isEmpty {
+                out.append("")
+                out.append("The configuration is invalid on any CPU (\(mistakes.count) problem\(mistakes.count == 1 ? "" : "s")):")
+                for problem in mistakes { out.append("  \(problem.message)") }
+            }
+            if !missing.isEmpty {
+                out.append("")
+                out.append("This CPU cannot provide the configuration (\(missing.count) problem\(missing.count == 1 ? "" : "s")):")
+                for problem in missing { out.append("  \(problem.message)") }
+            }
             return out.joined(separator: "\n")
         }
         out.append("")

@@ -111,6 +111,29 @@ struct VMXFieldAndExitTests {
         #expect(plan.vmcs[.eptPointer] & 0xFFF == 0x1E)
     }
 
+    @Test("addresses and sizes near 2^64 are configuration problems named by their knob, not arithmetic traps")
+    func extremeLayout() {
+        let broadwell = VMXProfile.broadwellI7_5600U.capabilities
+        let cases: [(String, (inout VMXConfiguration) -> Void)] = [
+            ("host-stack-size:", { $0.hostStackSize = UInt64.max & ~0xF }),
+            ("guest-stack-size:", { $0.guestStackSize = UInt64.max & ~0xF }),
+            ("guest-stack-size:", { $0.guestEntry = UInt64.max - 0x1000 }),
+            ("guest-entry:", { $0.guestEntry = 0x1000 }),
+            ("structure-base:", { $0.structureBase = UInt64.max & ~0xFFF }),
+            ("host-stack-size:", { $0.hostStackSize = 1 }),
+        ]
+        for (knob, edit) in cases {
+            var config = VMXConfiguration()
+            edit(&config)
+            do {
+                _ = try config.plan(for: broadwell)
+                Issue.record("\(knob) accepted")
+            } catch {
+                #expect(error.problems.contains { $0.message.hasPrefix(knob) }, "\(error.problems.map(\.message))")
+            }
+        }
+    }
+
     @Test("the same plan fails on Core 2, naming the capability MSR")
     func planCore2() {
         var config = VMXConfiguration()

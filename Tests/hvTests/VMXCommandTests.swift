@@ -28,6 +28,19 @@ struct VMXCommandTests {
         #expect(r.stdout.contains("pat: 'load IA32_PAT' (primary VM-exit controls bit 19)"))
     }
 
+    @Test("plan: configuration mistakes (VPID 0, a host stack running past 2^64) are the configuration's, not the CPU's, and trap nothing")
+    func planConfigurationMistakes() throws {
+        let file = try PackageExecutable.temporaryDirectory().appendingPathComponent("plan.yaml")
+        try Data("vpid-value: 0\nhost-stack-size: 18446744073709551600\nstructure-base: 0xFFFFFFFFFFFFF000\n".utf8).write(to: file)
+        let r = try PackageExecutable.run(["vmx", "plan", "--profile", "broadwell-i7-5600u", "--config", file.path])
+        #expect(r.status == 1)
+        #expect(!r.crashed)
+        #expect(r.stdout.contains("The configuration is invalid on any CPU (3 problems):"), "\(r.stdout)")
+        #expect(!r.stdout.contains("This CPU cannot provide"))
+        #expect(r.stdout.contains("host-stack-size: 18446744073709551600 bytes above the host stack's base 0xffffffff83000000 runs past 2^64"))
+        #expect(r.stderr.hasPrefix("hv: error: the configuration is invalid: vpid, host-stack-size, structure-base (3 problems"), "\(r.stderr)")
+    }
+
     @Test("plan --json parses, with seven control fields, a valid verdict and no problems")
     func planJSON() throws {
         let r = try PackageExecutable.run(["vmx", "plan", "--profile", "ivybridge-i5-3570", "--enable", "ept,vpid", "--json"])

@@ -9,14 +9,25 @@ extension VMXPlanner {
         var offset: UInt64 { rawValue * 0x1000 }
     }
 
-    func address(_ slot: Slot) -> UInt64 { config.structureBase + slot.offset }
+    func address(_ slot: Slot) -> UInt64 { config.structureBase &+ slot.offset }
+
+    /// The span of the VMM's structures from `structureBase` (16 pages: the bitmaps, the APIC
+    /// pages, EPT's PML4 and the host's page tables at 0xF000).
+    static let structureSpan: UInt64 = 0x10000
+    /// Where the plan puts the host stack (it grows down from base + size).
+    static let hostStackBase: UInt64 = 0xFFFF_FFFF_8300_0000
+    /// The guest stack's distance above the guest entry point.
+    static let guestStackOffset: UInt64 = 0x10_0000
+    /// A long-mode guest's page tables sit this far below its entry point.
+    static let guestPageTableOffset: UInt64 = 0x10000
 
     mutating func writeStructures(into vmcs: inout VMCSImage, controls: [ReconciledControl]) -> (MSRBitmap?, IOBitmaps?) {
         let pin = PinBasedControls(rawValue: UInt32(controls[VMXControlField.pinBased.rawValue].value))
         let primary = PrimaryProcessorBasedControls(rawValue: UInt32(controls[VMXControlField.primaryProcessorBased.rawValue].value))
         let secondary = primary.contains(.activateSecondaryControls)
             ? SecondaryProcessorBasedControls(rawValue: UInt32(controls[VMXControlField.secondaryProcessorBased.rawValue].value)) : []
-        if config.structureBase & 0xFFF != 0 || config.structureBase + 0x10000 > 1 << UInt64(caps.physicalAddressWidth) {
+        if config.structureBase & 0xFFF != 0 || config.structureBase > UInt64.max - Self.structureSpan
+            || config.structureBase + Self.structureSpan > 1 << UInt64(caps.physicalAddressWidth) {
             problems.append(.invalid(knob: "structure-base", reason: "\(hexString(config.structureBase)) must be 4-KByte aligned and below 2^\(caps.physicalAddressWidth)"))
         }
         vmcs[.vmcsLinkPointer] = UInt64.max
@@ -115,7 +126,7 @@ extension VMXPlanner {
 
     func writeHostState(into vmcs: inout VMCSImage) {
         vmcs[.hostCR0] = 0x8005_0033 | caps.cr0MustBeOne
-        vmcs[.hostCR3] = config.structureBase + 0xF000
+        vmcs[.hostCR3] = config.structureBase &+ 0xF000
         vmcs[.hostCR4] = (0x2620 | caps.cr4MustBeOne) & caps.cr4MayBeOne
         for field in Self.hostDataSelectors { vmcs[field] = 0x10 }
         vmcs[.hostCSSelector] = 0x08
@@ -123,7 +134,7 @@ extension VMXPlanner {
         vmcs[.hostGDTRBase] = 0xFFFF_FFFF_8200_0000
         vmcs[.hostIDTRBase] = 0xFFFF_FFFF_8200_1000
         vmcs[.hostTRBase] = 0xFFFF_FFFF_8200_2000
-        vmcs[.hostRSP] = 0xFFFF_FFFF_8300_0000 + config.hostStackSize
+        vmcs[.hostRSP] = Self.hostStackBase &+ config.hostStackSize  // checkLayout: no wrap
         vmcs[.hostRIP] = config.hostEntry
         vmcs[.hostIA32PAT] = 0x0007_0406_0007_0406
         vmcs[.hostIA32EFER] = 0xD01  // SCE, LME, LMA, NXE
@@ -137,7 +148,7 @@ extension VMXPlanner {
         vmcs[.guestRFLAGS] = 0x2
         vmcs[.guestIA32PAT] = 0x0007_0406_0007_0406
         vmcs[.guestLDTRAccessRights] = 1 << 16  // unusable
-        vmcs[.guestRSP] = config.guestEntry + 0x10_0000 + config.guestStackSize
+        vmcs[.guestRSP] = config.guestEntry &+ Self.guestStackOffset &+ config.guestStackSize  // checkLayout: no wrap
         vmcs[.guestRIP] = config.guestEntry
         let segments = Self.guestDataSegments
         switch config.guestMode {
@@ -155,7 +166,7 @@ extension VMXPlanner {
             vmcs[.guestTRLimit] = 0x67
             vmcs[.guestTRAccessRights] = 0x8B  // busy 32/64-bit TSS, P
             vmcs[.guestGDTRLimit] = 0x1F
-            vmcs[.guestCR3] = long ? config.guestEntry - 0x10000 : 0
+            vmcs[.guestCR3] = long ? config.guestEntry &- Self.guestPageTableOffset : 0
             if long {
                 vmcs[.guestIA32EFER] = 0x500 | (config.enforceNX ? 0x800 : 0)
             }

@@ -170,14 +170,33 @@ struct VMXPlanner {
             let invvpid = ept.contains(.singleContextINVVPID) ? "single-context" : ept.contains(.allContextINVVPID) ? "all-context" : ept.contains(.individualAddressINVVPID) ? "individual-address" : "none"
             note("tlb", "VPID \(config.vpidValue): no TLB flush on VM entry/exit; INVVPID type for guest TLB flushes: \(invvpid) (IA32_VMX_EPT_VPID_CAP bits 40-43)")
         }
-        checkStackSize("host-stack", config.hostStackSize)
-        checkStackSize("guest-stack", config.guestStackSize)
+        checkStackSize("host-stack-size", config.hostStackSize)
+        checkStackSize("guest-stack-size", config.guestStackSize)
+        checkLayout()
         if config.guestMode == .longMode && !config.loadSaveEFER {
             note("efer", "a long-mode guest without 'load IA32_EFER' starts with the EFER the VMM left in the MSR")
         }
         if config.enforceSMAP && caps.cr4MayBeOne & (1 << 21) == 0 { fail(.capability(knob: "smap", reason: "CR4.SMAP cannot be 1 in VMX operation (IA32_VMX_CR4_FIXED1 bit 21 is 0)")) }
         if config.enforceSMEP && caps.cr4MayBeOne & (1 << 20) == 0 { fail(.capability(knob: "smep", reason: "CR4.SMEP cannot be 1 in VMX operation (IA32_VMX_CR4_FIXED1 bit 20 is 0)")) }
         if config.enforceNX && !config.msrBitmap { fail(.invalid(knob: "nx", reason: "pinning EFER.NXE needs 'msr-bitmap' to trap WRMSR to IA32_EFER")) }
+    }
+
+    /// Where the plan puts things must fit the 64-bit address space: a configuration near 2^64
+    /// is a mistake named by its knob, never an arithmetic trap.
+    mutating func checkLayout() {
+        if config.hostStackSize > UInt64.max - Self.hostStackBase {
+            fail(.invalid(knob: "host-stack-size", reason: "\(config.hostStackSize) bytes above the host stack's base \(hexString(Self.hostStackBase)) runs past 2^64"))
+        }
+        let (guestStackBase, baseOverflow) = config.guestEntry.addingReportingOverflow(Self.guestStackOffset)
+        if baseOverflow || config.guestStackSize > UInt64.max - guestStackBase {
+            fail(.invalid(knob: "guest-stack-size", reason: "the guest stack (guest-entry \(hexString(config.guestEntry)) + \(hexString(Self.guestStackOffset)) + \(config.guestStackSize) bytes) runs past 2^64"))
+        }
+        if config.guestMode == .longMode, config.guestEntry < Self.guestPageTableOffset {
+            fail(.invalid(knob: "guest-entry", reason: "\(hexString(config.guestEntry)) leaves no room for the long-mode page tables \(hexString(Self.guestPageTableOffset)) below it"))
+        }
+        if config.structureBase > UInt64.max - Self.structureSpan {
+            fail(.invalid(knob: "structure-base", reason: "\(hexString(config.structureBase)) + \(hexString(Self.structureSpan)) for the VMM's structures runs past 2^64"))
+        }
     }
 
     mutating func checkStackSize(_ name: String, _ size: UInt64) {
