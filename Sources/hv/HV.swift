@@ -14,6 +14,27 @@ struct HV: ParsableCommand {
             """,
         subcommands: [Demo.self, Run.self, Info.self, TPM.self, EPT.self, VMXCommand.self, ACPI.self],
         defaultSubcommand: nil)
+
+    /// ArgumentParser's own `main`, with every error as one line on standard error
+    /// ("hv: error: MESSAGE (see 'hv run --help')"), as GettingStarted promises, instead of the
+    /// message wrapped in usage and help; --help and --version print in full, and a status a
+    /// command throws (`ExitCode`) passes through.
+    static func main() {
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch {
+            let status = exitCode(for: error)
+            let message = Self.message(for: error)
+            guard status != .success, !message.isEmpty else { exit(withError: error) }
+            // The full message's last line names the subcommand's help: "See 'hv run --help' ...".
+            let hint = fullMessage(for: error).split(separator: "\n").last { $0.hasPrefix("  See '") || $0.hasPrefix("See '") }
+                .flatMap { $0.split(separator: "'").dropFirst().first }.map { " (see '\($0)')" } ?? ""
+            let line = message.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }.joined(separator: " ")
+            printError("hv: error: \(line.hasPrefix("Error: ") ? String(line.dropFirst(7)) : line)\(hint)")
+            exit(withError: ExitCode(status.rawValue))
+        }
+    }
 }
 
 /// Logging options shared by every subcommand.

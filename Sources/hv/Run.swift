@@ -64,16 +64,16 @@ struct Run: ParsableCommand {
     @Option(name: .long, help: "CPU mode at entry for a flat image: real or long (default long).")
     var mode: GuestModeArgument?
 
-    @Option(name: .long, help: ArgumentHelp("Guest-physical entry point (default: the load address).", valueName: "address"))
+    @Option(name: .long, parsing: .unconditional, help: ArgumentHelp("Guest-physical entry point (default: the load address).", valueName: "address"))
     var entry: Address?
 
-    @Option(name: .long, help: ArgumentHelp("Where the image is copied (default 0x7c00 in real mode, 0x100000 in long mode).", valueName: "address"))
+    @Option(name: .long, parsing: .unconditional, help: ArgumentHelp("Where the image is copied (default 0x7c00 in real mode, 0x100000 in long mode).", valueName: "address"))
     var loadAddress: Address?
 
-    @Option(name: .long, help: ArgumentHelp("Guest RAM, a multiple of 4 KiB: 4096, 64K, 16M, 1G.", valueName: "size"))
+    @Option(name: .long, parsing: .unconditional, help: ArgumentHelp("Guest RAM, a multiple of 4 KiB: 4096, 64K, 16M, 1G.", valueName: "size"))
     var mem: ByteSize = ByteSize(bytes: 16 << 20)
 
-    @Option(name: .long, help: "Number of vCPUs. With interrupt controllers the BSP starts at the entry point and APs wait for INIT-SIPI-SIPI; without them every vCPU starts at the entry point.")
+    @Option(name: .long, parsing: .unconditional, help: "Number of vCPUs. With interrupt controllers the BSP starts at the entry point and APs wait for INIT-SIPI-SIPI; without them every vCPU starts at the entry point.")
     var cpus: Int = 1
 
     @Option(name: .long, help: ArgumentHelp("Interrupt controllers: none, kernel (KVM's LAPIC, I/O APIC, PIC) or split (KVM's LAPIC, HV's I/O APIC). Default: kernel for a kernel image (--kernel, --multiboot, --multiboot2, --elf) or more than one vCPU, else none.", valueName: "mode"))
@@ -113,10 +113,10 @@ struct Run: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Where standard input goes: serial (COM1) or virtio (a virtio console, Linux's hvc0; its output goes to standard output too, and COM1 stays where --serial says).", valueName: "kind"))
     var console: ConsoleArgument = .serial
 
-    @Option(name: .long, help: ArgumentHelp("Stop the guest after this many seconds.", valueName: "seconds"))
+    @Option(name: .long, parsing: .unconditional, help: ArgumentHelp("Stop the guest after this many seconds.", valueName: "seconds"))
     var timeout: Double?
 
-    @Option(name: .long, help: ArgumentHelp("Stop the guest after this many exits.", valueName: "count"))
+    @Option(name: .long, parsing: .unconditional, help: ArgumentHelp("Stop the guest after this many exits.", valueName: "count"))
     var maxExits: UInt64?
 
     @Option(name: .long, help: "What HLT does: stop (end the run) or resume.")

@@ -200,6 +200,14 @@ struct HVCommandTests {
         (["run", "SMALL", "--mem", "0xFFFFFFFFFFFFF000"], "4096 (4 KiB) to 1 TiB"),
         (["run", "SMALL", "--mem", "16777215T"], "4096 (4 KiB) to 1 TiB"),
         (["run", "SMALL", "--mem", "0x1001"], "multiple of 4096 (4 KiB pages), e.g. 8192"),
+        // Argument errors are one line too, naming the value and the help to read; negative
+        // numbers are values, not "missing".
+        (["run", "SMALL", "--mem", "-1"], "The value '-1' is invalid for '--mem <size>' (see 'hv run --help')"),
+        (["run", "SMALL", "--cpus", "-2"], "--cpus: -2 is invalid; expected at least 1"),
+        (["run", "SMALL", "--max-exits", "-5"], "The value '-5' is invalid for '--max-exits <count>'"),
+        (["run", "SMALL", "--entry", "zz"], "The value 'zz' is invalid for '--entry <address>'"),
+        (["run", "SMALL", "--bogus"], "Unknown option '--bogus'"),
+        (["vmx", "plan", "--profile", "nonesuch"], "nonesuch"),
         (["run", "SMALL", "--cpus", "0"], "--cpus: 0 is invalid"),
         (["run", "BIG", "--mem", "64K", "--mode", "real"], "larger than guest memory"),
         (["run", "SMALL", "--entry", "0x40000000"], "entry"),
