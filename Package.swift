@@ -92,6 +92,6 @@ let package = Package(
         .testTarget(name: "HVGuestTests", dependencies: ["HVGuest"]),
         .testTarget(name: "HVCoreTests", dependencies: ["HVCore", "CAllocationCounter"]),
         .testTarget(name: "HVTPMTests", dependencies: ["HVTPM", "HVCore", "HVGuest"]),
-        .testTarget(name: "hvTests", dependencies: ["hv", "HVGuest", "MinimalVMM", "ExitTracer", "PCBoot", "MicroVM", "hv-bench", "HVTPM"]),
+        .testTarget(name: "hvTests", dependencies: ["hv", "HVGuest", "MinimalVMM", "ExitTracer", "PCBoot", "MicroVM", "hv-bench", "irq-latency", "HVTPM"]),
     ]
 )

@@ -1,5 +1,5 @@
 // irq-latency: how long a device interrupt takes to reach a guest handler, per irqchip mode.
-// Run it with:  swift run -c release irq-latency [rounds] [modes, default kernel,split]
+// Run it with:  swift run -c release irq-latency [ROUNDS] [MODES]   (--help says what each takes)
 //
 // The guest asks for a byte (OUT 0x70). The host then makes the UART receive one, which
 // raises IRQ 4: through KVM's in-kernel I/O APIC (`kernel`) or HV's user-space I/O APIC and
@@ -103,9 +103,33 @@ func measure(mode: InterruptControllerMode, rounds: Int) throws -> Histogram<UIn
     return probe.histogram
 }
 
-let rounds = CommandLine.arguments.dropFirst().first.flatMap(Int.init) ?? 2000
-let chosen = (CommandLine.arguments.dropFirst(2).first ?? "kernel,split").split(separator: ",")
-    .compactMap { InterruptControllerMode(rawValue: String($0)) }.filter { $0 != .none }
+/// One line on standard error and `hv`'s exit status for it: 64 for a command-line mistake, 70
+/// when the host cannot run the VMs.
+func fail(_ message: String, status: Int32) -> Never {
+    FileHandle.standardError.write(Data("irq-latency: error: \(message)\n".utf8))
+    exit(status)
+}
+
+let usage = "usage: irq-latency [ROUNDS] [MODES]: ROUNDS interrupts per mode, an even number from 2 to 1000000 (default 2000); MODES from kernel, split, comma-separated (default kernel,split)"
+let arguments = Array(CommandLine.arguments.dropFirst())
+if arguments.first == "--help" || arguments.first == "-h" { print(usage); exit(0) }
+guard arguments.count <= 2 else { fail("unexpected argument '\(arguments[2])' (see --help)", status: 64) }
+let rounds: Int
+if let text = arguments.first {
+    guard let value = Int(text), (2...1_000_000).contains(value), value % 2 == 0 else {
+        fail("ROUNDS: '\(text)' is invalid; expected an even number from 2 to 1000000", status: 64)
+    }
+    rounds = value
+} else {
+    rounds = 2000
+}
+var chosen: [InterruptControllerMode] = []
+for name in (arguments.count > 1 ? arguments[1] : "kernel,split").split(separator: ",", omittingEmptySubsequences: false) {
+    guard let mode = InterruptControllerMode(rawValue: String(name)), mode != .none else {
+        fail("MODES: '\(name)' is invalid; expected kernel or split, comma-separated", status: 64)
+    }
+    if !chosen.contains(mode) { chosen.append(mode) }
+}
 let modes = [InterruptControllerMode.none] + chosen
 print("irq-latency: \(rounds) rounds per mode, host CPU \(HostCPU.current.modelName), guest code \(HostCPU.current.hasHardwareVirtualization ? "hardware-assisted" : "emulated")")
 print("mode       median µs   p90 µs   p99 µs   (raise -> guest handler's first instruction, incl. one exit)")
@@ -114,7 +138,8 @@ var baselineMedian = 0.0
 var results: [InterruptControllerMode: Histogram<UInt64>] = [:]
 for _ in 0..<2 {
     for mode in modes {
-        let histogram = try measure(mode: mode, rounds: rounds / 2)
+        let histogram: Histogram<UInt64>
+        do { histogram = try measure(mode: mode, rounds: rounds / 2) } catch { fail("\(mode.rawValue): \(error)", status: 70) }
         if results[mode] == nil { results[mode] = histogram } else { results[mode]!.add(histogram) }
     }
 }

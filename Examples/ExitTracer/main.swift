@@ -4,6 +4,7 @@
 // The guest (long mode) prints through COM1, reads the UART's line status, does a
 // `rep outsb`, touches an unmapped MMIO address (which the VM ignores, by configuration),
 // executes HLT (resumed, by configuration) and leaves through the debug-exit port.
+import Foundation
 import HVCore
 
 /// Describes an exit in one line. Returns nil so the device bus and the defaults still run.
@@ -28,31 +29,50 @@ struct Tracer: ExitHandler, Sendable {
     }
 }
 
-let guest = try GuestProgram.longMode { a in
-    a.printString("hi\n")
-    let text = a.label(), after = a.label()
-    a.jmp(after)
-    a.bind(text)
-    a.ascii("rep")
-    a.bind(after)
-    a.cld()
-    a.lea(Register64.rsi, .label(text))    // RSI = the bytes, RCX = count, DX = port
-    a.mov(Register64.rcx, 3)
-    a.mov(Register16.dx, 0x80)
-    a.rep(.outsb)
-    a.mov(Register64.rbx, 0xD000_0000)     // no RAM and no device here: MMIO exits
-    a.mov(Register32.eax, 0x1234)
-    a.mov(.at(Register64.rbx), Register32.eax)
-    a.mov(Register64.rax, .at(Register64.rbx, 8))
-    a.hlt()
-    a.debugExit(code: 0)
+/// One line on standard error and `hv`'s exit status for it: 64 for a command-line mistake, 70
+/// when the host cannot run the VM.
+func fail(_ message: String, status: Int32) -> Never {
+    FileHandle.standardError.write(Data("ExitTracer: error: \(message)\n".utf8))
+    exit(status)
 }
 
-var configuration = VirtualMachineConfiguration(memorySize: 2 << 20, haltPolicy: .resume, unmappedMMIO: .ignore)
-configuration.timeLimit = 10
-let machine = try Machine(configuration: configuration, backend: KVMBackend())
-try machine.devices.register(UART16550(output: .discard), port: .com1, count: UART16550.portCount)
-try machine.devices.register(DebugExitDevice(), port: .debugExit, count: 4)
-try machine.load(guest)
-let result = try machine.run(handler: Tracer())
-print("stopped: \(result.reason)")
+if let argument = CommandLine.arguments.dropFirst().first {
+    if argument == "--help" || argument == "-h" {
+        print("usage: ExitTracer (no arguments): runs a guest and prints each of its exits, decoded")
+        exit(0)
+    }
+    fail("unexpected argument '\(argument)'; ExitTracer takes none (see --help)", status: 64)
+}
+
+do {
+    let guest = try GuestProgram.longMode { a in
+        a.printString("hi\n")
+        let text = a.label(), after = a.label()
+        a.jmp(after)
+        a.bind(text)
+        a.ascii("rep")
+        a.bind(after)
+        a.cld()
+        a.lea(Register64.rsi, .label(text))    // RSI = the bytes, RCX = count, DX = port
+        a.mov(Register64.rcx, 3)
+        a.mov(Register16.dx, 0x80)
+        a.rep(.outsb)
+        a.mov(Register64.rbx, 0xD000_0000)     // no RAM and no device here: MMIO exits
+        a.mov(Register32.eax, 0x1234)
+        a.mov(.at(Register64.rbx), Register32.eax)
+        a.mov(Register64.rax, .at(Register64.rbx, 8))
+        a.hlt()
+        a.debugExit(code: 0)
+    }
+
+    var configuration = VirtualMachineConfiguration(memorySize: 2 << 20, haltPolicy: .resume, unmappedMMIO: .ignore)
+    configuration.timeLimit = 10
+    let machine = try Machine(configuration: configuration, backend: KVMBackend())
+    try machine.devices.register(UART16550(output: .discard), port: .com1, count: UART16550.portCount)
+    try machine.devices.register(DebugExitDevice(), port: .debugExit, count: 4)
+    try machine.load(guest)
+    let result = try machine.run(handler: Tracer())
+    print("stopped: \(result.reason)")
+} catch {
+    fail("\(error)", status: 70)
+}

@@ -26,6 +26,42 @@ struct ExampleTests {
         #expect(repBytes == ["0x72", "0x65", "0x70"])
     }
 
+    @Test("the examples and irq-latency answer a mistake with one line and hv's status (64), and no crash", arguments: [
+        (["junk"], "MinimalVMM", "MinimalVMM: error: unexpected argument 'junk'"),
+        (["--bogus"], "ExitTracer", "ExitTracer: error: unexpected argument '--bogus'"),
+        ([], "PCBoot", "PCBoot: error: give a KERNEL file"),
+        (["/nonexistent/kernel"], "PCBoot", "PCBoot: error: /nonexistent/kernel: no such file"),
+        (["/etc/hostname"], "PCBoot", "PCBoot: error: /etc/hostname: "),
+        (["a", "b", "c"], "PCBoot", "PCBoot: error: unexpected argument 'c'"),
+        (["0"], "irq-latency", "irq-latency: error: ROUNDS: '0' is invalid; expected an even number from 2 to 1000000"),
+        (["-4"], "irq-latency", "irq-latency: error: ROUNDS: '-4' is invalid"),
+        (["3"], "irq-latency", "irq-latency: error: ROUNDS: '3' is invalid"),
+        (["junk"], "irq-latency", "irq-latency: error: ROUNDS: 'junk' is invalid"),
+        (["2", "kernel,bogus"], "irq-latency", "irq-latency: error: MODES: 'bogus' is invalid; expected kernel or split"),
+        (["2", "kernel", "extra"], "irq-latency", "irq-latency: error: unexpected argument 'extra'"),
+    ])
+    func badArguments(arguments: [String], executable: String, message: String) throws {
+        let result = try PackageExecutable.run(arguments, executable: executable)
+        #expect(result.status == 64, "\(executable) \(arguments): \(result.stderr)")
+        #expect(!result.crashed)
+        #expect(result.stderr.split(separator: "\n").count == 1 && result.stderr.hasPrefix(message), "\(result.stderr)")
+    }
+
+    @Test("the examples and irq-latency explain themselves with --help, status 0", arguments: ["MinimalVMM", "ExitTracer", "PCBoot", "irq-latency"])
+    func exampleHelp(executable: String) throws {
+        let result = try PackageExecutable.run(["--help"], executable: executable)
+        #expect(result.status == 0)
+        #expect(result.stdout.hasPrefix("usage: \(executable)"))
+    }
+
+    @Test("without KVM the examples end with one line and status 70, not a backtrace", arguments: ["MinimalVMM", "ExitTracer"])
+    func exampleWithoutKVM(executable: String) throws {
+        let result = try PackageExecutable.run([], executable: executable, environment: ["HV_KVM_DEVICE": "/nonexistent/kvm"])
+        #expect(result.status == 70)
+        #expect(!result.crashed && !result.stderr.contains("Error raised at top level"))
+        #expect(result.stderr.hasPrefix("\(executable): error: /nonexistent/kvm does not exist"), "\(result.stderr)")
+    }
+
     @Test("PCBoot boots a PVH and a Multiboot2 kernel on the SDK's PC platform, each finding the ACPI RSDP",
           .needsKVM, .enabled(if: TestKernel.toolsAvailable, "GNU as and ld are missing"))
     func pcBoot() throws {
@@ -41,7 +77,7 @@ struct ExampleTests {
         #expect(second.stdout.contains("quiet\nHV\n"), "stdout: \(second.stdout)")
         #expect(second.stdout.contains("the guest wrote 23 (0x17) to the debug-exit port"), "stdout: \(second.stdout)")
         let usage = try PackageExecutable.run([], executable: "PCBoot")
-        #expect(usage.status == 64 && usage.stderr.contains("usage: PCBoot KERNEL"))
+        #expect(usage.status == 64 && usage.stderr.contains("PCBoot: error: give a KERNEL file"))
     }
 
     @Test("MicroVM refuses what it cannot use with one line and a status (its Linux boot runs in the test bed)")
