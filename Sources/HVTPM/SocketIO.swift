@@ -1,4 +1,4 @@
-// Small blocking-socket helpers for the swtpm-protocol server and client (STYLE.md: thin
+// Small blocking-socket helpers for the swtpm-protocol server and client (Documentation/Architecture.md, Conventions: thin
 // syscall wrappers, -1 becomes a typed error right there, EINTR retried).
 #if canImport(Glibc)
 import Glibc

@@ -1,6 +1,6 @@
 // CKVMBaseline: the raw C baseline hv-bench measures HVCore against, in the same process and run.
 //
-// Unlike the shims under Sources/ (headers only, no logic: ARCHITECTURE.md, layer 3), this target
+// Unlike the shims under Sources/ (headers only, no logic: Documentation/Architecture.md, layer 4), this target
 // is by design a small C program: it creates a VM and a vCPU with raw KVM ioctls, loads the guest
 // image HV built (passed in as plain structs and bytes, so both sides run the same code), and runs
 // a KVM_RUN loop that handles each exit the trivial way HV's benchmark handler does, timing every

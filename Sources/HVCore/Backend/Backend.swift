@@ -1,4 +1,4 @@
-// The backend surface (STYLE.md, after rust-vmm kvm-ioctls): three owning handles, system (the
+// The backend surface (Documentation/Architecture.md, Conventions: after rust-vmm kvm-ioctls): three owning handles, system (the
 // `Backend`), VM and vCPU, and a small set of operations. Everything else is built on these.
 
 /// What a backend can honour, so a configuration it cannot is refused up front.

@@ -1,5 +1,5 @@
 // A VM's configuration is a plain value, validated before anything is created
-// (STYLE.md: "configuration as values, validated before anything runs").
+// (Documentation/Architecture.md, Conventions: "configuration as values, validated before anything runs").
 
 /// A configuration field that is out of range, with what would be valid.
 public struct ConfigurationError: Error, Equatable, CustomStringConvertible {

@@ -1,4 +1,4 @@
-// VM states and the transitions between them (STYLE.md, after Virtualization.framework).
+// VM states and the transitions between them (Documentation/Architecture.md, Conventions: after Virtualization.framework).
 
 /// Where a VM is in its life.
 public enum MachineState: String, Sendable, CustomStringConvertible {

@@ -1,5 +1,5 @@
-// The only file that calls open, ioctl and mmap on KVM file descriptors (STYLE.md, after
-// swift-system): one small function per call, -1 turned into a typed error right here.
+// The only file that calls open, ioctl and mmap on KVM file descriptors (Documentation/Architecture.md,
+// Conventions: after swift-system): one small function per call, -1 turned into a typed error right here.
 #if os(Linux)
 import CKVM
 import Glibc

@@ -16,10 +16,10 @@ public enum KVMVMXSupport: Sendable, Hashable {
 
     /// Every `VMXConfiguration.knobNames` entry and how KVM honours it.
     public static let table: [String: KVMVMXSupport] = [
-        "ept": .inherent("KVM owns the EPT; memory slots are HV's layout (ARCHITECTURE: EPT layout)"),
+        "ept": .inherent("KVM owns the EPT; memory slots are HV's layout (Documentation/Architecture.md, backends table: EPT layout)"),
         "vpid": .inherent("KVM allocates a VPID per vCPU itself (kvm_intel enable_vpid)"),
         "unrestricted-guest": .inherent("KVM uses unrestricted guest itself, or emulates real mode (kvm_intel unrestricted_guest)"),
-        "preemption-timer": .applied("a host timer kicks KVM_RUN and the run loop hands out VMExit.preemptionTimer (ARCHITECTURE: preemption timer); set VirtualMachineConfiguration.preemptionTimerInterval"),
+        "preemption-timer": .applied("a host timer kicks KVM_RUN and the run loop hands out VMExit.preemptionTimer (Documentation/Architecture.md, backends table: preemption timer); set VirtualMachineConfiguration.preemptionTimerInterval"),
         "huge-pages-1g": .inherent("KVM picks EPT page sizes from the host backing of each memory slot"),
         "ept-ad": .inherent("KVM decides EPT accessed/dirty use itself (kvm_intel eptad)"),
         "pat": .inherent("KVM saves and loads the guest PAT on every entry and exit"),
@@ -28,8 +28,8 @@ public enum KVMVMXSupport: Sendable, Hashable {
         "trap-invalid-msrs": .applied("KVM_CAP_X86_USER_SPACE_MSR with KVM_MSR_EXIT_REASON_UNKNOWN|INVAL (api.rst 7.21), enabled at VM creation by VirtualMachineConfiguration.trapUnknownMSRs"),
         "mov-dr-exiting": .applied("KVM_SET_GUEST_DEBUG with KVM_GUESTDBG_USE_HW_BP and DR7.GD (api.rst 4.59): MOV DR at CPL 0 exits as KVM_EXIT_DEBUG; the guest's own DR7 is shadowed"),
         "monitor-trap-flag": .applied("KVM_SET_GUEST_DEBUG with KVM_GUESTDBG_SINGLESTEP (api.rst 4.59): every instruction exits as KVM_EXIT_DEBUG"),
-        "cr3-exiting": .unsupported("KVM offers no CR-access exits to user space (ARCHITECTURE: CR access monitoring, KVM: no)"),
-        "cr8-exiting": .unsupported("KVM offers no CR-access exits to user space (ARCHITECTURE: CR access monitoring, KVM: no)"),
+        "cr3-exiting": .unsupported("KVM offers no CR-access exits to user space (Documentation/Architecture.md, backends table: CR access monitoring, KVM: no)"),
+        "cr8-exiting": .unsupported("KVM offers no CR-access exits to user space (Documentation/Architecture.md, backends table: CR access monitoring, KVM: no)"),
         "nx": .unsupported("KVM offers user space no way to pin guest EFER.NXE"),
         "smep": .unsupported("KVM offers user space no way to pin guest CR4.SMEP"),
         "smap": .unsupported("KVM offers user space no way to pin guest CR4.SMAP"),
@@ -90,7 +90,7 @@ extension KVMVirtualMachine {
     /// that is on and that KVM cannot honour throws `.unsupported` naming it, before anything is
     /// installed. Call before the vCPUs run.
     public func apply(_ vmx: VMXConfiguration, vcpus: [KVMVCPU] = []) throws(HVError) {
-        // 1. Refuse what KVM cannot do, naming the knob (ARCHITECTURE: never a silent no-op).
+        // 1. Refuse what KVM cannot do, naming the knob (Documentation/Architecture.md, Conventions: never a silent no-op).
         for name in VMXConfiguration.knobNames where KVMVMXSupport.isOn(name, in: vmx) {
             switch KVMVMXSupport.table[name] {
             case .unsupported(let reason)?:

@@ -1,5 +1,5 @@
-// A backend that replays scripted exits instead of running a guest (STYLE.md, after NIO's
-// EmbeddedChannel): exit handling, devices and the run loop are tested without /dev/kvm, and
+// A backend that replays scripted exits instead of running a guest (Documentation/Architecture.md,
+// Conventions: after NIO's EmbeddedChannel): exit handling, devices and the run loop are tested without /dev/kvm, and
 // hv-bench measures the user-space dispatch cost on it.
 import Synchronization
 
