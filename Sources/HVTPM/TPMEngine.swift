@@ -1,6 +1,9 @@
 // What every TPM behind HV looks like: something that executes TPM 2.0 command frames. The
 // TIS device, `hv tpm serve` and measured boot are written against this protocol, so a VM's TPM
 // can be libtpms in this process or a helper process reached over the swtpm protocol.
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A TPM 2.0 that executes command frames (TPM 2.0 Part 1, "Command/Response Structure").
 ///
@@ -90,7 +93,7 @@ public enum TPMError: Error, Equatable, CustomStringConvertible {
         case let .state(path, problem):
             "TPM state \(path): \(problem)"
         case let .io(operation, path, code):
-            "\(operation) \(path) failed: errno \(code)"
+            "\(operation)\(path.isEmpty ? "" : " " + path) failed: \(String(cString: strerror(code))) (errno \(code))"
         case .closed:
             "the TPM engine is closed"
         case .malformedFrame(let problem):

@@ -8,6 +8,26 @@ func printError(_ message: String) {
     FileHandle.standardError.write(Data((message + "\n").utf8))
 }
 
+/// A file error in words, as `ls` or `cat` would say it ("No such file or directory", "Is a
+/// directory", "Permission denied"): the POSIX error under Foundation's wrapper, whose own text
+/// ("The operation could not be completed. (NSCocoaErrorDomain error 256.)") says nothing.
+func describeFileError(_ error: Error, path: String) -> String {
+    let wrapped = error as NSError
+    var isDirectory: ObjCBool = false
+    if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue {
+        return String(cString: strerror(EISDIR))
+    }
+    if let underlying = wrapped.userInfo[NSUnderlyingErrorKey] as? NSError, underlying.domain == NSPOSIXErrorDomain {
+        return String(cString: strerror(Int32(underlying.code)))
+    }
+    if wrapped.domain == NSPOSIXErrorDomain { return String(cString: strerror(Int32(wrapped.code))) }
+    switch CocoaError.Code(rawValue: wrapped.code) {
+    case .fileNoSuchFile, .fileReadNoSuchFile: return String(cString: strerror(ENOENT))
+    case .fileReadNoPermission, .fileWriteNoPermission: return String(cString: strerror(EACCES))
+    default: return wrapped.localizedDescription
+    }
+}
+
 /// Exit statuses of `hv run` (Documentation/GettingStarted.md lists them).
 enum ExitStatus {
     /// The guest halted.

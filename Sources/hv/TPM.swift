@@ -92,7 +92,7 @@ struct TPMGuest: ParsableCommand {
             throw ExitCode(ExitStatus.hostFailure)
         }
         do { try Data(program).write(to: URL(fileURLWithPath: output)) } catch {
-            printError("hv: error: \(output): \(error.localizedDescription)")
+            printError("hv: error: \(output): \(describeFileError(error, path: output))")
             throw ExitCode(ExitStatus.usage)
         }
         print("wrote \(program.count) bytes to \(output)")

@@ -52,7 +52,7 @@ struct VMXSourceOptions: ParsableArguments {
         do {
             text = try String(contentsOfFile: path, encoding: .utf8)
         } catch {
-            printError("hv: error: --msr-file \(path): cannot read the file (\(error.localizedDescription))")
+            printError("hv: error: --msr-file \(path): cannot read the file (\(describeFileError(error, path: path)))")
             throw ExitCode(ExitStatus.usage)
         }
         do {

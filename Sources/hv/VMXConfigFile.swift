@@ -190,7 +190,7 @@ struct VMXConfigFile: Decodable {
         do {
             data = try Data(contentsOf: URL(fileURLWithPath: path))
         } catch {
-            return .failure(VMXConfigFileError(message: "--config \(path): cannot read the file (\(error.localizedDescription))"))
+            return .failure(VMXConfigFileError(message: "--config \(path): cannot read the file (\(describeFileError(error, path: path)))"))
         }
         let isJSON = path.lowercased().hasSuffix(".json")
         do {

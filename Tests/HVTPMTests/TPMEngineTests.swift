@@ -6,6 +6,12 @@ import Synchronization
 import Testing
 
 @Suite struct TPMStateFileTests {
+    @Test("a failed system call reads in words, with the errno beside them")
+    func ioErrorsInWords() {
+        #expect("\(TPMError.io(operation: "bind", path: "127.0.0.1:2321", errno: 98))" == "bind 127.0.0.1:2321 failed: Address already in use (errno 98)")
+        #expect("\(TPMError.io(operation: "pipe", path: "", errno: 24))" == "pipe failed: Too many open files (errno 24)")
+    }
+
     @Test func sha256MatchesTheFIPSVectors() {
         #expect(SHA256.hash([UInt8]()).hexString == "E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855")
         #expect(SHA256.hash(Array("abc".utf8)).hexString == "BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD")

@@ -208,6 +208,10 @@ struct HVCommandTests {
         (["run", "SMALL", "--entry", "zz"], "The value 'zz' is invalid for '--entry <address>'"),
         (["run", "SMALL", "--bogus"], "Unknown option '--bogus'"),
         (["vmx", "plan", "--profile", "nonesuch"], "nonesuch"),
+        // File errors in words, not Foundation's "NSCocoaErrorDomain error 256".
+        (["vmx", "plan", "--msr-file", "/nonexistent/msr"], "--msr-file /nonexistent/msr: cannot read the file (No such file or directory)"),
+        (["vmx", "plan", "--profile", "broadwell-i7-5600u", "--config", "/"], "--config /: cannot read the file (Is a directory)"),
+        (["tpm", "guest", "/nonexistent/dir/guest.bin"], "/nonexistent/dir/guest.bin: No such file or directory"),
         (["run", "SMALL", "--cpus", "0"], "--cpus: 0 is invalid"),
         (["run", "BIG", "--mem", "64K", "--mode", "real"], "larger than guest memory"),
         (["run", "SMALL", "--entry", "0x40000000"], "entry"),
