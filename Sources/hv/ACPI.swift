@@ -10,7 +10,7 @@ struct ACPI: ParsableCommand {
 
     struct Dump: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Print the RSDP, XSDT, FADT, FACS, MADT and DSDT a VM would get, as hex with their headers.")
+            abstract: "Print the RSDP, XSDT, FADT, FACS, MADT and DSDT a VM would get: each header decoded (checksums checked), then the bytes in hex.")
 
         @Option(name: .long, help: "Number of vCPUs (one MADT Local APIC entry each).")
         var cpus: Int = 1

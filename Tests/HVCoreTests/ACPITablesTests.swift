@@ -137,16 +137,23 @@ struct ACPITablesTests {
         }
     }
 
-    @Test("install writes the tables into guest RAM; dump prints them acpidump-style")
+    @Test("install writes the tables into guest RAM; dump decodes each header (checksums checked), then the bytes acpidump-style")
     func installAndDump() throws {
         let memory = try GuestMemory.pcLayout(size: 2 << 20)
         let tables = ACPITables(ACPIConfiguration(cpuCount: 1))
         try tables.install(into: memory)
         #expect(try memory.readBytes(at: 0xE_0000, count: 8) == Array("RSD PTR ".utf8))
         let dump = tables.dump()
-        #expect(dump.hasPrefix("RSDP @ 0x00000000000E0000\n    0000: 52 53 44 20 50 54 52 20"))
+        #expect(dump.hasPrefix("RSDP @ 0x00000000000E0000\n    Signature \"RSD PTR \", Checksum 0x"))
+        #expect(dump.contains("\n    0000: 52 53 44 20 50 54 52 20"))
         #expect(dump.contains("FACP @ 0x"))
         #expect(dump.contains("APIC @ 0x"))
+        #expect(dump.contains("Signature \"FACP\", Length 276, Revision 6, Checksum 0x"))
+        #expect(!dump.contains("INVALID"), "every checksum holds")
+        // A corrupted byte shows as an invalid checksum.
+        var table = tables.tables.first { $0.signature == "APIC" }!
+        table.bytes[40] ^= 0xFF
+        #expect(ACPITables.header(of: table)[0].contains("(INVALID)"))
     }
 
     @Test("the PM timer counts 3,579,545 ticks a second in 24 bits")

@@ -107,6 +107,7 @@ public struct ACPITables: Sendable {
         for table in tables {
             let name = table.signature == "RSD PTR " ? "RSDP" : table.signature
             out += "\(name) @ 0x\(hex(table.address, digits: 16))\n"
+            out += Self.header(of: table).map { "    \($0)\n" }.joined()
             for line in stride(from: 0, to: table.bytes.count, by: 16) {
                 let chunk = table.bytes[line..<min(line + 16, table.bytes.count)]
                 let hexPart = chunk.map { hex(UInt64($0), digits: 2) }.joined(separator: " ")
@@ -116,6 +117,31 @@ public struct ACPITables: Sendable {
             out += "\n"
         }
         return out
+    }
+
+    /// The header fields of `table`, decoded as iasl shows them: the RSDP's (5.2.5.3), the
+    /// FACS's (5.2.10) or the standard description header (5.2.6), each checksum checked.
+    public static func header(of table: ACPITable) -> [String] {
+        let bytes = table.bytes
+        func text(_ range: Range<Int>) -> String {
+            "\"" + String(decoding: bytes[range].map { $0 >= 0x20 && $0 < 0x7F ? $0 : UInt8(ascii: ".") }, as: UTF8.self) + "\""
+        }
+        func number(_ offset: Int, _ count: Int) -> UInt64 {
+            (0..<count).reduce(0) { $0 | UInt64(bytes[offset + $1]) << (8 * UInt64($1)) }
+        }
+        func sum(_ range: Range<Int>) -> String { bytes[range].reduce(0, &+) == 0 ? "valid" : "INVALID" }
+        switch table.signature {
+        case "RSD PTR " where bytes.count >= 36:
+            return ["Signature \(text(0..<8)), Checksum 0x\(hex(number(8, 1), digits: 2)) (\(sum(0..<20))), OEM ID \(text(9..<15)), Revision \(bytes[15])",
+                    "RSDT 0x\(hex(number(16, 4), digits: 8)), Length \(number(20, 4)), XSDT 0x\(hex(number(24, 8), digits: 16)), Extended Checksum 0x\(hex(number(32, 1), digits: 2)) (\(sum(0..<Int(min(number(20, 4), UInt64(bytes.count))))))"]
+        case "FACS" where bytes.count >= 36:
+            return ["Signature \(text(0..<4)), Length \(number(4, 4)), Hardware Signature 0x\(hex(number(8, 4), digits: 8)), Waking Vector 0x\(hex(number(12, 4), digits: 8)), Global Lock 0x\(hex(number(16, 4), digits: 8)), Flags 0x\(hex(number(20, 4), digits: 8)), Version \(bytes[32])"]
+        case _ where bytes.count >= 36:
+            return ["Signature \(text(0..<4)), Length \(number(4, 4)), Revision \(bytes[8]), Checksum 0x\(hex(number(9, 1), digits: 2)) (\(sum(0..<Int(min(number(4, 4), UInt64(bytes.count)))))), OEM ID \(text(10..<16)), OEM Table ID \(text(16..<24))",
+                    "OEM Revision \(number(24, 4)), Creator ID \(text(28..<32)), Creator Revision \(number(32, 4))"]
+        default:
+            return []
+        }
     }
 
     /// The byte that makes `bytes` sum to 0 modulo 256 when stored in a zero checksum field.
