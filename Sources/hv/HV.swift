@@ -10,7 +10,9 @@ struct HV: ParsableCommand {
         abstract: "Run and inspect virtual machines built with HVCore.",
         discussion: """
             Start with `hv demo`, which runs a bundled guest and shows its exits. `hv info` says \
-            what this host's KVM offers. `hv run IMAGE` runs a flat binary of your own.
+            what this host's KVM offers. `hv run IMAGE` runs a flat binary of your own; \
+            `hv run --multiboot`, `--multiboot2`, `--elf` and `--kernel` (a Linux bzImage, or a \
+            vmlinux by its PVH entry) boot kernels.
             """,
         subcommands: [Demo.self, Run.self, Info.self, TPM.self, EPT.self, VMXCommand.self, ACPI.self],
         defaultSubcommand: nil)

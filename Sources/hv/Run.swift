@@ -6,7 +6,7 @@ import HVTPM
 
 struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Run a flat binary, a Multiboot kernel, an ELF executable or a Linux bzImage as a guest.",
+        abstract: "Run a flat binary, a Multiboot 1 or 2 kernel, an ELF executable or a Linux kernel (bzImage, or vmlinux by its PVH entry) as a guest.",
         discussion: """
             Give exactly one image: a flat binary as IMAGE, --multiboot KERNEL (a Multiboot 1 \
             kernel, ELF or a.out-kludge, entered in 32-bit protected mode with EAX = 0x2BADB002 and \

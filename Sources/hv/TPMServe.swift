@@ -9,11 +9,17 @@ struct TPMServe: ParsableCommand {
         abstract: "Serve a libtpms TPM 2.0 over the swtpm socket protocol or on stdin/stdout.",
         discussion: """
             Socket mode: TPM frames on --port, swtpm control commands on --port + 1, so that \
-            `tpm2_getrandom -T swtpm:host=127.0.0.1,port=P 8` and QEMU's tpm-emulator work. \
-            --port 0 picks a free pair. The first line on standard output names the ports.
+            `hv tpm serve --state DIR --port 2321 --startup-clear` then \
+            `tpm2_getrandom -T swtpm:host=127.0.0.1,port=2321 8 --hex` work, and QEMU's \
+            tpm-emulator (which sends TPM2_Startup itself: leave --startup-clear out). --port 0 \
+            picks a free pair. The first line on standard output names the ports.
 
             Stdio mode (--stdio): TPM frames on standard input, responses on standard output, \
-            for tpm2-tss's cmd TCTI: `tpm2_getrandom -T "cmd:hv tpm serve --stdio --state DIR" 8`.
+            for tpm2-tss's cmd TCTI: \
+            `tpm2_getrandom -T "cmd:hv tpm serve --stdio --startup-clear --state DIR" 8 --hex`.
+
+            tpm2-tools expect a started TPM: without --startup-clear a fresh state answers \
+            TPM_RC_INITIALIZE until a client sends TPM2_Startup (`tpm2_startup -c`).
 
             SIGINT, SIGTERM, end of input (stdio) or the control command CMD_SHUTDOWN end the \
             server cleanly: the TPM's RAM state is saved next to its NVRAM (which is written on \

@@ -81,6 +81,21 @@ final class TPMToolsTests {
         #expect(first.stdout != second.stdout)
     }
 
+    @Test("the stdio example in `hv tpm serve --help` works as written, on a fresh state")
+    func helpExampleWorksAsWritten() throws {
+        let help = try PackageExecutable.run(["tpm", "serve", "--help"]).stdout.replacingOccurrences(of: "\n", with: " ")
+        // The example, between backquotes: tpm2_getrandom -T "cmd:hv tpm serve --stdio ... DIR" 8 --hex
+        let example = try #require(help.firstMatch(of: /`(tpm2_getrandom -T "cmd:hv tpm serve --stdio[^`]*)`/)?.1)
+        let hv = PackageExecutable.binDirectory.appendingPathComponent("hv").path
+        let command = String(example).replacingOccurrences(of: "cmd:hv ", with: "cmd:\(hv) ")
+            .replacingOccurrences(of: "DIR", with: folder.appendingPathComponent("fresh").path)
+        let (process, out, _) = try PackageExecutable.start(URL(fileURLWithPath: "/bin/sh"), ["-c", command], in: folder)
+        let output = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 0, "\(command)")
+        #expect(output.count == 16 && output.allSatisfy(\.isHexDigit), "\(output)")
+    }
+
     @Test func pcrextendThenPcrreadGivesTheKnownAnswer() throws {
         let server = try TPMServeProcess(state: folder.appendingPathComponent("tpm"))
         defer { #expect(server.stop() == 0) }
