@@ -157,8 +157,10 @@ struct VMXPlanReport: Codable {
     var problems: [Problem] = []
 
     static func knobsOn(_ configuration: VMXConfiguration) -> [String] {
-        // A knob is on when turning it on changes nothing.
+        // A knob is on when turning it on changes nothing; the I/O bitmap is on with any list of
+        // trapped ports (turning the knob on would put the default list back).
         VMXConfiguration.knobNames.filter { name in
+            if name == "io-bitmap", case .bitmap = configuration.io { return true }
             var copy = configuration
             _ = copy.set(name, true)
             return copy == configuration

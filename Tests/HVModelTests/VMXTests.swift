@@ -116,6 +116,12 @@ struct VMXCapabilityTests {
             try VMXCapabilities.parse("0x480 0x12\n0x999 1\n")
         }
         #expect(throws: VMXCapabilityParseError.self) { try VMXCapabilities.parse("0x485 0x1\n") }
+        // A VMX_BASIC no processor reports is named, on its line.
+        #expect(throws: VMXCapabilityParseError(line: 2, message: "IA32_VMX_BASIC 0x0000000000000000: the VMCS region size (bits 44:32) is 0; processors report 1 to 4096 bytes (SDM A.1)")) {
+            try VMXCapabilities.parse("MAXPHYADDR 39\nIA32_VMX_BASIC 0\n")
+        }
+        #expect(throws: VMXCapabilityParseError.self) { try VMXCapabilities.parse("IA32_VMX_BASIC 0x00d8040080000012\n") }  // bit 31
+        #expect(throws: VMXCapabilityParseError.self) { try VMXCapabilities.parse("IA32_VMX_BASIC 0x00cc040000000012\n") }  // type 3
     }
 }
 

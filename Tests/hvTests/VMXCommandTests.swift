@@ -41,6 +41,21 @@ struct VMXCommandTests {
         #expect(r.stderr.hasPrefix("hv: error: the configuration is invalid: vpid, host-stack-size, structure-base (3 problems"), "\(r.stderr)")
     }
 
+    @Test("plan: 'knobs on' names the I/O bitmap whatever ports it traps; an MSR file whose VMX_BASIC no CPU reports is refused on its line")
+    func knobsOnAndMSRFile() throws {
+        let folder = try PackageExecutable.temporaryDirectory()
+        let config = folder.appendingPathComponent("io.yaml")
+        try Data("io: bitmap\ntrapped-ports: [0x60, \"0x70-0x71\"]\n".utf8).write(to: config)
+        let plan = try PackageExecutable.run(["vmx", "plan", "--profile", "broadwell-i7-5600u", "--config", config.path])
+        #expect(plan.status == 0)
+        #expect(plan.stdout.split(separator: "\n").dropFirst().first?.contains("io-bitmap") == true, "\(plan.stdout.prefix(300))")
+        let msrs = folder.appendingPathComponent("zero.msr")
+        try Data("MAXPHYADDR 39\nIA32_VMX_BASIC 0\n".utf8).write(to: msrs)
+        let zero = try PackageExecutable.run(["vmx", "plan", "--msr-file", msrs.path])
+        #expect(zero.status == 64)
+        #expect(zero.stderr == "hv: error: \(msrs.path):2: IA32_VMX_BASIC 0x0000000000000000: the VMCS region size (bits 44:32) is 0; processors report 1 to 4096 bytes (SDM A.1)\n")
+    }
+
     @Test("plan --json parses, with seven control fields, a valid verdict and no problems")
     func planJSON() throws {
         let r = try PackageExecutable.run(["vmx", "plan", "--profile", "ivybridge-i5-3570", "--enable", "ept,vpid", "--json"])

@@ -111,10 +111,11 @@ extension VMXCapabilities {
     /// Reads `MSR VALUE` pairs, one a line: the MSR as hex index (`0x480`) or name
     /// (`IA32_VMX_BASIC`), the value in hex (`0x` optional, `_` and `` ` `` allowed as
     /// separators); `#` starts a comment. `MAXPHYADDR N` (decimal) sets the physical-address
-    /// width, 36 when absent. IA32_VMX_BASIC is required.
+    /// width, 36 when absent. IA32_VMX_BASIC is required, with a value a processor could report
+    /// (VMCS region size 1-4096, bit 31 clear, memory type UC or WB).
     public static func parse(_ text: String) throws(VMXCapabilityParseError) -> VMXCapabilities {
         var capabilities = VMXCapabilities(physicalAddressWidth: 36, msrs: [])
-        var lineNumber = 0
+        var lineNumber = 0, basicLine = 0
         for rawLine in text.split(separator: "\n", omittingEmptySubsequences: false) {
             lineNumber += 1
             var line = Substring(rawLine)
@@ -145,9 +146,24 @@ extension VMXCapabilities {
                 throw VMXCapabilityParseError(line: lineNumber, message: "'\(words[1])' is not a hexadecimal value")
             }
             capabilities[msr] = value
+            if msr == .basic { basicLine = lineNumber }
         }
-        guard capabilities[.basic] != nil else {
+        guard let basic = capabilities[.basic] else {
             throw VMXCapabilityParseError(line: lineNumber, message: "IA32_VMX_BASIC (0x480) is missing")
+        }
+        // SDM Appendix A.1: a value no processor reports is a mistake in the file, not a CPU.
+        let regionSize = (basic >> 32) & 0x1FFF, memoryType = (basic >> 50) & 0xF
+        let problem: String? = if regionSize == 0 || regionSize > 4096 {
+            "the VMCS region size (bits 44:32) is \(regionSize); processors report 1 to 4096 bytes (SDM A.1)"
+        } else if basic & (1 << 31) != 0 {
+            "bit 31 is 1; it is always 0 (SDM A.1)"
+        } else if memoryType != 0 && memoryType != 6 {
+            "the VMCS memory type (bits 53:50) is \(memoryType); processors report 0 (UC) or 6 (WB) (SDM A.1)"
+        } else {
+            nil
+        }
+        if let problem {
+            throw VMXCapabilityParseError(line: basicLine, message: "IA32_VMX_BASIC \(hexString(basic, digits: 16)): \(problem)")
         }
         return capabilities
     }
