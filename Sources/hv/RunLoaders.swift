@@ -37,17 +37,17 @@ extension Run {
             do {
                 return try GuestImage.multiboot(readLoaderFile(path), name: path, arguments: append ?? "",
                                                 modules: modules, memorySize: mem.bytes)
-            } catch { loaderFail(path, "\(error)") }
+            } catch { loaderFail(path, error) }
         }
         if let path = multiboot2 {
             let modules = module.map { MultibootModule(name: $0, bytes: readLoaderFile($0)) }
             do {
                 return try GuestImage.multiboot2(readLoaderFile(path), commandLine: append ?? "", modules: modules,
                                                  rsdp: acpi?.tables.first?.bytes, memorySize: mem.bytes)
-            } catch { loaderFail(path, "\(error)") }
+            } catch { loaderFail(path, error) }
         }
         if let path = elf {
-            do { return try GuestImage.elf(readLoaderFile(path), memorySize: mem.bytes) } catch { loaderFail(path, "\(error)") }
+            do { return try GuestImage.elf(readLoaderFile(path), memorySize: mem.bytes) } catch { loaderFail(path, error) }
         }
         if let path = kernel {
             let ramdisk = initrd.map { readLoaderFile($0) }
@@ -59,7 +59,7 @@ extension Run {
                                               memorySize: mem.bytes)
                 }
                 return try GuestImage.linux(bytes, commandLine: cmdline ?? "", initrd: ramdisk, memorySize: mem.bytes)
-            } catch { loaderFail(path, "\(error)") }
+            } catch { loaderFail(path, error) }
         }
         return nil
     }
@@ -70,6 +70,20 @@ extension Run {
         guard !isDirectory.boolValue else { loaderFail(path, "is a directory, not a file") }
         guard let data = FileManager.default.contents(atPath: path) else { loaderFail(path, "cannot be read (permission denied?)") }
         return [UInt8](data)
+    }
+
+    /// A loader error; when the image does not fit in guest RAM, with the --mem that would hold it.
+    private func loaderFail(_ subject: String, _ error: LoaderError) -> Never {
+        // Kernels load below the PC's 3 GiB hole, so RAM up to there is what a larger --mem adds.
+        let hole: UInt64 = 3 << 30
+        guard case let .outsideMemory(_, _, start, size, limit) = error, limit == min(mem.bytes, hole),
+              start < hole, size <= hole - start
+        else { loaderFail(subject, "\(error)") }
+        // What it needs in MiB, rounded up to a power of two: a kernel needs room beyond its image.
+        let needed = (start + size + (1 << 20) - 1) >> 20
+        var suggestion: UInt64 = 1
+        while suggestion < needed { suggestion <<= 1 }
+        loaderFail(subject, "\(error); it needs at least \(needed) MiB of guest RAM: try --mem \(suggestion)M")
     }
 
     private func loaderFail(_ subject: String, _ problem: String) -> Never {
