@@ -4,6 +4,10 @@
 // The guest (long mode) prints through COM1, reads the UART's line status, does a
 // `rep outsb`, touches an unmapped MMIO address (which the VM ignores, by configuration),
 // executes HLT (resumed, by configuration) and leaves through the debug-exit port.
+//
+// The `rep outsb` of three bytes may show as one OUT with count 3 or as three OUTs with count
+// 1: KVM hands string I/O over in batches of its own choosing (on this project's machines,
+// whose KVM emulates guest code, one element at a time). A handler must take either.
 import Foundation
 import HVCore
 

@@ -7,6 +7,10 @@
 // debug-exit port, fw_cfg, CMOS/RTC, the i8042, a PCI host bridge, the ACPI PM timer and ACPI
 // tables; a guest reset restarts it in place. Documentation/Loaders.md and Devices.md explain
 // each part.
+//
+// A Linux bzImage prints nothing on COM1 until its console driver is up, late in boot; give it
+// "console=ttyS0 earlyprintk=serial,ttyS0" as the command line to see it from the first steps
+// (on this project's machines, whose KVM emulates guest code, Linux stops before the console).
 import Foundation
 import HVCore
 
