@@ -186,6 +186,14 @@ struct ConfigurationTests {
         (VirtualMachineConfiguration(memorySize: 5000), "memorySize"),
         (VirtualMachineConfiguration(cpuCount: 0), "cpuCount"),
         (VirtualMachineConfiguration(timeLimit: -1), "timeLimit"),
+        // Extreme values are errors, not traps further on (a deadline, a nanosecond count).
+        (VirtualMachineConfiguration(timeLimit: 1.8e19), "timeLimit"),
+        (VirtualMachineConfiguration(timeLimit: .nan), "timeLimit"),
+        (VirtualMachineConfiguration(timeLimit: .infinity), "timeLimit"),
+        (VirtualMachineConfiguration(memorySize: UInt64.max), "memorySize"),
+        (VirtualMachineConfiguration(memorySize: UInt64.max & ~0xFFF), "memorySize"),
+        (VirtualMachineConfiguration(cpuCount: Int.min), "cpuCount"),
+        ({ var c = VirtualMachineConfiguration(); c.preemptionTimerInterval = 1e300; return c }(), "preemptionTimerInterval"),
         (VirtualMachineConfiguration(exitLimit: 0), "exitLimit"),
     ])
     func invalidFields(configuration: VirtualMachineConfiguration, field: String) {

@@ -217,6 +217,11 @@ struct HVCommandTests {
         (["run", "SMALL", "--entry", "0x40000000"], "entry"),
         (["run", "SMALL", "--load-address", "0xFFFFFFFFFFFFF000"], "does not fit"),
         (["run", "SMALL", "--timeout=0"], "--timeout: 0.0 is invalid"),
+        (["run", "SMALL", "--timeout", "18446744073709551615"], "at most 1e9"),  // traps in a deadline on old code
+        (["run", "SMALL", "--timeout", "1e308"], "at most 1e9"),
+        (["run", "SMALL", "--timeout", "nan"], "--timeout: nan is invalid"),
+        (["run", "SMALL", "--cpus", "9223372036854775807"], "--cpus: 9223372036854775807 is invalid; expected at most 255"),
+        (["run", "SMALL", "--entry", "0xFFFFFFFFFFFFFFFF"], "entry"),
     ])
     func badInput(arguments: [String], message: String) throws {
         let directory = try PackageExecutable.temporaryDirectory()

@@ -112,6 +112,10 @@ public struct VirtualMachineConfiguration: Sendable, Equatable {
 
     /// The smallest and largest RAM sizes accepted.
     public static let memoryRange: ClosedRange<UInt64> = 4096...(1 << 40)
+    /// The most vCPUs a configuration can name (8-bit xAPIC IDs); backends may allow fewer.
+    public static let maximumCPUCount = 255
+    /// The longest time limit or timer interval (about 31 years): any longer one is a mistake.
+    public static let maximumSeconds: Double = 1e9
 
     public init(memorySize: UInt64 = 2 << 20, cpuCount: Int = 1, haltPolicy: HaltPolicy = .stop,
                 unmappedMMIO: UnmappedAccessPolicy = .stop, unmappedPorts: UnmappedAccessPolicy = .ignore,
@@ -147,14 +151,17 @@ public struct VirtualMachineConfiguration: Sendable, Equatable {
             throw ConfigurationError(field: "memorySize", value: "\(memorySize)",
                                      expected: "a multiple of 4096 (4 KiB pages), e.g. \((memorySize / 4096 + 1) * 4096)")
         }
-        guard cpuCount >= 1 else {
-            throw ConfigurationError(field: "cpuCount", value: "\(cpuCount)", expected: "at least 1")
+        // The PC platform gives each vCPU an 8-bit xAPIC ID (MADT Local APIC entries, APIC ID 255
+        // is the broadcast): 255 at most, and the backend may allow fewer.
+        guard (1...Self.maximumCPUCount).contains(cpuCount) else {
+            throw ConfigurationError(field: "cpuCount", value: "\(cpuCount)", expected: cpuCount < 1 ? "at least 1" : "at most \(Self.maximumCPUCount)")
         }
-        if let timeLimit, !(timeLimit > 0) || !timeLimit.isFinite {
-            throw ConfigurationError(field: "timeLimit", value: "\(timeLimit)", expected: "a positive number of seconds")
+        // Bounded, so that deadlines and nanosecond counts made from them cannot overflow.
+        if let timeLimit, !(timeLimit > 0) || !(timeLimit <= Self.maximumSeconds) {
+            throw ConfigurationError(field: "timeLimit", value: "\(timeLimit)", expected: "a positive number of seconds, at most 1e9 (about 31 years)")
         }
-        if let interval = preemptionTimerInterval, !(interval > 0) || !interval.isFinite {
-            throw ConfigurationError(field: "preemptionTimerInterval", value: "\(interval)", expected: "a positive number of seconds")
+        if let interval = preemptionTimerInterval, !(interval > 0) || !(interval <= Self.maximumSeconds) {
+            throw ConfigurationError(field: "preemptionTimerInterval", value: "\(interval)", expected: "a positive number of seconds, at most 1e9 (about 31 years)")
         }
         if preemptionTimerInterval != nil, cpuCount > 64 {
             throw ConfigurationError(field: "cpuCount", value: "\(cpuCount)", expected: "at most 64 with a preemption timer")
