@@ -83,15 +83,33 @@ struct EPTMappingOptions: ParsableArguments {
         if levels != 4 && levels != 5 { throw ValidationError("--levels must be 4 or 5") }
     }
 
+    /// The most table pages `build` makes (1 GiB of tables): 4 KiB pages over 512 GiB or more.
+    static let maximumTablePages: UInt64 = 1 << 18
+
     /// Builds the tables.
     func build() throws -> EPTBuilder<PageTablePool> {
+        var tablesNeeded: UInt64 = 0
+        for spec in map {
+            let name = "--map \(hex(spec.guest)):\(hex(spec.size)):\(spec.permissions.letters)"
+            if spec.guest.addingReportingOverflow(spec.size).overflow {
+                throw ValidationError("\(name): the range \(hex(spec.guest)) + \(hex(spec.size)) runs past 2^64")
+            }
+            if spec.host.addingReportingOverflow(spec.size).overflow {
+                throw ValidationError("\(name): the host range \(hex(spec.host)) + \(hex(spec.size)) runs past 2^64")
+            }
+            // A page table maps 2 MiB with 4 KiB pages: without huge pages, that is the bulk of it.
+            if !hugePages { tablesNeeded &+= spec.size / (2 << 20) + 1 }
+        }
+        if tablesNeeded > Self.maximumTablePages {
+            throw ValidationError("with 4 KiB pages these maps need about \(tablesNeeded) page tables (\(byteText(tablesNeeded << 12)) of tables), more than the \(Self.maximumTablePages) (1 GiB) hv builds; add --huge-pages or map less than 512 GiB")
+        }
         var builder = try EPTBuilder(tables: PageTablePool(), options: EPTBuilderOptions(levels: levels, hugePages: hugePages))
         for spec in map {
             do {
                 try builder.map(GuestPhysicalAddress(spec.guest), size: spec.size, to: HostPhysicalAddress(spec.host),
                                 permissions: spec.permissions, memoryType: .fixed(spec.type))
             } catch {
-                throw ValidationError("--map \(hex(spec.guest)):\(spec.size):\(spec.permissions.letters): \(describe(error))")
+                throw ValidationError("--map \(hex(spec.guest)):\(hex(spec.size)):\(spec.permissions.letters): \(describe(error))")
             }
         }
         return builder

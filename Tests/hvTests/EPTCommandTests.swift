@@ -39,4 +39,16 @@ struct EPTCommandTests {
         let help = try PackageExecutable.run(["ept", "walk", "--help"])
         #expect(help.status == 0 && help.stdout.contains("--access"))
     }
+
+    @Test("plan: a range that wraps past 2^64 is named as such; a plan too large to build is refused at once, with advice")
+    func extremeRanges() throws {
+        let wraps = try PackageExecutable.run(["ept", "plan", "--map", "0xFFFFFFFFFFFF0000:0x20000:rwx"])
+        #expect(wraps.status == 64)
+        #expect(wraps.stderr == "hv: error: --map 0xffffffffffff0000:0x20000:rwx: the range 0xffffffffffff0000 + 0x20000 runs past 2^64\n")
+        let huge = try PackageExecutable.run(["ept", "plan", "--map", "0:1T:rwx"])  // old code: minutes and gigabytes
+        #expect(huge.status == 64)
+        #expect(huge.stderr.hasPrefix("hv: error: with 4 KiB pages these maps need about 524289 page tables") && huge.stderr.contains("--huge-pages"))
+        let fine = try PackageExecutable.run(["ept", "plan", "--map", "0:1T:rwx", "--huge-pages"])
+        #expect(fine.status == 0 && fine.stdout.contains("mapping 1024 GiB"))
+    }
 }
