@@ -52,6 +52,94 @@ struct DocumentationTests {
         #expect(broken.isEmpty, "\(broken.joined(separator: "\n"))")
     }
 
+    /// A `$ hv ...` example in a fenced block: the command's arguments, the output the docs
+    /// show (a line "..." stands for any number of lines), and the status `$ echo $?` shows.
+    struct Example: CustomStringConvertible {
+        var location: String
+        var arguments: [String]
+        var output: [String]
+        var status: Int32?
+        var description: String { "\(location): hv \(arguments.joined(separator: " "))" }
+    }
+
+    /// Splits a command line as the shell would for these examples: spaces, '...' and "...".
+    static func words(_ line: String) -> [String] {
+        var words: [String] = [], word = "", quote: Character? = nil, inWord = false
+        for character in line {
+            if let open = quote {
+                if character == open { quote = nil } else { word.append(character) }
+            } else if character == "\"" || character == "'" {
+                quote = character; inWord = true
+            } else if character == " " {
+                if inWord { words.append(word); word = ""; inWord = false }
+            } else {
+                word.append(character); inWord = true
+            }
+        }
+        if inWord { words.append(word) }
+        return words
+    }
+
+    /// Every example whose command needs no file (no argument names a path) and runs in the
+    /// foreground: the ones that read the same on any machine.
+    static func examples() throws -> [Example] {
+        var examples: [Example] = []
+        for document in documents {
+            var lines = try String(contentsOf: document, encoding: .utf8).split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+            var fenced = false, index = 0
+            while index < lines.count {
+                let line = lines[index]
+                if line.hasPrefix("```") { fenced.toggle(); index += 1; continue }
+                guard fenced, line.hasPrefix("$ hv ") else { index += 1; continue }
+                var command = String(line.dropFirst(5))
+                while command.hasSuffix("\\"), index + 1 < lines.count {
+                    index += 1
+                    command = command.dropLast() + lines[index].trimmingCharacters(in: .whitespaces)
+                }
+                let arguments = words(command)
+                var output: [String] = []
+                index += 1
+                while index < lines.count, !lines[index].hasPrefix("$ "), !lines[index].hasPrefix("```") {
+                    output.append(lines[index]); index += 1
+                }
+                var status: Int32?
+                if index + 1 < lines.count, lines[index] == "$ echo $?", let value = Int32(lines[index + 1]) { status = value }
+                let needsFiles = arguments.contains { !$0.hasPrefix("-") && ($0.contains("/") || $0.contains(".")) }
+                if !needsFiles && command.last != "&" {
+                    examples.append(Example(location: "\(document.lastPathComponent):\(index)", arguments: arguments, output: output, status: status))
+                }
+                _ = lines.count
+            }
+            lines.removeAll()
+        }
+        return examples
+    }
+
+    /// Whether `actual` reads as `expected`, where an expected line "..." stands for any lines.
+    static func matches(_ expected: ArraySlice<String>, _ actual: ArraySlice<String>) -> Bool {
+        guard let first = expected.first else { return actual.isEmpty }
+        if first == "..." {
+            return (actual.startIndex...actual.endIndex).contains { matches(expected.dropFirst(), actual[$0...]) }
+        }
+        guard let line = actual.first, line == first else { return false }
+        return matches(expected.dropFirst(), actual.dropFirst())
+    }
+
+    @Test("every self-contained `$ hv` example in the docs prints what the docs show, and exits as `echo $?` says")
+    func examplesRunAsShown() throws {
+        let examples = try Self.examples()
+        #expect(examples.count >= 10, "the docs show at least ten such examples")
+        for example in examples {
+            let result = try PackageExecutable.run(example.arguments)
+            var actual = (result.stdout + result.stderr).split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+            while actual.last == "" { actual.removeLast() }
+            var expected = example.output
+            while expected.last == "" { expected.removeLast() }
+            #expect(Self.matches(expected[...], actual[...]), "\(example) prints:\n\(actual.joined(separator: "\n"))")
+            if let status = example.status { #expect(result.status == status, "\(example)") }
+        }
+    }
+
     @Test("no file of the repository points at documents outside it (STYLE.md, FACTS.md, ARCHITECTURE.md, ../shared)")
     func noOutsideReferences() throws {
         let outside = /STYLE\.md|FACTS\.md|ARCHITECTURE(\.md|:)|\.\.\/shared\//
