@@ -222,6 +222,9 @@ struct HVCommandTests {
         (["run", "SMALL", "--timeout", "nan"], "--timeout: nan is invalid"),
         (["run", "SMALL", "--cpus", "9223372036854775807"], "--cpus: 9223372036854775807 is invalid; expected at most 255"),
         (["run", "SMALL", "--entry", "0xFFFFFFFFFFFFFFFF"], "entry"),
+        (["run", "SMALL", "--irqchip", "kernel", "--vsock", "18446744073709551615,/tmp/hv-test.sock"], "18446744073709551615 does not fit in 32 bits; use 3 ... 4294967294"),
+        (["run", "SMALL", "--irqchip", "kernel", "--vsock", "2,/tmp/hv-test.sock"], "guest CID: 2 is reserved"),
+        (["run", "SMALL", "--irqchip", "kernel", "--balloon", "16777215T"], "is not less than the guest's RAM"),
     ])
     func badInput(arguments: [String], message: String) throws {
         let directory = try PackageExecutable.temporaryDirectory()

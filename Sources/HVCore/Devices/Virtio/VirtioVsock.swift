@@ -94,7 +94,10 @@ public final class VirtioVsock: VirtioDevice {
     /// (created here; a stale socket file there is replaced, anything else is an error).
     public init(guestCID: UInt64, path: String) throws(VirtioVsockError) {
         guard (3..<0xFFFF_FFFF).contains(guestCID) else {
-            throw VirtioVsockError(field: "guest CID", problem: "\(guestCID) is reserved; use 3 ... 4294967294")
+            // 0-2 name the hypervisor, the local host and the host; 0xFFFFFFFF is VMADDR_CID_ANY
+            // (vsock(7)); the CID is 32 bits in struct virtio_vsock_config's guest_cid use.
+            let why = guestCID <= 2 || guestCID == 0xFFFF_FFFF ? "is reserved" : "does not fit in 32 bits"
+            throw VirtioVsockError(field: "guest CID", problem: "\(guestCID) \(why); use 3 ... 4294967294")
         }
         // sun_path holds 108 bytes with the terminator, and PATH_PORT must fit as well.
         guard !path.isEmpty, path.utf8.count + 11 < MemoryLayout.size(ofValue: sockaddr_un().sun_path) else {
