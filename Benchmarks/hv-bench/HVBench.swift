@@ -55,13 +55,18 @@ struct HVBench: ParsableCommand {
         if let kinds, case .failure(let error) = BenchKind.parseList(kinds) {
             throw ValidationError("--kinds: \(error.message).")
         }
-        guard duration > 0, duration.isFinite else {
-            throw ValidationError("--duration \(duration) must be a positive number of seconds, e.g. --duration 2.")
+        // Bounded: an hour per kind, a billion samples or exits, a thousand rounds. Beyond that a
+        // value is a typo, and the counts made from it would overflow.
+        guard duration > 0, duration <= 3600 else {
+            throw ValidationError("--duration \(duration) must be a positive number of seconds up to 3600, e.g. --duration 2.")
         }
-        if let iterations, iterations < 1 {
-            throw ValidationError("--iterations \(iterations) must be at least 1, e.g. --iterations 100000.")
+        if let iterations, !(1...1_000_000_000).contains(iterations) {
+            throw ValidationError("--iterations \(iterations) must be 1 to 1000000000, e.g. --iterations 100000.")
         }
-        guard rounds >= 1 else { throw ValidationError("--rounds \(rounds) must be at least 1, e.g. --rounds 5.") }
+        guard (1...1000).contains(rounds) else { throw ValidationError("--rounds \(rounds) must be 1 to 1000, e.g. --rounds 5.") }
+        guard warmUpExits <= 1_000_000_000 else {
+            throw ValidationError("--warm-up-exits \(warmUpExits) must be at most 1000000000, e.g. --warm-up-exits 500.")
+        }
         if let cpu {
             let count = Int32(ProcessInfo.processInfo.processorCount)
             guard cpu >= 0, cpu < count else {

@@ -62,4 +62,16 @@ struct HVBenchTests {
         #expect(process.terminationStatus != 0)
         #expect(text.contains("io-sideways") && text.contains("mmio-read"))
     }
+
+    @Test("extreme, negative and junk values are refused with status 64, never a trap or a run that never ends", arguments: [
+        (["--duration", "18446744073709551615"], "--duration"), (["--duration", "1e308"], "--duration"), (["--duration", "nan"], "--duration"),
+        (["--iterations", "9223372036854775807"], "--iterations"), (["--rounds", "9223372036854775807"], "--rounds"),
+        (["--rounds", "-1"], "--rounds"), (["--warm-up-exits", "18446744073709551615"], "--warm-up-exits"), (["--cpu", "junk"], "--cpu"),
+    ])
+    func extremeValues(arguments: [String], option: String) throws {
+        let result = try PackageExecutable.run(["--kinds", "cpuid"] + arguments, executable: "hv-bench")
+        #expect(result.status == 64, "\(arguments): \(result.stderr)")
+        #expect(!result.crashed && !result.stderr.contains("Fatal error"))
+        #expect(result.stderr.contains(option))
+    }
 }
