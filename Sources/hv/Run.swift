@@ -135,6 +135,9 @@ struct Run: ParsableCommand {
     @Flag(name: .long, help: "Attach QEMU's pc-testdev and pci-testdev, the test fixtures kvm-unit-tests expects: a data port at 0xE0, a page-flush port at 0xE4, ISA interrupt-line ports at 0x2000-0x2017, 64 KiB of MMIO scratch memory at 0xFF000000 and, on the pc platform, PCI function 1b36:0005 with MMIO and port-I/O write tests (Documentation/KvmUnitTests.md). Not for production VMs.")
     var testDevices = false
 
+    @Flag(name: .long, inversion: .prefixedNo, help: "Back guest RAM with the host's transparent huge pages where it can (2 MiB-aligned, MADV_HUGEPAGE), so KVM maps it with 2 MiB EPT/NPT entries, as QEMU does (Documentation/GettingStarted.md).")
+    var hugePages = true
+
     @Flag(name: .long, help: "Print the exit table to standard error when the guest stops.")
     var stats = false
 
@@ -157,6 +160,7 @@ struct Run: ParsableCommand {
             interruptController: interruptMode)
         configuration.resetPolicy = onReset.policy
         configuration.cpuModel = cpu
+        configuration.hugePages = hugePages
         do { try configuration.validate() } catch { fail(flagName(for: error.field), error) }
         let virtio = try openVirtioDevices(interruptMode: interruptMode)
         // The virtio console, when asked for, takes the slot after the disks and the rng.

@@ -1,3 +1,4 @@
+import Foundation
 import HVCore
 import Testing
 
@@ -15,6 +16,47 @@ struct GuestMemoryTests {
         try memory.zero(count: 3, at: GuestPhysicalAddress(0x1_6001))
         #expect(try memory.readBytes(at: GuestPhysicalAddress(0x1_6000), count: 5) == [0xAB, 0, 0, 0, 0xAB])
         #expect(throws: GuestMemoryError.self) { try memory.zero(count: 2, at: GuestPhysicalAddress((1 << 20) - 1)) }
+    }
+
+    /// The VMA of /proc/self/smaps that holds `address` (the kernel merges neighbouring
+    /// mappings with the same flags): its range and its "Name: value" lines.
+    static func smaps(containing address: UInt) throws -> [String: String] {
+        // procfs files report size 0, so read them to the end rather than by their size.
+        let file = try #require(FileHandle(forReadingAtPath: "/proc/self/smaps"))
+        let text = String(decoding: file.readDataToEndOfFile(), as: UTF8.self)
+        var fields: [String: String] = [:], inside = false
+        for line in text.split(separator: "\n") {
+            if let range = line.split(separator: " ").first, let match = range.wholeMatch(of: /([0-9a-f]+)-([0-9a-f]+)/) {
+                if inside { break }
+                let start = UInt(match.1, radix: 16) ?? 0, end = UInt(match.2, radix: 16) ?? 0
+                inside = start <= address && address < end
+                if inside { fields["range"] = String(range) }
+                continue
+            }
+            if inside, let colon = line.firstIndex(of: ":") {
+                fields[String(line[..<colon])] = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+            }
+        }
+        return fields
+    }
+
+    @Test("huge pages: RAM starts on a 2 MiB boundary and is THP-eligible (MADV_HUGEPAGE); without, only where the host's THP is 'always'")
+    func hugePages() throws {
+        let setting = (try? String(contentsOfFile: "/sys/kernel/mm/transparent_hugepage/enabled", encoding: .utf8)) ?? ""
+        let huge = try MemoryRegion(guestAddress: 0, size: 8 << 20, hugePages: true)
+        #expect(UInt(bitPattern: huge.hostAddress) % UInt(MemoryRegion.hugePageSize) == 0)
+        let plain = try MemoryRegion(guestAddress: 0, size: 8 << 20, hugePages: false)
+        let hugeFields = try Self.smaps(containing: UInt(bitPattern: huge.hostAddress))
+        #expect(hugeFields["VmFlags"]?.split(separator: " ").contains("hg") == true, "MADV_HUGEPAGE: \(hugeFields)")
+        if !setting.contains("[never]") {
+            #expect(hugeFields["THPeligible"] == "1", "\(hugeFields)")
+        }
+        let plainFields = try Self.smaps(containing: UInt(bitPattern: plain.hostAddress))
+        #expect(plainFields["VmFlags"]?.split(separator: " ").contains("hg") == false, "\(plainFields)")
+        if setting.contains("[madvise]") { #expect(plainFields["THPeligible"] == "0") }
+        // A small region is mapped as it is: nothing to align, no advice.
+        let small = try MemoryRegion(guestAddress: 0, size: 64 << 10, hugePages: true)
+        #expect(try Self.smaps(containing: UInt(bitPattern: small.hostAddress))["VmFlags"]?.split(separator: " ").contains("hg") == false)
     }
 
     @Test("typed reads and writes are little-endian and round-trip")

@@ -104,6 +104,10 @@ public struct VirtualMachineConfiguration: Sendable, Equatable {
     public var pit: PITMode
     /// The CPU the guest sees (CPUID): nil for everything the backend can give (`CPUModel.Base.host`).
     public var cpuModel: CPUModel?
+    /// Back guest RAM with the host's transparent huge pages where it can (2 MiB-aligned,
+    /// `MADV_HUGEPAGE`; `MemoryRegion`), so KVM maps it with 2 MiB EPT/NPT entries (default on,
+    /// as QEMU does). Off: 4 KiB pages only, each touched page faulted in on its own.
+    public var hugePages: Bool = true
 
     /// The PIT the backend creates: `pit` with `automatic` resolved.
     public var effectivePIT: PITMode {

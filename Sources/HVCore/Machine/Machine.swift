@@ -104,7 +104,7 @@ public final class Machine<B: Backend>: @unchecked Sendable {
         self.configuration = configuration
         self.backend = backend
         vm = try backend.createVirtualMachine(configuration: configuration)
-        do { memory = try GuestMemory.pcLayout(size: configuration.memorySize) } catch { throw .memory(error) }
+        do { memory = try GuestMemory.pcLayout(size: configuration.memorySize, hugePages: configuration.hugePages) } catch { throw .memory(error) }
         for (slot, region) in memory.regions.enumerated() { try vm.map(region, slot: slot) }
         var cpus: [B.VM.CPU] = []
         for id in 0..<configuration.cpuCount { cpus.append(try vm.createVCPU(id: id)) }

@@ -37,15 +37,40 @@ public final class MemoryRegion: @unchecked Sendable {
     /// The host mapping (mmap, shared with the guest).
     public let hostAddress: UnsafeMutableRawPointer
 
+    /// The size of a huge page on x86-64: the host's transparent huge pages and the 2 MiB
+    /// entries of EPT/NPT.
+    public static let hugePageSize: UInt64 = 2 << 20
+
     /// Maps `size` bytes of zeroed anonymous memory for guest-physical `guestAddress`.
-    public init(guestAddress: GuestPhysicalAddress, size: UInt64) throws(GuestMemoryError) {
+    ///
+    /// With `hugePages` (and a region of at least 2 MiB), the mapping starts on a 2 MiB
+    /// boundary and is marked `MADV_HUGEPAGE`, so the kernel backs it with transparent huge
+    /// pages where it can (Documentation/admin-guide/mm/transhuge.rst) and KVM maps guest RAM
+    /// with 2 MiB EPT/NPT entries: one nested page fault per 2 MiB instead of 512, and fewer
+    /// TLB misses, as QEMU arranges for its RAM. Guest-physical and host addresses are then
+    /// congruent modulo 2 MiB whenever `guestAddress` is 2 MiB aligned, which KVM needs for a
+    /// large mapping.
+    public init(guestAddress: GuestPhysicalAddress, size: UInt64, hugePages: Bool = false) throws(GuestMemoryError) {
         guard size > 0, size % 4096 == 0, guestAddress.rawValue % 4096 == 0 else {
             throw .invalidLayout("region at 0x\(String(guestAddress.rawValue, radix: 16)) of \(size) bytes must be non-empty and 4 KiB aligned")
         }
+        let align = hugePages && size >= Self.hugePageSize ? Int(Self.hugePageSize) : 0
+        let (length, overflow) = Int(size).addingReportingOverflow(align)
+        guard !overflow else { throw .mapFailed(size: size, errno: ENOMEM) }
         // Guest RAM never needs to be in swap-backed core dumps; MAP_NORESERVE lets a large,
         // mostly untouched guest start without committing all of it.
-        let pointer = mmap(nil, Int(size), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
-        guard let pointer, pointer != MAP_FAILED else { throw .mapFailed(size: size, errno: errno) }
+        let mapped = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+        guard let mapped, mapped != MAP_FAILED else { throw .mapFailed(size: size, errno: errno) }
+        var pointer = mapped
+        if align > 0 {
+            // Over-map by 2 MiB, then give back the unaligned head and tail.
+            let start = UInt(bitPattern: mapped), aligned = (start + UInt(align) - 1) & ~UInt(align - 1)
+            let head = Int(aligned - start), tail = length - head - Int(size)
+            if head > 0 { munmap(mapped, head) }
+            pointer = mapped + head
+            if tail > 0 { munmap(pointer + Int(size), tail) }
+            _ = madvise(pointer, Int(size), MADV_HUGEPAGE)
+        }
         _ = madvise(pointer, Int(size), MADV_DONTDUMP)
         self.guestAddress = guestAddress
         self.size = size
@@ -82,12 +107,13 @@ public final class GuestMemory: @unchecked Sendable {
 
     /// The PC layout for `size` bytes of RAM: up to 3 GiB at 0, the rest above 4 GiB, leaving
     /// 3-4 GiB for MMIO (the "PCI hole" of real PCs).
-    public static func pcLayout(size: UInt64) throws(GuestMemoryError) -> GuestMemory {
+    /// With `hugePages`, each region asks for transparent huge pages (`MemoryRegion`).
+    public static func pcLayout(size: UInt64, hugePages: Bool = false) throws(GuestMemoryError) -> GuestMemory {
         let holeStart: UInt64 = 0xC000_0000
         let low = Swift.min(size, holeStart)
-        var regions = [try MemoryRegion(guestAddress: 0, size: low)]
+        var regions = [try MemoryRegion(guestAddress: 0, size: low, hugePages: hugePages)]
         if size > low {
-            regions.append(try MemoryRegion(guestAddress: 0x1_0000_0000, size: size - low))
+            regions.append(try MemoryRegion(guestAddress: 0x1_0000_0000, size: size - low, hugePages: hugePages))
         }
         return try GuestMemory(regions: regions)
     }
