@@ -85,12 +85,13 @@ struct DocumentationTests {
     static func examples() throws -> [Example] {
         var examples: [Example] = []
         for document in documents {
-            var lines = try String(contentsOf: document, encoding: .utf8).split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+            let lines = try String(contentsOf: document, encoding: .utf8).split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
             var fenced = false, index = 0
             while index < lines.count {
                 let line = lines[index]
                 if line.hasPrefix("```") { fenced.toggle(); index += 1; continue }
                 guard fenced, line.hasPrefix("$ hv ") else { index += 1; continue }
+                let location = "\(document.lastPathComponent):\(index + 1)"
                 var command = String(line.dropFirst(5))
                 while command.hasSuffix("\\"), index + 1 < lines.count {
                     index += 1
@@ -106,11 +107,9 @@ struct DocumentationTests {
                 if index + 1 < lines.count, lines[index] == "$ echo $?", let value = Int32(lines[index + 1]) { status = value }
                 let needsFiles = arguments.contains { !$0.hasPrefix("-") && ($0.contains("/") || $0.contains(".")) }
                 if !needsFiles && command.last != "&" {
-                    examples.append(Example(location: "\(document.lastPathComponent):\(index)", arguments: arguments, output: output, status: status))
+                    examples.append(Example(location: location, arguments: arguments, output: output, status: status))
                 }
-                _ = lines.count
             }
-            lines.removeAll()
         }
         return examples
     }
