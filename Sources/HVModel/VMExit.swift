@@ -38,6 +38,14 @@ public enum VMExit: Sendable {
     /// I/O APIC the monitor emulates (KVM split irqchip: `KVM_EXIT_IOAPIC_EOI`; SDM Vol. 3A,
     /// 11.8.5 "Signaling interrupt servicing completion").
     case ioapicEOI(vector: UInt8)
+    /// The guest changed its Hyper-V synthetic interrupt controller: wrote SCONTROL, SIEFP or
+    /// SIMP (Hyper-V TLFS 6.0, 11.8 "SynIC MSRs"). The backend emulates the SynIC; the monitor
+    /// learns where the guest put its message and event-flag pages (KVM: `KVM_EXIT_HYPERV_SYNIC`).
+    case hyperVSynIC(HyperVSynICUpdate)
+    /// A Hyper-V hypercall the backend leaves to the monitor (TLFS 3 "Hypercall interface"; KVM:
+    /// `KVM_EXIT_HYPERV_HCALL` for HvPostMessage and HvSignalEvent without an in-kernel eventfd).
+    /// Complete it with `.resumeWith(status)`, a `HyperVStatus` value.
+    case hyperVHypercall(HyperVHypercall)
     /// The VMX-preemption timer expired (SDM Vol. 3C, 26.5.1, exit reason 52). Hosted backends
     /// emulate it with a host timer that kicks the vCPU out of the guest.
     case preemptionTimer
@@ -64,6 +72,8 @@ public enum VMExit: Sendable {
         case .msrWrite: .msrWrite
         case .interruptWindow: .interruptWindow
         case .ioapicEOI: .ioapicEOI
+        case .hyperVSynIC: .hyperVSynIC
+        case .hyperVHypercall: .hyperVHypercall
         case .preemptionTimer: .preemptionTimer
         case .interrupted: .interrupted
         case .unknown: .unknown
@@ -74,7 +84,8 @@ public enum VMExit: Sendable {
 /// The kinds of `VMExit`, usable as a dense index (statistics keep one slot per kind).
 public enum ExitKind: UInt8, CaseIterable, Sendable {
     case portIn, portOut, mmioRead, mmioWrite, halt, shutdown, entryFailure, internalError,
-        systemEvent, debug, msrRead, msrWrite, interruptWindow, ioapicEOI, preemptionTimer, interrupted, unknown
+        systemEvent, debug, msrRead, msrWrite, interruptWindow, ioapicEOI, hyperVSynIC, hyperVHypercall,
+        preemptionTimer, interrupted, unknown
 
     /// A short name for tables and logs ("io-out", "mmio-read", ...).
     public var name: StaticString {
@@ -93,6 +104,8 @@ public enum ExitKind: UInt8, CaseIterable, Sendable {
         case .msrWrite: "msr-write"
         case .interruptWindow: "irq-window"
         case .ioapicEOI: "ioapic-eoi"
+        case .hyperVSynIC: "hyperv-synic"
+        case .hyperVHypercall: "hyperv-hcall"
         case .preemptionTimer: "preemption-timer"
         case .interrupted: "interrupted"
         case .unknown: "unknown"

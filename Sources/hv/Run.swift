@@ -128,11 +128,11 @@ struct Run: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Platform devices: pc (fw_cfg, CMOS/RTC, i8042, PCI host bridge, ACPI PM timer and tables) or none (only COM1 and the debug-exit port).", valueName: "kind"))
     var platform: PlatformArgument = .pc
 
-    @Option(name: .long, help: ArgumentHelp("The CPU the guest sees, as QEMU's -cpu: a model (host or max: all this host's KVM gives; qemu64, kvm64, Opteron_G1: QEMU's baselines) then +FEATURE/-FEATURE edits (Linux's flag names: x2apic, tsc-deadline, pcid, invpcid, umip, pku, ...) and vendor=ID. A +FEATURE the host cannot give is refused, unless enforce=off leaves it out (Documentation/KvmUnitTests.md).", valueName: "model[,+feature|-feature|vendor=id]..."),
+    @Option(name: .long, help: ArgumentHelp("The CPU the guest sees, as QEMU's -cpu: a model (host or max: all this host's KVM gives; qemu64, kvm64, Opteron_G1: QEMU's baselines) then +FEATURE/-FEATURE edits (Linux's flag names: x2apic, tsc-deadline, pcid, invpcid, umip, pku, ...), vendor=ID, hv-passthrough (the Hyper-V enlightenments this host's KVM emulates: SynIC, synthetic timers, reference TSC page; needs --irqchip kernel) and kvm=off (hide KVM's own paravirtual leaves). A +FEATURE the host cannot give is refused, unless enforce=off leaves it out (Documentation/KvmUnitTests.md).", valueName: "model[,+feature|-feature|vendor=id]..."),
             transform: { try CPUModel(parsing: $0) })
     var cpu: CPUModel?
 
-    @Flag(name: .long, help: "Attach QEMU's pc-testdev and pci-testdev, the test fixtures kvm-unit-tests expects: a data port at 0xE0, a page-flush port at 0xE4, ISA interrupt-line ports at 0x2000-0x2017, 64 KiB of MMIO scratch memory at 0xFF000000 and, on the pc platform, PCI function 1b36:0005 with MMIO and port-I/O write tests (Documentation/KvmUnitTests.md). Not for production VMs.")
+    @Flag(name: .long, help: "Attach QEMU's pc-testdev and pci-testdev, the test fixtures kvm-unit-tests expects: a data port at 0xE0, a page-flush port at 0xE4, ISA interrupt-line ports at 0x2000-0x2017, 64 KiB of MMIO scratch memory at 0xFF000000 and, on the pc platform, PCI function 1b36:0005 with MMIO and port-I/O write tests, and with --cpu ...,hv-passthrough QEMU's hyperv-testdev at port 0x3000 (Documentation/KvmUnitTests.md). Not for production VMs.")
     var testDevices = false
 
     @Flag(name: .long, inversion: .prefixedNo, help: "Back guest RAM with the host's transparent huge pages where it can (2 MiB-aligned, MADV_HUGEPAGE), so KVM maps it with 2 MiB EPT/NPT entries, as QEMU does (Documentation/GettingStarted.md).")
@@ -205,7 +205,10 @@ struct Run: ParsableCommand {
                 if virtioTransport == .pci { for device in attachments { try device.attachPCI(machine, pc) } }
                 if testDevices { try machine.attachPCITestDevice(platform: pc) }
             }
-            if testDevices { try machine.attachTestDevices() }
+            if testDevices {
+                try machine.attachTestDevices()
+                if machine.hyperV != nil { try machine.attachHyperVTestDevice() }
+            }
             try machine.load(image)
             let result = try machine.run()
             if case .internalError = result.reason, emulatedLinux {

@@ -47,6 +47,8 @@ enum TestBed {
     static let virtioBoots = ["virtio-1cpu-kernel", "virtio-2cpu-split", "virtio-pci-2cpu-kernel", "ratelimit-1cpu-kernel", "net-1cpu-kernel", "vsock-balloon-1cpu-kernel", "microvm-example"]
     /// Boots with a shell on each kind of console.
     static let consoleBoots = ["console-1cpu-kernel", "hvc-1cpu-kernel"]
+    /// A boot as a Hyper-V guest (`--cpu host,hv-passthrough,kvm=off`).
+    static let hyperVBoots = ["hyperv-2cpu-kernel"]
 
     /// Whether the bed also reruns the KVM suites (`HV_TESTBED_SUITES=1`). Off by default: in two
     /// of six runs a suite run stalled or crashed inside the bed's emulated SVM (TestBed.md), and
@@ -91,7 +93,7 @@ enum TestBed {
             let binaries = PackageExecutable.binDirectory
             let suite = binaries.appendingPathComponent("HVPackageTests.xctest").path
             let command = """
-                HV=\(binaries.appendingPathComponent("hv").path) Tests/TestBed/linux-boots.sh \((boots.map(\.name) + consoleBoots + virtioBoots).joined(separator: " "))
+                HV=\(binaries.appendingPathComponent("hv").path) Tests/TestBed/linux-boots.sh \((boots.map(\.name) + consoleBoots + virtioBoots + hyperVBoots).joined(separator: " "))
                 \(binaries.appendingPathComponent("hv").path) info > "$TESTBED_OUT/info.log" 2>&1
                 [ "\(runsSuites ? 1 : 0)" = 1 ] || exit 0
                 \(suite) --testing-library swift-testing --filter '\(kvmSuites)' > "$TESTBED_OUT/suites.log" 2>&1
@@ -163,6 +165,23 @@ struct TestBedTests {
         let slept = Double(report["slept-seconds"] ?? "") ?? 0
         #expect(slept >= 0.95 && slept < 3, "\(name): `sleep 1` took \(slept) s of guest time")
         #expect(log.contains("reboot: Power down") && log.contains("hv: the guest requested a system shutdown"), "\(name): \(log.suffix(1500))")
+        #expect(status == 0, "\(name): hv exit status \(String(describing: status)); \(log.suffix(1500))")
+    }
+
+    @Test("with hv-passthrough and kvm=off Debian's Linux finds Hyper-V, keeps time on its reference TSC page, uses its hypercalls, and reaches user space on 2 vCPUs",
+          arguments: TestBed.hyperVBoots)
+    func linuxAsHyperVGuest(_ name: String) throws {
+        let run = try #require(TestBed.run)
+        let (log, status) = run.boot(name)
+        let report = run.guestReport(name)
+        #expect(log.contains("Hypervisor detected: Microsoft Hyper-V"), "\(name): \(log.prefix(3000))")
+        // The hypercall page works: Linux sends IPIs and flushes remote TLBs with hypercalls.
+        #expect(log.contains("Hyper-V: Using IPI hypercalls"), "\(name): \(log.prefix(4000))")
+        #expect(report["clocksource"] == "hyperv_clocksource_tsc_page", "\(name): \(report)")
+        #expect(report["cpus-online"] == "0-1" && report["cpus-ran"] == "2", "\(name): \(report)")
+        let slept = Double(report["slept-seconds"] ?? "") ?? 0
+        #expect(slept >= 0.95 && slept < 3, "\(name): `sleep 1` took \(slept) s of guest time")
+        #expect(log.contains("hv-guest: user space reached") && log.contains("reboot: Power down"), "\(name): \(log.suffix(2000))")
         #expect(status == 0, "\(name): hv exit status \(String(describing: status)); \(log.suffix(1500))")
     }
 

@@ -71,6 +71,8 @@ static const unsigned long HV_KVM_CREATE_PIT2 = KVM_CREATE_PIT2;
 static const unsigned long HV_KVM_GET_PIT2 = KVM_GET_PIT2;
 static const unsigned long HV_KVM_SET_PIT2 = KVM_SET_PIT2;
 static const unsigned long HV_KVM_IOEVENTFD = KVM_IOEVENTFD;
+static const unsigned long HV_KVM_GET_SUPPORTED_HV_CPUID = KVM_GET_SUPPORTED_HV_CPUID;
+static const unsigned long HV_KVM_HYPERV_EVENTFD = KVM_HYPERV_EVENTFD;
 static const unsigned long HV_TUNSETIFF = TUNSETIFF;
 static const unsigned long HV_TUNSETVNETHDRSZ = TUNSETVNETHDRSZ;
 static const unsigned long HV_TUNSETOFFLOAD = TUNSETOFFLOAD;
@@ -95,6 +97,22 @@ static inline unsigned long long hv_rdtsc(void) { return __builtin_ia32_rdtsc();
 // kvm_run.immediate_exit is read by the kernel with READ_ONCE; write it as an atomic byte.
 static inline void hv_store_immediate_exit(struct kvm_run *run, unsigned char value) {
     __atomic_store_n(&run->immediate_exit, value, __ATOMIC_SEQ_CST);
+}
+
+// Hyper-V SynIC message slots and event flags live in guest RAM, which the guest's vCPUs use
+// concurrently with the host: the TLFS handshake (message type, msg_pending, EOM) needs atomic
+// accesses with full ordering, as the hypervisor side of the protocol is written.
+static inline unsigned int hv_atomic_load32(const void *address) {
+    return __atomic_load_n((const unsigned int *)address, __ATOMIC_SEQ_CST);
+}
+static inline void hv_atomic_store32(void *address, unsigned int value) {
+    __atomic_store_n((unsigned int *)address, value, __ATOMIC_SEQ_CST);
+}
+static inline unsigned char hv_atomic_or8(void *address, unsigned char bits) {
+    return __atomic_fetch_or((unsigned char *)address, bits, __ATOMIC_SEQ_CST);
+}
+static inline unsigned long long hv_atomic_or64(void *address, unsigned long long bits) {
+    return __atomic_fetch_or((unsigned long long *)address, bits, __ATOMIC_SEQ_CST);
 }
 
 // fallocate(2) is declared only under _GNU_SOURCE; glibc always has it.

@@ -77,6 +77,17 @@ public protocol VirtualMachine: AnyObject, Sendable {
     func addMSINotifier(eventFD: Int32, address: UInt64, data: UInt32) throws(HVError) -> UInt32
     /// Points notifier `id` at another message (the guest rewrote an MSI-X table entry).
     func updateMSINotifier(_ id: UInt32, address: UInt64, data: UInt32) throws(HVError)
+    /// Has the backend raise Hyper-V synthetic interrupt source `sint` (0-15) of virtual
+    /// processor `vpIndex` whenever `eventFD` is written, and signal `ackFD` (when given) when
+    /// the guest acknowledges it: an EOI or a write to the EOM MSR (Hyper-V TLFS 11.8). Returns
+    /// the notifier's id for `removeNotifier`. Needs a CPU model with Hyper-V enlightenments.
+    func addSyntheticInterruptNotifier(vpIndex: UInt32, sint: UInt8, eventFD: Int32, ackFD: Int32?) throws(HVError) -> UInt32
+    /// Takes back a notifier (MSI or synthetic interrupt) that `eventFD` was attached with.
+    func removeNotifier(_ id: UInt32, eventFD: Int32) throws(HVError)
+    /// Has the guest's HvSignalEvent hypercall on `connection` signal `eventFD` without an exit
+    /// (nil: stop; the hypercall then exits as `.hyperVHypercall`). Backends without such a
+    /// path throw `.unsupported`, and the hypercall exits.
+    func setHyperVEventNotifier(connection: UInt32, eventFD: Int32?) throws(HVError)
     /// Leaves the backend's 8259A pair as a PC BIOS does before it boots a kernel: initialised
     /// (ICW1-ICW4: edge-triggered, cascaded on IRQ 2, 8086 mode), IRQ 0-7 on vectors
     /// `masterBase`..+7 and IRQ 8-15 on `slaveBase`..+7, `mask` in the two IMRs (bit n: IRQ n).
@@ -102,6 +113,15 @@ extension VirtualMachine {
     }
     public func updateMSINotifier(_ id: UInt32, address: UInt64, data: UInt32) throws(HVError) {
         throw .unsupported(knob: "MSI notifiers", backend: "\(Self.self)", reason: "the backend has no eventfd path for interrupts")
+    }
+    public func addSyntheticInterruptNotifier(vpIndex: UInt32, sint: UInt8, eventFD: Int32, ackFD: Int32?) throws(HVError) -> UInt32 {
+        throw .unsupported(knob: "synthetic interrupt notifiers", backend: "\(Self.self)", reason: "the backend emulates no Hyper-V SynIC")
+    }
+    public func removeNotifier(_ id: UInt32, eventFD: Int32) throws(HVError) {
+        throw .unsupported(knob: "notifiers", backend: "\(Self.self)", reason: "the backend has no eventfd path for interrupts")
+    }
+    public func setHyperVEventNotifier(connection: UInt32, eventFD: Int32?) throws(HVError) {
+        throw .unsupported(knob: "Hyper-V event notifiers", backend: "\(Self.self)", reason: "the backend emulates no Hyper-V SynIC")
     }
     public func initializeLegacyPIC(masterBase: UInt8, slaveBase: UInt8, mask: UInt16) throws(HVError) {
         throw .unsupported(knob: "legacy PIC", backend: "\(Self.self)", reason: "the backend emulates no 8259A")

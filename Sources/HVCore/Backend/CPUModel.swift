@@ -117,16 +117,31 @@ public struct CPUModel: Sendable, Equatable, CustomStringConvertible {
     /// Refuse (`true`, the default) or leave out with a warning (`false`, QEMU's default) a `+feature`
     /// the host cannot give.
     public var enforce: Bool
+    /// Hyper-V enlightenments (`hv-passthrough`, as QEMU's `hv_passthrough`): every Hyper-V
+    /// feature the backend emulates is shown to the guest (CPUID 0x40000000-0x4000000A, TLFS
+    /// 2.4 "Hypervisor discovery"), the backend's own paravirtual leaves move to 0x40000100, and
+    /// each vCPU gets a synthetic interrupt controller whose messages and events the monitor
+    /// serves (`HyperVSynIC`). KVM needs its in-kernel interrupt controllers for it.
+    public var hyperV: Bool
+    /// Whether the backend's own paravirtual CPUID leaves are shown (KVM's "KVMKVMKVM" signature
+    /// and features: kvm-clock, PV EOI, ...). `kvm=off`, as QEMU's, hides them: a guest then
+    /// finds no KVM, and with `hv-passthrough` only Hyper-V.
+    public var exposesBackend: Bool
 
-    public init(base: Base = .host, edits: [(feature: CPUFeature, enabled: Bool)] = [], vendor: String? = nil, enforce: Bool = true) {
+    public init(base: Base = .host, edits: [(feature: CPUFeature, enabled: Bool)] = [], vendor: String? = nil,
+                enforce: Bool = true, hyperV: Bool = false, exposesBackend: Bool = true) {
         self.base = base
         self.edits = edits
         self.vendor = vendor
         self.enforce = enforce
+        self.hyperV = hyperV
+        self.exposesBackend = exposesBackend
     }
 
     public static func == (lhs: CPUModel, rhs: CPUModel) -> Bool {
-        lhs.base == rhs.base && lhs.vendor == rhs.vendor && lhs.enforce == rhs.enforce && lhs.edits.count == rhs.edits.count
+        lhs.base == rhs.base && lhs.vendor == rhs.vendor && lhs.enforce == rhs.enforce && lhs.hyperV == rhs.hyperV
+            && lhs.exposesBackend == rhs.exposesBackend
+            && lhs.edits.count == rhs.edits.count
             && zip(lhs.edits, rhs.edits).allSatisfy { $0.feature == $1.feature && $0.enabled == $1.enabled }
     }
 
@@ -146,7 +161,15 @@ public struct CPUModel: Sendable, Equatable, CustomStringConvertible {
                 }
                 return feature
             }
-            if part.hasPrefix("+") || part.hasPrefix("-") {
+            let lowered = String(part.lowercased().map { $0 == "_" ? "-" : $0 })
+            if lowered == "hv-passthrough" || lowered == "hv-passthrough=on" || lowered == "hv-passthrough=true" {
+                hyperV = true
+            } else if lowered == "hv-passthrough=off" || lowered == "hv-passthrough=false" {
+                hyperV = false
+            } else if lowered.hasPrefix("hv-") {
+                throw ConfigurationError(field: "cpu", value: part,
+                                         expected: "hv-passthrough (HV gives the guest the Hyper-V enlightenments its backend emulates all together, not one by one)")
+            } else if part.hasPrefix("+") || part.hasPrefix("-") {
                 edits.append((try feature(String(part.dropFirst())), part.hasPrefix("+")))
             } else if let equals = part.firstIndex(of: "=") {
                 let key = part[..<equals].lowercased(), value = String(part[part.index(after: equals)...])
@@ -158,6 +181,8 @@ public struct CPUModel: Sendable, Equatable, CustomStringConvertible {
                     vendor = value
                 case "host-phys-bits" where ["on", "true", "yes"].contains(value.lowercased()):
                     break  // HV always gives the guest the host's physical address width
+                case "kvm" where ["on", "off", "true", "false"].contains(value.lowercased()):
+                    exposesBackend = ["on", "true"].contains(value.lowercased())
                 case "enforce" where ["on", "off", "true", "false"].contains(value.lowercased()):
                     enforce = ["on", "true"].contains(value.lowercased())
                 default:
@@ -178,7 +203,7 @@ public struct CPUModel: Sendable, Equatable, CustomStringConvertible {
 
     public var description: String {
         ([base.rawValue] + (vendor.map { ["vendor=\($0)"] } ?? []) + edits.map { ($0.enabled ? "+" : "-") + $0.feature.name }
-            + (enforce ? [] : ["enforce=off"]))
+            + (enforce ? [] : ["enforce=off"]) + (hyperV ? ["hv-passthrough"] : []) + (exposesBackend ? [] : ["kvm=off"]))
             .joined(separator: ",")
     }
 

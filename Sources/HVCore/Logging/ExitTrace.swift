@@ -44,6 +44,10 @@ func exitTraceLine(vcpu: Int, rip: UInt64?, exit: VMExit, action: ExitAction) ->
         line += " index=\(hex(index)) value=\(hex(value))"
     case .ioapicEOI(let vector):
         line += " vector=\(hex(vector))"
+    case .hyperVSynIC(let update):
+        line += " msr=\(hex(update.msr)) control=\(hex(update.control)) siefp=\(hex(update.eventPage)) simp=\(hex(update.messagePage))"
+    case .hyperVHypercall(let call):
+        line += " code=\(hex(call.code))\(call.isFast ? " fast" : "") params=\(hex(call.firstParameter)),\(hex(call.secondParameter))"
     case .unknown(let reason):
         line += " reason=\(reason)"
     case .halt, .shutdown, .interruptWindow, .preemptionTimer, .interrupted:

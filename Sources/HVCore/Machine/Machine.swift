@@ -47,6 +47,9 @@ public final class Machine<B: Backend>: @unchecked Sendable {
     let ioapic: IOAPICDevice?
     /// Each GSI's sources, ORed: every `interruptLine(_:)` is one source.
     let sharedLines = SharedInterruptLines()
+    /// The monitor's side of the vCPUs' Hyper-V SynICs; nil unless the CPU model has Hyper-V
+    /// enlightenments (`CPUModel.hyperV`).
+    public let hyperV: HyperVSynIC?
 
     private let log = LogCategory.vcpu.logger
     private let exitLog = LogCategory.exits.logger
@@ -128,6 +131,8 @@ public final class Machine<B: Backend>: @unchecked Sendable {
         }
         interrupts = configuration.interruptController == .none
             ? nil : InterruptRouter(vm: vm, mode: configuration.interruptController, ioapic: ioapic)
+        hyperV = configuration.cpuModel?.hyperV == true
+            ? try HyperVSynIC(vm: vm, memory: memory, processorCount: configuration.cpuCount) : nil
         perVCPUStatistics = []
         perVCPUExits = Array(repeating: 0, count: configuration.cpuCount)
     }
@@ -505,7 +510,7 @@ public final class Machine<B: Backend>: @unchecked Sendable {
             let exited = collect ? cycleCounter() : 0
             let action = handler.handle(exit, context: context)
                 ?? devices.handle(exit, context: context)
-                ?? defaultAction(for: exit)
+                ?? defaultAction(for: exit, context: context)
             vcpu.complete(exit, with: action)
             exits &+= 1
             if collect {
@@ -656,6 +661,7 @@ public final class Machine<B: Backend>: @unchecked Sendable {
         try vm.restoreState(powerOnState.vm)
         for index in vcpus.indices { try vcpus[index].restoreState(powerOnState.vcpus[index]) }
         sharedLines.forgetLevels()
+        hyperV?.reset()
         devices.resetDevices()
         expiredTimers.store(0, ordering: .sequentiallyConsistent)
         for hook in wakeHooks { try hook(self) }
@@ -679,13 +685,14 @@ public final class Machine<B: Backend>: @unchecked Sendable {
         // The controllers are back at power-on, every line low; the devices' resets re-drive
         // what is still high.
         sharedLines.forgetLevels()
+        hyperV?.reset()
         devices.resetDevices()
         expiredTimers.store(0, ordering: .sequentiallyConsistent)
     }
 
     /// What happens to an exit nobody took (Documentation/Architecture.md: "then defaults").
     @inline(__always)
-    private func defaultAction(for exit: VMExit) -> ExitAction {
+    private func defaultAction(for exit: VMExit, context: ExitContext) -> ExitAction {
         switch exit {
         case .portIn(let io):
             if configuration.unmappedPorts == .stop { return .stop(.unmappedPort(port: io.port, write: false)) }
@@ -719,6 +726,11 @@ public final class Machine<B: Backend>: @unchecked Sendable {
         case .ioapicEOI(let vector):
             ioapic?.endOfInterrupt(vector: vector)
             return .resume
+        case .hyperVSynIC(let update):
+            hyperV?.synicChanged(update, vp: context.vcpuID)
+            return .resume
+        case .hyperVHypercall(let call):
+            return .resumeWith(UInt64(hyperV?.hypercall(call) ?? HyperVStatus.invalidHypercallCode))
         case .debug, .interruptWindow, .interrupted, .preemptionTimer:
             return .resume
         case .unknown:

@@ -94,6 +94,19 @@ public struct KVMBackend: Backend {
         }
     }
 
+    /// The Hyper-V CPUID leaves (0x40000000 up) KVM emulates, for a guest with Hyper-V
+    /// enlightenments. The corresponding ioctl is the system `KVM_GET_SUPPORTED_HV_CPUID`
+    /// (api.rst 4.118, KVM_CAP_SYS_HYPERV_CPUID).
+    public func supportedHyperVCPUID() throws(HVError) -> [CPUIDEntry] {
+        guard check(.hyperVCPUID) != 0 else {
+            throw .unsupported(knob: "cpu hv-passthrough", backend: name,
+                               reason: "this kernel's KVM does not emulate Hyper-V (no KVM_CAP_SYS_HYPERV_CPUID; CONFIG_KVM_HYPERV is off or the kernel is older than 5.11)")
+        }
+        let buffer = KVMCPUIDBuffer(capacity: 64)
+        try KVMSyscall.ioctl(system.fd, HV_KVM_GET_SUPPORTED_HV_CPUID, pointer: buffer.raw, "KVM_GET_SUPPORTED_HV_CPUID")
+        return buffer.entries
+    }
+
     public func createVirtualMachine(configuration: VirtualMachineConfiguration) throws(HVError) -> KVMVirtualMachine {
         do { try configuration.validate() } catch { throw .configuration(error) }
         guard configuration.cpuCount <= capabilities.maxVCPUs else {

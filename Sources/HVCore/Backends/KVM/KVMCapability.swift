@@ -51,6 +51,10 @@ public struct KVMCapability: Sendable, Hashable {
     public static let nestedState = KVMCapability(KVM_CAP_NESTED_STATE, "KVM_CAP_NESTED_STATE", "nested virtualization state can be saved (VMX/SVM inside the guest)", isCount: true)
     public static let syncRegisters = KVMCapability(KVM_CAP_SYNC_REGS, "KVM_CAP_SYNC_REGS", "registers can be shared through kvm_run without extra ioctls", isCount: true)
     public static let coalescedMMIO = KVMCapability(KVM_CAP_COALESCED_MMIO, "KVM_CAP_COALESCED_MMIO", "MMIO writes can be batched in a ring instead of exiting one by one", isCount: true)
+    public static let hyperVSynIC2 = KVMCapability(KVM_CAP_HYPERV_SYNIC2, "KVM_CAP_HYPERV_SYNIC2", "Hyper-V synthetic interrupt controllers and timers are emulated (for --cpu ...,hv-passthrough)")
+    public static let hyperVCPUID = KVMCapability(KVM_CAP_SYS_HYPERV_CPUID, "KVM_CAP_SYS_HYPERV_CPUID", "the Hyper-V CPUID leaves KVM emulates can be asked for (KVM_GET_SUPPORTED_HV_CPUID)")
+    public static let hyperVEventFD = KVMCapability(KVM_CAP_HYPERV_EVENTFD, "KVM_CAP_HYPERV_EVENTFD", "a Hyper-V HvSignalEvent can signal an eventfd without leaving the kernel")
+    public static let irqfdResample = KVMCapability(KVM_CAP_IRQFD_RESAMPLE, "KVM_CAP_IRQFD_RESAMPLE", "an irqfd can report the guest's acknowledgement through a second eventfd")
     public static let exitOnEmulationFailure = KVMCapability(KVM_CAP_EXIT_ON_EMULATION_FAILURE, "KVM_CAP_EXIT_ON_EMULATION_FAILURE", "emulation failures report the instruction bytes")
 
     /// The capabilities `hv info` reports, in the order it reports them.
@@ -58,7 +62,7 @@ public struct KVMCapability: Sendable, Hashable {
         userMemory, hlt, immediateExit, setTSSAddress, irqchip, splitIRQChip, pit2, x2apicAPI, tscDeadline,
         nrVCPUs, maxVCPUs, maxVCPUID, memorySlots, userSpaceMSR, msrFilter, guestDebug, hwBreakpoints,
         xsave, xcrs, vcpuEvents, ioeventfd, irqfd, signalMSI, tscControl, readonlyMemory, coalescedMMIO,
-        syncRegisters, dirtyLogRing, manualDirtyLogProtect, nestedState, exitOnEmulationFailure,
+        syncRegisters, dirtyLogRing, manualDirtyLogProtect, nestedState, exitOnEmulationFailure, hyperVSynIC2,
     ]
 }
 #endif

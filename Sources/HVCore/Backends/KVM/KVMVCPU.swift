@@ -102,6 +102,20 @@ public final class KVMVCPU: VCPU, @unchecked Sendable {
             return .ioapicEOI(vector: r.pointee.eoi.vector)
         case KVM_EXIT_INTR:
             return .interrupted
+        case KVM_EXIT_HYPERV:
+            // api.rst 5, KVM_EXIT_HYPERV: SynIC MSR writes and the hypercalls KVM leaves to us.
+            let exit = r.pointee.hyperv
+            switch Int32(exit.type) {
+            case KVM_EXIT_HYPERV_SYNIC:
+                let synic = exit.u.synic
+                return .hyperVSynIC(HyperVSynICUpdate(msr: synic.msr, control: synic.control,
+                                                      eventPage: synic.evt_page, messagePage: synic.msg_page))
+            case KVM_EXIT_HYPERV_HCALL:
+                let call = exit.u.hcall
+                return .hyperVHypercall(HyperVHypercall(input: call.input, firstParameter: call.params.0, secondParameter: call.params.1))
+            default:
+                return .unknown(reason: r.pointee.exit_reason)
+            }
         default:
             return .unknown(reason: r.pointee.exit_reason)
         }
@@ -136,6 +150,14 @@ public final class KVMVCPU: VCPU, @unchecked Sendable {
             switch action {
             case .resume, .resumeWith: shared.pointee.msr.error = 0
             default: shared.pointee.msr.error = 1
+            }
+        case .hyperVHypercall:
+            // The status goes to RAX (api.rst: hcall.result); a handler that only resumed
+            // succeeded, anything else did not take the call.
+            switch action {
+            case .resumeWith(let status): shared.pointee.hyperv.u.hcall.result = status
+            case .resume: shared.pointee.hyperv.u.hcall.result = UInt64(HyperVStatus.success)
+            default: shared.pointee.hyperv.u.hcall.result = UInt64(HyperVStatus.invalidHypercallCode)
             }
         default:
             break

@@ -42,10 +42,18 @@ public final class KVMVirtualMachine: VirtualMachine {
     init(backend: KVMBackend, configuration: VirtualMachineConfiguration) throws(HVError) {
         self.backend = backend
         self.configuration = configuration
-        cpuid = try Self.modelCPUID(
+        var modelled = try Self.modelCPUID(
             Self.withTSCDeadline(try backend.supportedCPUID(),
                                  when: configuration.interruptController != .none && backend.check(.tscDeadline) != 0),
             model: configuration.cpuModel)
+        if configuration.cpuModel?.exposesBackend == false {
+            modelled.removeAll { $0.function >= 0x4000_0000 && $0.function < 0x4000_0100 }
+        }
+        if configuration.cpuModel?.hyperV == true {
+            try Self.checkHyperV(backend: backend, configuration: configuration)
+            modelled = Self.withHyperV(modelled, hyperV: try backend.supportedHyperVCPUID())
+        }
+        cpuid = modelled
         savedMSRs = try backend.msrIndexList()
         fd = try KVMSyscall.ioctl(backend.system.fd, HV_KVM_CREATE_VM, value: 0, "KVM_CREATE_VM")
         if backend.check(.setTSSAddress) != 0 {
@@ -168,10 +176,20 @@ public final class KVMVirtualMachine: VirtualMachine {
     private struct Routing {
         var controllers: [MSIRoute] = []
         var pcWiring = false
-        var notifiers: [UInt32: MSIRoute] = [:]
-        var nextNotifierGSI = KVMVirtualMachine.firstNotifierGSI
+        var notifiers: [UInt32: NotifierRoute] = [:]
+
+        /// The lowest GSI no notifier uses, from `firstNotifierGSI` up (freed ones are reused).
+        func freeNotifierGSI() -> UInt32? {
+            (KVMVirtualMachine.firstNotifierGSI..<KVMVirtualMachine.routeLimit).first { notifiers[$0] == nil }
+        }
     }
     private struct MSIRoute { var gsi: UInt32, address: UInt64, data: UInt32 }
+    /// Where an irqfd's GSI leads: an MSI, or a Hyper-V synthetic interrupt source of one
+    /// virtual processor (KVM_IRQ_ROUTING_HV_SINT, api.rst 4.52).
+    private enum NotifierRoute {
+        case msi(MSIRoute)
+        case syntheticInterrupt(gsi: UInt32, vpIndex: UInt32, sint: UInt32)
+    }
     private let routing = Mutex(Routing())
     /// Above the I/O APIC's pins, which a split irqchip reads its routes for.
     static let firstNotifierGSI: UInt32 = 32
@@ -199,8 +217,49 @@ public final class KVMVirtualMachine: VirtualMachine {
             entry.u.msi.data = route.data
             return entry
         }
+        func entry(_ route: NotifierRoute) -> kvm_irq_routing_entry {
+            switch route {
+            case .msi(let msi):
+                return entry(msi)
+            case .syntheticInterrupt(let gsi, let vpIndex, let sint):
+                var entry = kvm_irq_routing_entry()
+                entry.gsi = gsi
+                entry.type = UInt32(KVM_IRQ_ROUTING_HV_SINT)
+                entry.u.hv_sint.vcpu = vpIndex
+                entry.u.hv_sint.sint = sint
+                return entry
+            }
+        }
         let base = routing.pcWiring ? Self.pcRouting() : routing.controllers.map(entry)
-        try Self.setRouting(fd: fd, base + routing.notifiers.values.sorted { $0.gsi < $1.gsi }.map(entry))
+        try Self.setRouting(fd: fd, base + routing.notifiers.sorted { $0.key < $1.key }.map { entry($0.value) })
+    }
+
+    /// Routes a new GSI to `route` and attaches `eventFD` to it (KVM_IRQFD), with `resampleFD`
+    /// as its resampler when given; undoes both on failure. Returns the GSI.
+    private func addNotifier(_ route: (UInt32) -> NotifierRoute, eventFD: Int32, resampleFD: Int32?, knob: String) throws(HVError) -> UInt32 {
+        try routing.withLock { (routing) throws(HVError) -> UInt32 in
+            guard let gsi = routing.freeNotifierGSI() else {
+                throw .unsupported(knob: knob, backend: "kvm", reason: "all \(Self.routeLimit) GSI routes are in use")
+            }
+            routing.notifiers[gsi] = route(gsi)
+            do throws(HVError) { try apply(routing) } catch {
+                routing.notifiers[gsi] = nil
+                throw error
+            }
+            var irqfd = kvm_irqfd()
+            irqfd.fd = UInt32(bitPattern: eventFD)
+            irqfd.gsi = gsi
+            if let resampleFD {
+                irqfd.flags = UInt32(KVM_IRQFD_FLAG_RESAMPLE)
+                irqfd.resamplefd = UInt32(bitPattern: resampleFD)
+            }
+            do throws(HVError) { try KVMSyscall.ioctl(fd, HV_KVM_IRQFD, &irqfd, "KVM_IRQFD") } catch {
+                routing.notifiers[gsi] = nil
+                try? apply(routing)
+                throw error
+            }
+            return gsi
+        }
     }
 
     /// KVM_IRQFD (api.rst 4.75) on a GSI of its own, routed to the message: a write to `eventFD`
@@ -209,37 +268,64 @@ public final class KVMVirtualMachine: VirtualMachine {
         guard configuration.interruptController != .none else {
             throw .unsupported(knob: "MSI notifiers", backend: "kvm", reason: "irqfd MSIs need in-kernel LAPICs (interruptController kernel or split)")
         }
-        return try routing.withLock { (routing) throws(HVError) -> UInt32 in
-            let gsi = routing.nextNotifierGSI
-            guard gsi < Self.routeLimit else {
-                throw .unsupported(knob: "MSI notifiers", backend: "kvm", reason: "all \(Self.routeLimit) GSI routes are in use")
-            }
-            routing.notifiers[gsi] = MSIRoute(gsi: gsi, address: address, data: data)
-            do throws(HVError) { try apply(routing) } catch {
-                routing.notifiers[gsi] = nil
-                throw error
-            }
-            var irqfd = kvm_irqfd()
-            irqfd.fd = UInt32(bitPattern: eventFD)
-            irqfd.gsi = gsi
-            do throws(HVError) { try KVMSyscall.ioctl(fd, HV_KVM_IRQFD, &irqfd, "KVM_IRQFD") } catch {
-                routing.notifiers[gsi] = nil
-                try? apply(routing)
-                throw error
-            }
-            routing.nextNotifierGSI += 1
-            return gsi
-        }
+        return try addNotifier({ .msi(MSIRoute(gsi: $0, address: address, data: data)) }, eventFD: eventFD, resampleFD: nil, knob: "MSI notifiers")
     }
 
     public func updateMSINotifier(_ id: UInt32, address: UInt64, data: UInt32) throws(HVError) {
         try routing.withLock { (routing) throws(HVError) in
-            guard routing.notifiers[id] != nil else {
+            guard case .msi? = routing.notifiers[id] else {
                 throw .configuration(ConfigurationError(field: "MSI notifier", value: "\(id)", expected: "an id addMSINotifier returned"))
             }
-            routing.notifiers[id] = MSIRoute(gsi: id, address: address, data: data)
+            routing.notifiers[id] = .msi(MSIRoute(gsi: id, address: address, data: data))
             try apply(routing)
         }
+    }
+
+    /// KVM_IRQFD on a GSI routed to synthetic interrupt source `sint` of Hyper-V virtual
+    /// processor `vpIndex` (KVM_IRQ_ROUTING_HV_SINT): a write to `eventFD` raises the SINT in the
+    /// kernel's SynIC; `ackFD`, a resampler, is signalled when the guest acknowledges it (EOI or
+    /// a write to the EOM MSR, TLFS 11.8.6), which is when a busy message slot may have been freed.
+    public func addSyntheticInterruptNotifier(vpIndex: UInt32, sint: UInt8, eventFD: Int32, ackFD: Int32?) throws(HVError) -> UInt32 {
+        guard configuration.cpuModel?.hyperV == true else {
+            throw .unsupported(knob: "synthetic interrupt notifiers", backend: "kvm", reason: "the VM's CPU model has no Hyper-V enlightenments (cpu hv-passthrough)")
+        }
+        guard Int(vpIndex) < configuration.cpuCount, sint < 16 else {
+            throw .configuration(ConfigurationError(field: "synthetic interrupt", value: "vp \(vpIndex) sint \(sint)",
+                                                    expected: "vp 0..<\(configuration.cpuCount), sint 0..<16"))
+        }
+        return try addNotifier({ .syntheticInterrupt(gsi: $0, vpIndex: vpIndex, sint: UInt32(sint)) },
+                               eventFD: eventFD, resampleFD: ackFD, knob: "synthetic interrupt notifiers")
+    }
+
+    /// Detaches `eventFD` from notifier GSI `id` (KVM_IRQFD with KVM_IRQFD_FLAG_DEASSIGN) and
+    /// frees its route, whatever the route's kind.
+    public func removeNotifier(_ id: UInt32, eventFD: Int32) throws(HVError) {
+        try routing.withLock { (routing) throws(HVError) in
+            guard routing.notifiers[id] != nil else {
+                throw .configuration(ConfigurationError(field: "notifier", value: "\(id)", expected: "an id a notifier call returned"))
+            }
+            var irqfd = kvm_irqfd()
+            irqfd.fd = UInt32(bitPattern: eventFD)
+            irqfd.gsi = id
+            irqfd.flags = UInt32(KVM_IRQFD_FLAG_DEASSIGN)
+            try KVMSyscall.ioctl(fd, HV_KVM_IRQFD, &irqfd, "KVM_IRQFD(deassign)")
+            routing.notifiers[id] = nil
+            try apply(routing)
+        }
+    }
+
+    /// Lets the guest's HvSignalEvent on `connection` signal `eventFD` inside the kernel
+    /// (KVM_HYPERV_EVENTFD, api.rst 4.119), or with nil stops it (the call then exits to user
+    /// space as a hypercall).
+    public func setHyperVEventNotifier(connection: UInt32, eventFD: Int32?) throws(HVError) {
+        guard backend.check(.hyperVEventFD) != 0 else {
+            throw .unsupported(knob: "Hyper-V event notifiers", backend: "kvm", reason: "this kernel lacks KVM_CAP_HYPERV_EVENTFD")
+        }
+        var notifier = kvm_hyperv_eventfd()
+        notifier.conn_id = connection
+        notifier.fd = eventFD ?? -1
+        notifier.flags = eventFD == nil ? UInt32(KVM_HYPERV_EVENTFD_DEASSIGN) : 0
+        try KVMSyscall.ioctl(fd, HV_KVM_HYPERV_EVENTFD, &notifier, "KVM_HYPERV_EVENTFD")
     }
 
     /// The PC's wiring of the in-kernel interrupt controllers, as QEMU's kvm_pc_setup_irq_routing
@@ -326,7 +412,63 @@ public final class KVMVirtualMachine: VirtualMachine {
         }
         let table = KVMCPUIDBuffer(entries: Self.cpuid(cpuid, forVCPU: UInt32(id)))
         try KVMSyscall.ioctl(vcpuFD, HV_KVM_SET_CPUID2, pointer: table.raw, "KVM_SET_CPUID2")
+        if configuration.cpuModel?.hyperV == true {
+            // api.rst 7.12 KVM_CAP_HYPERV_SYNIC2: this vCPU gets a SynIC (and its synthetic timers);
+            // SYNIC2 leaves the message and event pages to the guest instead of zeroing them.
+            var cap = kvm_enable_cap()
+            cap.cap = UInt32(KVM_CAP_HYPERV_SYNIC2)
+            try KVMSyscall.ioctl(vcpuFD, HV_KVM_ENABLE_CAP, &cap, "KVM_ENABLE_CAP(KVM_CAP_HYPERV_SYNIC2)")
+        }
         return vcpu
+    }
+
+    /// What Hyper-V enlightenments need of this kernel and this configuration.
+    static func checkHyperV(backend: KVMBackend, configuration: VirtualMachineConfiguration) throws(HVError) {
+        for capability in [KVMCapability.hyperVSynIC2, .hyperVCPUID, .irqfd, .irqfdResample] where backend.check(capability) == 0 {
+            throw .unsupported(knob: "cpu hv-passthrough", backend: "kvm",
+                               reason: "this kernel's KVM does not offer what Hyper-V enlightenments need: it lacks \(capability.name)")
+        }
+        guard configuration.interruptController == .kernel else {
+            // The SynIC sits in KVM's local APICs, and the acknowledgement of a SynIC message
+            // (an irqfd resampler) needs KVM's whole irqchip (api.rst 4.75 KVM_IRQFD).
+            throw .configuration(ConfigurationError(field: "interruptController", value: "\(configuration.interruptController)",
+                                                    expected: "kernel with cpu hv-passthrough (the SynIC lives in KVM's interrupt controllers)"))
+        }
+    }
+
+    /// `entries` as a guest with Hyper-V enlightenments sees them (TLFS 2.4 "Hypervisor
+    /// discovery"): Hyper-V's leaves from `hyperV` (KVM_GET_SUPPORTED_HV_CPUID) at 0x40000000
+    /// with Hyper-V's vendor signature "Microsoft Hv",
+    /// and the backend's own leaves (KVM's signature and paravirtual features) moved up by
+    /// 0x100, where Linux looks for them next (QEMU does the same). The synthetic debugger's
+    /// leaves (0x40000080 up) and its MSRs' feature bit are left out: they need a debugger
+    /// behind them, which HV does not provide (as QEMU without hv-syndbg).
+    static func withHyperV(_ entries: [CPUIDEntry], hyperV: [CPUIDEntry]) -> [CPUIDEntry] {
+        // A table without KVM's leaves (kvm=off) stays without them.
+        var result: [CPUIDEntry] = entries.map { entry in
+            guard entry.function >= 0x4000_0000, entry.function < 0x4000_0100 else { return entry }
+            var moved = entry
+            moved.function += 0x100
+            if entry.function == 0x4000_0000 {
+                moved.eax = entry.eax >= 0x4000_0000 && entry.eax < 0x4000_0100 ? entry.eax + 0x100 : 0x4000_0101
+            }
+            return moved
+        }
+        for var entry in hyperV where entry.function >= 0x4000_0000 && entry.function < 0x4000_0080 {
+            switch entry.function {
+            case 0x4000_0000:
+                // KVM says "Linux KVM Hv"; guests that check the vendor (Linux's
+                // ms_hyperv_platform) want "Microsoft Hv", which QEMU gives by default (hv-vendor-id).
+                (entry.ebx, entry.ecx, entry.edx) = (0x7263_694D, 0x666F_736F, 0x7648_2074)
+            case 0x4000_0003:
+                // EDX bit 11: HV_FEATURE_DEBUG_MSRS_AVAILABLE.
+                entry.edx &= ~UInt32(1 << 11)
+            default:
+                break
+            }
+            result.append(entry)
+        }
+        return result
     }
 
     /// `supported` narrowed to `model` (`CPUModel.apply`); a feature left out because the host

@@ -21,6 +21,8 @@ public enum ScriptedExit: Sendable, Equatable {
     case msrWrite(index: UInt32, value: UInt64)
     case interruptWindow
     case ioapicEOI(vector: UInt8)
+    case hyperVSynIC(HyperVSynICUpdate)
+    case hyperVHypercall(HyperVHypercall)
     case unknown(reason: UInt32)
 }
 
@@ -125,6 +127,38 @@ public final class ScriptedVirtualMachine: VirtualMachine, @unchecked Sendable {
         routeTable.withLock { $0 = state.routes }
     }
 
+    /// A synthetic interrupt notifier as a scripted VM keeps it: where its eventfd leads and the
+    /// resampler the test writes to play the guest's EOM (the kernel's part on KVM).
+    public struct SyntheticInterruptNotifier: Sendable, Equatable {
+        public var vpIndex: UInt32, sint: UInt8, eventFD: Int32, ackFD: Int32?
+    }
+    private let syntheticNotifiers = Mutex<[UInt32: SyntheticInterruptNotifier]>([:])
+    private let hyperVEventFDs = Mutex<[UInt32: Int32]>([:])
+
+    /// The synthetic interrupt notifiers attached now, by id.
+    public var syntheticInterruptNotifiers: [UInt32: SyntheticInterruptNotifier] { syntheticNotifiers.withLock { $0 } }
+    /// The in-kernel HvSignalEvent descriptors set now, by connection id.
+    public var hyperVEventNotifiers: [UInt32: Int32] { hyperVEventFDs.withLock { $0 } }
+
+    public func addSyntheticInterruptNotifier(vpIndex: UInt32, sint: UInt8, eventFD: Int32, ackFD: Int32?) throws(HVError) -> UInt32 {
+        syntheticNotifiers.withLock { notifiers in
+            let id = (1000...).first { notifiers[$0] == nil }!
+            notifiers[id] = SyntheticInterruptNotifier(vpIndex: vpIndex, sint: sint, eventFD: eventFD, ackFD: ackFD)
+            return UInt32(id)
+        }
+    }
+
+    public func removeNotifier(_ id: UInt32, eventFD: Int32) throws(HVError) {
+        let removed = syntheticNotifiers.withLock { $0.removeValue(forKey: id) }
+        guard removed?.eventFD == eventFD else {
+            throw .configuration(ConfigurationError(field: "notifier", value: "\(id)", expected: "an id a notifier call returned"))
+        }
+    }
+
+    public func setHyperVEventNotifier(connection: UInt32, eventFD: Int32?) throws(HVError) {
+        hyperVEventFDs.withLock { $0[connection] = eventFD }
+    }
+
     public func createVCPU(id: Int) throws(HVError) -> ScriptedVCPU {
         let script = id < backend.scripts.count ? backend.scripts[id] : [.halt]
         return ScriptedVCPU(id: id, script: script, repeats: backend.repeats, records: backend.records)
@@ -199,6 +233,8 @@ public final class ScriptedVCPU: VCPU, @unchecked Sendable {
         case let .msrWrite(index, value): return .msrWrite(index: index, value: value)
         case .interruptWindow: return .interruptWindow
         case .ioapicEOI(let vector): return .ioapicEOI(vector: vector)
+        case .hyperVSynIC(let update): return .hyperVSynIC(update)
+        case .hyperVHypercall(let call): return .hyperVHypercall(call)
         case .unknown(let reason): return .unknown(reason: reason)
         }
     }
