@@ -46,11 +46,14 @@ let package = Package(
         // Its own target so that only what uses a TPM links libtpms.
         .target(name: "HVTPM", dependencies: ["HVCore", "HVGuest", "CLibTPMS"]),
         // Layer 5: tools.
+        // The tools' shared error convention (one line per error), on ArgumentParser.
+        .target(name: "HVCommandLine", dependencies: [.product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(
             name: "hv",
             dependencies: [
                 "HVCore",
                 "HVTPM",
+                "HVCommandLine",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Yams", package: "Yams"),
@@ -59,7 +62,7 @@ let package = Package(
         .executableTarget(name: "MinimalVMM", dependencies: ["HVCore"], path: "Examples/MinimalVMM"),
         .executableTarget(name: "ExitTracer", dependencies: ["HVCore"], path: "Examples/ExitTracer"),
         .executableTarget(name: "PCBoot", dependencies: ["HVCore"], path: "Examples/PCBoot"),
-        .executableTarget(name: "MicroVM", dependencies: ["HVCore", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+        .executableTarget(name: "MicroVM", dependencies: ["HVCore", "HVCommandLine", .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           path: "Examples/MicroVM"),
         // Exit latency against a raw C KVM loop in the same run (Documentation/Benchmarks.md).
         // CKVMBaseline is by design a small C program, so it lives here, not with the shims.
@@ -70,6 +73,7 @@ let package = Package(
                 "HVCore",
                 "CKVMBaseline",
                 "CAllocationCounter",
+                "HVCommandLine",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],

@@ -1,6 +1,7 @@
 // `hv-bench`: exit latency of HVCore on KVM, measured against a raw C loop in the same run.
 // Documentation/Benchmarks.md explains the kinds, the method and how to read the ratio.
 import ArgumentParser
+import HVCommandLine
 import CKVMBaseline
 import Foundation
 import HVCore
@@ -18,28 +19,31 @@ struct HVBench: ParsableCommand {
             pin the vCPU thread (--cpu) on an idle machine. `hv-bench --list` names the kinds.
             """)
 
+    /// Errors as one line ("NAME: error: ..."), as `hv` prints them, not usage and help around them.
+    static func main() { mainWithOneLineErrors() }
+
     @Flag(name: .long, help: "List the kinds and what each measures, then exit.")
     var list = false
 
     @Option(name: .long, help: ArgumentHelp("Comma-separated kinds to run (default all; see --list).", valueName: "kinds"))
     var kinds: String?
 
-    @Option(name: .long, help: ArgumentHelp("Measured seconds per kind, shared by its sides and rounds.", valueName: "seconds"))
+    @Option(name: .long, parsing: .unconditional, help: ArgumentHelp("Measured seconds per kind, shared by its sides and rounds.", valueName: "seconds"))
     var duration: Double = 1
 
-    @Option(name: .long, help: ArgumentHelp("Measured samples per kind and side instead of --duration.", valueName: "count"))
+    @Option(name: .long, parsing: .unconditional, help: ArgumentHelp("Measured samples per kind and side instead of --duration.", valueName: "count"))
     var iterations: Int?
 
-    @Option(name: .long, help: ArgumentHelp("Measured rounds per side; sides alternate ABAB.", valueName: "count"))
+    @Option(name: .long, parsing: .unconditional, help: ArgumentHelp("Measured rounds per side; sides alternate ABAB.", valueName: "count"))
     var rounds: Int = 5
 
-    @Option(name: .long, help: ArgumentHelp("Exits at the start of every round that are not recorded.", valueName: "count"))
+    @Option(name: .long, parsing: .unconditional, help: ArgumentHelp("Exits at the start of every round that are not recorded.", valueName: "count"))
     var warmUpExits: UInt64 = 500
 
     @Flag(name: .long, help: "Run HVCore with collectExitStatistics = false (default: the SDK's default, on).")
     var withoutExitStatistics = false
 
-    @Option(name: .long, help: ArgumentHelp("Pin the vCPU thread (and the C loop's thread) to this CPU.", valueName: "n"))
+    @Option(name: .long, parsing: .unconditional, help: ArgumentHelp("Pin the vCPU thread (and the C loop's thread) to this CPU.", valueName: "n"))
     var cpu: Int32?
 
     @Flag(name: .long, help: "Print one JSON object instead of the table.")

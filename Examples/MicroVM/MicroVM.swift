@@ -13,6 +13,7 @@
 // - each device's queue doorbells through KVM_IOEVENTFD, served by the device's own thread.
 // It stops when the guest powers off (ACPI S5) or after --timeout seconds.
 import ArgumentParser
+import HVCommandLine
 import Foundation
 import HVCore
 
@@ -20,20 +21,27 @@ import HVCore
 struct MicroVM: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "MicroVM", abstract: "A microVM: Linux with a virtio disk, network and entropy source.")
 
+    /// Errors as one line ("NAME: error: ..."), as `hv` prints them, not usage and help around them.
+    static func main() { mainWithOneLineErrors() }
+
     @Option(help: "A Linux bzImage.") var kernel: String
     @Option(help: "A raw disk image (the guest's vda).") var disk: String
     @Option(help: "An initramfs.") var initrd: String?
     @Option(help: "A TAP interface to create for the guest's eth0 (needs CAP_NET_ADMIN).") var tap: String?
     @Option(help: "The host side's address on the TAP, e.g. 10.0.2.1/24.") var hostIP: String?
     @Option(help: "The kernel command line.") var cmdline = "console=ttyS0"
-    @Option(help: "Guest RAM in MiB.") var mem: UInt64 = 256
-    @Option(help: "vCPUs.") var cpus = 1
+    @Option(parsing: .unconditional, help: "Guest RAM in MiB.") var mem: UInt64 = 256
+    @Option(parsing: .unconditional, help: "vCPUs.") var cpus = 1
     @Option(help: "pci (virtio-pci with MSI-X) or mmio (virtio-mmio).") var transport = "pci"
-    @Option(help: "Stop after this many seconds.") var timeout: Double = 300
+    @Option(parsing: .unconditional, help: "Stop after this many seconds.") var timeout: Double = 300
 
     func validate() throws {
         guard ["pci", "mmio"].contains(transport) else { throw ValidationError("--transport is pci or mmio, not \(transport)") }
         guard hostIP == nil || tap != nil else { throw ValidationError("--host-ip needs --tap") }
+        // Checked here, before `mem << 20` could drop high bits of a huge value.
+        guard (1...(1 << 20)).contains(mem) else { throw ValidationError("--mem is MiB of guest RAM, 1 to 1048576 (1 TiB), not \(mem)") }
+        guard cpus >= 1 else { throw ValidationError("--cpus is at least 1, not \(cpus)") }
+        guard timeout > 0, timeout <= 1e9 else { throw ValidationError("--timeout is a positive number of seconds, at most 1e9, not \(timeout)") }
     }
 
     func run() throws {

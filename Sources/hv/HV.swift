@@ -1,5 +1,6 @@
 // `hv`: run guests on HVCore from the command line.
 import ArgumentParser
+import HVCommandLine
 import HVCore
 import Logging
 
@@ -18,37 +19,8 @@ struct HV: ParsableCommand {
         defaultSubcommand: nil)
 
     /// ArgumentParser's own `main`, with every error as one line on standard error
-    /// ("hv: error: MESSAGE (see 'hv run --help')"), as GettingStarted promises, instead of the
-    /// message wrapped in usage and help; --help and --version print in full, and a status a
-    /// command throws (`ExitCode`) passes through.
-    static func main() {
-        var command: ParsableCommand
-        do {
-            command = try parseAsRoot()
-        } catch {
-            fail(error, withHelpHint: true)
-        }
-        do {
-            try command.run()
-        } catch {
-            fail(error, withHelpHint: false)
-        }
-    }
-
-    /// Ends with `error` as one line, and for a mistake on the command line the help to read
-    /// (the full message's last line names it: "See 'hv run --help' ...").
-    private static func fail(_ error: Error, withHelpHint: Bool) -> Never {
-        let status = exitCode(for: error)
-        let message = Self.message(for: error)
-        guard status != .success, !message.isEmpty else { exit(withError: error) }
-        let hint = withHelpHint
-            ? fullMessage(for: error).split(separator: "\n").last { $0.hasPrefix("  See '") || $0.hasPrefix("See '") }
-                .flatMap { $0.split(separator: "'").dropFirst().first }.map { " (see '\($0)')" } ?? ""
-            : ""
-        let line = message.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }.joined(separator: " ")
-        printError("hv: error: \(line.hasPrefix("Error: ") ? String(line.dropFirst(7)) : line)\(hint)")
-        exit(withError: ExitCode(status.rawValue))
-    }
+    /// ("hv: error: MESSAGE (see 'hv run --help')"), as GettingStarted promises (HVCommandLine).
+    static func main() { mainWithOneLineErrors() }
 }
 
 /// Logging options shared by every subcommand.

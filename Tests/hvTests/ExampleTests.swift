@@ -88,5 +88,15 @@ struct ExampleTests {
         #expect(transport.status == 64 && transport.stderr.contains("--transport is pci or mmio, not isa"))
         let hostIP = try PackageExecutable.run(["--kernel", "k", "--disk", "d", "--host-ip", "10.0.2.1/24"], executable: "MicroVM")
         #expect(hostIP.status == 64 && hostIP.stderr.contains("--host-ip needs --tap"))
+        // Each a single line, as hv's: "MicroVM: error: ... (see 'MicroVM --help')", no usage text.
+        for result in [transport, hostIP] {
+            #expect(result.stderr.hasPrefix("MicroVM: error: ") && result.stderr.filter { $0 == "\n" }.count == 1, "\(result.stderr)")
+        }
+        for (option, value) in [("--mem", "-5"), ("--mem", "18446744073709551615"), ("--mem", "0x10"), ("--cpus", "-2"),
+                                ("--cpus", "9223372036854775807999"), ("--timeout", "nan"), ("--timeout", "-1"), ("--timeout", "1e308")] {
+            let junk = try PackageExecutable.run(["--kernel", "k", "--disk", "d", option, value], executable: "MicroVM")
+            #expect(junk.status == 64 && !junk.crashed && junk.stderr.hasPrefix("MicroVM: error: ") && junk.stderr.contains(option)
+                    && junk.stderr.filter { $0 == "\n" }.count == 1, "\(option) \(value): \(junk.stderr)")
+        }
     }
 }

@@ -73,5 +73,7 @@ struct HVBenchTests {
         #expect(result.status == 64, "\(arguments): \(result.stderr)")
         #expect(!result.crashed && !result.stderr.contains("Fatal error"))
         #expect(result.stderr.contains(option))
+        // One line, as hv prints errors: no usage and help around it.
+        #expect(result.stderr.hasPrefix("hv-bench: error: ") && result.stderr.filter { $0 == "\n" }.count == 1, "\(result.stderr)")
     }
 }
