@@ -139,6 +139,134 @@ struct DocumentationTests {
         }
     }
 
+    /// An example that needs files, or the file a `$ cat FILE` shows, in its document's order.
+    enum Step {
+        case file(name: String, lines: [String])
+        case example(Example)
+    }
+
+    /// The examples the scratch-folder test leaves to other suites, by how their command starts,
+    /// and why. Everything else that needs files runs there.
+    static let runElsewhere: [(prefix: String, reason: String)] = [
+        ("tpm serve --state vm1.tpm", "a TPM server in the background beside tpm2-tools; TPMToolsTests runs that session"),
+        ("tpm info vm1.tpm", "reads the state the tpm2-tools session leaves (TPMToolsTests)"),
+        ("run --kernel .build-kernel/", "boots Debian's Linux for half a minute; HVRunLinuxTests checks the lines shown"),
+    ]
+
+    /// Every `$ cat FILE` and every `$ hv` example that names a file or runs in the background,
+    /// in order, for one document.
+    static func steps(in document: URL) throws -> [Step] {
+        let lines = try String(contentsOf: document, encoding: .utf8).split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        var steps: [Step] = [], fenced = false, index = 0
+        while index < lines.count {
+            let line = lines[index]
+            if line.hasPrefix("```") { fenced.toggle(); index += 1; continue }
+            guard fenced, line.hasPrefix("$ hv ") || line.hasPrefix("$ cat ") else { index += 1; continue }
+            let location = "\(document.lastPathComponent):\(index + 1)"
+            var command = String(line.dropFirst(2))
+            while command.hasSuffix("\\"), index + 1 < lines.count {
+                index += 1
+                command = command.dropLast() + lines[index].trimmingCharacters(in: .whitespaces)
+            }
+            var output: [String] = []
+            index += 1
+            while index < lines.count, !lines[index].hasPrefix("$ "), !lines[index].hasPrefix("```") {
+                output.append(lines[index]); index += 1
+            }
+            let words = Self.words(command)
+            if words.first == "cat", words.count == 2 {
+                steps.append(.file(name: words[1], lines: output))
+                continue
+            }
+            let arguments = Array(words.dropFirst())
+            var status: Int32?
+            if index + 1 < lines.count, lines[index] == "$ echo $?", let value = Int32(lines[index + 1]) { status = value }
+            let needsFiles = arguments.contains { !$0.hasPrefix("-") && ($0.contains("/") || $0.contains(".")) }
+            if needsFiles || command.last == "&" {
+                steps.append(.example(Example(location: location, arguments: arguments, output: output, status: status)))
+            }
+        }
+        return steps
+    }
+
+    /// Makes the input file `name` in `folder` the way the documentation's text says it was made,
+    /// or returns false when there is no recipe for it (an earlier example must write it).
+    static func makeFixture(_ name: String, in folder: URL) throws -> Bool {
+        func shell(_ command: String) throws {
+            let result = try PackageExecutable.run(["-c", command], executable: "/bin/sh", in: folder)
+            guard result.status == 0 else { throw FixtureError(name: name, output: result.stdout + result.stderr) }
+        }
+        let seeds = root.appendingPathComponent("Fuzz/Seeds").path
+        let script = "printf 'ENTRY(_start)\\nSECTIONS { . = 0x400000; .text : { *(.text) } .data : { *(.data) } .bss : { *(.bss) } }\\n' > kernel.ld"
+        switch name {
+        case "env":
+            try shell("echo KEY=VALUE > env")
+        case "kernel.o":  // a relocatable object, which --elf refuses
+            try shell("as --64 -o kernel.o \(seeds)/elf64.s")
+        case "k32.elf", "mb2.elf":  // Loaders.md, "Building the test kernels by hand"
+            let source = name == "k32.elf" ? "multiboot32.s" : "multiboot2.s"
+            try shell("\(script) && as --32 -I \(seeds) -o \(name).o \(seeds)/\(source) && ld -m elf_i386 -T kernel.ld --build-id=none -o \(name) \(name).o 2> /dev/null")
+        case "truncated.elf":  // ELF32, one PT_LOAD at file offset 0x1000 (0xA2 bytes), in a 100-byte file
+            var bytes: [UInt8] = [0x7F, 0x45, 0x4C, 0x46, 1, 1, 1, 0] + [UInt8](repeating: 0, count: 8)
+            func half(_ value: UInt16) { bytes += [UInt8(value & 0xFF), UInt8(value >> 8)] }
+            func word(_ value: UInt32) { bytes += (0..<4).map { UInt8(truncatingIfNeeded: value >> ($0 * 8)) } }
+            half(2); half(3); word(1); word(0x10_0000); word(52); word(0); word(0); half(52); half(32); half(1); half(0); half(0); half(0)
+            for value: UInt32 in [1, 0x1000, 0x10_0000, 0x10_0000, 0xA2, 0xA2, 5, 0x1000] { word(value) }
+            bytes += [UInt8](repeating: 0, count: 100 - bytes.count)
+            try Data(bytes).write(to: folder.appendingPathComponent(name))
+        case "broken.tpm", "trunc.tpm":  // a state the TIS guest made, then damaged
+            let hv = PackageExecutable.binDirectory.appendingPathComponent("hv").path
+            let damage = name == "broken.tpm"
+                ? "printf '\\377' | dd of=broken.tpm/permanent.state bs=1 seek=100 conv=notrunc 2> /dev/null"
+                : "truncate -s 200 trunc.tpm/permanent.state"
+            try shell("\(hv) tpm guest fixture.bin > /dev/null && \(hv) run fixture.bin --tpm \(name) > /dev/null; \(damage)")
+        default:
+            return false
+        }
+        return true
+    }
+
+    struct FixtureError: Error { var name: String, output: String }
+
+    /// A line with what changes from run to run (exit counts, times, random bytes) replaced.
+    static func stable(_ line: String) -> String {
+        line.replacing(/after [0-9]+ exits in [0-9.]+ s/, with: "after N exits in T s")
+            .replacing(/bytes=([0-9A-F]{4}) [0-9A-F]+/) { "bytes=\($0.1) RANDOM" }
+    }
+
+    @Test("every `$ hv` example that needs files runs in a scratch folder, in its document's order, and prints what the docs show")
+    func examplesWithFilesRunAsShown() throws {
+        var ran = 0
+        for document in Self.documents {
+            let steps = try Self.steps(in: document)
+            guard steps.contains(where: { if case .example = $0 { true } else { false } }) else { continue }
+            let folder = try PackageExecutable.temporaryDirectory()
+            defer { try? FileManager.default.removeItem(at: folder) }
+            for step in steps {
+                switch step {
+                case .file(let name, let lines):
+                    try (lines.joined(separator: "\n") + "\n").write(to: folder.appendingPathComponent(name), atomically: true, encoding: .utf8)
+                case .example(let example):
+                    let command = example.arguments.joined(separator: " ")
+                    if Self.runElsewhere.contains(where: { command.hasPrefix($0.prefix) }) { continue }
+                    for argument in example.arguments where !argument.hasPrefix("-")
+                        && !FileManager.default.fileExists(atPath: folder.appendingPathComponent(argument).path) {
+                        _ = try Self.makeFixture(argument, in: folder)
+                    }
+                    let result = try PackageExecutable.run(example.arguments, in: folder)
+                    var actual = (result.stdout + result.stderr).split(separator: "\n", omittingEmptySubsequences: false).map { Self.stable(String($0)) }
+                    while actual.last == "" { actual.removeLast() }
+                    var expected = example.output.map(Self.stable)
+                    while expected.last == "" { expected.removeLast() }
+                    #expect(Self.matches(expected[...], actual[...]), "\(example) prints:\n\(actual.joined(separator: "\n"))")
+                    if let status = example.status { #expect(result.status == status, "\(example): status \(result.status)") }
+                    ran += 1
+                }
+            }
+        }
+        #expect(ran >= 8, "the docs show at least eight examples with files; ran \(ran)")
+    }
+
     @Test("no file of the repository points at documents outside it (STYLE.md, FACTS.md, ARCHITECTURE.md, ../shared)")
     func noOutsideReferences() throws {
         let outside = /STYLE\.md|FACTS\.md|ARCHITECTURE(\.md|:)|\.\.\/shared\//

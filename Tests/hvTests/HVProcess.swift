@@ -37,9 +37,12 @@ enum PackageExecutable {
         return (process, out, err)
     }
 
-    /// Runs `name` (default `hv`) with `arguments`, feeding no input, and waits for it.
-    static func run(_ arguments: [String], executable name: String = "hv", environment: [String: String] = [:]) throws -> ProcessResult {
-        let (process, out, err) = try start(binDirectory.appendingPathComponent(name), arguments, environment: environment)
+    /// Runs `name` (default `hv`; a path from / for any other program) with `arguments` in
+    /// `folder` (default this process's), feeding no input, and waits for it.
+    static func run(_ arguments: [String], executable name: String = "hv", environment: [String: String] = [:],
+                    in folder: URL? = nil) throws -> ProcessResult {
+        let executable = name.hasPrefix("/") ? URL(fileURLWithPath: name) : binDirectory.appendingPathComponent(name)
+        let (process, out, err) = try start(executable, arguments, environment: environment, in: folder)
         // Drain stderr on another thread while reading stdout, so a chatty child cannot block
         // on a full pipe.
         let errorReader = Thread { [err] in
