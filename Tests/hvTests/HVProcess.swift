@@ -63,8 +63,8 @@ enum PackageExecutable {
     /// kernel, that would run far longer than the facts a test needs. `status` is the child's
     /// (15 when it was ended).
     static func runUntil(_ arguments: [String], markers: [String], timeout: Double,
-                         executable name: String = "hv") throws -> ProcessResult {
-        let (process, out, err) = try start(binDirectory.appendingPathComponent(name), arguments)
+                         executable name: String = "hv", in folder: URL? = nil) throws -> ProcessResult {
+        let (process, out, err) = try start(binDirectory.appendingPathComponent(name), arguments, in: folder)
         let output = StreamBox()
         let outputReader = Thread { [out] in
             while true {
