@@ -101,4 +101,24 @@ struct GuestMemoryTests {
         let b = try MemoryRegion(guestAddress: 4096, size: 4096)
         #expect(throws: GuestMemoryError.self) { _ = try GuestMemory(regions: [a, b]) }
     }
+
+    @Test("extreme regions are errors, not traps: an end past 2^64 is named as such, a size no host can map is refused")
+    func extremeRegions() throws {
+        do {
+            _ = try MemoryRegion(guestAddress: 0xFFFF_FFFF_FFFF_F000, size: 0x2000)
+            Issue.record("a region wrapping past 2^64 was accepted")
+        } catch {
+            #expect("\(error)".contains("wraps past the end of the 64-bit address space"), "\(error)")
+        }
+        #expect(throws: GuestMemoryError.self) { _ = try MemoryRegion(guestAddress: 0, size: 1 << 63) }
+        #expect(throws: GuestMemoryError.self) { _ = try MemoryRegion(guestAddress: 0, size: 0xFFFF_FFFF_FFFF_F000) }
+        #expect(throws: GuestMemoryError.self) { _ = try GuestMemory.pcLayout(size: 0xFFFF_FFFF_FFFF_F000) }
+        // The highest page that does not wrap is a region; beside another it is checked without overflow.
+        let top = try MemoryRegion(guestAddress: 0xFFFF_FFFF_FFFF_E000, size: 4096)
+        let low = try MemoryRegion(guestAddress: 0, size: 4096)
+        let memory = try GuestMemory(regions: [top, low])
+        #expect(throws: GuestMemoryError.self) { try memory.write(bytes: [1, 2], at: 0xFFFF_FFFF_FFFF_EFFF) }
+        #expect(throws: GuestMemoryError.self) { try memory.zero(count: UInt64.max, at: 0xFFFF_FFFF_FFFF_E000) }
+        #expect(throws: GuestMemoryError.self) { _ = try memory.hostPointer(for: 0xFFFF_FFFF_FFFF_FFFF, length: UInt64.max) }
+    }
 }

@@ -175,7 +175,10 @@ public final class Machine<B: Backend>: @unchecked Sendable {
         for chunk in chunks {
             do throws(GuestMemoryError) {
                 try memory.write(bytes: chunk.bytes, at: chunk.address)
-                try memory.zero(count: chunk.zeroFill, at: GuestPhysicalAddress(chunk.address.rawValue + UInt64(chunk.bytes.count)))
+                guard let zeroes = chunk.address.advanced(by: UInt64(chunk.bytes.count)) else {
+                    throw GuestMemoryError.outOfBounds(address: chunk.address, length: UInt64(chunk.bytes.count))
+                }
+                try memory.zero(count: chunk.zeroFill, at: zeroes)
             } catch { throw .memory(error) }
             loader.debug("loaded \(chunk.name): \(chunk.bytes.count) bytes and \(chunk.zeroFill) zeros at 0x\(String(chunk.address.rawValue, radix: 16))")
         }

@@ -54,6 +54,11 @@ public final class MemoryRegion: @unchecked Sendable {
         guard size > 0, size % 4096 == 0, guestAddress.rawValue % 4096 == 0 else {
             throw .invalidLayout("region at 0x\(String(guestAddress.rawValue, radix: 16)) of \(size) bytes must be non-empty and 4 KiB aligned")
         }
+        // The end must not wrap past 2^64, and the host must be able to map the size at all.
+        guard guestAddress.advanced(by: size) != nil else {
+            throw .invalidLayout("region at 0x\(String(guestAddress.rawValue, radix: 16)) of 0x\(String(size, radix: 16)) bytes wraps past the end of the 64-bit address space")
+        }
+        guard size <= UInt64(Int.max) else { throw .mapFailed(size: size, errno: ENOMEM) }
         let align = hugePages && size >= Self.hugePageSize ? Int(Self.hugePageSize) : 0
         let (length, overflow) = Int(size).addingReportingOverflow(align)
         guard !overflow else { throw .mapFailed(size: size, errno: ENOMEM) }
@@ -99,7 +104,8 @@ public final class GuestMemory: @unchecked Sendable {
     /// Builds guest memory from regions that must not overlap.
     public init(regions: [MemoryRegion]) throws(GuestMemoryError) {
         let sorted = regions.sorted { $0.guestAddress < $1.guestAddress }
-        for (a, b) in zip(sorted, sorted.dropFirst()) where a.guestAddress.rawValue + a.size > b.guestAddress.rawValue {
+        // b starts at or after a (sorted): they overlap when b starts less than a.size past a.
+        for (a, b) in zip(sorted, sorted.dropFirst()) where b.guestAddress.rawValue - a.guestAddress.rawValue < a.size {
             throw .invalidLayout("regions at 0x\(String(a.guestAddress.rawValue, radix: 16)) and 0x\(String(b.guestAddress.rawValue, radix: 16)) overlap")
         }
         self.regions = sorted
