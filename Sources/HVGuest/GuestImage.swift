@@ -67,8 +67,13 @@ public struct GuestImage: Sendable, Equatable {
             self.name = name
         }
 
-        /// Bytes of guest memory the chunk covers: its contents and its zeros.
-        public var size: UInt64 { UInt64(bytes.count) + zeroFill }
+        /// Bytes of guest memory the chunk covers: its contents and its zeros (UInt64.max when a
+        /// zero fill near 2^64 makes the sum not fit: no memory holds such a chunk, and loading
+        /// it fails with an out-of-bounds error instead of trapping here).
+        public var size: UInt64 {
+            let (sum, overflow) = UInt64(bytes.count).addingReportingOverflow(zeroFill)
+            return overflow ? .max : sum
+        }
     }
 
     /// Everything to write into guest memory, program first.

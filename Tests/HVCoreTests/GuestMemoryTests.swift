@@ -102,6 +102,20 @@ struct GuestMemoryTests {
         #expect(throws: GuestMemoryError.self) { _ = try GuestMemory(regions: [a, b]) }
     }
 
+    @Test("an image whose chunks lie past RAM or near 2^64 is an error when loaded, not a trap")
+    func extremeChunks() throws {
+        let machine = try Machine(configuration: VirtualMachineConfiguration(memorySize: 1 << 20), backend: ScriptedBackend(script: [.halt]))
+        let registers = Registers(), special = SpecialRegisters()
+        for chunk in [GuestImage.Chunk(address: 0xFFFF_FFFF_FFFF_FFFF, bytes: [1], name: "top"),
+                      GuestImage.Chunk(address: 0x1000, bytes: [1], zeroFill: UInt64.max, name: "huge zero fill"),
+                      GuestImage.Chunk(address: 0xFFFF_FFFF_FFFF_F000, bytes: [], zeroFill: 0x2000, name: "wrapping zero fill")] {
+            #expect(chunk.size >= chunk.zeroFill)
+            #expect(throws: HVError.self, "\(chunk.name)") {
+                try machine.load(GuestImage(chunks: [chunk], registers: registers, specialRegisters: special, mode: .long))
+            }
+        }
+    }
+
     @Test("extreme regions are errors, not traps: an end past 2^64 is named as such, a size no host can map is refused")
     func extremeRegions() throws {
         do {

@@ -65,11 +65,26 @@ struct EPTCacheAndDirtyTests {
         let w = b.walker(accessedDirty: true)
         _ = try w.translate(0x3000, .read, memory: &b.tables)
         _ = try w.translate(0x20_5000, .write, memory: &b.tables)
-        var bitmap = DirtyPageBitmap(base: 0, pageCount: 1024)
+        var bitmap = try DirtyPageBitmap(base: 0, pageCount: 1024)
         #expect(try EPTDirtyScan.collect(pointer: w.pointer, memory: &b.tables, into: &bitmap, clear: true) == 1)
         #expect(bitmap.count == 512 && bitmap.isDirty(0x20_0000) && bitmap.isDirty(0x3F_F000) && !bitmap.isDirty(0x3000))
-        var again = DirtyPageBitmap(base: 0, pageCount: 1024)
+        var again = try DirtyPageBitmap(base: 0, pageCount: 1024)
         #expect(try EPTDirtyScan.collect(pointer: w.pointer, memory: &b.tables, into: &again, clear: false) == 0)
+    }
+
+    @Test("a dirty bitmap refuses a negative count or a range past 2^64 by name; marks that wrap stop at the top")
+    func dirtyBitmapExtremes() throws {
+        #expect(throws: DirtyPageBitmapError.negativePageCount(-1)) { _ = try DirtyPageBitmap(base: 0, pageCount: -1) }
+        #expect(throws: DirtyPageBitmapError.rangeWrapsPastTop(base: 0xFFFF_FFFF_FFFF_F000, pageCount: 2)) {
+            _ = try DirtyPageBitmap(base: 0xFFFF_FFFF_FFFF_F000, pageCount: 2)
+        }
+        #expect(throws: DirtyPageBitmapError.self) { _ = try DirtyPageBitmap(base: 0, pageCount: Int.max) }
+        #expect("\(DirtyPageBitmapError.negativePageCount(-1))".contains("pageCount: -1"))
+        var top = try DirtyPageBitmap(base: 0xFFFF_FFFF_FFFF_E000, pageCount: 2)
+        top.mark(0xFFFF_FFFF_FFFF_F800, size: UInt64.max)
+        #expect(top.dirtyPages == [0xFFFF_FFFF_FFFF_F000])
+        top.mark(0xFFFF_FFFF_FFFF_E000, size: 1)
+        #expect(top.count == 2)
     }
 
     @Test("page-modification log: one entry per dirty-flag set, 4 KiB aligned, then a PML-full exit (SDM 29.3.6)")

@@ -60,16 +60,23 @@ public struct DirtyPageBitmap: Hashable, Sendable {
     /// The bits, page `i` at bit `i % 64` of word `i / 64`.
     public private(set) var words: [UInt64]
 
-    public init(base: GuestPhysicalAddress, pageCount: Int) {
+    /// A bitmap of `pageCount` 4 KiB pages from `base` (rounded down to its page). Throws when
+    /// the count is negative or the range runs past the end of the 64-bit address space.
+    public init(base: GuestPhysicalAddress, pageCount: Int) throws(DirtyPageBitmapError) {
+        guard pageCount >= 0 else { throw .negativePageCount(pageCount) }
+        let first = base.rawValue >> 12
+        guard UInt64(pageCount) <= (UInt64.max >> 12) - first + 1 else { throw .rangeWrapsPastTop(base: base.rawValue, pageCount: pageCount) }
         self.base = GuestPhysicalAddress(base.rawValue & ~0xFFF)
         self.pageCount = pageCount
-        words = [UInt64](repeating: 0, count: (pageCount + 63) / 64)
+        words = [UInt64](repeating: 0, count: pageCount / 64 + (pageCount % 64 == 0 ? 0 : 1))
     }
 
     /// Marks every 4 KiB page touching `[address, address + size)` that lies in the range.
     public mutating func mark(_ address: GuestPhysicalAddress, size: UInt64 = 4096) {
         guard size > 0 else { return }
-        let first = address.rawValue >> 12, last = (address.rawValue &+ size &- 1) >> 12
+        // A range whose end wraps past 2^64 runs to the top of the address space.
+        let (end, wraps) = address.rawValue.addingReportingOverflow(size - 1)
+        let first = address.rawValue >> 12, last = (wraps ? UInt64.max : end) >> 12
         let lowest = base.rawValue >> 12, highest = lowest + UInt64(pageCount)
         var page = max(first, lowest)
         while page <= last && page < highest {
@@ -133,5 +140,19 @@ public enum EPTDirtyScan {
             }
         }
         return dirtyLeaves
+    }
+}
+
+/// Why a `DirtyPageBitmap` cannot cover the range asked for.
+public enum DirtyPageBitmapError: Error, Equatable, Sendable, CustomStringConvertible {
+    case negativePageCount(Int)
+    case rangeWrapsPastTop(base: UInt64, pageCount: Int)
+
+    public var description: String {
+        switch self {
+        case .negativePageCount(let count): "pageCount: \(count) is invalid; expected 0 or more pages"
+        case .rangeWrapsPastTop(let base, let count):
+            "pageCount: \(count) pages from 0x\(String(base, radix: 16)) run past the end of the 64-bit address space"
+        }
     }
 }
