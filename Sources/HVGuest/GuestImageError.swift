@@ -23,15 +23,18 @@ public enum GuestImageError: Error, Equatable, Sendable, CustomStringConvertible
         case .emptyProgram:
             "program: the program is empty"
         case .programOutsideMemory(let loadAddress, let size, let memorySize):
-            "loadAddress: program at \(hex(loadAddress)) of size \(hex(size)) does not fit in memorySize \(hex(memorySize))"
+            loadAddress.addingReportingOverflow(size).overflow
+                ? "loadAddress: a program of \(byteCount(size)) at \(hex(loadAddress)) would end past the end of the 64-bit address space"
+                : "loadAddress: a program of \(byteCount(size)) at \(hex(loadAddress)) ends at \(hex(loadAddress &+ size)), "
+                    + "past the end of guest memory (memorySize \(byteCount(memorySize)))"
         case .entryOutsideProgram(let entry, let loadAddress, let programEnd):
             "entry: \(hex(entry)) is outside the program [\(hex(loadAddress)), \(hex(programEnd)))"
         case .realModeProgramAbove1MiB(let loadAddress, let programEnd):
             "loadAddress: real-mode program [\(hex(loadAddress)), \(hex(programEnd))) must end at or below 1 MiB (0x100000)"
         case .memoryTooSmallForLongMode(let memorySize, let minimum):
-            "memorySize: \(hex(memorySize)) is too small for long mode; the page tables, GDT and stack need \(hex(minimum))"
+            "memorySize: \(byteCount(memorySize)) is too small for long mode; the page tables, GDT and stack need \(byteCount(minimum))"
         case .memoryTooLargeForIdentityMap(let memorySize, let maximum):
-            "memorySize: \(hex(memorySize)) exceeds the \(hex(maximum)) that the long-mode identity map covers"
+            "memorySize: \(byteCount(memorySize)) exceeds the \(byteCount(maximum)) that the long-mode identity map covers"
         case .programOverlapsSetUpStructure(let structure, let start, let end, let loadAddress, let programEnd):
             "loadAddress: program [\(hex(loadAddress)), \(hex(programEnd))) overlaps the \(structure) "
                 + "at [\(hex(start)), \(hex(end)))"
@@ -41,3 +44,6 @@ public enum GuestImageError: Error, Equatable, Sendable, CustomStringConvertible
 
 /// "0x7C00": addresses in messages.
 func hex(_ value: UInt64) -> String { "0x" + String(value, radix: 16, uppercase: true) }
+
+/// "4096 bytes", "1 byte": sizes in messages (Documentation/Architecture.md, Conventions: numbers).
+func byteCount(_ count: UInt64) -> String { count == 1 ? "1 byte" : "\(count) bytes" }

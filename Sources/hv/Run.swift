@@ -161,7 +161,12 @@ struct Run: ParsableCommand {
         configuration.resetPolicy = onReset.policy
         configuration.cpuModel = cpu
         configuration.hugePages = hugePages
-        do { try configuration.validate() } catch { fail(flagName(for: error.field), error) }
+        do { try configuration.validate() } catch {
+            // A size typed in hex or with a unit is echoed as typed, with its value in bytes.
+            var error = error
+            if error.field == "memorySize", let typed = mem.typed, typed != error.value { error.value = "\(typed) (\(mem.bytes) bytes)" }
+            fail(flagName(for: error.field), error)
+        }
         let virtio = try openVirtioDevices(interruptMode: interruptMode)
         // The virtio console, when asked for, takes the slot after the disks and the rng.
         let virtioSlots = virtioTransport == .pci ? [] : try virtio.map { (attachment) throws(HVError) in try attachment.slot() } + (console == .virtio ? [try VirtioMMIOSlot(virtio.count)] : [])
@@ -344,7 +349,13 @@ struct Run: ParsableCommand {
             return try GuestImage.flat(bytes, mode: guestMode, loadAddress: load, entry: entry?.value ?? load,
                                        memorySize: mem.bytes)
         } catch {
-            fail(self.image ?? "IMAGE", error)
+            // The SDK's message names its fields; hv names the options that set them.
+            var text = "\(error)"
+            for (field, flag) in [("loadAddress:", "--load-address:"), ("entry:", "--entry:"), ("memorySize:", "--mem:"),
+                                  ("(memorySize ", "(--mem ")] {
+                text = text.replacingOccurrences(of: field, with: flag)
+            }
+            fail(self.image ?? "IMAGE", text)
         }
     }
 

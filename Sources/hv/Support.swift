@@ -57,10 +57,13 @@ enum ExitStatus {
 /// A byte count written as 4096, 64K, 2M, 1G (binary units; KiB/MiB/GiB also accepted).
 struct ByteSize: ExpressibleByArgument, CustomStringConvertible {
     var bytes: UInt64
+    /// The text the user typed ("0x1001", "64K"), for messages; nil for a default.
+    var typed: String?
 
     init(bytes: UInt64) { self.bytes = bytes }
 
     init?(argument: String) {
+        typed = argument
         let text = argument.trimmingCharacters(in: .whitespaces).uppercased()
         // Hex (0x1000000) takes no unit: B is a hex digit.
         if text.hasPrefix("0X") {

@@ -187,9 +187,9 @@ struct GuestImageValidationTests {
     @Test func everyBadArgumentHasItsOwnError() {
         let cases: [(GuestImageError, String, () throws(GuestImageError) -> GuestImage)] = [
             (.emptyProgram, "program:", { () throws(GuestImageError) in try GuestImage.flat([], mode: .long, memorySize: 4 << 20) }),
-            (.programOutsideMemory(loadAddress: 0x10_0000, size: 2, memorySize: 0x10_0001), "memorySize 0x100001",
+            (.programOutsideMemory(loadAddress: 0x10_0000, size: 2, memorySize: 0x10_0001), "ends at 0x100002, past the end of guest memory (memorySize 1048577 bytes)",
              { () throws(GuestImageError) in try GuestImage.flat([1, 2], mode: .real, loadAddress: 0x10_0000, memorySize: 0x10_0001) }),
-            (.programOutsideMemory(loadAddress: .max, size: 2, memorySize: .max), "loadAddress:",
+            (.programOutsideMemory(loadAddress: .max, size: 2, memorySize: .max), "would end past the end of the 64-bit address space",
              { () throws(GuestImageError) in try GuestImage.flat([1, 2], mode: .long, loadAddress: .max, memorySize: .max) }),
             (.entryOutsideProgram(entry: 0x7C02, loadAddress: 0x7C00, programEnd: 0x7C02), "entry: 0x7C02",
              { () throws(GuestImageError) in try GuestImage.flat([1, 2], mode: .real, entry: 0x7C02, memorySize: 1 << 20) }),
@@ -197,7 +197,7 @@ struct GuestImageValidationTests {
              { () throws(GuestImageError) in try GuestImage.flat([1, 2], mode: .real, entry: 0x7BFF, memorySize: 1 << 20) }),
             (.realModeProgramAbove1MiB(loadAddress: 0xF_FFFF, programEnd: 0x10_0001), "1 MiB",
              { () throws(GuestImageError) in try GuestImage.flat([1, 2], mode: .real, loadAddress: 0xF_FFFF, memorySize: 2 << 20) }),
-            (.memoryTooSmallForLongMode(memorySize: 0x10_0000, minimum: 0x20_0000), "memorySize: 0x100000",
+            (.memoryTooSmallForLongMode(memorySize: 0x10_0000, minimum: 0x20_0000), "memorySize: 1048576 bytes is too small for long mode",
              { () throws(GuestImageError) in try GuestImage.flat([1], mode: .long, loadAddress: 0x9_0000, memorySize: 1 << 20) }),
             (.memoryTooLargeForIdentityMap(memorySize: 65 << 30, maximum: 64 << 30), "memorySize:",
              { () throws(GuestImageError) in try GuestImage.flat([1], mode: .long, memorySize: 65 << 30) }),

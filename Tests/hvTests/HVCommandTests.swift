@@ -199,7 +199,7 @@ struct HVCommandTests {
         (["run", "SMALL", "--mem", "18446744073709551615"], "4096 (4 KiB) to 1 TiB"),  // 2^64 - 1: no trap rounding it up
         (["run", "SMALL", "--mem", "0xFFFFFFFFFFFFF000"], "4096 (4 KiB) to 1 TiB"),
         (["run", "SMALL", "--mem", "16777215T"], "4096 (4 KiB) to 1 TiB"),
-        (["run", "SMALL", "--mem", "0x1001"], "multiple of 4096 (4 KiB pages), e.g. 8192"),
+        (["run", "SMALL", "--mem", "0x1001"], "--mem: 0x1001 (4097 bytes) is invalid; expected a multiple of 4096 (4 KiB pages), e.g. 8192"),
         // Argument errors are one line too, naming the value and the help to read; negative
         // numbers are values, not "missing".
         (["run", "SMALL", "--mem", "-1"], "The value '-1' is invalid for '--mem <size>' (see 'hv run --help')"),
@@ -215,7 +215,7 @@ struct HVCommandTests {
         (["run", "SMALL", "--cpus", "0"], "--cpus: 0 is invalid"),
         (["run", "BIG", "--mem", "64K", "--mode", "real"], "larger than guest memory"),
         (["run", "SMALL", "--entry", "0x40000000"], "entry"),
-        (["run", "SMALL", "--load-address", "0xFFFFFFFFFFFFF000"], "does not fit"),
+        (["run", "SMALL", "--load-address", "0xFFFFFFFFFFFFF000"], "--load-address: a program of 1 byte at 0xFFFFFFFFFFFFF000 ends at 0xFFFFFFFFFFFFF001, past the end of guest memory (--mem 16777216 bytes)"),
         (["run", "SMALL", "--timeout=0"], "--timeout: 0.0 is invalid"),
         (["run", "SMALL", "--timeout", "18446744073709551615"], "at most 1e9"),  // traps in a deadline on old code
         (["run", "SMALL", "--timeout", "1e308"], "at most 1e9"),
