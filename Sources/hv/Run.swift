@@ -351,9 +351,8 @@ struct Run: ParsableCommand {
         } catch {
             // The SDK's message names its fields; hv names the options that set them.
             var text = "\(error)"
-            for (field, flag) in [("loadAddress:", "--load-address:"), ("entry:", "--entry:"), ("memorySize:", "--mem:"),
-                                  ("(memorySize ", "(--mem ")] {
-                text = text.replacingOccurrences(of: field, with: flag)
+            for (field, option) in Self.options {
+                text = text.replacingOccurrences(of: "\(field):", with: "\(option):").replacingOccurrences(of: "(\(field) ", with: "(\(option) ")
             }
             fail(self.image ?? "IMAGE", text)
         }
@@ -375,15 +374,11 @@ struct Run: ParsableCommand {
         return [UInt8](data)
     }
 
-    private func flagName(for field: String) -> String {
-        switch field {
-        case "memorySize": "--mem"
-        case "cpuCount": "--cpus"
-        case "timeLimit": "--timeout"
-        case "exitLimit": "--max-exits"
-        default: field
-        }
-    }
+    /// The SDK's fields (as its errors name them) and the options that set them.
+    private static let options = ["memorySize": "--mem", "cpuCount": "--cpus", "timeLimit": "--timeout", "exitLimit": "--max-exits",
+                                  "loadAddress": "--load-address", "entry": "--entry"]
+
+    private func flagName(for field: String) -> String { Self.options[field] ?? field }
 
     /// Prints "hv: error: SUBJECT: PROBLEM" and exits with the usage status.
     private func fail(_ subject: String, _ problem: Any) -> Never {

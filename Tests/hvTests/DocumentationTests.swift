@@ -59,6 +59,11 @@ struct DocumentationTests {
         var arguments: [String]
         var output: [String]
         var status: Int32?
+        /// An argument names a file (a path or a name with a dot): the example runs in a scratch
+        /// folder with its inputs made (`examplesWithFilesRunAsShown`).
+        var needsFiles: Bool { arguments.contains { !$0.hasPrefix("-") && ($0.contains("/") || $0.contains(".")) } }
+        /// The command ends with `&`: it runs in the background beside other commands.
+        var background: Bool { arguments.last?.hasSuffix("&") == true }
         var description: String { "\(location): hv \(arguments.joined(separator: " "))" }
     }
 
@@ -83,35 +88,21 @@ struct DocumentationTests {
     /// Every example whose command needs no file (no argument names a path) and runs in the
     /// foreground: the ones that read the same on any machine.
     static func examples() throws -> [Example] {
-        var examples: [Example] = []
-        for document in documents {
-            let lines = try String(contentsOf: document, encoding: .utf8).split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
-            var fenced = false, index = 0
-            while index < lines.count {
-                let line = lines[index]
-                if line.hasPrefix("```") { fenced.toggle(); index += 1; continue }
-                guard fenced, line.hasPrefix("$ hv ") else { index += 1; continue }
-                let location = "\(document.lastPathComponent):\(index + 1)"
-                var command = String(line.dropFirst(5))
-                while command.hasSuffix("\\"), index + 1 < lines.count {
-                    index += 1
-                    command = command.dropLast() + lines[index].trimmingCharacters(in: .whitespaces)
-                }
-                let arguments = words(command)
-                var output: [String] = []
-                index += 1
-                while index < lines.count, !lines[index].hasPrefix("$ "), !lines[index].hasPrefix("```") {
-                    output.append(lines[index]); index += 1
-                }
-                var status: Int32?
-                if index + 1 < lines.count, lines[index] == "$ echo $?", let value = Int32(lines[index + 1]) { status = value }
-                let needsFiles = arguments.contains { !$0.hasPrefix("-") && ($0.contains("/") || $0.contains(".")) }
-                if !needsFiles && command.last != "&" {
-                    examples.append(Example(location: location, arguments: arguments, output: output, status: status))
-                }
-            }
+        try documents.flatMap { try steps(in: $0) }.compactMap { step in
+            if case .example(let example) = step, !example.needsFiles, !example.background { example } else { nil }
         }
-        return examples
+    }
+
+    /// Runs `example` (in `folder`, else here) and checks its output, with `stable` applied to
+    /// both sides, and its status.
+    static func verify(_ example: Example, in folder: URL? = nil, stable: (String) -> String = { $0 }) throws {
+        let result = try PackageExecutable.run(example.arguments, in: folder)
+        var actual = (result.stdout + result.stderr).split(separator: "\n", omittingEmptySubsequences: false).map { stable(String($0)) }
+        while actual.last == "" { actual.removeLast() }
+        var expected = example.output.map(stable)
+        while expected.last == "" { expected.removeLast() }
+        #expect(matches(expected[...], actual[...]), "\(example) prints:\n\(actual.joined(separator: "\n"))")
+        if let status = example.status { #expect(result.status == status, "\(example): status \(result.status)") }
     }
 
     /// Whether `actual` reads as `expected`, where an expected line "..." stands for any lines.
@@ -128,18 +119,10 @@ struct DocumentationTests {
     func examplesRunAsShown() throws {
         let examples = try Self.examples()
         #expect(examples.count >= 10, "the docs show at least ten such examples")
-        for example in examples {
-            let result = try PackageExecutable.run(example.arguments)
-            var actual = (result.stdout + result.stderr).split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
-            while actual.last == "" { actual.removeLast() }
-            var expected = example.output
-            while expected.last == "" { expected.removeLast() }
-            #expect(Self.matches(expected[...], actual[...]), "\(example) prints:\n\(actual.joined(separator: "\n"))")
-            if let status = example.status { #expect(result.status == status, "\(example)") }
-        }
+        for example in examples { try Self.verify(example) }
     }
 
-    /// An example that needs files, or the file a `$ cat FILE` shows, in its document's order.
+    /// A `$ hv` example, or the file a `$ cat FILE` shows, in its document's order.
     enum Step {
         case file(name: String, lines: [String])
         case example(Example)
@@ -153,8 +136,7 @@ struct DocumentationTests {
         ("run --kernel .build-kernel/", "boots Debian's Linux for half a minute; HVRunLinuxTests checks the lines shown"),
     ]
 
-    /// Every `$ cat FILE` and every `$ hv` example that names a file or runs in the background,
-    /// in order, for one document.
+    /// Every `$ cat FILE` and every `$ hv` example of one document, in order.
     static func steps(in document: URL) throws -> [Step] {
         let lines = try String(contentsOf: document, encoding: .utf8).split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
         var steps: [Step] = [], fenced = false, index = 0
@@ -174,17 +156,14 @@ struct DocumentationTests {
                 output.append(lines[index]); index += 1
             }
             let words = Self.words(command)
-            if words.first == "cat", words.count == 2 {
-                steps.append(.file(name: words[1], lines: output))
+            if words.first == "cat" {
+                if words.count == 2 { steps.append(.file(name: words[1], lines: output)) }
                 continue
             }
             let arguments = Array(words.dropFirst())
             var status: Int32?
             if index + 1 < lines.count, lines[index] == "$ echo $?", let value = Int32(lines[index + 1]) { status = value }
-            let needsFiles = arguments.contains { !$0.hasPrefix("-") && ($0.contains("/") || $0.contains(".")) }
-            if needsFiles || command.last == "&" {
-                steps.append(.example(Example(location: location, arguments: arguments, output: output, status: status)))
-            }
+            steps.append(.example(Example(location: location, arguments: arguments, output: output, status: status)))
         }
         return steps
     }
@@ -239,7 +218,8 @@ struct DocumentationTests {
         var ran = 0
         for document in Self.documents {
             let steps = try Self.steps(in: document)
-            guard steps.contains(where: { if case .example = $0 { true } else { false } }) else { continue }
+            guard steps.contains(where: { if case .example(let example) = $0 { example.needsFiles || example.background } else { false } })
+            else { continue }
             let folder = try PackageExecutable.temporaryDirectory()
             defer { try? FileManager.default.removeItem(at: folder) }
             for step in steps {
@@ -247,19 +227,14 @@ struct DocumentationTests {
                 case .file(let name, let lines):
                     try (lines.joined(separator: "\n") + "\n").write(to: folder.appendingPathComponent(name), atomically: true, encoding: .utf8)
                 case .example(let example):
+                    guard example.needsFiles || example.background else { continue }  // examplesRunAsShown runs it
                     let command = example.arguments.joined(separator: " ")
                     if Self.runElsewhere.contains(where: { command.hasPrefix($0.prefix) }) { continue }
                     for argument in example.arguments where !argument.hasPrefix("-")
                         && !FileManager.default.fileExists(atPath: folder.appendingPathComponent(argument).path) {
                         _ = try Self.makeFixture(argument, in: folder)
                     }
-                    let result = try PackageExecutable.run(example.arguments, in: folder)
-                    var actual = (result.stdout + result.stderr).split(separator: "\n", omittingEmptySubsequences: false).map { Self.stable(String($0)) }
-                    while actual.last == "" { actual.removeLast() }
-                    var expected = example.output.map(Self.stable)
-                    while expected.last == "" { expected.removeLast() }
-                    #expect(Self.matches(expected[...], actual[...]), "\(example) prints:\n\(actual.joined(separator: "\n"))")
-                    if let status = example.status { #expect(result.status == status, "\(example): status \(result.status)") }
+                    try Self.verify(example, in: folder, stable: Self.stable)
                     ran += 1
                 }
             }

@@ -74,10 +74,9 @@ public final class HyperVTestDevice: PortIODevice, ResettableDevice, Sendable {
             guard let route = state.withLock({ $0.routes[key] }) else { throw missing("route to processor \(processor) SINT \(sint)") }
             route.signal()
         case .connectMessages:
-            let route = try synic.route(toProcessor: processor, sint: sint)
-            do throws(HVError) {
-                // Post back what the guest posted; a message already waiting for the slot is
-                // HV_STATUS_INSUFFICIENT_BUFFERS, as QEMU's device answers.
+            // Post back what the guest posted; a message already waiting for the slot is
+            // HV_STATUS_INSUFFICIENT_BUFFERS, as QEMU's device answers.
+            try connect(\.messageConnections, processor: processor, sint: sint, connection: connection) { (route) throws(HVError) in
                 try synic.setMessageHandler(connection: UInt32(connection)) { message in
                     switch route.post(message) {
                     case .delivered, .queued: HyperVStatus.success
@@ -85,30 +84,41 @@ public final class HyperVTestDevice: PortIODevice, ResettableDevice, Sendable {
                     case .noMessagePage: HyperVStatus.invalidHypercallInput
                     }
                 }
-            } catch {
-                route.close()
-                throw error
             }
-            state.withLock { $0.messageConnections[connection] = route }
         case .disconnectMessages:
-            guard let route = state.withLock({ $0.messageConnections.removeValue(forKey: connection) }) else { throw missing("message connection \(connection)") }
-            try synic.setMessageHandler(connection: UInt32(connection), nil)
-            route.close()
-        case .connectEvents:
-            let route = try synic.route(toProcessor: processor, sint: sint)
-            let flag = Int(connection)
-            do throws(HVError) {
-                try synic.setEventHandler(connection: UInt32(connection)) { route.setEventFlag(flag) }
-            } catch {
-                route.close()
-                throw error
+            try disconnect(\.messageConnections, "message connection", connection) { () throws(HVError) in
+                try synic.setMessageHandler(connection: UInt32(connection), nil)
             }
-            state.withLock { $0.eventConnections[connection] = route }
+        case .connectEvents:
+            let flag = Int(connection)
+            try connect(\.eventConnections, processor: processor, sint: sint, connection: connection) { (route) throws(HVError) in
+                try synic.setEventHandler(connection: UInt32(connection)) { route.setEventFlag(flag) }
+            }
         case .disconnectEvents:
-            guard let route = state.withLock({ $0.eventConnections.removeValue(forKey: connection) }) else { throw missing("event connection \(connection)") }
-            try synic.setEventHandler(connection: UInt32(connection), nil)
-            route.close()
+            try disconnect(\.eventConnections, "event connection", connection) { () throws(HVError) in
+                try synic.setEventHandler(connection: UInt32(connection), nil)
+            }
         }
+    }
+
+    /// A new route to (processor, SINT) that `register` hands to the SynIC for `connection`,
+    /// kept in `table`; closed again if the SynIC refuses it.
+    private func connect(_ table: WritableKeyPath<State, [UInt8: HyperVSINTRoute]>, processor: Int, sint: UInt8, connection: UInt8,
+                         register: (HyperVSINTRoute) throws(HVError) -> Void) throws(HVError) {
+        let route = try synic.route(toProcessor: processor, sint: sint)
+        do throws(HVError) { try register(route) } catch {
+            route.close()
+            throw error
+        }
+        state.withLock { $0[keyPath: table][connection] = route }
+    }
+
+    /// Takes `connection` out of `table`, has `unregister` take it from the SynIC, and closes its route.
+    private func disconnect(_ table: WritableKeyPath<State, [UInt8: HyperVSINTRoute]>, _ what: String, _ connection: UInt8,
+                            unregister: () throws(HVError) -> Void) throws(HVError) {
+        guard let route = state.withLock({ $0[keyPath: table].removeValue(forKey: connection) }) else { throw missing("\(what) \(connection)") }
+        try unregister()
+        route.close()
     }
 
     private func missing(_ what: String) -> HVError {

@@ -54,8 +54,7 @@ public final class HyperVSynIC: @unchecked Sendable {
         self.vm = vm
         self.memory = memory
         self.processorCount = processorCount
-        state = Mutex(State(pages: Array(repeating: HyperVSynICUpdate(msr: 0, control: 0, eventPage: 0, messagePage: 0),
-                                         count: processorCount)))
+        state = Mutex(State(pages: Array(repeating: Self.powerOn, count: processorCount)))
         wakeFD = eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC))
         guard wakeFD >= 0 else { throw .systemCall(operation: "eventfd(Hyper-V SynIC)", errno: errno) }
     }
@@ -69,6 +68,9 @@ public final class HyperVSynIC: @unchecked Sendable {
     }
 
     // MARK: What the guest set up
+
+    /// A processor's SCONTROL, SIEFP and SIMP at power-on: all zero, nothing enabled.
+    private static let powerOn = HyperVSynICUpdate(msr: 0, control: 0, eventPage: 0, messagePage: 0)
 
     /// Processor `vp`'s SCONTROL, SIEFP and SIMP as its guest last wrote them (all zero at
     /// power-on).
@@ -88,7 +90,7 @@ public final class HyperVSynIC: @unchecked Sendable {
     /// they belong to their producers).
     public func reset() {
         let routes = state.withLock { state in
-            for vp in state.pages.indices { state.pages[vp] = HyperVSynICUpdate(msr: 0, control: 0, eventPage: 0, messagePage: 0) }
+            for vp in state.pages.indices { state.pages[vp] = Self.powerOn }
             return Array(state.acknowledgedRoutes.values)
         }
         for route in routes { route.dropWaitingMessage() }
@@ -117,12 +119,8 @@ public final class HyperVSynIC: @unchecked Sendable {
             throw error
         }
         let route = HyperVSINTRoute(synic: self, processor: vp, sint: sint, notifierID: id, eventFD: signal, ackFD: ack)
-        let start = state.withLock { state in
-            state.acknowledgedRoutes[ObjectIdentifier(route)] = route
-            defer { state.serviceRunning = true }
-            return !state.serviceRunning
-        }
-        if start { startService() } else { wake() }
+        state.withLock { $0.acknowledgedRoutes[ObjectIdentifier(route)] = route }
+        serviceNeeded()
         return route
     }
 
@@ -177,12 +175,8 @@ public final class HyperVSynIC: @unchecked Sendable {
                 }
             }
         }
-        let start = state.withLock { state in
-            state.eventHandlers[connection] = EventConnection(handler: handler, eventFD: descriptor)
-            defer { if descriptor != nil { state.serviceRunning = true } }
-            return descriptor != nil && !state.serviceRunning
-        }
-        if start { startService() } else { wake() }
+        state.withLock { $0.eventHandlers[connection] = EventConnection(handler: handler, eventFD: descriptor) }
+        if descriptor != nil { serviceNeeded() }
     }
 
     /// Serves a `.hyperVHypercall` exit; returns the status for RAX. HvPostMessage and
@@ -226,6 +220,16 @@ public final class HyperVSynIC: @unchecked Sendable {
     }
 
     // MARK: The service thread
+
+    /// A descriptor was added for the service thread: start it the first time, else have it
+    /// rebuild its list.
+    private func serviceNeeded() {
+        let start = state.withLock { state in
+            defer { state.serviceRunning = true }
+            return !state.serviceRunning
+        }
+        if start { startService() } else { wake() }
+    }
 
     private func wake() {
         var one: UInt64 = 1

@@ -661,12 +661,7 @@ public final class Machine<B: Backend>: @unchecked Sendable {
         wakeRequested = false
         lock.unlock()
         if stopping { return }
-        try vm.restoreState(powerOnState.vm)
-        for index in vcpus.indices { try vcpus[index].restoreState(powerOnState.vcpus[index]) }
-        sharedLines.forgetLevels()
-        hyperV?.reset()
-        devices.resetDevices()
-        expiredTimers.store(0, ordering: .sequentiallyConsistent)
+        try restorePowerOnState(powerOnState)
         for hook in wakeHooks { try hook(self) }
     }
 
@@ -683,10 +678,16 @@ public final class Machine<B: Backend>: @unchecked Sendable {
         }
         try write(loadedChunks)
         for hook in resetHooks { try hook(self) }
-        try vm.restoreState(powerOnState.vm)
-        for index in vcpus.indices { try vcpus[index].restoreState(powerOnState.vcpus[index]) }
-        // The controllers are back at power-on, every line low; the devices' resets re-drive
-        // what is still high.
+        try restorePowerOnState(powerOnState)
+    }
+
+    /// The part of a reset and of a wake from sleep that is the same: the backend's interrupt
+    /// controllers and every vCPU back to `state`, then the monitor's own interrupt state and
+    /// the devices. The controllers are back at power-on, every line low; the devices' resets
+    /// re-drive what is still high.
+    private func restorePowerOnState(_ state: (vm: B.VM.SavedState, vcpus: [B.VM.CPU.SavedState])) throws(HVError) {
+        try vm.restoreState(state.vm)
+        for index in vcpus.indices { try vcpus[index].restoreState(state.vcpus[index]) }
         sharedLines.forgetLevels()
         hyperV?.reset()
         devices.resetDevices()

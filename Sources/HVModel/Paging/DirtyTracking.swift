@@ -68,7 +68,7 @@ public struct DirtyPageBitmap: Hashable, Sendable {
         guard UInt64(pageCount) <= (UInt64.max >> 12) - first + 1 else { throw .rangeWrapsPastTop(base: base.rawValue, pageCount: pageCount) }
         self.base = GuestPhysicalAddress(base.rawValue & ~0xFFF)
         self.pageCount = pageCount
-        words = [UInt64](repeating: 0, count: pageCount / 64 + (pageCount % 64 == 0 ? 0 : 1))
+        words = [UInt64](repeating: 0, count: (pageCount + 63) / 64)
     }
 
     /// Marks every 4 KiB page touching `[address, address + size)` that lies in the range.
