@@ -56,7 +56,7 @@ public final class MemoryRegion: @unchecked Sendable {
         }
         // The end must not wrap past 2^64, and the host must be able to map the size at all.
         guard guestAddress.advanced(by: size) != nil else {
-            throw .invalidLayout("region at 0x\(String(guestAddress.rawValue, radix: 16)) of 0x\(String(size, radix: 16)) bytes wraps past the end of the 64-bit address space")
+            throw .invalidLayout("region at 0x\(String(guestAddress.rawValue, radix: 16)) of \(size) bytes wraps past the end of the 64-bit address space")
         }
         guard size <= UInt64(Int.max) else { throw .mapFailed(size: size, errno: ENOMEM) }
         let align = hugePages && size >= Self.hugePageSize ? Int(Self.hugePageSize) : 0
