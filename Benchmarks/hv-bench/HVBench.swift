@@ -78,6 +78,15 @@ struct HVBench: ParsableCommand {
             }
         }
         if json && csv { throw ValidationError("--json and --csv both print to standard output; pick one.") }
+        // Checked before the benchmark runs, so a typo does not cost a finished run.
+        if let plot {
+            guard !plot.isEmpty, !plot.hasSuffix("/") else { throw ValidationError("--plot needs a file name, e.g. --plot exits.svg.") }
+            let folder = (plot as NSString).deletingLastPathComponent
+            var isFolder: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: folder.isEmpty ? "." : folder, isDirectory: &isFolder), isFolder.boolValue else {
+                throw ValidationError("--plot \(plot): there is no folder \(folder).")
+            }
+        }
     }
 
     func run() throws {

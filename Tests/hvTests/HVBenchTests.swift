@@ -67,6 +67,7 @@ struct HVBenchTests {
         (["--duration", "18446744073709551615"], "--duration"), (["--duration", "1e308"], "--duration"), (["--duration", "nan"], "--duration"),
         (["--iterations", "9223372036854775807"], "--iterations"), (["--rounds", "9223372036854775807"], "--rounds"),
         (["--rounds", "-1"], "--rounds"), (["--warm-up-exits", "18446744073709551615"], "--warm-up-exits"), (["--cpu", "junk"], "--cpu"),
+        (["--plot", ""], "--plot"), (["--plot", "/nonexistent/exits.svg"], "--plot"),
     ])
     func extremeValues(arguments: [String], option: String) throws {
         let result = try PackageExecutable.run(["--kinds", "cpuid"] + arguments, executable: "hv-bench")

@@ -1,18 +1,20 @@
-// Every option of every `hv` subcommand, fed the values a newcomer (or a fuzzer) might type:
-// 2^64 - 1, negative numbers, hex, junk, 1e308, nan, nothing. None may make hv trap or print a
-// backtrace; a refusal is one line ("hv: error: ..."), status 64 for a command line hv cannot use.
-// The options come from hv itself (ArgumentParser's --experimental-dump-help), so an option added
-// later is swept too.
+// Every option of every command this package ships (hv and its subcommands, hv-bench, the
+// examples, irq-latency), fed the values a newcomer (or a fuzzer) might type: 2^64 - 1, negative
+// numbers, hex, junk, 1e308, nan, nothing. None may make a command trap or print a backtrace; a
+// refusal is one line ("NAME: error: ..."), status 64 for a command line the command cannot use.
+// The options of the ArgumentParser commands come from the commands themselves
+// (--experimental-dump-help), so an option added later is swept too; the examples that parse
+// their few positional arguments by hand list them here.
 import Foundation
 import Testing
 
-@Suite("hv input sweep")
+@Suite("input sweep of every command")
 struct HVInputSweepTests {
     static let values = ["18446744073709551615", "-1", "-9223372036854775808", "0x10", "0xFFFFFFFFFFFFFFFF", "junk", "1e308", "nan", ""]
 
-    /// (command path, option) for every option that takes a value, from hv's own description.
-    static func options() throws -> [(command: [String], option: String)] {
-        let dump = try PackageExecutable.run(["--experimental-dump-help"])
+    /// (command path, option) for every option that takes a value, from the executable's own description.
+    static func options(of executable: String) throws -> [(command: [String], option: String)] {
+        let dump = try PackageExecutable.run(["--experimental-dump-help"], executable: executable)
         let json = try #require(try JSONSerialization.jsonObject(with: Data(dump.stdout.utf8)) as? [String: Any])
         var found: [(command: [String], option: String)] = []
         func walk(_ command: [String: Any], _ path: [String]) {
@@ -30,56 +32,93 @@ struct HVInputSweepTests {
         return found
     }
 
-    /// What a subcommand needs besides the option under test to get as far as using it.
-    static func base(_ command: [String], option: String, folder: URL) -> [String] {
-        switch command {
-        case ["run"]: return [folder.appendingPathComponent("halt.bin").path, "--timeout", "5"]
-        case ["tpm", "serve"] where option != "state": return ["--state", folder.appendingPathComponent("state.tpm").path]
-        case ["ept", "plan"] where option != "map", ["ept", "walk"] where option != "map": return ["--map", "0:2M:rwx"]
-        case ["vmx", "plan"] where option != "profile", ["vmx", "caps"] where option != "profile": return ["--profile", "broadwell-i7-5600u"]
-        case ["vmx", "explain-exit"]: return ["48"]
+    /// What a command needs besides the option under test to get as far as using it.
+    static func base(_ executable: String, _ command: [String], option: String, folder: URL) -> [String] {
+        switch (executable, command) {
+        case ("hv", ["run"]): return [folder.appendingPathComponent("halt.bin").path, "--timeout", "5"]
+        case ("hv", ["tpm", "serve"]) where option != "state": return ["--state", folder.appendingPathComponent("state.tpm").path]
+        case ("hv", ["ept", "plan"]) where option != "map", ("hv", ["ept", "walk"]) where option != "map": return ["--map", "0:2M:rwx"]
+        case ("hv", ["vmx", "plan"]) where option != "profile", ("hv", ["vmx", "caps"]) where option != "profile":
+            return ["--profile", "broadwell-i7-5600u"]
+        case ("hv", ["vmx", "explain-exit"]): return ["48"]
+        case ("hv-bench", _) where option != "kinds": return ["--kinds", "cpuid"]
+        case ("MicroVM", _):
+            return ["kernel", "disk"].filter { $0 != option }.flatMap { ["--\($0)", folder.appendingPathComponent("halt.bin").path] }
         default: return []
         }
     }
 
-    @Test("no value of any option makes hv trap; a refusal is one line")
-    func everyOptionEveryValue() throws {
-        let folder = try PackageExecutable.temporaryDirectory()
-        defer { try? FileManager.default.removeItem(at: folder) }
-        try Data([0xF4]).write(to: folder.appendingPathComponent("halt.bin"))  // HLT
-        let options = try Self.options()
-        #expect(options.count >= 40, "hv describes \(options.count) options")
-        // Four at a time: most runs end at once, a few wait out their 5 s.
+    /// Runs `executable` with each value in each place and lists what trapped or refused in more than one line.
+    static func sweep(_ executable: String, _ places: [(label: String, arguments: @Sendable (String) -> [String])], folder: URL) -> [String] {
+        // Four at a time: most runs end at once, a few (servers, benchmarks, guests) wait out their 5 s.
         let found = Problems()
         let queue = OperationQueue()
         queue.maxConcurrentOperationCount = 4
-        for (command, option) in options {
+        for place in places {
             queue.addOperation {
                 for value in Self.values {
-                    var arguments = command + Self.base(command, option: option, folder: folder)
-                    // --timeout is the option under test: take the base's out.
-                    if option == "timeout", let index = arguments.firstIndex(of: "--timeout") { arguments.removeSubrange(index...index + 1) }
-                    arguments += ["--\(option)", value]
-                    // Servers and benchmarks that accept a value run until stopped: 5 s shows no trap.
-                    guard let result = try? PackageExecutable.runUntil(arguments, markers: ["\u{1}never"], timeout: 5, in: folder) else {
-                        found.add("hv \(arguments): could not start")
+                    let arguments = place.arguments(value)
+                    let run = "\(executable) \(arguments.joined(separator: " ")) -> "
+                    guard let result = try? PackageExecutable.runUntil(arguments, markers: ["\u{1}never"], timeout: 5,
+                                                                       executable: executable, in: folder) else {
+                        found.add("\(run)could not start")
                         continue
                     }
                     let text = result.stdout + result.stderr
-                    let run = "hv \(arguments.joined(separator: " ")) -> status \(result.status)"
-                    var problem: String?
-                    if result.crashed || text.contains("Fatal error") || text.contains("Stack dump") || text.contains("backtrace") {
-                        problem = "\(run): crashed\n\(text.suffix(800))"
+                    if result.crashed || text.contains("Fatal error") || text.contains("Stack dump") || text.contains("backtrace")
+                        || text.contains("Error raised at top level") {
+                        found.add("\(run)status \(result.status), crashed\n\(text.suffix(800))")
                     } else if result.status == 64 {
                         let lines = result.stderr.split(separator: "\n").filter { !$0.hasPrefix("warning:") }
-                        if lines.count != 1 || !lines[0].hasPrefix("hv: error: ") { problem = "\(run): not one line:\n\(result.stderr.prefix(800))" }
+                        if lines.count != 1 || !lines[0].hasPrefix("\(executable): error: ") {
+                            found.add("\(run)status 64, not one line:\n\(result.stderr.prefix(800))")
+                        }
                     }
-                    if let problem { found.add(problem) }
                 }
             }
         }
         queue.waitUntilAllOperationsAreFinished()
-        let problems = found.all
+        return found.all
+    }
+
+    static func scratch() throws -> URL {
+        let folder = try PackageExecutable.temporaryDirectory()
+        try Data([0xF4]).write(to: folder.appendingPathComponent("halt.bin"))  // HLT
+        return folder
+    }
+
+    @Test("no value of any option makes hv, hv-bench or MicroVM trap; a refusal is one line",
+          arguments: [("hv", 40), ("hv-bench", 6), ("MicroVM", 9)])
+    func everyOptionEveryValue(executable: String, atLeast: Int) throws {
+        let folder = try Self.scratch()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let options = try Self.options(of: executable)
+        #expect(options.count >= atLeast, "\(executable) describes \(options.count) options")
+        let places = options.map { command, option in
+            (label: "--\(option)", arguments: { @Sendable (value: String) -> [String] in
+                var arguments = command + Self.base(executable, command, option: option, folder: folder)
+                // --timeout is the option under test: take the base's out.
+                if option == "timeout", let index = arguments.firstIndex(of: "--timeout") { arguments.removeSubrange(index...index + 1) }
+                return arguments + ["--\(option)", value]
+            })
+        }
+        let problems = Self.sweep(executable, places, folder: folder)
+        #expect(problems.isEmpty, "\(problems.count) problems:\n\(problems.prefix(20).joined(separator: "\n\n"))")
+    }
+
+    @Test("no value in any place of the hand-parsed examples' command lines makes them trap; a refusal is one line",
+          arguments: ["MinimalVMM", "ExitTracer", "PCBoot", "irq-latency"])
+    func everyArgumentEveryValue(executable: String) throws {
+        let folder = try Self.scratch()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let halt = folder.appendingPathComponent("halt.bin").path
+        let places: [(label: String, arguments: @Sendable (String) -> [String])]
+        switch executable {
+        case "PCBoot": places = [("KERNEL", { [$0] }), ("COMMAND LINE", { [halt, $0] }), ("third", { [halt, "quiet", $0] })]
+        case "irq-latency": places = [("ROUNDS", { [$0] }), ("MODES", { ["2", $0] }), ("third", { ["2", "kernel", $0] })]
+        default: places = [("first", { [$0] }), ("option", { ["--\($0)"] })]  // they take none
+        }
+        let problems = Self.sweep(executable, places, folder: folder)
         #expect(problems.isEmpty, "\(problems.count) problems:\n\(problems.prefix(20).joined(separator: "\n\n"))")
     }
 }
