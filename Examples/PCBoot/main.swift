@@ -40,7 +40,8 @@ configuration.resetPolicy = .restart
 configuration.timeLimit = 60
 
 // The ACPI tables the platform will install; PVH and Multiboot2 kernels are told where they are.
-let tables = ACPITables.pc(cpuCount: configuration.cpuCount, tpm: false)
+let tables: ACPITables
+do { tables = try ACPITables.pc(cpuCount: configuration.cpuCount, tpm: false) } catch { fail("ACPI tables: \(error)", status: 70) }
 
 // Pick the loader by what the file is; a file no loader takes is the user's mistake.
 let image: GuestImage

@@ -19,11 +19,14 @@ struct ACPI: ParsableCommand {
         var tpm = false
 
         func validate() throws {
-            guard cpus >= 1, cpus <= 255 else { throw ValidationError("--cpus \(cpus) is invalid; expected 1 to 255.") }
+            // The SDK's check, in the flag's words.
+            do { try ACPIConfiguration(cpuCount: cpus).validate() } catch {
+                throw ValidationError("--cpus \(cpus) is invalid; expected \(error.expected).")
+            }
         }
 
-        func run() {
-            print(ACPITables.pc(cpuCount: cpus, tpm: tpm).dump(), terminator: "")
+        func run() throws {
+            print(try ACPITables.pc(cpuCount: cpus, tpm: tpm).dump(), terminator: "")
         }
     }
 }

@@ -172,7 +172,7 @@ struct Run: ParsableCommand {
         let virtioSlots = virtioTransport == .pci ? [] : try virtio.map { (attachment) throws(HVError) in try attachment.slot() } + (console == .virtio ? [try VirtioMMIOSlot(virtio.count)] : [])
         let acpiRange: Range<UInt64> = 0xE_0000..<0x10_0000
         let plannedTables = platform == .pc && mem.bytes >= acpiRange.upperBound
-            ? ACPITables.pc(cpuCount: cpus, tpm: tpm != nil, virtio: virtioSlots) : nil
+            ? try ACPITables.pc(cpuCount: cpus, tpm: tpm != nil, virtio: virtioSlots) : nil
         var image = try loaderImage(acpi: plannedTables) ?? flatImage()
         // ACPI tables live in 0xE0000-0xFFFFF: skip them when RAM is smaller or the image uses it.
         let imageUsesACPIArea = image.chunks.contains { chunk in
@@ -254,8 +254,7 @@ struct Run: ParsableCommand {
         var attachments: [VirtioAttachment] = []
         for disk in disk {
             do throws(VirtioBlockError) {
-                let limit = RateLimit(bandwidth: disk.bandwidth.map { TokenBucket(rate: $0) },
-                                      operations: disk.operations.map { TokenBucket(rate: $0) })
+                let limit = RateLimit(bandwidth: disk.bandwidth, operations: disk.operations)
                 let device = try VirtioBlock(path: disk.path, readOnly: disk.readOnly, serial: disk.serial, direct: disk.direct, rateLimit: limit)
                 attachments.append(VirtioAttachment(device, index: attachments.count))
             } catch {
@@ -423,15 +422,11 @@ struct NetArgument {
     var mac = MACAddress.qemuDefault
     var hostAddress: IPv4Interface?
     /// Bytes and frames per second received (rx) and transmitted (tx) by the guest.
-    var receiveBandwidth: UInt64?, transmitBandwidth: UInt64?
-    var receiveFrames: UInt64?, transmitFrames: UInt64?
+    var receiveBandwidth: TokenBucket?, transmitBandwidth: TokenBucket?
+    var receiveFrames: TokenBucket?, transmitFrames: TokenBucket?
 
-    var receiveLimit: RateLimit {
-        RateLimit(bandwidth: receiveBandwidth.map { TokenBucket(rate: $0) }, operations: receiveFrames.map { TokenBucket(rate: $0) })
-    }
-    var transmitLimit: RateLimit {
-        RateLimit(bandwidth: transmitBandwidth.map { TokenBucket(rate: $0) }, operations: transmitFrames.map { TokenBucket(rate: $0) })
-    }
+    var receiveLimit: RateLimit { RateLimit(bandwidth: receiveBandwidth, operations: receiveFrames) }
+    var transmitLimit: RateLimit { RateLimit(bandwidth: transmitBandwidth, operations: transmitFrames) }
     /// Whether hv brings the host side up (with host-ip=, or up on its own).
     var bringUp: Bool { hostAddress != nil }
 
@@ -453,14 +448,16 @@ struct NetArgument {
                 guard let size = ByteSize(argument: value), size.bytes > 0 else {
                     throw ValidationError("--net: \(option) is not a size in bytes per second (e.g. \(key)=10M)")
                 }
-                if key != "tx-bw" { receiveBandwidth = size.bytes }
-                if key != "rx-bw" { transmitBandwidth = size.bytes }
+                let bucket = try tokenBucket(rate: size.bytes, option: "--net \(option)")
+                if key != "tx-bw" { receiveBandwidth = bucket }
+                if key != "rx-bw" { transmitBandwidth = bucket }
             } else if let (key, value) = Self.split(option), ["pps", "rx-pps", "tx-pps"].contains(key) {
                 guard let count = UInt64(value), count > 0 else {
                     throw ValidationError("--net: \(option) is not a positive number of frames per second")
                 }
-                if key != "tx-pps" { receiveFrames = count }
-                if key != "rx-pps" { transmitFrames = count }
+                let bucket = try tokenBucket(rate: count, option: "--net \(option)")
+                if key != "tx-pps" { receiveFrames = bucket }
+                if key != "rx-pps" { transmitFrames = bucket }
             } else {
                 throw ValidationError("--net: unknown option \"\(option)\"; expected tap=NAME, mac=MAC, host-ip=ADDR/LEN, bw=SIZE, pps=N (or rx-/tx- each)")
             }
@@ -547,14 +544,19 @@ struct BalloonArgument {
 }
 
 /// `--disk FILE[,ro][,serial=ID][,bw=SIZE][,iops=N]`.
+/// The SDK's token bucket for a rate typed after `option`; its refusal in the option's words.
+func tokenBucket(rate: UInt64, option: String) throws -> TokenBucket {
+    do { return try TokenBucket(rate: rate) } catch { throw ValidationError("\(option): \(error.field) \(error.value) is invalid; expected \(error.expected)") }
+}
+
 struct DiskArgument {
     var path: String
     var readOnly = false
     var direct = false
     var serial: String?
-    /// Bytes per second, and requests per second, the guest may move (token buckets).
-    var bandwidth: UInt64?
-    var operations: UInt64?
+    /// Bytes per second, and requests per second, the guest may move.
+    var bandwidth: TokenBucket?
+    var operations: TokenBucket?
 
     init(parsing text: String) throws {
         var parts = text.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
@@ -571,12 +573,12 @@ struct DiskArgument {
                 guard let size = ByteSize(argument: String(option.dropFirst(3))), size.bytes > 0 else {
                     throw ValidationError("--disk \(path): bw=\(option.dropFirst(3)) is not a size in bytes per second (e.g. bw=20M)")
                 }
-                bandwidth = size.bytes
+                bandwidth = try tokenBucket(rate: size.bytes, option: "--disk \(path): \(option)")
             } else if option.hasPrefix("iops=") {
                 guard let count = UInt64(option.dropFirst(5)), count > 0 else {
                     throw ValidationError("--disk \(path): iops=\(option.dropFirst(5)) is not a positive number of requests per second")
                 }
-                operations = count
+                operations = try tokenBucket(rate: count, option: "--disk \(path): \(option)")
             } else {
                 throw ValidationError("--disk \(path): unknown option \"\(option)\"; expected ro, direct, serial=ID, bw=SIZE or iops=N")
             }

@@ -13,7 +13,7 @@ struct ACPITablesTests {
 
     @Test("the RSDP is 16-byte aligned in 0xE0000-0xFFFFF with both checksums, pointing at RSDT and XSDT")
     func rsdp() throws {
-        let tables = ACPITables(ACPIConfiguration(cpuCount: 2))
+        let tables = try ACPITables(ACPIConfiguration(cpuCount: 2))
         let rsdp = try #require(tables.table("RSD PTR "))
         #expect(rsdp.address == 0xE_0000)
         #expect(rsdp.bytes.count == 36)
@@ -25,8 +25,8 @@ struct ACPITablesTests {
     }
 
     @Test("every table has a valid length and checksum and lies in the BIOS area")
-    func checksums() {
-        let tables = ACPITables(ACPIConfiguration(cpuCount: 4))
+    func checksums() throws {
+        let tables = try ACPITables(ACPIConfiguration(cpuCount: 4))
         for table in tables.tables where table.signature != "RSD PTR " {
             #expect(Array(table.bytes[0..<4]) == Array(table.signature.utf8))
             #expect(u32(table.bytes, 4) == UInt64(table.bytes.count))
@@ -38,7 +38,7 @@ struct ACPITablesTests {
 
     @Test("the XSDT lists the FADT and MADT; the FADT points at FACS, DSDT, PM blocks and 0xCF9")
     func fadt() throws {
-        let tables = ACPITables(ACPIConfiguration(cpuCount: 1))
+        let tables = try ACPITables(ACPIConfiguration(cpuCount: 1))
         let xsdt = try #require(tables.table("XSDT"))
         let fadt = try #require(tables.table("FACP"))
         #expect([u64(xsdt.bytes, 36), u64(xsdt.bytes, 44)] == [fadt.address, tables.table("APIC")!.address])
@@ -61,7 +61,7 @@ struct ACPITablesTests {
 
     @Test("the MADT has one enabled LAPIC per vCPU and the I/O APIC")
     func madt() throws {
-        let madt = try #require(ACPITables(ACPIConfiguration(cpuCount: 3)).table("APIC"))
+        let madt = try #require(try ACPITables(ACPIConfiguration(cpuCount: 3)).table("APIC"))
         #expect(u32(madt.bytes, 36) == 0xFEE0_0000)
         var entries: [[UInt8]] = []
         var offset = 44
@@ -80,7 +80,7 @@ struct ACPITablesTests {
 
     @Test("the DSDT holds \\_S3, \\_S4, \\_S5, the PCI root bridge and, when asked, a TPM device with its TIS window")
     func dsdt() throws {
-        let plain = try #require(ACPITables(ACPIConfiguration(cpuCount: 1)).table("DSDT"))
+        let plain = try #require(try ACPITables(ACPIConfiguration(cpuCount: 1)).table("DSDT"))
         // Name (\_S3, Package (4) { One, One, Zero, Zero }), \_S4 { 2, 2, 0, 0 }, \_S5 { 0, 0, 0, 0 }
         #expect(Array(plain.bytes[36..<49]) == [0x08, 0x5C, 0x5F, 0x53, 0x33, 0x5F, 0x12, 0x06, 0x04, 1, 1, 0, 0])
         #expect(Array(plain.bytes[49..<64]) == [0x08, 0x5C, 0x5F, 0x53, 0x34, 0x5F, 0x12, 0x08, 0x04, 0x0A, 2, 0x0A, 2, 0, 0])
@@ -88,7 +88,7 @@ struct ACPITablesTests {
         #expect(String(decoding: plain.bytes, as: UTF8.self).contains("PNP0A03"), "the PCI root bridge")
         var configuration = ACPIConfiguration(cpuCount: 1)
         configuration.hasTPM = true
-        let withTPM = try #require(ACPITables(configuration).table("DSDT"))
+        let withTPM = try #require(try ACPITables(configuration).table("DSDT"))
         let text = String(decoding: withTPM.bytes, as: UTF8.self)
         #expect(text.contains("MSFT0101"))
         #expect(text.contains("TPM_"))
@@ -101,7 +101,7 @@ struct ACPITablesTests {
         var configuration = ACPIConfiguration(cpuCount: 1)
         configuration.hasTPM = true
         configuration.virtioSlots = [try VirtioMMIOSlot(0), try VirtioMMIOSlot(11)]
-        let dsdt = try #require(ACPITables(configuration).table("DSDT"))
+        let dsdt = try #require(try ACPITables(configuration).table("DSDT"))
         #expect(sum(dsdt.bytes) == 0)
         let folder = FileManager.default.temporaryDirectory.appendingPathComponent("hv-dsdt-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
@@ -137,10 +137,45 @@ struct ACPITablesTests {
         }
     }
 
+    /// A one-CPU configuration with `change` applied.
+    static func configuration(_ change: (inout ACPIConfiguration) -> Void) -> ACPIConfiguration {
+        var configuration = ACPIConfiguration(cpuCount: 1)
+        change(&configuration)
+        return configuration
+    }
+
+    @Test("a configuration the tables cannot describe is an error naming the field, never a trap", arguments: [
+        (configuration { $0.cpuCount = -1 }, "cpuCount: -1 is invalid; expected 1 to 255"),
+        (configuration { $0.cpuCount = 0 }, "cpuCount: 0 is invalid"),
+        (configuration { $0.cpuCount = 256 }, "cpuCount: 256 is invalid"),
+        (configuration { $0.cpuCount = .max }, "cpuCount: 9223372036854775807 is invalid"),
+        (configuration { $0.pmBase = 0xFFFF }, "pmBase: 0xffff is invalid; expected a port at most 0xFFF4"),
+        (configuration { $0.sciIRQ = 200 }, "sciIRQ: 200 is invalid; expected an ISA IRQ, 0 to 15"),
+        (configuration { $0.baseAddress = .max }, "baseAddress: 0xffffffffffffffff is invalid; expected a 16-byte aligned address in 0xE0000-0xFFFFF"),
+        (configuration { $0.baseAddress = 0xE_0001 }, "baseAddress: 0xe0001 is invalid"),
+        (configuration { $0.baseAddress = 0xF_FFF0 }, "baseAddress: 0xffff0 is invalid; expected an address the "),
+        (configuration { $0.virtioSlots = [VirtioMMIOSlot.all[3], VirtioMMIOSlot.all[3]] }, "virtioSlots: slot 3 twice is invalid"),
+    ])
+    func invalidConfigurations(configuration: ACPIConfiguration, message: String) {
+        #expect(throws: ConfigurationError.self) { try ACPITables(configuration) }
+        do { _ = try ACPITables(configuration) } catch {
+            #expect(error.description.hasPrefix(message), "\(error)")
+        }
+    }
+
+    @Test("the largest valid configuration (255 CPUs, a TPM, every virtio slot) fits the RSDP scan area")
+    func largestConfiguration() throws {
+        var largest = ACPIConfiguration(cpuCount: 255)
+        largest.hasTPM = true
+        largest.virtioSlots = VirtioMMIOSlot.all
+        let tables = try ACPITables(largest)
+        #expect(tables.tables.allSatisfy { ACPIConfiguration.area.contains($0.address + UInt64($0.bytes.count) - 1) })
+    }
+
     @Test("install writes the tables into guest RAM; dump decodes each header (checksums checked), then the bytes acpidump-style")
     func installAndDump() throws {
         let memory = try GuestMemory.pcLayout(size: 2 << 20)
-        let tables = ACPITables(ACPIConfiguration(cpuCount: 1))
+        let tables = try ACPITables(ACPIConfiguration(cpuCount: 1))
         try tables.install(into: memory)
         #expect(try memory.readBytes(at: 0xE_0000, count: 8) == Array("RSD PTR ".utf8))
         let dump = tables.dump()

@@ -20,6 +20,26 @@ struct PCIHostBridgeTests {
         _ = bridge.portWrite(offset: 4 + UInt16(register & 3), size: size, value: value)
     }
 
+    @Test("window allocation: naturally aligned BARs; a zero or non-power-of-two size, or no room left (past the window or 2^64), is an error")
+    func windowAllocation() throws {
+        let window = PCIWindow(space: .memory, range: 0xC000_0000..<0xC001_0000)
+        #expect(try window.allocate(size: 0x100) == 0xC000_0000)
+        #expect(try window.allocate(size: 0x4000) == 0xC000_4000)  // aligned up past the first
+        #expect(throws: PCIError.invalidBARSize(0)) { try window.allocate(size: 0) }
+        #expect(throws: PCIError.invalidBARSize(0x3000)) { try window.allocate(size: 0x3000) }
+        #expect(throws: PCIError.windowFull(name: "pci-window", range: window.range, size: 1 << 63)) { try window.allocate(size: 1 << 63) }
+        #expect(throws: PCIError.windowFull(name: "pci-window", range: window.range, size: 0x10000)) { try window.allocate(size: 0x10000) }
+        #expect(try window.allocate(size: 0x8000) == 0xC000_8000)  // the refusals took nothing
+        do { _ = try window.allocate(size: 0x10) } catch {
+            #expect(error.description == "pci-window [0xc0000000, 0xc0010000) has no room left for a BAR of 16 bytes")
+        }
+        // A window at the top of the address space: rounding up would wrap past 2^64.
+        let top = PCIWindow(space: .memory, range: 0xFFFF_FFFF_FFFF_F000..<UInt64.max)
+        #expect(try top.allocate(size: 0x800) == 0xFFFF_FFFF_FFFF_F000)
+        #expect(throws: PCIError.self) { try top.allocate(size: 1 << 63) }
+        #expect(throws: PCIError.self) { try top.allocate(size: 0x1000) }
+    }
+
     @Test("00:00.0 is an i440FX host bridge; every other slot reads all-ones")
     func hostBridgeAndEmptySlots() {
         let bridge = PCIHostBridge()

@@ -229,7 +229,7 @@ struct SleepKVMTests {
         let vm = try KVMHost.machine { $0.interruptController = .kernel; $0.resetPolicy = .stop }
         _ = try attachConsole(vm)
         let platform = try vm.attachPCPlatform()
-        let facs = try #require(ACPITables.pc(cpuCount: 1, tpm: false).facsAddress)
+        let facs = try #require(try ACPITables.pc(cpuCount: 1, tpm: false).facsAddress)
         // The resume code at 0x8000, entered as 0800:0000 with DS = 0: it reports what RAM holds at 0x600.
         var resume = X86Assembler(bits: .bits16)
         resume.mov(Register32.eax, .absolute(0x600))
@@ -294,7 +294,7 @@ struct SleepKVMTests {
         _ = try attachConsole(vm)
         let platform = try vm.attachPCPlatform()
         try vm.devices.register(SleepThenWake(pm: platform.powerManagement), port: 0x77, count: 1)
-        let facs = try #require(ACPITables.pc(cpuCount: 1, tpm: false).facsAddress)
+        let facs = try #require(try ACPITables.pc(cpuCount: 1, tpm: false).facsAddress)
         var resume = X86Assembler(bits: .bits16)
         resume.mov(Register32.eax, 0x42)
         resume.out(0xF4, Register32.eax)

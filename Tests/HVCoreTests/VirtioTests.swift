@@ -558,22 +558,35 @@ struct VirtioConsoleTests {
 @Suite("Rate limits (token buckets)")
 struct RateLimitTests {
     @Test("a bucket gives its capacity at once, then its rate; the wait it names is exact")
-    func bucket() {
-        var bucket = TokenBucket(rate: 1000, burst: 0.1)
+    func bucket() throws {
+        var bucket = try TokenBucket(rate: 1000, burst: 0.1)
         #expect(bucket.capacity == 100)
         #expect(bucket.take(100, now: 0) == 0)
         #expect(bucket.take(1, now: 0) == 1_000_000, "1 token at 1000/s: 1 ms")
         #expect(bucket.take(1, now: 1_000_000) == 0)
         // An oversized request passes when the bucket is full and leaves it in debt.
-        var big = TokenBucket(rate: 1000, burst: 0.1)
+        var big = try TokenBucket(rate: 1000, burst: 0.1)
         #expect(big.take(500, now: 0) == 0)
         #expect(big.take(1, now: 0) == 401_000_000, "400 owed plus 1 at 1000/s")
         #expect(big.take(1, now: 401_000_000) == 0)
     }
 
+    @Test("a bucket the SDK cannot run is an error naming the field; extreme rates and debts saturate, never trap")
+    func extremeBuckets() throws {
+        #expect(throws: ConfigurationError(field: "rate", value: "0", expected: "at least 1 token a second")) { try TokenBucket(rate: 0) }
+        for burst in [0, -1, .nan, .infinity, 1e308] {
+            #expect(throws: ConfigurationError.self, "burst \(burst)") { try TokenBucket(rate: 1000, burst: burst) }
+        }
+        #expect(try TokenBucket(rate: .max, burst: 3600).capacity == .max)
+        // A debt of 2^63 tokens at 1 a second is more than 2^64 ns away: the wait saturates.
+        var slow = try TokenBucket(rate: 1, burst: 1)
+        #expect(slow.take(1 << 63, now: 0) == 0)
+        #expect(slow.take(1, now: 0) == .max)
+    }
+
     @Test("over 10 simulated seconds, a greedy client gets the configured bandwidth within 1 %")
-    func longRunRate() {
-        var limit = RateLimit(bandwidth: TokenBucket(rate: 8 << 20), operations: nil)
+    func longRunRate() throws {
+        var limit = RateLimit(bandwidth: try TokenBucket(rate: 8 << 20), operations: nil)
         var now: UInt64 = 0, moved: UInt64 = 0
         while now < 10_000_000_000 {
             let wait = limit.take(bytes: 1 << 20, now: now)
@@ -584,8 +597,8 @@ struct RateLimitTests {
     }
 
     @Test("an operations limit refused after the bandwidth bucket took its bytes gives nothing away, and vice versa")
-    func bothBuckets() {
-        var limit = RateLimit(bandwidth: TokenBucket(rate: 1000, burst: 1), operations: TokenBucket(rate: 10, burst: 0.1))
+    func bothBuckets() throws {
+        var limit = RateLimit(bandwidth: try TokenBucket(rate: 1000, burst: 1), operations: try TokenBucket(rate: 10, burst: 0.1))
         #expect(limit.take(bytes: 10, now: 0) == 0)
         #expect(limit.take(bytes: 10, now: 0) == 100_000_000, "1 op at 10/s")
         #expect(limit.take(bytes: 2000, now: 100_000_000) == 0, "the full byte bucket lets an oversized one through")
@@ -596,7 +609,7 @@ struct RateLimitTests {
     @Test("a virtio-blk request over the limit waits on the available ring; lifting the limit serves it at once")
     func throttledDisk() throws {
         let image = try VirtioBlockTests.Image(sectors: 64)
-        let disk = try VirtioBlock(path: image.path, rateLimit: RateLimit(operations: TokenBucket(rate: 1, burst: 1)), clock: { 0 })
+        let disk = try VirtioBlock(path: image.path, rateLimit: RateLimit(operations: try TokenBucket(rate: 1, burst: 1)), clock: { 0 })
         let driver = try VirtioTestDriver(disk)
         driver.initialise()
         #expect(try VirtioBlockTests.request(driver, type: 0, sector: 0, data: 512).status == 0)
@@ -695,7 +708,7 @@ struct VirtioNetworkTests {
     @Test("rate limits each way: a transmitted frame over the limit waits on the ring, a received one in the socket, until the limit is lifted")
     func rateLimits() throws {
         let frames = SocketFrames()
-        let oneFrame = RateLimit(operations: TokenBucket(rate: 1, burst: 1))
+        let oneFrame = RateLimit(operations: try TokenBucket(rate: 1, burst: 1))
         let device = VirtioNetwork(endpoint: frames, receiveLimit: oneFrame, transmitLimit: oneFrame, clock: { 0 })
         defer { device.stop() }
         let driver = try VirtioTestDriver(device)

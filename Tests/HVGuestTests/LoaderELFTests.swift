@@ -123,6 +123,24 @@ struct LoaderELFTests {
         }
     }
 
+    @Test("messages give sizes in decimal bytes and addresses in hex, and name a range that would pass 2^64", arguments: [
+        (LoaderError.truncated(field: "e_phoff", offset: 0x40, needed: 56, fileSize: 64),
+         "e_phoff: 56 bytes at offset 0x40 run past the end of the file (64 bytes); the file is truncated"),
+        (.segmentBeyondFile(index: 0, offset: 0x1000, fileSize: 0xA2, imageSize: 100),
+         "p_offset/p_filesz: segment 0 [0x1000, +0xA2 (162 bytes)) lies beyond the end of the file (100 bytes)"),
+        (.fileSizeExceedsMemorySize(index: 1, fileSize: 3, memorySize: 2),
+         "p_filesz: segment 1 has p_filesz 0x3 (3 bytes) > p_memsz 0x2 (2 bytes)"),
+        (.outsideMemory(field: "p_paddr/p_memsz", what: "segment 0", start: 0x40_0000, size: 1, memorySize: 0x40_0000),
+         "p_paddr/p_memsz: segment 0 of 1 byte at 0x400000 does not fit in guest memory (4194304 bytes)"),
+        (.outsideMemory(field: "p_paddr/p_memsz", what: "segment 0", start: 0xFFFF_FFFF_FFFF_F000, size: 0x1000, memorySize: 0x40_0000),
+         "p_paddr/p_memsz: segment 0 of 4096 bytes at 0xFFFFFFFFFFFFF000 would end past the end of the 64-bit address space"),
+        (.noRoomForBootStructure(structure: "command line", size: 4097, ramBelowHole: 0xC000_0000),
+         "command line: no free 4097 bytes for it in guest RAM below 0xC0000000; the kernel, its modules and HV's set-up take the rest (more memory or a shorter command line makes room)"),
+    ])
+    func messages(error: LoaderError, message: String) {
+        #expect(error.description == message)
+    }
+
     @Test("segments outside guest memory, including p_memsz = 2^63 (no overflow, no huge allocation)")
     func outsideMemory() {
         let huge = TestELF(is64: true, entry: 0x10_0000,

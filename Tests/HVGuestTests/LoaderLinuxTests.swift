@@ -83,7 +83,7 @@ struct LoaderLinuxTests {
         expectError(.truncated(field: "setup_sects", offset: 0, needed: 1025, fileSize: 1024), field: "setup_sects") {
             () throws(LoaderError) in try GuestImage.linux(bzImage(payload: []), memorySize: memory)
         }
-        expectError(.unsupported(field: "cmdline_size", value: 3000, expected: "a command line of at most 2047 bytes"),
+        expectError(.unsupportedSize(field: "cmdline_size", bytes: 3000, expected: "a command line of at most 2047 bytes"),
                     field: "cmdline_size") {
             () throws(LoaderError) in try GuestImage.linux(bzImage(), commandLine: String(repeating: "x", count: 3000), memorySize: memory)
         }

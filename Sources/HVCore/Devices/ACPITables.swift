@@ -33,6 +33,32 @@ public struct ACPIConfiguration: Sendable, Equatable {
     public var baseAddress: UInt64 = 0xE_0000
 
     public init(cpuCount: Int) { self.cpuCount = cpuCount }
+
+    /// The area the RSDP scan covers (ACPI 6.4, 5.2.5.1); every table goes there.
+    public static let area: Range<UInt64> = 0xE_0000..<0x10_0000
+
+    /// Checks what the tables cannot describe, naming the field: `ACPITables.init` calls it.
+    public func validate() throws(ConfigurationError) {
+        let cpus = VirtualMachineConfiguration.maximumCPUCount
+        guard (1...cpus).contains(cpuCount) else {
+            // xAPIC IDs are 8 bits and 0xFF is the broadcast ID (SDM Vol. 3A, 11.6.1).
+            throw ConfigurationError(field: "cpuCount", value: "\(cpuCount)", expected: "1 to \(cpus) (one 8-bit local APIC ID each, below the broadcast ID 0xFF)")
+        }
+        guard pmBase <= UInt16.max - 11 else {
+            throw ConfigurationError(field: "pmBase", value: hexString(UInt64(pmBase)),
+                                     expected: "a port at most 0xFFF4 (the PM1a event, control and timer blocks take 12 ports)")
+        }
+        guard sciIRQ < 16 else {
+            throw ConfigurationError(field: "sciIRQ", value: "\(sciIRQ)", expected: "an ISA IRQ, 0 to 15 (the FADT's SCI_INT is one)")
+        }
+        guard Self.area.contains(baseAddress), baseAddress % 16 == 0 else {
+            throw ConfigurationError(field: "baseAddress", value: hexString(baseAddress),
+                                     expected: "a 16-byte aligned address in 0xE0000-0xFFFFF, where a guest scans for the RSDP (ACPI 6.4, 5.2.5.1)")
+        }
+        if let twice = virtioSlots.first(where: { slot in virtioSlots.filter { $0 == slot }.count > 1 }) {
+            throw ConfigurationError(field: "virtioSlots", value: "slot \(twice.index) twice", expected: "each slot at most once")
+        }
+    }
 }
 
 /// A built set of ACPI tables: `install(into:)` writes them into guest RAM, `dump()` prints
@@ -52,14 +78,17 @@ public struct ACPITables: Sendable {
     /// CPUs, with the TPM device in the DSDT when `tpm` is true and one device per virtio-mmio
     /// slot. A loader that passes the RSDP's address or bytes to a kernel builds them here, so
     /// that what it passes is what gets installed.
-    public static func pc(cpuCount: Int, tpm: Bool, virtio: [VirtioMMIOSlot] = []) -> ACPITables {
+    public static func pc(cpuCount: Int, tpm: Bool, virtio: [VirtioMMIOSlot] = []) throws(ConfigurationError) -> ACPITables {
         var configuration = ACPIConfiguration(cpuCount: cpuCount)
         configuration.hasTPM = tpm
         configuration.virtioSlots = virtio
-        return ACPITables(configuration)
+        return try ACPITables(configuration)
     }
 
-    public init(_ configuration: ACPIConfiguration) {
+    /// The tables `configuration` describes; a field they cannot hold (`ACPIConfiguration.validate()`)
+    /// or tables that would not end in 0xE0000-0xFFFFF are an error naming the field.
+    public init(_ configuration: ACPIConfiguration) throws(ConfigurationError) {
+        try configuration.validate()
         var next = configuration.baseAddress
         func place(_ size: Int, align: UInt64 = 16) -> UInt64 {
             let address = (next + align - 1) & ~(align - 1)
@@ -89,6 +118,11 @@ public struct ACPITables: Sendable {
             ACPITable(signature: "RSDT", address: rsdtAddress, bytes: rsdt),
             ACPITable(signature: "XSDT", address: xsdtAddress, bytes: xsdt),
         ]
+        // From a valid base the sums above cannot wrap: the area ends far below 2^64.
+        guard next <= ACPIConfiguration.area.upperBound else {
+            throw ConfigurationError(field: "baseAddress", value: hexString(configuration.baseAddress),
+                                     expected: "an address the \(next - configuration.baseAddress) bytes of tables fit above, below 0x100000")
+        }
     }
 
     /// The table with `signature`, if built.

@@ -10,6 +10,10 @@ public enum PCIError: Error, Equatable, CustomStringConvertible {
     case slotTaken(slot: Int, function: Int)
     case invalidBAR(index: Int, reason: String)
     case capabilitySpaceFull(id: UInt8)
+    /// A BAR of `size` bytes: a BAR's size is a power of two (PCI 3.0, 6.2.5.1).
+    case invalidBARSize(UInt64)
+    /// The window `name` ([range)) has no naturally aligned `size` bytes left.
+    case windowFull(name: String, range: Range<UInt64>, size: UInt64)
 
     public var description: String {
         switch self {
@@ -17,6 +21,9 @@ public enum PCIError: Error, Equatable, CustomStringConvertible {
         case let .slotTaken(slot, function): "PCI address 00:\(slot).\(function) already holds a device"
         case let .invalidBAR(index, reason): "PCI BAR \(index): \(reason)"
         case .capabilitySpaceFull(let id): "PCI capability 0x\(String(id, radix: 16)) does not fit below offset 0x100"
+        case .invalidBARSize(let size): "PCI BAR size: \(size) bytes is not a power of two"
+        case let .windowFull(name, range, size):
+            "\(name) [0x\(String(range.lowerBound, radix: 16)), 0x\(String(range.upperBound, radix: 16))) has no room left for a BAR of \(size) bytes"
         }
     }
 }

@@ -67,6 +67,13 @@ public final class PCIHostBridge: PortIODevice, ResettableDevice, Sendable {
         }
     }
 
+    /// Takes the device at 00:`slot`.`function` off the bus (a set-up that fails after `attach`
+    /// leaves nothing behind).
+    public func detach(slot: Int, function: Int = 0) {
+        guard (0..<Self.slotCount).contains(slot), (0..<Self.functionCount).contains(function) else { return }
+        state.withLock { $0.functions[slot * Self.functionCount + function] = nil }
+    }
+
     /// The device at 00:`slot`.`function`, if any.
     public func device(slot: Int, function: Int = 0) -> (any PCIDevice)? {
         guard (0..<Self.slotCount).contains(slot), (0..<Self.functionCount).contains(function) else { return nil }

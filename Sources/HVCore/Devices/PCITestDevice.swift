@@ -284,9 +284,13 @@ extension Machine {
         do { try platform.bus.attach(device, slot: chosen) } catch {
             throw .configuration(ConfigurationError(field: "PCI slot", value: "\(chosen)", expected: "a free slot 1-31 (\(error))"))
         }
-        guard let memory = platform.window.allocate(size: PCITestDevice.memoryBARSize),
-              let io = platform.ioWindow.allocate(size: PCITestDevice.ioBARSize) else {
-            throw .configuration(ConfigurationError(field: "PCI slot", value: "\(chosen)", expected: "room in the PCI windows for pci-testdev's BARs"))
+        let memory: UInt64, io: UInt64
+        do {
+            memory = try platform.window.allocate(size: PCITestDevice.memoryBARSize)
+            io = try platform.ioWindow.allocate(size: PCITestDevice.ioBARSize)
+        } catch {
+            platform.bus.detach(slot: chosen)
+            throw .configuration(ConfigurationError(field: "PCI slot", value: "\(chosen)", expected: "room in the PCI windows for pci-testdev's BARs (\(error))"))
         }
         device.assign(memory: memory, io: io)
         platform.window.add(device)

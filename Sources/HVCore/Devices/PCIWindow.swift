@@ -50,12 +50,18 @@ public final class PCIWindow: MMIODevice, PortIODevice, Sendable {
         decoders.withLock { $0.append(decoder) }
     }
 
-    /// A naturally aligned range of `size` bytes (a power of two) for a BAR, as firmware
-    /// assigns them before the OS runs; nil when the window is full.
-    public func allocate(size: UInt64) -> UInt64? {
-        next.withLock { next in
-            let start = (next + size - 1) / size * size
-            guard start >= next, start + size <= range.upperBound else { return nil }
+    /// A naturally aligned range of `size` bytes for a BAR, as firmware assigns them before the
+    /// OS runs. A BAR's size is a power of two (PCI 3.0, 6.2.5.1); a range the window has no room
+    /// for left is an error naming the window.
+    public func allocate(size: UInt64) throws(PCIError) -> UInt64 {
+        guard size != 0, size & (size - 1) == 0 else { throw .invalidBARSize(size) }
+        return try next.withLock { (next: inout UInt64) throws(PCIError) -> UInt64 in
+            // Round up to the alignment; past 2^64 or past the window's end, there is no room.
+            let (end, wrapped) = next.addingReportingOverflow(size - 1)
+            let start = end & ~(size - 1)
+            guard !wrapped, start <= range.upperBound, size <= range.upperBound - start else {
+                throw .windowFull(name: name, range: range, size: size)
+            }
             next = start + size
             return start
         }

@@ -44,7 +44,8 @@ extension Machine {
             try vm.initializeLegacyPIC(masterBase: 0x08, slaveBase: 0x70, mask: 0)
         }
         guard acpiTables else { return platform }
-        let tables = ACPITables.pc(cpuCount: cpus, tpm: tpm, virtio: virtio)
+        let tables: ACPITables
+        do { tables = try ACPITables.pc(cpuCount: cpus, tpm: tpm, virtio: virtio) } catch { throw .configuration(error) }
         do { try tables.install(into: memory) } catch { throw .memory(error) }
         // Firmware writes its tables again at every boot; so does a reset here.
         try onReset { (machine) throws(HVError) in

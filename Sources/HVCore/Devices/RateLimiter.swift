@@ -11,7 +11,7 @@ import Synchronization
 /// A request larger than the capacity is let through once the bucket is full and leaves it in
 /// debt (a negative budget), so any size passes and the long-run rate is exactly `rate`.
 public struct TokenBucket: Sendable, Equatable {
-    /// Tokens added per second (bytes/s for bandwidth, requests/s for operations); at least 1.
+    /// Tokens added per second (bytes/s for bandwidth, requests/s for operations).
     public let rate: UInt64
     /// The most tokens saved up: how large a burst may be.
     public let capacity: UInt64
@@ -19,11 +19,17 @@ public struct TokenBucket: Sendable, Equatable {
     private(set) var budget: Double
     private var updated: UInt64?
 
-    /// A bucket of `rate` tokens a second that may save up `burst` seconds' worth (0.1 s by
-    /// default), starting full.
-    public init(rate: UInt64, burst: Double = 0.1) {
-        self.rate = max(rate, 1)
-        self.capacity = max(1, UInt64(Double(max(rate, 1)) * max(burst, 0)))
+    /// A bucket of `rate` tokens a second (at least 1) that may save up `burst` seconds' worth
+    /// (0.1 s by default; more than 0 and at most an hour), starting full with at least one token.
+    public init(rate: UInt64, burst: Double = 0.1) throws(ConfigurationError) {
+        guard rate >= 1 else { throw ConfigurationError(field: "rate", value: "0", expected: "at least 1 token a second") }
+        guard burst > 0, burst <= 3600 else {
+            throw ConfigurationError(field: "burst", value: "\(burst)", expected: "more than 0 and at most 3600 seconds' worth of tokens")
+        }
+        self.rate = rate
+        // At most 2^64 - 1 tokens (a rate near 2^64 saved up for a while): the bucket is then unlimited in practice.
+        let saved = Double(rate) * burst
+        self.capacity = saved >= 0x1p64 ? UInt64.max : max(1, UInt64(saved))
         self.budget = Double(capacity)
     }
 
@@ -39,7 +45,8 @@ public struct TokenBucket: Sendable, Equatable {
     public mutating func take(_ tokens: UInt64, now: UInt64) -> UInt64 {
         refill(now: now)
         let needed = Double(min(tokens, capacity))
-        guard budget >= needed else { return UInt64(((needed - budget) * 1e9 / Double(rate)).rounded(.up)) }
+        // A debt can be larger than 2^64 ns' worth at a low rate: the wait saturates (584 years).
+        guard budget >= needed else { return UInt64(exactly: ((needed - budget) * 1e9 / Double(rate)).rounded(.up)) ?? UInt64.max }
         budget -= Double(tokens)
         return 0
     }

@@ -101,7 +101,7 @@ public struct ELFFile: Sendable, Equatable {
         let count = UInt64(reader.u16(is64 ? 56 : 44))
         let minimumEntrySize: UInt64 = is64 ? 56 : 32
         guard entrySize >= minimumEntrySize else {
-            throw .unsupported(field: "e_phentsize", value: entrySize, expected: "at least \(minimumEntrySize)")
+            throw .unsupportedSize(field: "e_phentsize", bytes: entrySize, expected: "at least \(minimumEntrySize) bytes")
         }
         // PN_XNUM (0xFFFF) moves the count into section header 0 (gABI, "Sections"); kernels never need it.
         guard count != 0xFFFF else { throw .unsupported(field: "e_phnum", value: count, expected: "below 0xFFFF (PN_XNUM)") }

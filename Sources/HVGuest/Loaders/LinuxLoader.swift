@@ -75,7 +75,7 @@ extension GuestImage {
         let line = Array(commandLine.utf8) + [0]
         let lineLimit = min(UInt64(reader.u32(0x238)), linuxCommandLineLimit - 1) + 1
         guard UInt64(line.count) <= lineLimit else {
-            throw .unsupported(field: "cmdline_size", value: UInt64(line.count - 1),
+            throw .unsupportedSize(field: "cmdline_size", bytes: UInt64(line.count - 1),
                                expected: "a command line of at most \(lineLimit - 1) bytes")
         }
 

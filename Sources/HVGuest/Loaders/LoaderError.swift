@@ -8,6 +8,8 @@ public enum LoaderError: Error, Equatable, Sendable, CustomStringConvertible {
     case truncated(field: String, offset: UInt64, needed: UInt64, fileSize: UInt64)
     /// `field` holds `value`; the loader accepts only `expected`.
     case unsupported(field: String, value: UInt64, expected: String)
+    /// The size `field` gives or implies, `bytes`, is outside what the loader accepts (`expected`).
+    case unsupportedSize(field: String, bytes: UInt64, expected: String)
     /// The file has no PT_LOAD segment with a non-zero p_memsz (gABI, "Program Header").
     case noLoadableSegments
     /// Program header `index`: p_offset + p_filesz is beyond the file.
@@ -41,17 +43,22 @@ public enum LoaderError: Error, Equatable, Sendable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .truncated(let field, let offset, let needed, let fileSize):
-            "\(field): \(hex(needed)) bytes at offset \(hex(offset)) run past the end of the file (\(hex(fileSize)) bytes); the file is truncated"
+            "\(field): \(byteCount(needed)) at offset \(hex(offset)) run past the end of the file (\(byteCount(fileSize))); the file is truncated"
         case .unsupported(let field, let value, let expected):
-            "\(field): \(hex(value)) is not supported; expected \(expected)"
+            // Below 10 both radixes agree: "e_type: 1 ... expected 2 (ET_EXEC)", not "0x1 ... 2".
+            "\(field): \(value < 10 ? "\(value)" : hex(value)) is not supported; expected \(expected)"
+        case .unsupportedSize(let field, let bytes, let expected):
+            "\(field): \(byteCount(bytes)) is not supported; expected \(expected)"
         case .noLoadableSegments:
             "e_phnum: the file has no PT_LOAD segment with p_memsz > 0; nothing to load"
         case .segmentBeyondFile(let index, let offset, let fileSize, let imageSize):
-            "p_offset/p_filesz: segment \(index) [\(hex(offset)), +\(hex(fileSize))) lies beyond the end of the file (\(hex(imageSize)) bytes)"
+            "p_offset/p_filesz: segment \(index) [\(hex(offset)), +\(hex(fileSize)) (\(byteCount(fileSize)))) lies beyond the end of the file (\(byteCount(imageSize)))"
         case .fileSizeExceedsMemorySize(let index, let fileSize, let memorySize):
-            "p_filesz: segment \(index) has p_filesz \(hex(fileSize)) > p_memsz \(hex(memorySize))"
+            "p_filesz: segment \(index) has p_filesz \(hex(fileSize)) (\(byteCount(fileSize))) > p_memsz \(hex(memorySize)) (\(byteCount(memorySize)))"
         case .outsideMemory(let field, let what, let start, let size, let memorySize):
-            "\(field): \(what) at \(hex(start)) of size \(hex(size)) does not fit in guest memory (\(hex(memorySize)) bytes)"
+            start.addingReportingOverflow(size).overflow
+                ? "\(field): \(what) of \(byteCount(size)) at \(hex(start)) would end past the end of the 64-bit address space"
+                : "\(field): \(what) of \(byteCount(size)) at \(hex(start)) does not fit in guest memory (\(byteCount(memorySize)))"
         case .segmentsOverlap(let first, let second, let start, let end):
             "p_paddr/p_memsz: segments \(first) and \(second) overlap in [\(hex(start)), \(hex(end)))"
         case .overlapsSetUpStructure(let field, let what, let start, let end, let structure, let sStart, let sEnd):
@@ -67,7 +74,7 @@ public enum LoaderError: Error, Equatable, Sendable, CustomStringConvertible {
         case .multibootBadAddress(let field, let value, let reason):
             "\(field): \(hex(UInt64(value))) \(reason) (Multiboot 0.6.96, 3.1.3)"
         case .noRoomForBootStructure(let structure, let size, let ramBelowHole):
-            "\(structure): no free \(hex(size)) bytes for it in guest RAM below \(hex(ramBelowHole)); the kernel, its modules and HV's set-up take the rest (more memory or a shorter command line makes room)"
+            "\(structure): no free \(byteCount(size)) for it in guest RAM below \(hex(ramBelowHole)); the kernel, its modules and HV's set-up take the rest (more memory or a shorter command line makes room)"
         case .setUp(let error):
             error.description
         }

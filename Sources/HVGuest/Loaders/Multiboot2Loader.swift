@@ -52,11 +52,11 @@ public struct Multiboot2Header: Sendable, Equatable {
                 continue
             }
             guard length >= 24 else {
-                throw .unsupported(field: "header_length", value: UInt64(length), expected: "at least 24 (16 bytes of fields and the end tag)")
+                throw .unsupportedSize(field: "header_length", bytes: UInt64(length), expected: "at least 24 bytes (16 of fields and the end tag)")
             }
             guard UInt64(offset) + UInt64(length) <= UInt64(searchLimit) else {
-                throw .unsupported(field: "header_length", value: UInt64(length),
-                                   expected: "a header that ends within the first 32768 bytes (3.1.1); it starts at \(hex(UInt64(offset)))")
+                throw .unsupportedSize(field: "header_length", bytes: UInt64(length),
+                                       expected: "a header that ends within the first 32768 bytes (3.1.1); it starts at \(hex(UInt64(offset)))")
             }
             try reader.require(field: "header_length", offset: UInt64(offset), count: UInt64(length))
             return try parseTags(reader, header: offset, end: offset + Int(length))
@@ -79,7 +79,7 @@ public struct Multiboot2Header: Sendable, Equatable {
             }
             func need(_ bytes: Int) throws(LoaderError) {
                 guard size >= bytes else {
-                    throw .unsupported(field: "size of header tag \(type)", value: UInt64(size), expected: "at least \(bytes)")
+                    throw .unsupportedSize(field: "size of header tag \(type)", bytes: UInt64(size), expected: "at least \(bytes) bytes")
                 }
             }
             switch type {
@@ -145,7 +145,7 @@ extension GuestImage {
         var provided = Multiboot2Header.providedInformation
         if let rsdp {
             guard rsdp.count == 20 || rsdp.count == 36 else {
-                throw .unsupported(field: "rsdp", value: UInt64(rsdp.count), expected: "20 (ACPI 1.0) or 36 (ACPI 2.0+) bytes")
+                throw .unsupportedSize(field: "rsdp", bytes: UInt64(rsdp.count), expected: "20 (ACPI 1.0) or 36 (ACPI 2.0+) bytes")
             }
             provided.formUnion(rsdp.count == 36 ? [14, 15] : [14])
         }

@@ -70,7 +70,7 @@ extension GuestImage {
         }
         let line = Array(commandLine.utf8) + [0]
         guard UInt64(line.count) <= pvhCommandLineLimit else {
-            throw .unsupported(field: "command line", value: UInt64(line.count - 1),
+            throw .unsupportedSize(field: "command line", bytes: UInt64(line.count - 1),
                                expected: "at most \(pvhCommandLineLimit - 1) bytes")
         }
         let memoryMap = PCMemoryMap.ranges(memorySize: memorySize)

@@ -25,6 +25,11 @@ public struct VirtioMMIOSlot: Sendable, Equatable, Hashable {
         self.index = index
     }
 
+    private init(checked index: Int) { self.index = index }
+
+    /// Every slot, 0 ..< count.
+    public static let all = (0..<count).map { VirtioMMIOSlot(checked: $0) }
+
     public var address: UInt64 { Self.firstAddress + UInt64(index) * Self.stride }
     public var gsi: UInt32 { Self.firstGSI + UInt32(index) % Self.gsiCount }
     /// The kernel parameter that declares this device to a Linux built with

@@ -506,8 +506,10 @@ extension Machine {
         } catch {
             throw .configuration(ConfigurationError(field: "PCI slot", value: "\(slot)", expected: "a free slot 1-31 (\(error))"))
         }
-        guard let address = platform.window.allocate(size: VirtioPCILayout.barSize) else {
-            throw .configuration(ConfigurationError(field: "PCI slot", value: "\(slot)", expected: "room in the PCI memory window for another BAR"))
+        let address: UInt64
+        do { address = try platform.window.allocate(size: VirtioPCILayout.barSize) } catch {
+            platform.bus.detach(slot: slot)
+            throw .configuration(ConfigurationError(field: "PCI slot", value: "\(slot)", expected: "room in the PCI memory window for another BAR (\(error))"))
         }
         platform.window.add(transport)
         // Doorbells: 2-byte writes of the queue index at the queue's own address, registered
