@@ -296,7 +296,10 @@ struct Run: ParsableCommand {
             guard balloon.size < mem.bytes else {
                 fail("--balloon", "\(ByteSize(bytes: balloon.size)) is not less than the guest's RAM (--mem \(mem))")
             }
-            let device = VirtioBalloon(targetBytes: balloon.size, deflateOnOOM: balloon.deflateOnOOM, statisticsInterval: balloon.statisticsInterval)
+            let device: VirtioBalloon
+            do {
+                device = try VirtioBalloon(targetBytes: balloon.size, deflateOnOOM: balloon.deflateOnOOM, statisticsInterval: balloon.statisticsInterval)
+            } catch { fail("--balloon", "\(error.value) is invalid; expected \(error.expected)") }
             var attachment = VirtioAttachment(device, index: attachments.count)
             attachment.balloon = device
             attachments.append(attachment)
@@ -532,8 +535,8 @@ struct BalloonArgument {
             if option == "deflate-on-oom" {
                 deflateOnOOM = true
             } else if option.hasPrefix("stats=") {
-                guard let seconds = Double(option.dropFirst(6)), seconds >= 0, seconds.isFinite else {
-                    throw ValidationError("--balloon: stats=\(option.dropFirst(6)) is not a number of seconds (0 turns the refresh off)")
+                guard let seconds = Double(option.dropFirst(6)), seconds == 0 || VirtioBalloon.statisticsIntervals.contains(seconds) else {
+                    throw ValidationError("--balloon: stats=\(option.dropFirst(6)) is not 0.1 to 86400 seconds (0 turns the refresh off)")
                 }
                 statisticsInterval = seconds == 0 ? nil : seconds
             } else {

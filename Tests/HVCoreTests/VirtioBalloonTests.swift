@@ -17,7 +17,7 @@ final class BalloonBench {
     /// as Linux's driver does in probe.
     init(targetBytes: UInt64 = 0, accept: UInt64 = VirtioBalloon.Feature.statisticsQueue | VirtioBalloon.Feature.pageReporting,
          primeStatistics: [UInt8]? = nil) throws {
-        device = VirtioBalloon(targetBytes: targetBytes, statisticsInterval: nil)
+        device = try VirtioBalloon(targetBytes: targetBytes, statisticsInterval: nil)
         driver = try VirtioTestDriver(device, size: 16, memorySize: 64 << 20)
         let features = VirtioFeature.version1 | accept
         for status in [0, VirtioStatus.acknowledge, VirtioStatus.acknowledge | VirtioStatus.driver] { driver.write(0x70, status) }
@@ -44,6 +44,20 @@ final class BalloonBench {
 
 @Suite("virtio-balloon")
 struct VirtioBalloonTests {
+    @Test("a target past 32-bit num_pages or a statistics interval outside 0.1 s to a day is an error naming the field, not a clamp")
+    func extremeSettings() throws {
+        let largest = UInt64(UInt32.max) * 4096
+        #expect(throws: ConfigurationError.self) { try VirtioBalloon(targetBytes: largest + 4096) }
+        #expect(throws: ConfigurationError.self) { try VirtioBalloon(targetBytes: .max) }
+        for interval in [0, -1, 0.01, .nan, .infinity, 1e308] {
+            #expect(throws: ConfigurationError.self, "\(interval)") { try VirtioBalloon(statisticsInterval: interval) }
+        }
+        let balloon = try VirtioBalloon(targetBytes: largest + 4095, statisticsInterval: nil)
+        #expect(balloon.targetPages == UInt32.max)
+        #expect(throws: ConfigurationError.self) { try balloon.setTarget(bytes: .max) }
+        #expect(balloon.targetPages == UInt32.max, "a refused target changes nothing")
+    }
+
     @Test("num_pages is the target; the driver's actual is kept; a new target moves ConfigGeneration and raises a configuration interrupt")
     func configuration() throws {
         let bench = try BalloonBench(targetBytes: 64 << 20)
@@ -51,7 +65,7 @@ struct VirtioBalloonTests {
         _ = bench.driver.transport.mmioWrite(offset: 0x104, width: 4, value: 1000)
         #expect(bench.device.actualPages == 1000 && bench.driver.transport.mmioRead(offset: 0x104, width: 4) == 1000)
         let generation = bench.driver.read(0xFC)
-        bench.device.setTarget(bytes: 8 << 20)
+        try bench.device.setTarget(bytes: 8 << 20)
         #expect(bench.driver.transport.mmioRead(offset: 0x100, width: 4) == 2048)
         #expect(bench.driver.read(0xFC) != generation)
         #expect(bench.driver.read(0x60) & 2 == 2, "configuration change interrupt")

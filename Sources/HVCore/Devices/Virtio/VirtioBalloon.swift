@@ -79,13 +79,21 @@ public final class VirtioBalloon: VirtioDevice {
     public let statisticsInterval: Double?
     private let running = Atomic<Bool>(true)
 
-    /// A balloon that asks the guest for `targetBytes` (rounded down to 4 KiB pages); with
-    /// `deflateOnOOM` the guest may take pages back under memory pressure; with
-    /// `statisticsInterval` the guest's memory statistics are refreshed that often (seconds).
-    public init(targetBytes: UInt64 = 0, deflateOnOOM: Bool = false, statisticsInterval: Double? = 2) {
-        state = Mutex(State(targetPages: UInt32(clamping: targetBytes / Self.pageSize)))
+    /// The statistics refresh intervals a balloon takes, in seconds.
+    public static let statisticsIntervals: ClosedRange<Double> = 0.1...86_400
+
+    /// A balloon that asks the guest for `targetBytes` (rounded down to 4 KiB pages; the
+    /// 32-bit num_pages holds at most 16 TiB); with `deflateOnOOM` the guest may take pages back
+    /// under memory pressure; with `statisticsInterval` (0.1 s to a day) the guest's memory
+    /// statistics are refreshed that often.
+    public init(targetBytes: UInt64 = 0, deflateOnOOM: Bool = false, statisticsInterval: Double? = 2) throws(ConfigurationError) {
+        try Self.checkTarget(targetBytes, field: "targetBytes")
+        if let statisticsInterval, !Self.statisticsIntervals.contains(statisticsInterval) {
+            throw ConfigurationError(field: "statisticsInterval", value: "\(statisticsInterval)", expected: "nil (no refresh) or 0.1 to 86400 seconds")
+        }
+        state = Mutex(State(targetPages: UInt32(targetBytes / Self.pageSize)))
         features = Feature.statisticsQueue | Feature.pageReporting | (deflateOnOOM ? Feature.deflateOnOOM : 0)
-        self.statisticsInterval = statisticsInterval.flatMap { $0 > 0 ? $0 : nil }
+        self.statisticsInterval = statisticsInterval
     }
 
     deinit { stop() }
@@ -102,9 +110,16 @@ public final class VirtioBalloon: VirtioDevice {
 
     /// Sets a new target while the VM runs: the driver hears of it through a configuration
     /// change and inflates or deflates to it.
-    public func setTarget(bytes: UInt64) {
-        state.withLock { $0.targetPages = UInt32(clamping: bytes / Self.pageSize) }
+    public func setTarget(bytes: UInt64) throws(ConfigurationError) {
+        try Self.checkTarget(bytes, field: "bytes")
+        state.withLock { $0.targetPages = UInt32(bytes / Self.pageSize) }
         configurationChanged(0)
+    }
+
+    private static func checkTarget(_ bytes: UInt64, field: String) throws(ConfigurationError) {
+        guard bytes / pageSize <= UInt64(UInt32.max) else {
+            throw ConfigurationError(field: field, value: "\(bytes)", expected: "at most \(UInt64(UInt32.max) * pageSize) bytes (num_pages is 32 bits of 4 KiB pages)")
+        }
     }
 
     // MARK: Configuration space (5.5.4)
