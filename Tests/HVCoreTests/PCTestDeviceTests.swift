@@ -61,6 +61,10 @@ struct PCTestDeviceRegisterTests {
         bus.mmioWrite(address: last, width: 2, value: 0xBBAA)
         #expect(device.scratchBytes(at: PCTestDevice.scratchSize - 2, count: 2) == [0xAA, 0xBB])
         #expect(bus.mmioRead(address: last, width: 4) == nil, "the bus declines an access that leaves the window")
+        // Ranges partly or wholly outside the window give the part inside, never a trap.
+        #expect(device.scratchBytes(at: -6, count: 8) == [1, 2])
+        #expect(device.scratchBytes(at: PCTestDevice.scratchSize - 1, count: .max) == [0xBB])
+        #expect(device.scratchBytes(at: .max, count: .max) == [] && device.scratchBytes(at: .min, count: -1) == [])
     }
 
     @Test("ports 0x2000+n drive ISA line n (0 low, anything else high); a line without a controller and the flush port of a page outside RAM do nothing")

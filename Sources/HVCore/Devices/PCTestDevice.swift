@@ -55,9 +55,14 @@ public final class PCTestDevice: Sendable {
     /// The data register's value.
     public var dataValue: UInt32 { data.withLock { $0 } }
 
-    /// Bytes of the scratch window (for tests).
+    /// Bytes of the scratch window (for tests); the part of `offset ..< offset + count` inside it.
     public func scratchBytes(at offset: Int, count: Int) -> [UInt8] {
-        scratch.withLock { Array($0[offset..<offset + count]) }
+        scratch.withLock { bytes in
+            let (end, wrapped) = offset.addingReportingOverflow(count)
+            let lower = min(max(offset, 0), bytes.count)
+            let upper = wrapped ? (count > 0 ? bytes.count : 0) : min(max(end, 0), bytes.count)
+            return lower < upper ? Array(bytes[lower..<upper]) : []
+        }
     }
 
     // MARK: The register windows
