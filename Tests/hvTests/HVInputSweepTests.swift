@@ -84,6 +84,7 @@ struct HVInputSweepTests {
     static func scratch() throws -> URL {
         let folder = try PackageExecutable.temporaryDirectory()
         try Data([0xF4]).write(to: folder.appendingPathComponent("halt.bin"))  // HLT
+        try Data(count: 1 << 20).write(to: folder.appendingPathComponent("disk.img"))
         return folder
     }
 
@@ -102,8 +103,33 @@ struct HVInputSweepTests {
                 return arguments + ["--\(option)", value]
             })
         }
-        let problems = Self.sweep(executable, places, folder: folder)
+        let problems = Self.sweep(executable, places + (executable == "hv" ? Self.compoundPlaces(folder: folder) : []), folder: folder)
         #expect(problems.isEmpty, "\(problems.count) problems:\n\(problems.prefix(20).joined(separator: "\n\n"))")
+    }
+
+    /// The values inside hv's compound options (--disk FILE,bw=SIZE, --ept plan --map GPA:SIZE:PERM, ...),
+    /// each place on a PC platform so the value gets past parsing to the SDK that uses it.
+    static func compoundPlaces(folder: URL) -> [(label: String, arguments: @Sendable (String) -> [String])] {
+        let halt = folder.appendingPathComponent("halt.bin").path, disk = folder.appendingPathComponent("disk.img").path
+        let run = ["run", halt, "--timeout", "5", "--platform", "pc", "--irqchip", "kernel"]
+        return [
+            ("--disk bw=", { run + ["--disk", "\(disk),bw=\($0)"] }),
+            ("--disk iops=", { run + ["--disk", "\(disk),iops=\($0)"] }),
+            ("--disk serial=", { run + ["--disk", "\(disk),serial=\($0)"] }),
+            ("--net bw=", { run + ["--net", "tap=hvsweep0,bw=\($0)"] }),
+            ("--net pps=", { run + ["--net", "tap=hvsweep0,tx-pps=\($0)"] }),
+            ("--net mac=", { run + ["--net", "tap=hvsweep0,mac=\($0)"] }),
+            ("--net host-ip=", { run + ["--net", "tap=hvsweep0,host-ip=\($0)"] }),
+            ("--vsock CID", { run + ["--vsock", "\($0),\(folder.appendingPathComponent("v.sock").path)"] }),
+            ("--vsock PATH", { run + ["--vsock", "3,\($0)"] }),
+            ("--balloon SIZE", { run + ["--balloon", $0] }),
+            ("--balloon stats=", { run + ["--balloon", "1M,stats=\($0)"] }),
+            ("--cpu feature", { run + ["--cpu", "host,\($0)"] }),
+            ("--cpu vendor=", { run + ["--cpu", "host,vendor=\($0)"] }),
+            ("--map GPA", { ["ept", "plan", "--map", "\($0):2M:rwx"] }),
+            ("--map SIZE", { ["ept", "plan", "--map", "0:\($0):rwx"] }),
+            ("--map PERM", { ["ept", "plan", "--map", "0:2M:\($0)"] }),
+        ]
     }
 
     @Test("no value in any place of the hand-parsed examples' command lines makes them trap; a refusal is one line",
