@@ -82,15 +82,15 @@ public enum TPMStateFileProblem: Error, Equatable, CustomStringConvertible {
 /// A directory holding one TPM's state: `permanent.state` and, after a clean shutdown or a
 /// snapshot, `volatile.state`. Opening it takes an exclusive `flock` on `lock`, so two processes
 /// never run the same TPM.
-public final class TPMStateDirectory: @unchecked Sendable {
-    // Sendable: the only mutable state is the lock descriptor, set in init and released once by its owner.
+public final class TPMStateDirectory: Sendable {
 
     public static let permanentName = "permanent.state"
     public static let volatileName = "volatile.state"
 
     /// The directory.
     public let path: String
-    private var lockDescriptor: Int32 = -1
+    /// The descriptor holding the lock, -1 once released (by the engine's close or deinit, on any thread).
+    private let lockDescriptor: Mutex<Int32>
 
     /// Opens (creating it if needed) the state directory at `path` and locks it.
     public init(path: String) throws(TPMError) {
@@ -107,7 +107,7 @@ public final class TPMStateDirectory: @unchecked Sendable {
             close(fd)
             throw .state(path: path, problem: "in use by another process (its lock file is held)")
         }
-        lockDescriptor = fd
+        lockDescriptor = Mutex(fd)
     }
 
     deinit { release() }
@@ -115,8 +115,16 @@ public final class TPMStateDirectory: @unchecked Sendable {
     /// Gives up the lock, so another `TPMStateDirectory` (in this or another process) may
     /// open the directory. The engine calls it when it closes.
     public func release() {
-        if lockDescriptor >= 0 { close(lockDescriptor) }
-        lockDescriptor = -1
+        let fd = lockDescriptor.withLock { fd in
+            defer { fd = -1 }
+            return fd
+        }
+        guard fd >= 0 else { return }
+        // Unlocked before the close: a child process this process is spawning right now holds a
+        // copy of the descriptor until its exec closes it (O_CLOEXEC), and with it the lock, so a
+        // close alone could leave the directory locked for a moment (an immediate reopen failed).
+        _ = flock(fd, LOCK_UN)
+        close(fd)
     }
 
     /// The permanent state, verified; nil when the TPM was never manufactured.

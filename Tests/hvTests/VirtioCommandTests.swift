@@ -19,7 +19,7 @@ struct VirtioCommandTests {
               (["--disk", "x.img,turbo"], "expected ro, direct, serial=ID"),
               (["--vsock", "3"], "--vsock takes CID,PATH"),
               (["--balloon", "lots"], "--balloon needs a size first"),
-              (["--balloon", "8M,stats=-1"], "stats=-1 is not a number of seconds"),
+              (["--balloon", "8M,stats=-1"], "stats=-1 is not 0.1 to 86400 seconds"),
               (["--virtio-transport", "isa"], "--virtio-transport"),
           ])
     func malformed(_ arguments: [String], _ message: String) throws {
