@@ -44,7 +44,7 @@ let package = Package(
         ),
         // The virtual TPM (Documentation/vTPM.md): engines, TIS device, swtpm-protocol server.
         // Its own target so that only what uses a TPM links libtpms.
-        .target(name: "HVTPM", dependencies: ["HVCore", "HVGuest", "CLibTPMS"]),
+        .target(name: "HVTPM", dependencies: ["HVCore", "HVGuest", "CLibTPMS", .target(name: "CKVM", condition: .when(platforms: [.linux]))]),
         // Layer 5: tools.
         // The tools' shared error convention (one line per error), on ArgumentParser.
         .target(name: "HVCommandLine", dependencies: [.product(name: "ArgumentParser", package: "swift-argument-parser")]),

@@ -47,10 +47,11 @@ extension ExitHandler {
 }
 
 /// A handler made from a closure, for small handlers and examples.
-public struct ClosureExitHandler: ExitHandler, @unchecked Sendable {
-    @usableFromInline let body: (VMExit, ExitContext) -> ExitAction?
-    /// `body` runs on vCPU threads; with several vCPUs it must be safe to call concurrently.
-    @inlinable public init(_ body: @escaping (VMExit, ExitContext) -> ExitAction?) { self.body = body }
+public struct ClosureExitHandler: ExitHandler, Sendable {
+    @usableFromInline let body: @Sendable (VMExit, ExitContext) -> ExitAction?
+    /// `body` runs on vCPU threads, concurrently when a VM has several vCPUs: the compiler
+    /// checks that what it captures is safe to share (a `Mutex`, an atomic, constants).
+    @inlinable public init(_ body: @escaping @Sendable (VMExit, ExitContext) -> ExitAction?) { self.body = body }
     @inlinable public func handle(_ exit: VMExit, context: ExitContext) -> ExitAction? {
         body(exit, context)
     }

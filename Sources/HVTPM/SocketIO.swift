@@ -1,6 +1,7 @@
 // Small blocking-socket helpers for the swtpm-protocol server and client (Documentation/Architecture.md, Conventions: thin
 // syscall wrappers, -1 becomes a typed error right there, EINTR retried).
 #if canImport(Glibc)
+import CKVM
 import Glibc
 #endif
 
@@ -13,8 +14,8 @@ final class StopPipe: @unchecked Sendable {
 
     init() throws(TPMError) {
         var fds: [Int32] = [0, 0]
-        guard pipe(&fds) == 0 else { throw .io(operation: "pipe", path: "", errno: errno) }
-        for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        // Close-on-exec set atomically: a program the host starts meanwhile never inherits them.
+        guard hv_pipe2(&fds, O_CLOEXEC) == 0 else { throw .io(operation: "pipe2", path: "", errno: errno) }
         readEnd = fds[0]
         writeEnd = fds[1]
     }

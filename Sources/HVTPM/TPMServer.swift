@@ -2,6 +2,7 @@
 // so QEMU, tpm2-tss's `swtpm` TCTI (tpm2-tools) and HV's `SwtpmClientEngine` can use a TPM
 // that lives in another process. Data port: raw TPM frames, any number per connection.
 // Control port (data port + 1): swtpm control commands (SwtpmProtocol.swift).
+import CKVM
 import Foundation
 import HVCore
 import Synchronization
@@ -113,7 +114,8 @@ public final class TPMServer: @unchecked Sendable {
             }
             if entries[2].revents != 0 { break }
             for (index, isControl) in [(0, false), (1, true)] where entries[index].revents != 0 {
-                let client = accept(entries[index].fd, nil, nil)
+                // SOCK_CLOEXEC: set atomically with the accept, not by a later fcntl.
+                let client = hv_accept4(entries[index].fd, Int32(SOCK_CLOEXEC.rawValue))
                 guard client >= 0 else {
                     // Out of descriptors: the listening socket stays readable, so back off
                     // instead of spinning until a connection ends.
@@ -123,7 +125,6 @@ public final class TPMServer: @unchecked Sendable {
                     }
                     continue
                 }
-                _ = fcntl(client, F_SETFD, FD_CLOEXEC)
                 finished.lock()
                 let full = liveConnections.count >= Self.maximumConnections
                 finished.unlock()
@@ -133,8 +134,11 @@ public final class TPMServer: @unchecked Sendable {
                     continue
                 }
                 TCPSocket.noDelay(client)
+                // A peer that neither sends nor reads for the idle timeout loses its connection:
+                // a receive times out, and so does a send to a peer that stopped reading.
                 var timeout = timeval(tv_sec: Int(idleTimeout), tv_usec: Int((idleTimeout - idleTimeout.rounded(.down)) * 1_000_000))
                 _ = setsockopt(client, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+                _ = setsockopt(client, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
                 spawn(client, control: isControl)
             }
         }
@@ -181,10 +185,13 @@ public final class TPMServer: @unchecked Sendable {
     }
 
     /// One command on the engine; engine failures become TPM_RC_FAILURE, what a TPM in failure
-    /// mode answers.
+    /// mode answers, and a logged error (a libtpms failure, a full disk), as TISDevice logs them.
     func execute(_ command: [UInt8], locality: UInt8) -> [UInt8] {
         if shared.withLock({ $0.tpmStopped }) { return TPMResponse.error(.failure) }
-        do { return try engine.execute(command, locality: locality) } catch { return TPMResponse.error(.failure) }
+        do { return try engine.execute(command, locality: locality) } catch {
+            LogCategory.devices.logger.error("TPM server: the engine failed a command: \(error); answering TPM_RC_FAILURE")
+            return TPMResponse.error(.failure)
+        }
     }
 
     /// Serves TPM frames on a pair of descriptors (`hv tpm serve --stdio`, tpm2-tss's `cmd:`

@@ -47,9 +47,10 @@ struct ScriptedResetTests {
         try vm.load(GuestImage(chunks: [.init(address: GuestPhysicalAddress(0x7C00), bytes: [0xF4], name: "hlt")],
                                registers: registers, specialRegisters: SpecialRegisters(), mode: .real))
         // The "guest" scribbles over its registers and its image between resets.
+        let loaded = registers
         let scribbler = ClosureExitHandler { exit, context in
             if case .portOut(let io) = exit, io.port == 0x3FF {
-                var changed = registers
+                var changed = loaded
                 changed.rip = 0xDEAD
                 try? vm.vcpus[context.vcpuID].setRegisters(changed)
                 try? vm.memory.write(bytes: [0xCC], at: GuestPhysicalAddress(0x7C00))

@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <unistd.h>
+#include <sys/syscall.h>
 // For the virtio devices: getrandom(2) (virtio-rng) and fallocate(2)'s modes (virtio-blk
 // discard and write-zeroes), which Swift's Glibc module does not bring in.
 #include <sys/random.h>
@@ -87,6 +88,11 @@ static inline int hv_ioctl_value(int fd, unsigned long request, unsigned long ar
 
 // open(2) is variadic too.
 static inline int hv_open(const char *path, int flags) { return open(path, flags); }
+
+// accept4(2) and pipe2(2), which set close-on-exec (and non-blocking) atomically with the call;
+// glibc declares them only under _GNU_SOURCE, so they go through syscall(2).
+static inline int hv_accept4(int fd, int flags) { return (int)syscall(SYS_accept4, fd, (void *)0, (void *)0, flags); }
+static inline int hv_pipe2(int fds[2], int flags) { return (int)syscall(SYS_pipe2, fds, flags); }
 
 // SIGRTMIN is a function call in glibc, not a constant. The vCPU kick signal (as Firecracker's).
 static inline int hv_kick_signal(void) { return SIGRTMIN + 1; }

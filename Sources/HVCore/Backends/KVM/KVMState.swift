@@ -31,6 +31,7 @@ public struct KVMVCPUState: @unchecked Sendable {
 /// The in-kernel PIC pair and I/O APIC of a `kernel`-irqchip VM (nothing for `none` and `split`,
 /// whose I/O APIC lives in HV's device model).
 public struct KVMVirtualMachineState: @unchecked Sendable {
+    // @unchecked: plain C structs without pointers (kvm_irqchip, kvm_pit_state2), copied by value.
     var irqchips: [kvm_irqchip] = []
     /// The in-kernel 8254's channels and speaker gate, where the VM has one.
     var pit: kvm_pit_state2?

@@ -71,7 +71,7 @@ public struct ScriptedBackend: Backend {
 }
 
 /// A scripted VM: remembers its memory map.
-public final class ScriptedVirtualMachine: VirtualMachine, @unchecked Sendable {
+public final class ScriptedVirtualMachine: VirtualMachine, Sendable {
     public typealias CPU = ScriptedVCPU
     let backend: ScriptedBackend
     private let slots = Mutex<[Int: MemoryRegion]>([:])

@@ -242,10 +242,9 @@ public final class VirtioVsock: VirtioDevice {
 
     private func acceptHostConnections() {
         while true {
-            let fd = accept(listener, nil, nil)
+            // Non-blocking and close-on-exec set atomically with the accept.
+            let fd = hv_accept4(listener, Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue))
             guard fd >= 0 else { return }
-            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
-            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
             let kept = state.withLock { state -> Bool in
                 guard state.handshakes.count < Self.maximumHandshakes,
                       state.handshakes.count + state.connections.count < Self.maximumConnections else { return false }
