@@ -2,9 +2,10 @@
 // `.code16` / `.code32`.
 
 import HVGuest
+import HVTestSupport
 import Testing
 
-@Suite("16- and 32-bit encodings match GNU as", .enabled(if: GNUToolchain.isAvailable, "GNU binutils (as, ld, nm, objcopy) not found in /usr/bin"))
+@Suite("16- and 32-bit encodings match GNU as", .enabled(if: GNUToolchain.isAvailable || Requirement.tools, "GNU binutils (as, ld, nm, objcopy) not found in /usr/bin"))
 struct EncodingCrossCheck16Tests {
     @Test func realModeMovesAndOperandSizePrefixes() throws {
         try crossCheck([

@@ -1,6 +1,7 @@
 // 64-bit encodings compared byte for byte with GNU `as --64` (Intel syntax).
 
 import HVGuest
+import HVTestSupport
 import Testing
 
 /// Assembles every case with GNU `as` and with `X86Assembler` at the same address and compares.
@@ -21,7 +22,7 @@ func crossCheck(_ cases: [EncodingCase], bits: CodeSize, origin: UInt64) throws 
     }
 }
 
-@Suite("64-bit encodings match GNU as", .enabled(if: GNUToolchain.isAvailable, "GNU binutils (as, ld, nm, objcopy) not found in /usr/bin"))
+@Suite("64-bit encodings match GNU as", .enabled(if: GNUToolchain.isAvailable || Requirement.tools, "GNU binutils (as, ld, nm, objcopy) not found in /usr/bin"))
 struct EncodingCrossCheck64Tests {
     @Test func movesBetweenRegistersAndImmediates() throws {
         try crossCheck([

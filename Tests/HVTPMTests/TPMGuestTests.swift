@@ -2,6 +2,7 @@
 import Foundation
 import HVCore
 import HVTPM
+import HVTestSupport
 import Testing
 
 enum TPMKVMHost {
@@ -17,7 +18,7 @@ enum TPMKVMHost {
 
 extension TPMLibTPMSSuites {
     @Suite struct TPMGuestTests {
-        @Test(.enabled(if: TPMKVMHost.unavailableReason == nil || ProcessInfo.processInfo.environment["HV_REQUIRE_KVM"] == "1",
+        @Test(.enabled(if: TPMKVMHost.unavailableReason == nil || Requirement.kvm,
                        "skipped: \(TPMKVMHost.unavailableReason ?? "")"))
         func aGuestStartsTheTPMAndGetsRandomBytesThroughTIS() throws {
             let path = temporaryTPMDirectory()

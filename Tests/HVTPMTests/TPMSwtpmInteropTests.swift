@@ -2,6 +2,7 @@
 // server answers with are the ones swtpm uses.
 import Foundation
 import HVTPM
+import HVTestSupport
 import Testing
 #if canImport(Glibc)
 import Glibc
@@ -47,7 +48,7 @@ enum Swtpm {
     }
 }
 
-@Suite(.enabled(if: Swtpm.unavailableReason == nil, "skipped: \(Swtpm.unavailableReason ?? "")"))
+@Suite(.enabled(if: Swtpm.unavailableReason == nil || Requirement.tools, "skipped: \(Swtpm.unavailableReason ?? "")"))
 struct TPMSwtpmInteropTests {
     @Test func theClientEngineDrivesRealSwtpmIncludingStateBlobs() throws {
         let state = temporaryTPMDirectory()

@@ -1,3 +1,4 @@
+import HVTestSupport
 import Testing
 
 @Suite("Examples")
@@ -63,7 +64,7 @@ struct ExampleTests {
     }
 
     @Test("PCBoot boots a PVH and a Multiboot2 kernel on the SDK's PC platform, each finding the ACPI RSDP",
-          .needsKVM, .enabled(if: TestKernel.toolsAvailable, "GNU as and ld are missing"))
+          .needsKVM, .enabled(if: TestKernel.toolsAvailable || Requirement.tools, "GNU as and ld are missing"))
     func pcBoot() throws {
         let directory = try PackageExecutable.temporaryDirectory()
         let pvh = try TestKernel.build(try KernelSource.pvh32, name: "pvh.elf", bits64: false, address: 0x40_0000, in: directory)

@@ -1,6 +1,7 @@
 // hv-bench end to end: the built binary measures io-out against its C baseline and user-space
 // dispatch, and reports them in JSON with a ratio and no allocations on the vCPU thread.
 import Foundation
+import HVTestSupport
 import Testing
 
 @Suite("hv-bench")
@@ -18,7 +19,7 @@ struct HVBenchTests {
         .appendingPathComponent("hv-bench")
 
     @Test("--json reports io-out with a HVCore/C ratio and dispatch, with 0 allocations per exit",
-          .enabled(if: kvmUnavailable == nil || Requirement.isRequired("HV_REQUIRE_KVM"), "skipped: \(kvmUnavailable ?? "")"),
+          .enabled(if: kvmUnavailable == nil || Requirement.kvm, "skipped: \(kvmUnavailable ?? "")"),
           .timeLimit(.minutes(1)))
     func jsonReport() throws {
         try #require(FileManager.default.isExecutableFile(atPath: Self.binary.path),

@@ -1,5 +1,6 @@
 // Runs the built `hv` (and other package executables) as a subprocess, the way a user would.
 import Foundation
+import HVTestSupport
 import Testing
 
 /// The result of running a package executable.
@@ -155,12 +156,6 @@ final class ErrorBox: @unchecked Sendable {
     }
 }
 
-/// Environment switches that turn a skip for a missing resource into a failure, for CI runs
-/// that installed the resource and must not pass by skipping it.
-enum Requirement {
-    static func isRequired(_ variable: String) -> Bool { ProcessInfo.processInfo.environment[variable] == "1" }
-}
-
 /// Whether /dev/kvm can be opened by this user, and why not.
 enum KVMDevice {
     static let unavailableReason: String? = {
@@ -177,7 +172,7 @@ extension Trait where Self == ConditionTrait {
     /// Skips a test, saying why, when /dev/kvm is missing or not permitted; with
     /// HV_REQUIRE_KVM=1 (set by .ci/run where /dev/kvm exists) it runs and fails instead.
     static var needsKVM: Self {
-        .enabled(if: KVMDevice.unavailableReason == nil || Requirement.isRequired("HV_REQUIRE_KVM"),
+        .enabled(if: KVMDevice.unavailableReason == nil || Requirement.kvm,
                  "skipped: \(KVMDevice.unavailableReason ?? "")")
     }
 }

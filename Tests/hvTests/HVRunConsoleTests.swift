@@ -2,12 +2,13 @@
 // pseudo-terminal, as a person's terminal would be.
 import Foundation
 import HVGuest
+import HVTestSupport
 import Testing
 
 @Suite("hv run: the interactive console")
 struct HVRunConsoleTests {
     @Test("on a terminal hv enters raw mode, Ctrl-A x quits with status 0, and the terminal comes back as it was",
-          .needsKVM, .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/script"), "skipped: no util-linux script"))
+          .needsKVM, .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/script") || Requirement.tools, "skipped: no util-linux script"))
     func ctrlAXQuits() throws {
         let folder = try PackageExecutable.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: folder) }

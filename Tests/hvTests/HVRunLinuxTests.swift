@@ -1,4 +1,5 @@
 import Foundation
+import HVTestSupport
 import Testing
 
 /// Debian's kernel image, unpacked by scripts/fetch-linux-kernel.sh (which scripts/setup.sh runs).
@@ -32,7 +33,7 @@ extension DebianKernel {
 struct HVRunLinuxTests {
     @Test("Debian's bzImage, loaded by the 64-bit boot protocol, prints its first early-boot serial line",
           .needsKVM,
-          .enabled(if: DebianKernel.path != nil, "skipped: no Debian kernel image; run scripts/fetch-linux-kernel.sh"))
+          .enabled(if: DebianKernel.path != nil || Requirement.tools, "skipped: no Debian kernel image; run scripts/fetch-linux-kernel.sh"))
     func earlyBootLine() throws {
         // The decompressor's early console (earlyprintk=serial) speaks before decompression; full
         // boot to user space is out of reach while KVM emulates guest code (Documentation/HostFacts.md), so the run
@@ -51,7 +52,7 @@ struct HVRunLinuxTests {
 
     @Test("where KVM emulates guest code, Linux's stop in setup_arch ends in one clear line naming the cause, not a crash report",
           .needsKVM,
-          .enabled(if: DebianKernel.vmlinux != nil && !DebianKernel.hostHasVTxOrAMDV, "skipped: needs .build-kernel/vmlinux and a host without VT-x/AMD-V"))
+          .enabled(if: (DebianKernel.vmlinux != nil || Requirement.tools) && !DebianKernel.hostHasVTxOrAMDV, "skipped: needs .build-kernel/vmlinux and a host without VT-x/AMD-V"))
     func emulatedLinuxStopIsExplained() throws {
         // The PVH entry reaches the emulator's missing instruction (lock cmpxchg16b) in ~40 s here.
         let result = try PackageExecutable.run([
@@ -66,7 +67,7 @@ struct HVRunLinuxTests {
 
     @Test("Debian's vmlinux, booted by its PVH entry, finds HV's ACPI tables: the MADT's CPUs and I/O APIC, the FADT's PM timer",
           .needsKVM,
-          .enabled(if: DebianKernel.vmlinux != nil, "skipped: no .build-kernel/vmlinux; run scripts/fetch-linux-kernel.sh"))
+          .enabled(if: DebianKernel.vmlinux != nil || Requirement.tools, "skipped: no .build-kernel/vmlinux; run scripts/fetch-linux-kernel.sh"))
     func pvhFindsACPITables() throws {
         // No decompressor: Linux itself runs from its first instruction and reaches ACPI table
         // parsing in setup_arch() within seconds, even under emulation. The run is ended once the

@@ -2,6 +2,7 @@
 // as and ld at test time, run under KVM, checked by their serial output and debug-exit status.
 
 import Foundation
+import HVTestSupport
 import Testing
 
 /// The test kernels' sources, shared with the loader fuzz targets' seeds (Fuzz/Seeds).
@@ -79,7 +80,7 @@ struct HVRunLoaderTests {
     }
 
     @Test("a Multiboot kernel prints its command line, the loader name and its module, and exits (0x15 << 1) | 1",
-          .needsKVM, .enabled(if: TestKernel.toolsAvailable, "GNU as and ld are missing"))
+          .needsKVM, .enabled(if: TestKernel.toolsAvailable || Requirement.tools, "GNU as and ld are missing"))
     func multibootKernel() throws {
         let (kernel, result) = try runWithModule(try KernelSource.multiboot32, loader: "--multiboot", append: "hello world")
         #expect(result.stdout == "\(kernel.path) hello world\nHV\nKEY=VALUE\n", "stderr: \(result.stderr)")
@@ -87,7 +88,7 @@ struct HVRunLoaderTests {
     }
 
     @Test("a kernel that does not fit in guest RAM is refused with the --mem that would hold it",
-          .enabled(if: TestKernel.toolsAvailable, "GNU as and ld are missing"))
+          .enabled(if: TestKernel.toolsAvailable || Requirement.tools, "GNU as and ld are missing"))
     func kernelTooLarge() throws {
         let directory = try PackageExecutable.temporaryDirectory()
         let kernel = try TestKernel.build(try KernelSource.multiboot32, name: "kernel.elf", bits64: false, address: 0x40_0000, in: directory)
@@ -98,7 +99,7 @@ struct HVRunLoaderTests {
     }
 
     @Test("a Multiboot2 kernel gets its command line, \"HV\", its module, the memory map and the ACPI RSDP, and exits (0x17 << 1) | 1",
-          .needsKVM, .enabled(if: TestKernel.toolsAvailable, "GNU as and ld are missing"))
+          .needsKVM, .enabled(if: TestKernel.toolsAvailable || Requirement.tools, "GNU as and ld are missing"))
     func multiboot2Kernel() throws {
         let (kernel, result) = try runWithModule(try KernelSource.multiboot2, loader: "--multiboot2", append: "root=/dev/hv quiet")
         #expect(result.stdout == "root=/dev/hv quiet\nHV\nKEY=VALUE\n", "stderr: \(result.stderr)")
@@ -109,7 +110,7 @@ struct HVRunLoaderTests {
     }
 
     @Test("a PVH kernel (ELF with a Xen PHYS32_ENTRY note) gets hvm_start_info: command line, memory map, RSDP and its initrd",
-          .needsKVM, .enabled(if: TestKernel.toolsAvailable, "GNU as and ld are missing"))
+          .needsKVM, .enabled(if: TestKernel.toolsAvailable || Requirement.tools, "GNU as and ld are missing"))
     func pvhKernel() throws {
         let directory = try PackageExecutable.temporaryDirectory()
         let kernel = try TestKernel.build(try KernelSource.pvh32, name: "pvh.elf", bits64: false, address: 0x40_0000, in: directory)
@@ -121,7 +122,7 @@ struct HVRunLoaderTests {
         #expect(result.status == 0x16 << 1 | 1, "stderr: \(result.stderr)")
     }
 
-    @Test("an ELF64 executable runs in long mode", .needsKVM, .enabled(if: TestKernel.toolsAvailable, "GNU as and ld are missing"))
+    @Test("an ELF64 executable runs in long mode", .needsKVM, .enabled(if: TestKernel.toolsAvailable || Requirement.tools, "GNU as and ld are missing"))
     func elf64() throws {
         let directory = try PackageExecutable.temporaryDirectory()
         let program = try TestKernel.build(try KernelSource.elf64, name: "program.elf", bits64: true, address: 0x20_0000, in: directory)

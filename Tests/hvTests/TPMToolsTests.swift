@@ -1,6 +1,7 @@
 // tpm2-tools (Debian tpm2-tools) against `hv tpm serve`, as a user would run them.
 import Foundation
 import HVTPM
+import HVTestSupport
 import Testing
 #if canImport(Glibc)
 import Glibc
@@ -59,7 +60,7 @@ final class TPMServeProcess {
     deinit { if process.isRunning { stop() } }
 }
 
-@Suite(.serialized, .enabled(if: TPMTools.unavailableReason == nil, "skipped: \(TPMTools.unavailableReason ?? "")"))
+@Suite(.serialized, .enabled(if: TPMTools.unavailableReason == nil || Requirement.tools, "skipped: \(TPMTools.unavailableReason ?? "")"))
 final class TPMToolsTests {
     let folder: URL
 

@@ -3,6 +3,7 @@
 // every test here: it boots Debian's Linux under `hv run` in several configurations
 // (Tests/TestBed/linux-boots.sh) and runs the KVM suites of this very test binary.
 import Foundation
+import HVTestSupport
 import Testing
 
 /// What one run of the bed brought back.

@@ -1,5 +1,6 @@
 import Glibc
 import HVCore
+import HVTestSupport
 import Testing
 
 /// Whether this host can run KVM tests, and why not.
@@ -31,7 +32,7 @@ extension Trait where Self == ConditionTrait {
     /// HV_REQUIRE_KVM=1 (set by .ci/run where /dev/kvm exists) the test runs and fails instead,
     /// so a CI whose KVM broke cannot pass by skipping.
     static var requiresKVM: Self {
-        .enabled(if: KVMHost.available || getenv("HV_REQUIRE_KVM").map { String(cString: $0) } == "1",
+        .enabled(if: KVMHost.available || Requirement.kvm,
                  "skipped: \(KVMHost.unavailableReason ?? "")")
     }
 }
