@@ -2,10 +2,8 @@
 # Builds the virtio fuzz target (Fuzz/VirtioFuzz.swift) with libFuzzer and runs it.
 #   scripts/fuzz-virtio.sh [SECONDS]        (default 60)
 #   FUZZ_RUNS=1000000 scripts/fuzz-virtio.sh  (a number of executions instead of a time)
-# HVCore and what it depends on are built by SwiftPM with coverage instrumentation
-# (--sanitize=fuzzer, in .build-fuzz/virtio); the target is then linked against their objects
-# with swiftc, since SwiftPM cannot link a libFuzzer executable itself (its executables bring
-# their own main). Prints the executions and whether anything crashed; exits 1 on a crash.
+# HVCore is built with coverage instrumentation in .build-fuzz/virtio (scripts/fuzz-build.sh).
+# Prints the executions and whether anything crashed; exits 1 on a crash.
 set -euo pipefail
 seconds="${1:-60}"
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -13,18 +11,7 @@ work="${FUZZ_WORK:-$root/.build-fuzz/virtio}"
 mkdir -p "$work"
 cd "$root"
 
-echo "fuzz-virtio: building HVCore with coverage"
-swift build -c release --sanitize=fuzzer --build-path "$work/spm" --target HVCore 2>&1 | grep -E "error|warning: unre|Compiling|Build" | tail -3
-bin=$(swift build -c release --sanitize=fuzzer --build-path "$work/spm" --show-bin-path)
-# Every object of the library targets HVCore is built from (not the plugins' host tools, built
-# in the same folder as *-tool.build), and the module maps of the C targets among them.
-mapfile -t objects < <(find "$bin" -path '*.build/*.o' ! -path '*-tool.build/*' | sort)
-maps=()
-while read -r map; do maps+=(-Xcc -fmodule-map-file="$map"); done < <(
-    find "$root/Sources/CKVM/include" "$work/spm/checkouts/swift-numerics/Sources/_NumericsShims/include" -name module.modulemap)
-echo "fuzz-virtio: linking against ${#objects[@]} objects"
-swiftc -O -sanitize=fuzzer -parse-as-library -module-name VirtioFuzz -I "$bin/Modules" "${maps[@]}" \
-    "$root/Fuzz/VirtioFuzz.swift" "${objects[@]}" -o "$work/fuzz-virtio"
+"$root/scripts/fuzz-build.sh" HVCore "$root/Fuzz/VirtioFuzz.swift" "$work/fuzz-virtio" "$work"
 
 # Seeds: one well-formed request per device, laid out as the harness reads its input (4 control
 # bytes, then guest RAM: descriptors at 0x1000, available ring at 0x2000, buffers at 0x4000;
