@@ -56,7 +56,9 @@ public struct KVMBackend: Backend {
     public func check(_ capability: KVMCapability) -> Int32 { Self.check(capability, fd: system.fd) }
 
     /// The answer, or the failed call itself: KVM answers 0 for a capability it lacks, so a
-    /// failure (a closed or wrong descriptor) is a different fact and is reported as one.
+    /// failure (a closed or wrong descriptor) is a different fact and is reported as one. What a
+    /// VM cannot work without (the irqchips, the PIT, Hyper-V's) is checked this way: a refusal
+    /// then names the failed call instead of blaming the kernel for lacking the capability.
     public func checkReportingErrors(_ capability: KVMCapability) throws(HVError) -> Int32 {
         do {
             return try KVMSyscall.ioctl(system.fd, HV_KVM_CHECK_EXTENSION, value: UInt(capability.number), "KVM_CHECK_EXTENSION")

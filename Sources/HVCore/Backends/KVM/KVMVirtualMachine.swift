@@ -85,13 +85,13 @@ public final class KVMVirtualMachine: VirtualMachine {
         case .none:
             return
         case .kernel:
-            guard backend.check(.irqchip) != 0 else {
+            guard try backend.checkReportingErrors(.irqchip) != 0 else {
                 throw .unsupported(knob: "interruptController = kernel", backend: "kvm", reason: "this kernel lacks KVM_CAP_IRQCHIP")
             }
             try KVMSyscall.ioctl(fd, HV_KVM_CREATE_IRQCHIP, value: 0, "KVM_CREATE_IRQCHIP")
             try setRouting(fd: fd, pcRouting())
         case .split:
-            guard backend.check(.splitIRQChip) != 0 else {
+            guard try backend.checkReportingErrors(.splitIRQChip) != 0 else {
                 throw .unsupported(knob: "interruptController = split", backend: "kvm", reason: "this kernel lacks KVM_CAP_SPLIT_IRQCHIP")
             }
             var cap = kvm_enable_cap()
@@ -114,7 +114,7 @@ public final class KVMVirtualMachine: VirtualMachine {
     /// without KVM_PIT_SPEAKER_DUMMY the kernel emulates port 0x61 too). Must follow
     /// KVM_CREATE_IRQCHIP: the PIT raises IRQ 0 on the in-kernel PIC and I/O APIC.
     static func createPIT(fd: Int32, backend: KVMBackend) throws(HVError) {
-        guard backend.check(.pit2) != 0 else {
+        guard try backend.checkReportingErrors(.pit2) != 0 else {
             throw .unsupported(knob: "pit = kernel", backend: "kvm", reason: "this kernel lacks KVM_CAP_PIT2")
         }
         var config = kvm_pit_config()
@@ -318,7 +318,7 @@ public final class KVMVirtualMachine: VirtualMachine {
     /// (KVM_HYPERV_EVENTFD, api.rst 4.119), or with nil stops it (the call then exits to user
     /// space as a hypercall).
     public func setHyperVEventNotifier(connection: UInt32, eventFD: Int32?) throws(HVError) {
-        guard backend.check(.hyperVEventFD) != 0 else {
+        guard try backend.checkReportingErrors(.hyperVEventFD) != 0 else {
             throw .unsupported(knob: "Hyper-V event notifiers", backend: "kvm", reason: "this kernel lacks KVM_CAP_HYPERV_EVENTFD")
         }
         var notifier = kvm_hyperv_eventfd()
@@ -424,7 +424,7 @@ public final class KVMVirtualMachine: VirtualMachine {
 
     /// What Hyper-V enlightenments need of this kernel and this configuration.
     static func checkHyperV(backend: KVMBackend, configuration: VirtualMachineConfiguration) throws(HVError) {
-        for capability in [KVMCapability.hyperVSynIC2, .hyperVCPUID, .irqfd, .irqfdResample] where backend.check(capability) == 0 {
+        for capability in [KVMCapability.hyperVSynIC2, .hyperVCPUID, .irqfd, .irqfdResample] where try backend.checkReportingErrors(capability) == 0 {
             throw .unsupported(knob: "cpu hv-passthrough", backend: "kvm",
                                reason: "this kernel's KVM does not offer what Hyper-V enlightenments need: it lacks \(capability.name)")
         }
