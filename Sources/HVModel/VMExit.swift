@@ -136,7 +136,12 @@ public struct PortIO: Sendable {
 
 /// A view of the bytes of a port access, owned by the backend (for KVM, inside `kvm_run`).
 /// Every element access is bounds-checked against the count the view was built with.
+///
+/// Valid only while the handler that received the exit runs: the backend reuses the bytes for
+/// the vCPU's next exit. Copy the values out (`data[i]`) to keep them.
 public struct PortIOData: @unchecked Sendable {
+    // @unchecked: a pointer into the backend's per-vCPU buffer, read and written only on the vCPU
+    // thread while its handler runs (the lifetime rule above; the compiler does not check it yet).
     @usableFromInline let base: UnsafeMutableRawPointer
     /// Bytes per element.
     public let size: Int
