@@ -63,8 +63,8 @@ private let mmioBases: [UInt64] = [
     0xFEE0_0000, 0xD000_0000, UInt64.max - 0xFFFF,
 ]
 
-/// Port data for one operation: up to 64 elements of 4 bytes, as KVM's one-page PIO buffer holds.
-private let portBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 4, alignment: 8)
+/// Port data for one operation: up to 64 elements of 4 bytes.
+private let portBuffer = PortIOBuffer(capacity: 64 * 4)
 
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzz(_ start: UnsafePointer<UInt8>, _ count: Int) -> CInt {
@@ -84,7 +84,8 @@ public func fuzz(_ start: UnsafePointer<UInt8>, _ count: Int) -> CInt {
             let size = [1, 2, 4, 4][Int(shape & 3)]
             let elements = op % 8 >= 4 ? Int(shape >> 2) % 64 + 1 : 1
             let port = selector < portBases.count ? portBases[selector] &+ UInt16(position & 0xF) : UInt16(truncatingIfNeeded: position)
-            guard let data = PortIOData(base: portBuffer.baseAddress!, size: size, count: elements, capacity: portBuffer.count) else { continue }
+            portBuffer.beginRun()
+            guard let data = PortIOData(buffer: portBuffer, size: size, count: elements) else { continue }
             for index in 0..<elements { data[index] = UInt32(truncatingIfNeeded: value >> (index % 8 * 8)) }
             let io = PortIO(port: IOPort(port), size: UInt8(size), count: UInt32(elements), data: data)
             _ = harness.machine.devices.handle(op % 2 == 0 ? .portIn(io) : .portOut(io), context: context)

@@ -13,14 +13,11 @@ func registerDeviceBusBenchmarks() {
     Benchmark("DeviceBus port write, 16 devices") { benchmark in
         let bus = DeviceBus()
         for i in 0..<16 { try bus.register(NullPort(name: "port\(i)"), port: IOPort(UInt16(0x100 + i * 16)), count: 8) }
-        var byte: UInt32 = 0
-        withUnsafeMutableBytes(of: &byte) { raw in
-            guard let data = PortIOData(base: raw.baseAddress!, size: 1, count: 1, capacity: 4) else { return }
-            let exit = VMExit.portOut(PortIO(port: 0x1A3, size: 1, count: 1, data: data))
-            let context = ExitContext(vcpuID: 0)
-            benchmark.startMeasurement()
-            for _ in benchmark.scaledIterations { blackHole(bus.handle(exit, context: context)) }
-            benchmark.stopMeasurement()
-        }
+        guard let data = PortIOData(buffer: PortIOBuffer(capacity: 4), size: 1, count: 1) else { return }
+        let exit = VMExit.portOut(PortIO(port: 0x1A3, size: 1, count: 1, data: data))
+        let context = ExitContext(vcpuID: 0)
+        benchmark.startMeasurement()
+        for _ in benchmark.scaledIterations { blackHole(bus.handle(exit, context: context)) }
+        benchmark.stopMeasurement()
     }
 }

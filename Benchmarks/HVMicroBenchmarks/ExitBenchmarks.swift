@@ -47,14 +47,12 @@ func registerExitBenchmarks() {
         let bus = DeviceBus()
         try bus.register(AcceptingPort(), port: 0x70, count: 1)
         let chain = DecliningHandler().then(bus)
-        var byte: UInt32 = 0x41
-        withUnsafeMutableBytes(of: &byte) { raw in
-            guard let data = PortIOData(base: raw.baseAddress!, size: 1, count: 1, capacity: 4) else { return }
-            let exit = VMExit.portOut(PortIO(port: 0x70, size: 1, count: 1, data: data))
-            let context = ExitContext(vcpuID: 0)
-            benchmark.startMeasurement()
-            for _ in benchmark.scaledIterations { blackHole(chain.handle(identity(exit), context: context)) }
-            benchmark.stopMeasurement()
-        }
+        guard let data = PortIOData(buffer: PortIOBuffer(capacity: 4), size: 1, count: 1) else { return }
+        data[0] = 0x41
+        let exit = VMExit.portOut(PortIO(port: 0x70, size: 1, count: 1, data: data))
+        let context = ExitContext(vcpuID: 0)
+        benchmark.startMeasurement()
+        for _ in benchmark.scaledIterations { blackHole(chain.handle(identity(exit), context: context)) }
+        benchmark.stopMeasurement()
     }
 }

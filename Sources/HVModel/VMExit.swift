@@ -1,10 +1,13 @@
 // The exit vocabulary: one enum for every backend (KVM hosted, VMX/SVM bare metal).
-// A `VMExit` is a plain value with no references: decoding one never allocates.
+// A `VMExit` is a plain value; its one reference (a port access's buffer) is made once per vCPU,
+// so decoding an exit never allocates.
+import Synchronization
 
 /// Why the guest stopped running and handed control to the monitor.
 ///
-/// Payloads that point at backend memory (the data of a port access) are valid until the
-/// vCPU runs again, the way `kvm_run` is (Documentation/virt/kvm/api.rst, "KVM_RUN").
+/// The data of a port access lives in the backend's buffer, reused at the vCPU's next run the
+/// way `kvm_run` is (Documentation/virt/kvm/api.rst, "KVM_RUN"): `PortIOData` checks at each
+/// access that its exit is still the current one.
 public enum VMExit: Sendable {
     /// An `IN`/`INS` instruction (SDM Vol. 3C, 28.1.3 "I/O instruction").
     case portIn(PortIO)
@@ -134,50 +137,95 @@ public struct PortIO: Sendable {
     @inlinable public var value: UInt32 { data[0] }
 }
 
-/// A view of the bytes of a port access, owned by the backend (for KVM, inside `kvm_run`).
-/// Every element access is bounds-checked against the count the view was built with.
-///
-/// Valid only while the handler that received the exit runs: the backend reuses the bytes for
-/// the vCPU's next exit. Copy the values out (`data[i]`) to keep them.
-public struct PortIOData: @unchecked Sendable {
-    // @unchecked: a pointer into the backend's per-vCPU buffer, read and written only on the vCPU
-    // thread while its handler runs (the lifetime rule above; the compiler does not check it yet).
-    @usableFromInline let base: UnsafeMutableRawPointer
+/// The bytes a vCPU's port exits are handed over in (for KVM, the data area of its `kvm_run`
+/// mapping), with a count of the vCPU's runs. Every `PortIOData` keeps its buffer alive, so a
+/// view kept past its exit never reaches freed or unmapped memory, and remembers the run it
+/// came from, so once the vCPU has run again it reads zeros and drops writes instead of
+/// another exit's bytes. One per vCPU, made before the first run: exits allocate nothing.
+open class PortIOBuffer: @unchecked Sendable {
+    // @unchecked: `base` and `capacity` never change; the run count is atomic; the bytes are
+    // touched only through views of the current run (checked at each access) on the vCPU's
+    // thread, or by the backend between runs.
+    public let base: UnsafeMutableRawPointer
+    public let capacity: Int
+    @usableFromInline let runs = Atomic<UInt64>(0)
+    private let owned: Bool
+
+    /// A buffer of `capacity` bytes of its own (a scripted backend, tests, benchmarks).
+    public init(capacity: Int) {
+        base = .allocate(byteCount: max(capacity, 1), alignment: 8)
+        self.capacity = max(capacity, 0)
+        owned = true
+    }
+
+    /// `capacity` bytes at `base` that a subclass owns and releases in its own deinit (a
+    /// backend's mapping, which thereby lives as long as any view of it).
+    public init(borrowing base: UnsafeMutableRawPointer, capacity: Int) {
+        self.base = base
+        self.capacity = max(capacity, 0)
+        owned = false
+    }
+
+    deinit { if owned { base.deallocate() } }
+
+    /// The vCPU is about to run: views of earlier exits go stale. Called by the backend on the
+    /// vCPU's thread, the only writer (a load and a store, no read-modify-write).
+    @inlinable public final func beginRun() {
+        runs.store(runs.load(ordering: .relaxed) &+ 1, ordering: .releasing)
+    }
+}
+
+/// A view of the bytes of a port access in the backend's `PortIOBuffer`. Every element access
+/// is bounds-checked against the count the view was built with, and checked to belong to the
+/// current run: valid while the handler that received the exit runs; kept longer, it reads
+/// zeros and drops writes (copy the values out, `data[i]`, to keep them).
+public struct PortIOData: Sendable {
+    @usableFromInline let buffer: PortIOBuffer
+    @usableFromInline let offset: Int
+    @usableFromInline let run: UInt64
     /// Bytes per element.
     public let size: Int
     /// Number of elements.
     public let count: Int
 
-    /// A view of `count` elements of `size` bytes at `base`, or nil when the size is not 1, 2
-    /// or 4, or when `count * size` would not fit in `capacity` bytes.
+    /// A view of `count` elements of `size` bytes at `offset` in `buffer`, for the buffer's
+    /// current run, or nil when the size is not 1, 2 or 4, or when the elements would not fit
+    /// in the buffer.
     @inlinable
-    public init?(base: UnsafeMutableRawPointer, size: Int, count: Int, capacity: Int) {
-        guard size == 1 || size == 2 || size == 4, count >= 1 else { return nil }
+    public init?(buffer: PortIOBuffer, offset: Int = 0, size: Int, count: Int) {
+        guard size == 1 || size == 2 || size == 4, count >= 1, offset >= 0, offset <= buffer.capacity else { return nil }
         let (total, overflow) = size.multipliedReportingOverflow(by: count)
-        guard !overflow, total <= capacity else { return nil }
-        self.base = base
+        guard !overflow, total <= buffer.capacity - offset else { return nil }
+        self.buffer = buffer
+        self.offset = offset
+        self.run = buffer.runs.load(ordering: .relaxed)
         self.size = size
         self.count = count
     }
 
-    /// Element `index`, zero-extended to 32 bits.
+    /// Whether the view belongs to the vCPU's current run (false once it has run again).
+    @inlinable public var isCurrent: Bool { buffer.runs.load(ordering: .acquiring) == run }
+
+    /// Element `index`, zero-extended to 32 bits; 0 from a stale view.
     @inlinable public subscript(index: Int) -> UInt32 {
         get {
             precondition(index >= 0 && index < count, "port I/O element out of range")
-            let offset = index &* size
+            guard isCurrent else { return 0 }
+            let base = buffer.base + offset, position = index &* size
             switch size {
-            case 1: return UInt32(base.load(fromByteOffset: offset, as: UInt8.self))
-            case 2: return UInt32(base.loadUnaligned(fromByteOffset: offset, as: UInt16.self))
-            default: return base.loadUnaligned(fromByteOffset: offset, as: UInt32.self)
+            case 1: return UInt32(base.load(fromByteOffset: position, as: UInt8.self))
+            case 2: return UInt32(base.loadUnaligned(fromByteOffset: position, as: UInt16.self))
+            default: return base.loadUnaligned(fromByteOffset: position, as: UInt32.self)
             }
         }
         nonmutating set {
             precondition(index >= 0 && index < count, "port I/O element out of range")
-            let offset = index &* size
+            guard isCurrent else { return }
+            let base = buffer.base + offset, position = index &* size
             switch size {
-            case 1: base.storeBytes(of: UInt8(truncatingIfNeeded: newValue), toByteOffset: offset, as: UInt8.self)
-            case 2: base.storeBytes(of: UInt16(truncatingIfNeeded: newValue), toByteOffset: offset, as: UInt16.self)
-            default: base.storeBytes(of: newValue, toByteOffset: offset, as: UInt32.self)
+            case 1: base.storeBytes(of: UInt8(truncatingIfNeeded: newValue), toByteOffset: position, as: UInt8.self)
+            case 2: base.storeBytes(of: UInt16(truncatingIfNeeded: newValue), toByteOffset: position, as: UInt16.self)
+            default: base.storeBytes(of: newValue, toByteOffset: position, as: UInt32.self)
             }
         }
     }

@@ -59,10 +59,7 @@ private final class RecordingMMIODevice: MMIODevice, @unchecked Sendable {  // e
 func withPortIO(
     _ port: IOPort, size: Int, elements: [UInt32], _ body: (PortIO) -> ExitAction?
 ) -> (ExitAction?, [UInt32]) {
-    let capacity = size * elements.count
-    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: capacity, alignment: 8)
-    defer { buffer.deallocate() }
-    let data = PortIOData(base: buffer.baseAddress!, size: size, count: elements.count, capacity: capacity)!
+    let data = PortIOData(buffer: PortIOBuffer(capacity: size * elements.count), size: size, count: elements.count)!
     for (index, element) in elements.enumerated() { data[index] = element }
     let action = body(PortIO(port: port, size: UInt8(size), count: UInt32(elements.count), data: data))
     return (action, (0..<elements.count).map { data[$0] })

@@ -107,6 +107,33 @@ struct KVMGuestTests {
         #expect(result.reason == .debugExit(code: 7))
     }
 
+    @Test("a handler that keeps a port exit past its run reads zeros from kvm_run, even once the machine is gone, never a later exit's bytes or unmapped memory")
+    func keptPortExit() throws {
+        var vm: Machine<KVMBackend>? = try KVMHost.machine()
+        _ = try attachConsole(vm!)
+        try vm!.load(GuestProgram.longMode { a in
+            a.mov(Register32.eax, 0x1234_5678)
+            a.out(0x75, Register32.eax)
+            a.mov(Register32.eax, 0x0BAD_0BAD)
+            a.out(0x76, Register32.eax)
+            a.debugExit(code: 0)
+        })
+        let kept = Mutex<PortIOData?>(nil)
+        let handler = ClosureExitHandler { exit, _ in
+            guard case .portOut(let io) = exit, io.port == 0x75 || io.port == 0x76 else { return nil }
+            if io.port == 0x75 {
+                #expect(io.data[0] == 0x1234_5678)
+                kept.withLock { $0 = io.data }
+            }
+            return .resume
+        }
+        #expect(try vm!.run(handler: handler).reason == .debugExit(code: 0))
+        let data = try #require(kept.withLock { $0 })
+        #expect(!data.isCurrent && data[0] == 0, "the kept view does not show the 0x76 exit's 0x0BAD0BAD")
+        vm = nil  // vCPU closed; the kvm_run mapping lives while the view does
+        #expect(data[0] == 0)
+    }
+
     @Test("port I/O of 1, 2 and 4 bytes in both directions", arguments: [GuestMode.real, .long])
     func portWidths(mode: GuestMode) throws {
         let vm = try KVMHost.machine()

@@ -5,33 +5,50 @@ import Testing
 struct ExitVocabularyTests {
     @Test("PortIOData reads and writes elements of 1, 2 and 4 bytes in place")
     func portDataElements() {
-        var storage = [UInt8](repeating: 0, count: 16)
-        storage.withUnsafeMutableBytes { raw in
-            let bytes = PortIOData(base: raw.baseAddress!, size: 1, count: 4, capacity: 16)!
-            bytes[0] = 0x41
-            bytes[3] = 0x1FF  // truncated to the element size
-            #expect(bytes[0] == 0x41)
-            #expect(bytes[3] == 0xFF)
-            let words = PortIOData(base: raw.baseAddress!, size: 2, count: 2, capacity: 16)!
-            words[1] = 0xBEEF
-            #expect(raw[2] == 0xEF && raw[3] == 0xBE)
-            let dwords = PortIOData(base: raw.baseAddress!, size: 4, count: 4, capacity: 16)!
-            dwords[3] = 0xDEAD_BEEF
-            #expect(dwords[3] == 0xDEAD_BEEF)
-        }
+        let buffer = PortIOBuffer(capacity: 16)
+        let bytes = PortIOData(buffer: buffer, size: 1, count: 4)!
+        bytes[0] = 0x41
+        bytes[3] = 0x1FF  // truncated to the element size
+        #expect(bytes[0] == 0x41)
+        #expect(bytes[3] == 0xFF)
+        let words = PortIOData(buffer: buffer, size: 2, count: 2)!
+        words[1] = 0xBEEF
+        #expect(buffer.base.load(fromByteOffset: 2, as: UInt8.self) == 0xEF && buffer.base.load(fromByteOffset: 3, as: UInt8.self) == 0xBE)
+        let dwords = PortIOData(buffer: buffer, size: 4, count: 4)!
+        dwords[3] = 0xDEAD_BEEF
+        #expect(dwords[3] == 0xDEAD_BEEF)
+        let shifted = PortIOData(buffer: buffer, offset: 12, size: 4, count: 1)!
+        #expect(shifted[0] == 0xDEAD_BEEF)
     }
 
     @Test("PortIOData refuses views that do not fit their buffer or have a bad element size")
     func portDataBounds() {
-        var storage = [UInt8](repeating: 0, count: 8)
-        storage.withUnsafeMutableBytes { raw in
-            let base = raw.baseAddress!
-            #expect(PortIOData(base: base, size: 4, count: 3, capacity: 8) == nil)
-            #expect(PortIOData(base: base, size: 3, count: 1, capacity: 8) == nil)
-            #expect(PortIOData(base: base, size: 1, count: 0, capacity: 8) == nil)
-            #expect(PortIOData(base: base, size: 4, count: Int.max, capacity: 8) == nil)
-            #expect(PortIOData(base: base, size: 4, count: 2, capacity: 8) != nil)
-        }
+        let buffer = PortIOBuffer(capacity: 8)
+        #expect(PortIOData(buffer: buffer, size: 4, count: 3) == nil)
+        #expect(PortIOData(buffer: buffer, size: 3, count: 1) == nil)
+        #expect(PortIOData(buffer: buffer, size: 1, count: 0) == nil)
+        #expect(PortIOData(buffer: buffer, size: 4, count: Int.max) == nil)
+        #expect(PortIOData(buffer: buffer, offset: 6, size: 4, count: 1) == nil)
+        #expect(PortIOData(buffer: buffer, offset: -1, size: 1, count: 1) == nil)
+        #expect(PortIOData(buffer: buffer, offset: Int.max, size: 1, count: 1) == nil)
+        #expect(PortIOData(buffer: buffer, size: 4, count: 2) != nil)
+    }
+
+    @Test("a PortIOData kept past its exit reads zeros and drops writes once the vCPU runs again, and keeps its buffer alive")
+    func portDataLifetime() {
+        var buffer: PortIOBuffer? = PortIOBuffer(capacity: 4)
+        buffer!.beginRun()
+        let kept = PortIOData(buffer: buffer!, size: 4, count: 1)!
+        kept[0] = 0x1234_5678
+        #expect(kept.isCurrent && kept[0] == 0x1234_5678)
+        buffer!.beginRun()  // the next exit's bytes
+        let next = PortIOData(buffer: buffer!, size: 4, count: 1)!
+        next[0] = 0xCAFE
+        #expect(!kept.isCurrent && kept[0] == 0, "a stale view does not read the next exit's bytes")
+        kept[0] = 0xDEAD
+        #expect(next[0] == 0xCAFE, "a stale view does not write over them")
+        buffer = nil  // the backend is gone; the views still own the memory
+        #expect(next[0] == 0xCAFE && kept[0] == 0)
     }
 
     @Test("every exit maps to its kind and every kind has a distinct name")
@@ -55,11 +72,8 @@ struct ExitVocabularyTests {
         let context = ExitContext(vcpuID: 0)
         #expect(chain.handle(.halt, context: context) == .stop(.halted))
         #expect(chain.handle(.shutdown, context: context) == nil)
-        var byte: UInt8 = 0
-        withUnsafeMutableBytes(of: &byte) { raw in
-            let io = PortIO(port: 0x60, size: 1, count: 1, data: PortIOData(base: raw.baseAddress!, size: 1, count: 1, capacity: 1)!)
-            #expect(chain.handle(.portIn(io), context: context) == .resumeWith(7))
-        }
+        let io = PortIO(port: 0x60, size: 1, count: 1, data: PortIOData(buffer: PortIOBuffer(capacity: 1), size: 1, count: 1)!)
+        #expect(chain.handle(.portIn(io), context: context) == .resumeWith(7))
         #expect(NoExitHandler().handle(.halt, context: context) == nil)
     }
 

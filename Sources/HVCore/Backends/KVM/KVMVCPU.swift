@@ -5,6 +5,14 @@ import CKVM
 import Glibc
 import Synchronization
 
+/// A vCPU's `kvm_run` mapping as the buffer its port exits view (`PortIOBuffer`): unmapped
+/// when the vCPU and every view of its exits are gone.
+final class KVMRunMapping: PortIOBuffer, @unchecked Sendable {
+    // @unchecked: as PortIOBuffer; the mapping's address and size never change.
+    init(base: UnsafeMutableRawPointer, size: Int) { super.init(borrowing: base, capacity: size) }
+    deinit { KVMSyscall.unmap(base, size: capacity) }
+}
+
 /// Owns a vCPU file descriptor and its `kvm_run` mapping (`shared`).
 public final class KVMVCPU: VCPU, @unchecked Sendable {
     // Sendable: `run()` and the register calls are used from the vCPU's own thread only (the
@@ -14,6 +22,8 @@ public final class KVMVCPU: VCPU, @unchecked Sendable {
     let fd: Int32
     let shared: UnsafeMutablePointer<kvm_run>
     let mapSize: Int
+    /// `shared` as the buffer port exits view; it owns the mapping.
+    let mapping: KVMRunMapping
     let vm: KVMVirtualMachine
     /// The pthread running this vCPU, 0 when none (for the kick signal). A Mutex, not an atomic:
     /// `finishThread()` cannot clear it, and the thread cannot end, while a kick is signalling it.
@@ -24,11 +34,12 @@ public final class KVMVCPU: VCPU, @unchecked Sendable {
         self.fd = fd
         self.shared = run.assumingMemoryBound(to: kvm_run.self)
         self.mapSize = mapSize
+        self.mapping = KVMRunMapping(base: run, size: mapSize)
         self.vm = vm
     }
 
     deinit {
-        KVMSyscall.unmap(UnsafeMutableRawPointer(shared), size: mapSize)
+        // The mapping goes with the last view of it (KVMRunMapping).
         KVMSyscall.close(fd)
     }
 
@@ -37,6 +48,8 @@ public final class KVMVCPU: VCPU, @unchecked Sendable {
     /// Enters the guest (`KVM_RUN`) and decodes why it came back. Allocates nothing.
     @inline(__always)
     public func run() throws(HVError) -> VMExit {
+        // kvm_run's data area is about to be reused: views of the last exit go stale.
+        mapping.beginRun()
         guard try KVMSyscall.run(fd) else { return .interrupted }
         return decodeExit()
     }
@@ -50,8 +63,7 @@ public final class KVMVCPU: VCPU, @unchecked Sendable {
             let io = r.pointee.io
             let offset = Int(clamping: io.data_offset)
             guard offset < mapSize,
-                  let data = PortIOData(base: UnsafeMutableRawPointer(r) + offset, size: Int(io.size),
-                                        count: Int(io.count), capacity: mapSize - offset)
+                  let data = PortIOData(buffer: mapping, offset: offset, size: Int(io.size), count: Int(io.count))
             else { return .unknown(reason: UInt32(KVM_EXIT_IO)) }
             let access = PortIO(port: IOPort(io.port), size: io.size, count: io.count, data: data)
             return io.direction == UInt8(KVM_EXIT_IO_OUT) ? .portOut(access) : .portIn(access)

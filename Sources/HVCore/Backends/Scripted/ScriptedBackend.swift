@@ -174,7 +174,7 @@ public final class ScriptedVCPU: VCPU, @unchecked Sendable {
     let repeats: Bool
     let records: Bool
     private var position = 0
-    private let buffer = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 8)
+    private let buffer = PortIOBuffer(capacity: 4096)
     private let exitRequested = Atomic<Bool>(false)
 
     public private(set) var completions: [ScriptedCompletion] = []
@@ -191,11 +191,10 @@ public final class ScriptedVCPU: VCPU, @unchecked Sendable {
         if records { completions.reserveCapacity(script.count) }
     }
 
-    deinit { buffer.deallocate() }
-
     /// The next scripted exit. Allocates nothing.
     public func run() throws(HVError) -> VMExit {
         if exitRequested.load(ordering: .acquiring) { return .interrupted }
+        buffer.beginRun()
         if position == script.count {
             if repeats && !script.isEmpty { position = 0 } else { return .systemEvent(.shutdown) }
         }
@@ -209,14 +208,14 @@ public final class ScriptedVCPU: VCPU, @unchecked Sendable {
         switch step {
         case let .portOut(port, size, values):
             let count = max(values.count, 1)
-            guard let data = PortIOData(base: buffer, size: Int(size), count: count, capacity: 4096) else {
+            guard let data = PortIOData(buffer: buffer, size: Int(size), count: count) else {
                 return .unknown(reason: 0xBAD)
             }
             // Indexed loop: unspecialised generic iterators allocate in debug builds.
             for index in 0..<values.count { data[index] = values[index] }
             return .portOut(PortIO(port: port, size: size, count: UInt32(count), data: data))
         case let .portIn(port, size, count):
-            guard let data = PortIOData(base: buffer, size: Int(size), count: Int(count), capacity: 4096) else {
+            guard let data = PortIOData(buffer: buffer, size: Int(size), count: Int(count)) else {
                 return .unknown(reason: 0xBAD)
             }
             for index in 0..<data.count { data[index] = 0 }
