@@ -48,7 +48,7 @@ private struct Harness {
         // harness drains what it sends and feeds it frames of the input.
         frames = FuzzFrames()
         network = VirtioMMIOTransport(device: VirtioNetwork(endpoint: frames), memory: memory, interrupt: nil)
-        balloon = VirtioMMIOTransport(device: VirtioBalloon(targetBytes: 32 << 10, statisticsInterval: nil), memory: memory, interrupt: nil)
+        balloon = VirtioMMIOTransport(device: try! VirtioBalloon(targetBytes: 32 << 10, statisticsInterval: nil), memory: memory, interrupt: nil)
     }
 }
 
