@@ -29,24 +29,5 @@ op() { printf "$(printf '\\x%02x\\x%02x\\x%02x\\x00' "$1" "$2" "$3")$(le "$4" 4)
 { op 1 0 5 0 0xAA; op 0 0 4 0 0; op 1 0 5 0 0x60; op 1 0 4 0 0x47; op 5 0x3C 0 0 0x6F6C6C6548; } > "$seeds/i8042-uart"
 { op 3 2 1 0 0x10; op 3 2 1 0x10 0x2F; op 2 2 1 0x10 0; op 1 2 9 4 0x2000; op 0 1 9 0 0; } > "$seeds/ioapic-pm"
 
-corpus="$work/corpus"
-mkdir -p "$corpus"
-log="$work/fuzz-devices.log"
-if [ -n "${FUZZ_RUNS:-}" ]; then
-    limit=(-runs="$FUZZ_RUNS"); echo "fuzz-devices: running $FUZZ_RUNS executions"
-else
-    limit=(-max_total_time="$seconds"); echo "fuzz-devices: running for ${seconds}s"
-fi
-if "$work/fuzz-devices" "${limit[@]}" -artifact_prefix="$work/" -max_len=4096 -timeout=10 -rss_limit_mb=1024 -malloc_limit_mb=64 \
-    -print_final_stats=1 "$corpus" "$seeds" >"$log" 2>&1; then
-    result="no crash, no growth"
-    status=0
-else
-    result="FAILED (see $log)"
-    status=1
-fi
-runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo "?")
-rss=$(grep -o 'stat::peak_rss_mb: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo "?")
-coverage=$(grep -o 'cov: [0-9]*' "$log" | tail -1 || true)
-echo "fuzz-devices: $runs executions, $coverage, peak RSS $rss MB, $result"
-exit $status
+exec "$root/scripts/fuzz-run.sh" fuzz-devices "$work/fuzz-devices" "$work" "$seeds" "$seconds" \
+    -max_len=4096 -rss_limit_mb=1024 -malloc_limit_mb=64

@@ -36,22 +36,4 @@ seed balloon 04
 seed network 05
 seed pci 06
 
-corpus="$work/corpus"
-mkdir -p "$corpus"
-log="$work/fuzz-virtio.log"
-if [ -n "${FUZZ_RUNS:-}" ]; then
-    limit=(-runs="$FUZZ_RUNS"); echo "fuzz-virtio: running $FUZZ_RUNS executions"
-else
-    limit=(-max_total_time="$seconds"); echo "fuzz-virtio: running for ${seconds}s"
-fi
-if "$work/fuzz-virtio" "${limit[@]}" -artifact_prefix="$work/" -max_len=32768 -timeout=10 -print_final_stats=1 "$corpus" "$seeds" >"$log" 2>&1; then
-    result="no crash"
-    status=0
-else
-    result="CRASH (see $log)"
-    status=1
-fi
-runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo "?")
-coverage=$(grep -o 'cov: [0-9]*' "$log" | tail -1 || true)
-echo "fuzz-virtio: $runs executions, $coverage, $result"
-exit $status
+exec "$root/scripts/fuzz-run.sh" fuzz-virtio "$work/fuzz-virtio" "$work" "$seeds" "$seconds" -max_len=32768
