@@ -21,7 +21,6 @@ public final class KVMVCPU: VCPU, @unchecked Sendable {
     public let id: Int
     let fd: Int32
     let shared: UnsafeMutablePointer<kvm_run>
-    let mapSize: Int
     /// `shared` as the buffer port exits view; it owns the mapping.
     let mapping: KVMRunMapping
     let vm: KVMVirtualMachine
@@ -33,7 +32,6 @@ public final class KVMVCPU: VCPU, @unchecked Sendable {
         self.id = id
         self.fd = fd
         self.shared = run.assumingMemoryBound(to: kvm_run.self)
-        self.mapSize = mapSize
         self.mapping = KVMRunMapping(base: run, size: mapSize)
         self.vm = vm
     }
@@ -62,8 +60,8 @@ public final class KVMVCPU: VCPU, @unchecked Sendable {
         case KVM_EXIT_IO:
             let io = r.pointee.io
             let offset = Int(clamping: io.data_offset)
-            guard offset < mapSize,
-                  let data = PortIOData(buffer: mapping, offset: offset, size: Int(io.size), count: Int(io.count))
+            // The view refuses an offset or a length past the mapping.
+            guard let data = PortIOData(buffer: mapping, offset: offset, size: Int(io.size), count: Int(io.count))
             else { return .unknown(reason: UInt32(KVM_EXIT_IO)) }
             let access = PortIO(port: IOPort(io.port), size: io.size, count: io.count, data: data)
             return io.direction == UInt8(KVM_EXIT_IO_OUT) ? .portOut(access) : .portIn(access)
