@@ -27,6 +27,8 @@ let package = Package(
         .target(name: "HVGuest", dependencies: ["HVModel"]),
         // Layer 3: C shims (headers only, no logic).
         .target(name: "CKVM"),
+        // libseccomp (Debian libseccomp-dev) and the SIGSYS report for HV's confinement.
+        .target(name: "CSeccomp", linkerSettings: [.linkedLibrary("seccomp")]),
         // Test and benchmark support: counts malloc calls of this process (interposes malloc).
         .target(name: "CAllocationCounter"),
         // libtpms, the TPM 2.0 used by the virtual TPM (Debian libtpms-dev).
@@ -38,6 +40,7 @@ let package = Package(
                 "HVModel",
                 "HVGuest",
                 .target(name: "CKVM", condition: .when(platforms: [.linux])),
+                .target(name: "CSeccomp", condition: .when(platforms: [.linux])),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ]
@@ -94,10 +97,12 @@ let package = Package(
         ),
         // Which missing resources the suites may skip, and the CI switches that forbid it.
         .target(name: "HVTestSupport", path: "Tests/HVTestSupport"),
+        // A VMM whose device makes a forbidden system call (ConfinementTests); not a product.
+        .executableTarget(name: "seccomp-probe", dependencies: ["HVCore", "HVGuest"], path: "Tests/Fixtures/SeccompProbe"),
         .testTarget(name: "HVModelTests", dependencies: ["HVModel"]),
         .testTarget(name: "HVGuestTests", dependencies: ["HVGuest", "HVTestSupport"]),
         .testTarget(name: "HVCoreTests", dependencies: ["HVCore", "CAllocationCounter", "HVTestSupport"]),
         .testTarget(name: "HVTPMTests", dependencies: ["HVTPM", "HVCore", "HVGuest", "HVTestSupport"]),
-        .testTarget(name: "hvTests", dependencies: ["hv", "HVGuest", "MinimalVMM", "ExitTracer", "PCBoot", "MicroVM", "hv-bench", "irq-latency", "HVTPM", "HVTestSupport"]),
+        .testTarget(name: "hvTests", dependencies: ["hv", "HVGuest", "MinimalVMM", "ExitTracer", "PCBoot", "MicroVM", "hv-bench", "irq-latency", "seccomp-probe", "HVTPM", "HVTestSupport"]),
     ]
 )

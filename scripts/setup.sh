@@ -4,6 +4,7 @@
 #   binutils        GNU as/objcopy: tests cross-check HV's x86 assembler against them
 #   libc6-dev       glibc headers
 #   libtpms-dev, pkg-config   the virtual TPM's engine (CLibTPMS)
+#   libseccomp-dev  the seccomp allow-lists that confine a running VMM (CSeccomp)
 #   tpm2-tools, swtpm, swtpm-tools   real TPM clients and the reference server for vTPM tests
 #   qemu-system-x86, busybox-static, cpio   the hardware-assisted test bed (scripts/testbed) and
 #                   the busybox guest Linux boots into (scripts/linux-guest-initrd)
@@ -13,7 +14,7 @@
 # Swift itself (6.1 or later) must already be on PATH.
 set -euo pipefail
 
-packages=(linux-libc-dev binutils libc6-dev libtpms-dev pkg-config tpm2-tools swtpm swtpm-tools qemu-system-x86 busybox-static cpio e2fsprogs acpica-tools gcc)
+packages=(linux-libc-dev binutils libc6-dev libtpms-dev libseccomp-dev pkg-config tpm2-tools swtpm swtpm-tools qemu-system-x86 busybox-static cpio e2fsprogs acpica-tools gcc)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

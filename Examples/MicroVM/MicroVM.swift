@@ -10,7 +10,8 @@
 // - virtio-blk on DISK (vda), virtio-net on a TAP interface it creates (eth0, with QEMU's MAC;
 //   needs CAP_NET_ADMIN), virtio-rng; as virtio-pci functions with MSI-X (--transport pci, the
 //   default) or virtio-mmio windows with level-triggered lines (--transport mmio);
-// - each device's queue doorbells through KVM_IOEVENTFD, served by the device's own thread.
+// - each device's queue doorbells through KVM_IOEVENTFD, served by the device's own thread;
+// - seccomp confinement from the moment the guest starts.
 // It stops when the guest powers off (ACPI S5) or after --timeout seconds.
 import ArgumentParser
 import HVCommandLine
@@ -69,6 +70,9 @@ struct MicroVM: ParsableCommand {
 
         var configuration = VirtualMachineConfiguration(memorySize: mem << 20, cpuCount: cpus, timeLimit: timeout, interruptController: .kernel)
         configuration.resetPolicy = .stop
+        // Once set up, the process may make only the calls running a VM needs; a device model a
+        // guest subverted cannot exec, fork or open a network socket (Documentation/Confinement.md).
+        configuration.confinement = Confinement(mode: .kill)
         try configuration.validate()
         let slots = transport == "mmio" ? try devices.indices.map { try VirtioMMIOSlot($0) } : []
         let image = try GuestImage.linux([UInt8](try Data(contentsOf: URL(fileURLWithPath: kernel))), commandLine: cmdline,

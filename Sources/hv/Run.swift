@@ -141,6 +141,12 @@ struct Run: ParsableCommand {
     @Flag(name: .long, help: "Print the exit table to standard error when the guest stops.")
     var stats = false
 
+    @Option(name: .long, help: ArgumentHelp("Seccomp confinement once the VM is set up: kill (report a system call outside HV's allow-list and stop, exit status 159), refuse (report it and fail it with EPERM; the guest goes on) or off (Documentation/Confinement.md).", valueName: "mode"))
+    var seccomp: SeccompArgument = .kill
+
+    @Option(name: .long, help: ArgumentHelp("Started as root: run the guest as this user (a name or uid) once /dev/kvm, the disks, the TAP and the TPM state are open; the TPM's directory must be writable by it (Documentation/Confinement.md).", valueName: "user"))
+    var user: String?
+
     @OptionGroup var logging: LoggingOptions
 
     func run() throws {
@@ -161,6 +167,10 @@ struct Run: ParsableCommand {
         configuration.resetPolicy = onReset.policy
         configuration.cpuModel = cpu
         configuration.hugePages = hugePages
+        configuration.confinement = seccomp.mode.map { Confinement(mode: $0) }
+        // Looked up now, so that an unknown user stops hv before anything is built.
+        let runAs: UnprivilegedUser?
+        do throws(ConfinementError) { runAs = try user.map { (name) throws(ConfinementError) in try UnprivilegedUser(name) } } catch { fail("--user \(user ?? "")", error.description) }
         do { try configuration.validate() } catch {
             // A size typed in hex or with a unit is echoed as typed, with its value in bytes.
             var error = error
@@ -215,6 +225,7 @@ struct Run: ParsableCommand {
                 if machine.hyperV != nil { try machine.attachHyperVTestDevice() }
             }
             try machine.load(image)
+            if let runAs { try switchUser(to: runAs) }
             let result = try machine.run()
             if case .internalError = result.reason, emulatedLinux {
                 printError("hv: Linux reached an instruction this host's KVM cannot emulate, as the note above said (run with --log-level debug for where)")
@@ -242,6 +253,16 @@ struct Run: ParsableCommand {
         // Stopped by a signal: the shell's status for it, as if hv had died of it (128 + number).
         let status = stopSignals.signal.map { 128 + $0 } ?? ExitStatus.forStop(result.reason)
         if status != 0 { throw ExitCode(status) }
+    }
+
+    /// Becomes `user` now that everything that needs root is open, and checks that what the run
+    /// still opens (the TPM's state files) is open to it.
+    private func switchUser(to user: UnprivilegedUser) throws(HVError) {
+        do throws(ConfinementError) { try user.switchTo() } catch { throw .confinement("--user \(user.name): \(error.description)") }
+        if let tpm, access(tpm, W_OK) != 0 {
+            fail("--user \(user.name)", "the TPM's state directory \(tpm) is not writable by \(user.name) (uid \(user.uid)); chown it to that user, or leave --user out")
+        }
+        LogCategory.vcpu.logger.info("running as \(user.name) (uid \(user.uid), gid \(user.gid))")
     }
 
     /// The --disk and --rng devices, opened before the VM is built (a missing or locked image is a
@@ -587,6 +608,11 @@ struct DiskArgument {
             }
         }
     }
+}
+
+enum SeccompArgument: String, ExpressibleByArgument, CaseIterable {
+    case kill, refuse, off
+    var mode: SeccompMode? { SeccompMode(rawValue: rawValue) }
 }
 
 enum TPMPlatformArgument: String, ExpressibleByArgument, CaseIterable {

@@ -27,6 +27,8 @@ public enum HVError: Error, CustomStringConvertible {
     /// A call that waits for every vCPU came from one of them (an exit handler), which would
     /// wait for itself forever.
     case calledFromVCPUThread(operation: String, vcpuID: Int)
+    /// The seccomp confinement could not be built or loaded (`VirtualMachineConfiguration.confinement`).
+    case confinement(String)
 
     public var description: String {
         switch self {
@@ -49,6 +51,8 @@ public enum HVError: Error, CustomStringConvertible {
         case let .calledFromVCPUThread(operation, id):
             return "\(operation) was called on vCPU \(id)'s own thread (from an exit handler): it waits for every vCPU to stop, "
                 + "this one included; call it from another thread, or return an ExitAction"
+        case .confinement(let problem):
+            return "confinement: \(problem)"
         }
     }
 }

@@ -108,6 +108,13 @@ public struct VirtualMachineConfiguration: Sendable, Equatable {
     /// `MADV_HUGEPAGE`; `MemoryRegion`), so KVM maps it with 2 MiB EPT/NPT entries (default on,
     /// as QEMU does). Off: 4 KiB pages only, each touched page faulted in on its own.
     public var hugePages: Bool = true
+    #if os(Linux)
+    /// Seccomp allow-lists from `Machine.start` on: the VMM list on every thread of the
+    /// process, the vCPU list on each vCPU thread (Documentation/Confinement.md). nil (the
+    /// SDK's default) confines nothing; `hv run` confines unless told `--seccomp off`. The
+    /// filters stay for the life of the process: confine a process that runs one VM.
+    public var confinement: Confinement?
+    #endif
 
     /// The PIT the backend creates: `pit` with `automatic` resolved.
     public var effectivePIT: PITMode {

@@ -3,6 +3,7 @@
 import Foundation
 #if os(Linux)
 import CKVM
+import CSeccomp
 #endif
 import Logging
 import Synchronization
@@ -207,6 +208,19 @@ public final class Machine<B: Backend>: @unchecked Sendable {
                 throw error
             }
         }
+        #if os(Linux)
+        // Set-up is over: from here on every thread may make only the VMM's calls (and the
+        // threads started below inherit the filter).
+        if let confinement = configuration.confinement {
+            do throws(ConfinementError) {
+                try confinement.process.install(mode: confinement.mode, allThreads: true)
+            } catch {
+                lock.unlock()
+                throw .confinement(error.description)
+            }
+            log.debug("confined: the \(confinement.process.name) allow-list (\(confinement.process.rules.count) rules, \(confinement.mode)) on every thread")
+        }
+        #endif
         _state = .running
         perVCPUStatistics = vcpus.map { _ in ExitStatistics() }
         startTime = monotonicNanoseconds()
@@ -433,7 +447,16 @@ public final class Machine<B: Backend>: @unchecked Sendable {
         lock.lock()
         vcpuThreads.append((pthread_self(), vcpu.id))
         lock.unlock()
-        do {
+        do throws(HVError) {
+            #if os(Linux)
+            if let confinement = configuration.confinement {
+                // Named before the filter goes on, for its reports ("thread 'vcpu0' made ...").
+                _ = hv_seccomp_name_thread("vcpu\(vcpu.id)")
+                do throws(ConfinementError) {
+                    try confinement.vcpu.install(mode: confinement.mode, allThreads: false)
+                } catch { throw HVError.confinement(error.description) }
+            }
+            #endif
             try vcpu.prepareThread()
             var stopped: StopReason
             repeat {

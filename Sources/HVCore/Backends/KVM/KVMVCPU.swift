@@ -189,6 +189,7 @@ public final class KVMVCPU: VCPU, @unchecked Sendable {
 
     public func prepareThread() throws(HVError) {
         try KVMKickSignal.install()
+        KVMKickSignal.unblock()
         thread.withLock { $0 = UInt(pthread_self()) }
     }
 
@@ -216,6 +217,10 @@ enum KVMKickSignal {
             return 0
         }
         if result != 0 { throw .systemCall(operation: "sigaction(vCPU kick signal)", errno: result) }
+    }
+
+    /// Lets the kick signal reach the calling thread (a vCPU thread).
+    static func unblock() {
         var set = sigset_t()
         sigemptyset(&set)
         sigaddset(&set, hv_kick_signal())

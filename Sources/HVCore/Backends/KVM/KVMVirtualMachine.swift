@@ -401,6 +401,10 @@ public final class KVMVirtualMachine: VirtualMachine {
         guard id >= 0, id < backend.capabilities.maxVCPUs else {
             throw .configuration(ConfigurationError(field: "vcpuID", value: "\(id)", expected: "0..<\(backend.capabilities.maxVCPUs)"))
         }
+        // The kick's handler is process-wide: installed with the first vCPU, during set-up, so
+        // that a confined vCPU thread (VirtualMachineConfiguration.confinement) need not call
+        // sigaction.
+        try KVMKickSignal.install()
         let vcpuFD = try KVMSyscall.ioctl(fd, HV_KVM_CREATE_VCPU, value: UInt(id), "KVM_CREATE_VCPU")
         let vcpu: KVMVCPU
         do {
