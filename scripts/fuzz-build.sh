@@ -15,12 +15,15 @@ echo "$name: building $target with coverage"
 swift build -c release --sanitize=fuzzer --build-path "$work/spm" --target "$target" 2>&1 | grep -E "error|warning: unre|Compiling|Build" | tail -3
 bin=$(swift build -c release --sanitize=fuzzer --build-path "$work/spm" --show-bin-path)
 # Every object of the library targets (not the plugins' host tools, built in the same folder as
-# *-tool.build), and the module maps of the C targets among them.
+# *-tool.build), and the module maps of the C targets among them: those a target ships (CKVM,
+# CLibTPMS, the C shims of the packages HV depends on: swift-numerics', swift-atomics') and those
+# SwiftPM wrote for the others (CSeccomp, SwiftNIO's C modules), in the build folder.
 mapfile -t objects < <(find "$bin" -path '*.build/*.o' ! -path '*-tool.build/*' | sort)
 maps=()
 while read -r map; do maps+=(-Xcc -fmodule-map-file="$map"); done < <(
-    find "$root/Sources/CKVM/include" "$root/Sources/CLibTPMS" "$work/spm/checkouts/swift-numerics/Sources/_NumericsShims/include" \
-        -name module.modulemap)
+    find "$root/Sources/CKVM/include" "$root/Sources/CLibTPMS" -name module.modulemap
+    find "$work/spm/checkouts" -path '*/Sources/*/include/module.modulemap' 
+    find "$bin" -path '*.build/module.modulemap' ! -path '*-tool.build/*')
 echo "$name: linking against ${#objects[@]} objects"
 swiftc -O -sanitize=fuzzer -parse-as-library -module-name "$(basename "$source" .swift)" -I "$bin/Modules" "${maps[@]}" \
-    "$source" "${objects[@]}" "$@" -o "$output"
+    "$source" "${objects[@]}" -lseccomp "$@" -o "$output"
