@@ -18,6 +18,8 @@ let package = Package(
         .package(url: "https://github.com/ordo-one/benchmark", from: "1.38.0", traits: ["MallocInterposer"]),
         // YAML for `hv vmx plan --config` (JSON uses Foundation).
         .package(url: "https://github.com/jpsim/Yams", from: "5.0.0"),
+        // The vTPM server's sockets (TCP and Unix-domain), event loop and framing.
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.0"),
     ],
     targets: [
         // Layer 1: the shared machine model. Pure Swift, compiled hosted and as Embedded Swift
@@ -47,7 +49,8 @@ let package = Package(
         ),
         // The virtual TPM (Documentation/vTPM.md): engines, TIS device, swtpm-protocol server.
         // Its own target so that only what uses a TPM links libtpms.
-        .target(name: "HVTPM", dependencies: ["HVCore", "HVGuest", "CLibTPMS", .target(name: "CKVM", condition: .when(platforms: [.linux]))]),
+        .target(name: "HVTPM", dependencies: ["HVCore", "HVGuest", "CLibTPMS", .target(name: "CKVM", condition: .when(platforms: [.linux])),
+                                       .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")]),
         // Layer 5: tools.
         // The tools' shared error convention (one line per error), on ArgumentParser.
         .target(name: "HVCommandLine", dependencies: [.product(name: "ArgumentParser", package: "swift-argument-parser")]),

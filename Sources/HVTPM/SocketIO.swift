@@ -26,11 +26,6 @@ final class StopPipe: @unchecked Sendable {
         _ = write(writeEnd, &byte, 1)
     }
 
-    var isSignalled: Bool {
-        var entry = pollfd(fd: readEnd, events: Int16(POLLIN), revents: 0)
-        return poll(&entry, 1, 0) > 0
-    }
-
     deinit {
         close(readEnd)
         close(writeEnd)
@@ -107,34 +102,6 @@ struct StoppableDescriptor {
 
 /// TCP sockets on IPv4 addresses.
 enum TCPSocket {
-    /// A listening socket on `host:port` (port 0: the kernel picks one); returns it and its port.
-    static func listen(host: String, port: UInt16) throws(TPMError) -> (fd: Int32, port: UInt16) {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw .io(operation: "socket", path: host, errno: errno) }
-        var one: Int32 = 1
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-        var address = try socketAddress(host: host, port: port)
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard bound == 0 else {
-            let code = errno
-            close(fd)
-            throw .io(operation: "bind", path: "\(host):\(port)", errno: code)
-        }
-        guard Glibc.listen(fd, 16) == 0 else {
-            let code = errno
-            close(fd)
-            throw .io(operation: "listen", path: "\(host):\(port)", errno: code)
-        }
-        var actual = sockaddr_in()
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &actual) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
-        }
-        return (fd, UInt16(bigEndian: actual.sin_port))
-    }
-
     /// A connected socket to `host:port`, with Nagle off (TPM frames are small request/response).
     static func connect(host: String, port: UInt16) throws(TPMError) -> Int32 {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)

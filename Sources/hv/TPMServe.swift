@@ -12,7 +12,11 @@ struct TPMServe: ParsableCommand {
             `hv tpm serve --state DIR --port 2321 --startup-clear` then \
             `tpm2_getrandom -T swtpm:host=127.0.0.1,port=2321 8 --hex` work, and QEMU's \
             tpm-emulator (which sends TPM2_Startup itself: leave --startup-clear out). --port 0 \
-            picks a free pair. The first line on standard output names the ports.
+            picks a free pair. The first line on standard output names the ports. The control \
+            channel can replace the whole TPM (SET_STATEBLOB): --control-socket PATH puts it on a \
+            Unix socket only this user can reach (mode 0600, as swtpm's --ctrl type=unixio) \
+            instead of TCP; --data-socket PATH does the same for TPM frames (`swtpm_ioctl \
+            --unix PATH` and QEMU's tpm-emulator chardev speak to such a control socket).
 
             Stdio mode (--stdio): TPM frames on standard input, responses on standard output, \
             for tpm2-tss's cmd TCTI: \
@@ -35,6 +39,12 @@ struct TPMServe: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("IPv4 address to listen on.", valueName: "address"))
     var host: String = "127.0.0.1"
 
+    @Option(name: .long, help: ArgumentHelp("Serve the control channel on this Unix socket (created 0600) instead of TCP port + 1.", valueName: "path"))
+    var controlSocket: String?
+
+    @Option(name: .long, help: ArgumentHelp("Serve TPM frames on this Unix socket (created 0600) instead of --port; needs --control-socket.", valueName: "path"))
+    var dataSocket: String?
+
     @Flag(name: .long, help: "Serve TPM frames on standard input and output instead of sockets.")
     var stdio = false
 
@@ -45,9 +55,23 @@ struct TPMServe: ParsableCommand {
     var resume = false
 
     func validate() throws {
-        if stdio && port != nil { throw ValidationError("--stdio and --port exclude each other; choose one transport.") }
-        if !stdio && port == nil { throw ValidationError("give --port P (TPM frames on P, control on P+1) or --stdio.") }
-        if port == UInt16.max { throw ValidationError("--port 65535 leaves no room for the control port (port + 1); choose a lower port.") }
+        if stdio && (port != nil || dataSocket != nil || controlSocket != nil) {
+            throw ValidationError("--stdio excludes --port, --data-socket and --control-socket; choose one transport.")
+        }
+        if port != nil && dataSocket != nil { throw ValidationError("--port and --data-socket exclude each other; choose one place for TPM frames.") }
+        if !stdio && port == nil && dataSocket == nil {
+            throw ValidationError("give --port P (TPM frames on P, control on P+1), --data-socket PATH with --control-socket PATH, or --stdio.")
+        }
+        if dataSocket != nil && controlSocket == nil {
+            throw ValidationError("--data-socket needs --control-socket PATH: the control channel has no TCP port to go to.")
+        }
+        for (flag, path) in [("--data-socket", dataSocket), ("--control-socket", controlSocket)] {
+            guard let path else { continue }
+            // sockaddr_un's sun_path: 108 bytes with the terminating NUL.
+            if path.isEmpty || path.utf8.count > 107 { throw ValidationError("\(flag) \(path.isEmpty ? "\"\"" : path): a Unix socket path needs 1 to 107 bytes.") }
+        }
+        if dataSocket != nil, dataSocket == controlSocket { throw ValidationError("--data-socket and --control-socket name the same path; give each its own.") }
+        if port == UInt16.max, controlSocket == nil { throw ValidationError("--port 65535 leaves no room for the control port (port + 1); choose a lower port.") }
     }
 
     func run() throws {
@@ -62,7 +86,8 @@ struct TPMServe: ParsableCommand {
         let (engine, directory, server) = try reportingTPMErrors { () throws(TPMError) in
             let directory = try TPMStateDirectory(path: state)
             let engine = try LibTPMSEngine.open(directory: directory, resume: resume, holder: "hv tpm serve")
-            let server = try TPMServer(engine: engine, directory: directory, host: host, port: stdio ? 0 : port!,
+            let data: TPMServerEndpoint = dataSocket.map { .unix(path: $0) } ?? .tcp(host: host, port: stdio ? 0 : port ?? 0)
+            let server = try TPMServer(engine: engine, directory: directory, data: data, control: controlSocket.map { .unix(path: $0) },
                                        startupClear: startupClear)
             try server.powerOn()
             return (engine, directory, server)
@@ -80,7 +105,7 @@ struct TPMServe: ParsableCommand {
             server.serveStream(input: STDIN_FILENO, output: STDOUT_FILENO)
         } else {
             // Unbuffered, so a parent reading the banner (tests, `hv tpm bench`) gets it at once.
-            FileHandle.standardOutput.write(Data("hv tpm serve: data \(host):\(server.dataPort) control \(host):\(server.controlPort) (\(engine.engineDescription), state \(directory.path))\n".utf8))
+            FileHandle.standardOutput.write(Data("hv tpm serve: data \(server.data) control \(server.control) (\(engine.engineDescription), state \(directory.path))\n".utf8))
             server.run()
         }
         _ = try reportingTPMErrors { () throws(TPMError) in try engine.close(savingVolatileState: true) }

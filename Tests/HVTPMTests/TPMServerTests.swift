@@ -50,6 +50,21 @@ final class RunningServer: @unchecked Sendable {
     }
 }
 
+/// A raw connection to a Unix-domain socket at `path` (-1 when refused).
+func connectUnix(_ path: String) -> Int32 {
+    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+    var address = sockaddr_un()
+    address.sun_family = sa_family_t(AF_UNIX)
+    withUnsafeMutableBytes(of: &address.sun_path) { bytes in
+        for (index, byte) in path.utf8.enumerated() where index < bytes.count - 1 { bytes[index] = byte }
+    }
+    let result = withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+    }
+    if result != 0 { close(fd); return -1 }
+    return fd
+}
+
 func send(_ fd: Int32, _ bytes: [UInt8]) {
     _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
 }
@@ -139,6 +154,66 @@ extension TPMLibTPMSSuites {
             while running.server.openConnections > 0, Date() < deadline { usleep(10_000) }
             #expect(running.server.openConnections == 0, "the idle connection was closed")
             #expect(TPMResponse.code(try client.execute(TPMCommand.getRandom(8), locality: 0)) == 0)
+        }
+
+        @Test("data and control on Unix sockets created 0600: both served, a stale socket file replaced, both files gone after stop()")
+        func unixSockets() throws {
+            let folder = FileManager.default.temporaryDirectory.appendingPathComponent("hv-tpm-unix-\(UUID().uuidString)")
+            try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(at: folder) }
+            let dataPath = folder.appendingPathComponent("data").path, controlPath = folder.appendingPathComponent("ctrl").path
+            // A socket file left by a server that was killed: replaced, not an error.
+            let stale = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+            var address = sockaddr_un()
+            address.sun_family = sa_family_t(AF_UNIX)
+            withUnsafeMutableBytes(of: &address.sun_path) { bytes in for (index, byte) in controlPath.utf8.enumerated() { bytes[index] = byte } }
+            _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(stale, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+            close(stale)
+
+            let engine = try LibTPMSEngine.open(directory: nil, holder: "unixSockets")
+            defer { try? engine.close() }
+            let server = try TPMServer(engine: engine, directory: nil, data: .unix(path: dataPath), control: .unix(path: controlPath), startupClear: true)
+            try server.powerOn()
+            #expect(server.data == .unix(path: dataPath) && server.dataPort == 0)
+            for path in [dataPath, controlPath] {
+                var info = stat()
+                #expect(stat(path, &info) == 0)
+                #expect(info.st_mode & S_IFMT == S_IFSOCK)
+                #expect(info.st_mode & 0o777 == 0o600, "\(path): mode \(String(info.st_mode & 0o777, radix: 8))")
+            }
+            let done = DispatchSemaphore(value: 0)
+            Thread { server.run(); done.signal() }.start()
+
+            let data = connectUnix(dataPath)
+            #expect(data >= 0)
+            send(data, TPMCommand.getRandom(8))
+            let answer = receiveAll(data, limit: 20)
+            #expect(answer.count == 20 && TPMResponse.code(answer) == 0)
+            close(data)
+            let control = connectUnix(controlPath)
+            #expect(control >= 0)
+            send(control, [0, 0, 0, 1])  // GET_CAPABILITY
+            #expect(receiveAll(control, limit: 8) == [0, 0, 0, 0, 0, 0, 0x2F, 0xEF])
+            close(control)
+
+            server.stop()
+            #expect(done.wait(timeout: .now() + 10) == .success)
+            #expect(!FileManager.default.fileExists(atPath: dataPath) && !FileManager.default.fileExists(atPath: controlPath))
+        }
+
+        @Test("a SET_STATEBLOB announcing more than 16 MiB closes the connection; one announcing 16 MiB and sending 1 byte holds 1 byte, not 16 MiB")
+        func stateBlobLengthIsBounded() throws {
+            let running = try RunningServer()
+            defer { running.stop() }
+            let fd = try running.connect(control: true)
+            send(fd, [0, 0, 0, 13, 0, 0, 0, 0, 0, 0, 0, 1, 0x01, 0x00, 0x00, 0x01])  // 16 MiB + 1
+            #expect(receiveAll(fd).isEmpty, "closed without an answer")
+            close(fd)
+            let held = try running.connect(control: true)
+            send(held, [0, 0, 0, 13, 0, 0, 0, 0, 0, 0, 0, 1, 0x01, 0x00, 0x00, 0x00, 0xAA])
+            usleep(100_000)
+            #expect(running.server.openConnections == 1, "waiting for the rest of the blob")
+            close(held)
         }
 
         @Test func aFrameWithAnImpossibleSizeIsRefusedAndTheConnectionClosed() throws {

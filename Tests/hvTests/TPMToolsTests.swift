@@ -41,7 +41,7 @@ final class TPMServeProcess {
         var banner: [UInt8] = []
         while let byte = try out.fileHandleForReading.read(upToCount: 1)?.first, byte != UInt8(ascii: "\n") { banner.append(byte) }
         let line = String(decoding: banner, as: UTF8.self)
-        guard let range = line.range(of: "data 127.0.0.1:"),
+        guard let range = line.range(of: "data 127.0.0.1:"),  // "hv tpm serve: data 127.0.0.1:P control ..."
               let port = UInt16(line[range.upperBound...].prefix { $0.isNumber }) else {
             process.terminate()
             throw CocoaError(.fileReadUnknown, userInfo: [NSLocalizedDescriptionKey: "hv tpm serve did not start: \(line)"])
@@ -217,7 +217,47 @@ final class TPMToolsTests {
         #expect(neither.stderr.contains("--port P"))
         let both = try PackageExecutable.run(["tpm", "serve", "--state", "/tmp/unused", "--stdio", "--port", "2321"])
         #expect(both.status == 64)
-        #expect(both.stderr.contains("exclude each other"))
+        #expect(both.stderr.contains("--stdio excludes --port, --data-socket and --control-socket"))
+        let refusals: [([String], String)] = [
+            (["--data-socket", "/tmp/d"], "--data-socket needs --control-socket PATH"),
+            (["--port", "2321", "--data-socket", "/tmp/d", "--control-socket", "/tmp/c"], "--port and --data-socket exclude each other"),
+            (["--data-socket", "/tmp/x", "--control-socket", "/tmp/x"], "name the same path"),
+            (["--port", "2321", "--control-socket", ""], "--control-socket \"\": a Unix socket path needs 1 to 107 bytes"),
+            (["--port", "2321", "--control-socket", "/tmp/" + String(repeating: "x", count: 120)], "a Unix socket path needs 1 to 107 bytes"),
+        ]
+        for (arguments, message) in refusals {
+            let result = try PackageExecutable.run(["tpm", "serve", "--state", "/tmp/unused"] + arguments)
+            #expect(result.status == 64, "\(arguments)")
+            #expect(result.stderr.contains(message), "\(arguments): \(result.stderr)")
+        }
+    }
+
+    @Test("--control-socket: the control channel on a Unix socket only its owner can reach, and not on TCP; swtpm_ioctl --unix drives it, CMD_SHUTDOWN ends the server and the socket goes")
+    func controlChannelOnAUnixSocket() throws {
+        let folder = try PackageExecutable.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let socketPath = folder.appendingPathComponent("ctrl.sock").path
+        let server = try TPMServeProcess(state: folder.appendingPathComponent("tpm"), extra: ["--control-socket", socketPath])
+        var info = stat()
+        #expect(stat(socketPath, &info) == 0)
+        #expect(info.st_mode & S_IFMT == S_IFSOCK)
+        #expect(info.st_mode & 0o777 == 0o600, "mode \(String(info.st_mode & 0o777, radix: 8))")
+        // tpm2-tools' swtpm TCTI wants the control channel on TCP port + 1, which is not there.
+        let noTCPControl = try TPMTools.run("getrandom", ["--hex", "8"], tcti: server.tcti, in: folder)
+        #expect(noTCPControl.status != 0)
+        func ioctl(_ arguments: [String]) throws -> ProcessResult {
+            try PackageExecutable.run(["--unix", socketPath] + arguments, executable: "/usr/bin/swtpm_ioctl")
+        }
+        let capabilities = try ioctl(["-c"])
+        #expect(capabilities.status == 0, "\(capabilities.stderr)")
+        #expect(capabilities.stdout.contains("ptm capability is 0x2fef"), "\(capabilities.stdout)")
+        let locality = try ioctl(["-l", "3"])
+        #expect(locality.status == 0, "\(locality.stderr)")
+        let shutdown = try ioctl(["-s"])
+        #expect(shutdown.status == 0, "\(shutdown.stderr)")
+        server.process.waitUntilExit()
+        #expect(server.process.terminationStatus == 0)
+        #expect(!FileManager.default.fileExists(atPath: socketPath), "the server removes its socket when it stops")
     }
 
     @Test func infoOfAMissingDirectoryIsAUsageError() throws {
