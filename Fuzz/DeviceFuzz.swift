@@ -32,8 +32,7 @@ private struct Harness {
             try machine.connect(uart, irq: 4)
             // The TPM as `hv run --tpm` sets it up: started, platform hierarchy locked by a random auth.
             engine = try LibTPMSEngine.open(directory: nil, holder: "fuzz-devices")
-            try TPMFirmware.prepare(engine, policy: .randomAuth)
-            let tis = TISDevice(engine: engine, platformPolicy: .randomAuth)
+            let tis = try TISDevice(engine: engine, platformPolicy: .randomAuth)
             try machine.devices.register(tis, address: GuestPhysicalAddress(TISInterface.baseAddress), length: TISInterface.windowSize)
             try machine.connect(tis)
             let pc = try machine.attachPCPlatform(acpiTables: true, tpm: true)

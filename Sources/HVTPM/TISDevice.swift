@@ -6,7 +6,7 @@ import Synchronization
 /// A TPM 2.0 reached through the TIS FIFO interface at 0xFED40000 (five localities).
 ///
 /// ```swift
-/// let tpm = TISDevice(engine: try LibTPMSEngine.open(directory: TPMStateDirectory(path: "vm.tpm")))
+/// let tpm = try TISDevice(engine: try LibTPMSEngine.open(directory: TPMStateDirectory(path: "vm.tpm")))
 /// try machine.devices.register(tpm, address: GuestPhysicalAddress(TISInterface.baseAddress),
 ///                              length: TISInterface.windowSize)
 /// ```
@@ -28,19 +28,24 @@ public final class TISDevice: MMIODevice, ResettableDevice, Sendable {
         var onRoutedInterruptChange: (@Sendable (_ line: UInt8, _ asserted: Bool) -> Void)?
     }
 
-    /// What firmware leaves of the platform hierarchy after each power-on (`TPMFirmware`):
-    /// `.guest` (the default) leaves the TPM to the guest; with another policy the platform
-    /// reset re-runs `TPMFirmware.prepare` after power-cycling the TPM, as a PC's BIOS does at
-    /// every boot. The first power-on is the embedder's: call `TPMFirmware.prepare` before the
-    /// guest runs.
+    /// What firmware leaves of the platform hierarchy at each power-on (`TPMFirmware`), as a
+    /// PC's BIOS does at every boot: the initialiser plays firmware's part once, and a platform
+    /// reset again after power-cycling the TPM. `.randomAuth` (the default, SeaBIOS's) and
+    /// `.disable` (OVMF's) keep a guest from wiping the TPM with the platform's authority;
+    /// `.guest` leaves the TPM unstarted and the hierarchy to a guest that plays firmware itself.
     public let platformPolicy: TPMPlatformPolicy
 
+    /// A TIS in front of `engine`, with firmware's part done (`TPMFirmware.prepare`): with any
+    /// policy but `.guest` the TPM is started and its platform hierarchy locked before the
+    /// initialiser returns, so no guest instruction can ever see it open. Throws what the TPM
+    /// answered when it refused.
     public init(name: String = "tpm-tis", engine: any TPMEngine, bufferSize: Int = 4096,
-                platformPolicy: TPMPlatformPolicy = .guest) {
+                platformPolicy: TPMPlatformPolicy = .randomAuth) throws(TPMError) {
         self.name = name
         self.engine = engine
         self.platformPolicy = platformPolicy
         registers = Mutex(Registers(model: TISInterface(bufferSize: bufferSize)))
+        try TPMFirmware.prepare(engine, policy: platformPolicy)
     }
 
     /// Called with the new level whenever the TIS interrupt line changes (for an interrupt

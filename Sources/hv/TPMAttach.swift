@@ -12,10 +12,10 @@ func attachTPM<B>(directory: String?, platform: TPMPlatformPolicy, to machine: M
     } catch {
         throw .configuration(ConfigurationError(field: "--tpm", value: directory, expected: "a usable TPM state directory (\(error))"))
     }
-    let tis = TISDevice(engine: engine, platformPolicy: platform)
     do throws(HVError) {
         // Firmware's part before the guest's first instruction: start the TPM, lock the platform hierarchy.
-        do { try TPMFirmware.prepare(engine, policy: platform) } catch {
+        let tis: TISDevice
+        do { tis = try TISDevice(engine: engine, platformPolicy: platform) } catch {
             throw .configuration(ConfigurationError(field: "--tpm-platform", value: platform.rawValue,
                                                     expected: "a policy the TPM accepts (\(error))"))
         }

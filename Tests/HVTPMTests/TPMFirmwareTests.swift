@@ -32,12 +32,23 @@ extension TPMLibTPMSSuites {
             #expect(try code(engine, TPMCommand.getRandom(8)) == 0)  // the TPM itself still serves
         }
 
+        @Test("a TIS device made with the default policy has locked the platform hierarchy before a guest can touch it: through its FIFO the guest's TPM2_Startup finds the TPM started, and TPM2_Clear and TPM2_ChangeEPS with the platform's (empty) authorisation are refused")
+        func defaultDeviceIsLocked() throws {
+            let engine = try LibTPMSEngine.open(directory: nil, holder: "TPMFirmwareTests")
+            defer { try? engine.close() }
+            let tis = try TISDevice(engine: engine)
+            #expect(tis.platformPolicy == .randomAuth)
+            #expect(TPMResponse.code(transact(tis, TPMCommand.startup(.clear))) == TPMResponseCode.initialize.rawValue)
+            #expect(TPMResponse.code(transact(tis, TPMCommand.clear(authorizedBy: TPMCommand.platformHierarchy))) != 0)
+            #expect(TPMResponse.code(transact(tis, TPMCommand.changeEPS())) != 0)
+            #expect(TPMResponse.code(transact(tis, TPMCommand.getRandom(8))) == 0)
+        }
+
         @Test("a platform reset through the TIS power-cycles the TPM and locks the platform hierarchy again")
         func resetLocksAgain() throws {
             let engine = try LibTPMSEngine.open(directory: nil, holder: "TPMFirmwareTests")
             defer { try? engine.close() }
-            let tis = TISDevice(engine: engine, platformPolicy: .disable)
-            try TPMFirmware.prepare(engine, policy: .disable)
+            let tis = try TISDevice(engine: engine, platformPolicy: .disable)
             tis.reset()  // TPM power cycle: a bare Startup(CLEAR) would re-enable the hierarchy
             #expect(try code(engine, TPMCommand.clear(authorizedBy: TPMCommand.platformHierarchy)) != 0)
             #expect(try code(engine, TPMCommand.changeEPS()) != 0)

@@ -30,7 +30,8 @@ extension TPMLibTPMSSuites {
             let capture = SerialCapture()
             try machine.devices.register(UART16550(output: .capture(capture)), port: .com1, count: UART16550.portCount)
             try machine.devices.register(DebugExitDevice(), port: .debugExit, count: 4)
-            let tis = TISDevice(engine: engine)
+            // .guest: this guest plays firmware's part itself (its TPM2_Startup must succeed).
+            let tis = try TISDevice(engine: engine, platformPolicy: .guest)
             try machine.devices.register(tis, address: GuestPhysicalAddress(TISInterface.baseAddress), length: TISInterface.windowSize)
             try machine.load(TISGuestProgram.startupAndGetRandom())
             let result = try machine.run()

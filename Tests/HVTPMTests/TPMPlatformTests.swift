@@ -5,7 +5,7 @@ import Testing
 
 /// Sends `command` through the TIS registers of `device` at locality 0 (requestUse,
 /// commandReady, the bytes, tpmGo) and reads the response back.
-private func transact(_ device: TISDevice, _ command: [UInt8]) -> [UInt8] {
+func transact(_ device: TISDevice, _ command: [UInt8]) -> [UInt8] {
     _ = device.mmioWrite(offset: TISInterface.Register.access, width: 1, value: UInt64(TISInterface.Access.requestUse))
     _ = device.mmioWrite(offset: TISInterface.Register.status, width: 1, value: UInt64(TISInterface.Status.commandReady))
     for byte in command { _ = device.mmioWrite(offset: TISInterface.Register.dataFIFO, width: 1, value: UInt64(byte)) }
@@ -22,7 +22,7 @@ extension TPMLibTPMSSuites {
         @Test func aPlatformResetReleasesTheLocalityAndPowerCyclesTheTPMSoPCRsStartOver() throws {
             let engine = try LibTPMSEngine.open(directory: nil)
             defer { try? engine.close() }
-            let device = TISDevice(engine: engine)
+            let device = try TISDevice(engine: engine, platformPolicy: .guest)  // the test plays firmware
             #expect(TPMResponse.code(transact(device, TPMCommand.startup(.clear))) == 0)
             let extend = TPMCommand.pcrExtend(16, digests: [(.sha256, SHA256.hash(Array("hello".utf8)))])
             #expect(TPMResponse.code(transact(device, extend)) == 0)
@@ -49,7 +49,7 @@ extension TPMLibTPMSSuites {
             defer { try? engine.close() }
             let configuration = VirtualMachineConfiguration(memorySize: 1 << 20, interruptController: .kernel)
             let vm = try Machine(configuration: configuration, backend: ScriptedBackend(script: [.halt]))
-            let device = TISDevice(engine: engine)
+            let device = try TISDevice(engine: engine, platformPolicy: .guest)  // the test plays firmware
             try vm.connect(device)
             // Locality 0 takes the interface first: an inactive locality's writes change nothing.
             _ = device.mmioWrite(offset: TISInterface.Register.access, width: 1, value: UInt64(TISInterface.Access.requestUse))
@@ -72,7 +72,8 @@ extension TPMLibTPMSSuites {
             defer { try? engine.close() }
             let vm = try Machine(configuration: VirtualMachineConfiguration(memorySize: 1 << 20),
                                  backend: ScriptedBackend(script: [.halt]))
-            #expect(throws: HVError.self) { try vm.connect(TISDevice(engine: engine)) }
+            let device = try TISDevice(engine: engine)
+            #expect(throws: HVError.self) { try vm.connect(device) }
         }
     }
 }
