@@ -1,6 +1,7 @@
 // `hv tpm serve`: a TPM helper process speaking the swtpm protocol (or raw frames on stdio).
 import ArgumentParser
 import Foundation
+import HVCore
 import HVTPM
 
 struct TPMServe: ParsableCommand {
@@ -54,6 +55,9 @@ struct TPMServe: ParsableCommand {
     @Flag(name: .long, help: "Continue the TPM saved at the last clean shutdown (PCRs, sessions) instead of powering on fresh.")
     var resume = false
 
+    @Option(name: .long, help: ArgumentHelp("Seccomp confinement once the sockets listen and the state is open: kill (a system call outside the TPM server's allow-list is reported and stops the server, exit status 159), refuse (reported, fails with EPERM) or off (Documentation/Confinement.md).", valueName: "mode"))
+    var seccomp: SeccompArgument = .kill
+
     func validate() throws {
         if stdio && (port != nil || dataSocket != nil || controlSocket != nil) {
             throw ValidationError("--stdio excludes --port, --data-socket and --control-socket; choose one transport.")
@@ -100,6 +104,14 @@ struct TPMServe: ParsableCommand {
             server.stop()
         }
         signalThread.start()
+        // Everything the server opens from now on is its state files; clients are accepted on
+        // sockets that already listen.
+        if let mode = seccomp.mode {
+            do throws(ConfinementError) { try SeccompFilter.tpmServer.install(mode: mode, allThreads: true) } catch {
+                printError("hv: error: --seccomp: \(error)")
+                throw ExitCode(ExitStatus.hostFailure)
+            }
+        }
         if stdio {
             printError("hv tpm serve: \(engine.engineDescription), state \(directory.path), serving on stdin/stdout")
             server.serveStream(input: STDIN_FILENO, output: STDOUT_FILENO)

@@ -94,13 +94,14 @@ struct ConfinementTests {
         let deadline = Date(timeIntervalSinceNow: 15)
         while process.isRunning, Date() < deadline {
             let status = (try? String(contentsOfFile: "/proc/\(process.processIdentifier)/status", encoding: .utf8)) ?? ""
-            identity = status.split(separator: "\n").filter { $0.hasPrefix("Uid:") || $0.hasPrefix("Gid:") || $0.hasPrefix("Groups:") }.joined(separator: " | ")
-            if identity.contains("Uid:\t65534\t65534\t65534\t65534") { break }
+            identity = status.split(separator: "\n").filter { $0.hasPrefix("Uid:") || $0.hasPrefix("Gid:") || $0.hasPrefix("Groups:") || $0.hasPrefix("Seccomp:") }.joined(separator: " | ")
+            if identity.contains("Uid:\t65534\t65534\t65534\t65534"), identity.contains("Seccomp:\t2") { break }
             Thread.sleep(forTimeInterval: 0.05)
         }
         process.terminate()
         process.waitUntilExit()
-        #expect(identity == "Uid:\t65534\t65534\t65534\t65534 | Gid:\t65534\t65534\t65534\t65534 | Groups:\t65534 ")
+        // seccomp mode 2 (a filter) once the guest runs; the user switch comes before it.
+        #expect(identity == "Uid:\t65534\t65534\t65534\t65534 | Gid:\t65534\t65534\t65534\t65534 | Groups:\t65534  | Seccomp:\t2")
 
         let unknown = try PackageExecutable.run(["run", "--user", "no-such-user-hv", spin.path])
         #expect(unknown.status == 64)

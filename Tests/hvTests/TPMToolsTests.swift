@@ -238,6 +238,9 @@ final class TPMToolsTests {
         defer { try? FileManager.default.removeItem(at: folder) }
         let socketPath = folder.appendingPathComponent("ctrl.sock").path
         let server = try TPMServeProcess(state: folder.appendingPathComponent("tpm"), extra: ["--control-socket", socketPath])
+        // Confined by default once it listens (seccomp mode 2: a filter).
+        let status = try String(contentsOfFile: "/proc/\(server.process.processIdentifier)/status", encoding: .utf8)
+        #expect(status.contains("\nSeccomp:\t2\n"))
         var info = stat()
         #expect(stat(socketPath, &info) == 0)
         #expect(info.st_mode & S_IFMT == S_IFSOCK)

@@ -133,9 +133,19 @@ extension SeccompFilter {
     }()
 
     /// What a vCPU thread calls: the common list, without the calls that only the VMM's own
-    /// threads make (accepting and binding sockets, waiting for signals). Device models run on vCPU threads when the
-    /// guest touches them, so their runtime calls are here too.
+    /// threads make (accepting and binding sockets, waiting for signals). Device models run on
+    /// vCPU threads when the guest touches them, so their runtime calls are here too.
     public static let vcpu = SeccompFilter(name: "vCPU", rules: common)
+
+    /// What `hv tpm serve` calls once it listens: the VMM list without KVM's ioctls (it has no
+    /// VM), plus `getpeername` (SwiftNIO asks for an accepted connection's peer).
+    public static let tpmServer: SeccompFilter = {
+        var filter = vmm
+        filter.name = "TPM server"
+        filter.rules.removeAll { $0.syscall == "ioctl" && $0.conditions.first?.mask == 0xFF00 }
+        filter.rules.append(SeccompRule("getpeername"))
+        return filter
+    }()
 
     private static let common: [SeccompRule] = {
         let anyArguments: [String] = [
