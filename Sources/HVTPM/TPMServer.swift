@@ -216,6 +216,8 @@ public final class TPMServer: Sendable {
 
     /// Ends `run()`: listening stops and open connections are closed. Any thread.
     public func stop() {
+        // After `run()` has shut the event loops down there is nothing left to stop.
+        guard !shutDown.load(ordering: .acquiring) else { return }
         let closes = listeners.map { $0.close() } + core.openChannels().map { $0.close() }
         EventLoopFuture.whenAllComplete(closes, on: group.next()).whenComplete { [self] _ in
             finished.lock()

@@ -201,6 +201,15 @@ extension TPMLibTPMSSuites {
             #expect(!FileManager.default.fileExists(atPath: dataPath) && !FileManager.default.fileExists(atPath: controlPath))
         }
 
+        @Test("stop() twice, and after run() returned, is harmless (a signal and CMD_SHUTDOWN can both ask)")
+        func stopIsIdempotent() throws {
+            let running = try RunningServer()
+            running.server.stop()
+            running.stop()
+            running.server.stop()
+            #expect(running.server.openConnections == 0)
+        }
+
         @Test("a SET_STATEBLOB announcing more than 16 MiB closes the connection; one announcing 16 MiB and sending 1 byte holds 1 byte, not 16 MiB")
         func stateBlobLengthIsBounded() throws {
             let running = try RunningServer()
