@@ -39,10 +39,10 @@ public enum TPMServerEndpoint: Sendable, Hashable, CustomStringConvertible {
 ///
 /// A frame is executed only once it has fully arrived, so a client that disconnects
 /// mid-command changes nothing; a command that was executed is committed (libtpms writes NVRAM
-/// through). Per connection the server reads only while no command is pending and its answer
-/// has been written, so a client that pipelines without reading holds at most one read's worth
-/// of bytes; a connection idle for `idleTimeout` (nothing read or written) is closed, and past
-/// `maximumConnections` a new one is closed on arrival.
+/// through). A client that pipelines without reading its answers stops being read once the
+/// connection's outbound buffer is full (`TPMDataHandler`); a connection idle for `idleTimeout`
+/// (nothing read or written) is closed, and past `maximumConnections` a new one is closed on
+/// arrival.
 public final class TPMServer: Sendable {
     public var engine: any TPMEngine { core.engine }
     /// Where STORE_VOLATILE writes (nil: not supported).
@@ -104,7 +104,7 @@ public final class TPMServer: Sendable {
                     let dataChannel = try Self.bind(.tcp(host: host, port: port), control: false, core: core, group: group)
                     let picked = UInt16(dataChannel.localAddress?.port ?? 0)
                     do throws(TPMError) {
-                        guard picked < UInt16.max else { throw TPMError.io(operation: "bind", path: "\(host):\(picked + 0)", errno: EADDRINUSE) }
+                        guard picked < UInt16.max else { throw TPMError.io(operation: "bind", path: "\(host):\(picked)", errno: EADDRINUSE) }
                         let controlChannel = try Self.bind(.tcp(host: host, port: picked + 1), control: true, core: core, group: group)
                         bound = [dataChannel, controlChannel]
                         break
@@ -131,6 +131,8 @@ public final class TPMServer: Sendable {
         self.listeners = bound
         self.data = Self.endpoint(of: bound[0], asked: data)
         self.control = Self.endpoint(of: bound[1], asked: control ?? data)
+        // CMD_SHUTDOWN stops the server as stop() does (weak: the core outlives no server).
+        core.onStop { [weak self] in self?.stop() }
     }
 
     deinit {
@@ -189,7 +191,7 @@ public final class TPMServer: Sendable {
     }
 
     /// Connections being served now (data and control).
-    public var openConnections: Int { core.connections.load(ordering: .acquiring) }
+    public var openConnections: Int { core.openChannels().count }
 
     /// Whether a client sent CMD_SHUTDOWN (the server then stops, as swtpm exits).
     public var shutdownRequested: Bool { core.shared.withLock { $0.shutdownRequested } }
@@ -201,7 +203,6 @@ public final class TPMServer: Sendable {
     /// returns once they are closed and the server's threads have ended. The listening sockets
     /// accept from `init` on.
     public func run() {
-        core.onStop { [self] in stop() }
         finished.lock()
         while !isFinished { finished.wait() }
         finished.unlock()
@@ -243,15 +244,9 @@ public final class TPMServer: Sendable {
             }
         }
     }
-
-    /// One command as the data channel runs it (tests).
-    func execute(_ command: [UInt8], locality: UInt8) -> [UInt8] { core.execute(command, locality: locality) }
-
-    /// One control command as the control channel runs it (tests).
-    func control(_ command: SwtpmControlCommand, input: [UInt8]) -> [UInt8] { core.control(command, input: input) }
 }
 
-/// What the handlers share: the engine, the swtpm state, the command thread, the connections.
+/// What the handlers share: the engine, the swtpm state, the open connections.
 final class TPMServerCore: Sendable {
     let engine: any TPMEngine
     let directory: TPMStateDirectory?
@@ -259,9 +254,9 @@ final class TPMServerCore: Sendable {
     let idleTimeout: Double
     /// Ends `serveStream`'s blocking reads.
     let stopPipe: StopPipe
-    let connections = Atomic<Int>(0)
     let locality = Atomic<UInt8>(0)
     let shared = Mutex(Shared())
+    /// The connections being served, by identity (their count is the limit's measure).
     private let channels = Mutex<[ObjectIdentifier: any Channel]>([:])
     private let stopHandler = Mutex<(@Sendable () -> Void)?>(nil)
 
@@ -281,20 +276,20 @@ final class TPMServerCore: Sendable {
         stopPipe = try StopPipe()
     }
 
-    /// The child-channel initialiser: counts the connection, refuses it past the limit, and
+    /// The child-channel initialiser: takes the connection in, or closes it past the limit, and
     /// sets up its pipeline.
     func admit(_ channel: any Channel, control: Bool, tcp: Bool) -> EventLoopFuture<Void> {
-        let count = connections.wrappingAdd(1, ordering: .acquiringAndReleasing).newValue
         let id = ObjectIdentifier(channel)
-        channel.closeFuture.whenComplete { [self] _ in
-            connections.wrappingSubtract(1, ordering: .acquiringAndReleasing)
-            _ = channels.withLock { $0.removeValue(forKey: id) }
+        let admitted = channels.withLock { open in
+            guard open.count < TPMServer.maximumConnections else { return false }
+            open[id] = channel
+            return true
         }
-        guard count <= TPMServer.maximumConnections else {
+        guard admitted else {
             LogCategory.devices.logger.warning("TPM server: \(TPMServer.maximumConnections) connections open; closing a new one")
             return channel.close()
         }
-        channels.withLock { $0[id] = channel }
+        channel.closeFuture.whenComplete { [self] _ in _ = channels.withLock { $0.removeValue(forKey: id) } }
         return channel.eventLoop.makeCompletedFuture {
             if tcp { try channel.syncOptions?.setOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1) }
             let idle = IdleStateHandler(allTimeout: .nanoseconds(Int64(idleTimeout * 1e9)))
