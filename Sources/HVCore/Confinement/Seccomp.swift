@@ -124,28 +124,23 @@ extension SeccompFilter {
     /// TAP's reads and writes, vsock's Unix sockets, libtpms' state files written by
     /// temporary name and rename), polling, and the KVM ioctls. No exec, no fork, no new
     /// network (Unix sockets only), no ptrace, mounts, modules, namespaces or credentials.
-    public static let vmm: SeccompFilter = {
-        var filter = SeccompFilter(name: "VMM", rules: common)
-        // Sockets accepted and bound (vsock's host side, a TPM server), and signals taken with
-        // sigwait(3) by a thread of their own (hv's Ctrl-C handling).
-        filter.rules += ["accept4", "accept", "listen", "bind", "getsockname", "rt_sigtimedwait"].map { SeccompRule($0) }
-        return filter
-    }()
+    public static let vmm = SeccompFilter(name: "VMM", rules: common + [kvmIoctls] + serverThreads)
 
     /// What a vCPU thread calls: the common list, without the calls that only the VMM's own
     /// threads make (accepting and binding sockets, waiting for signals). Device models run on
     /// vCPU threads when the guest touches them, so their runtime calls are here too.
-    public static let vcpu = SeccompFilter(name: "vCPU", rules: common)
+    public static let vcpu = SeccompFilter(name: "vCPU", rules: common + [kvmIoctls])
 
     /// What `hv tpm serve` calls once it listens: the VMM list without KVM's ioctls (it has no
     /// VM), plus `getpeername` (SwiftNIO asks for an accepted connection's peer).
-    public static let tpmServer: SeccompFilter = {
-        var filter = vmm
-        filter.name = "TPM server"
-        filter.rules.removeAll { $0.syscall == "ioctl" && $0.conditions.first?.mask == 0xFF00 }
-        filter.rules.append(SeccompRule("getpeername"))
-        return filter
-    }()
+    public static let tpmServer = SeccompFilter(name: "TPM server", rules: common + serverThreads + [SeccompRule("getpeername")])
+
+    /// KVM's ioctls (type 0xAE): the run loop, register access, interrupts.
+    private static let kvmIoctls = SeccompRule("ioctl", [.init(argument: 1, mask: 0xFF00, equals: 0xAE00)])
+
+    /// What only a VMM's own threads call: sockets accepted and bound (vsock's host side, a TPM
+    /// server), and signals taken with sigwait(3) by a thread of their own (hv's Ctrl-C).
+    private static let serverThreads = ["accept4", "accept", "listen", "bind", "getsockname", "rt_sigtimedwait"].map { SeccompRule($0) }
 
     private static let common: [SeccompRule] = {
         let anyArguments: [String] = [
@@ -188,10 +183,9 @@ extension SeccompFilter {
             SeccompRule("prctl", [.init(argument: 0, equals: HV_PR_SET_NO_NEW_PRIVS)]),
             SeccompRule("seccomp"),
         ]
-        // ioctl: KVM's (type 0xAE), a terminal's attributes and size (the console's raw mode),
-        // non-blocking and close-on-exec, and the TAP's offloads (set when the guest's driver
-        // negotiates them). Compared on the low 32 bits, where the request lives.
-        rules.append(SeccompRule("ioctl", [.init(argument: 1, mask: 0xFF00, equals: 0xAE00)]))
+        // ioctl (KVM's are `kvmIoctls`): a terminal's attributes and size (the console's raw
+        // mode), non-blocking and close-on-exec, and the TAP's offloads (set when the guest's
+        // driver negotiates them). Compared on the low 32 bits, where the request lives.
         let requests: [UInt64] = [TCGETS, TCSETS, TCSETSW, TCSETSF, TIOCGWINSZ, FIONREAD, FIONBIO, FIOCLEX].map { UInt64($0) }
         for request in requests + [UInt64(HV_TUNSETOFFLOAD)] {
             rules.append(SeccompRule("ioctl", [.init(argument: 1, mask: 0xFFFF_FFFF, equals: request)]))

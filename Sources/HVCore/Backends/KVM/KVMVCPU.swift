@@ -188,7 +188,7 @@ public final class KVMVCPU: VCPU, @unchecked Sendable {
     }
 
     public func prepareThread() throws(HVError) {
-        try KVMKickSignal.install()
+        // The handler itself was installed with the vCPU (`createVCPU`).
         KVMKickSignal.unblock()
         thread.withLock { $0 = UInt(pthread_self()) }
     }
