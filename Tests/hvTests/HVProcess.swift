@@ -39,19 +39,33 @@ enum PackageExecutable {
     }
 
     /// Runs `name` (default `hv`; a path from / for any other program) with `arguments` in
-    /// `folder` (default this process's), feeding no input, and waits for it.
+    /// `folder` (default this process's), feeding no input, and waits for it; `whileRunning`,
+    /// when given, is called with the process every 10 ms until it ends (to sample /proc).
     static func run(_ arguments: [String], executable name: String = "hv", environment: [String: String] = [:],
-                    in folder: URL? = nil) throws -> ProcessResult {
+                    in folder: URL? = nil, whileRunning: ((Process) -> Void)? = nil) throws -> ProcessResult {
         let executable = name.hasPrefix("/") ? URL(fileURLWithPath: name) : binDirectory.appendingPathComponent(name)
         let (process, out, err) = try start(executable, arguments, environment: environment, in: folder)
-        // Drain stderr on another thread while reading stdout, so a chatty child cannot block
-        // on a full pipe.
+        // Drain stderr on another thread while reading stdout (on a third one when this thread
+        // samples), so a chatty child cannot block on a full pipe.
         let errorReader = Thread { [err] in
             let data = err.fileHandleForReading.readDataToEndOfFile()
             ErrorBox.shared.store(data, for: ObjectIdentifier(err))
         }
         errorReader.start()
-        let outData = out.fileHandleForReading.readDataToEndOfFile()
+        let outData: Data
+        if let whileRunning {
+            let outputReader = Thread { [out] in
+                ErrorBox.shared.store(out.fileHandleForReading.readDataToEndOfFile(), for: ObjectIdentifier(out))
+            }
+            outputReader.start()
+            while process.isRunning {
+                whileRunning(process)
+                usleep(10_000)
+            }
+            outData = ErrorBox.shared.take(for: ObjectIdentifier(out))
+        } else {
+            outData = out.fileHandleForReading.readDataToEndOfFile()
+        }
         process.waitUntilExit()
         let errData = ErrorBox.shared.take(for: ObjectIdentifier(err))
         return ProcessResult(status: process.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),

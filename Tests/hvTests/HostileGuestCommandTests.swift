@@ -7,7 +7,6 @@
 // devices through the SDK; this one adds what only `hv run` puts together.)
 import Foundation
 import HVGuest
-import Synchronization
 import Testing
 #if canImport(Glibc)
 import Glibc
@@ -37,6 +36,16 @@ struct HostileGuestCommandTests {
         a.mov(.at(Register64.rbx), Register32.eax)
     }
 
+    /// PCI configuration mechanism #1: selects the address in ESI (CONFIG_ADDRESS, 0xCF8) and
+    /// reads the dword it names into EAX (CONFIG_DATA, 0xCFC); DX is left at 0xCFC.
+    static func readConfig(_ a: inout X86Assembler) {
+        a.mov(Register32.eax, Register32.esi)
+        a.mov(Register16.dx, 0xCF8)
+        a.out(Register16.dx, Register32.eax)
+        a.mov(Register16.dx, 0xCFC)
+        a.in(Register32.eax, Register16.dx)
+    }
+
     static func program(transport: String) throws -> GuestProgram {
         try GuestProgram.longMode { a in
             if transport == "pci" { virtioPCI(&a) } else { virtioMMIO(&a) }
@@ -52,11 +61,7 @@ struct HostileGuestCommandTests {
         a.mov(Register32.esi, 0x8000_0010)  // bus 0, device 0, function 0, BAR0
         let bar = a.label("bar"), next = a.label("nextBAR")
         a.bind(bar)
-        a.mov(Register32.eax, Register32.esi)
-        a.mov(Register16.dx, 0xCF8)
-        a.out(Register16.dx, Register32.eax)
-        a.mov(Register16.dx, 0xCFC)
-        a.in(Register32.eax, Register16.dx)
+        readConfig(&a)
         a.test(Register8.al, 1)  // an I/O BAR
         a.jnz(next)
         a.and(Register32.eax, 0xFFFF_FFF0)
@@ -154,11 +159,7 @@ struct HostileGuestCommandTests {
         a.mov(Register32.esi, 0x8000_0000)
         let config = a.label("config")
         a.bind(config)
-        a.mov(Register32.eax, Register32.esi)
-        a.mov(Register16.dx, 0xCF8)
-        a.out(Register16.dx, Register32.eax)
-        a.mov(Register16.dx, 0xCFC)
-        a.in(Register32.eax, Register16.dx)
+        readConfig(&a)
         a.mov(Register32.eax, 0xFFFF_FFFF)
         a.out(Register16.dx, Register32.eax)
         a.add(Register32.esi, 4)
@@ -198,25 +199,15 @@ struct HostileGuestCommandTests {
             "--disk", disk.path, "--rng", "--vsock", "3,\(folder.appendingPathComponent("vsock").path)", "--balloon", "1M",
             "--virtio-transport", transport, "--timeout", "240", image.path,
         ]
-        let (process, out, err) = try PackageExecutable.start(PackageExecutable.binDirectory.appendingPathComponent("hv"), arguments)
-        let output = Mutex((Data(), Data()))
-        let readers = [Thread { let data = out.fileHandleForReading.readDataToEndOfFile(); output.withLock { $0.0 = data } },
-                       Thread { let data = err.fileHandleForReading.readDataToEndOfFile(); output.withLock { $0.1 = data } }]
-        for reader in readers { reader.start() }
         // hv's peak resident set (VmHWM), sampled until it exits.
         var peakKiB = 0
-        while process.isRunning {
+        let result = try PackageExecutable.run(arguments) { process in
             let status = (try? String(contentsOfFile: "/proc/\(process.processIdentifier)/status", encoding: .utf8)) ?? ""
             if let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
                let kib = Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") {
                 peakKiB = max(peakKiB, kib)
             }
-            usleep(10_000)
         }
-        process.waitUntilExit()
-        while readers.contains(where: { !$0.isFinished }) { usleep(1_000) }
-        let (stdout, stderr) = output.withLock { (String(decoding: $0.0, as: UTF8.self), String(decoding: $0.1, as: UTF8.self)) }
-        let result = ProcessResult(status: process.terminationStatus, stdout: stdout, stderr: stderr, crashed: process.terminationReason == .uncaughtSignal)
         #expect(result.stdout.hasSuffix("hostile guest: the whole machine attacked, the VM still runs\n"), "stdout: \(result.stdout.suffix(300))")
         #expect(result.status == 1, "status \(result.status), stderr: \(result.stderr)")  // debug-exit code 0
         #expect(!result.stderr.contains("seccomp"), "\(result.stderr)")
