@@ -18,12 +18,16 @@ struct Demo: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Where the guest's serial output goes: stdio or file:PATH.", valueName: "target"))
     var serial: SerialTarget = .stdio
 
+    @Option(name: .long, help: ArgumentHelp("Seccomp confinement once the VM is set up, as hv run's: kill, refuse or off (Documentation/Confinement.md).", valueName: "mode"))
+    var seccomp: SeccompArgument = .kill
+
     @OptionGroup var logging: LoggingOptions
 
     func run() throws {
         logging.bootstrap()
         let outcome = try reportingErrors { () throws(HVError) -> (RunResult, ExitStatistics, DemoHandler) in
-            let configuration = VirtualMachineConfiguration(memorySize: 16 << 20, haltPolicy: .resume, timeLimit: 120)
+            var configuration = VirtualMachineConfiguration(memorySize: 16 << 20, haltPolicy: .resume, timeLimit: 120)
+            configuration.confinement = seccomp.mode.map { Confinement(mode: $0) }
             let machine = try Machine(configuration: configuration, backend: KVMBackend())
             let uart = try attachConsole(to: machine, serial: serial)
             do throws(DeviceBusError) {

@@ -58,7 +58,7 @@ struct ConfinementTests {
         #expect(refused.stdout.contains("probe: execv(/bin/true) = -1, errno 1\n"))
     }
 
-    @Test("hv run is confined by default, and --seccomp refuse and off run the same guest", .needsKVM)
+    @Test("hv run and hv demo are confined by default, and --seccomp refuse and off run the same guest", .needsKVM)
     func hvRunModes() throws {
         let folder = try PackageExecutable.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: folder) }
@@ -67,6 +67,10 @@ struct ConfinementTests {
         let confined = try PackageExecutable.run(["run", "--log-level", "debug", "--log-category", "vcpu", image.path])
         #expect(confined.status == 0)
         #expect(confined.stderr.contains("confined: the VMM allow-list ("))
+        // The README's bundled guest, `hv demo`, is confined the same way.
+        let demo = try PackageExecutable.run(["demo", "--log-level", "debug", "--log-category", "vcpu"])
+        #expect(demo.status == 0)
+        #expect(demo.stderr.contains("confined: the VMM allow-list ("))
         for mode in ["refuse", "off"] {
             let result = try PackageExecutable.run(["run", "--seccomp", mode, "--log-level", "debug", "--log-category", "vcpu", image.path])
             #expect(result.status == 0)
