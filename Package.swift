@@ -8,6 +8,9 @@ let package = Package(
         .library(name: "HVCore", targets: ["HVCore"]),
         // The virtual TPM (libtpms engine, TIS device, swtpm-compatible server): vTPM.md's `import HVTPM`.
         .library(name: "HVTPM", targets: ["HVTPM"]),
+        // A running VM's HTTP/JSON API (Documentation/Management.md), and its client.
+        .library(name: "HVManagement", targets: ["HVManagement"]),
+        .library(name: "HVManagementClient", targets: ["HVManagementClient"]),
         .executable(name: "hv", targets: ["hv"]),
         .executable(name: "hv-bench", targets: ["hv-bench"]),
     ],
@@ -20,6 +23,10 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams", from: "5.0.0"),
         // The vTPM server's sockets (TCP and Unix-domain), event loop and framing.
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.0"),
+        // The management plane (Documentation/Management.md): HTTP server and client.
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.0"),
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
     ],
     targets: [
         // Layer 1: the shared machine model. Pure Swift, compiled hosted and as Embedded Swift
@@ -51,6 +58,23 @@ let package = Package(
         // Its own target so that only what uses a TPM links libtpms.
         .target(name: "HVTPM", dependencies: ["HVCore", "HVGuest", "CLibTPMS", .target(name: "CKVM", condition: .when(platforms: [.linux])),
                                        .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")]),
+        // Layer 3, beside the SDK: the management plane (Documentation/Management.md), a running
+        // VM's HTTP/JSON API on a Unix socket.
+        .target(name: "HVManagement", dependencies: [
+            "HVCore",
+            .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+        ], resources: [.copy("Resources/vm-api.yaml")]),
+        // Its client on AsyncHTTPClient (a target of its own: servers need no TLS stack).
+        .target(name: "HVManagementClient", dependencies: [
+            "HVManagement",
+            .product(name: "AsyncHTTPClient", package: "async-http-client"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+        ]),
         // Layer 5: tools.
         // The tools' shared error convention (one line per error), on ArgumentParser.
         .target(name: "HVCommandLine", dependencies: [.product(name: "ArgumentParser", package: "swift-argument-parser")]),
@@ -59,6 +83,8 @@ let package = Package(
             dependencies: [
                 "HVCore",
                 "HVTPM",
+                "HVManagement",
+                "HVManagementClient",
                 "HVCommandLine",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -106,6 +132,6 @@ let package = Package(
         .testTarget(name: "HVGuestTests", dependencies: ["HVGuest", "HVTestSupport"]),
         .testTarget(name: "HVCoreTests", dependencies: ["HVCore", "CAllocationCounter", "HVTestSupport"]),
         .testTarget(name: "HVTPMTests", dependencies: ["HVTPM", "HVCore", "HVGuest", "HVTestSupport"]),
-        .testTarget(name: "hvTests", dependencies: ["hv", "HVGuest", "MinimalVMM", "ExitTracer", "PCBoot", "MicroVM", "hv-bench", "irq-latency", "seccomp-probe", "HVTPM", "HVTestSupport"]),
+        .testTarget(name: "hvTests", dependencies: ["hv", "HVGuest", "MinimalVMM", "ExitTracer", "PCBoot", "MicroVM", "hv-bench", "irq-latency", "seccomp-probe", "HVTPM", "HVManagement", "HVManagementClient", "HVTestSupport"]),
     ]
 )

@@ -1,20 +1,26 @@
-// The table of exit kinds that `hv demo` and `hv run --stats` print.
+// The table of exit kinds that `hv demo`, `hv run --stats` and `hv ctl SOCKET stats` print.
 import HVCore
+import HVManagement
 
 enum ExitTable {
     /// "kind  count  median  p99  mean handling" with latencies in µs.
     static func render(_ statistics: ExitStatistics) -> String {
+        render(StatisticsReport(state: .stopped, uptime: 0, statistics: statistics))
+    }
+
+    /// The same table from the management API's report.
+    static func render(_ report: StatisticsReport) -> String {
         var rows: [[String]] = [["exit", "count", "median µs", "p99 µs", "handling µs"]]
-        for kind in statistics.recordedKinds {
+        for kind in report.kinds {
             rows.append([
-                "\(kind.name)",
-                "\(statistics.count(kind))",
-                microseconds(statistics.medianRoundTrip(kind)),
-                microseconds(statistics.roundTrip(kind, percentile: 99)),
-                statistics.meanHandling(kind).map { format($0 / 1000) } ?? "-",
+                kind.kind,
+                "\(kind.count)",
+                format(Double(kind.medianNanoseconds) / 1000),
+                format(Double(kind.p99Nanoseconds) / 1000),
+                format(kind.meanHandlingNanoseconds / 1000),
             ])
         }
-        rows.append(["total", "\(statistics.totalExits)", "", "", ""])
+        rows.append(["total", "\(report.exits)", "", "", ""])
         let widths = (0..<rows[0].count).map { column in rows.map { $0[column].count }.max() ?? 0 }
         return rows.enumerated().map { index, row in
             let cells = row.enumerated().map { column, cell in
@@ -24,10 +30,6 @@ enum ExitTable {
             let line = cells.joined(separator: "  ")
             return index == 0 ? line + "\n" + String(repeating: "-", count: line.count) : line
         }.joined(separator: "\n")
-    }
-
-    private static func microseconds(_ nanoseconds: UInt64?) -> String {
-        nanoseconds.map { format(Double($0) / 1000) } ?? "-"
     }
 
     private static func format(_ value: Double) -> String {

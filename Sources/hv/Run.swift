@@ -2,6 +2,7 @@
 import ArgumentParser
 import Foundation
 import HVCore
+import HVManagement
 import HVTPM
 
 struct Run: ParsableCommand {
@@ -147,6 +148,9 @@ struct Run: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Started as root: run the guest as this user (a name or uid) once /dev/kvm, the disks, the TAP and the TPM state are open; the TPM's directory must be writable by it (Documentation/Confinement.md).", valueName: "user"))
     var user: String?
 
+    @Option(name: .long, help: ArgumentHelp("Serve the VM's HTTP/JSON API (state, pause, resume, reset, stop, exit statistics, registers, devices) on this Unix socket, created 0600; `hv ctl PATH` is its client (Documentation/Management.md).", valueName: "path"))
+    var apiSocket: String?
+
     @OptionGroup var logging: LoggingOptions
 
     func run() throws {
@@ -225,6 +229,9 @@ struct Run: ParsableCommand {
                 if machine.hyperV != nil { try machine.attachHyperVTestDevice() }
             }
             try machine.load(image)
+            // Listening before the guest runs (and before confinement, which forbids new sockets).
+            let api = try apiSocket.map { (path) throws(HVError) in try startAPI(machine, path: path) }
+            defer { api?.stop() }
             if let runAs { try switchUser(to: runAs) }
             let result = try machine.run()
             if case .internalError = result.reason, emulatedLinux {
@@ -253,6 +260,13 @@ struct Run: ParsableCommand {
         // Stopped by a signal: the shell's status for it, as if hv had died of it (128 + number).
         let status = stopSignals.signal.map { 128 + $0 } ?? ExitStatus.forStop(result.reason)
         if status != 0 { throw ExitCode(status) }
+    }
+
+    /// The VM's API on `path`, listening; a socket that cannot be made is a one-line error.
+    private func startAPI<B>(_ machine: Machine<B>, path: String) throws(HVError) -> VMAPIServer<B> {
+        let server = VMAPIServer(machine: machine, path: path)
+        do throws(VMAPIError) { try server.start() } catch { fail("--api-socket \(path)", error.problem) }
+        return server
     }
 
     /// Becomes `user` now that everything that needs root is open, and checks that what the run

@@ -87,6 +87,54 @@ struct KVMControlTests {
         #expect(vm.wait().reason == .requested)
     }
 
+    @Test("sampleStatistics answers while the guest runs: counts grow with no pause, and publishing allocates nothing on the vCPU thread")
+    func statisticsWhileRunning() throws {
+        let vm = try KVMHost.machine()
+        try vm.load(try portLoop())
+        let meter = SampleAllocationMeter()
+        try vm.start(handler: meter)
+        #expect(meter.progress.wait(for: 1_000))
+        let first = vm.sampleStatistics()
+        #expect(vm.state == .running)
+        #expect(first.count(.portOut) >= 1_000)
+        #expect(meter.begin())
+        var counts: [UInt64] = []
+        for _ in 0..<20 {
+            #expect(meter.progress.wait(for: meter.progress.count.load(ordering: .relaxed) + 100))
+            counts.append(vm.sampleStatistics().count(.portOut))
+        }
+        let allocations = meter.end()
+        vm.stop()
+        _ = vm.wait()
+        #expect(counts == counts.sorted() && Set(counts).count == counts.count, "every sample is fresher than the last: \(counts)")
+        #expect(counts.first! > first.count(.portOut))
+        #expect(allocations == 0, "the vCPU thread allocated \(allocations ?? 0) times while publishing 20 samples")
+        // What the run published last agrees with the handler's own count.
+        #expect(vm.statistics.count(.portOut) == UInt64(meter.progress.count.load(ordering: .relaxed)))
+    }
+
+    @Test("a sample reaches a vCPU halted inside KVM (in-kernel irqchip) at once, by the kick")
+    func statisticsOfAHaltedVCPU() throws {
+        let vm = try KVMHost.machine { $0.interruptController = .kernel }
+        try vm.load(GuestProgram.longMode { a in
+            a.out(0x70, Register8.al)
+            a.cli()
+            a.hlt()  // halted in the kernel for good: interrupts off, nothing to wake it
+        })
+        let progress = ProgressCounter()
+        try vm.start(handler: progress)
+        #expect(progress.wait(for: 1))
+        for _ in 0..<5 {
+            let started = Date()
+            let sample = vm.sampleStatistics(timeout: 5)
+            #expect(Date().timeIntervalSince(started) < 1, "the kick must bring the vCPU out of HLT, not the timeout")
+            #expect(sample.count(.portOut) == 1)
+        }
+        #expect(vm.exits == 1)
+        vm.stop()
+        #expect(vm.wait().reason == .requested)
+    }
+
     @Test("registers, special registers, MSRs, FPU and XSAVE round-trip through KVM")
     func registerState() throws {
         let vm = try KVMHost.machine()
@@ -200,5 +248,41 @@ final class AllocationMeter: ExitHandler, @unchecked Sendable {
             measuredExits = measured
         }
         return .resume
+    }
+}
+
+/// Counts port 0x70 exits and, between `begin()` and `end()`, the vCPU thread's allocations.
+final class SampleAllocationMeter: ExitHandler, @unchecked Sendable {
+    // Sendable: `phase` hands the measurement between the threads; `start`/`allocations` are
+    // written by the vCPU thread before it moves the phase on, read by the test after.
+    let progress = ProgressCounter()
+    private let phase = Atomic<Int>(0)  // 0 idle, 1 begin asked, 2 measuring, 3 end asked, 4 done
+    private var start: UInt64 = 0
+    private var allocations: UInt64 = 0
+
+    func handle(_ exit: VMExit, context: ExitContext) -> ExitAction? {
+        switch phase.load(ordering: .acquiring) {
+        case 1:
+            start = hv_thread_allocation_count()
+            phase.store(2, ordering: .releasing)
+        case 3:
+            allocations = hv_thread_allocation_count() &- start
+            phase.store(4, ordering: .releasing)
+        default: break
+        }
+        return progress.handle(exit, context: context)
+    }
+
+    /// Starts counting at the vCPU's next exit; false if it never came.
+    func begin() -> Bool { handOver(from: 1, to: 2) }
+
+    /// The vCPU thread's allocations since `begin()`, read at its next exit.
+    func end() -> UInt64? { handOver(from: 3, to: 4) ? allocations : nil }
+
+    private func handOver(from asked: Int, to done: Int) -> Bool {
+        phase.store(asked, ordering: .releasing)
+        let deadline = Date(timeIntervalSinceNow: 10)
+        while phase.load(ordering: .acquiring) != done, Date() < deadline { sched_yield() }
+        return phase.load(ordering: .acquiring) == done
     }
 }

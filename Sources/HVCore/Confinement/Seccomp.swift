@@ -131,16 +131,17 @@ extension SeccompFilter {
     /// vCPU threads when the guest touches them, so their runtime calls are here too.
     public static let vcpu = SeccompFilter(name: "vCPU", rules: common + [kvmIoctls])
 
-    /// What `hv tpm serve` calls once it listens: the VMM list without KVM's ioctls (it has no
-    /// VM), plus `getpeername` (SwiftNIO asks for an accepted connection's peer).
-    public static let tpmServer = SeccompFilter(name: "TPM server", rules: common + serverThreads + [SeccompRule("getpeername")])
+    /// What `hv tpm serve` calls once it listens: the VMM list without KVM's ioctls (it has no VM).
+    public static let tpmServer = SeccompFilter(name: "TPM server", rules: common + serverThreads)
 
     /// KVM's ioctls (type 0xAE): the run loop, register access, interrupts.
     private static let kvmIoctls = SeccompRule("ioctl", [.init(argument: 1, mask: 0xFF00, equals: 0xAE00)])
 
     /// What only a VMM's own threads call: sockets accepted and bound (vsock's host side, a TPM
-    /// server), and signals taken with sigwait(3) by a thread of their own (hv's Ctrl-C).
-    private static let serverThreads = ["accept4", "accept", "listen", "bind", "getsockname", "rt_sigtimedwait"].map { SeccompRule($0) }
+    /// server, the management API; SwiftNIO asks for an accepted connection's peer), and signals
+    /// taken with sigwait(3) by a thread of their own (hv's Ctrl-C).
+    private static let serverThreads = ["accept4", "accept", "listen", "bind", "getsockname", "getpeername", "rt_sigtimedwait"]
+        .map { SeccompRule($0) }
 
     private static let common: [SeccompRule] = {
         let anyArguments: [String] = [

@@ -100,6 +100,24 @@ public final class DeviceBus: ExitHandler, @unchecked Sendable {
         try mmio.insert(device, name: device.name, base: base.rawValue, length: length, limit: UInt64.max)
     }
 
+    /// One registered range: which device, in which address space, where.
+    public struct Registration: Sendable, Equatable {
+        public enum Space: String, Sendable { case port, mmio }
+        public var name: String
+        public var space: Space
+        /// The first port or guest-physical address.
+        public var base: UInt64
+        /// Ports or bytes.
+        public var length: UInt64
+    }
+
+    /// Every registered range, ports first, each space in address order (a device on several
+    /// ranges appears once per range). For management (`hv ctl SOCKET devices`).
+    public var registrations: [Registration] {
+        ports.ranges.map { Registration(name: $0.name, space: .port, base: $0.start, length: $0.end - $0.start + 1) }
+            + mmio.ranges.map { Registration(name: $0.name, space: .mmio, base: $0.start, length: $0.end &- $0.start &+ 1) }
+    }
+
     /// Resets every registered `ResettableDevice` once (a device on several ranges, such as the
     /// i8042's two ports, is reset once): port devices first, each kind in address order.
     public func resetDevices() {

@@ -20,6 +20,8 @@ public enum LogCategory: String, CaseIterable, Sendable {
     case loader
     /// Guest memory.
     case memory
+    /// The management API (`hv run --api-socket`): requests and their answers.
+    case api
 
     /// The logger for this category.
     public var logger: Logger { Logger(label: "hv.\(rawValue)") }

@@ -55,6 +55,20 @@ public struct ExitStatistics: Sendable {
         }
     }
 
+    /// Makes these statistics a copy of `other` in place, allocating nothing (both have the
+    /// same layout): how a vCPU publishes its figures from its run loop.
+    public mutating func overwrite(with other: ExitStatistics) {
+        for i in 0..<Self.kinds {
+            if counts[i] > 0 || other.counts[i] > 0 {
+                roundTripCycles[i].reset()
+                if other.counts[i] > 0 { roundTripCycles[i].add(other.roundTripCycles[i]) }
+            }
+            counts[i] = other.counts[i]
+            handlingCycles[i] = other.handlingCycles[i]
+        }
+        nanosecondsPerCycle = other.nanosecondsPerCycle
+    }
+
     /// Number of exits of `kind`.
     public func count(_ kind: ExitKind) -> UInt64 { counts[Int(kind.rawValue)] }
 

@@ -61,6 +61,9 @@ public final class Machine<B: Backend>: @unchecked Sendable {
     private let exitCount = Atomic<UInt64>(0)
     /// Bit n: vCPU n's emulated preemption timer has expired and its kick is not yet handled.
     private let expiredTimers = Atomic<UInt64>(0)
+    /// Raised by `sampleStatistics`: a kicked vCPU whose last publication is older publishes its
+    /// statistics (read only on a kick, never on the hot path).
+    private let statisticsRequest = Atomic<UInt64>(0)
 
     private let lock = NSCondition()
     /// The running vCPU threads (under `lock`), so calls that wait for every vCPU can refuse
@@ -72,6 +75,9 @@ public final class Machine<B: Backend>: @unchecked Sendable {
     private var finished = 0
     private var perVCPUStatistics: [ExitStatistics]
     private var perVCPUExits: [UInt64]
+    /// Per vCPU: the `statisticsRequest` its published statistics answer; `.max` while it is
+    /// parked or has ended (what it published then stays current).
+    private var publishedGeneration: [UInt64]
     private var startTime: UInt64 = 0
     private var endTime: UInt64 = 0
     private var startCycles: UInt64 = 0
@@ -136,6 +142,7 @@ public final class Machine<B: Backend>: @unchecked Sendable {
             ? try HyperVSynIC(vm: vm, memory: memory, processorCount: configuration.cpuCount) : nil
         perVCPUStatistics = []
         perVCPUExits = Array(repeating: 0, count: configuration.cpuCount)
+        publishedGeneration = Array(repeating: 0, count: configuration.cpuCount)
     }
 
     /// The VM's current state.
@@ -223,6 +230,7 @@ public final class Machine<B: Backend>: @unchecked Sendable {
         #endif
         _state = .running
         perVCPUStatistics = vcpus.map { _ in ExitStatistics() }
+        publishedGeneration = vcpus.map { _ in statisticsRequest.load(ordering: .relaxed) }
         startTime = monotonicNanoseconds()
         startCycles = cycleCounter()
         lock.unlock()
@@ -414,10 +422,63 @@ public final class Machine<B: Backend>: @unchecked Sendable {
         return resetCount
     }
 
-    /// The statistics of all vCPUs merged. Complete while the VM is paused or stopped.
+    /// The statistics of all vCPUs merged, as they last published them: complete while the VM
+    /// is paused or stopped; while it runs, `sampleStatistics` asks the vCPUs for fresh ones.
     public var statistics: ExitStatistics {
         lock.lock()
         defer { lock.unlock() }
+        return mergedStatisticsLocked()
+    }
+
+    /// The statistics of all vCPUs merged, fresh while the VM runs: every vCPU is kicked out of
+    /// the guest once and publishes its figures (copied in place, nothing allocated on its
+    /// thread) before it goes back in. A vCPU that does not answer within `timeout` seconds (its
+    /// thread busy in a device, or the machine asleep) counts with what it published last.
+    /// Any thread but a vCPU's. For monitoring: one sample costs every vCPU one exit.
+    public func sampleStatistics(timeout: Double = 1) -> ExitStatistics {
+        lock.lock()
+        defer { lock.unlock() }
+        collectPublicationsLocked(timeout: timeout)
+        return mergedStatisticsLocked()
+    }
+
+    /// Exits of every vCPU so far, fresh while the VM runs (as `sampleStatistics`, without
+    /// merging the latency histograms).
+    public func sampleExits(timeout: Double = 1) -> UInt64 {
+        lock.lock()
+        defer { lock.unlock() }
+        collectPublicationsLocked(timeout: timeout)
+        return perVCPUExits.reduce(0, +)
+    }
+
+    /// Exits of every vCPU, as last published: complete while the VM is paused or stopped.
+    public var exits: UInt64 {
+        lock.lock()
+        defer { lock.unlock() }
+        return perVCPUExits.reduce(0, +)
+    }
+
+    /// While running: kicks every vCPU and waits (under `lock`) until each has published, has
+    /// parked or ended, or `timeout` seconds pass.
+    private func collectPublicationsLocked(timeout: Double) {
+        guard _state == .running else { return }
+        let generation = statisticsRequest.add(1, ordering: .sequentiallyConsistent).newValue
+        lock.unlock()
+        for vcpu in vcpus { vcpu.requestExit() }
+        lock.lock()
+        let deadline = Date(timeIntervalSinceNow: timeout)
+        while publishedGeneration.contains(where: { $0 < generation }), lock.wait(until: deadline) {}
+    }
+
+    /// Seconds since `start`, to the end of the run once the VM has stopped; 0 before `start`.
+    public var uptime: Double {
+        lock.lock()
+        defer { lock.unlock() }
+        guard startTime != 0 else { return 0 }
+        return Double((endTime != 0 ? endTime : monotonicNanoseconds()) &- startTime) / 1e9
+    }
+
+    private func mergedStatisticsLocked() -> ExitStatistics {
         var merged = ExitStatistics()
         for stats in perVCPUStatistics { merged.merge(stats) }
         // TSC rate over the run so far (to now while running or paused).
@@ -426,6 +487,16 @@ public final class Machine<B: Backend>: @unchecked Sendable {
             : (monotonicNanoseconds() &- startTime, cycleCounter() &- startCycles)
         if startTime != 0, cycles > 0, nanoseconds > 0 { merged.nanosecondsPerCycle = Double(nanoseconds) / Double(cycles) }
         return merged
+    }
+
+    /// A vCPU's answer to `sampleStatistics`: its figures copied into its published slot.
+    private func publish(_ id: Int, statistics: ExitStatistics, exits: UInt64, generation: UInt64) {
+        lock.lock()
+        perVCPUStatistics[id].overwrite(with: statistics)
+        perVCPUExits[id] = exits
+        if publishedGeneration[id] != .max { publishedGeneration[id] = generation }
+        lock.broadcast()
+        lock.unlock()
     }
 
     private func requestStop(_ reason: StopReason, vcpuID: Int, error: String?) {
@@ -479,6 +550,7 @@ public final class Machine<B: Backend>: @unchecked Sendable {
         vcpuThreads.removeAll { $0.id == vcpu.id }
         perVCPUStatistics[vcpu.id] = statistics
         perVCPUExits[vcpu.id] = exits
+        publishedGeneration[vcpu.id] = .max
         if case .backendFailure = reason, _state != .error { _state = .error }
         finished += 1
         if finished == vcpus.count {
@@ -499,6 +571,7 @@ public final class Machine<B: Backend>: @unchecked Sendable {
         let collect = configuration.collectExitStatistics
         let limit = configuration.exitLimit
         let traceExits = exitLog.logLevel <= .trace
+        var published = statisticsRequest.load(ordering: .acquiring)
         // Two TSC reads per exit: each round trip starts where the previous exit's handling ended.
         var entered = collect ? cycleCounter() : 0
         while true {
@@ -526,6 +599,11 @@ public final class Machine<B: Backend>: @unchecked Sendable {
                 // A kick: clear it and look at the request again at the top. Requesters store the
                 // request before setting immediate_exit, so clearing here cannot lose one.
                 vcpu.clearExitRequest()
+                let wanted = statisticsRequest.load(ordering: .acquiring)
+                if wanted != published {
+                    publish(vcpu.id, statistics: statistics, exits: exits, generation: wanted)
+                    published = wanted
+                }
                 let bit: UInt64 = 1 << UInt64(vcpu.id & 63)
                 if expiredTimers.bitwiseAnd(~bit, ordering: .acquiringAndReleasing).oldValue & bit == 0 {
                     if collect { entered = cycleCounter() }
@@ -589,12 +667,15 @@ public final class Machine<B: Backend>: @unchecked Sendable {
     }
 
     private func parkLocked(_ id: Int, statistics: ExitStatistics, exits: UInt64) -> Request {
-        perVCPUStatistics[id] = statistics
+        perVCPUStatistics[id].overwrite(with: statistics)
         perVCPUExits[id] = exits
+        publishedGeneration[id] = .max
         parked += 1
         lock.broadcast()
         while request.load(ordering: .acquiring) == Request.pause.rawValue { lock.wait() }
         parked -= 1
+        // Nothing ran since the figures above: they answer every request made until now.
+        publishedGeneration[id] = statisticsRequest.load(ordering: .acquiring)
         return Request(rawValue: request.load(ordering: .acquiring)) ?? .none
     }
 

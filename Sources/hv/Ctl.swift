@@ -1,0 +1,124 @@
+// `hv ctl SOCKET ACTION`: the client of a running VM's API (`hv run --api-socket SOCKET`).
+import ArgumentParser
+import Foundation
+import HVManagement
+import HVManagementClient
+
+struct Ctl: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ctl",
+        abstract: "Talk to a running VM through its API socket (hv run --api-socket SOCKET).",
+        discussion: """
+            Actions: info (state, vCPUs, memory, uptime, exits), pause, resume, reset (as the \
+            guest's own reset), stop, stats (the exit table of hv run --stats, fresh while the VM \
+            runs), registers (vCPU --vcpu N, while paused), devices (the device bus's ranges), \
+            openapi (the API's OpenAPI document). --json prints the API's JSON answer as it came. \
+            Exit status: 0, 1 when the VM refused (its message says why: a state that does not \
+            allow the action), 3 when nothing answers on SOCKET (Documentation/Management.md).
+            """)
+
+    enum Action: String, ExpressibleByArgument, CaseIterable {
+        case info, pause, resume, reset, stop, stats, registers, devices, openapi
+    }
+
+    @Argument(help: "The VM's API socket (hv run --api-socket).")
+    var socket: String
+
+    @Argument(help: ArgumentHelp("What to do: \(Action.allCases.map(\.rawValue).joined(separator: ", ")).", valueName: "action"))
+    var action: Action
+
+    @Option(name: .long, help: "The vCPU whose registers to show.")
+    var vcpu = 0
+
+    @Flag(name: .long, help: "Print the API's JSON answer as it came.")
+    var json = false
+
+    @Option(name: .long, help: ArgumentHelp("Seconds to wait for an answer.", valueName: "seconds"))
+    var timeout: Int64 = 10
+
+    @Option(name: .long, help: ArgumentHelp("Wait up to this many seconds for the socket to answer first (a VM still starting).", valueName: "seconds"))
+    var wait: Double = 0
+
+    func run() throws {
+        let client = VMAPIClient(socketPath: socket, timeout: .seconds(timeout))
+        do throws(VMAPIClientError) {
+            if wait > 0 { try client.waitUntilListening(seconds: wait) }
+            switch action {
+            case .info: try show(client.get("/v1/vm", as: VMInfo.self), raw: "/v1/vm", client)
+            case .pause, .resume, .reset, .stop:
+                let path = "/v1/vm/\(action.rawValue)"
+                if json { print(String(decoding: try client.call("POST", path), as: UTF8.self)); return }
+                let info: VMInfo = try client.post(path)
+                switch action {
+                case .reset: print("reset requested (\(info.resets) before it)")
+                case .stop: print("stop requested")
+                default: print(info.state)
+                }
+            case .stats:
+                if json { print(String(decoding: try client.call("GET", "/v1/vm/statistics"), as: UTF8.self)); return }
+                let report: StatisticsReport = try client.get("/v1/vm/statistics")
+                print(ExitTable.render(report))
+            case .registers:
+                let path = "/v1/vcpus/\(vcpu)/registers"
+                if json { print(String(decoding: try client.call("GET", path), as: UTF8.self)); return }
+                print(Self.describe(try client.get(path, as: VCPURegisters.self)))
+            case .devices:
+                if json { print(String(decoding: try client.call("GET", "/v1/devices"), as: UTF8.self)); return }
+                for device in try client.get("/v1/devices", as: [DeviceEntry].self) {
+                    let range = device.space == "port"
+                        ? "port \(hex(device.base))-\(hex(device.base + device.length - 1))"
+                        : "mmio \(hex(device.base))+\(hex(device.length))"
+                    print("\(range.padding(toLength: 34, withPad: " ", startingAt: 0)) \(device.name)")
+                }
+            case .openapi:
+                print(String(decoding: try client.call("GET", "/openapi.yaml"), as: UTF8.self), terminator: "")
+            }
+        } catch {
+            printError("hv: error: \(error.message)")
+            throw ExitCode(error.status == nil ? 3 : 1)
+        }
+    }
+
+    private func show(_ info: VMInfo, raw path: String, _ client: VMAPIClient) throws(VMAPIClientError) {
+        if json { print(String(decoding: try client.call("GET", path), as: UTF8.self)); return }
+        let memory = info.memoryBytes >= 1 << 20 ? "\(info.memoryBytes >> 20) MiB" : "\(info.memoryBytes >> 10) KiB"
+        print("""
+            state      \(info.state)\(info.asleep ? " (asleep, ACPI S3)" : "")
+            backend    \(info.backend), pid \(info.pid)
+            vcpus      \(info.vcpus)
+            memory     \(memory)
+            irqchip    \(info.interruptController)
+            uptime     \(String(format: "%.3f", info.uptimeSeconds)) s
+            exits      \(info.exits)
+            resets     \(info.resets)
+            sleeps     \(info.sleeps)
+            """)
+    }
+
+    /// Registers in the layout of hv's crash report: general, control, segments, tables.
+    static func describe(_ registers: VCPURegisters) -> String {
+        let general = ["rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rflags"]
+        let control = ["cr0", "cr2", "cr3", "cr4", "cr8", "efer", "apicBase"]
+        var lines = ["vCPU \(registers.vcpu)"]
+        for names in [general, control] {
+            let cells = names.compactMap { name in registers.general[name] ?? registers.control[name] }.enumerated().map { index, value in
+                "\(names[index].padding(toLength: 8, withPad: " ", startingAt: 0)) \(hex(value, width: 16))"
+            }
+            stride(from: 0, to: cells.count, by: 3).forEach { lines.append(cells[$0..<min($0 + 3, cells.count)].joined(separator: "   ")) }
+        }
+        for name in ["cs", "ds", "es", "fs", "gs", "ss", "tr", "ldt"] {
+            guard let segment = registers.segments[name] else { continue }
+            lines.append("\(name.padding(toLength: 4, withPad: " ", startingAt: 0)) selector \(hex(UInt64(segment.selector), width: 4)) base \(hex(segment.base, width: 16)) limit \(hex(UInt64(segment.limit), width: 8)) type \(segment.type) dpl \(segment.dpl)\(segment.long ? " L" : "")\(segment.defaultSize32 ? " D" : "")\(segment.present ? "" : " not-present")")
+        }
+        for name in ["gdt", "idt"] {
+            guard let table = registers.descriptorTables[name] else { continue }
+            lines.append("\(name)  base \(hex(table.base, width: 16)) limit \(hex(UInt64(table.limit), width: 4))")
+        }
+        return lines.joined(separator: "\n")
+    }
+}
+
+private func hex(_ value: UInt64, width: Int = 0) -> String {
+    let digits = String(value, radix: 16)
+    return "0x" + String(repeating: "0", count: max(0, width - digits.count)) + digits
+}
