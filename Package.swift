@@ -27,6 +27,7 @@ let package = Package(
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.0"),
         .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
+        .package(url: "https://github.com/apple/swift-http-types", from: "1.8.0"),
     ],
     targets: [
         // Layer 1: the shared machine model. Pure Swift, compiled hosted and as Embedded Swift
@@ -75,6 +76,19 @@ let package = Package(
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
         ]),
+        // The host daemon (`hv serve`): VMs from VM files, each in its own hv process, behind an
+        // HTTP API with tokens and roles, events, audit log, metrics and a dashboard.
+        .target(name: "HVDaemon", dependencies: [
+            "HVManagement",
+            "HVManagementClient",
+            .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            .product(name: "HTTPTypes", package: "swift-http-types"),
+            .product(name: "Yams", package: "Yams"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+        ], resources: [.copy("Resources/daemon-api.yaml"), .copy("Resources/dashboard.html")]),
         // Layer 5: tools.
         // The tools' shared error convention (one line per error), on ArgumentParser.
         .target(name: "HVCommandLine", dependencies: [.product(name: "ArgumentParser", package: "swift-argument-parser")]),
@@ -85,6 +99,7 @@ let package = Package(
                 "HVTPM",
                 "HVManagement",
                 "HVManagementClient",
+                "HVDaemon",
                 "HVCommandLine",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -132,6 +147,7 @@ let package = Package(
         .testTarget(name: "HVGuestTests", dependencies: ["HVGuest", "HVTestSupport"]),
         .testTarget(name: "HVCoreTests", dependencies: ["HVCore", "CAllocationCounter", "HVTestSupport"]),
         .testTarget(name: "HVTPMTests", dependencies: ["HVTPM", "HVCore", "HVGuest", "HVTestSupport"]),
-        .testTarget(name: "hvTests", dependencies: ["hv", "HVGuest", "MinimalVMM", "ExitTracer", "PCBoot", "MicroVM", "hv-bench", "irq-latency", "seccomp-probe", "HVTPM", "HVManagement", "HVManagementClient", "HVTestSupport"]),
+        .testTarget(name: "hvTests", dependencies: ["hv", "HVGuest", "MinimalVMM", "ExitTracer", "PCBoot", "MicroVM", "hv-bench", "irq-latency", "seccomp-probe", "HVTPM", "HVManagement", "HVManagementClient", "HVDaemon", "HVTestSupport",
+                                                       .product(name: "AsyncHTTPClient", package: "async-http-client")]),
     ]
 )

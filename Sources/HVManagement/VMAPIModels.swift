@@ -35,12 +35,19 @@ public struct ExitKindStatistics: Codable, Sendable, Equatable {
     /// Round trip (guest to monitor and back), from the TSC.
     public var medianNanoseconds: UInt64
     public var p99Nanoseconds: UInt64
+    public var meanNanoseconds: Double
     /// Time in the monitor's handlers, mean per exit.
     public var meanHandlingNanoseconds: Double
+    /// Cumulative round-trip counts at `StatisticsReport.bucketBoundaries` (the count of exits
+    /// that took at most each boundary): a Prometheus histogram's buckets, `count` is its +Inf.
+    public var buckets: [UInt64]
 }
 
 /// `GET /v1/vm/statistics`: the exit table of `hv run --stats`, while the VM runs.
 public struct StatisticsReport: Codable, Sendable, Equatable {
+    /// The latency histogram's bucket boundaries in nanoseconds: 250 ns to 100 ms.
+    public static let bucketBoundaries: [UInt64] = [250, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000,
+                                                    1_000_000, 10_000_000, 100_000_000]
     public var state: String
     public var uptimeSeconds: Double
     public var exits: UInt64
@@ -133,7 +140,9 @@ extension StatisticsReport {
             ExitKindStatistics(kind: "\(kind.name)", count: statistics.count(kind),
                                medianNanoseconds: statistics.medianRoundTrip(kind) ?? 0,
                                p99Nanoseconds: statistics.roundTrip(kind, percentile: 99) ?? 0,
-                               meanHandlingNanoseconds: statistics.meanHandling(kind) ?? 0)
+                               meanNanoseconds: statistics.meanRoundTrip(kind) ?? 0,
+                               meanHandlingNanoseconds: statistics.meanHandling(kind) ?? 0,
+                               buckets: Self.bucketBoundaries.map { statistics.roundTripCount(kind, atMostNanoseconds: $0) })
         }
     }
 }

@@ -221,9 +221,11 @@ extension StatisticsReport: ResponseEncodable {}
 extension VCPURegisters: ResponseEncodable {}
 extension DeviceEntry: ResponseEncodable {}
 
-/// A 404 that says what is there, in the API's error shape.
-struct NotFoundMessage<Context: RequestContext>: RouterMiddleware {
-    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+/// A 404 that says what is there, in the API's error shape (also hv serve's).
+public struct NotFoundMessage<Context: RequestContext>: RouterMiddleware {
+    public init() {}
+
+    public func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         do {
             return try await next(request, context)
         } catch let error as HTTPError where error.status == .notFound && error.body == nil {

@@ -18,14 +18,12 @@ public struct VMAPIClientError: Error, CustomStringConvertible, Sendable {
 public final class VMAPIClient: Sendable {
     public let socketPath: String
     public let timeout: TimeAmount
-    private let client = HTTPClient(eventLoopGroupProvider: .singleton)
+    private var client: HTTPClient { HTTPClient.shared }
 
     public init(socketPath: String, timeout: TimeAmount = .seconds(10)) {
         self.socketPath = socketPath
         self.timeout = timeout
     }
-
-    deinit { try? client.syncShutdown() }
 
     /// Returns once something listens on the socket, or throws after `seconds` with why not.
     public func waitUntilListening(seconds: Double) throws(VMAPIClientError) {
@@ -46,6 +44,28 @@ public final class VMAPIClient: Sendable {
         try decode(T.self, from: try call("POST", path))
     }
 
+    /// GET `path`, decoded as `T`, without blocking a thread (for async callers).
+    public func getAsync<T: Decodable>(_ path: String, as type: T.Type = T.self) async throws(VMAPIClientError) -> T {
+        try decode(T.self, from: try await callAsync("GET", path))
+    }
+
+    /// POST `path` (no body), decoded as `T`, without blocking a thread.
+    public func postAsync<T: Decodable>(_ path: String, as type: T.Type = T.self) async throws(VMAPIClientError) -> T {
+        try decode(T.self, from: try await callAsync("POST", path))
+    }
+
+    /// `call` for async callers.
+    public func callAsync(_ method: String, _ path: String) async throws(VMAPIClientError) -> Data {
+        if let problem = Self.unreachable(socketPath) { throw VMAPIClientError(status: nil, message: "\(socketPath): \(problem)") }
+        let response: HTTPClient.Response
+        do {
+            response = try await client.execute(HTTPMethod(rawValue: method), socketPath: socketPath, urlPath: path, deadline: .now() + timeout).get()
+        } catch {
+            throw VMAPIClientError(status: nil, message: "\(socketPath): \(Self.explain(error, socketPath: socketPath))")
+        }
+        return try check(response, method: method, path: path)
+    }
+
     /// The raw answer's body to `method path` ("GET", "/v1/vm"), after checking its status is 2xx.
     public func call(_ method: String, _ path: String) throws(VMAPIClientError) -> Data {
         // AsyncHTTPClient retries a refused connection until the deadline; a socket that is
@@ -57,6 +77,11 @@ public final class VMAPIClient: Sendable {
         } catch {
             throw VMAPIClientError(status: nil, message: "\(socketPath): \(Self.explain(error, socketPath: socketPath))")
         }
+        return try check(response, method: method, path: path)
+    }
+
+    /// The body of a 2xx answer; any other is the VM's refusal, its message decoded.
+    private func check(_ response: HTTPClient.Response, method: String, path: String) throws(VMAPIClientError) -> Data {
         let body = response.body.map { Data($0.readableBytesView) } ?? Data()
         guard (200..<300).contains(response.status.code) else {
             let message = (try? JSONDecoder().decode(APIErrorBody.self, from: body))?.error.message

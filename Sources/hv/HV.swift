@@ -15,7 +15,7 @@ struct HV: ParsableCommand {
             `hv run --multiboot`, `--multiboot2`, `--elf` and `--kernel` (a Linux bzImage, or a \
             vmlinux by its PVH entry) boot kernels.
             """,
-        subcommands: [Demo.self, Run.self, Ctl.self, Info.self, TPM.self, EPT.self, VMXCommand.self, ACPI.self],
+        subcommands: [Demo.self, Run.self, Ctl.self, Serve.self, Info.self, TPM.self, EPT.self, VMXCommand.self, ACPI.self],
         defaultSubcommand: nil)
 
     /// ArgumentParser's own `main`, with every error as one line on standard error

@@ -151,6 +151,9 @@ struct Run: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Serve the VM's HTTP/JSON API (state, pause, resume, reset, stop, exit statistics, registers, devices) on this Unix socket, created 0600; `hv ctl PATH` is its client (Documentation/Management.md).", valueName: "path"))
     var apiSocket: String?
 
+    @Flag(name: .long, help: "Check the command line, the image and the devices' files, then exit 0 without running the guest (hv serve checks a VM file this way before it creates the VM).")
+    var check = false
+
     @OptionGroup var logging: LoggingOptions
 
     func run() throws {
@@ -198,6 +201,11 @@ struct Run: ParsableCommand {
         // A Linux kernel on a host whose KVM emulates guest code stops early in boot: say so once,
         // before the run, instead of leaving a crash report to explain it.
         let emulatedLinux = kernel != nil && !HostCPU.current.hasHardwareVirtualization
+        if check {
+            for device in virtio { device.stop?() }
+            printError("hv: the command line, the image and the devices' files are valid")
+            return
+        }
         if emulatedLinux { printError(Self.emulatedLinuxNote) }
         let (result, statistics) = try reportingErrors { () throws(HVError) -> (RunResult, ExitStatistics) in
             let machine = try Machine(configuration: configuration, backend: KVMBackend())

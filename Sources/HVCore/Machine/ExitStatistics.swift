@@ -82,6 +82,22 @@ public struct ExitStatistics: Sendable {
         return UInt64((Double(roundTripCycles[i].valueAtPercentile(percentile)) * nanosecondsPerCycle).rounded())
     }
 
+    /// Exits of `kind` whose round trip took at most `nanoseconds` (to the histogram's two
+    /// significant digits): the cumulative buckets of a Prometheus histogram.
+    public func roundTripCount(_ kind: ExitKind, atMostNanoseconds nanoseconds: UInt64) -> UInt64 {
+        let i = Int(kind.rawValue)
+        guard counts[i] > 0, nanosecondsPerCycle > 0 else { return 0 }
+        let cycles = Double(nanoseconds) / nanosecondsPerCycle
+        guard cycles >= 1 else { return 0 }
+        return roundTripCycles[i].count(within: 0...UInt64(Swift.min(cycles, Double(Self.maximumCycles))))
+    }
+
+    /// Mean round-trip latency of `kind` in nanoseconds (to the histogram's precision).
+    public func meanRoundTrip(_ kind: ExitKind) -> Double? {
+        let i = Int(kind.rawValue)
+        return counts[i] == 0 ? nil : roundTripCycles[i].mean * nanosecondsPerCycle
+    }
+
     /// Median round-trip latency of `kind` in nanoseconds.
     public func medianRoundTrip(_ kind: ExitKind) -> UInt64? { roundTrip(kind, percentile: 50) }
 

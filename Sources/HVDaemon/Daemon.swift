@@ -1,0 +1,102 @@
+// `hv serve`: the supervisor, the HTTP API and the poller, run together until SIGTERM or SIGINT,
+// which stop every VM before the daemon ends (swift-service-lifecycle's graceful shutdown).
+import Foundation
+import HVManagement
+import Hummingbird
+import Logging
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+
+public struct DaemonOptions: Sendable {
+    public var stateDirectory: String
+    /// TCP address (loopback by default) or Unix socket the API listens on.
+    public var address: BindAddress
+    public var tokensFile: String
+    /// VM files created (or replaced) and started at start-up.
+    public var vmFiles: [String] = []
+    /// Seconds between polls of the VMs' APIs (statistics, metrics events).
+    public var pollInterval: Double = 1
+    /// The `hv` that runs each VM (default: this program).
+    public var hvPath: String?
+
+    public init(stateDirectory: String, address: BindAddress, tokensFile: String) {
+        self.stateDirectory = stateDirectory
+        self.address = address
+        self.tokensFile = tokensFile
+    }
+}
+
+public final class Daemon: Sendable {
+    public let options: DaemonOptions
+    public let supervisor: Supervisor
+    public let events = EventBus()
+    let tokens: TokenStore
+    let audit: AuditLog
+
+    /// Reads the tokens, opens the audit log and the state folder; refuses with one line.
+    public init(options: DaemonOptions) throws(DaemonError) {
+        self.options = options
+        do { tokens = try TokenStore(file: options.tokensFile) } catch { throw .badRequest("--tokens \(error.description)") }
+        supervisor = try Supervisor(stateDirectory: options.stateDirectory, events: events, hvPath: options.hvPath)
+        do { audit = try AuditLog(path: options.stateDirectory + "/audit.log") } catch { throw .badRequest("--state \(error.description)") }
+    }
+
+    /// Loads the stored VMs and the VM files, starts what should run, serves until a signal.
+    /// `onListening` gets the address once the API listens.
+    public func run(onListening: @escaping @Sendable (String) -> Void = { _ in }) async throws {
+        await supervisor.loadStored()
+        var definitions: [VMDefinition] = []
+        for file in options.vmFiles {
+            do { definitions.append(try VMDefinition.load(file: file)) } catch { throw DaemonError.badRequest("--vm \(file): \(error.description)") }
+        }
+        let logger = Logger(label: "hv.api")
+        // A Unix listener's socket is created under umask 0177 (0600, never wider for a moment);
+        // the umask is back once it listens, before any VM's process starts.
+        let previous = umask(0o177)
+        let server = DaemonServer(supervisor: supervisor, events: events, tokens: tokens, audit: audit)
+        let address = options.address
+        let app = Application(
+            router: server.makeRouter(),
+            configuration: ApplicationConfiguration(address: address, serverName: "hv-serve"),
+            onServerRunning: { [previous] channel in
+                umask(previous)
+                if let path = channel.localAddress?.pathname { chmod(path, 0o600) }
+                onListening(channel.localAddress.map { $0.pathname.map { "unix:\($0)" } ?? "http://\($0.ipAddress ?? "?"):\($0.port ?? 0)" } ?? "?")
+            },
+            logger: logger)
+        let group = ServiceGroup(configuration: .init(
+            services: [.init(service: app), .init(service: Keeper(daemon: self, definitions: definitions))],
+            gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
+    }
+
+    /// Creates the VM files' VMs (replacing stopped ones of the same name), polls the running
+    /// VMs while the daemon runs, and stops them all when it ends.
+    struct Keeper: Service {
+        let daemon: Daemon
+        let definitions: [VMDefinition]
+
+        func run() async throws {
+            let supervisor = daemon.supervisor
+            for definition in definitions {
+                do { try await supervisor.create(definition, replace: true, fromAPI: false) } catch {
+                    daemon.events.publish("vm.crashed", vm: definition.name, message: "not created: \(error.message)")
+                    Logger(label: "hv.api").error("VM file for '\(definition.name)': \(error.message)")
+                }
+            }
+            let interval = daemon.options.pollInterval
+            await withGracefulShutdownHandler {
+                var beats = 0
+                while !Task.isCancelled, !Task.isShuttingDownGracefully {
+                    await supervisor.poll(interval: interval)
+                    beats += 1
+                    if beats % 15 == 0 { daemon.events.keepAlive() }
+                    try? await Task.sleep(for: .seconds(interval))
+                }
+            } onGracefulShutdown: {}
+            await supervisor.shutdown()
+            daemon.events.finish()
+        }
+    }
+}
