@@ -11,10 +11,13 @@
 #   e2fsprogs       mkfs.ext4/debugfs/e2fsck: the ext4 images the virtio-blk tests boot Linux with
 #   acpica-tools    iasl, which disassembles HV's DSDT in the ACPI tests
 #   gcc             builds the static block benchmark the test bed's guest runs (Benchmarks/testbed)
+#   chromium, chromium-driver   the headless browser the dashboard test drives (Tests/Browser)
+#   socat           bridges a VM's API socket to TCP for schemathesis (Tests/API)
+#   python3-venv    the folder .build-python: schemathesis and Selenium from PyPI, pinned
 # Swift itself (6.1 or later) must already be on PATH.
 set -euo pipefail
 
-packages=(linux-libc-dev binutils libc6-dev libtpms-dev libseccomp-dev pkg-config tpm2-tools swtpm swtpm-tools qemu-system-x86 busybox-static cpio e2fsprogs acpica-tools gcc)
+packages=(linux-libc-dev binutils libc6-dev libtpms-dev libseccomp-dev pkg-config tpm2-tools swtpm swtpm-tools qemu-system-x86 busybox-static cpio e2fsprogs acpica-tools gcc chromium chromium-driver socat python3-venv)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
@@ -25,6 +28,14 @@ if ((${#missing[@]})); then
     if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# The API conformance and dashboard tests' Python tools, in a folder of their own (ignored by git).
+python_tools="$(cd "$(dirname "$0")/.." && pwd)/.build-python"
+if ! "$python_tools/bin/python" -c "import schemathesis, selenium" 2>/dev/null; then
+    echo "setup: installing schemathesis and selenium into $python_tools"
+    python3 -m venv "$python_tools"
+    "$python_tools/bin/pip" install --quiet --disable-pip-version-check schemathesis==4.32.5 selenium==4.51.0
 fi
 
 # Debian's kernel image for the Linux-loader test (unpacked, not installed); not fatal.

@@ -81,7 +81,7 @@ public struct DaemonServer {
 
     public func makeRouter() -> Router<DaemonRequestContext> {
         let router = Router(context: DaemonRequestContext.self)
-        router.middlewares.add(NotFoundMessage())
+        router.middlewares.add(NotFoundMessage(routes: OpenAPIRoutes(document: Self.openAPIDocument)))
         router.middlewares.add(AuthenticateAndAudit(tokens: tokens, audit: audit))
         let supervisor = self.supervisor, events = self.events, audit = self.audit
 
@@ -207,7 +207,7 @@ public struct DaemonServer {
     }
 
     static func html(_ text: String) -> Response {
-        Response(status: .ok, headers: [.contentType: "text/html; charset=utf-8", .contentSecurityPolicy: "default-src 'self'; style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'"],
+        Response(status: .ok, headers: [.contentType: "text/html; charset=utf-8", .contentSecurityPolicy: "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'"],
                  body: .init(byteBuffer: ByteBuffer(string: text)))
     }
 }

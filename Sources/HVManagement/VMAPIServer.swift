@@ -118,7 +118,7 @@ public final class VMAPIServer<B: Backend>: @unchecked Sendable {
 
     private func makeRouter() -> Router<BasicRequestContext> {
         let router = Router(context: BasicRequestContext.self)
-        router.middlewares.add(NotFoundMessage())
+        router.middlewares.add(NotFoundMessage(routes: OpenAPIRoutes(document: VMAPI.openAPIDocument)))
         let document = VMAPI.openAPIDocument
         router.get("/openapi.yaml") { _, _ in
             Response(status: .ok, headers: [.contentType: "application/yaml"], body: .init(byteBuffer: ByteBuffer(string: document)))
@@ -220,16 +220,3 @@ extension VMInfo: ResponseEncodable {}
 extension StatisticsReport: ResponseEncodable {}
 extension VCPURegisters: ResponseEncodable {}
 extension DeviceEntry: ResponseEncodable {}
-
-/// A 404 that says what is there, in the API's error shape (also hv serve's).
-public struct NotFoundMessage<Context: RequestContext>: RouterMiddleware {
-    public init() {}
-
-    public func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-        do {
-            return try await next(request, context)
-        } catch let error as HTTPError where error.status == .notFound && error.body == nil {
-            throw HTTPError(.notFound, message: "no route \(request.method) \(request.uri.path); the routes are listed at GET /openapi.yaml")
-        }
-    }
-}
