@@ -89,6 +89,10 @@ public struct DaemonServer {
         router.get("/openapi.yaml") { _, _ in
             Response(status: .ok, headers: [.contentType: "application/yaml"], body: .init(byteBuffer: ByteBuffer(string: Self.openAPIDocument)))
         }
+        router.get("/v1/health") { _, _ in
+            // Liveness for supervisors and load balancers: no token, no VM detail.
+            Health(status: "ok", vms: await supervisor.count)
+        }
         router.get("/metrics") { request, context in
             try context.require(.viewer, for: request)
             let vms = await supervisor.list()
@@ -210,6 +214,12 @@ public struct DaemonServer {
         Response(status: .ok, headers: [.contentType: "text/html; charset=utf-8", .contentSecurityPolicy: "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'"],
                  body: .init(byteBuffer: ByteBuffer(string: text)))
     }
+}
+
+/// `GET /v1/health`.
+struct Health: ResponseEncodable {
+    var status: String
+    var vms: Int
 }
 
 extension VMStatus: ResponseEncodable {}

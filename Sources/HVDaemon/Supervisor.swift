@@ -318,6 +318,9 @@ public actor Supervisor {
 
     // MARK: Reports
 
+    /// VMs defined, running or not.
+    public var count: Int { vms.count }
+
     public func list() -> [VMStatus] { vms.keys.sorted().compactMap { status(of: $0) } }
 
     public func status(of name: String) -> VMStatus? {

@@ -288,6 +288,25 @@ struct DaemonTests {
         _ = daemon.stop()
     }
 
+    @Test("hv run --check makes a run's checks and runs nothing: what hv serve asks before it creates a VM", .needsKVM)
+    func runCheck() throws {
+        let folder = try PackageExecutable.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let image = folder.appendingPathComponent("loop.bin")
+        try Data(ManagementAPITests.loop).write(to: image)
+        let started = Date()
+        let valid = try PackageExecutable.run(["run", "--check", "--platform", "none", image.path])
+        #expect(valid.status == 0)
+        #expect(valid.stderr == "hv: the command line, the image and the devices' files are valid\n")
+        #expect(Date().timeIntervalSince(started) < 10, "the endless guest did not run")
+        let missing = try PackageExecutable.run(["run", "--check", "--kernel", "/nonexistent/bzImage"])
+        #expect(missing.status == 64)
+        #expect(missing.stderr.hasPrefix("hv: error: /nonexistent/bzImage: "))
+        let disk = try PackageExecutable.run(["run", "--check", "--irqchip", "kernel", "--disk", "/nonexistent.img", image.path])
+        #expect(disk.status == 64)
+        #expect(disk.stderr.contains("/nonexistent.img"))
+    }
+
     @Test("a tokens file others can read, and a bad --listen, are one-line errors")
     func startUpErrors() throws {
         let folder = try PackageExecutable.temporaryDirectory()
