@@ -19,6 +19,11 @@ public struct DaemonOptions: Sendable {
     public var pollInterval: Double = 1
     /// The `hv` that runs each VM (default: this program).
     public var hvPath: String?
+    /// Seconds between samples written to the history, and how long they are kept.
+    public var historyInterval: Double = 10
+    public var historyRetention: Double = 7 * 24 * 3600
+    /// Alert rules (AlertEngine.load), none by default.
+    public var alertsFile: String?
 
     public init(stateDirectory: String, address: BindAddress, tokensFile: String) {
         self.stateDirectory = stateDirectory
@@ -33,6 +38,8 @@ public final class Daemon: Sendable {
     public let events = EventBus()
     let tokens: TokenStore
     let audit: AuditLog
+    public let history: HistoryStore
+    public let alerts: AlertEngine
 
     /// Reads the tokens, opens the audit log and the state folder; refuses with one line.
     public init(options: DaemonOptions) throws(DaemonError) {
@@ -40,6 +47,8 @@ public final class Daemon: Sendable {
         do { tokens = try TokenStore(file: options.tokensFile) } catch { throw .badRequest("--tokens \(error.description)") }
         supervisor = try Supervisor(stateDirectory: options.stateDirectory, events: events, hvPath: options.hvPath)
         do { audit = try AuditLog(path: options.stateDirectory + "/audit.log") } catch { throw .badRequest("--state \(error.description)") }
+        history = try HistoryStore(path: options.stateDirectory + "/history.sqlite", retention: options.historyRetention)
+        alerts = AlertEngine(rules: try options.alertsFile.map { (file) throws(DaemonError) in try AlertEngine.load(file: file) } ?? [], events: events)
     }
 
     /// Loads the stored VMs and the VM files, starts what should run, serves until a signal.
@@ -54,7 +63,7 @@ public final class Daemon: Sendable {
         // A Unix listener's socket is created under umask 0177 (0600, never wider for a moment);
         // the umask is back once it listens, before any VM's process starts.
         let previous = umask(0o177)
-        let server = DaemonServer(supervisor: supervisor, events: events, tokens: tokens, audit: audit)
+        let server = DaemonServer(supervisor: supervisor, events: events, tokens: tokens, audit: audit, history: history)
         let address = options.address
         let app = Application(
             router: server.makeRouter(),
@@ -85,18 +94,35 @@ public final class Daemon: Sendable {
                     Logger(label: "hv.api").error("VM file for '\(definition.name)': \(error.message)")
                 }
             }
-            let interval = daemon.options.pollInterval
+            let options = daemon.options, history = daemon.history
+            let alerting = Task { await daemon.alerts.run() }
             await withGracefulShutdownHandler {
-                var beats = 0
+                var lastSample = Date.distantPast, lastPrune = Date(), lastBeat = Date()
                 while !Task.isCancelled, !Task.isShuttingDownGracefully {
-                    await supervisor.poll(interval: interval)
-                    beats += 1
-                    if beats % 15 == 0 { daemon.events.keepAlive() }
-                    try? await Task.sleep(for: .seconds(interval))
+                    let polled = await supervisor.poll(interval: options.pollInterval)
+                    let now = Date()
+                    if now.timeIntervalSince(lastSample) >= options.historyInterval {
+                        lastSample = now
+                        for (vm, values) in polled {
+                            do { try history.record(vm: vm, values: values, at: now) } catch {
+                                Logger(label: "hv.api").error("history: \(error)")
+                            }
+                        }
+                    }
+                    if now.timeIntervalSince(lastPrune) >= 60 {
+                        lastPrune = now
+                        _ = try? history.prune(now: now)
+                    }
+                    if now.timeIntervalSince(lastBeat) >= 15 {
+                        lastBeat = now
+                        daemon.events.keepAlive()
+                    }
+                    try? await Task.sleep(for: .seconds(options.pollInterval))
                 }
             } onGracefulShutdown: {}
             await supervisor.shutdown()
             daemon.events.finish()
+            await alerting.value
         }
     }
 }

@@ -71,19 +71,21 @@ public struct DaemonServer {
     let events: EventBus
     let tokens: TokenStore
     let audit: AuditLog
+    let history: HistoryStore
 
-    public init(supervisor: Supervisor, events: EventBus, tokens: TokenStore, audit: AuditLog) {
+    public init(supervisor: Supervisor, events: EventBus, tokens: TokenStore, audit: AuditLog, history: HistoryStore) {
         self.supervisor = supervisor
         self.events = events
         self.tokens = tokens
         self.audit = audit
+        self.history = history
     }
 
     public func makeRouter() -> Router<DaemonRequestContext> {
         let router = Router(context: DaemonRequestContext.self)
         router.middlewares.add(NotFoundMessage(routes: OpenAPIRoutes(document: Self.openAPIDocument)))
         router.middlewares.add(AuthenticateAndAudit(tokens: tokens, audit: audit))
-        let supervisor = self.supervisor, events = self.events, audit = self.audit
+        let supervisor = self.supervisor, events = self.events, audit = self.audit, history = self.history
 
         router.get("/") { _, _ in Self.html(Self.dashboard) }
         router.get("/openapi.yaml") { _, _ in
@@ -179,6 +181,22 @@ public struct DaemonServer {
             let after = try Self.integer(request, "after", default: 0, range: 0...Int.max)
             return events.recent(after: UInt64(after))
         }
+        router.get("/v1/history") { request, context in
+            try context.require(.viewer, for: request)
+            guard let vm = request.uri.queryParameters.get("vm"), !vm.isEmpty else {
+                throw HTTPError(.badRequest, message: "query parameter vm is required (a VM's name)")
+            }
+            let metric = request.uri.queryParameters.get("metric") ?? "exitsPerSecond"
+            let seconds = try Self.integer(request, "seconds", default: 3600, range: 1...(366 * 86400))
+            let step = try Self.integer(request, "step", default: 60, range: 1...86400)
+            let known = (try? history.metrics(of: vm)) ?? []
+            guard known.isEmpty || known.contains(metric) else {
+                throw HTTPError(.badRequest, message: "VM '\(vm)' has no history of \(metric); it has \(known.joined(separator: ", "))")
+            }
+            do { return try history.query(vm: vm, metric: metric, seconds: seconds, step: step) } catch {
+                throw HTTPError(.internalServerError, message: "history: \(error)")
+            }
+        }
         router.get("/v1/audit") { request, context in
             try context.require(.admin, for: request)
             let limit = try Self.integer(request, "limit", default: 100, range: 1...10_000)
@@ -223,5 +241,6 @@ struct Health: ResponseEncodable {
 }
 
 extension VMStatus: ResponseEncodable {}
+extension HistoryReport: ResponseEncodable {}
 extension VMEvent: ResponseEncodable {}
 extension AuditLog.Entry: ResponseEncodable {}

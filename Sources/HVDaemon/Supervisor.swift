@@ -347,7 +347,10 @@ public actor Supervisor {
     }
 
     /// One poll of every running VM's API: state, statistics, exit rate, RSS; events for changes.
-    public func poll(interval: Double) async {
+    /// Returns each polled VM's figures (for the history).
+    @discardableResult
+    public func poll(interval: Double) async -> [(vm: String, values: [String: Double])] {
+        var polled: [(vm: String, values: [String: Double])] = []
         for (name, vm) in vms {
             guard let process = vm.process, !vm.stopRequested else { continue }
             let client = VMAPIClient(socketPath: apiSocket(name), timeout: .seconds(2))
@@ -366,7 +369,9 @@ public actor Supervisor {
             if let rss = vm.rss { values["rssBytes"] = Double(rss) }
             for kind in report.kinds { values["p99Nanoseconds.\(kind.kind)"] = Double(kind.p99Nanoseconds) }
             events.publish("vm.metrics", vm: name, message: "metrics", values: values)
+            polled.append((name, values))
         }
+        return polled
     }
 
     /// VmRSS of `pid` from /proc, in bytes.

@@ -32,6 +32,15 @@ struct Serve: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Seconds between polls of the VMs (statistics, metrics events).", valueName: "seconds"))
     var pollInterval: Double = 1
 
+    @Option(name: .long, help: ArgumentHelp("Alert rules (YAML or JSON): thresholds on the VMs' figures and lifecycle events, posted to a webhook or logged.", valueName: "file"))
+    var alerts: String?
+
+    @Option(name: .long, help: ArgumentHelp("How often the VMs' figures are written to the history (STATE/history.sqlite): 10s, 1m, ...", valueName: "duration"))
+    var historyInterval = "10s"
+
+    @Option(name: .long, help: ArgumentHelp("How long the history keeps samples: 7d, 24h, 90m, ...", valueName: "duration"))
+    var historyRetention = "7d"
+
     @OptionGroup var logging: LoggingOptions
 
     func run() throws {
@@ -54,6 +63,9 @@ struct Serve: ParsableCommand {
         options.vmFiles = vm
         guard pollInterval > 0, pollInterval <= 60 else { throw ValidationError("--poll-interval \(pollInterval) is invalid; expected 0 < seconds <= 60") }
         options.pollInterval = pollInterval
+        options.historyInterval = try Self.seconds(historyInterval, option: "--history-interval")
+        options.historyRetention = try Self.seconds(historyRetention, option: "--history-retention")
+        options.alertsFile = alerts
         let daemon: Daemon
         do throws(DaemonError) { daemon = try Daemon(options: options) } catch {
             printError("hv: error: \(error.message)")
@@ -67,6 +79,16 @@ struct Serve: ParsableCommand {
             throw ExitCode(ExitStatus.usage)
         }
         printError("hv serve: stopped")
+    }
+
+    /// A duration: a number of seconds, or a number with s, m, h or d.
+    static func seconds(_ text: String, option: String) throws -> Double {
+        let units: [Character: Double] = ["s": 1, "m": 60, "h": 3600, "d": 86400]
+        let unit = text.last.flatMap { units[$0] }
+        guard let value = Double(unit == nil ? Substring(text) : text.dropLast()), value > 0, value.isFinite else {
+            throw ValidationError("\(option) \(text) is invalid; expected a positive duration such as 30s, 10m, 24h or 7d")
+        }
+        return value * (unit ?? 1)
     }
 
     /// HOST:PORT or unix:PATH.

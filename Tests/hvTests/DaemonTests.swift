@@ -3,6 +3,7 @@
 // events, metrics, shutdown.
 import AsyncHTTPClient
 import Foundation
+import HVDaemon
 import NIOCore
 import NIOHTTP1
 import Testing
@@ -286,6 +287,107 @@ struct DaemonTests {
         #expect(text.contains("event: vm.started\n"))
         #expect(text.contains("event: vm.exited\n"))
         _ = daemon.stop()
+    }
+
+    @Test("alerts: a threshold fires and resolves, a crash is an event, each POSTed to a webhook; the history answers trends", .needsKVM)
+    func alertsAndHistory() throws {
+        let folder = try PackageExecutable.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let receiver = Process()
+        receiver.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        let portFile = folder.appendingPathComponent("port"), received = folder.appendingPathComponent("received")
+        receiver.arguments = ["python3", PythonTools.root.appendingPathComponent("Tests/API/webhook_receiver.py").path, portFile.path, received.path]
+        receiver.standardOutput = FileHandle.nullDevice
+        try receiver.run()
+        defer { kill(receiver.processIdentifier, SIGKILL); receiver.waitUntilExit() }
+        var port = ""
+        for _ in 0..<100 where port.isEmpty { usleep(50_000); port = (try? String(contentsOf: portFile, encoding: .utf8)) ?? "" }
+        let hook = "http://127.0.0.1:\(port)/hook"
+        let alerts = folder.appendingPathComponent("alerts.yaml")
+        try """
+            rules:
+              - {name: busy, metric: exitsPerSecond, above: 1000, vm: web1, webhook: "\(hook)"}
+              - {name: crash, event: vm.crashed, webhook: "\(hook)"}
+            """.write(to: alerts, atomically: true, encoding: .utf8)
+        let daemon = try DaemonFixture(vmFiles: Self.twoVMs, extra: ["--alerts", alerts.path, "--history-interval", "1s"])
+        func notices() -> [[String: Any]] {
+            ((try? String(contentsOf: received, encoding: .utf8)) ?? "").split(separator: "\n")
+                .compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        }
+        func waitForNotice(_ matches: ([String: Any]) -> Bool) -> [String: Any]? {
+            let deadline = Date(timeIntervalSinceNow: 20)
+            while Date() < deadline {
+                if let found = notices().first(where: matches) { return found }
+                usleep(100_000)
+            }
+            return nil
+        }
+        let firing = waitForNotice { $0["rule"] as? String == "busy" && $0["state"] as? String == "firing" }
+        #expect(firing?["vm"] as? String == "web1")
+        #expect((firing?["value"] as? Double ?? 0) > 1000 && firing?["threshold"] as? Double == 1000)
+        #expect(try daemon.call("POST", "/v1/vms/web1/pause", token: DaemonFixture.operator_).status == 200)
+        let resolved = waitForNotice { $0["rule"] as? String == "busy" && $0["state"] as? String == "resolved" }
+        #expect(resolved?["value"] as? Double == 0)
+        let web2 = try #require(try daemon.vms()["web2"]?["pid"] as? Int32)
+        kill(web2, SIGKILL)
+        let crash = waitForNotice { $0["rule"] as? String == "crash" }
+        #expect(crash?["vm"] as? String == "web2" && crash?["state"] as? String == "event" && crash?["event"] as? String == "vm.crashed")
+        #expect(notices().filter { $0["rule"] as? String == "busy" }.count == 2, "fired once and resolved once, not at every poll")
+        let events = (try daemon.json("GET", "/v1/events/recent") as? [[String: Any]] ?? []).compactMap { $0["type"] as? String }
+        #expect(events.contains("alert.firing") && events.contains("alert.resolved"))
+
+        // History: one sample a second; web1's rate while it ran, then 0 while paused.
+        let history = try daemon.json("GET", "/v1/history?vm=web1&metric=exitsPerSecond&seconds=120&step=1") as? [String: Any] ?? [:]
+        let points = history["points"] as? [[String: Any]] ?? []
+        #expect(points.count >= 2, "\(history)")
+        #expect(points.contains { ($0["maximum"] as? Double ?? 0) > 1000 })
+        #expect(history["stepSeconds"] as? Int == 1)
+        let unknown = try daemon.call("GET", "/v1/history?vm=web1&metric=colour")
+        #expect(unknown.status == 400)
+        #expect(DaemonFixture.message(unknown.body).hasPrefix("VM 'web1' has no history of colour; it has exits, exitsPerSecond, "))
+        #expect(try daemon.call("GET", "/v1/history").status == 400)
+        #expect(FileManager.default.fileExists(atPath: daemon.state + "/history.sqlite"))
+        _ = daemon.stop()
+    }
+
+    @Test("the history store keeps samples for its retention, then prunes them, and averages per step")
+    func historyRetention() throws {
+        let folder = try PackageExecutable.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let store = try HistoryStore(path: folder.appendingPathComponent("history.sqlite").path, retention: 60)
+        let now = Date(timeIntervalSince1970: 1_800_000_000)
+        try store.record(vm: "a", values: ["rate": 10, "rss": 5], at: now.addingTimeInterval(-120))
+        try store.record(vm: "a", values: ["rate": 20], at: now.addingTimeInterval(-30))
+        try store.record(vm: "a", values: ["rate": 40], at: now.addingTimeInterval(-20))
+        try store.record(vm: "b", values: ["rate": 99], at: now.addingTimeInterval(-20))
+        #expect(try store.count() == 5)
+        #expect(try store.prune(now: now) == 2, "the two samples older than 60 s")
+        #expect(try store.metrics(of: "a") == ["rate"])
+        let report = try store.query(vm: "a", metric: "rate", seconds: 60, step: 60, now: now)
+        #expect(report.points.count == 1)
+        #expect(report.points.first.map { ($0.average, $0.minimum, $0.maximum, $0.samples) } ?? (0, 0, 0, 0) == (30, 20, 40, 2))
+        var information = stat()
+        #expect(stat(store.path, &information) == 0 && information.st_mode & 0o777 == 0o600)
+    }
+
+    @Test("an alerts file with an unknown field or a rule that is neither a threshold nor an event is a one-line error")
+    func alertFileErrors() throws {
+        let folder = try PackageExecutable.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let file = folder.appendingPathComponent("alerts.yaml")
+        try "rules:\n  - {name: x, metric: exits, above: 1, colour: red}\n".write(to: file, atomically: true, encoding: .utf8)
+        #expect(throws: DaemonError.self) { try AlertEngine.load(file: file.path) }
+        do { _ = try AlertEngine.load(file: file.path) } catch {
+            #expect(error.message == "--alerts \(file.path): rules[0]: colour: unknown field; a rule has name, metric, above, event, vm, webhook")
+        }
+        try "rules:\n  - {name: x, metric: exits}\n".write(to: file, atomically: true, encoding: .utf8)
+        do { _ = try AlertEngine.load(file: file.path); Issue.record("accepted") } catch {
+            #expect(error.message == "--alerts \(file.path): rules[0] (x): give either metric and above, or event")
+        }
+        try "rules:\n  - {name: x, event: vm.crashed, webhook: ftp://host}\n".write(to: file, atomically: true, encoding: .utf8)
+        do { _ = try AlertEngine.load(file: file.path); Issue.record("accepted") } catch {
+            #expect(error.message.hasSuffix("webhook: 'ftp://host' is not an http(s) URL"))
+        }
     }
 
     @Test("hv run --check makes a run's checks and runs nothing: what hv serve asks before it creates a VM", .needsKVM)
