@@ -62,6 +62,7 @@ public actor Supervisor {
     private var vms: [String: ManagedVM] = [:]
     private let log = Logger(label: "hv.api")
     private var shuttingDown = false
+    private let cgroups = CgroupTree()
 
     /// `hvPath`: the `hv` that runs each VM (by default this very program).
     public init(stateDirectory: String, events: EventBus, hvPath: String? = nil) throws(DaemonError) {
@@ -114,6 +115,8 @@ public actor Supervisor {
             guard existing.process == nil else { throw .conflict("VM '\(definition.name)' is \(existing.state); stop it before replacing it") }
         }
         try await check(definition)
+        // Limits the host cannot enforce are refused now, not when the VM starts.
+        if let limits = definition.limits { _ = try cgroups.prepare(vm: definition.name, limits: limits) }
         let folder = folder(definition.name)
         do {
             try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
@@ -140,8 +143,8 @@ public actor Supervisor {
         var message = errors.split(separator: "\n").first.map(String.init) ?? "hv run --check failed with status \(status)"
         if message.hasPrefix("hv: error: ") { message.removeFirst("hv: error: ".count) }
         // ArgumentParser's words for a value it could not parse: "The value 'X' is invalid for '--opt <v>' (see ...)".
-        if let match = message.firstMatch(of: /The value '(.*)' is invalid for '(--[a-z0-9-]+)[^']*'/) {
-            message = "\(match.2) '\(match.1)' is invalid"
+        if let match = message.firstMatch(of: /The value '(.*)' is invalid for '(--[a-z0-9-]+)[^']*'(: --[a-z0-9-]+ [^:]*: (.*?))?( \(see '.*'\))?$/) {
+            message = match.4.map { "\(match.2) '\(match.1)': \($0)" } ?? "\(match.2) '\(match.1)' is invalid"
         }
         for (option, field) in VMDefinition.optionFields where message.hasPrefix(option + " ") || message.hasPrefix(option + ":") {
             message = field + message.dropFirst(option.count)
@@ -168,7 +171,9 @@ public actor Supervisor {
         let name = vm.definition.name
         let process = Process()
         process.executableURL = URL(fileURLWithPath: hvPath)
-        process.arguments = vm.definition.runArguments(apiSocket: apiSocket(name), console: consoleFile(name))
+        var arguments = vm.definition.runArguments(apiSocket: apiSocket(name), console: consoleFile(name))
+        if let limits = vm.definition.limits { arguments += ["--cgroup", try cgroups.prepare(vm: name, limits: limits)] }
+        process.arguments = arguments
         process.currentDirectoryURL = URL(fileURLWithPath: folder(name))
         process.standardInput = FileHandle.nullDevice
         let logPath = folder(name) + "/hv.log"
@@ -199,6 +204,7 @@ public actor Supervisor {
     private func ended(_ name: String, generation: Int, status: Int32, signalled: Bool) {
         guard let vm = vms[name], vm.generation == generation else { return }
         let uptime = vm.started.map { Date().timeIntervalSince($0) } ?? 0
+        if vm.definition.limits != nil { cgroups.remove(vm: name) }
         vm.process = nil
         vm.started = nil
         let meaning = Self.meaning(status: status, signalled: signalled)

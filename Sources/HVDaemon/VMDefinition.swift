@@ -29,6 +29,8 @@ public struct VMDefinition: Codable, Sendable, Equatable {
     public var disks: [String]?
     /// A virtio-rng device.
     public var rng: Bool?
+    /// vCPU pinning as `hv run --pin-vcpu` takes it, one string each: "0=2", "1=0-1,3".
+    public var pin: [String]?
     /// What a guest reset does: restart (default) or stop.
     public var onReset: String?
     /// What HLT does without an interrupt controller: stop (default) or resume.
@@ -38,6 +40,8 @@ public struct VMDefinition: Codable, Sendable, Equatable {
     public var restart: RestartPolicy?
     /// Start the VM when it is created (default true).
     public var autostart: Bool?
+    /// Resource limits through cgroup v2 (Cgroups.swift); refused where the host gives none.
+    public var limits: VMLimits?
 
     public enum RestartPolicy: String, Codable, Sendable, CaseIterable {
         case never
@@ -51,7 +55,7 @@ public struct VMDefinition: Codable, Sendable, Equatable {
     }
 
     static let fields = ["name", "image", "kernel", "multiboot", "multiboot2", "elf", "cmdline", "initrd", "memory", "cpus", "irqchip",
-                         "platform", "disks", "rng", "onReset", "onHalt", "restart", "autostart"]
+                         "platform", "disks", "rng", "pin", "onReset", "onHalt", "restart", "autostart", "limits"]
 }
 
 /// Why a VM definition was refused: the field and the problem, for a 400 answer or a one-line error.
@@ -77,6 +81,9 @@ extension VMDefinition {
         }
         if let unknown = fields.keys.sorted().first(where: { !Self.fields.contains($0) }) {
             throw VMDefinitionError(field: unknown, problem: "unknown field; a VM definition has \(Self.fields.joined(separator: ", "))")
+        }
+        if let limits = fields["limits"] as? [String: Any], let unknown = limits.keys.sorted().first(where: { !VMLimits.fields.contains($0) }) {
+            throw VMDefinitionError(field: "limits.\(unknown)", problem: "unknown field; limits has \(VMLimits.fields.joined(separator: ", "))")
         }
         do {
             // Re-encoded from what was parsed, so that YAML goes through the same checks as JSON.
@@ -123,6 +130,7 @@ extension VMDefinition {
         try Self.check("onReset", onReset, among: ["restart", "stop"])
         try Self.check("onHalt", onHalt, among: ["stop", "resume"])
         if initrd != nil, kernel == nil { throw VMDefinitionError(field: "initrd", problem: "needs kernel") }
+        try limits?.validate()
         if let memory, memory.wholeMatch(of: /(?i)(0x[0-9a-f]+|[0-9]+ *([kmgt](i?b)?|b)?)/) == nil {
             throw VMDefinitionError(field: "memory", problem: "'\(memory)' is not a size; use bytes or a number with K, M, G (\"256M\", \"1G\")")
         }
@@ -174,6 +182,7 @@ extension VMDefinition {
         if let platform { arguments += ["--platform", platform] }
         for disk in disks ?? [] { arguments += ["--disk", disk] }
         if rng == true { arguments.append("--rng") }
+        for pinning in pin ?? [] { arguments += ["--pin-vcpu", pinning] }
         if let onReset { arguments += ["--on-reset", onReset] }
         if let onHalt { arguments += ["--on-halt", onHalt] }
         arguments += ["--api-socket", apiSocket, "--serial", "file:\(console)"]
@@ -184,7 +193,7 @@ extension VMDefinition {
     static let optionFields = ["--kernel": "kernel", "--multiboot": "multiboot", "--multiboot2": "multiboot2", "--elf": "elf",
                                "--cmdline": "cmdline", "--append": "cmdline", "--initrd": "initrd", "--mem": "memory",
                                "--cpus": "cpus", "--irqchip": "irqchip", "--platform": "platform", "--disk": "disks",
-                               "--on-reset": "onReset", "--on-halt": "onHalt", "IMAGE": "image"]
+                               "--on-reset": "onReset", "--on-halt": "onHalt", "--pin-vcpu": "pin", "IMAGE": "image"]
 
     private static func explain(_ error: DecodingError) -> VMDefinitionError {
         func path(_ context: DecodingError.Context) -> String {

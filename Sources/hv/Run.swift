@@ -148,6 +148,13 @@ struct Run: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Started as root: run the guest as this user (a name or uid) once /dev/kvm, the disks, the TAP and the TPM state are open; the TPM's directory must be writable by it (Documentation/Confinement.md).", valueName: "user"))
     var user: String?
 
+    @Option(name: .long, help: ArgumentHelp("Pin a vCPU's thread to host CPUs, as taskset's lists: 0=2 or 1=0-1,3; repeatable (Documentation/Management.md).", valueName: "vcpu=cpus"),
+            transform: VCPUPinning.init(parsing:))
+    var pinVcpu: [VCPUPinning] = []
+
+    @Option(name: .long, help: ArgumentHelp("Join this cgroup v2 directory first thing, before guest memory exists (hv serve's per-VM limits).", valueName: "dir"))
+    var cgroup: String?
+
     @Option(name: .long, help: ArgumentHelp("Serve the VM's HTTP/JSON API (state, pause, resume, reset, stop, exit statistics, registers, devices) on this Unix socket, created 0600; `hv ctl PATH` is its client (Documentation/Management.md).", valueName: "path"))
     var apiSocket: String?
 
@@ -158,6 +165,7 @@ struct Run: ParsableCommand {
 
     func run() throws {
         logging.bootstrap()
+        if let cgroup { joinCgroup(cgroup) }
         // A closed output pipe (`hv run ... | head`) becomes EPIPE on the console's writes, and
         // the VM stops cleanly below, instead of the process dying of SIGPIPE mid-run.
         signal(SIGPIPE, SIG_IGN)
@@ -175,6 +183,14 @@ struct Run: ParsableCommand {
         configuration.cpuModel = cpu
         configuration.hugePages = hugePages
         configuration.confinement = seccomp.mode.map { Confinement(mode: $0) }
+        let allowed = VCPUPinning.allowedCPUs()
+        for pinning in pinVcpu {
+            guard configuration.vcpuAffinity[pinning.vcpu] == nil else { fail("--pin-vcpu", "vCPU \(pinning.vcpu) is pinned twice") }
+            if let allowed, let outside = pinning.cpus.first(where: { !allowed.contains($0) }) {
+                fail("--pin-vcpu \(pinning.vcpu)=...", "CPU \(outside) is not one this process may run on (Cpus_allowed_list: \(VCPUPinning.allowedList() ?? "?"))")
+            }
+            configuration.vcpuAffinity[pinning.vcpu] = pinning.cpus
+        }
         // Looked up now, so that an unknown user stops hv before anything is built.
         let runAs: UnprivilegedUser?
         do throws(ConfinementError) { runAs = try user.map { (name) throws(ConfinementError) in try UnprivilegedUser(name) } } catch { fail("--user \(user ?? "")", error.description) }
@@ -268,6 +284,16 @@ struct Run: ParsableCommand {
         // Stopped by a signal: the shell's status for it, as if hv had died of it (128 + number).
         let status = stopSignals.signal.map { 128 + $0 } ?? ExitStatus.forStop(result.reason)
         if status != 0 { throw ExitCode(status) }
+    }
+
+    /// Moves this process into the cgroup v2 directory `path` (its limits apply from here on).
+    private func joinCgroup(_ path: String) {
+        let descriptor = open(path + "/cgroup.procs", O_WRONLY | O_CLOEXEC)
+        let pid = Array("\(getpid())".utf8)
+        guard descriptor >= 0, write(descriptor, pid, pid.count) == pid.count else {
+            fail("--cgroup \(path)", "cannot join it: \(String(cString: strerror(errno)))")
+        }
+        close(descriptor)
     }
 
     /// The VM's API on `path`, listening; a socket that cannot be made is a one-line error.
@@ -420,7 +446,7 @@ struct Run: ParsableCommand {
     }
 
     /// The SDK's fields (as its errors name them) and the options that set them.
-    private static let options = ["memorySize": "--mem", "cpuCount": "--cpus", "timeLimit": "--timeout", "exitLimit": "--max-exits",
+    private static let options = ["memorySize": "--mem", "cpuCount": "--cpus", "vcpuAffinity": "--pin-vcpu", "timeLimit": "--timeout", "exitLimit": "--max-exits",
                                   "loadAddress": "--load-address", "entry": "--entry"]
 
     private func flagName(for field: String) -> String { Self.options[field] ?? field }

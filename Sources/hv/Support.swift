@@ -167,3 +167,41 @@ func attachConsole<B: Backend>(to machine: Machine<B>, serial: SerialTarget) thr
     } catch { throw .device(error) }
     return uart
 }
+
+/// `--pin-vcpu VCPU=CPUS`: a vCPU and the host CPUs its thread may run on, CPUS as taskset's
+/// lists ("2", "0-1,3").
+struct VCPUPinning {
+    var vcpu: Int
+    var cpus: [Int]
+
+    init(parsing text: String) throws {
+        let parts = text.split(separator: "=", maxSplits: 1).map(String.init)
+        guard parts.count == 2, let vcpu = Int(parts[0]), vcpu >= 0 else {
+            throw ValidationError("--pin-vcpu \(text): expected VCPU=CPUS, e.g. 0=2 or 1=0-1,3")
+        }
+        var cpus: [Int] = []
+        for item in parts[1].split(separator: ",", omittingEmptySubsequences: false) {
+            let bounds = item.split(separator: "-", maxSplits: 1, omittingEmptySubsequences: false).map { Int($0) }
+            guard let low = bounds.first ?? nil, let high = bounds.count == 2 ? bounds[1] : low, low >= 0, low <= high,
+                  high < VirtualMachineConfiguration.maximumHostCPU else {
+                throw ValidationError("--pin-vcpu \(text): '\(item)' is not a CPU or a range of CPUs (0-\(VirtualMachineConfiguration.maximumHostCPU - 1))")
+            }
+            cpus += Array(low...high)
+        }
+        self.vcpu = vcpu
+        self.cpus = Array(Set(cpus)).sorted()
+    }
+
+    /// This process's Cpus_allowed_list (/proc/self/status), as the kernel writes it.
+    static func allowedList() -> String? {
+        guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("Cpus_allowed_list:") }) else { return nil }
+        return line.dropFirst("Cpus_allowed_list:".count).trimmingCharacters(in: .whitespaces)
+    }
+
+    /// The CPUs this process may run on, nil when /proc does not say.
+    static func allowedCPUs() -> Set<Int>? {
+        guard let list = allowedList(), let parsed = try? VCPUPinning(parsing: "0=" + list) else { return nil }
+        return Set(parsed.cpus)
+    }
+}

@@ -390,6 +390,74 @@ struct DaemonTests {
         }
     }
 
+    /// The CPUs a thread named `name` of process `pid` may run on (/proc's Cpus_allowed_list).
+    static func allowedCPUs(pid: Int32, thread name: String) -> String? {
+        let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
+        for task in tasks where (try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/comm", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) == name {
+            let status = (try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/status", encoding: .utf8)) ?? ""
+            return status.split(separator: "\n").first { $0.hasPrefix("Cpus_allowed_list:") }.map { $0.split(separator: "\t").last.map(String.init) ?? "" }
+        }
+        return nil
+    }
+
+    @Test("vCPU pinning: a VM file's pin reaches its confined hv run, whose vCPU threads run only where pinned; bad pins are refused", .needsKVM,
+          .enabled(if: ProcessInfo.processInfo.activeProcessorCount >= 2, "needs two CPUs"))
+    func pinning() throws {
+        let daemon = try DaemonFixture(vmFiles: ["pinned.yaml": "name: pinned\nimage: loop.bin\nplatform: none\ncpus: 2\nirqchip: none\npin: [\"0=1\", \"1=0\"]\n"])
+        let running = try daemon.waitFor { $0["pinned"]?["state"] as? String == "running" }
+        let pid = try #require(running["pinned"]?["pid"] as? Int32)
+        #expect(Self.allowedCPUs(pid: pid, thread: "vcpu0") == "1")
+        #expect(Self.allowedCPUs(pid: pid, thread: "vcpu1") == "0")
+        let loop = daemon.folder.appendingPathComponent("loop.bin").path
+        let outside = try daemon.call("POST", "/v1/vms", body: #"{"name": "far", "image": "\#(loop)", "platform": "none", "pin": ["0=4000"]}"#)
+        #expect(outside.status == 400)
+        #expect(DaemonFixture.message(outside.body).contains("'4000' is not a CPU or a range of CPUs"), "\(DaemonFixture.message(outside.body))")
+        let vcpu = try daemon.call("POST", "/v1/vms", body: #"{"name": "far", "image": "\#(loop)", "platform": "none", "pin": ["3=0"]}"#)
+        #expect(vcpu.status == 400)
+        #expect(DaemonFixture.message(vcpu.body) == "pin: vCPU 3 is invalid; expected a vCPU of 0...0")
+        _ = daemon.stop()
+        let unusable = try PackageExecutable.run(["run", "--platform", "none", "--pin-vcpu", "0=1000", loop])
+        #expect(unusable.status == 64)
+        #expect(unusable.stderr.contains("CPU 1000 is not one this process may run on (Cpus_allowed_list: "))
+    }
+
+    @Test("cgroup v2 limits: enforced in the VM's own cgroup where the host delegates controllers, else refused with the reason", .needsKVM)
+    func limits() throws {
+        let daemon = try DaemonFixture()
+        let loop = daemon.folder.appendingPathComponent("loop.bin").path
+        let answer = try daemon.call("POST", "/v1/vms", body: #"{"name": "capped", "image": "\#(loop)", "platform": "none", "limits": {"memoryMax": "256M", "cpuMax": "50000 100000"}}"#)
+        let controllers = (try? String(contentsOfFile: "/proc/self/cgroup", encoding: .utf8)).map { _ in Self.ownControllers() } ?? []
+        if controllers.isSuperset(of: ["memory", "cpu"]) {
+            #expect(answer.status == 201, "\(DaemonFixture.message(answer.body))")
+            let running = try daemon.waitFor { $0["capped"]?["state"] as? String == "running" }
+            let pid = try #require(running["capped"]?["pid"] as? Int32)
+            let cgroup = try String(contentsOfFile: "/proc/\(pid)/cgroup", encoding: .utf8)
+            #expect(cgroup.contains("/vm-capped"), "\(cgroup)")
+        } else {
+            // This host gives hv serve no memory or cpu controller: the VM is refused, with why, and not created.
+            #expect(answer.status == 400)
+            #expect(DaemonFixture.message(answer.body).hasPrefix("limits: "), "\(DaemonFixture.message(answer.body))")
+            #expect(DaemonFixture.message(answer.body).contains("delegated cgroup (systemd Delegate=yes)"))
+            #expect(try daemon.vms().isEmpty)
+        }
+        let bad = try daemon.call("POST", "/v1/vms", body: #"{"name": "capped", "image": "\#(loop)", "limits": {"memoryMax": "lots"}}"#)
+        #expect(DaemonFixture.message(bad.body) == "limits.memoryMax: 'lots' is not a size (\"512M\") or max")
+        let unknown = try daemon.call("POST", "/v1/vms", body: #"{"name": "capped", "image": "\#(loop)", "limits": {"swap": "1G"}}"#)
+        #expect(DaemonFixture.message(unknown.body) == "limits.swap: unknown field; limits has cpuMax, cpuset, memoryMax, ioMax")
+        _ = daemon.stop()
+    }
+
+    /// The controllers this process's cgroup v2 offers (empty where there is none).
+    static func ownControllers() -> Set<String> {
+        guard let mounts = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8),
+              let mount = mounts.split(separator: "\n").map({ $0.split(separator: " ") }).first(where: { $0.contains("cgroup2") }),
+              let own = (try? String(contentsOfFile: "/proc/self/cgroup", encoding: .utf8))?.split(separator: "\n").first(where: { $0.hasPrefix("0::") })
+        else { return [] }
+        let path = String(mount[4]) + (own.dropFirst(3) == "/" ? "" : String(own.dropFirst(3)))
+        let text = (try? String(contentsOfFile: path + "/cgroup.controllers", encoding: .utf8)) ?? ""
+        return Set(text.split(separator: " ").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) })
+    }
+
     @Test("hv run --check makes a run's checks and runs nothing: what hv serve asks before it creates a VM", .needsKVM)
     func runCheck() throws {
         let folder = try PackageExecutable.temporaryDirectory()

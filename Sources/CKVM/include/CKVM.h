@@ -93,6 +93,8 @@ static inline int hv_open(const char *path, int flags) { return open(path, flags
 // glibc declares them only under _GNU_SOURCE, so they go through syscall(2).
 static inline int hv_accept4(int fd, int flags) { return (int)syscall(SYS_accept4, fd, (void *)0, (void *)0, flags); }
 static inline int hv_pipe2(int fds[2], int flags) { return (int)syscall(SYS_pipe2, fds, flags); }
+// sched_setaffinity(2) of the calling thread (pid 0), also _GNU_SOURCE only: `mask` is a CPU bit array.
+static inline int hv_pin_calling_thread(const void *mask, unsigned long size) { return (int)syscall(SYS_sched_setaffinity, 0, size, mask); }
 
 // SIGRTMIN is a function call in glibc, not a constant. The vCPU kick signal (as Firecracker's).
 static inline int hv_kick_signal(void) { return SIGRTMIN + 1; }

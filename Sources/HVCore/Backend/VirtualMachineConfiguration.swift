@@ -108,6 +108,9 @@ public struct VirtualMachineConfiguration: Sendable, Equatable {
     /// `MADV_HUGEPAGE`; `MemoryRegion`), so KVM maps it with 2 MiB EPT/NPT entries (default on,
     /// as QEMU does). Off: 4 KiB pages only, each touched page faulted in on its own.
     public var hugePages: Bool = true
+    /// vCPU pinning: vCPU index -> the host CPUs its thread may run on (`sched_setaffinity(2)`,
+    /// set by the vCPU thread itself as it starts). vCPUs not named run anywhere.
+    public var vcpuAffinity: [Int: [Int]] = [:]
     #if os(Linux)
     /// Seccomp allow-lists from `Machine.start` on: the VMM list on every thread of the
     /// process, the vCPU list on each vCPU thread (Documentation/Confinement.md). nil (the
@@ -120,6 +123,9 @@ public struct VirtualMachineConfiguration: Sendable, Equatable {
     public var effectivePIT: PITMode {
         pit == .automatic ? (interruptController == .kernel ? .kernel : .none) : pit
     }
+
+    /// Host CPUs a pinning may name: glibc's cpu_set_t (CPU_SETSIZE).
+    public static let maximumHostCPU = 1024
 
     /// The smallest and largest RAM sizes accepted.
     public static let memoryRange: ClosedRange<UInt64> = 4096...(1 << 40)
@@ -176,6 +182,14 @@ public struct VirtualMachineConfiguration: Sendable, Equatable {
         }
         if preemptionTimerInterval != nil, cpuCount > 64 {
             throw ConfigurationError(field: "cpuCount", value: "\(cpuCount)", expected: "at most 64 with a preemption timer")
+        }
+        for (vcpu, cpus) in vcpuAffinity.sorted(by: { $0.key < $1.key }) {
+            guard (0..<cpuCount).contains(vcpu) else {
+                throw ConfigurationError(field: "vcpuAffinity", value: "vCPU \(vcpu)", expected: "a vCPU of 0...\(cpuCount - 1)")
+            }
+            guard !cpus.isEmpty, cpus.allSatisfy({ (0..<Self.maximumHostCPU).contains($0) }) else {
+                throw ConfigurationError(field: "vcpuAffinity", value: "vCPU \(vcpu): \(cpus)", expected: "one or more host CPUs of 0...\(Self.maximumHostCPU - 1)")
+            }
         }
         if pit == .kernel, interruptController != .kernel {
             throw ConfigurationError(field: "pit", value: "kernel",

@@ -124,7 +124,7 @@ extension SeccompFilter {
     /// TAP's reads and writes, vsock's Unix sockets, libtpms' state files written by
     /// temporary name and rename), polling, and the KVM ioctls. No exec, no fork, no new
     /// network (Unix sockets only), no ptrace, mounts, modules, namespaces or credentials.
-    public static let vmm = SeccompFilter(name: "VMM", rules: common + [kvmIoctls] + serverThreads)
+    public static let vmm = SeccompFilter(name: "VMM", rules: common + [kvmIoctls] + serverThreads + [pinning])
 
     /// What a vCPU thread calls: the common list, without the calls that only the VMM's own
     /// threads make (accepting and binding sockets, waiting for signals). Device models run on
@@ -133,6 +133,10 @@ extension SeccompFilter {
 
     /// What `hv tpm serve` calls once it listens: the VMM list without KVM's ioctls (it has no VM).
     public static let tpmServer = SeccompFilter(name: "TPM server", rules: common + serverThreads)
+
+    /// A vCPU thread pins itself (`vcpuAffinity`) before its own list goes on: only the calling
+    /// thread (pid 0), and not in the vCPU list.
+    private static let pinning = SeccompRule("sched_setaffinity", [.init(argument: 0, equals: 0)])
 
     /// KVM's ioctls (type 0xAE): the run loop, register access, interrupts.
     private static let kvmIoctls = SeccompRule("ioctl", [.init(argument: 1, mask: 0xFF00, equals: 0xAE00)])

@@ -520,6 +520,8 @@ public final class Machine<B: Backend>: @unchecked Sendable {
         lock.unlock()
         do throws(HVError) {
             #if os(Linux)
+            // Pinned before the vCPU list goes on (it does not allow sched_setaffinity).
+            if let cpus = configuration.vcpuAffinity[vcpu.id] { try Self.pinCallingThread(to: cpus, vcpu: vcpu.id) }
             if let confinement = configuration.confinement {
                 // Named before the filter goes on, for its reports ("thread 'vcpu0' made ...").
                 _ = hv_seccomp_name_thread("vcpu\(vcpu.id)")
@@ -562,6 +564,19 @@ public final class Machine<B: Backend>: @unchecked Sendable {
         lock.unlock()
         log.debug("vCPU \(vcpu.id) ended: \(reason)")
     }
+
+    #if os(Linux)
+    /// `sched_setaffinity(0, ...)`: the calling thread may run only on `cpus` (the kernel's CPU
+    /// mask is a bit array, CPU n at bit n, 1024 bits as glibc's cpu_set_t).
+    static func pinCallingThread(to cpus: [Int], vcpu: Int) throws(HVError) {
+        var mask = [UInt8](repeating: 0, count: VirtualMachineConfiguration.maximumHostCPU / 8)
+        for cpu in cpus where cpu / 8 < mask.count { mask[cpu / 8] |= UInt8(1 << (cpu % 8)) }
+        guard hv_pin_calling_thread(mask, UInt(mask.count)) == 0 else {
+            let reason = errno == EINVAL ? "none of them is a CPU this process may use" : String(cString: strerror(errno))
+            throw .configuration(ConfigurationError(field: "vcpuAffinity", value: "vCPU \(vcpu): \(cpus)", expected: "host CPUs this process may run on (\(reason))"))
+        }
+    }
+    #endif
 
     /// The hot path: no allocation, no lock (except when parking on request), no existential.
     private func runLoop<H: ExitHandler>(_ vcpu: B.VM.CPU, handler: H, statistics: inout ExitStatistics,
