@@ -3,7 +3,10 @@
 import Foundation
 import HVManagement
 import Hummingbird
+import HummingbirdCore
+import HummingbirdTLS
 import Logging
+import NIOSSL
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
@@ -24,6 +27,9 @@ public struct DaemonOptions: Sendable {
     public var historyRetention: Double = 7 * 24 * 3600
     /// Alert rules (AlertEngine.load), none by default.
     public var alertsFile: String?
+    /// TLS: a PEM certificate chain and its PEM private key; plain HTTP without them.
+    public var tlsCertificate: String?
+    public var tlsKey: String?
 
     public init(stateDirectory: String, address: BindAddress, tokensFile: String) {
         self.stateDirectory = stateDirectory
@@ -65,19 +71,43 @@ public final class Daemon: Sendable {
         let previous = umask(0o177)
         let server = DaemonServer(supervisor: supervisor, events: events, tokens: tokens, audit: audit, history: history)
         let address = options.address
+        let scheme = options.tlsCertificate == nil ? "http" : "https"
         let app = Application(
             router: server.makeRouter(),
+            server: try Self.serverBuilder(certificate: options.tlsCertificate, key: options.tlsKey),
             configuration: ApplicationConfiguration(address: address, serverName: "hv-serve"),
             onServerRunning: { [previous] channel in
                 umask(previous)
                 if let path = channel.localAddress?.pathname { chmod(path, 0o600) }
-                onListening(channel.localAddress.map { $0.pathname.map { "unix:\($0)" } ?? "http://\($0.ipAddress ?? "?"):\($0.port ?? 0)" } ?? "?")
+                onListening(channel.localAddress.map { $0.pathname.map { "unix:\($0)" } ?? "\(scheme)://\($0.ipAddress ?? "?"):\($0.port ?? 0)" } ?? "?")
             },
             logger: logger)
         let group = ServiceGroup(configuration: .init(
             services: [.init(service: app), .init(service: Keeper(daemon: self, definitions: definitions))],
             gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
+    }
+
+    /// HTTP/1.1, over TLS when given a certificate and key (swift-nio-ssl, BoringSSL).
+    static func serverBuilder(certificate: String?, key: String?) throws(DaemonError) -> HTTPServerBuilder {
+        switch (certificate, key) {
+        case (nil, nil): return .http1()
+        case (let certificate?, let key?):
+            do {
+                let chain = try NIOSSLCertificate.fromPEMFile(certificate).map { NIOSSLCertificateSource.certificate($0) }
+                guard !chain.isEmpty else { throw DaemonError.badRequest("--tls-cert \(certificate): no certificate in it") }
+                let configuration = TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: .file(key))
+                // The key is read when the first connection comes: read it now, so a bad one stops the start.
+                _ = try NIOSSLPrivateKey(file: key, format: .pem)
+                return try .tls(.http1(), tlsConfiguration: configuration)
+            } catch let error as DaemonError {
+                throw error
+            } catch {
+                throw .badRequest("--tls-cert \(certificate) / --tls-key \(key): \(error)")
+            }
+        default:
+            throw .badRequest("--tls-cert and --tls-key go together")
+        }
     }
 
     /// Creates the VM files' VMs (replacing stopped ones of the same name), polls the running

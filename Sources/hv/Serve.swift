@@ -41,6 +41,12 @@ struct Serve: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("How long the history keeps samples: 7d, 24h, 90m, ...", valueName: "duration"))
     var historyRetention = "7d"
 
+    @Option(name: .long, help: ArgumentHelp("Serve HTTPS with this PEM certificate chain (with --tls-key).", valueName: "file"))
+    var tlsCert: String?
+
+    @Option(name: .long, help: ArgumentHelp("The PEM private key of --tls-cert.", valueName: "file"))
+    var tlsKey: String?
+
     @OptionGroup var logging: LoggingOptions
 
     func run() throws {
@@ -66,6 +72,8 @@ struct Serve: ParsableCommand {
         options.historyInterval = try Self.seconds(historyInterval, option: "--history-interval")
         options.historyRetention = try Self.seconds(historyRetention, option: "--history-retention")
         options.alertsFile = alerts
+        options.tlsCertificate = tlsCert
+        options.tlsKey = tlsKey
         let daemon: Daemon
         do throws(DaemonError) { daemon = try Daemon(options: options) } catch {
             printError("hv: error: \(error.message)")

@@ -4,6 +4,7 @@
 import AsyncHTTPClient
 import Foundation
 import HVDaemon
+import HVTestSupport
 import NIOCore
 import NIOHTTP1
 import Testing
@@ -41,7 +42,7 @@ final class DaemonFixture {
             let chunk = errors.fileHandleForReading.availableData
             if chunk.isEmpty { usleep(10_000) } else { seen += String(decoding: chunk, as: UTF8.self) }
         }
-        guard let match = seen.firstMatch(of: /listening on (http:\/\/[0-9.]+:[0-9]+)/) else {
+        guard let match = seen.firstMatch(of: /listening on (https?:\/\/[0-9.]+:[0-9]+)/) else {
             process.terminate()
             throw FixtureFailure(message: "hv serve did not listen: \(seen)")
         }
@@ -456,6 +457,34 @@ struct DaemonTests {
         let path = String(mount[4]) + (own.dropFirst(3) == "/" ? "" : String(own.dropFirst(3)))
         let text = (try? String(contentsOfFile: path + "/cgroup.controllers", encoding: .utf8)) ?? ""
         return Set(text.split(separator: " ").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) })
+    }
+
+    @Test("TLS: with a certificate the daemon speaks HTTPS only (curl with the certificate as its CA), and a missing key is a one-line error",
+          .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/openssl") && FileManager.default.isExecutableFile(atPath: "/usr/bin/curl") || Requirement.tools,
+                   "skipped: no openssl or curl"))
+    func tls() throws {
+        let folder = try PackageExecutable.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let certificate = folder.appendingPathComponent("cert.pem").path, key = folder.appendingPathComponent("key.pem").path
+        let made = try PackageExecutable.run(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", certificate, "-days", "1",
+                                              "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"], executable: "/usr/bin/openssl")
+        #expect(made.status == 0, "\(made.stderr)")
+        let daemon = try DaemonFixture(extra: ["--tls-cert", certificate, "--tls-key", key])
+        #expect(daemon.base.hasPrefix("https://127.0.0.1:"))
+        let secure = try PackageExecutable.run(["-sS", "--cacert", certificate, "-H", "Authorization: Bearer \(DaemonFixture.viewer)", daemon.base + "/v1/vms"],
+                                               executable: "/usr/bin/curl")
+        #expect(secure.status == 0, "\(secure.stderr)")
+        #expect(secure.stdout == "[]")
+        let plain = try PackageExecutable.run(["-sS", "--max-time", "5", daemon.base.replacingOccurrences(of: "https:", with: "http:") + "/v1/health"],
+                                              executable: "/usr/bin/curl")
+        #expect(plain.status != 0 || !plain.stdout.contains("ok"), "plain HTTP is not served on a TLS listener")
+        _ = daemon.stop()
+        let tokens = folder.appendingPathComponent("tokens")
+        try "admin alice alice-token-0123456789\n".write(to: tokens, atomically: true, encoding: .utf8)
+        chmod(tokens.path, 0o600)
+        let alone = try PackageExecutable.run(["serve", "--state", folder.path + "/s", "--tokens", tokens.path, "--listen", "127.0.0.1:0", "--tls-cert", certificate])
+        #expect(alone.status == 64)
+        #expect(alone.stderr == "hv: error: --tls-cert and --tls-key go together\n")
     }
 
     @Test("hv run --check makes a run's checks and runs nothing: what hv serve asks before it creates a VM", .needsKVM)
