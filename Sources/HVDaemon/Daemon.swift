@@ -7,6 +7,7 @@ import HummingbirdCore
 import HummingbirdTLS
 import Logging
 import NIOSSL
+import Prometheus
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
@@ -46,6 +47,10 @@ public final class Daemon: Sendable {
     let audit: AuditLog
     public let history: HistoryStore
     public let alerts: AlertEngine
+    /// The daemon's own metrics (its HTTP requests, through swift-metrics), emitted at /metrics
+    /// after the VMs' figures. Bootstrap swift-metrics with `PrometheusMetricsFactory(registry:)`
+    /// on it, as `hv serve` does, for them to be recorded.
+    public let registry = PrometheusCollectorRegistry()
 
     /// Reads the tokens, opens the audit log and the state folder; refuses with one line.
     public init(options: DaemonOptions) throws(DaemonError) {
@@ -69,7 +74,7 @@ public final class Daemon: Sendable {
         // A Unix listener's socket is created under umask 0177 (0600, never wider for a moment);
         // the umask is back once it listens, before any VM's process starts.
         let previous = umask(0o177)
-        let server = DaemonServer(supervisor: supervisor, events: events, tokens: tokens, audit: audit, history: history)
+        let server = DaemonServer(supervisor: supervisor, events: events, tokens: tokens, audit: audit, history: history, registry: registry)
         let address = options.address
         let scheme = options.tlsCertificate == nil ? "http" : "https"
         let app = Application(

@@ -6,6 +6,7 @@ import HVManagement
 import Hummingbird
 import Logging
 import NIOCore
+import Prometheus
 
 /// The request context: Hummingbird's, and who is calling once the token is checked.
 public struct DaemonRequestContext: RequestContext {
@@ -72,8 +73,11 @@ public struct DaemonServer {
     let tokens: TokenStore
     let audit: AuditLog
     let history: HistoryStore
+    let registry: PrometheusCollectorRegistry
 
-    public init(supervisor: Supervisor, events: EventBus, tokens: TokenStore, audit: AuditLog, history: HistoryStore) {
+    public init(supervisor: Supervisor, events: EventBus, tokens: TokenStore, audit: AuditLog, history: HistoryStore,
+                registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
+        self.registry = registry
         self.supervisor = supervisor
         self.events = events
         self.tokens = tokens
@@ -84,8 +88,10 @@ public struct DaemonServer {
     public func makeRouter() -> Router<DaemonRequestContext> {
         let router = Router(context: DaemonRequestContext.self)
         router.middlewares.add(NotFoundMessage(routes: OpenAPIRoutes(document: Self.openAPIDocument)))
+        // Every request's count and duration by route and status (http_server_request_duration_seconds).
+        router.middlewares.add(MetricsMiddleware())
         router.middlewares.add(AuthenticateAndAudit(tokens: tokens, audit: audit))
-        let supervisor = self.supervisor, events = self.events, audit = self.audit, history = self.history
+        let supervisor = self.supervisor, events = self.events, audit = self.audit, history = self.history, registry = self.registry
 
         router.get("/") { _, _ in Self.html(Self.dashboard) }
         router.get("/openapi.yaml") { _, _ in
@@ -101,7 +107,7 @@ public struct DaemonServer {
             var statistics: [String: StatisticsReport] = [:]
             for vm in vms { if let report = try? await supervisor.statistics(of: vm.name) { statistics[vm.name] = report } }
             return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"],
-                            body: .init(byteBuffer: ByteBuffer(string: PrometheusText.render(vms, statistics: statistics))))
+                            body: .init(byteBuffer: ByteBuffer(string: PrometheusText.render(vms, statistics: statistics) + registry.emitToString())))
         }
         router.get("/v1/vms") { request, context in
             try context.require(.viewer, for: request)

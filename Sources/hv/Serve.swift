@@ -3,6 +3,8 @@ import ArgumentParser
 import Foundation
 import HVDaemon
 import Hummingbird
+import Metrics
+import Prometheus
 
 struct Serve: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -79,6 +81,8 @@ struct Serve: ParsableCommand {
             printError("hv: error: \(error.message)")
             throw ExitCode(ExitStatus.usage)
         }
+        // The daemon's own request metrics go to its registry (swift-metrics is process-wide).
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: daemon.registry))
         let state = self.state
         do {
             try await daemon.run { address in printError("hv serve: listening on \(address) (state \(state))") }

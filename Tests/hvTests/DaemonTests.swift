@@ -138,6 +138,11 @@ struct DaemonTests {
             .compactMap { $0.split(separator: " ").last.flatMap { UInt64($0) } }
         #expect(buckets.count == 13 && buckets == buckets.sorted())
         #expect(try daemon.call("GET", "/metrics", token: nil).status == 401)
+        // The daemon's own requests, through swift-metrics into swift-prometheus' registry.
+        let own = String(decoding: try daemon.call("GET", "/metrics", token: DaemonFixture.viewer).body, as: UTF8.self)
+        #expect(own.contains("# TYPE http_server_request_duration histogram\n"))
+        #expect(own.contains("hb_requests{http_route=\"/v1/vms\",http_request_method=\"GET\",http_response_status_code=\"200\"} "))
+        #expect(own.contains("hb_requests{http_route=\"/metrics\",http_request_method=\"GET\",http_response_status_code=\"401\"} 1\n"))
 
         let ended = daemon.stop()
         #expect(ended.status == 0, "\(ended.stderr)")
