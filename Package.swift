@@ -125,7 +125,7 @@ let package = Package(
         .executableTarget(name: "MinimalVMM", dependencies: ["HVCore"], path: "Examples/MinimalVMM"),
         .executableTarget(name: "ExitTracer", dependencies: ["HVCore"], path: "Examples/ExitTracer"),
         .executableTarget(name: "PCBoot", dependencies: ["HVCore"], path: "Examples/PCBoot"),
-        .executableTarget(name: "MicroVM", dependencies: ["HVCore", "HVCommandLine", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+        .executableTarget(name: "MicroVM", dependencies: ["HVCore", "HVManagement", "HVCommandLine", .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           path: "Examples/MicroVM"),
         // Exit latency against a raw C KVM loop in the same run (Documentation/Benchmarks.md).
         // CKVMBaseline is by design a small C program, so it lives here, not with the shims.

@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Compiles every ```swift block of README.md and Documentation/*.md in a package outside this
 # repository that depends on it by path, as a user's package would: each block is the main.swift
-# of an executable target that imports the library products (HVCore, HVTPM; HVManagement where
-# the block imports it). A block may use the
+# of an executable target that imports the library products (HVCore, HVTPM). A block may use the
 # names a surrounding text gives it (`machine`, `tpm`, `bytes`, ...): Context.swift declares
 # each one the block does not declare itself, so a block that no longer matches the API fails to
 # build, naming its file and line.
@@ -30,7 +29,6 @@ context() {
 names=(machine configuration disk tpm bytes env kernelBytes initrdBytes icrLow ioapic route armHostTimer)
 
 targets=()
-management=()
 for document in "$repository/README.md" "$repository"/Documentation/*.md; do
     relative=${document#"$repository"/}
     base=$(basename "$document" .md | tr -c 'A-Za-z0-9\n' '_')
@@ -65,8 +63,6 @@ for document in "$repository/README.md" "$repository"/Documentation/*.md; do
         grep -q '^import HVCore' "$block" || sed -i '2i import HVCore' "$package/Sources/$target/main.swift"
         grep -q '^import Foundation' "$block" || sed -i '2i import Foundation' "$package/Sources/$target/main.swift"
         targets+=("$target")
-        # The management API's product only for the blocks that import it (it brings Hummingbird).
-        if grep -q '^import HVManagement$' "$block"; then management+=("$target"); fi
     done
     rm -rf "$package/blocks"
 done
@@ -80,9 +76,7 @@ done
     echo "    dependencies: [.package(name: \"HV\", path: \"$repository\")],"
     echo '    targets: ['
     for target in "${targets[@]}"; do
-        extra=""
-        if [[ " ${management[*]} " == *" $target "* ]]; then extra=', .product(name: "HVManagement", package: "HV")'; fi
-        echo "        .executableTarget(name: \"$target\", dependencies: [.product(name: \"HVCore\", package: \"HV\"), .product(name: \"HVTPM\", package: \"HV\")$extra]),"
+        echo "        .executableTarget(name: \"$target\", dependencies: [.product(name: \"HVCore\", package: \"HV\"), .product(name: \"HVTPM\", package: \"HV\")]),"
     done
     echo '    ]'
     echo ')'

@@ -11,12 +11,15 @@
 //   needs CAP_NET_ADMIN), virtio-rng; as virtio-pci functions with MSI-X (--transport pci, the
 //   default) or virtio-mmio windows with level-triggered lines (--transport mmio);
 // - each device's queue doorbells through KVM_IOEVENTFD, served by the device's own thread;
-// - seccomp confinement from the moment the guest starts.
+// - seccomp confinement from the moment the guest starts;
+// - with --api-socket PATH, the VM's management API (HVManagement's VMAPIServer), as hv run
+//   serves it: `hv ctl PATH info|pause|resume|stats|...` talks to it (Documentation/Management.md).
 // It stops when the guest powers off (ACPI S5) or after --timeout seconds.
 import ArgumentParser
 import HVCommandLine
 import Foundation
 import HVCore
+import HVManagement
 
 @main
 struct MicroVM: ParsableCommand {
@@ -35,6 +38,7 @@ struct MicroVM: ParsableCommand {
     @Option(parsing: .unconditional, help: "vCPUs.") var cpus = 1
     @Option(help: "pci (virtio-pci with MSI-X) or mmio (virtio-mmio).") var transport = "pci"
     @Option(parsing: .unconditional, help: "Stop after this many seconds.") var timeout: Double = 300
+    @Option(help: "Serve the VM's management API on this Unix socket (hv ctl PATH ...).") var apiSocket: String?
 
     func validate() throws {
         guard ["pci", "mmio"].contains(transport) else { throw ValidationError("--transport is pci or mmio, not \(transport)") }
@@ -94,6 +98,11 @@ struct MicroVM: ParsableCommand {
         }
         fflush(nil)
         try machine.load(image)
+        // The management API listens before the guest starts (and before confinement forbids
+        // new sockets); stop() finishes the requests under way and removes the socket.
+        let api = apiSocket.map { VMAPIServer(machine: machine, path: $0) }
+        try api?.start()
+        defer { api?.stop() }
         let result = try machine.run()
         uart.flush()
         print("MicroVM: \(result.reason) after \(result.exits) exits in \(String(format: "%.3f", result.seconds)) s")

@@ -22,8 +22,11 @@ enum PythonTools {
                          "--max-examples", "\(examples)", "--workers", "1", "--phases", "examples,coverage,fuzzing", "--seed", "1"]
         if let token { arguments += ["-H", "Authorization: Bearer \(token)"] }
         for path in paths { arguments += ["--exclude-path", path] }
+        // Run in a scratch folder: schemathesis keeps its state in ./.schemathesis.
+        let folder = try PackageExecutable.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: folder) }
         return try PackageExecutable.run(arguments, executable: bin.appendingPathComponent("st").path,
-                                         environment: ["SCHEMATHESIS_HOOKS": "", "NO_COLOR": "1"])
+                                         environment: ["SCHEMATHESIS_HOOKS": "", "NO_COLOR": "1"], in: folder)
     }
 }
 
