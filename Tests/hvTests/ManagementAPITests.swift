@@ -49,7 +49,13 @@ struct ManagementAPITests {
             #expect(information.st_mode & S_IFMT == S_IFSOCK)
             #expect(information.st_mode & 0o777 == 0o600, "mode \(String(information.st_mode & 0o777, radix: 8))")
 
-            let info: VMInfo = try client.get("/v1/vm")
+            // The socket listens before the guest starts: wait (bounded) for its first exits.
+            var info: VMInfo = try client.get("/v1/vm")
+            let started = Date(timeIntervalSinceNow: 10)
+            while info.state != "running" || info.exits == 0, Date() < started {
+                usleep(10_000)
+                info = try client.get("/v1/vm")
+            }
             #expect(info.state == "running")
             #expect(info.backend == "kvm")
             #expect(info.vcpus == 1)
