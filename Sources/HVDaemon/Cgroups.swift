@@ -65,7 +65,7 @@ public final class CgroupTree: @unchecked Sendable {
 
     /// The daemon's own cgroup v2 directory: the cgroup2 mount (/proc/self/mountinfo) joined with
     /// the "0::" line of /proc/self/cgroup.
-    static func ownDirectory() throws(DaemonError) -> String {
+    public static func ownDirectory() throws(DaemonError) -> String {
         guard let mounts = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8),
               let mount = mounts.split(separator: "\n").map({ $0.split(separator: " ") })
                   .first(where: { fields in fields.firstIndex(of: "-").map { fields.count > $0 + 1 && fields[$0 + 1] == "cgroup2" } ?? false }) else {

@@ -56,17 +56,16 @@ struct AuthenticateAndAudit: RouterMiddleware {
 }
 
 public struct DaemonServer {
-    public static let openAPIDocument: String = {
-        guard let url = Bundle.module.url(forResource: "daemon-api", withExtension: "yaml"),
-              let text = try? String(contentsOf: url, encoding: .utf8) else { return "" }
-        return text
-    }()
+    /// The OpenAPI document and the dashboard: Resources/, empty if the package's resources were
+    /// not installed beside the program.
+    public static let openAPIDocument = resource("daemon-api", "yaml")
+    public static let dashboard = resource("dashboard", "html")
 
-    public static let dashboard: String = {
-        guard let url = Bundle.module.url(forResource: "dashboard", withExtension: "html"),
+    private static func resource(_ name: String, _ type: String) -> String {
+        guard let url = Bundle.module.url(forResource: name, withExtension: type),
               let text = try? String(contentsOf: url, encoding: .utf8) else { return "" }
         return text
-    }()
+    }
 
     let supervisor: Supervisor
     let events: EventBus

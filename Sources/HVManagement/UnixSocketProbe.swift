@@ -1,6 +1,7 @@
 // What is at a Unix socket path: the server asks before binding (a stale socket is replaced, a
 // live one refused), the client before calling (a dead socket is said at once).
 import Foundation
+import HVCore
 
 package enum UnixSocketProbe: Equatable {
     case missing
@@ -17,15 +18,10 @@ package enum UnixSocketProbe: Equatable {
         var information = stat()
         guard lstat(path, &information) == 0 else { self = .missing; return }
         guard information.st_mode & S_IFMT == S_IFSOCK else { self = .notASocket; return }
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        guard path.utf8.count < MemoryLayout.size(ofValue: address.sun_path) else { self = .tooLong; return }
-        withUnsafeMutableBytes(of: &address.sun_path) { buffer in for (index, byte) in path.utf8.enumerated() { buffer[index] = byte } }
+        guard path.utf8.count <= Self.maximumLength else { self = .tooLong; return }
         let probe = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         defer { close(probe) }
-        let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(probe, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
+        let connected = unixSocketAddress(path) { connect(probe, $0, $1) }
         self = connected == 0 ? .listening : errno == ECONNREFUSED ? .stale : .unreachable(errno: errno)
     }
 

@@ -432,7 +432,7 @@ struct DaemonTests {
         let daemon = try DaemonFixture()
         let loop = daemon.folder.appendingPathComponent("loop.bin").path
         let answer = try daemon.call("POST", "/v1/vms", body: #"{"name": "capped", "image": "\#(loop)", "platform": "none", "limits": {"memoryMax": "256M", "cpuMax": "50000 100000"}}"#)
-        let controllers = (try? String(contentsOfFile: "/proc/self/cgroup", encoding: .utf8)).map { _ in Self.ownControllers() } ?? []
+        let controllers = Self.ownControllers()
         if controllers.isSuperset(of: ["memory", "cpu"]) {
             #expect(answer.status == 201, "\(DaemonFixture.message(answer.body))")
             let running = try daemon.waitFor { $0["capped"]?["state"] as? String == "running" }
@@ -455,41 +455,9 @@ struct DaemonTests {
 
     /// The controllers this process's cgroup v2 offers (empty where there is none).
     static func ownControllers() -> Set<String> {
-        guard let mounts = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8),
-              let mount = mounts.split(separator: "\n").map({ $0.split(separator: " ") }).first(where: { $0.contains("cgroup2") }),
-              let own = (try? String(contentsOfFile: "/proc/self/cgroup", encoding: .utf8))?.split(separator: "\n").first(where: { $0.hasPrefix("0::") })
-        else { return [] }
-        let path = String(mount[4]) + (own.dropFirst(3) == "/" ? "" : String(own.dropFirst(3)))
-        let text = (try? String(contentsOfFile: path + "/cgroup.controllers", encoding: .utf8)) ?? ""
+        guard let directory = try? CgroupTree.ownDirectory() else { return [] }
+        let text = (try? String(contentsOfFile: directory + "/cgroup.controllers", encoding: .utf8)) ?? ""
         return Set(text.split(separator: " ").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) })
-    }
-
-    @Test("TLS: with a certificate the daemon speaks HTTPS only (curl with the certificate as its CA), and a missing key is a one-line error",
-          .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/openssl") && FileManager.default.isExecutableFile(atPath: "/usr/bin/curl") || Requirement.tools,
-                   "skipped: no openssl or curl"))
-    func tls() throws {
-        let folder = try PackageExecutable.temporaryDirectory()
-        defer { try? FileManager.default.removeItem(at: folder) }
-        let certificate = folder.appendingPathComponent("cert.pem").path, key = folder.appendingPathComponent("key.pem").path
-        let made = try PackageExecutable.run(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", certificate, "-days", "1",
-                                              "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"], executable: "/usr/bin/openssl")
-        #expect(made.status == 0, "\(made.stderr)")
-        let daemon = try DaemonFixture(extra: ["--tls-cert", certificate, "--tls-key", key])
-        #expect(daemon.base.hasPrefix("https://127.0.0.1:"))
-        let secure = try PackageExecutable.run(["-sS", "--cacert", certificate, "-H", "Authorization: Bearer \(DaemonFixture.viewer)", daemon.base + "/v1/vms"],
-                                               executable: "/usr/bin/curl")
-        #expect(secure.status == 0, "\(secure.stderr)")
-        #expect(secure.stdout == "[]")
-        let plain = try PackageExecutable.run(["-sS", "--max-time", "5", daemon.base.replacingOccurrences(of: "https:", with: "http:") + "/v1/health"],
-                                              executable: "/usr/bin/curl")
-        #expect(plain.status != 0 || !plain.stdout.contains("ok"), "plain HTTP is not served on a TLS listener")
-        _ = daemon.stop()
-        let tokens = folder.appendingPathComponent("tokens")
-        try "admin alice alice-token-0123456789\n".write(to: tokens, atomically: true, encoding: .utf8)
-        chmod(tokens.path, 0o600)
-        let alone = try PackageExecutable.run(["serve", "--state", folder.path + "/s", "--tokens", tokens.path, "--listen", "127.0.0.1:0", "--tls-cert", certificate])
-        #expect(alone.status == 64)
-        #expect(alone.stderr == "hv: error: --tls-cert and --tls-key go together\n")
     }
 
     @Test("hv run --check makes a run's checks and runs nothing: what hv serve asks before it creates a VM", .needsKVM)

@@ -768,8 +768,9 @@ public final class VirtioVsock: VirtioDevice {
     }
 }
 
-/// Calls `body` with a sockaddr_un for `path` and its length (the path was checked to fit).
-func unixSocketAddress(_ path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) -> Int32) -> Int32 {
+/// Calls `body` with a sockaddr_un for `path` and its length; -1 with ENAMETOOLONG when `path`
+/// does not fit sun_path (vsock's sockets, and the management API's probe of its socket).
+public func unixSocketAddress(_ path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) -> Int32) -> Int32 {
     var address = sockaddr_un()
     address.sun_family = sa_family_t(AF_UNIX)
     let bytes = Array(path.utf8)
