@@ -24,12 +24,18 @@ struct TestBedRun {
         (file("\(name).log") ?? "", file("\(name).status").flatMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) })
     }
 
-    /// The "hv-guest: NAME=VALUE" lines the guest's init printed.
+    /// The "hv-guest: NAME=VALUE" lines the guest's init printed. The kernel writes to the same
+    /// console, so a kernel line that arrived before the echo's newline ("...=VALUE[   14.69] IPv6:
+    /// ...") is cut off the value (the init also lowers the console log level to make that rare).
     func guestReport(_ name: String) -> [String: String] {
         var report: [String: String] = [:]
+        let kernelLine = #/\[\s*\d+\.\d+\] /#
         for line in boot(name).log.split(whereSeparator: \.isNewline) where line.hasPrefix("hv-guest: ") {
             let pair = line.dropFirst("hv-guest: ".count).split(separator: "=", maxSplits: 1)
-            if pair.count == 2 { report[String(pair[0])] = String(pair[1]).trimmingCharacters(in: .whitespaces) }
+            guard pair.count == 2 else { continue }
+            var value = pair[1]
+            if let interleaved = value.firstMatch(of: kernelLine) { value = value[..<interleaved.range.lowerBound] }
+            report[String(pair[0])] = String(value).trimmingCharacters(in: .whitespaces)
         }
         return report
     }
@@ -106,7 +112,7 @@ enum TestBed {
                     echo "testbed: KVM suites, second run: status $?; $(tail -1 "$TESTBED_OUT/suites.log")"
                 fi
                 """
-            let bed = try shell(["scripts/testbed", "--attempts", "3", "--timeout", "900", "--out", folder.path, command])
+            let bed = try shell(["scripts/testbed", "--attempts", "3", "--timeout", "900", "--stall", "240", "--out", folder.path, command])
             return TestBedRun(status: bed.status, console: bed.stdout + bed.stderr, folder: folder)
         } catch {
             return TestBedRun(status: -1, console: "could not start the bed: \(error)", folder: URL(fileURLWithPath: "/nonexistent"))
