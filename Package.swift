@@ -34,6 +34,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics", from: "2.9.0"),
         // hv serve's metric history (SQLite; Debian libsqlite3-dev).
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+        // Snapshots and migration streams: AES-GCM, HKDF, HMAC and SHA-256 (Documentation/Snapshots.md).
+        .package(url: "https://github.com/apple/swift-crypto", "3.12.0"..<"5.0.0"),
     ],
     targets: [
         // Layer 1: the shared machine model. Pure Swift, compiled hosted and as Embedded Swift
@@ -65,6 +67,13 @@ let package = Package(
         // Its own target so that only what uses a TPM links libtpms.
         .target(name: "HVTPM", dependencies: ["HVCore", "HVGuest", "CLibTPMS", .target(name: "CKVM", condition: .when(platforms: [.linux])),
                                        .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")]),
+        // Snapshots, restore and live migration (Documentation/Snapshots.md): the file format,
+        // its encryption, and the migration stream, on the state HVCore's Machine saves.
+        .target(name: "HVSnapshot", dependencies: [
+            "HVCore",
+            .target(name: "CKVM", condition: .when(platforms: [.linux])),
+            .product(name: "Crypto", package: "swift-crypto"),
+        ]),
         // Layer 3, beside the SDK: the management plane (Documentation/Management.md), a running
         // VM's HTTP/JSON API on a Unix socket.
         .target(name: "HVManagement", dependencies: [
@@ -114,6 +123,7 @@ let package = Package(
                 "HVManagement",
                 "HVManagementClient",
                 "HVDaemon",
+                "HVSnapshot",
                 "HVCommandLine",
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),

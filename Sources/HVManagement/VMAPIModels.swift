@@ -146,3 +146,44 @@ extension StatisticsReport {
         }
     }
 }
+
+/// `POST /v1/vm/snapshot`'s body: where to write the snapshot.
+public struct SnapshotRequest: Codable, Sendable, Equatable {
+    /// An absolute path: a new directory, or an older snapshot's, which the new one replaces
+    /// atomically.
+    public var path: String
+
+    public init(path: String) { self.path = path }
+}
+
+/// `POST /v1/vm/snapshot`'s answer.
+public struct SnapshotResult: Codable, Sendable, Equatable {
+    public var path: String
+    public var memoryBytes: UInt64
+    /// 4 KiB pages that held data (zero pages are not written).
+    public var dataPages: UInt64
+    public var stateBytes: UInt64
+    public var encrypted: Bool
+    /// How long the guest was paused for it.
+    public var seconds: Double
+
+    public init(path: String, memoryBytes: UInt64, dataPages: UInt64, stateBytes: UInt64, encrypted: Bool, seconds: Double) {
+        self.path = path
+        self.memoryBytes = memoryBytes
+        self.dataPages = dataPages
+        self.stateBytes = stateBytes
+        self.encrypted = encrypted
+        self.seconds = seconds
+    }
+}
+
+/// Why a snapshot was not taken: the VM's state (409) or anything else (400), with the message.
+public struct SnapshotRefusal: Error, Sendable {
+    public var conflict: Bool
+    public var message: String
+
+    public init(conflict: Bool, message: String) {
+        self.conflict = conflict
+        self.message = message
+    }
+}

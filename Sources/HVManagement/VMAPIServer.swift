@@ -45,9 +45,14 @@ public final class VMAPIServer<B: Backend>: @unchecked Sendable {
     private var serviceGroup: ServiceGroup?
     private let finished = DispatchSemaphore(value: 0)
 
-    public init(machine: Machine<B>, path: String) {
+    /// What `POST /v1/vm/snapshot` does with an absolute path (hv run passes HVSnapshot's
+    /// writer, with its key and command line); without it the route answers 501.
+    let snapshot: (@Sendable (String) throws(SnapshotRefusal) -> SnapshotResult)?
+
+    public init(machine: Machine<B>, path: String, snapshot: (@Sendable (String) throws(SnapshotRefusal) -> SnapshotResult)? = nil) {
         self.machine = machine
         self.path = path
+        self.snapshot = snapshot
     }
 
     /// Binds the socket and serves; returns once it listens, or throws why it cannot.
@@ -142,6 +147,23 @@ public final class VMAPIServer<B: Backend>: @unchecked Sendable {
                 return self.info()
             }
         }
+        router.post("/v1/vm/snapshot") { request, context in
+            guard let snapshot = self.snapshot else {
+                throw HTTPError(.notImplemented, message: "this VMM takes no snapshots (hv run does)")
+            }
+            let body: SnapshotRequest
+            do { body = try await request.decode(as: SnapshotRequest.self, context: context) } catch {
+                throw HTTPError(.badRequest, message: "the body must be {\"path\": \"/absolute/directory\"}")
+            }
+            guard body.path.hasPrefix("/"), !body.path.contains("\u{0}") else {
+                throw HTTPError(.badRequest, message: "path '\(body.path)' must be absolute (the API's working directory is not the caller's)")
+            }
+            return try await self.onManagementThread { () throws(HTTPError) in
+                do throws(SnapshotRefusal) { return try snapshot(body.path) } catch {
+                    throw HTTPError(error.conflict ? .conflict : .badRequest, message: error.message)
+                }
+            }
+        }
         router.get("/v1/vm/statistics") { _, _ in
             try await self.onManagementThread {
                 let statistics = self.machine.sampleStatistics()
@@ -220,3 +242,4 @@ extension VMInfo: ResponseEncodable {}
 extension StatisticsReport: ResponseEncodable {}
 extension VCPURegisters: ResponseEncodable {}
 extension DeviceEntry: ResponseEncodable {}
+extension SnapshotResult: ResponseEncodable {}

@@ -66,14 +66,33 @@ public final class VMAPIClient: Sendable {
         return try check(response, method: method, path: path)
     }
 
+    /// POST `path` with `body` as JSON, decoded as `T`.
+    public func post<T: Decodable>(_ path: String, json body: some Encodable, as type: T.Type = T.self) throws(VMAPIClientError) -> T {
+        try decode(T.self, from: try call("POST", path, json: body))
+    }
+
     /// The raw answer's body to `method path` ("GET", "/v1/vm"), after checking its status is 2xx.
     public func call(_ method: String, _ path: String) throws(VMAPIClientError) -> Data {
+        try call(method, path, body: nil)
+    }
+
+    /// `call` with a JSON body.
+    public func call(_ method: String, _ path: String, json body: some Encodable) throws(VMAPIClientError) -> Data {
+        let data: Data
+        do { data = try JSONEncoder().encode(body) } catch { throw VMAPIClientError(status: nil, message: "the request body cannot be encoded: \(error)") }
+        return try call(method, path, body: data)
+    }
+
+    private func call(_ method: String, _ path: String, body: Data?) throws(VMAPIClientError) -> Data {
         // AsyncHTTPClient retries a refused connection until the deadline; a socket that is
         // missing or that nobody listens on is said at once instead.
         if let problem = Self.unreachable(socketPath) { throw VMAPIClientError(status: nil, message: "\(socketPath): \(problem)") }
         let response: HTTPClient.Response
         do {
-            response = try client.execute(HTTPMethod(rawValue: method), socketPath: socketPath, urlPath: path, deadline: .now() + timeout).wait()
+            let request = try HTTPClient.Request(url: URL(httpURLWithSocketPath: socketPath, uri: path)!, method: HTTPMethod(rawValue: method),
+                                                 headers: body == nil ? [:] : ["Content-Type": "application/json"],
+                                                 body: body.map { .data($0) })
+            response = try client.execute(request: request, deadline: .now() + timeout).wait()
         } catch {
             throw VMAPIClientError(status: nil, message: "\(socketPath): \(Self.explain(error, socketPath: socketPath))")
         }

@@ -12,13 +12,14 @@ struct Ctl: ParsableCommand {
             Actions: info (state, vCPUs, memory, uptime, exits), pause, resume, reset (as the \
             guest's own reset), stop, stats (the exit table of hv run --stats, fresh while the VM \
             runs), registers (vCPU --vcpu N, while paused), devices (the device bus's ranges), \
-            openapi (the API's OpenAPI document). --json prints the API's JSON answer as it came. \
+            openapi (the API's OpenAPI document), snapshot DIR (the VM, paused meanwhile, into \
+            the directory DIR, which hv run --restore DIR continues; Documentation/Snapshots.md). --json prints the API's JSON answer as it came. \
             Exit status: 0, 1 when the VM refused (its message says why: a state that does not \
             allow the action), 3 when nothing answers on SOCKET (Documentation/Management.md).
             """)
 
     enum Action: String, ExpressibleByArgument, CaseIterable {
-        case info, pause, resume, reset, stop, stats, registers, devices, openapi
+        case info, pause, resume, reset, stop, stats, registers, devices, openapi, snapshot
     }
 
     @Argument(help: "The VM's API socket (hv run --api-socket).")
@@ -26,6 +27,9 @@ struct Ctl: ParsableCommand {
 
     @Argument(help: ArgumentHelp("What to do: \(Action.allCases.map(\.rawValue).joined(separator: ", ")).", valueName: "action"))
     var action: Action
+
+    @Argument(help: ArgumentHelp("For snapshot: the directory to write (new, or an older snapshot, replaced atomically).", valueName: "dir"))
+    var directory: String?
 
     @Option(name: .long, help: "The vCPU whose registers to show.")
     var vcpu = 0
@@ -38,6 +42,11 @@ struct Ctl: ParsableCommand {
 
     @Option(name: .long, help: ArgumentHelp("Wait up to this many seconds for the socket to answer first (a VM still starting).", valueName: "seconds"))
     var wait: Double = 0
+
+    func validate() throws {
+        if action == .snapshot, directory == nil { throw ValidationError("snapshot needs the directory to write: hv ctl SOCKET snapshot DIR") }
+        if action != .snapshot, let directory { throw ValidationError("unexpected argument '\(directory)': only snapshot takes a directory") }
+    }
 
     func run() throws {
         let client = VMAPIClient(socketPath: socket, timeout: .seconds(timeout))
@@ -70,6 +79,13 @@ struct Ctl: ParsableCommand {
                         : "mmio \(hex(device.base))+\(hex(device.length))"
                     print("\(range.padding(toLength: 34, withPad: " ", startingAt: 0)) \(device.name)")
                 }
+            case .snapshot:
+                let absolute = URL(fileURLWithPath: directory ?? ".").standardizedFileURL.path
+                if json { print(String(decoding: try client.call("POST", "/v1/vm/snapshot", json: SnapshotRequest(path: absolute)), as: UTF8.self)); return }
+                let result: SnapshotResult = try client.post("/v1/vm/snapshot", json: SnapshotRequest(path: absolute))
+                print(String(format: "snapshot %@: %llu MiB of memory (%llu pages of data), %llu bytes of state%@; the guest was paused %.1f ms",
+                             result.path, result.memoryBytes >> 20, result.dataPages, result.stateBytes, result.encrypted ? ", encrypted" : "",
+                             result.seconds * 1000))
             case .openapi:
                 print(String(decoding: try client.call("GET", "/openapi.yaml"), as: UTF8.self), terminator: "")
             }

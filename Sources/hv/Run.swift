@@ -3,6 +3,7 @@ import ArgumentParser
 import Foundation
 import HVCore
 import HVManagement
+import HVSnapshot
 import HVTPM
 
 struct Run: ParsableCommand {
@@ -161,9 +162,64 @@ struct Run: ParsableCommand {
     @Flag(name: .long, help: "Check the command line, the image and the devices' files, then exit 0 without running the guest (hv serve checks a VM file this way before it creates the VM).")
     var check = false
 
+    @Option(name: .long, help: ArgumentHelp("Continue the VM a snapshot directory holds (hv ctl SOCKET snapshot DIR wrote it): the machine is built from the command line saved in it, its memory mapped copy-on-write, and the guest goes on where it stopped. Options given here (--api-socket, --serial, --timeout, ...) replace the saved ones (Documentation/Snapshots.md).", valueName: "dir"))
+    var restore: String?
+
+    @Option(name: .long, help: ArgumentHelp("The AES-256 key (64 hexadecimal digits, a file only its owner may read) that encrypts the snapshots this VM writes and opens the one --restore reads; $HV_SNAPSHOT_KEY otherwise. Without either, snapshots are plain.", valueName: "file"))
+    var keyFile: String?
+
+    @Flag(name: .long, inversion: .prefixedNo, help: "With --restore of a plain snapshot: hash the memory file's data against the snapshot's checksums before the guest runs (reads every page that holds data); --no-verify-memory maps it and starts at once.")
+    var verifyMemory = true
+
     @OptionGroup var logging: LoggingOptions
 
     func run() throws {
+        if let restore {
+            // The saved command line, then this one's options (which win), build the machine.
+            let reader = openSnapshot(restore)
+            let overrides = Self.overrides(of: Array(CommandLine.arguments.drop { $0 != "run" }.dropFirst()))
+            var saved: Run
+            do { saved = try Run.parse(reader.arguments + overrides) } catch {
+                fail("--restore \(restore)", "the command line saved in the snapshot does not parse here: \(Run.message(for: error))")
+            }
+            saved.restore = nil
+            saved.keyFile = keyFile
+            try saved.execute(restoring: reader, arguments: reader.arguments + overrides)
+        } else {
+            try execute(restoring: nil, arguments: Array(CommandLine.arguments.drop { $0 != "run" }.dropFirst()))
+        }
+    }
+
+    /// This command line without --restore, --key-file and --[no-]verify-memory: the options
+    /// that replace the snapshot's own.
+    static func overrides(of arguments: [String]) -> [String] {
+        var result: [String] = []
+        var skipNext = false
+        for argument in arguments {
+            if skipNext { skipNext = false; continue }
+            if argument == "--restore" || argument == "--key-file" { skipNext = true; continue }
+            if argument.hasPrefix("--restore=") || argument.hasPrefix("--key-file=") || argument == "--verify-memory" || argument == "--no-verify-memory" { continue }
+            result.append(argument)
+        }
+        return result
+    }
+
+    /// The key for snapshots: --key-file, else $HV_SNAPSHOT_KEY, else none.
+    private func snapshotKey() -> SnapshotKey? {
+        do throws(SnapshotError) {
+            if let keyFile { return try SnapshotKey.load(file: keyFile) }
+            return try SnapshotKey.fromEnvironment()
+        } catch { fail("--key-file", error.description) }
+    }
+
+    private func openSnapshot(_ directory: String) -> SnapshotReader {
+        do throws(SnapshotError) { return try SnapshotReader(directory: directory, key: snapshotKey()) } catch {
+            fail("--restore \(directory)", error.description)
+        }
+    }
+
+    private func execute(restoring snapshot: SnapshotReader?, arguments: [String]) throws {
+        let began = monotonicSeconds()
         logging.bootstrap()
         if let cgroup { joinCgroup(cgroup) }
         // A closed output pipe (`hv run ... | head`) becomes EPIPE on the console's writes, and
@@ -206,14 +262,19 @@ struct Run: ParsableCommand {
         let acpiRange: Range<UInt64> = 0xE_0000..<0x10_0000
         let plannedTables = platform == .pc && mem.bytes >= acpiRange.upperBound
             ? try ACPITables.pc(cpuCount: cpus, tpm: tpm != nil, virtio: virtioSlots) : nil
-        var image = try loaderImage(acpi: plannedTables) ?? flatImage()
+        // Restoring, the image only serves a later guest reset (RAM comes from the snapshot):
+        // one whose files are gone leaves RAM as it is on a reset.
+        let imageFiles = [image, kernel, multiboot, multiboot2, elf, initrd].compactMap { $0 } + module
+        let imageAvailable = snapshot == nil || imageFiles.allSatisfy { FileManager.default.fileExists(atPath: $0) }
+        if !imageAvailable { printError("hv: note: the snapshot's image files are gone; a guest reset will keep RAM as it is") }
+        var image: GuestImage? = imageAvailable ? try loaderImage(acpi: plannedTables) ?? flatImage() : nil
         // ACPI tables live in 0xE0000-0xFFFFF: skip them when RAM is smaller or the image uses it.
-        let imageUsesACPIArea = image.chunks.contains { chunk in
+        let imageUsesACPIArea = (image?.chunks ?? []).contains { chunk in
             let start = chunk.address.rawValue
             return start < acpiRange.upperBound && start + chunk.size > acpiRange.lowerBound
         }
         let acpiTables = platform == .pc && mem.bytes >= acpiRange.upperBound && !imageUsesACPIArea
-        if !acpiTables, plannedTables != nil, let withoutACPI = loaderImage(acpi: nil) { image = withoutACPI }
+        if !acpiTables, plannedTables != nil, image != nil, let withoutACPI = loaderImage(acpi: nil) { image = withoutACPI }
         // A Linux kernel on a host whose KVM emulates guest code stops early in boot: say so once,
         // before the run, instead of leaving a crash report to explain it.
         let emulatedLinux = kernel != nil && !HostCPU.current.hasHardwareVirtualization
@@ -223,8 +284,13 @@ struct Run: ParsableCommand {
             return
         }
         if emulatedLinux { printError(Self.emulatedLinuxNote) }
+        let key = snapshotKey()
         let (result, statistics) = try reportingErrors { () throws(HVError) -> (RunResult, ExitStatistics) in
-            let machine = try Machine(configuration: configuration, backend: KVMBackend())
+            let memory: GuestMemory?
+            do throws(SnapshotError) { memory = try snapshot?.memory(verify: verifyMemory, hugePages: hugePages) } catch {
+                fail("--restore \(snapshot?.directory ?? "")", error.description)
+            }
+            let machine = try Machine(configuration: configuration, backend: KVMBackend(), memory: memory)
             let uart = try attachConsole(to: machine, serial: serial)
             if interruptMode != .none { try machine.connect(uart, irq: 4) }
             stopSignals.whenCaught { machine.stop() }
@@ -252,12 +318,24 @@ struct Run: ParsableCommand {
                 try machine.attachTestDevices()
                 if machine.hyperV != nil { try machine.attachHyperVTestDevice() }
             }
-            try machine.load(image)
+            if let snapshot {
+                try machine.restoreMachine(snapshot.saved, resetImage: image)
+            } else if let image {
+                try machine.load(image)
+            }
             // Listening before the guest runs (and before confinement, which forbids new sockets).
-            let api = try apiSocket.map { (path) throws(HVError) in try startAPI(machine, path: path) }
+            let api = try apiSocket.map { (path) throws(HVError) in try startAPI(machine, path: path, key: key, arguments: arguments) }
             defer { api?.stop() }
             if let runAs { try switchUser(to: runAs) }
-            let result = try machine.run()
+            try machine.start(handler: NoExitHandler())
+            if let snapshot {
+                let pages = snapshot.manifest.memory.dataPages
+                printError(String(format: "hv: restored %@ (%@, %llu data pages%@) and started the guest %.2f ms after hv began", snapshot.directory,
+                                  ByteSize(bytes: snapshot.manifest.memory.size).description, pages,
+                                  snapshot.manifest.encryption == nil ? (verifyMemory ? ", verified" : "") : ", decrypted",
+                                  (monotonicSeconds() - began) * 1000))
+            }
+            let result = machine.wait()
             if case .internalError = result.reason, emulatedLinux {
                 printError("hv: Linux reached an instruction this host's KVM cannot emulate, as the note above said (run with --log-level debug for where)")
                 LogCategory.vcpu.logger.debug("\(crashSite(of: machine, vcpu: result.vcpuID))")
@@ -297,8 +375,17 @@ struct Run: ParsableCommand {
     }
 
     /// The VM's API on `path`, listening; a socket that cannot be made is a one-line error.
-    private func startAPI<B>(_ machine: Machine<B>, path: String) throws(HVError) -> VMAPIServer<B> {
-        let server = VMAPIServer(machine: machine, path: path)
+    private func startAPI<B>(_ machine: Machine<B>, path: String, key: SnapshotKey?, arguments: [String]) throws(HVError) -> VMAPIServer<B> {
+        let server = VMAPIServer(machine: machine, path: path) { (directory) throws(SnapshotRefusal) -> SnapshotResult in
+            do throws(SnapshotError) {
+                let report = try Snapshot.take(machine, to: directory, key: key, arguments: arguments)
+                LogCategory.api.logger.info("snapshot written to \(report.directory) in \(String(format: "%.3f", report.seconds)) s")
+                return SnapshotResult(path: report.directory, memoryBytes: report.memoryBytes, dataPages: report.dataPages,
+                                      stateBytes: report.stateBytes, encrypted: report.encrypted, seconds: report.seconds)
+            } catch {
+                throw SnapshotRefusal(conflict: error.subject == "VM" && error.problem.hasPrefix("cannot"), message: error.description)
+            }
+        }
         do throws(VMAPIError) { try server.start() } catch { fail("--api-socket \(path)", error.problem) }
         return server
     }
@@ -689,4 +776,11 @@ enum ResetPolicyArgument: String, ExpressibleByArgument, CaseIterable {
 enum HaltPolicyArgument: String, ExpressibleByArgument, CaseIterable {
     case stop, resume
     var policy: HaltPolicy { self == .stop ? .stop : .resume }
+}
+
+/// Seconds on the monotonic clock.
+func monotonicSeconds() -> Double {
+    var now = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
 }

@@ -11,6 +11,11 @@ extension Run {
     /// only with IMAGE, the Multiboot options only with --multiboot, the Linux ones with --kernel.
     func validate() throws {
         let sources = [image, multiboot, multiboot2, elf, kernel].compactMap { $0 }
+        if restore != nil {
+            // The image comes from the snapshot's saved command line.
+            guard sources.isEmpty else { throw ValidationError("--restore continues the snapshot's own guest; leave the image out.") }
+            return
+        }
         guard sources.count == 1 else {
             throw ValidationError(sources.isEmpty
                 ? "Missing image: give a flat binary (hv run IMAGE), --multiboot KERNEL, --multiboot2 KERNEL, --elf FILE or --kernel BZIMAGE."

@@ -57,6 +57,10 @@ static const unsigned long HV_KVM_SET_GSI_ROUTING = KVM_SET_GSI_ROUTING;
 static const unsigned long HV_KVM_IRQFD = KVM_IRQFD;
 // Saving and restoring a vCPU and the in-kernel irqchip (reset, snapshots).
 static const unsigned long HV_KVM_SET_LAPIC = KVM_SET_LAPIC;
+// Snapshots and migration: the VM's clock and the dirty log of written pages.
+static const unsigned long HV_KVM_GET_CLOCK = KVM_GET_CLOCK;
+static const unsigned long HV_KVM_SET_CLOCK = KVM_SET_CLOCK;
+static const unsigned long HV_KVM_GET_DIRTY_LOG = KVM_GET_DIRTY_LOG;
 static const unsigned long HV_KVM_SET_MP_STATE = KVM_SET_MP_STATE;
 static const unsigned long HV_KVM_GET_VCPU_EVENTS = KVM_GET_VCPU_EVENTS;
 static const unsigned long HV_KVM_SET_VCPU_EVENTS = KVM_SET_VCPU_EVENTS;
@@ -93,6 +97,8 @@ static inline int hv_open(const char *path, int flags) { return open(path, flags
 // glibc declares them only under _GNU_SOURCE, so they go through syscall(2).
 static inline int hv_accept4(int fd, int flags) { return (int)syscall(SYS_accept4, fd, (void *)0, (void *)0, flags); }
 static inline int hv_pipe2(int fds[2], int flags) { return (int)syscall(SYS_pipe2, fds, flags); }
+// renameat2(RENAME_EXCHANGE): swaps two paths atomically (a new snapshot for the old one).
+static inline int hv_rename_exchange(const char *from, const char *to) { return (int)syscall(SYS_renameat2, AT_FDCWD, from, AT_FDCWD, to, 2 /* RENAME_EXCHANGE */); }
 // sched_setaffinity(2) of the calling thread (pid 0), also _GNU_SOURCE only: `mask` is a CPU bit array.
 static inline int hv_pin_calling_thread(const void *mask, unsigned long size) { return (int)syscall(SYS_sched_setaffinity, 0, size, mask); }
 

@@ -58,6 +58,23 @@ public protocol VirtualMachine: AnyObject, Sendable {
     func saveState() throws(HVError) -> SavedState
     /// Puts back state from `saveState()`. Call while no vCPU runs.
     func restoreState(_ state: SavedState) throws(HVError)
+    /// `state` as bytes (a snapshot keeps the power-on state a reset returns to).
+    func encodeState(_ state: SavedState) throws(HVError) -> [UInt8]
+    /// Reads what `encodeState` wrote, refusing a state this VM cannot take.
+    func decodeState(_ bytes: [UInt8]) throws(HVError) -> SavedState
+    /// The VM-wide state a snapshot keeps, as bytes: `saveState()` plus what a reset leaves
+    /// alone (KVM: the clock). Call while no vCPU runs. Backends without snapshots throw
+    /// `.unsupported`.
+    func snapshotState() throws(HVError) -> [UInt8]
+    /// Puts back `snapshotState()`'s bytes, saved by this process or another, before any vCPU
+    /// runs; a state this host cannot take is an error naming the difference.
+    func restoreSnapshotState(_ bytes: [UInt8]) throws(HVError)
+    /// Starts or stops recording which pages of the memory regions the guest writes
+    /// (migration's pre-copy). Backends without a dirty log throw `.unsupported`.
+    func setDirtyLogging(_ enabled: Bool) throws(HVError)
+    /// The pages of region `slot` written since the last call (or since logging started), one
+    /// bit per 4 KiB page, and clears them.
+    func fetchDirtyPages(slot: Int) throws(HVError) -> [UInt64]
     /// Signals the eventfd `eventFD` instead of exiting when the guest writes `value` (any value
     /// when nil) as `length` bytes to guest-physical `address`, so a device's doorbell costs
     /// no return to user space (KVM: `KVM_IOEVENTFD`). Backends without such a path throw
@@ -96,6 +113,24 @@ public protocol VirtualMachine: AnyObject, Sendable {
 }
 
 extension VirtualMachine {
+    public func encodeState(_ state: SavedState) throws(HVError) -> [UInt8] {
+        throw .unsupported(knob: "snapshots", backend: "\(Self.self)", reason: "the backend cannot save its VM state as bytes")
+    }
+    public func decodeState(_ bytes: [UInt8]) throws(HVError) -> SavedState {
+        throw .unsupported(knob: "snapshots", backend: "\(Self.self)", reason: "the backend cannot restore VM state from bytes")
+    }
+    public func snapshotState() throws(HVError) -> [UInt8] {
+        throw .unsupported(knob: "snapshots", backend: "\(Self.self)", reason: "the backend cannot save its VM state as bytes")
+    }
+    public func restoreSnapshotState(_ bytes: [UInt8]) throws(HVError) {
+        throw .unsupported(knob: "snapshots", backend: "\(Self.self)", reason: "the backend cannot restore VM state from bytes")
+    }
+    public func setDirtyLogging(_ enabled: Bool) throws(HVError) {
+        throw .unsupported(knob: "dirty page logging", backend: "\(Self.self)", reason: "the backend records no written pages")
+    }
+    public func fetchDirtyPages(slot: Int) throws(HVError) -> [UInt64] {
+        throw .unsupported(knob: "dirty page logging", backend: "\(Self.self)", reason: "the backend records no written pages")
+    }
     public func addWriteNotifier(address: UInt64, length: Int, value: UInt64?, eventFD: Int32) throws(HVError) {
         throw .unsupported(knob: "write notifiers", backend: "\(Self.self)", reason: "the backend has no eventfd path for guest writes")
     }
@@ -178,4 +213,19 @@ public protocol VCPU: AnyObject, Sendable {
     /// and the register calls, from any thread (a reset restores every vCPU from one thread
     /// while their own threads wait).
     func restoreState(_ state: SavedState) throws(HVError)
+    /// `state` as bytes for a snapshot, readable by another process of the same backend.
+    /// Backends without snapshots throw `.unsupported`.
+    func encodeState(_ state: SavedState) throws(HVError) -> [UInt8]
+    /// Reads what `encodeState` wrote; a state this host cannot take is an error naming the
+    /// difference (a structure of another size, an MSR this host's KVM refuses).
+    func decodeState(_ bytes: [UInt8]) throws(HVError) -> SavedState
+}
+
+extension VCPU {
+    public func encodeState(_ state: SavedState) throws(HVError) -> [UInt8] {
+        throw .unsupported(knob: "snapshots", backend: "\(Self.self)", reason: "the backend cannot save vCPU state as bytes")
+    }
+    public func decodeState(_ bytes: [UInt8]) throws(HVError) -> SavedState {
+        throw .unsupported(knob: "snapshots", backend: "\(Self.self)", reason: "the backend cannot read vCPU state from bytes")
+    }
 }

@@ -29,6 +29,9 @@ public enum HVError: Error, CustomStringConvertible {
     case calledFromVCPUThread(operation: String, vcpuID: Int)
     /// The seccomp confinement could not be built or loaded (`VirtualMachineConfiguration.confinement`).
     case confinement(String)
+    /// A snapshot could not be taken or put back: `subject` (a device, a vCPU, the memory)
+    /// and why (Documentation/Snapshots.md).
+    case snapshot(subject: String, problem: String)
 
     public var description: String {
         switch self {
@@ -53,6 +56,8 @@ public enum HVError: Error, CustomStringConvertible {
                 + "this one included; call it from another thread, or return an ExitAction"
         case .confinement(let problem):
             return "confinement: \(problem)"
+        case let .snapshot(subject, problem):
+            return "snapshot: \(subject): \(problem)"
         }
     }
 }

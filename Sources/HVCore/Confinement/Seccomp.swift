@@ -124,7 +124,7 @@ extension SeccompFilter {
     /// TAP's reads and writes, vsock's Unix sockets, libtpms' state files written by
     /// temporary name and rename), polling, and the KVM ioctls. No exec, no fork, no new
     /// network (Unix sockets only), no ptrace, mounts, modules, namespaces or credentials.
-    public static let vmm = SeccompFilter(name: "VMM", rules: common + [kvmIoctls] + serverThreads + [pinning])
+    public static let vmm = SeccompFilter(name: "VMM", rules: common + [kvmIoctls] + serverThreads + snapshots + [pinning])
 
     /// What a vCPU thread calls: the common list, without the calls that only the VMM's own
     /// threads make (accepting and binding sockets, waiting for signals). Device models run on
@@ -133,6 +133,11 @@ extension SeccompFilter {
 
     /// What `hv tpm serve` calls once it listens: the VMM list without KVM's ioctls (it has no VM).
     public static let tpmServer = SeccompFilter(name: "TPM server", rules: common + serverThreads)
+
+    /// What writing a snapshot calls on the management API's thread (Documentation/Snapshots.md):
+    /// its temporary directory made, the memory file sized, the new snapshot swapped in for the
+    /// old one (renameat2 RENAME_EXCHANGE), the old one removed.
+    private static let snapshots = ["mkdir", "mkdirat", "renameat2", "ftruncate", "rmdir", "getdents64", "readlink", "readlinkat"].map { SeccompRule($0) }
 
     /// A vCPU thread pins itself (`vcpuAffinity`) before its own list goes on: only the calling
     /// thread (pid 0), and not in the vCPU list.

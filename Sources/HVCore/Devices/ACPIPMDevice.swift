@@ -56,7 +56,9 @@ public final class ACPIPMDevice: PortIODevice, ResettableDevice, Sendable {
 
     public let name: String
     private let clock: Clock
-    private let origin: UInt64
+    /// The PM timer reads `ticks` plus the ticks since `origin` (a `clock` reading): created at
+    /// 0, moved by a snapshot restore so the counter goes on from the value saved.
+    private let timerBase: Mutex<(origin: UInt64, ticks: UInt32)>
     private let sci: InterruptLine?
     private let registers = Mutex(Registers())
     private let wakeHandler = Mutex<(@Sendable () -> Void)?>(nil)
@@ -66,7 +68,7 @@ public final class ACPIPMDevice: PortIODevice, ResettableDevice, Sendable {
         self.name = name
         self.sci = sci
         self.clock = clock
-        self.origin = clock()
+        self.timerBase = Mutex((clock(), 0))
     }
 
     /// Called when a wake event arrives while the guest sleeps (S3): the machine's `wake()`.
@@ -132,10 +134,11 @@ public final class ACPIPMDevice: PortIODevice, ResettableDevice, Sendable {
 
     /// The PM timer's value now (24 bits).
     public var timerValue: UInt32 {
-        let elapsed = clock() &- origin
+        let base = timerBase.withLock { $0 }
+        let elapsed = clock() &- base.origin
         let ticks = elapsed / 1_000_000_000 * Self.timerFrequency
             + elapsed % 1_000_000_000 * Self.timerFrequency / 1_000_000_000
-        return UInt32(truncatingIfNeeded: ticks) & 0x00FF_FFFF
+        return (UInt32(truncatingIfNeeded: ticks) &+ base.ticks) & 0x00FF_FFFF
     }
 
     public func portRead(offset: UInt16, size: Int) -> UInt32 {
@@ -187,5 +190,39 @@ public final class ACPIPMDevice: PortIODevice, ResettableDevice, Sendable {
         case Self.suspendToRAMType: return .suspend
         default: return .resume  // a type no \_Sx package declares: nothing happens
         }
+    }
+}
+
+// MARK: Snapshot
+
+extension ACPIPMDevice: SnapshotDevice {
+    /// PM1 status, enable and control, the S3 sleep state with the wake events seen in it, and
+    /// the PM timer's value (QEMU's `vmstate_acpi` keeps the same registers). The timer is
+    /// saved as the count the guest reads, since the monotonic clock it is derived from means
+    /// nothing in another process.
+    public func saveState(to encoder: inout StateEncoder) {
+        let saved = registers.withLock { $0 }
+        encoder.write(saved.status)
+        encoder.write(saved.enable)
+        encoder.write(saved.control)
+        encoder.write(saved.sleeping)
+        encoder.write(saved.wakeEvents)
+        encoder.write(timerValue)
+    }
+
+    /// Puts the registers back, starts the PM timer again from its saved count (ACPI 4.8.3.3:
+    /// a guest's clocksource expects it never to jump), and drives the SCI to the level the
+    /// restored status and enable bits give.
+    public func restoreState(from decoder: inout StateDecoder) throws(StateDecodingError) {
+        var restored = Registers()
+        restored.status = try decoder.read(UInt16.self, "acpi-pm pm1 status")
+        restored.enable = try decoder.read(UInt16.self, "acpi-pm pm1 enable")
+        restored.control = try decoder.read(UInt16.self, "acpi-pm pm1 control")
+        restored.sleeping = try decoder.read(Bool.self, "acpi-pm sleeping")
+        restored.wakeEvents = try decoder.read(UInt16.self, "acpi-pm wake events")
+        let timer = try decoder.read(UInt32.self, "acpi-pm timer", below: 1 << 24)
+        registers.withLock { $0 = restored }
+        timerBase.withLock { $0 = (clock(), timer) }
+        updateSCI()
     }
 }

@@ -462,3 +462,43 @@ private final class RTCTimer: @unchecked Sendable {
         }
     }
 }
+
+// MARK: Snapshot
+
+extension CMOSRTCDevice: SnapshotDevice {
+    /// The 128 bytes of CMOS (NVRAM, alarm bytes, registers A-D with register C's pending
+    /// flags), the index port's selection and NMI mask, and the guest clock's offset from the
+    /// host's wall clock. The time registers are not stored: they are the host clock plus the
+    /// offset, so a restored guest reads the wall time of the moment it reads, as the RTC of a
+    /// machine that was switched off meanwhile would (QEMU's `vmstate_rtc` likewise keeps its
+    /// base against the host clock). The flags are brought up to the moment of the save first,
+    /// as an access would, so register C holds every event that happened before it.
+    public func saveState(to encoder: inout StateEncoder) {
+        var saved: (ram: [UInt8], index: UInt8, nmiDisabled: Bool, offset: Int64) = ([], 0, false, 0)
+        advance { state, _ in saved = (state.ram, state.index, state.nmiDisabled, state.offset) }
+        let (ram, index, nmiDisabled, offset) = saved
+        encoder.write(bytes: ram)
+        encoder.write(index)
+        encoder.write(nmiDisabled)
+        encoder.write(offset)
+    }
+
+    /// Puts CMOS and the offset back through the path a register access takes, so IRQ 8 is
+    /// raised when register C holds IRQF and the timer thread is armed for the interrupts
+    /// register B enables. Flags count from the restore on: the seconds between the save and
+    /// now do not all set UF, AF and PF at once (their flags pending at the save are in register C).
+    public func restoreState(from decoder: inout StateDecoder) throws(StateDecodingError) {
+        let ram = try decoder.readBytes("cmos-rtc ram", atMost: 128)
+        guard ram.count == 128 else { throw StateDecodingError(field: "cmos-rtc ram", problem: "\(ram.count) bytes; CMOS holds 128") }
+        let index = try decoder.read(UInt8.self, "cmos-rtc index", below: 0x80)
+        let nmiDisabled = try decoder.read(Bool.self, "cmos-rtc nmi disabled")
+        let offset = try decoder.read(Int64.self, "cmos-rtc clock offset")
+        advance { state, now in
+            state.ram = ram
+            state.index = index
+            state.nmiDisabled = nmiDisabled
+            state.offset = offset
+            state.checked = now
+        }
+    }
+}

@@ -55,3 +55,8 @@ public final class DebugExitDevice: PortIODevice, Sendable {
         }
     }
 }
+
+// MARK: Snapshot
+
+/// Stateless: a write stops the VM at once and reads are constant; nothing is left between accesses.
+extension DebugExitDevice: StatelessDevice {}

@@ -129,6 +129,20 @@ public final class DeviceBus: ExitHandler, @unchecked Sendable {
         }
     }
 
+    /// Every registered device once, keyed by its name and first range ("uart16550@port:0x3f8"):
+    /// port devices first, each space in address order. The key names a device's section in a
+    /// snapshot, so the same command line gives the same keys in another process.
+    public var uniqueDevices: [(key: String, device: AnyObject)] {
+        var seen = Set<ObjectIdentifier>()
+        var result: [(key: String, device: AnyObject)] = []
+        let all = ports.ranges.map { ($0.device as AnyObject, $0.name, "port", $0.start) }
+            + mmio.ranges.map { ($0.device as AnyObject, $0.name, "mmio", $0.start) }
+        for (device, name, space, start) in all where seen.insert(ObjectIdentifier(device)).inserted {
+            result.append(("\(name)@\(space):0x\(String(start, radix: 16))", device))
+        }
+        return result
+    }
+
     /// Takes port and MMIO exits that land on a registered device; declines everything else.
     /// A string instruction (`REP INS`/`REP OUTS`) becomes one device access per element.
     public func handle(_ exit: VMExit, context: ExitContext) -> ExitAction? {

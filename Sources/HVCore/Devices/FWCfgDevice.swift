@@ -288,3 +288,33 @@ private func bigEndianBytes(_ value: UInt64, count: Int) -> [UInt8] {
 private func bigEndianValue(_ bytes: ArraySlice<UInt8>) -> UInt64 {
     bytes.reduce(0) { $0 << 8 | UInt64($1) }
 }
+
+// MARK: Snapshot
+
+extension FWCfgDevice: SnapshotDevice {
+    /// The selector, the offset into the selected item and the DMA address latch (a guest may
+    /// have written its high half only), as QEMU's `vmstate_fw_cfg` keeps `cur_entry`,
+    /// `cur_offset` and `dma_addr`. The items themselves are rebuilt by whoever constructs the
+    /// device with the same configuration, so they are not saved.
+    public func saveState(to encoder: inout StateEncoder) {
+        let (selected, offset, dmaAddress) = state.withLock { ($0.selected, $0.offset, $0.dmaAddress) }
+        encoder.write(selected)
+        encoder.write(UInt64(offset))
+        encoder.write(bytes: dmaAddress)
+    }
+
+    public func restoreState(from decoder: inout StateDecoder) throws(StateDecodingError) {
+        let selected = try decoder.read(UInt16.self, "fw_cfg selector")
+        // Items are far below 4 GiB; the reads clamp an offset past the item's end anyway.
+        let offset = Int(try decoder.read(UInt64.self, "fw_cfg data offset", below: 1 << 32))
+        let dmaAddress = try decoder.readBytes("fw_cfg dma address", atMost: 8)
+        guard dmaAddress.count == 8 else {
+            throw StateDecodingError(field: "fw_cfg dma address", problem: "\(dmaAddress.count) bytes; the register has 8")
+        }
+        state.withLock { state in
+            state.selected = selected
+            state.offset = offset
+            state.dmaAddress = dmaAddress
+        }
+    }
+}

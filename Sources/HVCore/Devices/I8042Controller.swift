@@ -215,3 +215,56 @@ struct OutputQueue {
         return (UInt8(truncatingIfNeeded: raw), raw & 0x100 != 0)
     }
 }
+
+// MARK: Snapshot
+
+extension I8042Controller.Port: SnapshotDevice {
+    /// The controller's state, saved once: the data port carries it and the command port, which
+    /// shares it, saves nothing (both are on the bus, each asked for its state).
+    public func saveState(to encoder: inout StateEncoder) {
+        guard role == .data else { return }
+        core.state.withLock { $0 }.save(to: &encoder)
+    }
+
+    public func restoreState(from decoder: inout StateDecoder) throws(StateDecodingError) {
+        guard role == .data else { return }
+        let restored = try State(from: &decoder)
+        core.state.withLock { $0 = restored }
+    }
+}
+
+extension State {
+    /// The command byte, status flags, output port (A20 and reset lines), the pending command,
+    /// the last byte read and the queued output bytes in order (QEMU's `vmstate_kbd` and the
+    /// PS/2 queue it carries).
+    func save(to encoder: inout StateEncoder) {
+        encoder.write(commandByte)
+        encoder.write(statusFlags)
+        encoder.write(outputPort)
+        encoder.write(pending != nil)
+        encoder.write(pending ?? 0)
+        encoder.write(lastRead)
+        var queue = self.queue
+        encoder.write(UInt8(queue.count))
+        while let entry = queue.removeFirst() {
+            encoder.write(entry.byte)
+            encoder.write(entry.aux)
+        }
+    }
+
+    init(from decoder: inout StateDecoder) throws(StateDecodingError) {
+        self.init()
+        commandByte = try decoder.read(UInt8.self, "i8042 command byte")
+        statusFlags = try decoder.read(UInt8.self, "i8042 status")
+        outputPort = try decoder.read(UInt8.self, "i8042 output port")
+        let hasPending = try decoder.read(Bool.self, "i8042 pending command present")
+        let pendingCommand = try decoder.read(UInt8.self, "i8042 pending command")
+        pending = hasPending ? pendingCommand : nil
+        lastRead = try decoder.read(UInt8.self, "i8042 last read")
+        let count = try decoder.read(UInt8.self, "i8042 queue count", below: UInt8(OutputQueue.capacity + 1))
+        for _ in 0..<count {
+            let byte = try decoder.read(UInt8.self, "i8042 queue byte")
+            queue.append(byte, aux: try decoder.read(Bool.self, "i8042 queue aux"))
+        }
+    }
+}

@@ -233,3 +233,22 @@ public final class PCIFunction: PCIDevice, ResettableDevice {
         space.withLock { $0.write(offset: offset, size: size, value: value) }
     }
 }
+
+// MARK: Snapshot
+
+extension PCIConfigurationSpace {
+    /// Replaces the 256 bytes (a snapshot's), keeping the write masks and capability layout
+    /// this space was constructed with: a restore goes into a function built the same way.
+    mutating func replaceBytes(_ saved: [UInt8]) {
+        precondition(saved.count == 256, "a configuration space has 256 bytes")
+        bytes = saved
+    }
+}
+
+extension PCIFunction {
+    /// Puts back a snapshot's configuration bytes (256 of them). BAR placement needs nothing
+    /// more: `PCIWindow` decodes each access from these bytes.
+    func restoreConfiguration(bytes: [UInt8]) {
+        space.withLock { $0.replaceBytes(bytes) }
+    }
+}

@@ -128,3 +128,84 @@ public final class PCIHostBridge: PortIODevice, ResettableDevice, Sendable {
         size >= 4 ? 0xFFFF_FFFF : (1 << (8 * UInt32(size))) - 1
     }
 }
+
+// MARK: Snapshot
+
+extension PCIHostBridge: SnapshotDevice {
+    /// Why the bus cannot be saved: a function whose state is more than its configuration
+    /// space (a virtio transport's queues, the test device's registers) has no encoding yet.
+    public var snapshotRefusal: String? {
+        let functions = state.withLock { $0.functions }
+        for (index, function) in functions.enumerated() {
+            if let function, !(function is PCIFunction) {
+                return "PCI function \(Self.address(index)) (\(function.name)) has no snapshot support yet"
+            }
+        }
+        return nil
+    }
+
+    /// CONFIG_ADDRESS, the 0xCF9 register when the bridge owns it, and each function's 256
+    /// configuration bytes by its device/function number (QEMU's `vmstate_pcihost` and
+    /// `vmstate_pci_device`). Write masks and BAR sizes come from construction, as in QEMU.
+    public func saveState(to encoder: inout StateEncoder) {
+        let (address, functions) = state.withLock { ($0.address, $0.functions) }
+        encoder.write(address)
+        encoder.write(resetControl != nil)
+        if let resetControl {
+            var nested = StateEncoder()
+            resetControl.saveState(to: &nested)
+            encoder.write(bytes: nested.bytes)
+        }
+        let saved = functions.enumerated().compactMap { index, function in (function as? PCIFunction).map { (index, $0) } }
+        encoder.write(UInt16(saved.count))
+        for (index, function) in saved {
+            encoder.write(UInt8(index))
+            encoder.write(bytes: function.configuration.bytes)
+        }
+    }
+
+    /// Decodes everything first and checks that the saved functions sit where this bus has
+    /// its own, so a state that does not fit changes nothing. Configuration writes have no side
+    /// effects to replay: windows decode BARs from the configuration bytes at each access.
+    public func restoreState(from decoder: inout StateDecoder) throws(StateDecodingError) {
+        let address = try decoder.read(UInt32.self, "pci-host config address")
+        let hasResetControl = try decoder.read(Bool.self, "pci-host reset control present")
+        guard hasResetControl == (resetControl != nil) else {
+            throw StateDecodingError(field: "pci-host reset control present",
+                                     problem: hasResetControl ? "the snapshot's bridge owns 0xCF9; this one does not" : "this bridge owns 0xCF9; the snapshot's does not")
+        }
+        let resetState = hasResetControl ? try decoder.readBytes("pci-host reset control", atMost: 16) : []
+        let functions = state.withLock { $0.functions }
+        let count = try decoder.read(UInt16.self, "pci-host function count", below: UInt16(functions.count + 1))
+        var restored: [(PCIFunction, [UInt8])] = []
+        var seen = Set<Int>()
+        for _ in 0..<count {
+            // Device << 3 | function: every byte value names a function of bus 0.
+            let index = Int(try decoder.read(UInt8.self, "pci-host function number"))
+            let field = "pci-host function \(Self.address(index)) configuration"
+            let bytes = try decoder.readBytes(field, atMost: 256)
+            guard bytes.count == 256 else { throw StateDecodingError(field: field, problem: "\(bytes.count) bytes; a configuration space has 256") }
+            guard seen.insert(index).inserted else { throw StateDecodingError(field: field, problem: "is saved twice") }
+            guard let function = functions[index] as? PCIFunction else {
+                throw StateDecodingError(field: field, problem: "the snapshot has a function here; this bus has none that can take it")
+            }
+            restored.append((function, bytes))
+        }
+        if let missing = functions.indices.first(where: { functions[$0] is PCIFunction && !seen.contains($0) }) {
+            throw StateDecodingError(field: "pci-host function \(Self.address(missing)) configuration", problem: "this bus has a function here; the snapshot has none")
+        }
+        if let resetControl {
+            var nested = StateDecoder(resetState)
+            try resetControl.restoreState(from: &nested)
+            try nested.finish("pci-host reset control")
+        }
+        state.withLock { $0.address = address & 0x80FF_FFFF }
+        for (function, bytes) in restored { function.restoreConfiguration(bytes: bytes) }
+    }
+
+    /// "00:01.0" for function slot 1, function 0 (bus 0: the only one).
+    private static func address(_ index: Int) -> String {
+        let slot = String(index / functionCount, radix: 16)
+        return "00:\(slot.count < 2 ? "0" + slot : slot).\(index % functionCount)"
+    }
+}

@@ -98,3 +98,10 @@ public final class PCIWindow: MMIODevice, PortIODevice, Sendable {
         mmioWrite(offset: UInt64(offset), width: size, value: UInt64(value))
     }
 }
+
+// MARK: Snapshot
+
+/// Stateless: which function answers an access is decided from the functions' configuration
+/// spaces at each access (the host bridge saves those), and the decoders and the allocation
+/// cursor are set up by construction, before the guest runs.
+extension PCIWindow: StatelessDevice {}

@@ -39,3 +39,21 @@ public final class ResetControlDevice: PortIODevice, ResettableDevice, Sendable 
         return byte & Self.resetCPU != 0 ? .reset : .resume
     }
 }
+
+// MARK: Snapshot
+
+extension ResetControlDevice: SnapshotDevice {
+    /// SYS_RST and FULL_RST as stored (QEMU's `vmstate_piix3` keeps `rcr`). A `PCIHostBridge`
+    /// that owns 0xCF9 saves this register inside its own state.
+    public func saveState(to encoder: inout StateEncoder) {
+        encoder.write(value)
+    }
+
+    public func restoreState(from decoder: inout StateDecoder) throws(StateDecodingError) {
+        let byte = try decoder.read(UInt8.self, "reset-control value")
+        guard byte & ~0x0A == 0 else {
+            throw StateDecodingError(field: "reset-control value", problem: "0x\(String(byte, radix: 16)) has bits other than SYS_RST and FULL_RST")
+        }
+        stored.withLock { $0 = byte }
+    }
+}

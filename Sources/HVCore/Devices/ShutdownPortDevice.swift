@@ -42,3 +42,17 @@ public final class ShutdownPortDevice: PortIODevice, ResettableDevice, Sendable 
         matched.withLock { $0 = 0 }
     }
 }
+
+// MARK: Snapshot
+
+extension ShutdownPortDevice: SnapshotDevice {
+    /// How much of "Shutdown" has arrived: a guest paused between its bytes powers off on the rest.
+    public func saveState(to encoder: inout StateEncoder) {
+        encoder.write(UInt8(matched.withLock { $0 }))
+    }
+
+    public func restoreState(from decoder: inout StateDecoder) throws(StateDecodingError) {
+        let count = try decoder.read(UInt8.self, "shutdown-port matched", below: UInt8(Self.command.count))
+        matched.withLock { $0 = Int(count) }
+    }
+}

@@ -44,3 +44,18 @@ public final class SystemControlPortA: PortIODevice, ResettableDevice, Sendable 
         return byte & Self.fastReset != 0 && before & Self.fastReset == 0 ? .reset : .resume
     }
 }
+
+// MARK: Snapshot
+
+extension SystemControlPortA: SnapshotDevice {
+    /// The byte last written: A20 and the fast-reset bit, whose 0-to-1 edge the next write is
+    /// compared against (QEMU's `vmstate_port92` keeps `outport`).
+    public func saveState(to encoder: inout StateEncoder) {
+        encoder.write(value)
+    }
+
+    public func restoreState(from decoder: inout StateDecoder) throws(StateDecodingError) {
+        let byte = try decoder.read(UInt8.self, "port92 value")
+        stored.withLock { $0 = byte }
+    }
+}

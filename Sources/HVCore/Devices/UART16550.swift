@@ -378,3 +378,67 @@ private struct State {
 }
 
 extension UART16550: ResettableDevice {}
+
+// MARK: Snapshot
+
+extension UART16550: SnapshotDevice {
+    /// Every register, the latched line errors and modem deltas, the receive FIFO with its
+    /// indices and the pending THRE interrupt: what QEMU's `vmstate_serial` holds. The output
+    /// and the interrupt callback belong to the process and are not saved.
+    public func saveState(to encoder: inout StateEncoder) {
+        let saved = state.withLock { $0 }
+        encoder.write(saved.ier)
+        encoder.write(saved.lcr)
+        encoder.write(saved.mcr)
+        encoder.write(saved.scr)
+        encoder.write(saved.divisor)
+        encoder.write(saved.lineErrors)
+        encoder.write(saved.modemLines)
+        encoder.write(saved.modemDeltas)
+        encoder.write(saved.fifosEnabled)
+        encoder.write(UInt8(saved.triggerLevel))
+        encoder.write(saved.transmitterInterrupt)
+        encoder.write(bytes: saved.rxBytes)
+        encoder.write(UInt8(saved.rxHead))
+        encoder.write(UInt8(saved.rxCount))
+        encoder.write(UInt64(saved.transmittedByteCount))
+        encoder.write(saved.interruptLevel)
+    }
+
+    /// Puts the registers and FIFO back, then reports the restored interrupt level to
+    /// `onInterruptChange` (under the lock, as a register access does), so the line this
+    /// process wired up agrees with the device even when the level is what it already was.
+    public func restoreState(from decoder: inout StateDecoder) throws(StateDecodingError) {
+        var restored = State()
+        restored.ier = try decoder.read(UInt8.self, "uart16550 ier")
+        restored.lcr = try decoder.read(UInt8.self, "uart16550 lcr")
+        restored.mcr = try decoder.read(UInt8.self, "uart16550 mcr")
+        restored.scr = try decoder.read(UInt8.self, "uart16550 scr")
+        restored.divisor = try decoder.read(UInt16.self, "uart16550 divisor")
+        restored.lineErrors = try decoder.read(UInt8.self, "uart16550 line errors")
+        restored.modemLines = try decoder.read(UInt8.self, "uart16550 modem lines")
+        restored.modemDeltas = try decoder.read(UInt8.self, "uart16550 modem deltas")
+        restored.fifosEnabled = try decoder.read(Bool.self, "uart16550 fifos enabled")
+        let trigger = try decoder.read(UInt8.self, "uart16550 trigger level")
+        // FCR bits 7-6 select one of four levels (data sheet, FCR); anything else is not a 16550's.
+        guard [1, 4, 8, 14].contains(trigger) else {
+            throw StateDecodingError(field: "uart16550 trigger level", problem: "\(trigger) is not 1, 4, 8 or 14")
+        }
+        restored.triggerLevel = Int(trigger)
+        restored.transmitterInterrupt = try decoder.read(Bool.self, "uart16550 transmitter interrupt")
+        let bytes = try decoder.readBytes("uart16550 rx bytes", atMost: State.fifoSize)
+        guard bytes.count == State.fifoSize else {
+            throw StateDecodingError(field: "uart16550 rx bytes", problem: "\(bytes.count) bytes; the FIFO holds \(State.fifoSize)")
+        }
+        restored.rxBytes = bytes
+        restored.rxHead = Int(try decoder.read(UInt8.self, "uart16550 rx head", below: UInt8(State.fifoSize)))
+        restored.rxCount = Int(try decoder.read(UInt8.self, "uart16550 rx count", below: UInt8(State.fifoSize + 1)))
+        restored.transmittedByteCount = Int(try decoder.read(UInt64.self, "uart16550 transmitted byte count", below: UInt64(Int.max)))
+        restored.interruptLevel = try decoder.read(Bool.self, "uart16550 interrupt level")
+        state.withLock { state in
+            restored.onInterruptChange = state.onInterruptChange
+            state = restored
+            state.onInterruptChange?(state.interruptLevel)
+        }
+    }
+}

@@ -99,3 +99,68 @@ public final class IOAPICDevice: MMIODevice, ResettableDevice, Sendable {
         try deliver(message.address, message.data)
     }
 }
+
+// MARK: Snapshot
+
+extension IOAPICDevice: SnapshotDevice {
+    /// IOREGSEL, the ID, the 24 redirection entries with their remote IRR bits, and which
+    /// input lines are asserted (QEMU's `vmstate_ioapic`: `ioregsel`, `id`, `irr`, `ioredtbl`).
+    public func saveState(to encoder: inout StateEncoder) {
+        let saved = model.withLock { $0 }
+        encoder.write(saved.registerSelect)
+        encoder.write(saved.id)
+        encoder.write(saved.assertedLines)
+        encoder.write(UInt8(saved.table.count))
+        for entry in saved.table { encoder.write(entry) }
+    }
+
+    /// Rebuilds the model through its register interface (HVModel keeps its fields read-only
+    /// outside the module) on a power-on I/O APIC, dropping the deliveries that replay makes:
+    /// the local APICs' restored state already holds what the saved I/O APIC sent. Then hands
+    /// the table to the backend as a guest's write would (KVM's MSI routes for EOI exits).
+    public func restoreState(from decoder: inout StateDecoder) throws(StateDecodingError) {
+        let registerSelect = try decoder.read(UInt8.self, "ioapic ioregsel")
+        let id = try decoder.read(UInt8.self, "ioapic id", below: 0x10)
+        let assertedLines = try decoder.read(UInt32.self, "ioapic asserted lines")
+        guard assertedLines >> IOAPIC.lineCount == 0 else {
+            throw StateDecodingError(field: "ioapic asserted lines", problem: "0x\(String(assertedLines, radix: 16)) names lines past \(IOAPIC.lineCount - 1)")
+        }
+        let count = try decoder.read(UInt8.self, "ioapic entry count", below: UInt8(IOAPIC.lineCount + 1))
+        guard count == IOAPIC.lineCount else {
+            throw StateDecodingError(field: "ioapic entry count", problem: "\(count) entries; this I/O APIC has \(IOAPIC.lineCount)")
+        }
+        var table: [UInt64] = []
+        for line in 0..<IOAPIC.lineCount { table.append(try decoder.read(UInt64.self, "ioapic entry \(line)")) }
+
+        var model = IOAPIC(id: 0, version: 0x20)
+        let remoteIRR: UInt64 = 1 << 14, levelUnmasked: UInt32 = 1 << 15
+        for (line, raw) in table.enumerated() {
+            let low = UInt8(0x10 + 2 * line)
+            // Remote IRR is read-only: a level-triggered, unmasked entry whose line rises sets it.
+            if raw & remoteIRR != 0 {
+                _ = model.writeRegister(low, value: levelUnmasked | UInt32(raw & 0xFF))
+                _ = model.setIRQ(line, asserted: true)
+                _ = model.setIRQ(line, asserted: false)
+            }
+            _ = model.writeRegister(low + 1, value: UInt32(truncatingIfNeeded: raw >> 32))
+            _ = model.writeRegister(low, value: UInt32(truncatingIfNeeded: raw))
+        }
+        for line in 0..<IOAPIC.lineCount where assertedLines & (1 << UInt32(line)) != 0 {
+            _ = model.setIRQ(line, asserted: true)
+        }
+        _ = model.writeRegister(0x00, value: UInt32(id) << 24)
+        _ = model.write(offset: IOAPIC.registerSelectOffset, value: UInt32(registerSelect))
+        // Replay reaches every state a guest can leave; one it cannot (remote IRR on an edge
+        // entry, an unmasked asserted level line without it) is not an I/O APIC's.
+        guard model.table == table, model.assertedLines == assertedLines else {
+            let line = (0..<IOAPIC.lineCount).first { model.table[$0] != table[$0] }
+            throw StateDecodingError(field: line.map { "ioapic entry \($0)" } ?? "ioapic asserted lines",
+                                     problem: "is not a state the I/O APIC can be in")
+        }
+        let (routes, generation) = self.model.withLock { current in
+            current = model
+            return ((0..<IOAPIC.lineCount).map { MSIMessage(current.entry($0).message) }, tableGeneration.add(1, ordering: .relaxed).newValue)
+        }
+        publish(routes, generation: generation)
+    }
+}

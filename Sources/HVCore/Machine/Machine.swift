@@ -65,11 +65,11 @@ public final class Machine<B: Backend>: @unchecked Sendable {
     /// statistics (read only on a kick, never on the hot path).
     private let statisticsRequest = Atomic<UInt64>(0)
 
-    private let lock = NSCondition()
+    let lock = NSCondition()
     /// The running vCPU threads (under `lock`), so calls that wait for every vCPU can refuse
     /// to be made from one of them.
     private var vcpuThreads: [(thread: pthread_t, id: Int)] = []
-    private var _state: MachineState = .created
+    var _state: MachineState = .created
     private var stopResult: (reason: StopReason, vcpuID: Int, error: String?)?
     private var parked = 0
     private var finished = 0
@@ -84,11 +84,11 @@ public final class Machine<B: Backend>: @unchecked Sendable {
     private var endCycles: UInt64 = 0
 
     /// What `load` wrote, written again on every reset.
-    private var loadedChunks: [GuestImage.Chunk] = []
+    var loadedChunks: [GuestImage.Chunk] = []
     /// Set-up that a reset repeats (platform tables), in the order added.
     private var resetHooks: [(Machine<B>) throws(HVError) -> Void] = []
     /// The backend's VM and vCPU state at `start`, put back on a reset (restart policy only).
-    private var powerOnState: (vm: B.VM.SavedState, vcpus: [B.VM.CPU.SavedState])?
+    var powerOnState: (vm: B.VM.SavedState, vcpus: [B.VM.CPU.SavedState])?
     /// vCPUs that reached the reset rendezvous of the current generation.
     private var resetArrivals = 0
     private var resetGeneration = 0
@@ -108,14 +108,25 @@ public final class Machine<B: Backend>: @unchecked Sendable {
     enum Request: UInt8 { case none = 0, pause = 1, stop = 2, reset = 3 }
 
     /// Validates `configuration`, creates the VM, maps its RAM (PC layout: up to 3 GiB at 0,
-    /// the rest above 4 GiB) and creates its vCPUs.
-    public init(configuration: VirtualMachineConfiguration, backend: B) throws(HVError) {
+    /// the rest above 4 GiB) and creates its vCPUs. `memory`, when given, is that RAM already
+    /// made (a snapshot's memory file mapped copy-on-write: `GuestMemory.pcLayout(size:mapping:)`);
+    /// its layout must be the PC layout of `memorySize`.
+    public init(configuration: VirtualMachineConfiguration, backend: B, memory: GuestMemory? = nil) throws(HVError) {
         do { try configuration.validate() } catch { throw .configuration(error) }
         self.configuration = configuration
         self.backend = backend
         vm = try backend.createVirtualMachine(configuration: configuration)
-        do { memory = try GuestMemory.pcLayout(size: configuration.memorySize, hugePages: configuration.hugePages) } catch { throw .memory(error) }
-        for (slot, region) in memory.regions.enumerated() { try vm.map(region, slot: slot) }
+        if let memory {
+            let expected = GuestMemory.pcRegions(size: configuration.memorySize)
+            guard memory.regions.map({ ($0.guestAddress.rawValue, $0.size) }).elementsEqual(expected, by: { $0 == $1 }) else {
+                throw .configuration(ConfigurationError(field: "memory", value: "\(memory.size) bytes in \(memory.regions.count) region(s)",
+                                                        expected: "the PC layout of memorySize \(configuration.memorySize)"))
+            }
+            self.memory = memory
+        } else {
+            do { self.memory = try GuestMemory.pcLayout(size: configuration.memorySize, hugePages: configuration.hugePages) } catch { throw .memory(error) }
+        }
+        for (slot, region) in self.memory.regions.enumerated() { try vm.map(region, slot: slot) }
         var cpus: [B.VM.CPU] = []
         for id in 0..<configuration.cpuCount { cpus.append(try vm.createVCPU(id: id)) }
         vcpus = cpus
@@ -139,7 +150,7 @@ public final class Machine<B: Backend>: @unchecked Sendable {
         interrupts = configuration.interruptController == .none
             ? nil : InterruptRouter(vm: vm, mode: configuration.interruptController, ioapic: ioapic)
         hyperV = configuration.cpuModel?.hyperV == true
-            ? try HyperVSynIC(vm: vm, memory: memory, processorCount: configuration.cpuCount) : nil
+            ? try HyperVSynIC(vm: vm, memory: self.memory, processorCount: configuration.cpuCount) : nil
         perVCPUStatistics = []
         perVCPUExits = Array(repeating: 0, count: configuration.cpuCount)
         publishedGeneration = Array(repeating: 0, count: configuration.cpuCount)
@@ -205,7 +216,7 @@ public final class Machine<B: Backend>: @unchecked Sendable {
         }
         // vCPU threads read the device tables without a lock: they stop changing here.
         devices.freeze()
-        if configuration.resetPolicy == .restart || !wakeHooks.isEmpty {
+        if configuration.resetPolicy == .restart || !wakeHooks.isEmpty, powerOnState == nil {
             // The state a reset or a wake returns to: registers as loaded, APs waiting for SIPI.
             // Saved under the lock, so a second start() cannot save it again while the vCPUs run.
             do throws(HVError) {
@@ -589,12 +600,25 @@ public final class Machine<B: Backend>: @unchecked Sendable {
         var published = statisticsRequest.load(ordering: .acquiring)
         // Two TSC reads per exit: each round trip starts where the previous exit's handling ended.
         var entered = collect ? cycleCounter() : 0
+        // True once a run came back `.interrupted` while a pause was asked for: the instruction
+        // behind the last exit is finished (KVM completes an IN, a string I/O step, an MMIO
+        // read at the next KVM_RUN, before it looks at immediate_exit), so the paused state is
+        // whole: what a snapshot saves and the register API shows.
+        var settled = false
         while true {
             switch Request(rawValue: request.load(ordering: .acquiring)) {
             case .stop?:
                 vcpu.clearExitRequest()
                 return .requested
             case .pause?:
+                guard settled else {
+                    // One more run that ends before guest code: this thread sets the kick itself,
+                    // since a statistics kick's clear may have taken the pause's. An exit the
+                    // completion causes (the next element of a REP OUTS) is handled as usual.
+                    vcpu.requestExit()
+                    break
+                }
+                settled = false
                 vcpu.clearExitRequest()
                 switch park(vcpu.id, statistics: statistics, exits: exits) {
                 case .stop: return .requested
@@ -614,6 +638,7 @@ public final class Machine<B: Backend>: @unchecked Sendable {
                 // A kick: clear it and look at the request again at the top. Requesters store the
                 // request before setting immediate_exit, so clearing here cannot lose one.
                 vcpu.clearExitRequest()
+                if request.load(ordering: .acquiring) == Request.pause.rawValue { settled = true }
                 let wanted = statisticsRequest.load(ordering: .acquiring)
                 if wanted != published {
                     publish(vcpu.id, statistics: statistics, exits: exits, generation: wanted)

@@ -82,6 +82,25 @@ public final class MemoryRegion: @unchecked Sendable {
         self.hostAddress = pointer
     }
 
+    /// Maps `size` bytes of the open file `descriptor` from `offset`, private and copy-on-write
+    /// (`MAP_PRIVATE`): pages are read from the file when the guest first touches them and
+    /// the guest's writes never reach it (a snapshot's memory file, as Firecracker restores).
+    /// The file must be at least `offset + size` bytes; a hole reads as zeros.
+    public init(guestAddress: GuestPhysicalAddress, size: UInt64, file descriptor: Int32, offset: UInt64) throws(GuestMemoryError) {
+        guard size > 0, size % 4096 == 0, guestAddress.rawValue % 4096 == 0, offset % 4096 == 0 else {
+            throw .invalidLayout("region at 0x\(String(guestAddress.rawValue, radix: 16)) of \(size) bytes from file offset \(offset) must be non-empty and 4 KiB aligned")
+        }
+        guard guestAddress.advanced(by: size) != nil, size <= UInt64(Int.max), offset <= UInt64(Int.max) else {
+            throw .mapFailed(size: size, errno: EINVAL)
+        }
+        let mapped = mmap(nil, Int(size), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, descriptor, off_t(offset))
+        guard let mapped, mapped != MAP_FAILED else { throw .mapFailed(size: size, errno: errno) }
+        _ = madvise(mapped, Int(size), MADV_DONTDUMP)
+        self.guestAddress = guestAddress
+        self.size = size
+        self.hostAddress = mapped
+    }
+
     deinit { munmap(hostAddress, Int(size)) }
 
     /// True when `length` bytes at guest-physical `address` lie inside this region.
@@ -115,13 +134,19 @@ public final class GuestMemory: @unchecked Sendable {
     /// 3-4 GiB for MMIO (the "PCI hole" of real PCs).
     /// With `hugePages`, each region asks for transparent huge pages (`MemoryRegion`).
     public static func pcLayout(size: UInt64, hugePages: Bool = false) throws(GuestMemoryError) -> GuestMemory {
+        try GuestMemory(regions: pcRegions(size: size).map { (region) throws(GuestMemoryError) in
+            try MemoryRegion(guestAddress: GuestPhysicalAddress(region.address), size: region.size, hugePages: hugePages)
+        })
+    }
+
+    /// Where the PC layout puts `size` bytes of RAM: guest-physical address and size per region.
+    public static func pcRegions(size: UInt64) -> [(address: UInt64, size: UInt64)] {
         let holeStart: UInt64 = 0xC000_0000
         let low = Swift.min(size, holeStart)
-        var regions = [try MemoryRegion(guestAddress: 0, size: low, hugePages: hugePages)]
-        if size > low {
-            regions.append(try MemoryRegion(guestAddress: 0x1_0000_0000, size: size - low, hugePages: hugePages))
-        }
-        return try GuestMemory(regions: regions)
+        let highStart: UInt64 = 0x1_0000_0000
+        var regions: [(address: UInt64, size: UInt64)] = [(address: 0, size: low)]
+        if size > low { regions.append((address: highStart, size: size - low)) }
+        return regions
     }
 
     /// The region holding `length` bytes at `address`, if one holds them all.

@@ -20,6 +20,9 @@ public final class KVMVirtualMachine: VirtualMachine {
     /// by the first `saveState` (at `Machine.start`, before any guest code runs), so VMs that
     /// never save state do not pay for it.
     private let restorableMSRList = Mutex<[UInt32]?>(nil)
+    /// The regions `map` gave KVM, by slot, so the dirty log can register them again with
+    /// KVM_MEM_LOG_DIRTY_PAGES.
+    let mappedRegions = Mutex<[Int: MemoryRegion]>([:])
 
     func restorableMSRs(probingWith vcpu: KVMVCPU) throws(HVError) -> [UInt32] {
         if let list = restorableMSRList.withLock({ $0 }) { return list }
@@ -383,8 +386,14 @@ public final class KVMVirtualMachine: VirtualMachine {
             throw .configuration(ConfigurationError(field: "slot", value: "\(slot)",
                                                     expected: "0..<\(backend.capabilities.maxMemorySlots) (KVM_CAP_NR_MEMSLOTS)"))
         }
+        try register(region, slot: slot, flags: 0)
+        mappedRegions.withLock { $0[slot] = region }
+    }
+
+    /// `KVM_SET_USER_MEMORY_REGION` for `region` in `slot` with `flags` (KVM_MEM_LOG_DIRTY_PAGES).
+    func register(_ region: MemoryRegion, slot: Int, flags: UInt32) throws(HVError) {
         var descriptor = kvm_userspace_memory_region(
-            slot: UInt32(slot), flags: 0, guest_phys_addr: region.guestAddress.rawValue,
+            slot: UInt32(slot), flags: flags, guest_phys_addr: region.guestAddress.rawValue,
             memory_size: region.size, userspace_addr: UInt64(UInt(bitPattern: region.hostAddress)))
         do {
             try KVMSyscall.ioctl(fd, HV_KVM_SET_USER_MEMORY_REGION, &descriptor, "KVM_SET_USER_MEMORY_REGION")
