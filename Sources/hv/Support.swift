@@ -143,7 +143,7 @@ extension HVError {
     /// Errors caused by what the user asked for, rather than by the host.
     var isUsageError: Bool {
         switch self {
-        case .configuration, .image, .device: true
+        case .configuration, .image, .device, .snapshot: true
         case .memory(.outOfBounds): true
         default: false
         }

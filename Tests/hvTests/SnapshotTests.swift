@@ -149,4 +149,186 @@ struct SnapshotTests {
         }
         #expect(try second.ctl(["info"]).stdout.contains("state      running"))
     }
+
+    /// Takes a snapshot of a counting guest (paused first) into `folder/name` and ends the run.
+    static func snapshot(_ folder: URL, guest: String, name: String, extra: [String] = [], keyFile: String? = nil) throws -> String {
+        let run = try CountingRun(folder: folder, name: name, arguments: ["run", guest, "--mem", "16M", "--timeout", "120"] + extra
+                                  + (keyFile.map { ["--key-file", $0] } ?? []))
+        defer { run.kill9() }
+        _ = run.waitForCounts(2)
+        _ = try run.ctl(["pause"])
+        let directory = folder.appendingPathComponent(name).path
+        let result = try run.ctl(["snapshot", directory])
+        guard result.status == 0 else { throw SnapshotTestError(message: "snapshot failed: \(result.stderr) \(run.errors)") }
+        return directory
+    }
+
+    struct SnapshotTestError: Error { var message: String }
+
+    /// `hv run --restore` expected to refuse: exit status 64 and the error line.
+    static func refusal(_ directory: String, _ extra: [String] = [], environment: [String: String] = [:]) throws -> String {
+        let result = try PackageExecutable.run(["run", "--restore", directory, "--timeout", "2"] + extra, environment: environment)
+        #expect(result.status == 64, "restore of \(directory) \(extra) was not refused: \(result.status) \(result.stderr)")
+        return result.stderr
+    }
+
+    /// The state file's manifest (JSON) and where its sections start.
+    static func layout(_ directory: String) throws -> (manifest: [String: Any], bytes: Data, manifestRange: Range<Int>, body: Int) {
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: directory + "/state"))
+        let length = Int(bytes[12]) | Int(bytes[13]) << 8 | Int(bytes[14]) << 16 | Int(bytes[15]) << 24
+        let range = 16..<(16 + length)
+        let manifest = try #require(try JSONSerialization.jsonObject(with: bytes.subdata(in: range)) as? [String: Any])
+        return (manifest, bytes, range, 16 + length + 32)
+    }
+
+    static func copy(_ directory: String, to name: String) throws -> String {
+        let target = (directory as NSString).deletingLastPathComponent + "/" + name
+        try? FileManager.default.removeItem(atPath: target)
+        try FileManager.default.copyItem(atPath: directory, toPath: target)
+        return target
+    }
+
+    static func flipByte(in path: String, at offset: Int) throws {
+        var data = try Data(contentsOf: URL(fileURLWithPath: path))
+        data[offset] ^= 0x01
+        try data.write(to: URL(fileURLWithPath: path))
+    }
+
+    @Test("every section's corruption, a truncated or corrupted memory file, another HV's snapshot and a 2-vCPU snapshot into 1 vCPU are refused, naming what is wrong",
+          .needsKVM)
+    func plainRefusals() throws {
+        let (folder, guest, _) = try Self.fixture()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let good = try Self.snapshot(folder, guest: guest, name: "good")
+        let layout = try Self.layout(good)
+        let sections = try #require(layout.manifest["sections"] as? [[String: Any]])
+        #expect(sections.count >= 12, "\(sections.map { $0["name"] ?? "" })")
+        // Sections with bytes in them (a stateless device's is empty: nothing to damage).
+        for section in sections where section["length"] as? Int ?? 0 > 0 {
+            let name = try #require(section["name"] as? String), offset = try #require(section["offset"] as? Int)
+            let damaged = try Self.copy(good, to: "damaged")
+            try Self.flipByte(in: damaged + "/state", at: layout.body + offset)
+            let message = try Self.refusal(damaged)
+            #expect(message.contains("section \(name): does not match its SHA-256"), "\(name): \(message)")
+        }
+        // The manifest itself.
+        let manifestDamaged = try Self.copy(good, to: "manifest")
+        try Self.flipByte(in: manifestDamaged + "/state", at: layout.manifestRange.lowerBound + 40)
+        #expect(try Self.refusal(manifestDamaged).contains("manifest"))
+        // A truncated memory file, and one with a changed data byte (the counter's page).
+        let truncated = try Self.copy(good, to: "truncated")
+        let memory = try FileHandle(forUpdating: URL(fileURLWithPath: truncated + "/memory"))
+        try memory.truncate(atOffset: 8 << 20)
+        try memory.close()
+        #expect(try Self.refusal(truncated).contains("is 8388608 bytes; the snapshot wrote 16777216 (truncated or replaced)"))
+        let corrupted = try Self.copy(good, to: "corrupted")
+        try Self.flipByte(in: corrupted + "/memory", at: 0x30_0000)
+        #expect(try Self.refusal(corrupted).contains("memory chunk 1 (guest bytes 2097152...): does not match its SHA-256"))
+        // Another HV's snapshot: the manifest names its version (its checksum made to match).
+        let older = try Self.copy(good, to: "older")
+        var bytes = layout.bytes
+        let json = String(decoding: bytes.subdata(in: layout.manifestRange), as: UTF8.self)
+        let edited = Data(json.replacingOccurrences(of: "\"hv\" : \"0.1\"", with: "\"hv\" : \"0.0\"").utf8)
+        #expect(edited.count == layout.manifestRange.count)
+        bytes.replaceSubrange(layout.manifestRange, with: edited)
+        bytes.replaceSubrange(layout.manifestRange.upperBound..<(layout.manifestRange.upperBound + 32), with: SHA256Digest.of(edited))
+        try bytes.write(to: URL(fileURLWithPath: older + "/state"))
+        #expect(try Self.refusal(older).contains("was written by HV 0.0; this is HV 0.1"))
+        // A key for a plain snapshot.
+        #expect(try Self.refusal(good, environment: ["HV_SNAPSHOT_KEY": Self.key]).contains("is not encrypted, but a key was given"))
+        // Two vCPUs into one.
+        let smp = try Self.snapshot(folder, guest: guest, name: "smp", extra: ["--cpus", "2"])
+        #expect(try Self.refusal(smp, ["--cpus", "1"]).contains("vCPUs: the snapshot has 2 vCPU(s); this VM has 1"))
+        // Not a snapshot at all, and a half-written one (no state file).
+        #expect(try Self.refusal(folder.path + "/nowhere").contains("no such snapshot directory"))
+        let half = folder.appendingPathComponent("half").path
+        try FileManager.default.createDirectory(atPath: half, withIntermediateDirectories: false)
+        #expect(try Self.refusal(half).contains("not a complete snapshot"))
+        // The good one still restores.
+        let restored = try PackageExecutable.run(["run", "--restore", good, "--timeout", "1"])
+        #expect(restored.status == 4 && restored.stderr.contains("hv: restored"), "\(restored.stderr)")
+    }
+
+    @Test("an encrypted snapshot: without its key, with another key, with a changed byte in a section, the manifest or a memory chunk, it is refused", .needsKVM)
+    func encryptedRefusals() throws {
+        let (folder, guest, keyFile) = try Self.fixture()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let good = try Self.snapshot(folder, guest: guest, name: "sealed", keyFile: keyFile)
+        #expect(try Self.refusal(good).contains("is encrypted (AES-256-GCM); give its key"))
+        let other = String(repeating: "fedcba9876543210", count: 4)
+        #expect(try Self.refusal(good, environment: ["HV_SNAPSHOT_KEY": other]).contains("key: is not the key this snapshot was written with"))
+        let layout = try Self.layout(good)
+        let sections = try #require(layout.manifest["sections"] as? [[String: Any]])
+        // Sealed, even an empty section has its nonce and tag to damage.
+        for section in sections {
+            let name = try #require(section["name"] as? String), offset = try #require(section["offset"] as? Int)
+            let damaged = try Self.copy(good, to: "damaged")
+            try Self.flipByte(in: damaged + "/state", at: layout.body + offset + 20)
+            #expect(try Self.refusal(damaged, ["--key-file", keyFile]).contains("section \(name)"), "\(name)")
+        }
+        let manifest = try Self.copy(good, to: "manifest")
+        try Self.flipByte(in: manifest + "/state", at: layout.manifestRange.lowerBound + 40)
+        #expect(try Self.refusal(manifest, ["--key-file", keyFile]).contains("manifest"))
+        let chunk = try Self.copy(good, to: "chunk")
+        try Self.flipByte(in: chunk + "/memory", at: 100)
+        #expect(try Self.refusal(chunk, ["--key-file", keyFile]).contains("does not authenticate under this key"))
+        let restored = try PackageExecutable.run(["run", "--restore", good, "--key-file", keyFile, "--timeout", "1"])
+        #expect(restored.status == 4 && restored.stderr.contains("decrypted"), "\(restored.stderr)")
+    }
+
+    @Test("kill -9 at random moments while a snapshot is being written: the directory holds the old snapshot or the new one, and it restores", .needsKVM)
+    func killDuringWriting() throws {
+        let (folder, guest, _) = try Self.fixture()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let directory = folder.appendingPathComponent("target").path
+        var outcomes: [String: Int] = [:]
+        var lastID: String?
+        for round in 0..<8 {
+            let run = try CountingRun(folder: folder, name: "round\(round)", arguments: ["run", guest, "--mem", "256M", "--timeout", "120"])
+            #expect(run.waitForCounts(1), "\(run.errors)")
+            let ctl = Process()
+            ctl.executableURL = PackageExecutable.binDirectory.appendingPathComponent("hv")
+            ctl.arguments = ["ctl", run.socket, "snapshot", directory]
+            ctl.standardOutput = FileHandle.nullDevice
+            ctl.standardError = FileHandle.nullDevice
+            try ctl.run()
+            // The first round completes (an old snapshot for the others to keep or replace);
+            // then the kill lands anywhere from before the request to after the rename.
+            if round == 0 { ctl.waitUntilExit() } else { usleep(UInt32.random(in: 0...400_000)) }
+            run.kill9()
+            ctl.waitUntilExit()
+            let id = FileManager.default.fileExists(atPath: directory)
+                ? try Self.layout(directory).manifest["id"] as? String : nil
+            outcomes[id == nil ? "none" : id == lastID ? "old" : "new", default: 0] += 1
+            if id != nil {
+                let restored = try PackageExecutable.run(["run", "--restore", directory, "--timeout", "1", "--no-verify-memory"])
+                #expect(restored.status == 4 && restored.stderr.contains("hv: restored"), "round \(round): \(restored.stderr)")
+            }
+            lastID = id ?? lastID
+        }
+        // No leftovers that look like snapshots other than temporary folders, which nothing restores.
+        let names = try FileManager.default.contentsOfDirectory(atPath: folder.path).filter { $0.hasPrefix("target") }
+        #expect(names.allSatisfy { $0 == "target" || $0.hasPrefix("target.tmp-") }, "\(names)")
+        #expect(outcomes["none", default: 0] == 0, "the first round's snapshot completed, so the directory never goes away: \(outcomes)")
+        print("kill -9 during snapshot writing: \(outcomes)")
+    }
+}
+
+/// SHA-256 through the system's openssl-free path: Foundation has none, so the test computes
+/// it with `sha256sum`.
+enum SHA256Digest {
+    static func of(_ data: Data) -> Data {
+        let input = FileManager.default.temporaryDirectory.appendingPathComponent("hv-sha-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: input) }
+        try? data.write(to: input)
+        let result = try? PackageExecutable.run([input.path], executable: "/usr/bin/sha256sum")
+        let hex = result?.stdout.split(separator: " ").first.map(String.init) ?? ""
+        var bytes = Data()
+        var index = hex.startIndex
+        while index < hex.endIndex, let next = hex.index(index, offsetBy: 2, limitedBy: hex.endIndex) {
+            bytes.append(UInt8(hex[index..<next], radix: 16) ?? 0)
+            index = next
+        }
+        return bytes
+    }
 }
