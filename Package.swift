@@ -137,6 +137,8 @@ let package = Package(
         .executableTarget(name: "PCBoot", dependencies: ["HVCore"], path: "Examples/PCBoot"),
         .executableTarget(name: "MicroVM", dependencies: ["HVCore", "HVManagement", "HVCommandLine", .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           path: "Examples/MicroVM"),
+        // Restore against a cold boot of the same guest, in the same run (Documentation/Snapshots.md).
+        .executableTarget(name: "hv-snapshot-bench", dependencies: ["HVGuest"], path: "Benchmarks/snapshot-bench"),
         // Exit latency against a raw C KVM loop in the same run (Documentation/Benchmarks.md).
         // CKVMBaseline is by design a small C program, so it lives here, not with the shims.
         .target(name: "CKVMBaseline", path: "Benchmarks/CKVMBaseline"),

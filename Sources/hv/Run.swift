@@ -174,6 +174,7 @@ struct Run: ParsableCommand {
     @OptionGroup var logging: LoggingOptions
 
     func run() throws {
+        let began = monotonicSeconds()
         if let restore {
             // The saved command line, then this one's options (which win), build the machine.
             let reader = openSnapshot(restore)
@@ -184,9 +185,9 @@ struct Run: ParsableCommand {
             }
             saved.restore = nil
             saved.keyFile = keyFile
-            try saved.execute(restoring: reader, arguments: reader.arguments + overrides)
+            try saved.execute(restoring: reader, arguments: reader.arguments + overrides, began: began)
         } else {
-            try execute(restoring: nil, arguments: Array(CommandLine.arguments.drop { $0 != "run" }.dropFirst()))
+            try execute(restoring: nil, arguments: Array(CommandLine.arguments.drop { $0 != "run" }.dropFirst()), began: began)
         }
     }
 
@@ -218,8 +219,7 @@ struct Run: ParsableCommand {
         }
     }
 
-    private func execute(restoring snapshot: SnapshotReader?, arguments: [String]) throws {
-        let began = monotonicSeconds()
+    private func execute(restoring snapshot: SnapshotReader?, arguments: [String], began: Double) throws {
         logging.bootstrap()
         if let cgroup { joinCgroup(cgroup) }
         // A closed output pipe (`hv run ... | head`) becomes EPIPE on the console's writes, and

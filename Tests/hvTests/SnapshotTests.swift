@@ -7,43 +7,6 @@ import HVCore
 import HVTestSupport
 import Testing
 
-enum CountingGuest {
-    /// Long-mode code that keeps a counter in RAM at 0x300000 and prints it on COM1 as 16
-    /// hexadecimal digits and a newline, then spins a while, forever.
-    static func image(delay: Int32 = 20_000) throws -> [UInt8] {
-        try GuestProgram.longMode { a in
-            let again = a.label(), digit = a.label(), letter = a.label(), print = a.label(), spin = a.label()
-            a.mov(Register16.dx, 0x3F8)
-            a.bind(again)
-            a.mov(Register64.rcx, Memory.absolute(0x30_0000))
-            a.inc(Register64.rcx)
-            a.mov(Memory.absolute(0x30_0000), Register64.rcx)
-            a.mov(Register64.rbx, Register64.rcx)
-            a.mov(Register32.esi, 16)
-            a.bind(digit)
-            a.mov(Register64.rax, Register64.rbx)
-            a.shr(Register64.rax, 60)
-            a.add(Register8.al, 0x30)
-            a.cmp(Register8.al, 0x3A)
-            a.jb(print)
-            a.bind(letter)
-            a.add(Register8.al, 0x27)  // '0' + 10 + 0x27 = 'a'
-            a.bind(print)
-            a.out(Register16.dx, Register8.al)
-            a.shl(Register64.rbx, 4)
-            a.dec(Register32.esi)
-            a.jnz(digit)
-            a.mov(Register8.al, 0x0A)
-            a.out(Register16.dx, Register8.al)
-            a.mov(Register32.r8d, Immediate(delay))
-            a.bind(spin)
-            a.dec(Register32.r8d)
-            a.jnz(spin)
-            a.jmp(again)
-        }.code
-    }
-}
-
 /// An `hv run` of the counting guest whose console goes to a file.
 final class CountingRun {
     let folder: URL
@@ -106,7 +69,7 @@ struct SnapshotTests {
     static func fixture() throws -> (folder: URL, guest: String, keyFile: String) {
         let folder = try PackageExecutable.temporaryDirectory()
         let guest = folder.appendingPathComponent("counter.bin")
-        try Data(CountingGuest.image()).write(to: guest)
+        try Data(GuestProgram.counter().code).write(to: guest)
         let keyFile = folder.appendingPathComponent("snapshot.key").path
         FileManager.default.createFile(atPath: keyFile, contents: Data(key.utf8), attributes: [.posixPermissions: 0o600])
         return (folder, guest.path, keyFile)

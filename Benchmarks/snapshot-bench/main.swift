@@ -1,0 +1,136 @@
+// hv-snapshot-bench: how long a restore takes, against a cold boot of the same guest measured in
+// the same run (Documentation/Snapshots.md, "Measured"). For each memory size it boots the
+// counting guest (GuestProgram.counter), snapshots it through `hv ctl`, and restores it N times:
+// plain with the memory check, plain mapped without it, and encrypted. Every time is from
+// spawning hv to the guest's first instruction (cold: its first console byte, a few
+// instructions in; a
+// restore: to hv's line that the restored guest starts), so process start, the Swift runtime and
+// dynamic linking are in all of them; hv's own figure ("started the guest X ms after hv began")
+// leaves those out.
+//
+//   swift run -c release hv-snapshot-bench [--sizes 256M,2G] [--rounds 5]
+import Foundation
+import HVGuest
+
+let arguments = CommandLine.arguments
+func option(_ name: String, _ fallback: String) -> String {
+    guard let index = arguments.firstIndex(of: name), index + 1 < arguments.count else { return fallback }
+    return arguments[index + 1]
+}
+let sizes = option("--sizes", "256M,2G").split(separator: ",").map(String.init)
+let rounds = Int(option("--rounds", "5")) ?? 5
+let binaries = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+let hv = binaries.appendingPathComponent("hv").path
+guard FileManager.default.isExecutableFile(atPath: hv) else {
+    FileHandle.standardError.write(Data("hv-snapshot-bench: \(hv) is missing; build the package first (swift build -c release)\n".utf8))
+    exit(70)
+}
+let folder = FileManager.default.temporaryDirectory.appendingPathComponent("hv-snapshot-bench-\(getpid())")
+try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+defer { try? FileManager.default.removeItem(at: folder) }
+let guest = folder.appendingPathComponent("counter.bin").path
+try Data(try GuestProgram.counter().code).write(to: URL(fileURLWithPath: guest))
+let keyFile = folder.appendingPathComponent("key").path
+FileManager.default.createFile(atPath: keyFile, contents: Data(String(repeating: "5a", count: 32).utf8), attributes: [.posixPermissions: 0o600])
+
+func now() -> Double {
+    var time = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &time)
+    return Double(time.tv_sec) + Double(time.tv_nsec) / 1e9
+}
+
+/// Starts hv with `args` and waits until standard error has a line containing `marker`;
+/// returns the process, the milliseconds to it, and that line.
+func untilMarker(_ args: [String], _ marker: String) throws -> (ms: Double, process: Process, line: String) {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: hv)
+    process.arguments = args
+    let err = Pipe()
+    process.standardOutput = FileHandle.nullDevice
+    process.standardError = err
+    process.standardInput = FileHandle.nullDevice
+    let start = now()
+    try process.run()
+    var text = ""
+    while !text.contains(marker) {
+        let chunk = err.fileHandleForReading.availableData
+        if chunk.isEmpty { break }
+        text += String(decoding: chunk, as: UTF8.self)
+    }
+    let elapsed = (now() - start) * 1000
+    return (elapsed, process, text.split(separator: "\n").first { $0.contains(marker) }.map(String.init) ?? text)
+}
+
+/// Starts hv with `args`; returns the process, the milliseconds to its first byte of output,
+/// and its standard error (read after it is stopped).
+func firstOutput(_ args: [String]) throws -> (ms: Double, process: Process, errors: Pipe) {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: hv)
+    process.arguments = args
+    let out = Pipe(), err = Pipe()
+    process.standardOutput = out
+    process.standardError = err
+    process.standardInput = FileHandle.nullDevice
+    let start = now()
+    try process.run()
+    _ = out.fileHandleForReading.availableData
+    return ((now() - start) * 1000, process, err)
+}
+
+func stop(_ process: Process) -> String {
+    kill(process.processIdentifier, SIGKILL)
+    process.waitUntilExit()
+    return ""
+}
+
+func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }
+
+func hvOwnFigure(_ text: String) -> Double? {
+    guard let range = text.range(of: "started the guest ") else { return nil }
+    return Double(text[range.upperBound...].prefix { $0 == "." || $0.isNumber })
+}
+
+print("size    cold boot  snapshot  restore (verified)  restore (mapped)  restore (encrypted)  hv's own: verified/mapped/encrypted   restore/cold (mapped)")
+for size in sizes {
+    var cold: [Double] = []
+    for _ in 0..<rounds {
+        let run = try firstOutput(["run", guest, "--mem", size, "--timeout", "60"])
+        cold.append(run.ms)
+        _ = stop(run.process)
+    }
+    var pauses: [String: Double] = [:]
+    for (name, extra) in [("plain", [String]()), ("sealed", ["--key-file", keyFile])] {
+        let socket = folder.appendingPathComponent("\(name).sock").path
+        let run = try firstOutput(["run", guest, "--mem", size, "--timeout", "120", "--api-socket", socket] + extra)
+        let ctl = Process()
+        ctl.executableURL = URL(fileURLWithPath: hv)
+        ctl.arguments = ["ctl", socket, "snapshot", folder.appendingPathComponent(name).path, "--json", "--wait", "10"]
+        let out = Pipe()
+        ctl.standardOutput = out
+        try ctl.run()
+        let answer = out.fileHandleForReading.readDataToEndOfFile()
+        ctl.waitUntilExit()
+        if let json = try? JSONSerialization.jsonObject(with: answer) as? [String: Any], let seconds = json["seconds"] as? Double {
+            pauses[name] = seconds * 1000
+        }
+        _ = stop(run.process)
+    }
+    var restores: [[Double]] = [[], [], []], own: [[Double]] = [[], [], []]
+    let variants: [[String]] = [["--restore", folder.appendingPathComponent("plain").path],
+                                ["--restore", folder.appendingPathComponent("plain").path, "--no-verify-memory"],
+                                ["--restore", folder.appendingPathComponent("sealed").path, "--key-file", keyFile]]
+    for _ in 0..<rounds {
+        for (index, variant) in variants.enumerated() {
+            // The line hv prints as the restored guest starts: its first instruction follows.
+            let run = try untilMarker(["run"] + variant + ["--timeout", "60"], "started the guest")
+            restores[index].append(run.ms)
+            _ = stop(run.process)
+            if let figure = hvOwnFigure(run.line) { own[index].append(figure) }
+        }
+    }
+    let ownText = own.map { $0.isEmpty ? "-" : String(format: "%.1f", median($0)) }.joined(separator: "/")
+    print(String(format: "%-6@ %8.1f ms %6.1f ms %14.1f ms %15.1f ms %17.1f ms  %@ ms %27.2f", size, median(cold), pauses["plain"] ?? -1,
+                 median(restores[0]), median(restores[1]), median(restores[2]), ownText.padding(toLength: 22, withPad: " ", startingAt: 0),
+                 median(restores[1]) / median(cold)))
+}
+print("(medians of \(rounds); times from spawning hv to the guest's first instruction; snapshot: how long the guest was paused for the plain one)")
