@@ -11,6 +11,8 @@ let package = Package(
         // A running VM's HTTP/JSON API (Documentation/Management.md), and its client.
         .library(name: "HVManagement", targets: ["HVManagement"]),
         .library(name: "HVManagementClient", targets: ["HVManagementClient"]),
+        // Snapshots and restore (Documentation/Snapshots.md).
+        .library(name: "HVSnapshot", targets: ["HVSnapshot"]),
         .executable(name: "hv", targets: ["hv"]),
         .executable(name: "hv-bench", targets: ["hv-bench"]),
     ],

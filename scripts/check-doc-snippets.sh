@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Compiles every ```swift block of README.md and Documentation/*.md in a package outside this
 # repository that depends on it by path, as a user's package would: each block is the main.swift
-# of an executable target that imports the library products (HVCore, HVTPM). A block may use the
+# of an executable target that imports the library products (HVCore, HVTPM, HVSnapshot). A block may use the
 # names a surrounding text gives it (`machine`, `tpm`, `bytes`, ...): Context.swift declares
 # each one the block does not declare itself, so a block that no longer matches the API fails to
 # build, naming its file and line.
@@ -76,7 +76,7 @@ done
     echo "    dependencies: [.package(name: \"HV\", path: \"$repository\")],"
     echo '    targets: ['
     for target in "${targets[@]}"; do
-        echo "        .executableTarget(name: \"$target\", dependencies: [.product(name: \"HVCore\", package: \"HV\"), .product(name: \"HVTPM\", package: \"HV\")]),"
+        echo "        .executableTarget(name: \"$target\", dependencies: [.product(name: \"HVCore\", package: \"HV\"), .product(name: \"HVTPM\", package: \"HV\"), .product(name: \"HVSnapshot\", package: \"HV\")]),"
     done
     echo '    ]'
     echo ')'
