@@ -104,16 +104,19 @@ for size in sizes {
         let run = try firstOutput(["run", guest, "--mem", size, "--timeout", "120", "--api-socket", socket] + extra)
         let ctl = Process()
         ctl.executableURL = URL(fileURLWithPath: hv)
-        ctl.arguments = ["ctl", socket, "snapshot", folder.appendingPathComponent(name).path, "--json", "--wait", "10"]
+        ctl.arguments = ["ctl", socket, "snapshot", folder.appendingPathComponent(name).path, "--json", "--wait", "10", "--timeout", "120"]
         let out = Pipe()
         ctl.standardOutput = out
         try ctl.run()
         let answer = out.fileHandleForReading.readDataToEndOfFile()
         ctl.waitUntilExit()
-        if let json = try? JSONSerialization.jsonObject(with: answer) as? [String: Any], let seconds = json["seconds"] as? Double {
-            pauses[name] = seconds * 1000
-        }
         _ = stop(run.process)
+        guard let json = try? JSONSerialization.jsonObject(with: answer) as? [String: Any], let seconds = json["seconds"] as? Double else {
+            let errors = String(decoding: run.errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            FileHandle.standardError.write(Data("hv-snapshot-bench: the \(size) snapshot failed; hv said: \(errors)\n".utf8))
+            exit(1)
+        }
+        pauses[name] = seconds * 1000
     }
     var restores: [[Double]] = [[], [], []], own: [[Double]] = [[], [], []]
     let variants: [[String]] = [["--restore", folder.appendingPathComponent("plain").path],
