@@ -187,3 +187,59 @@ public struct SnapshotRefusal: Error, Sendable {
         self.message = message
     }
 }
+
+/// `POST /v1/vm/migrate`'s body.
+public struct MigrateRequest: Codable, Sendable, Equatable {
+    /// A Unix socket (absolute path) where the migration stream goes: `hv ctl SOCKET migrate
+    /// HOST:PORT` listens there and carries the stream to the destination over TCP.
+    public var via: String
+    /// The longest pause the stop-and-copy should take, in milliseconds (default 10).
+    public var maxDowntimeMs: Double?
+
+    public init(via: String, maxDowntimeMs: Double? = nil) {
+        self.via = via
+        self.maxDowntimeMs = maxDowntimeMs
+    }
+}
+
+/// `POST /v1/vm/migrate`'s answer, once the destination runs the guest (the source then stops).
+public struct MigrateResult: Codable, Sendable, Equatable {
+    public var rounds: Int
+    public var pagesSent: UInt64
+    public var bytesSent: UInt64
+    public var finalPages: UInt64
+    /// From the source's pause to the destination's guest running.
+    public var downtimeMs: Double
+    public var totalSeconds: Double
+
+    public init(rounds: Int, pagesSent: UInt64, bytesSent: UInt64, finalPages: UInt64, downtimeMs: Double, totalSeconds: Double) {
+        self.rounds = rounds
+        self.pagesSent = pagesSent
+        self.bytesSent = bytesSent
+        self.finalPages = finalPages
+        self.downtimeMs = downtimeMs
+        self.totalSeconds = totalSeconds
+    }
+}
+
+/// `GET /v1/vm/migration`: where a migration under way stands.
+public struct MigrationStatus: Codable, Sendable, Equatable {
+    /// idle, pre-copy, stop-and-copy, waiting for the destination, done, failed.
+    public var phase: String
+    public var round: Int
+    public var pagesSent: UInt64
+    public var bytesSent: UInt64
+    public var remainingPages: UInt64
+    public var bytesPerSecond: Double
+    public var message: String?
+
+    public init(phase: String, round: Int, pagesSent: UInt64, bytesSent: UInt64, remainingPages: UInt64, bytesPerSecond: Double, message: String?) {
+        self.phase = phase
+        self.round = round
+        self.pagesSent = pagesSent
+        self.bytesSent = bytesSent
+        self.remainingPages = remainingPages
+        self.bytesPerSecond = bytesPerSecond
+        self.message = message
+    }
+}

@@ -49,10 +49,19 @@ public final class VMAPIServer<B: Backend>: @unchecked Sendable {
     /// writer, with its key and command line); without it the route answers 501.
     let snapshot: (@Sendable (String) throws(SnapshotRefusal) -> SnapshotResult)?
 
-    public init(machine: Machine<B>, path: String, snapshot: (@Sendable (String) throws(SnapshotRefusal) -> SnapshotResult)? = nil) {
+    /// What `POST /v1/vm/migrate` does (hv run passes HVSnapshot's sender), and where a
+    /// migration stands for `GET /v1/vm/migration`; without them the routes answer 501.
+    let migrate: (@Sendable (MigrateRequest) throws(SnapshotRefusal) -> MigrateResult)?
+    let migrationStatus: (@Sendable () -> MigrationStatus)?
+
+    public init(machine: Machine<B>, path: String, snapshot: (@Sendable (String) throws(SnapshotRefusal) -> SnapshotResult)? = nil,
+                migrate: (@Sendable (MigrateRequest) throws(SnapshotRefusal) -> MigrateResult)? = nil,
+                migrationStatus: (@Sendable () -> MigrationStatus)? = nil) {
         self.machine = machine
         self.path = path
         self.snapshot = snapshot
+        self.migrate = migrate
+        self.migrationStatus = migrationStatus
     }
 
     /// Binds the socket and serves; returns once it listens, or throws why it cannot.
@@ -164,6 +173,28 @@ public final class VMAPIServer<B: Backend>: @unchecked Sendable {
                 }
             }
         }
+        router.post("/v1/vm/migrate") { request, context in
+            guard let migrate = self.migrate else { throw HTTPError(.notImplemented, message: "this VMM cannot migrate (hv run can)") }
+            let body: MigrateRequest
+            do { body = try await request.decode(as: MigrateRequest.self, context: context) } catch {
+                throw HTTPError(.badRequest, message: "the body must be {\"via\": \"/absolute/unix.sock\", \"maxDowntimeMs\": 10}")
+            }
+            guard body.via.hasPrefix("/"), !body.via.contains("\u{0}") else {
+                throw HTTPError(.badRequest, message: "via '\(body.via)' must be an absolute Unix socket path")
+            }
+            if let downtime = body.maxDowntimeMs, !(downtime > 0 && downtime <= 60_000) {
+                throw HTTPError(.badRequest, message: "maxDowntimeMs \(downtime) must be more than 0 and at most 60000")
+            }
+            return try await self.onManagementThread { () throws(HTTPError) in
+                do throws(SnapshotRefusal) { return try migrate(body) } catch {
+                    throw HTTPError(error.conflict ? .conflict : .badRequest, message: error.message)
+                }
+            }
+        }
+        router.get("/v1/vm/migration") { _, _ in
+            guard let status = self.migrationStatus else { throw HTTPError(.notImplemented, message: "this VMM cannot migrate (hv run can)") }
+            return status()
+        }
         router.get("/v1/vm/statistics") { _, _ in
             try await self.onManagementThread {
                 let statistics = self.machine.sampleStatistics()
@@ -243,3 +274,5 @@ extension StatisticsReport: ResponseEncodable {}
 extension VCPURegisters: ResponseEncodable {}
 extension DeviceEntry: ResponseEncodable {}
 extension SnapshotResult: ResponseEncodable {}
+extension MigrateResult: ResponseEncodable {}
+extension MigrationStatus: ResponseEncodable {}

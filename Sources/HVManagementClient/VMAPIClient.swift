@@ -34,6 +34,9 @@ public final class VMAPIClient: Sendable {
         }
     }
 
+    /// A refusal made on this side (a client-side step of a call failed), exit status 1.
+    public static func failure(_ message: String) -> VMAPIClientError { VMAPIClientError(status: 0, message: message) }
+
     /// GET `path`, decoded as `T`.
     public func get<T: Decodable>(_ path: String, as type: T.Type = T.self) throws(VMAPIClientError) -> T {
         try decode(T.self, from: try call("GET", path))

@@ -3,6 +3,8 @@ import ArgumentParser
 import Foundation
 import HVManagement
 import HVManagementClient
+import HVSnapshot
+import Synchronization
 
 struct Ctl: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -13,13 +15,15 @@ struct Ctl: ParsableCommand {
             guest's own reset), stop, stats (the exit table of hv run --stats, fresh while the VM \
             runs), registers (vCPU --vcpu N, while paused), devices (the device bus's ranges), \
             openapi (the API's OpenAPI document), snapshot DIR (the VM, paused meanwhile, into \
-            the directory DIR, which hv run --restore DIR continues; Documentation/Snapshots.md). --json prints the API's JSON answer as it came. \
+            the directory DIR, which hv run --restore DIR continues), migrate HOST:PORT (the VM, \
+            running, to hv run --incoming HOST:PORT; hv ctl carries the stream over TCP and shows \
+            its progress; Documentation/Snapshots.md). --json prints the API's JSON answer as it came. \
             Exit status: 0, 1 when the VM refused (its message says why: a state that does not \
             allow the action), 3 when nothing answers on SOCKET (Documentation/Management.md).
             """)
 
     enum Action: String, ExpressibleByArgument, CaseIterable {
-        case info, pause, resume, reset, stop, stats, registers, devices, openapi, snapshot
+        case info, pause, resume, reset, stop, stats, registers, devices, openapi, snapshot, migrate
     }
 
     @Argument(help: "The VM's API socket (hv run --api-socket).")
@@ -28,8 +32,11 @@ struct Ctl: ParsableCommand {
     @Argument(help: ArgumentHelp("What to do: \(Action.allCases.map(\.rawValue).joined(separator: ", ")).", valueName: "action"))
     var action: Action
 
-    @Argument(help: ArgumentHelp("For snapshot: the directory to write (new, or an older snapshot, replaced atomically).", valueName: "dir"))
+    @Argument(help: ArgumentHelp("For snapshot: the directory to write (new, or an older snapshot, replaced atomically); for migrate: the destination's HOST:PORT.", valueName: "dir|host:port"))
     var directory: String?
+
+    @Option(name: .long, help: ArgumentHelp("For migrate: the longest pause the final copy may take, in milliseconds.", valueName: "ms"))
+    var maxDowntime: Double = 10
 
     @Option(name: .long, help: "The vCPU whose registers to show.")
     var vcpu = 0
@@ -45,7 +52,9 @@ struct Ctl: ParsableCommand {
 
     func validate() throws {
         if action == .snapshot, directory == nil { throw ValidationError("snapshot needs the directory to write: hv ctl SOCKET snapshot DIR") }
-        if action != .snapshot, let directory { throw ValidationError("unexpected argument '\(directory)': only snapshot takes a directory") }
+        if action == .migrate, directory == nil { throw ValidationError("migrate needs the destination: hv ctl SOCKET migrate HOST:PORT") }
+        if action != .snapshot, action != .migrate, let directory { throw ValidationError("unexpected argument '\(directory)': only snapshot and migrate take one") }
+        guard maxDowntime > 0, maxDowntime <= 60_000 else { throw ValidationError("--max-downtime \(maxDowntime): give 1 to 60000 milliseconds") }
     }
 
     func run() throws {
@@ -86,12 +95,78 @@ struct Ctl: ParsableCommand {
                 print(String(format: "snapshot %@: %llu MiB of memory (%llu pages of data), %llu bytes of state%@; the guest was paused %.1f ms",
                              result.path, result.memoryBytes >> 20, result.dataPages, result.stateBytes, result.encrypted ? ", encrypted" : "",
                              result.seconds * 1000))
+            case .migrate:
+                try migrate(to: directory ?? "", client)
             case .openapi:
                 print(String(decoding: try client.call("GET", "/openapi.yaml"), as: UTF8.self), terminator: "")
             }
         } catch {
             printError("hv: error: \(error.message)")
             throw ExitCode(error.status == nil ? 3 : 1)
+        }
+    }
+
+    /// Connects to the destination, gives the VM a Unix socket to send to, and carries the
+    /// stream across until the destination says the guest runs there (or something fails: the
+    /// VM then runs on here). Prints each round as it goes.
+    private func migrate(to destination: String, _ client: VMAPIClient) throws(VMAPIClientError) {
+        func failure(_ message: String) -> VMAPIClientError { VMAPIClient.failure(message) }
+        let tcp: Int32
+        do throws(SnapshotError) { tcp = try MigrationTransport.connect(destination) } catch { throw failure(error.description) }
+        defer { close(tcp) }
+        let relayPath = FileManager.default.temporaryDirectory.appendingPathComponent("hv-migrate-\(getpid()).sock").path
+        unlink(relayPath)
+        let listener: Int32
+        do throws(SnapshotError) { listener = try MigrationTransport.listenUnix(relayPath) } catch { throw failure(error.description) }
+        defer { close(listener); unlink(relayPath) }
+        let answer = Mutex<Result<MigrateResult, VMAPIClientError>?>(nil)
+        let socket = self.socket, downtime = maxDowntime, json = self.json
+        let poster = Thread {
+            let long = VMAPIClient(socketPath: socket, timeout: .seconds(3600))
+            let result: Result<MigrateResult, VMAPIClientError>
+            do throws(VMAPIClientError) {
+                result = .success(try long.post("/v1/vm/migrate", json: MigrateRequest(via: relayPath, maxDowntimeMs: downtime)))
+            } catch { result = .failure(error) }
+            answer.withLock { $0 = result }
+        }
+        poster.start()
+        // The VM connects once it has taken the request; a refusal comes back first instead.
+        var connection: Int32 = -1
+        while connection < 0 {
+            if let early = answer.withLock({ $0 }), case .failure(let error) = early { throw error }
+            connection = (try? MigrationTransport.accept(listener, within: 0.2)) ?? -1
+        }
+        defer { close(connection) }
+        let done = Atomic<Bool>(false)
+        let watcher = Thread {
+            var last = ""
+            let quick = VMAPIClient(socketPath: socket, timeout: .seconds(5))
+            while !done.load(ordering: .relaxed) {
+                if let status = try? quick.get("/v1/vm/migration", as: MigrationStatus.self) {
+                    let line = status.phase == "pre-copy"
+                        ? String(format: "round %d: %llu pages sent (%.1f MiB) at %.0f MiB/s, %llu written since", status.round, status.pagesSent,
+                                 Double(status.bytesSent) / 1_048_576, status.bytesPerSecond / 1_048_576, status.remainingPages)
+                        : status.phase
+                    if line != last, status.phase != "idle", !json { print(line); last = line }
+                }
+                usleep(100_000)
+            }
+        }
+        watcher.start()
+        let carried = MigrationTransport.relay(connection, tcp)
+        while !poster.isFinished { usleep(5_000) }
+        done.store(true, ordering: .relaxed)
+        while !watcher.isFinished { usleep(5_000) }
+        switch answer.withLock({ $0 }) {
+        case .success(let result)?:
+            if json {
+                if let data = try? JSONEncoder().encode(result) { print(String(decoding: data, as: UTF8.self)) }
+                return
+            }
+            print(String(format: "migrated to %@: %d rounds, %llu pages (%.1f MiB carried), %llu in the final copy; downtime %.1f ms; %.2f s in all",
+                         destination, result.rounds, result.pagesSent, Double(carried) / 1_048_576, result.finalPages, result.downtimeMs, result.totalSeconds))
+        case .failure(let error)?: throw error
+        case nil: throw failure("the VM gave no answer")
         }
     }
 

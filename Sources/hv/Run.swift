@@ -165,6 +165,9 @@ struct Run: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Continue the VM a snapshot directory holds (hv ctl SOCKET snapshot DIR wrote it): the machine is built from the command line saved in it, its memory mapped copy-on-write, and the guest goes on where it stopped. Options given here (--api-socket, --serial, --timeout, ...) replace the saved ones (Documentation/Snapshots.md).", valueName: "dir"))
     var restore: String?
 
+    @Option(name: .long, help: ArgumentHelp("Wait for a live migration on this TCP address (HOST:PORT; hv ctl SOCKET migrate HOST:PORT on the source sends it), then run the guest it brings. Options given here replace the source's, as with --restore (Documentation/Snapshots.md).", valueName: "host:port"))
+    var incoming: String?
+
     @Option(name: .long, help: ArgumentHelp("The AES-256 key (64 hexadecimal digits, a file only its owner may read) that encrypts the snapshots this VM writes and opens the one --restore reads; $HV_SNAPSHOT_KEY otherwise. Without either, snapshots are plain.", valueName: "file"))
     var keyFile: String?
 
@@ -173,33 +176,58 @@ struct Run: ParsableCommand {
 
     @OptionGroup var logging: LoggingOptions
 
+    /// Where a restored machine comes from.
+    enum RestoreSource {
+        case snapshot(SnapshotReader)
+        case migration(IncomingMigration)
+
+    }
+
     func run() throws {
         let began = monotonicSeconds()
+        let source: RestoreSource?, subject: String
         if let restore {
+            source = .snapshot(openSnapshot(restore))
+            subject = "--restore \(restore)"
+        } else if let incoming {
+            source = .migration(receiveMigration(incoming))
+            subject = "--incoming \(incoming)"
+        } else {
+            source = nil
+            subject = ""
+        }
+        if let source {
             // The saved command line, then this one's options (which win), build the machine.
-            let reader = openSnapshot(restore)
+            let savedArguments: [String]
+            switch source {
+            case .snapshot(let reader): savedArguments = reader.arguments
+            case .migration(let incoming): savedArguments = incoming.arguments
+            }
             let overrides = Self.overrides(of: Array(CommandLine.arguments.drop { $0 != "run" }.dropFirst()))
             var saved: Run
-            do { saved = try Run.parse(reader.arguments + overrides) } catch {
-                fail("--restore \(restore)", "the command line saved in the snapshot does not parse here: \(Run.message(for: error))")
+            do { saved = try Run.parse(savedArguments + overrides) } catch {
+                if case .migration(let incoming) = source { incoming.failed("the source's command line does not parse here") }
+                fail(subject, "the saved command line does not parse here: \(Run.message(for: error))")
             }
             saved.restore = nil
+            saved.incoming = nil
             saved.keyFile = keyFile
-            try saved.execute(restoring: reader, arguments: reader.arguments + overrides, began: began)
+            try saved.execute(restoring: source, arguments: savedArguments + overrides, began: began)
         } else {
             try execute(restoring: nil, arguments: Array(CommandLine.arguments.drop { $0 != "run" }.dropFirst()), began: began)
         }
     }
 
-    /// This command line without --restore, --key-file and --[no-]verify-memory: the options
+    /// This command line without --restore, --incoming, --key-file and --[no-]verify-memory: the options
     /// that replace the snapshot's own.
     static func overrides(of arguments: [String]) -> [String] {
         var result: [String] = []
         var skipNext = false
         for argument in arguments {
             if skipNext { skipNext = false; continue }
-            if argument == "--restore" || argument == "--key-file" { skipNext = true; continue }
-            if argument.hasPrefix("--restore=") || argument.hasPrefix("--key-file=") || argument == "--verify-memory" || argument == "--no-verify-memory" { continue }
+            if argument == "--restore" || argument == "--incoming" || argument == "--key-file" { skipNext = true; continue }
+            if argument.hasPrefix("--restore=") || argument.hasPrefix("--incoming=") || argument.hasPrefix("--key-file=")
+                || argument == "--verify-memory" || argument == "--no-verify-memory" { continue }
             result.append(argument)
         }
         return result
@@ -219,7 +247,23 @@ struct Run: ParsableCommand {
         }
     }
 
-    private func execute(restoring snapshot: SnapshotReader?, arguments: [String], began: Double) throws {
+    /// Listens on `address`, takes one migration and reads it whole (the guest runs nowhere
+    /// meanwhile only for the stop-and-copy: the source keeps it running until then).
+    private func receiveMigration(_ address: String) -> IncomingMigration {
+        do throws(SnapshotError) {
+            let key = snapshotKey()
+            let connection = try MigrationTransport.acceptOne(address) { printError("hv: waiting for a migration on \($0)") }
+            return try IncomingMigration(descriptor: connection, key: key, hugePages: hugePages)
+        } catch { fail("--incoming \(address)", error.description) }
+    }
+
+    private func execute(restoring source: RestoreSource?, arguments: [String], began: Double) throws {
+        let snapshot: SnapshotReader?, incomingMigration: IncomingMigration?
+        switch source {
+        case .snapshot(let reader)?: (snapshot, incomingMigration) = (reader, nil)
+        case .migration(let incoming)?: (snapshot, incomingMigration) = (nil, incoming)
+        case nil: (snapshot, incomingMigration) = (nil, nil)
+        }
         logging.bootstrap()
         if let cgroup { joinCgroup(cgroup) }
         // A closed output pipe (`hv run ... | head`) becomes EPIPE on the console's writes, and
@@ -265,8 +309,8 @@ struct Run: ParsableCommand {
         // Restoring, the image only serves a later guest reset (RAM comes from the snapshot):
         // one whose files are gone leaves RAM as it is on a reset.
         let imageFiles = [image, kernel, multiboot, multiboot2, elf, initrd].compactMap { $0 } + module
-        let imageAvailable = snapshot == nil || imageFiles.allSatisfy { FileManager.default.fileExists(atPath: $0) }
-        if !imageAvailable { printError("hv: note: the snapshot's image files are gone; a guest reset will keep RAM as it is") }
+        let imageAvailable = source == nil || imageFiles.allSatisfy { FileManager.default.fileExists(atPath: $0) }
+        if !imageAvailable { printError("hv: note: the guest's image files are not here; a guest reset will keep RAM as it is") }
         var image: GuestImage? = imageAvailable ? try loaderImage(acpi: plannedTables) ?? flatImage() : nil
         // ACPI tables live in 0xE0000-0xFFFFF: skip them when RAM is smaller or the image uses it.
         let imageUsesACPIArea = (image?.chunks ?? []).contains { chunk in
@@ -286,8 +330,8 @@ struct Run: ParsableCommand {
         if emulatedLinux { printError(Self.emulatedLinuxNote) }
         let key = snapshotKey()
         let (result, statistics) = try reportingErrors { () throws(HVError) -> (RunResult, ExitStatistics) in
-            let memory: GuestMemory?
-            do throws(SnapshotError) { memory = try snapshot?.memory(verify: verifyMemory, hugePages: hugePages) } catch {
+            var memory: GuestMemory? = incomingMigration?.memory
+            do throws(SnapshotError) { if let snapshot { memory = try snapshot.memory(verify: verifyMemory, hugePages: hugePages) } } catch {
                 fail("--restore \(snapshot?.directory ?? "")", error.description)
             }
             let machine = try Machine(configuration: configuration, backend: KVMBackend(), memory: memory)
@@ -320,6 +364,14 @@ struct Run: ParsableCommand {
             }
             if let snapshot {
                 try machine.restoreMachine(snapshot.saved, resetImage: image)
+            } else if let incomingMigration {
+                // Built while the source still sent pages; now the rest and the state.
+                let saved: SavedMachine
+                do throws(SnapshotError) { saved = try incomingMigration.receive() } catch { fail("--incoming", error.description) }
+                do throws(HVError) { try machine.restoreMachine(saved, resetImage: image) } catch {
+                    incomingMigration.failed(error.description)
+                    throw error
+                }
             } else if let image {
                 try machine.load(image)
             }
@@ -328,6 +380,16 @@ struct Run: ParsableCommand {
             defer { api?.stop() }
             if let runAs { try switchUser(to: runAs) }
             try machine.start(handler: NoExitHandler())
+            if let incomingMigration {
+                do throws(SnapshotError) { try incomingMigration.started(atNanoseconds: UInt64(monotonicSeconds() * 1e9)) } catch {
+                    // The source did not hear that the guest runs here: it runs on there; this copy must not.
+                    printError("hv: error: the source did not take the news that the guest runs here (\(error)); stopping this copy")
+                    machine.stop()
+                }
+                printError(String(format: "hv: received the VM (%@, %llu bytes over the stream) and started the guest %.2f ms after hv began",
+                                  ByteSize(bytes: incomingMigration.memory.size).description, incomingMigration.bytes,
+                                  (monotonicSeconds() - began) * 1000))
+            }
             if let snapshot {
                 let pages = snapshot.manifest.memory.dataPages
                 printError(String(format: "hv: restored %@ (%@, %llu data pages%@) and started the guest %.2f ms after hv began", snapshot.directory,
@@ -376,7 +438,28 @@ struct Run: ParsableCommand {
 
     /// The VM's API on `path`, listening; a socket that cannot be made is a one-line error.
     private func startAPI<B>(_ machine: Machine<B>, path: String, key: SnapshotKey?, arguments: [String]) throws(HVError) -> VMAPIServer<B> {
-        let server = VMAPIServer(machine: machine, path: path) { (directory) throws(SnapshotRefusal) -> SnapshotResult in
+        let monitor = MigrationMonitor()
+        let migrate = { @Sendable (request: MigrateRequest) throws(SnapshotRefusal) -> MigrateResult in
+            do throws(SnapshotError) {
+                let connection = try MigrationTransport.connectUnix(request.via)
+                defer { close(connection) }
+                let report = try Migration.send(machine, over: connection, key: key, arguments: arguments,
+                                                maximumDowntime: (request.maxDowntimeMs ?? 10) / 1000, progress: monitor)
+                printError(String(format: "hv: migrated: %d rounds, %llu pages, %.1f ms of downtime; the guest runs at the destination now",
+                                  report.rounds, report.pagesSent, report.downtimeSeconds * 1000))
+                machine.stop()
+                return MigrateResult(rounds: report.rounds, pagesSent: report.pagesSent, bytesSent: report.bytesSent, finalPages: report.finalPages,
+                                     downtimeMs: report.downtimeSeconds * 1000, totalSeconds: report.totalSeconds)
+            } catch {
+                throw SnapshotRefusal(conflict: error.subject == "VM" && error.problem.hasPrefix("cannot migrate"), message: error.description)
+            }
+        }
+        let status = { @Sendable () -> MigrationStatus in
+            let progress = monitor.progress
+            return MigrationStatus(phase: progress.phase, round: progress.round, pagesSent: progress.pagesSent, bytesSent: progress.bytesSent,
+                                   remainingPages: progress.remainingPages, bytesPerSecond: progress.bytesPerSecond, message: progress.message)
+        }
+        let snapshot = { @Sendable (directory: String) throws(SnapshotRefusal) -> SnapshotResult in
             do throws(SnapshotError) {
                 let report = try Snapshot.take(machine, to: directory, key: key, arguments: arguments)
                 LogCategory.api.logger.info("snapshot written to \(report.directory) in \(String(format: "%.3f", report.seconds)) s")
@@ -386,6 +469,7 @@ struct Run: ParsableCommand {
                 throw SnapshotRefusal(conflict: error.subject == "VM" && error.problem.hasPrefix("cannot"), message: error.description)
             }
         }
+        let server = VMAPIServer(machine: machine, path: path, snapshot: snapshot, migrate: migrate, migrationStatus: status)
         do throws(VMAPIError) { try server.start() } catch { fail("--api-socket \(path)", error.problem) }
         return server
     }

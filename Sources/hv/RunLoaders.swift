@@ -11,9 +11,10 @@ extension Run {
     /// only with IMAGE, the Multiboot options only with --multiboot, the Linux ones with --kernel.
     func validate() throws {
         let sources = [image, multiboot, multiboot2, elf, kernel].compactMap { $0 }
-        if restore != nil {
-            // The image comes from the snapshot's saved command line.
-            guard sources.isEmpty else { throw ValidationError("--restore continues the snapshot's own guest; leave the image out.") }
+        if restore != nil || incoming != nil {
+            // The image comes from the snapshot's (or the source's) saved command line.
+            guard restore == nil || incoming == nil else { throw ValidationError("Give --restore or --incoming, not both.") }
+            guard sources.isEmpty else { throw ValidationError("\(restore != nil ? "--restore" : "--incoming") continues the saved guest; leave the image out.") }
             return
         }
         guard sources.count == 1 else {

@@ -295,3 +295,102 @@ enum SHA256Digest {
         return bytes
     }
 }
+
+@Suite("Live migration: hv ctl migrate to hv run --incoming", .serialized)
+struct MigrationTests {
+    static func freePort() -> UInt16 { UInt16.random(in: 20_000...60_000) }
+
+    /// A TCP listener on 127.0.0.1 and its port.
+    static func listener() throws -> (UInt16, Int32) {
+        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
+        let bound = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        guard descriptor >= 0, bound == 0, listen(descriptor, 1) == 0 else { throw SnapshotTests.SnapshotTestError(message: "no listener: errno \(errno)") }
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(descriptor, $0, &length) } }
+        return (UInt16(bigEndian: address.sin_port), descriptor)
+    }
+
+    @Test("a counting guest moves to another hv process while it runs, plain and encrypted: the count goes on with no gap and no repeat, the source stops",
+          .needsKVM, arguments: [false, true])
+    func migrateWhileCounting(encrypted: Bool) throws {
+        let (folder, guest, keyFile) = try SnapshotTests.fixture()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let keyArguments = encrypted ? ["--key-file", keyFile] : []
+        let address = "127.0.0.1:\(Self.freePort())"
+        let destination = try CountingRun(folder: folder, name: "destination", arguments: ["run", "--incoming", address, "--timeout", "60"] + keyArguments)
+        defer { if destination.process.isRunning { destination.kill9() } }
+        let source = try CountingRun(folder: folder, name: "source", arguments: ["run", guest, "--mem", "64M", "--timeout", "120"] + keyArguments)
+        defer { if source.process.isRunning { source.kill9() } }
+        #expect(source.waitForCounts(5), "\(source.errors)")
+        // The destination listens once it printed so.
+        let deadline = Date(timeIntervalSinceNow: 30)
+        while !destination.errors.contains("waiting for a migration"), Date() < deadline { usleep(20_000) }
+        let migration = try source.ctl(["migrate", address])
+        #expect(migration.status == 0, "\(migration.stderr) source: \(source.errors) destination: \(destination.errors)")
+        #expect(migration.stdout.contains("migrated to \(address)"), "\(migration.stdout)")
+        source.process.waitUntilExit()
+        #expect(source.process.terminationStatus == 0, "\(source.errors)")
+        #expect(source.errors.contains("the guest runs at the destination now"), "\(source.errors)")
+        #expect(destination.waitForCounts(3), "\(destination.errors)")
+        #expect(destination.errors.contains("hv: received the VM"), "\(destination.errors)")
+        let joined = (source.output + destination.output).split(separator: "\n", omittingEmptySubsequences: false).dropLast()
+        let counts = joined.compactMap { UInt64($0, radix: 16) }
+        #expect(counts.count == joined.count, "a line that is not a count: \(joined.suffix(10))")
+        for (previous, next) in zip(counts, counts.dropFirst()) where next != previous + 1 {
+            Issue.record("the count jumped from \(previous) to \(next) across the migration")
+            break
+        }
+        print("migration (\(encrypted ? "encrypted" : "plain")): \(migration.stdout.split(separator: "\n").last ?? "")")
+    }
+
+    @Test("a migration that cannot finish leaves the source running: no destination, a destination with another key, a destination that drops the stream half-way", .needsKVM)
+    func failedMigrationsLeaveTheSourceRunning() throws {
+        let (folder, guest, keyFile) = try SnapshotTests.fixture()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let source = try CountingRun(folder: folder, name: "source", arguments: ["run", guest, "--mem", "32M", "--timeout", "120", "--key-file", keyFile])
+        defer { if source.process.isRunning { source.kill9() } }
+        #expect(source.waitForCounts(3), "\(source.errors)")
+        func stillCounting() -> Bool {
+            let before = source.counts.count
+            let deadline = Date(timeIntervalSinceNow: 10)
+            while source.counts.count < before + 2, Date() < deadline { usleep(20_000) }
+            return source.counts.count >= before + 2 && source.process.isRunning
+        }
+        // Nobody listening.
+        let nowhere = try source.ctl(["migrate", "127.0.0.1:\(Self.freePort())"])
+        #expect(nowhere.status != 0 && nowhere.stderr.contains("nothing accepts a migration there"), "\(nowhere.stderr)")
+        #expect(stillCounting())
+        // A destination with another key refuses at the preamble.
+        let other = folder.appendingPathComponent("other.key").path
+        FileManager.default.createFile(atPath: other, contents: Data(String(repeating: "ab", count: 32).utf8), attributes: [.posixPermissions: 0o600])
+        let address = "127.0.0.1:\(Self.freePort())"
+        let wrong = try CountingRun(folder: folder, name: "wrong", arguments: ["run", "--incoming", address, "--key-file", other])
+        defer { if wrong.process.isRunning { wrong.kill9() } }
+        var deadline = Date(timeIntervalSinceNow: 30)
+        while !wrong.errors.contains("waiting for a migration"), Date() < deadline { usleep(20_000) }
+        let refused = try source.ctl(["migrate", address])
+        #expect(refused.status == 1 && refused.stderr.contains("the destination's key is not the source's"), "\(refused.stderr)")
+        wrong.process.waitUntilExit()
+        #expect(wrong.process.terminationStatus == 64, "\(wrong.errors)")
+        #expect(stillCounting())
+        // A destination that takes the stream and drops it half-way (a host that died).
+        let (dropPort, listener) = try Self.listener()
+        let dropper = Thread {
+            let connection = accept(listener, nil, nil)
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            _ = read(connection, &buffer, 8 + 5 + 16 + 32)          // the preamble
+            _ = write(connection, [UInt8](repeating: 0, count: 5), 5)  // "go on"
+            _ = read(connection, &buffer, buffer.count)               // some of the stream
+            close(connection)
+            close(listener)
+        }
+        dropper.start()
+        let broken = try source.ctl(["migrate", "127.0.0.1:\(dropPort)"])
+        #expect(broken.status == 1 && broken.stderr.contains("the connection"), "\(broken.stdout) \(broken.stderr)")
+        #expect(stillCounting(), "\(source.errors)")
+        #expect(try source.ctl(["info"]).stdout.contains("state      running"))
+    }
+}

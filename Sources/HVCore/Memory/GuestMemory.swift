@@ -2,6 +2,7 @@
 // bounds-checked typed access. Every address a guest hands us goes through `hostPointer`.
 #if canImport(Glibc)
 import Glibc
+import Synchronization
 #endif
 
 /// Why a guest-memory access or mapping failed.
@@ -36,6 +37,9 @@ public final class MemoryRegion: @unchecked Sendable {
     public let size: UInt64
     /// The host mapping (mmap, shared with the guest).
     public let hostAddress: UnsafeMutableRawPointer
+    /// Mapped from a file (a snapshot's memory), where `MADV_DONTNEED` brings back the file's
+    /// bytes rather than zeros.
+    public let fileBacked: Bool
 
     /// The size of a huge page on x86-64: the host's transparent huge pages and the 2 MiB
     /// entries of EPT/NPT.
@@ -80,6 +84,7 @@ public final class MemoryRegion: @unchecked Sendable {
         self.guestAddress = guestAddress
         self.size = size
         self.hostAddress = pointer
+        fileBacked = false
     }
 
     /// Maps `size` bytes of the open file `descriptor` from `offset`, private and copy-on-write
@@ -99,6 +104,7 @@ public final class MemoryRegion: @unchecked Sendable {
         self.guestAddress = guestAddress
         self.size = size
         self.hostAddress = mapped
+        fileBacked = true
     }
 
     deinit { munmap(hostAddress, Int(size)) }
@@ -116,6 +122,12 @@ public final class GuestMemory: @unchecked Sendable {
     // Sendable: the region list is fixed at creation; accesses touch guest RAM only.
 
     public let regions: [MemoryRegion]
+
+    /// While on, the guest pages the host writes through this object (device models: fw_cfg's
+    /// DMA, ACPI tables) are recorded, for live migration: KVM's dirty log sees only the guest's
+    /// own writes.
+    private let loggingHostWrites = Atomic<Bool>(false)
+    private let hostWrites = Mutex<Set<UInt64>>([])
 
     /// The total RAM size in bytes.
     public var size: UInt64 { regions.reduce(0) { $0 + $1.size } }
@@ -168,6 +180,28 @@ public final class GuestMemory: @unchecked Sendable {
         region(containing: address.rawValue, length: length) != nil
     }
 
+    /// Starts (or stops) recording the pages the host writes; starting forgets earlier ones.
+    public func logHostWrites(_ enabled: Bool) {
+        hostWrites.withLock { $0.removeAll() }
+        loggingHostWrites.store(enabled, ordering: .sequentiallyConsistent)
+    }
+
+    /// The guest-physical addresses of the 4 KiB pages the host wrote since the last call.
+    public func takeHostWrites() -> [UInt64] {
+        hostWrites.withLock { pages in
+            defer { pages.removeAll() }
+            return pages.sorted()
+        }
+    }
+
+    @inline(__always) private func noteHostWrite(_ address: GuestPhysicalAddress, _ length: UInt64) {
+        guard loggingHostWrites.load(ordering: .relaxed), length > 0 else { return }
+        let first = address.rawValue / 4096, last = (address.rawValue &+ length &- 1) / 4096
+        hostWrites.withLock { pages in
+            for page in first...max(first, last) { pages.insert(page * 4096) }
+        }
+    }
+
     /// Reads a little-endian integer.
     public func read<T: FixedWidthInteger>(_ type: T.Type = T.self, at address: GuestPhysicalAddress) throws(GuestMemoryError) -> T {
         let pointer = try hostPointer(for: address, length: UInt64(MemoryLayout<T>.size))
@@ -178,11 +212,13 @@ public final class GuestMemory: @unchecked Sendable {
     public func write<T: FixedWidthInteger>(_ value: T, at address: GuestPhysicalAddress) throws(GuestMemoryError) {
         let pointer = try hostPointer(for: address, length: UInt64(MemoryLayout<T>.size))
         pointer.storeBytes(of: value.littleEndian, as: T.self)
+        noteHostWrite(address, UInt64(MemoryLayout<T>.size))
     }
 
     /// Copies `bytes` into guest RAM at `address` (one `memcpy` when they are contiguous).
     public func write(bytes: some Collection<UInt8>, at address: GuestPhysicalAddress) throws(GuestMemoryError) {
         let pointer = try hostPointer(for: address, length: UInt64(bytes.count))
+        noteHostWrite(address, UInt64(bytes.count))
         let copied: Void? = bytes.withContiguousStorageIfAvailable { buffer in
             if let base = buffer.baseAddress { pointer.copyMemory(from: base, byteCount: buffer.count) }
         }
@@ -201,6 +237,12 @@ public final class GuestMemory: @unchecked Sendable {
     public func zero(count: UInt64, at address: GuestPhysicalAddress) throws(GuestMemoryError) {
         guard count > 0 else { return }
         let pointer = try hostPointer(for: address, length: count)
+        noteHostWrite(address, count)
+        if region(containing: address.rawValue, length: count)?.fileBacked == true {
+            // DONTNEED would bring the snapshot's bytes back, not zeros.
+            pointer.initializeMemory(as: UInt8.self, repeating: 0, count: Int(count))
+            return
+        }
         let page = UInt(sysconf(Int32(_SC_PAGESIZE)))
         let start = UInt(bitPattern: pointer), end = start + UInt(count)
         let firstPage = (start + page - 1) / page * page, lastPage = end / page * page
@@ -221,6 +263,7 @@ public final class GuestMemory: @unchecked Sendable {
         guard count > 0 else { return }
         let pointer = try hostPointer(for: address, length: count)
         pointer.initializeMemory(as: UInt8.self, repeating: value, count: Int(count))
+        noteHostWrite(address, count)
     }
 
     /// Copies `count` bytes of guest RAM at `address` out.
