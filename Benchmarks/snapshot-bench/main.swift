@@ -6,7 +6,8 @@
 // instructions in; a
 // restore: to hv's line that the restored guest starts), so process start, the Swift runtime and
 // dynamic linking are in all of them; hv's own figure ("started the guest X ms after hv began")
-// leaves those out.
+// leaves those out. Then it migrates the running guest between two hv processes N times and
+// reports the guest-visible pause (the source's pause to the destination's guest running).
 //
 //   swift run -c release hv-snapshot-bench [--sizes 256M,2G] [--rounds 5]
 import Foundation
@@ -41,7 +42,7 @@ func now() -> Double {
 
 /// Starts hv with `args` and waits until standard error has a line containing `marker`;
 /// returns the process, the milliseconds to it, and that line.
-func untilMarker(_ args: [String], _ marker: String) throws -> (ms: Double, process: Process, line: String) {
+func untilMarker(_ args: [String], _ marker: String) throws -> (ms: Double, process: Process, line: String, errors: Pipe) {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: hv)
     process.arguments = args
@@ -58,7 +59,10 @@ func untilMarker(_ args: [String], _ marker: String) throws -> (ms: Double, proc
         text += String(decoding: chunk, as: UTF8.self)
     }
     let elapsed = (now() - start) * 1000
-    return (elapsed, process, text.split(separator: "\n").first { $0.contains(marker) }.map(String.init) ?? text)
+    // The marker's line and what came with it (hv's restore-steps line follows it at once).
+    var from = text.startIndex
+    if let found = text.range(of: marker), let newline = text[..<found.lowerBound].lastIndex(of: "\n") { from = text.index(after: newline) }
+    return (elapsed, process, String(text[from...]), err)
 }
 
 /// Starts hv with `args`; returns the process, the milliseconds to its first byte of output,
@@ -90,7 +94,7 @@ func hvOwnFigure(_ text: String) -> Double? {
     return Double(text[range.upperBound...].prefix { $0 == "." || $0.isNumber })
 }
 
-print("size    cold boot  snapshot  restore (verified)  restore (mapped)  restore (encrypted)  hv's own: verified/mapped/encrypted   restore/cold (mapped)")
+print("size    cold boot  snapshot  restore (verified)  restore (mapped)  restore (encrypted)  hv's own: verified/mapped/encrypted   restore/cold (mapped)  migration downtime")
 for size in sizes {
     var cold: [Double] = []
     for _ in 0..<rounds {
@@ -127,13 +131,55 @@ for size in sizes {
             // The line hv prints as the restored guest starts: its first instruction follows.
             let run = try untilMarker(["run"] + variant + ["--timeout", "60"], "started the guest")
             restores[index].append(run.ms)
-            _ = stop(run.process)
             if let figure = hvOwnFigure(run.line) { own[index].append(figure) }
+            if arguments.contains("--verbose") {
+                // hv's next line breaks the restore down into its steps.
+                var rest = run.line
+                while !rest.contains("restore steps") {
+                    let chunk = run.errors.fileHandleForReading.availableData
+                    if chunk.isEmpty { break }
+                    rest += String(decoding: chunk, as: UTF8.self)
+                }
+                print("  \(variant.last ?? ""): \(rest.split(separator: "\n").first { $0.contains("restore steps") } ?? "")")
+            }
+            _ = stop(run.process)
         }
     }
+    // Live migration between two hv processes on this host: the guest-visible pause, from the
+    // source's pause to the destination's guest running (hv ctl migrate --json).
+    var downtimes: [Double] = []
+    for round in 0..<rounds {
+        let port = 30_000 + Int(getpid() % 10_000) + round
+        let destination = try untilMarker(["run", "--incoming", "127.0.0.1:\(port)", "--timeout", "60"], "waiting for a migration")
+        let socket = folder.appendingPathComponent("migrate.sock").path
+        // The source's console goes nowhere (a full pipe would hold its vCPU in a write).
+        let source = (process: Process(), unused: 0)
+        source.process.executableURL = URL(fileURLWithPath: hv)
+        source.process.arguments = ["run", guest, "--mem", size, "--timeout", "120", "--api-socket", socket]
+        source.process.standardOutput = FileHandle.nullDevice
+        source.process.standardError = FileHandle.nullDevice
+        try source.process.run()
+        usleep(500_000)  // running a while, its pages touched
+        let ctl = Process()
+        ctl.executableURL = URL(fileURLWithPath: hv)
+        ctl.arguments = ["ctl", socket, "migrate", "127.0.0.1:\(port)", "--json", "--wait", "10", "--timeout", "120"]
+        let out = Pipe()
+        ctl.standardOutput = out
+        try ctl.run()
+        let answer = out.fileHandleForReading.readDataToEndOfFile()
+        ctl.waitUntilExit()
+        _ = stop(source.process)
+        _ = stop(destination.process)
+        guard let json = try? JSONSerialization.jsonObject(with: answer) as? [String: Any], let downtime = json["downtimeMs"] as? Double else {
+            let said = String(decoding: destination.errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            FileHandle.standardError.write(Data("hv-snapshot-bench: the \(size) migration failed: \(String(decoding: answer, as: UTF8.self)); the destination said: \(said)\n".utf8))
+            exit(1)
+        }
+        downtimes.append(downtime)
+    }
     let ownText = own.map { $0.isEmpty ? "-" : String(format: "%.1f", median($0)) }.joined(separator: "/")
-    print(String(format: "%-6@ %8.1f ms %6.1f ms %14.1f ms %15.1f ms %17.1f ms  %@ ms %27.2f", size, median(cold), pauses["plain"] ?? -1,
+    print(String(format: "%-6@ %8.1f ms %6.1f ms %14.1f ms %15.1f ms %17.1f ms  %@ ms %27.2f %16.1f ms", size, median(cold), pauses["plain"] ?? -1,
                  median(restores[0]), median(restores[1]), median(restores[2]), ownText.padding(toLength: 22, withPad: " ", startingAt: 0),
-                 median(restores[1]) / median(cold)))
+                 median(restores[1]) / median(cold), median(downtimes)))
 }
 print("(medians of \(rounds); times from spawning hv to the guest's first instruction; snapshot: how long the guest was paused for the plain one)")

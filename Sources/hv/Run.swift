@@ -201,7 +201,10 @@ struct Run: ParsableCommand {
             let savedArguments: [String]
             switch source {
             case .snapshot(let reader): savedArguments = reader.arguments
-            case .migration(let incoming): savedArguments = incoming.arguments
+            case .migration(let incoming):
+                // The source still serves its API while it sends: the destination serves its own
+                // where its command line says (--api-socket here), not on the source's socket.
+                savedArguments = Self.removing("--api-socket", from: incoming.arguments)
             }
             let overrides = Self.overrides(of: Array(CommandLine.arguments.drop { $0 != "run" }.dropFirst()))
             var saved: Run
@@ -212,6 +215,7 @@ struct Run: ParsableCommand {
             saved.restore = nil
             saved.incoming = nil
             saved.keyFile = keyFile
+            saved.verifyMemory = verifyMemory
             try saved.execute(restoring: source, arguments: savedArguments + overrides, began: began)
         } else {
             try execute(restoring: nil, arguments: Array(CommandLine.arguments.drop { $0 != "run" }.dropFirst()), began: began)
@@ -228,6 +232,19 @@ struct Run: ParsableCommand {
             if argument == "--restore" || argument == "--incoming" || argument == "--key-file" { skipNext = true; continue }
             if argument.hasPrefix("--restore=") || argument.hasPrefix("--incoming=") || argument.hasPrefix("--key-file=")
                 || argument == "--verify-memory" || argument == "--no-verify-memory" { continue }
+            result.append(argument)
+        }
+        return result
+    }
+
+    /// `arguments` without `option` and its value.
+    static func removing(_ option: String, from arguments: [String]) -> [String] {
+        var result: [String] = []
+        var skipNext = false
+        for argument in arguments {
+            if skipNext { skipNext = false; continue }
+            if argument == option { skipNext = true; continue }
+            if argument.hasPrefix(option + "=") { continue }
             result.append(argument)
         }
         return result
@@ -329,12 +346,24 @@ struct Run: ParsableCommand {
         }
         if emulatedLinux { printError(Self.emulatedLinuxNote) }
         let key = snapshotKey()
+        // Where a restore's time goes, for its report line: since hv began, at each step.
+        var steps: [(String, Double)] = [("opened, checked, configured", monotonicSeconds())]
+        func step(_ name: String) { steps.append((name, monotonicSeconds())) }
+        func breakdown() -> String {
+            var last = began
+            return steps.map { name, at in
+                defer { last = at }
+                return String(format: "%@ %.1f", name, (at - last) * 1000)
+            }.joined(separator: ", ") + " ms"
+        }
         let (result, statistics) = try reportingErrors { () throws(HVError) -> (RunResult, ExitStatistics) in
             var memory: GuestMemory? = incomingMigration?.memory
             do throws(SnapshotError) { if let snapshot { memory = try snapshot.memory(verify: verifyMemory, hugePages: hugePages) } } catch {
                 fail("--restore \(snapshot?.directory ?? "")", error.description)
             }
+            step("memory")
             let machine = try Machine(configuration: configuration, backend: KVMBackend(), memory: memory)
+            step("VM and vCPUs made")
             let uart = try attachConsole(to: machine, serial: serial)
             if interruptMode != .none { try machine.connect(uart, irq: 4) }
             stopSignals.whenCaught { machine.stop() }
@@ -362,6 +391,7 @@ struct Run: ParsableCommand {
                 try machine.attachTestDevices()
                 if machine.hyperV != nil { try machine.attachHyperVTestDevice() }
             }
+            step("devices attached")
             if let snapshot {
                 try machine.restoreMachine(snapshot.saved, resetImage: image)
             } else if let incomingMigration {
@@ -375,11 +405,13 @@ struct Run: ParsableCommand {
             } else if let image {
                 try machine.load(image)
             }
+            step("state put back")
             // Listening before the guest runs (and before confinement, which forbids new sockets).
             let api = try apiSocket.map { (path) throws(HVError) in try startAPI(machine, path: path, key: key, arguments: arguments) }
             defer { api?.stop() }
             if let runAs { try switchUser(to: runAs) }
             try machine.start(handler: NoExitHandler())
+            step("started")
             if let incomingMigration {
                 do throws(SnapshotError) { try incomingMigration.started(atNanoseconds: UInt64(monotonicSeconds() * 1e9)) } catch {
                     // The source did not hear that the guest runs here: it runs on there; this copy must not.
@@ -389,6 +421,7 @@ struct Run: ParsableCommand {
                 printError(String(format: "hv: received the VM (%@, %llu bytes over the stream) and started the guest %.2f ms after hv began",
                                   ByteSize(bytes: incomingMigration.memory.size).description, incomingMigration.bytes,
                                   (monotonicSeconds() - began) * 1000))
+                LogCategory.vcpu.logger.info("incoming migration: \(breakdown())")
             }
             if let snapshot {
                 let pages = snapshot.manifest.memory.dataPages
@@ -396,6 +429,7 @@ struct Run: ParsableCommand {
                                   ByteSize(bytes: snapshot.manifest.memory.size).description, pages,
                                   snapshot.manifest.encryption == nil ? (verifyMemory ? ", verified" : "") : ", decrypted",
                                   (monotonicSeconds() - began) * 1000))
+                printError("hv: restore steps: \(breakdown())")
             }
             let result = machine.wait()
             if case .internalError = result.reason, emulatedLinux {
