@@ -161,11 +161,13 @@ public enum Snapshot {
                                        fileSize: fileSize, dataPages: dataPages)
     }
 
+    /// A page of zeros to compare with: libc's `memcmp` is vectorised, and fast in a debug
+    /// build too (a 2 GiB guest is half a million pages). Never written after it is made.
+    nonisolated(unsafe) private static let zeroPage = UnsafeMutableRawPointer.allocate(byteCount: Int(pageSize), alignment: 4096)
+        .initializeMemory(as: UInt8.self, repeating: 0, count: Int(pageSize))
+
     static func isZeroPage(_ pointer: UnsafeRawPointer) -> Bool {
-        let words = pointer.assumingMemoryBound(to: UInt64.self)
-        var accumulated: UInt64 = 0
-        for index in 0..<Int(pageSize / 8) { accumulated |= words[index] }
-        return accumulated == 0
+        memcmp(pointer, zeroPage, Int(pageSize)) == 0
     }
 
     static func writeAll(_ descriptor: Int32, _ bytes: UnsafeRawBufferPointer, at offset: UInt64, path: String) throws(SnapshotError) {

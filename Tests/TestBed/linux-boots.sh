@@ -35,13 +35,14 @@ configuration() {
         vsock-balloon-1cpu-kernel) echo "1 kernel $bzimage" ;;
         microvm-example) echo "1 kernel $bzimage" ;;
         hyperv-2cpu-kernel) echo "2 kernel $bzimage" ;;
+        snapshot-2cpu-kernel) echo "2 kernel $bzimage" ;;
         *) return 1 ;;
     esac
 }
 
 [ $# -gt 0 ] || set -- bzimage-1cpu-kernel bzimage-2cpu-kernel pvh-2cpu-kernel bzimage-2cpu-split bzimage-4cpu-kernel console-1cpu-kernel \
     virtio-1cpu-kernel virtio-2cpu-split virtio-pci-2cpu-kernel hvc-1cpu-kernel ratelimit-1cpu-kernel net-1cpu-kernel vsock-balloon-1cpu-kernel microvm-example \
-    hyperv-2cpu-kernel
+    hyperv-2cpu-kernel snapshot-2cpu-kernel
 # boot NAME: one boot of configuration NAME into $out/NAME.log and $out/NAME.status.
 boot() {
     name=$1
@@ -163,6 +164,41 @@ boot() {
             sh "$(dirname "$hv")/MicroVM" "$name" "$out" "$kernel" "$initrd" "$image"
         status=$?
         rm -f "$image"
+        ;;
+    snapshot-*)
+        # Linux counting on its console (hv.count) is snapshotted through hv ctl and killed
+        # (NAME.log), restored in a new hv (NAME.restored.log), then migrated while it counts to
+        # a third hv waiting with --incoming (NAME.migrated.log): the console of each in .log,
+        # hv's own lines in .err, so the three .log files join into one console stream. hv
+        # ctl's answers go to NAME.ctl. The status names the last step that failed (0: none).
+        work=/tmp/hv-snapshot.$$
+        rm -rf "$work" && mkdir -p "$work"
+        ip link set lo up 2>/dev/null  # the migration goes over the bed's loopback
+        # wait_for FILE TEXT: until FILE holds TEXT (200 s at most).
+        wait_for() { waited=0; until grep -q "$2" "$1" 2>/dev/null || [ $waited -ge 200 ]; do sleep 1; waited=$((waited + 1)); done; grep -q "$2" "$1"; }
+        status=0
+        bounded "$hv" run --kernel "$kernel" --initrd "$initrd" --cpus "$cpus" --irqchip "$irqchip" --mem 256M --api-socket "$work/first.sock" \
+            --timeout 240 --cmdline "console=ttyS0 hv.cpus=$cpus hv.count=1000" > "$out/$name.log" 2> "$out/$name.err" &
+        first=$!
+        wait_for "$out/$name.log" "hv-count: 5" || status=11
+        "$hv" ctl "$work/first.sock" pause >> "$out/$name.ctl" 2>&1 || status=12
+        sleep 1
+        # Under the bed's emulated CPU a debug hv takes a while to write 256 MiB: --timeout.
+        "$hv" ctl "$work/first.sock" snapshot "$work/snap" --timeout 600 >> "$out/$name.ctl" 2>&1 || status=13
+        kill -9 $first; wait $first 2>/dev/null
+        bounded "$hv" run --restore "$work/snap" --api-socket "$work/second.sock" --timeout 240 > "$out/$name.restored.log" 2> "$out/$name.restored.err" &
+        second=$!
+        wait_for "$out/$name.restored.log" "hv-count: .*" && sleep 3 || status=14
+        bounded "$hv" run --incoming 127.0.0.1:47123 --api-socket "$work/third.sock" --timeout 240 > "$out/$name.migrated.log" 2> "$out/$name.migrated.err" &
+        third=$!
+        wait_for "$out/$name.migrated.err" "waiting for a migration" || status=15
+        "$hv" ctl "$work/second.sock" migrate 127.0.0.1:47123 --max-downtime 20 --timeout 600 >> "$out/$name.ctl" 2>&1 || status=16
+        wait $second || status=17
+        sleep 3
+        grep -q "hv-count" "$out/$name.migrated.log" || status=18
+        "$hv" ctl "$work/third.sock" stop >> "$out/$name.ctl" 2>&1 || status=19
+        wait $third
+        rm -rf "$work"
         ;;
     ratelimit-*)
         # Sequential reads and writes as fast as the guest can (blockbench, O_DIRECT, 1 MiB

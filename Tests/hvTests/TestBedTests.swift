@@ -56,6 +56,8 @@ enum TestBed {
     static let consoleBoots = ["console-1cpu-kernel", "hvc-1cpu-kernel"]
     /// A boot as a Hyper-V guest (`--cpu host,hv-passthrough,kvm=off`).
     static let hyperVBoots = ["hyperv-2cpu-kernel"]
+    /// Linux counting on its console, snapshotted, killed, restored, then migrated.
+    static let snapshotBoots = ["snapshot-2cpu-kernel"]
 
     /// Whether the bed also reruns the KVM suites (`HV_TESTBED_SUITES=1`). Off by default: in two
     /// of six runs a suite run stalled or crashed inside the bed's emulated SVM (TestBed.md), and
@@ -100,7 +102,7 @@ enum TestBed {
             let binaries = PackageExecutable.binDirectory
             let suite = binaries.appendingPathComponent("HVPackageTests.xctest").path
             let command = """
-                HV=\(binaries.appendingPathComponent("hv").path) Tests/TestBed/linux-boots.sh \((boots.map(\.name) + consoleBoots + virtioBoots + hyperVBoots).joined(separator: " "))
+                HV=\(binaries.appendingPathComponent("hv").path) Tests/TestBed/linux-boots.sh \((boots.map(\.name) + consoleBoots + virtioBoots + hyperVBoots + snapshotBoots).joined(separator: " "))
                 \(binaries.appendingPathComponent("hv").path) info > "$TESTBED_OUT/info.log" 2>&1
                 [ "\(runsSuites ? 1 : 0)" = 1 ] || exit 0
                 \(suite) --testing-library swift-testing --filter '\(kvmSuites)' > "$TESTBED_OUT/suites.log" 2>&1
@@ -190,6 +192,25 @@ struct TestBedTests {
         #expect(slept >= 0.95 && slept < 3, "\(name): `sleep 1` took \(slept) s of guest time")
         #expect(log.contains("hv-guest: user space reached") && log.contains("reboot: Power down"), "\(name): \(log.suffix(2000))")
         #expect(status == 0, "\(name): hv exit status \(String(describing: status)); \(log.suffix(1500))")
+    }
+
+    @Test("Debian's Linux on 2 vCPUs, counting on its console, is snapshotted, killed and restored in a new hv, then migrated to a third while it counts: one unbroken count",
+          arguments: TestBed.snapshotBoots)
+    func linuxSnapshotRestoreMigrate(_ name: String) throws {
+        let run = try #require(TestBed.run)
+        let (_, status) = run.boot(name)
+        let context = "\(name): status \(String(describing: status)); ctl: \(run.file("\(name).ctl") ?? ""); hv: \(run.file("\(name).err") ?? "") "
+            + "restored: \(run.file("\(name).restored.err") ?? "") migrated: \(run.file("\(name).migrated.err") ?? "")"
+        #expect(status == 0, "\(context)")
+        let first = run.file("\(name).log") ?? "", restored = run.file("\(name).restored.log") ?? "", migrated = run.file("\(name).migrated.log") ?? ""
+        // The three consoles join into one stream (hv's own lines went to .err): every count once, in order.
+        let counts = (first + restored + migrated).split(separator: "\n").compactMap { line in
+            line.hasPrefix("hv-count: ") ? Int(line.dropFirst("hv-count: ".count)) : nil
+        }
+        let inFirst = first.components(separatedBy: "hv-count: ").count - 1, inRestored = restored.components(separatedBy: "hv-count: ").count - 1
+        #expect(inFirst >= 5 && inRestored >= 2 && migrated.contains("hv-count: "), "counts per console: \(inFirst), \(inRestored); \(context)")
+        #expect(counts.first == 1 && counts == Array(1...(counts.last ?? 1)), "the count is not one unbroken run: \(counts.suffix(40)); \(context)")
+        #expect(run.file("\(name).ctl")?.contains("migrated to 127.0.0.1:47123") == true, "\(context)")
     }
 
     @Test("a shell on the guest's console (COM1, or hvc0 on the virtio console) answers what is typed into hv's standard input, and exit powers the guest off",

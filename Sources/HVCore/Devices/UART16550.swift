@@ -384,8 +384,12 @@ extension UART16550: ResettableDevice {}
 extension UART16550: SnapshotDevice {
     /// Every register, the latched line errors and modem deltas, the receive FIFO with its
     /// indices and the pending THRE interrupt: what QEMU's `vmstate_serial` holds. The output
-    /// and the interrupt callback belong to the process and are not saved.
+    /// and the interrupt callback belong to the process and are not saved; what the guest
+    /// already sent is written out first (the output buffers up to a newline), so that a
+    /// restored guest's console goes on exactly where this one's ends, even if this process is
+    /// then killed.
     public func saveState(to encoder: inout StateEncoder) {
+        output.flush()
         let saved = state.withLock { $0 }
         encoder.write(saved.ier)
         encoder.write(saved.lcr)

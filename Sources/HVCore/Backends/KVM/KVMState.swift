@@ -40,6 +40,9 @@ public struct KVMVirtualMachineState: @unchecked Sendable {
 extension KVMVCPU {
     public typealias SavedState = KVMVCPUState
 
+    /// IA32_TSC_DEADLINE (SDM Vol. 3A, 11.5.4.1 "TSC-Deadline Mode").
+    static let tscDeadlineMSR: UInt32 = 0x6E0
+
     /// Lets KVM finish the instruction behind the last exit (an `OUT` moves RIP on, string I/O
     /// continues) without running guest code: a `KVM_RUN` with `immediate_exit` set, the way
     /// api.rst asks a VMM to settle a vCPU before reading its state. An exit the completion
@@ -120,7 +123,8 @@ extension KVMVCPU {
 
     /// Writes the whole vCPU back, in the order QEMU's kvm_arch_put_registers does: registers,
     /// XSAVE, XCRs, special registers (EFER and APIC base before the MSRs and LAPIC that depend
-    /// on them), MSRs, MP state, LAPIC, pending events, debug registers. The nested state goes
+    /// on them), MSRs, MP state, LAPIC (and the TSC deadline again after it), pending events,
+    /// debug registers. The nested state goes
     /// first of the system state: the state HV restores is the one at start, outside VMX/SVM
     /// operation, and leaving nested operation first lets KVM accept a CR4 without VMXE.
     public func restoreState(_ saved: KVMVCPUState) throws(HVError) {
@@ -139,7 +143,14 @@ extension KVMVCPU {
         try KVMSyscall.ioctl(fd, HV_KVM_SET_SREGS, &state.sregs, "KVM_SET_SREGS")
         if !state.msrs.isEmpty { try setMSRs(state.msrs) }
         if var mp = state.mpState { try KVMSyscall.ioctl(fd, HV_KVM_SET_MP_STATE, &mp, "KVM_SET_MP_STATE") }
-        if var lapic = state.lapic { try KVMSyscall.ioctl(fd, HV_KVM_SET_LAPIC, &lapic, "KVM_SET_LAPIC") }
+        if var lapic = state.lapic {
+            try KVMSyscall.ioctl(fd, HV_KVM_SET_LAPIC, &lapic, "KVM_SET_LAPIC")
+            // KVM takes IA32_TSC_DEADLINE only while the LAPIC timer is in TSC-deadline mode, and
+            // KVM_SET_LAPIC cancels the timer: written with the other MSRs, before the LAPIC was
+            // back in that mode, the deadline was dropped and a restored Linux would wait for a
+            // timer that never fires. Written again now, as QEMU puts it after the APIC.
+            if let deadline = state.msrs[Self.tscDeadlineMSR] { try setMSRs([Self.tscDeadlineMSR: deadline]) }
+        }
         try KVMSyscall.ioctl(fd, HV_KVM_SET_VCPU_EVENTS, &state.events, "KVM_SET_VCPU_EVENTS")
         try KVMSyscall.ioctl(fd, HV_KVM_SET_DEBUGREGS, &state.debugRegisters, "KVM_SET_DEBUGREGS")
     }
