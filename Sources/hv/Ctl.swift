@@ -143,10 +143,10 @@ struct Ctl: ParsableCommand {
             let quick = VMAPIClient(socketPath: socket, timeout: .seconds(5))
             while !done.load(ordering: .relaxed) {
                 if let status = try? quick.get("/v1/vm/migration", as: MigrationStatus.self) {
-                    let line = status.phase == "pre-copy"
-                        ? String(format: "round %d: %llu pages sent (%.1f MiB) at %.0f MiB/s, %llu written since", status.round, status.pagesSent,
+                    let line = status.phase != "pre-copy" ? status.phase
+                        : status.round == 0 ? "round 0: sending the \(status.remainingPages) pages that hold data"
+                        : String(format: "round %d: %llu pages sent (%.1f MiB) at %.0f MiB/s, %llu written since", status.round, status.pagesSent,
                                  Double(status.bytesSent) / 1_048_576, status.bytesPerSecond / 1_048_576, status.remainingPages)
-                        : status.phase
                     if line != last, status.phase != "idle", !json { print(line); last = line }
                 }
                 usleep(100_000)

@@ -205,7 +205,7 @@ struct TestBedTests {
         let first = run.file("\(name).log") ?? "", restored = run.file("\(name).restored.log") ?? "", migrated = run.file("\(name).migrated.log") ?? ""
         // The three consoles join into one stream (hv's own lines went to .err): every count once, in order.
         let counts = (first + restored + migrated).split(separator: "\n").compactMap { line in
-            line.hasPrefix("hv-count: ") ? Int(line.dropFirst("hv-count: ".count)) : nil
+            line.hasPrefix("hv-count: ") ? Int(line.dropFirst("hv-count: ".count).trimmingCharacters(in: .whitespacesAndNewlines)) : nil
         }
         let inFirst = first.components(separatedBy: "hv-count: ").count - 1, inRestored = restored.components(separatedBy: "hv-count: ").count - 1
         #expect(inFirst >= 5 && inRestored >= 2 && migrated.contains("hv-count: "), "counts per console: \(inFirst), \(inRestored); \(context)")

@@ -137,7 +137,7 @@ extension SeccompFilter {
     /// What writing a snapshot calls on the management API's thread (Documentation/Snapshots.md):
     /// its temporary directory made, the memory file sized, the new snapshot swapped in for the
     /// old one (renameat2 RENAME_EXCHANGE), the old one removed.
-    private static let snapshots = ["mkdir", "mkdirat", "renameat2", "ftruncate", "rmdir", "getdents64", "readlink", "readlinkat"].map { SeccompRule($0) }
+    private static let snapshots = ["mkdir", "mkdirat", "renameat2", "ftruncate", "rmdir", "getdents64", "readlink", "readlinkat", "getcwd"].map { SeccompRule($0) }
 
     /// A vCPU thread pins itself (`vcpuAffinity`) before its own list goes on: only the calling
     /// thread (pid 0), and not in the vCPU list.
