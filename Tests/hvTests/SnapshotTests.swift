@@ -157,6 +157,33 @@ struct SnapshotTests {
         try data.write(to: URL(fileURLWithPath: path))
     }
 
+    @Test("a running VM snapshotted twice into one directory: the second replaces the first, the guest runs on after each, and the directory restores to the later count",
+          .needsKVM)
+    func snapshotReplacesSnapshot() throws {
+        let (folder, guest, _) = try Self.fixture()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let run = try CountingRun(folder: folder, name: "run", arguments: ["run", guest, "--mem", "16M", "--timeout", "120"])
+        defer { if run.process.isRunning { run.kill9() } }
+        let directory = folder.appendingPathComponent("snap").path
+        var ids: [String] = []
+        for round in 1...2 {
+            #expect(run.waitForCounts(3 * round), "\(run.errors)")
+            let result = try run.ctl(["snapshot", directory])
+            #expect(result.status == 0, "\(result.stderr) \(run.errors)")
+            ids.append(try Self.layout(directory).manifest["id"] as? String ?? "")
+            #expect(run.waitForCounts(run.counts.count + 2), "the guest stopped after snapshot \(round): \(run.errors)")
+        }
+        #expect(ids[0] != ids[1])
+        let leftovers = try FileManager.default.contentsOfDirectory(atPath: folder.path).filter { $0.hasPrefix("snap.tmp-") }
+        #expect(leftovers.isEmpty, "\(leftovers)")
+        run.kill9()
+        let restored = try CountingRun(folder: folder, name: "restored", arguments: ["run", "--restore", directory, "--timeout", "30"])
+        defer { if restored.process.isRunning { restored.kill9() } }
+        // Its first line may finish one the pause cut: the second is whole, and past the first snapshot's counts.
+        #expect(restored.waitForCounts(2), "\(restored.errors)")
+        #expect((restored.counts.last ?? 0) > 6, "\(restored.counts)")
+    }
+
     @Test("every section's corruption, a truncated or corrupted memory file, another HV's snapshot and a 2-vCPU snapshot into 1 vCPU are refused, naming what is wrong",
           .needsKVM)
     func plainRefusals() throws {
