@@ -87,6 +87,19 @@ func stop(_ process: Process) -> String {
     return ""
 }
 
+/// `hv ctl SOCKET ACTION... --json`'s answer (it may wait up to 120 s: a 2 GiB snapshot in a debug build).
+func ctlJSON(_ socket: String, _ action: [String]) throws -> Data {
+    let ctl = Process()
+    ctl.executableURL = URL(fileURLWithPath: hv)
+    ctl.arguments = ["ctl", socket] + action + ["--json", "--wait", "10", "--timeout", "120"]
+    let out = Pipe()
+    ctl.standardOutput = out
+    try ctl.run()
+    let answer = out.fileHandleForReading.readDataToEndOfFile()
+    ctl.waitUntilExit()
+    return answer
+}
+
 func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }
 
 func hvOwnFigure(_ text: String) -> Double? {
@@ -106,14 +119,7 @@ for size in sizes {
     for (name, extra) in [("plain", [String]()), ("sealed", ["--key-file", keyFile])] {
         let socket = folder.appendingPathComponent("\(name).sock").path
         let run = try firstOutput(["run", guest, "--mem", size, "--timeout", "120", "--api-socket", socket] + extra)
-        let ctl = Process()
-        ctl.executableURL = URL(fileURLWithPath: hv)
-        ctl.arguments = ["ctl", socket, "snapshot", folder.appendingPathComponent(name).path, "--json", "--wait", "10", "--timeout", "120"]
-        let out = Pipe()
-        ctl.standardOutput = out
-        try ctl.run()
-        let answer = out.fileHandleForReading.readDataToEndOfFile()
-        ctl.waitUntilExit()
+        let answer = try ctlJSON(socket, ["snapshot", folder.appendingPathComponent(name).path])
         _ = stop(run.process)
         guard let json = try? JSONSerialization.jsonObject(with: answer) as? [String: Any], let seconds = json["seconds"] as? Double else {
             let errors = String(decoding: run.errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
@@ -160,14 +166,7 @@ for size in sizes {
         source.process.standardError = FileHandle.nullDevice
         try source.process.run()
         usleep(500_000)  // running a while, its pages touched
-        let ctl = Process()
-        ctl.executableURL = URL(fileURLWithPath: hv)
-        ctl.arguments = ["ctl", socket, "migrate", "127.0.0.1:\(port)", "--json", "--wait", "10", "--timeout", "120"]
-        let out = Pipe()
-        ctl.standardOutput = out
-        try ctl.run()
-        let answer = out.fileHandleForReading.readDataToEndOfFile()
-        ctl.waitUntilExit()
+        let answer = try ctlJSON(socket, ["migrate", "127.0.0.1:\(port)"])
         _ = stop(source.process)
         _ = stop(destination.process)
         guard let json = try? JSONSerialization.jsonObject(with: answer) as? [String: Any], let downtime = json["downtimeMs"] as? Double else {
