@@ -204,7 +204,8 @@ struct TestBedTests {
         #expect(status == 0, "\(context)")
         let first = run.file("\(name).log") ?? "", restored = run.file("\(name).restored.log") ?? "", migrated = run.file("\(name).migrated.log") ?? ""
         // The three consoles join into one stream (hv's own lines went to .err): every count once, in order.
-        let counts = (first + restored + migrated).split(separator: "\n").compactMap { line in
+        // Lines end "\r\n" on a serial console: one Character in Swift, a newline all the same.
+        let counts = (first + restored + migrated).split(whereSeparator: \.isNewline).compactMap { line in
             line.hasPrefix("hv-count: ") ? Int(line.dropFirst("hv-count: ".count).trimmingCharacters(in: .whitespacesAndNewlines)) : nil
         }
         let inFirst = first.components(separatedBy: "hv-count: ").count - 1, inRestored = restored.components(separatedBy: "hv-count: ").count - 1
