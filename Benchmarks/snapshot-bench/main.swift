@@ -40,18 +40,24 @@ func now() -> Double {
     return Double(time.tv_sec) + Double(time.tv_nsec) / 1e9
 }
 
-/// Starts hv with `args` and waits until standard error has a line containing `marker`;
-/// returns the process, the milliseconds to it, and that line.
-func untilMarker(_ args: [String], _ marker: String) throws -> (ms: Double, process: Process, line: String, errors: Pipe) {
+/// hv started with `args`, reading nothing, its output and errors to the pipes given (or nowhere).
+func startHV(_ args: [String], output: Pipe? = nil, errors: Pipe? = nil) throws -> Process {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: hv)
     process.arguments = args
-    let err = Pipe()
-    process.standardOutput = FileHandle.nullDevice
-    process.standardError = err
+    process.standardOutput = output ?? FileHandle.nullDevice
+    process.standardError = errors ?? FileHandle.nullDevice
     process.standardInput = FileHandle.nullDevice
-    let start = now()
     try process.run()
+    return process
+}
+
+/// Starts hv with `args` and waits until standard error has a line containing `marker`;
+/// returns the process, the milliseconds to it, and that line.
+func untilMarker(_ args: [String], _ marker: String) throws -> (ms: Double, process: Process, line: String, errors: Pipe) {
+    let err = Pipe()
+    let start = now()
+    let process = try startHV(args, errors: err)
     var text = ""
     while !text.contains(marker) {
         let chunk = err.fileHandleForReading.availableData
@@ -68,23 +74,16 @@ func untilMarker(_ args: [String], _ marker: String) throws -> (ms: Double, proc
 /// Starts hv with `args`; returns the process, the milliseconds to its first byte of output,
 /// and its standard error (read after it is stopped).
 func firstOutput(_ args: [String]) throws -> (ms: Double, process: Process, errors: Pipe) {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: hv)
-    process.arguments = args
     let out = Pipe(), err = Pipe()
-    process.standardOutput = out
-    process.standardError = err
-    process.standardInput = FileHandle.nullDevice
     let start = now()
-    try process.run()
+    let process = try startHV(args, output: out, errors: err)
     _ = out.fileHandleForReading.availableData
     return ((now() - start) * 1000, process, err)
 }
 
-func stop(_ process: Process) -> String {
+func stop(_ process: Process) {
     kill(process.processIdentifier, SIGKILL)
     process.waitUntilExit()
-    return ""
 }
 
 /// `hv ctl SOCKET ACTION... --json`'s answer (it may wait up to 120 s: a 2 GiB snapshot in a debug build).
@@ -113,14 +112,14 @@ for size in sizes {
     for _ in 0..<rounds {
         let run = try firstOutput(["run", guest, "--mem", size, "--timeout", "60"])
         cold.append(run.ms)
-        _ = stop(run.process)
+        stop(run.process)
     }
     var pauses: [String: Double] = [:]
     for (name, extra) in [("plain", [String]()), ("sealed", ["--key-file", keyFile])] {
         let socket = folder.appendingPathComponent("\(name).sock").path
         let run = try firstOutput(["run", guest, "--mem", size, "--timeout", "120", "--api-socket", socket] + extra)
         let answer = try ctlJSON(socket, ["snapshot", folder.appendingPathComponent(name).path])
-        _ = stop(run.process)
+        stop(run.process)
         guard let json = try? JSONSerialization.jsonObject(with: answer) as? [String: Any], let seconds = json["seconds"] as? Double else {
             let errors = String(decoding: run.errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
             FileHandle.standardError.write(Data("hv-snapshot-bench: the \(size) snapshot failed; hv said: \(errors)\n".utf8))
@@ -148,7 +147,7 @@ for size in sizes {
                 }
                 print("  \(variant.last ?? ""): \(rest.split(separator: "\n").first { $0.contains("restore steps") } ?? "")")
             }
-            _ = stop(run.process)
+            stop(run.process)
         }
     }
     // Live migration between two hv processes on this host: the guest-visible pause, from the
@@ -159,16 +158,11 @@ for size in sizes {
         let destination = try untilMarker(["run", "--incoming", "127.0.0.1:\(port)", "--timeout", "60"], "waiting for a migration")
         let socket = folder.appendingPathComponent("migrate.sock").path
         // The source's console goes nowhere (a full pipe would hold its vCPU in a write).
-        let source = (process: Process(), unused: 0)
-        source.process.executableURL = URL(fileURLWithPath: hv)
-        source.process.arguments = ["run", guest, "--mem", size, "--timeout", "120", "--api-socket", socket]
-        source.process.standardOutput = FileHandle.nullDevice
-        source.process.standardError = FileHandle.nullDevice
-        try source.process.run()
+        let source = try startHV(["run", guest, "--mem", size, "--timeout", "120", "--api-socket", socket])
         usleep(500_000)  // running a while, its pages touched
         let answer = try ctlJSON(socket, ["migrate", "127.0.0.1:\(port)"])
-        _ = stop(source.process)
-        _ = stop(destination.process)
+        stop(source)
+        stop(destination.process)
         guard let json = try? JSONSerialization.jsonObject(with: answer) as? [String: Any], let downtime = json["downtimeMs"] as? Double else {
             let said = String(decoding: destination.errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
             FileHandle.standardError.write(Data("hv-snapshot-bench: the \(size) migration failed: \(String(decoding: answer, as: UTF8.self)); the destination said: \(said)\n".utf8))

@@ -121,10 +121,7 @@ final class MigrationChannel {
     }
 
     private func context(_ sequence: UInt64, _ type: MigrationRecord) -> [UInt8] {
-        var context = id
-        withUnsafeBytes(of: sequence.littleEndian) { context += $0 }
-        context.append(type.rawValue)
-        return context
+        Sealing.context(id, sequence, [type.rawValue])
     }
 
     func send(_ type: MigrationRecord, _ payload: [UInt8]) throws(SnapshotError) {

@@ -75,14 +75,7 @@ public enum Migration {
             report.finalPages = UInt64(pending.count)
             report.pagesSent += UInt64(pending.count)
             let saved = try hv { () throws(HVError) in try machine.saveMachine() }
-            var state = StateEncoder()
-            let sections = SnapshotSections.sections(of: saved, arguments: arguments)
-            state.write(UInt32(sections.count))
-            for section in sections {
-                state.write(section.name)
-                state.write(bytes: section.bytes)
-            }
-            try channel.send(.state, state.bytes)
+            try channel.send(.state, SnapshotSections.record(SnapshotSections.sections(of: saved, arguments: arguments)))
             try channel.send(.done, [])
             update { $0.phase = "waiting for the destination" }
             let (type, payload) = try channel.receive()
@@ -157,12 +150,6 @@ public enum Migration {
     static func hv<T>(_ body: () throws(HVError) -> T) throws(SnapshotError) -> T {
         do { return try body() } catch { throw SnapshotError("VM", error.description) }
     }
-
-    static func monotonicNanoseconds() -> UInt64 {
-        var now = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &now)
-        return UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
-    }
 }
 
 /// A VM arriving over a migration stream, in two steps: `init` takes the preamble and the
@@ -229,14 +216,9 @@ public final class IncomingMigration {
             case .round:
                 continue
             case .state:
-                var decoder = StateDecoder(payload)
-                do throws(StateDecodingError) {
-                    let count = try decoder.read(UInt32.self, "section count", below: 4096)
-                    for _ in 0..<count {
-                        let name = try decoder.readString("section name")
-                        sections[name] = try decoder.readBytes("section \(name)")
-                    }
-                } catch { throw SnapshotError("migration stream", error.description) }
+                do throws(StateDecodingError) { sections = try SnapshotSections.sections(inRecord: payload) } catch {
+                    throw SnapshotError("migration stream", error.description)
+                }
             case .done:
                 break receiving
             default:

@@ -30,6 +30,8 @@ public struct SnapshotReport: Sendable {
 public enum Snapshot {
     /// Chunks of guest memory are hashed (plain) or sealed (encrypted) 2 MiB at a time.
     public static let chunkSize: UInt64 = 2 << 20
+    /// An encrypted memory file's record: UInt64 chunk index, UInt32 sealed length, then the sealed chunk.
+    static let chunkRecordHeader = 12
     static let pageSize: UInt64 = 4096
 
     /// Pauses `machine` (if it runs), writes its state and memory to `directory` atomically,
@@ -139,9 +141,7 @@ public enum Snapshot {
             image.copy(from: start, count: Int(length), into: &buffer)
             let bytes = buffer.prefix(Int(length))
             if let memoryKey {
-                var context = id
-                withUnsafeBytes(of: index.littleEndian) { context += $0 }
-                let sealed = try Sealing.seal(bytes, key: memoryKey, context: context)
+                let sealed = try Sealing.seal(bytes, key: memoryKey, context: Sealing.context(id, index))
                 var record = StateEncoder()
                 record.write(index)
                 record.write(UInt32(sealed.count))

@@ -99,6 +99,17 @@ public struct SnapshotKey: Sendable {
 /// AES-256-GCM with a random 96-bit nonce; `context` is authenticated, not encrypted (which
 /// section or chunk of which snapshot, so a sealed piece cannot be moved to another place).
 enum Sealing {
+    /// What sealing adds to a plaintext: the 12-byte nonce and the 16-byte tag.
+    static let overhead = 28
+
+    /// The authenticated context of the `number`th piece of the snapshot or stream `id` (a
+    /// memory chunk, a record), with `tail` after it: writer and reader build it here alike.
+    static func context(_ id: [UInt8], _ number: UInt64, _ tail: [UInt8] = []) -> [UInt8] {
+        var context = id
+        withUnsafeBytes(of: number.littleEndian) { context += $0 }
+        return context + tail
+    }
+
     static func seal(_ plaintext: some DataProtocol, key: SymmetricKey, context: [UInt8]) throws(SnapshotError) -> [UInt8] {
         do {
             let box = try AES.GCM.seal(plaintext, using: key, nonce: AES.GCM.Nonce(), authenticating: context)

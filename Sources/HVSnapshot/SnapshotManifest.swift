@@ -107,6 +107,31 @@ enum SnapshotSections {
         return result
     }
 
+    /// The sections as one migration record: a count, then each name and its bytes (a snapshot
+    /// file lists them in its manifest instead).
+    static func record(_ sections: [(name: String, bytes: [UInt8])]) -> [UInt8] {
+        var encoder = StateEncoder()
+        encoder.write(UInt32(sections.count))
+        for section in sections {
+            encoder.write(section.name)
+            encoder.write(bytes: section.bytes)
+        }
+        return encoder.bytes
+    }
+
+    /// What `record` wrote, by name.
+    static func sections(inRecord bytes: [UInt8]) throws(StateDecodingError) -> [String: [UInt8]] {
+        var decoder = StateDecoder(bytes)
+        var sections: [String: [UInt8]] = [:]
+        let count = try decoder.read(UInt32.self, "section count", below: 4096)
+        for _ in 0..<count {
+            let name = try decoder.readString("section name")
+            sections[name] = try decoder.readBytes("section \(name)")
+        }
+        try decoder.finish("state record")
+        return sections
+    }
+
     static func machine(from sections: [String: [UInt8]]) throws(SnapshotError) -> (saved: SavedMachine, arguments: [String]) {
         func section(_ name: String) throws(StateDecodingError) -> [UInt8] {
             guard let bytes = sections[name] else { throw StateDecodingError(field: name, problem: "the section is missing") }

@@ -124,7 +124,7 @@ public final class SnapshotReader: Sendable {
         var seen = Set<UInt64>()
         if let key {
             let memoryKey = key.derived("memory", salt: id)
-            var header = [UInt8](repeating: 0, count: 12)
+            var header = [UInt8](repeating: 0, count: Snapshot.chunkRecordHeader)
             for chunk in manifest.memory.chunks {
                 let what = "memory chunk \(chunk.index)"
                 guard chunk.index < image.chunkCount(chunkSize), seen.insert(chunk.index).inserted, let offset = chunk.fileOffset else {
@@ -138,14 +138,12 @@ public final class SnapshotReader: Sendable {
                     length = try decoder.read(UInt32.self, "length")
                 } catch { throw SnapshotError(what, error.description) }
                 let expected = min(chunkSize, image.size - chunk.index * chunkSize)
-                guard index == chunk.index, UInt64(length) == expected + 28 else {
+                guard index == chunk.index, UInt64(length) == expected + UInt64(Sealing.overhead) else {
                     throw SnapshotError(what, "its record header does not match the manifest (altered)")
                 }
                 var sealed = [UInt8](repeating: 0, count: Int(length))
-                try readAll(descriptor, &sealed, at: offset + 12, path: path)
-                var context = id
-                withUnsafeBytes(of: index.littleEndian) { context += $0 }
-                let plain = try Sealing.open(sealed, key: memoryKey, context: context, what: what)
+                try readAll(descriptor, &sealed, at: offset + UInt64(Snapshot.chunkRecordHeader), path: path)
+                let plain = try Sealing.open(sealed, key: memoryKey, context: Sealing.context(id, index), what: what)
                 plain.withUnsafeBytes { image.store($0, at: index * chunkSize) }
             }
         } else if verify {

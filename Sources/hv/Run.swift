@@ -184,7 +184,7 @@ struct Run: ParsableCommand {
     }
 
     func run() throws {
-        let began = monotonicSeconds()
+        let began = monotonicNanoseconds()
         let source: RestoreSource?, subject: String
         if let restore {
             source = .snapshot(openSnapshot(restore))
@@ -204,7 +204,7 @@ struct Run: ParsableCommand {
             case .migration(let incoming):
                 // The source still serves its API while it sends: the destination serves its own
                 // where its command line says (--api-socket here), not on the source's socket.
-                savedArguments = Self.removing("--api-socket", from: incoming.arguments)
+                savedArguments = Self.removing(["--api-socket"], from: incoming.arguments)
             }
             let overrides = Self.overrides(of: Array(CommandLine.arguments.drop { $0 != "run" }.dropFirst()))
             var saved: Run
@@ -222,29 +222,21 @@ struct Run: ParsableCommand {
         }
     }
 
-    /// This command line without --restore, --incoming, --key-file and --[no-]verify-memory: the options
-    /// that replace the snapshot's own.
+    /// This command line without --restore, --incoming, --key-file and --[no-]verify-memory: the
+    /// options that replace the snapshot's own.
     static func overrides(of arguments: [String]) -> [String] {
-        var result: [String] = []
-        var skipNext = false
-        for argument in arguments {
-            if skipNext { skipNext = false; continue }
-            if argument == "--restore" || argument == "--incoming" || argument == "--key-file" { skipNext = true; continue }
-            if argument.hasPrefix("--restore=") || argument.hasPrefix("--incoming=") || argument.hasPrefix("--key-file=")
-                || argument == "--verify-memory" || argument == "--no-verify-memory" { continue }
-            result.append(argument)
-        }
-        return result
+        removing(["--restore", "--incoming", "--key-file"], flags: ["--verify-memory", "--no-verify-memory"], from: arguments)
     }
 
-    /// `arguments` without `option` and its value.
-    static func removing(_ option: String, from arguments: [String]) -> [String] {
+    /// `arguments` without `options` (each with its value, as `--name VALUE` or `--name=VALUE`)
+    /// and without `flags`.
+    static func removing(_ options: [String], flags: [String] = [], from arguments: [String]) -> [String] {
         var result: [String] = []
         var skipNext = false
         for argument in arguments {
             if skipNext { skipNext = false; continue }
-            if argument == option { skipNext = true; continue }
-            if argument.hasPrefix(option + "=") { continue }
+            if options.contains(argument) { skipNext = true; continue }
+            if flags.contains(argument) || options.contains(where: { argument.hasPrefix($0 + "=") }) { continue }
             result.append(argument)
         }
         return result
@@ -274,7 +266,7 @@ struct Run: ParsableCommand {
         } catch { fail("--incoming \(address)", error.description) }
     }
 
-    private func execute(restoring source: RestoreSource?, arguments: [String], began: Double) throws {
+    private func execute(restoring source: RestoreSource?, arguments: [String], began: UInt64) throws {
         let snapshot: SnapshotReader?, incomingMigration: IncomingMigration?
         switch source {
         case .snapshot(let reader)?: (snapshot, incomingMigration) = (reader, nil)
@@ -347,13 +339,13 @@ struct Run: ParsableCommand {
         if emulatedLinux { printError(Self.emulatedLinuxNote) }
         let key = snapshotKey()
         // Where a restore's time goes, for its report line: since hv began, at each step.
-        var steps: [(String, Double)] = [("opened, checked, configured", monotonicSeconds())]
-        func step(_ name: String) { steps.append((name, monotonicSeconds())) }
+        var steps: [(String, UInt64)] = [("opened, checked, configured", monotonicNanoseconds())]
+        func step(_ name: String) { steps.append((name, monotonicNanoseconds())) }
         func breakdown() -> String {
             var last = began
             return steps.map { name, at in
                 defer { last = at }
-                return String(format: "%@ %.1f", name, (at - last) * 1000)
+                return String(format: "%@ %.1f", name, Double(at &- last) / 1e6)
             }.joined(separator: ", ") + " ms"
         }
         let (result, statistics) = try reportingErrors { () throws(HVError) -> (RunResult, ExitStatistics) in
@@ -413,14 +405,14 @@ struct Run: ParsableCommand {
             try machine.start(handler: NoExitHandler())
             step("started")
             if let incomingMigration {
-                do throws(SnapshotError) { try incomingMigration.started(atNanoseconds: UInt64(monotonicSeconds() * 1e9)) } catch {
+                do throws(SnapshotError) { try incomingMigration.started(atNanoseconds: monotonicNanoseconds()) } catch {
                     // The source did not hear that the guest runs here: it runs on there; this copy must not.
                     printError("hv: error: the source did not take the news that the guest runs here (\(error)); stopping this copy")
                     machine.stop()
                 }
                 printError(String(format: "hv: received the VM (%@, %llu bytes over the stream) and started the guest %.2f ms after hv began",
                                   ByteSize(bytes: incomingMigration.memory.size).description, incomingMigration.bytes,
-                                  (monotonicSeconds() - began) * 1000))
+                                  Double(monotonicNanoseconds() &- began) / 1e6))
                 LogCategory.vcpu.logger.info("incoming migration: \(breakdown())")
             }
             if let snapshot {
@@ -428,7 +420,7 @@ struct Run: ParsableCommand {
                 printError(String(format: "hv: restored %@ (%@, %llu data pages%@) and started the guest %.2f ms after hv began", snapshot.directory,
                                   ByteSize(bytes: snapshot.manifest.memory.size).description, pages,
                                   snapshot.manifest.encryption == nil ? (verifyMemory ? ", verified" : "") : ", decrypted",
-                                  (monotonicSeconds() - began) * 1000))
+                                  Double(monotonicNanoseconds() &- began) / 1e6))
                 printError("hv: restore steps: \(breakdown())")
             }
             let result = machine.wait()
@@ -894,11 +886,4 @@ enum ResetPolicyArgument: String, ExpressibleByArgument, CaseIterable {
 enum HaltPolicyArgument: String, ExpressibleByArgument, CaseIterable {
     case stop, resume
     var policy: HaltPolicy { self == .stop ? .stop : .resume }
-}
-
-/// Seconds on the monotonic clock.
-func monotonicSeconds() -> Double {
-    var now = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &now)
-    return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
 }

@@ -899,7 +899,7 @@ func cycleCounter() -> UInt64 {
 
 /// CLOCK_MONOTONIC in nanoseconds (vDSO: no system call, no allocation).
 @inline(__always)
-func monotonicNanoseconds() -> UInt64 {
+public func monotonicNanoseconds() -> UInt64 {
     var now = timespec()
     clock_gettime(CLOCK_MONOTONIC, &now)
     return UInt64(now.tv_sec) &* 1_000_000_000 &+ UInt64(now.tv_nsec)
