@@ -22,7 +22,7 @@ public enum Migration {
         guard wasRunning || machine.state == .paused else { throw SnapshotError("VM", "cannot migrate a VM that is \(machine.state)") }
         let channel = try MigrationChannel.source(descriptor, key: key)
         let image = MemoryImage(machine.memory)
-        var paused = !wasRunning
+        var paused = !wasRunning, released = false
         var report = MigrationReport(rounds: 0, pagesSent: 0, bytesSent: 0, finalPages: 0, downtimeSeconds: 0, totalSeconds: 0)
         func update(_ body: (inout MigrationProgress) -> Void) { progress.update(body) }
         do throws(SnapshotError) {
@@ -70,6 +70,9 @@ public enum Migration {
                 try hv { () throws(HVError) in try machine.pause() }
                 paused = true
             }
+            // Disk images: flushed and unlocked, for the destination to take before its guest runs.
+            machine.releaseBackings()
+            released = true
             pending = Array(Set(pending + (try dirtyPages(machine, image)))).sorted()
             try sendPages(pending, of: image, over: channel)
             report.finalPages = UInt64(pending.count)
@@ -94,6 +97,12 @@ public enum Migration {
         } catch {
             try? machine.vm.setDirtyLogging(false)
             machine.memory.logHostWrites(false)
+            var error = error
+            if released {
+                do throws(HVError) { try machine.claimBackings() } catch let claim {
+                    error = SnapshotError(error.subject, "\(error.problem); and the source could not take its disk back: \(claim)")
+                }
+            }
             if paused, wasRunning { try? machine.resume() }
             update { $0.phase = "failed"; $0.message = error.description }
             throw error

@@ -6,8 +6,9 @@ import HVCore
 
 /// What is in a snapshot and where: readable without the key, authenticated with it.
 public struct SnapshotManifest: Codable, Sendable, Equatable {
-    /// The layout of the `state` and `memory` files; a reader refuses any other.
-    public static let currentFormat = 1
+    /// The layout of the `state` and `memory` files and of the sections' encodings; a reader
+    /// refuses any other. 2: PCI functions carry their own state (virtio-pci's queues, MSI-X).
+    public static let currentFormat = 2
     /// The HV release that writes snapshots; a snapshot from another is refused, as the
     /// devices' and backends' encodings may differ.
     public static let currentHV = "0.1"

@@ -390,7 +390,10 @@ struct Run: ParsableCommand {
                 // Built while the source still sent pages; now the rest and the state.
                 let saved: SavedMachine
                 do throws(SnapshotError) { saved = try incomingMigration.receive() } catch { fail("--incoming", error.description) }
-                do throws(HVError) { try machine.restoreMachine(saved, resetImage: image) } catch {
+                do throws(HVError) {
+                    try machine.restoreMachine(saved, resetImage: image)
+                    try machine.claimBackings()
+                } catch {
                     incomingMigration.failed(error.description)
                     throw error
                 }
@@ -521,7 +524,9 @@ struct Run: ParsableCommand {
         for disk in disk {
             do throws(VirtioBlockError) {
                 let limit = RateLimit(bandwidth: disk.bandwidth, operations: disk.operations)
-                let device = try VirtioBlock(path: disk.path, readOnly: disk.readOnly, serial: disk.serial, direct: disk.direct, rateLimit: limit)
+                // A migration's destination takes the image's lock once the source let go of it.
+                let device = try VirtioBlock(path: disk.path, readOnly: disk.readOnly, serial: disk.serial, direct: disk.direct, rateLimit: limit,
+                                             claim: incoming == nil)
                 attachments.append(VirtioAttachment(device, index: attachments.count))
             } catch {
                 fail("--disk \(error.path)", error.problem)

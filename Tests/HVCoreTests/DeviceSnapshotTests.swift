@@ -293,13 +293,13 @@ struct DeviceSnapshotTests {
             try restore(PCIHostBridge(), state)
         }
         let fewer = PCIHostBridge(resetControl: ResetControlDevice())
-        #expect(throws: StateDecodingError(field: "pci-host function 00:01.0 configuration",
-                                           problem: "the snapshot has a function here; this bus has none that can take it")) {
+        #expect(throws: StateDecodingError(field: "pci-host function 00:01.0",
+                                           problem: "the snapshot has scratch here; this bus has nothing that can take it")) {
             try restore(fewer, state)
         }
         let more = try pciBus()
         try more.attach(PCIFunction(name: "extra", configuration: PCIConfigurationSpace(vendorID: 1, deviceID: 2, classCode: 0)), slot: 0x1F, function: 7)
-        #expect(throws: StateDecodingError(field: "pci-host function 00:1f.7 configuration", problem: "this bus has a function here; the snapshot has none")) {
+        #expect(throws: StateDecodingError(field: "pci-host function 00:1f.7", problem: "this bus has extra here; the snapshot has none")) {
             try restore(more, state)
         }
         #expect(more.configAddress == 0, "a refused state changes nothing")

@@ -23,9 +23,10 @@ final class PCIBench {
     let transport: VirtioPCITransport<VirtioEntropy>
     let window = PCIWindow()
 
-    init() throws {
-        memory = try GuestMemory(regions: [MemoryRegion(guestAddress: 0, size: 16 << 20)])
-        transport = try VirtioPCITransport(device: VirtioEntropy(), memory: memory, controller: controller)
+    /// A function on fresh memory, or on `memory` (a restored guest's).
+    init(memory: GuestMemory? = nil) throws {
+        self.memory = try memory ?? GuestMemory(regions: [MemoryRegion(guestAddress: 0, size: 16 << 20)])
+        transport = try VirtioPCITransport(device: VirtioEntropy(), memory: self.memory, controller: controller)
         window.add(transport)
         transport.assign(address: Self.base)
     }

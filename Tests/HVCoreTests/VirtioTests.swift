@@ -24,6 +24,15 @@ final class VirtioTestDriver<Device: VirtioDevice> {
         self.size = size
     }
 
+    /// A driver for a transport that already runs (a restored one), going on from the driver's
+    /// available index.
+    init(transport: VirtioMMIOTransport<Device>, memory: GuestMemory, size: UInt16 = 16, availableIndex: UInt16) {
+        self.memory = memory
+        self.transport = transport
+        self.size = size
+        self.availableIndex = availableIndex
+    }
+
     func read(_ register: UInt64) -> UInt32 { UInt32(transport.mmioRead(offset: register, width: 4)) }
     func write(_ register: UInt64, _ value: UInt32) { _ = transport.mmioWrite(offset: register, width: 4, value: UInt64(value)) }
 

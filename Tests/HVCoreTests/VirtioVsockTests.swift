@@ -175,7 +175,7 @@ final class VsockBench {
     let folder: URL
     let device: VirtioVsock
     let driver: VirtioTestDriver<VirtioVsock>
-    var receive: TestQueue, transmit: TestQueue
+    var receive: TestQueue, transmit: TestQueue, event: TestQueue
     var socketPath: String { folder.appendingPathComponent("v.sock").path }
 
     init(receiveBuffers: Int = 8, bufferSize: UInt32 = 4096 + 44) throws {
@@ -191,7 +191,7 @@ final class VsockBench {
         driver.write(0x70, VirtioStatus.acknowledge | VirtioStatus.driver | VirtioStatus.featuresOK)
         receive = TestQueue(0, base: 0x10_0000, driver: driver)
         transmit = TestQueue(1, base: 0x20_0000, driver: driver)
-        _ = TestQueue(2, base: 0x30_0000, driver: driver)
+        event = TestQueue(2, base: 0x30_0000, driver: driver)
         driver.write(0x70, VirtioStatus.acknowledge | VirtioStatus.driver | VirtioStatus.featuresOK | VirtioStatus.driverOK)
         for _ in 0..<receiveBuffers { try receive.post(driver, writableLength: bufferSize) }
     }

@@ -131,22 +131,47 @@ public final class PCIHostBridge: PortIODevice, ResettableDevice, Sendable {
 
 // MARK: Snapshot
 
+/// A PCI function whose state a snapshot saves: its configuration space and whatever stands
+/// behind its BARs (a virtio transport's queues and MSI-X table).
+public protocol SnapshotPCIFunction: PCIDevice {
+    func saveFunctionState(to encoder: inout StateEncoder)
+    /// Puts back what `saveFunctionState` wrote, before the machine starts.
+    func restoreFunctionState(from decoder: inout StateDecoder) throws(StateDecodingError)
+}
+
+extension PCIFunction: SnapshotPCIFunction {
+    /// The 256 configuration bytes. Write masks and BAR sizes come from construction, as in QEMU.
+    public func saveFunctionState(to encoder: inout StateEncoder) {
+        encoder.write(bytes: configuration.bytes)
+    }
+
+    public func restoreFunctionState(from decoder: inout StateDecoder) throws(StateDecodingError) {
+        let bytes = try decoder.readBytes("configuration", atMost: 256)
+        guard bytes.count == 256 else { throw StateDecodingError(field: "configuration", problem: "\(bytes.count) bytes; a configuration space has 256") }
+        restoreConfiguration(bytes: bytes)
+    }
+}
+
 extension PCIHostBridge: SnapshotDevice {
-    /// Why the bus cannot be saved: a function whose state is more than its configuration
-    /// space (a virtio transport's queues, the test device's registers) has no encoding yet.
+    /// The functions on the bus, in slot order (for the machine's snapshot walk).
+    public var attachedFunctions: [any PCIDevice] {
+        state.withLock { $0.functions.compactMap { $0 } }
+    }
+
+    /// Why the bus cannot be saved: a function whose state has no encoding (the test
+    /// device's registers).
     public var snapshotRefusal: String? {
         let functions = state.withLock { $0.functions }
         for (index, function) in functions.enumerated() {
-            if let function, !(function is PCIFunction) {
+            if let function, !(function is SnapshotPCIFunction) {
                 return "PCI function \(Self.address(index)) (\(function.name)) has no snapshot support yet"
             }
         }
         return nil
     }
 
-    /// CONFIG_ADDRESS, the 0xCF9 register when the bridge owns it, and each function's 256
-    /// configuration bytes by its device/function number (QEMU's `vmstate_pcihost` and
-    /// `vmstate_pci_device`). Write masks and BAR sizes come from construction, as in QEMU.
+    /// CONFIG_ADDRESS, the 0xCF9 register when the bridge owns it, and each function's state
+    /// by its device/function number (QEMU's `vmstate_pcihost` and `vmstate_pci_device`).
     public func saveState(to encoder: inout StateEncoder) {
         let (address, functions) = state.withLock { ($0.address, $0.functions) }
         encoder.write(address)
@@ -156,17 +181,21 @@ extension PCIHostBridge: SnapshotDevice {
             resetControl.saveState(to: &nested)
             encoder.write(bytes: nested.bytes)
         }
-        let saved = functions.enumerated().compactMap { index, function in (function as? PCIFunction).map { (index, $0) } }
+        let saved = functions.enumerated().compactMap { index, function in (function as? SnapshotPCIFunction).map { (index, $0) } }
         encoder.write(UInt16(saved.count))
         for (index, function) in saved {
             encoder.write(UInt8(index))
-            encoder.write(bytes: function.configuration.bytes)
+            encoder.write(function.name)
+            var nested = StateEncoder()
+            function.saveFunctionState(to: &nested)
+            encoder.write(bytes: nested.bytes)
         }
     }
 
-    /// Decodes everything first and checks that the saved functions sit where this bus has
-    /// its own, so a state that does not fit changes nothing. Configuration writes have no side
-    /// effects to replay: windows decode BARs from the configuration bytes at each access.
+    /// Checks that the saved functions sit where this bus has its own, of the same kind, before
+    /// any is restored. Configuration writes have no side effects to replay: windows decode
+    /// BARs from the configuration bytes at each access (a virtio-pci function moves its
+    /// doorbells' eventfds itself).
     public func restoreState(from decoder: inout StateDecoder) throws(StateDecodingError) {
         let address = try decoder.read(UInt32.self, "pci-host config address")
         let hasResetControl = try decoder.read(Bool.self, "pci-host reset control present")
@@ -177,22 +206,25 @@ extension PCIHostBridge: SnapshotDevice {
         let resetState = hasResetControl ? try decoder.readBytes("pci-host reset control", atMost: 16) : []
         let functions = state.withLock { $0.functions }
         let count = try decoder.read(UInt16.self, "pci-host function count", below: UInt16(functions.count + 1))
-        var restored: [(PCIFunction, [UInt8])] = []
+        var restored: [(SnapshotPCIFunction, [UInt8], String)] = []
         var seen = Set<Int>()
         for _ in 0..<count {
             // Device << 3 | function: every byte value names a function of bus 0.
             let index = Int(try decoder.read(UInt8.self, "pci-host function number"))
-            let field = "pci-host function \(Self.address(index)) configuration"
-            let bytes = try decoder.readBytes(field, atMost: 256)
-            guard bytes.count == 256 else { throw StateDecodingError(field: field, problem: "\(bytes.count) bytes; a configuration space has 256") }
+            let field = "pci-host function \(Self.address(index))"
+            let name = try decoder.readString("\(field) name")
+            let bytes = try decoder.readBytes("\(field) state")
             guard seen.insert(index).inserted else { throw StateDecodingError(field: field, problem: "is saved twice") }
-            guard let function = functions[index] as? PCIFunction else {
-                throw StateDecodingError(field: field, problem: "the snapshot has a function here; this bus has none that can take it")
+            guard let function = functions[index] as? SnapshotPCIFunction else {
+                throw StateDecodingError(field: field, problem: "the snapshot has \(name) here; this bus has nothing that can take it")
             }
-            restored.append((function, bytes))
+            guard function.name == name else {
+                throw StateDecodingError(field: field, problem: "the snapshot has \(name) here; this bus has \(function.name)")
+            }
+            restored.append((function, bytes, field))
         }
-        if let missing = functions.indices.first(where: { functions[$0] is PCIFunction && !seen.contains($0) }) {
-            throw StateDecodingError(field: "pci-host function \(Self.address(missing)) configuration", problem: "this bus has a function here; the snapshot has none")
+        if let missing = functions.indices.first(where: { functions[$0] is SnapshotPCIFunction && !seen.contains($0) }) {
+            throw StateDecodingError(field: "pci-host function \(Self.address(missing))", problem: "this bus has \(functions[missing]?.name ?? "a function") here; the snapshot has none")
         }
         if let resetControl {
             var nested = StateDecoder(resetState)
@@ -200,7 +232,15 @@ extension PCIHostBridge: SnapshotDevice {
             try nested.finish("pci-host reset control")
         }
         state.withLock { $0.address = address & 0x80FF_FFFF }
-        for (function, bytes) in restored { function.restoreConfiguration(bytes: bytes) }
+        for (function, bytes, field) in restored {
+            var nested = StateDecoder(bytes)
+            do throws(StateDecodingError) {
+                try function.restoreFunctionState(from: &nested)
+                try nested.finish("state")
+            } catch {
+                throw StateDecodingError(field: "\(field) \(error.field)", problem: error.problem)
+            }
+        }
     }
 
     /// "00:01.0" for function slot 1, function 0 (bus 0: the only one).

@@ -41,6 +41,33 @@ public struct SavedMachine: Sendable, Equatable {
 }
 
 extension Machine {
+    /// Every device object: those on the bus, the PCI functions behind a host bridge, and the
+    /// virtio devices behind their transports.
+    var deviceObjects: [AnyObject] {
+        var result: [AnyObject] = []
+        for (_, device) in devices.uniqueDevices {
+            result.append(device)
+            if let bridge = device as? PCIHostBridge { result += bridge.attachedFunctions.map { $0 as AnyObject } }
+        }
+        result += result.compactMap { ($0 as? VirtioTransport)?.virtioDevice }
+        return result
+    }
+
+    /// The devices with work of their own that a pause holds.
+    var activityHoldingDevices: [any ActivityHoldingDevice] { deviceObjects.compactMap { $0 as? ActivityHoldingDevice } }
+
+    /// Lets go of what the devices hold exclusively (disk images): a migration's source, paused
+    /// for its last copy, so that the destination can take hold (`HandOverDevice`).
+    public func releaseBackings() {
+        for device in deviceObjects { (device as? HandOverDevice)?.releaseBacking() }
+    }
+
+    /// Takes hold of what the devices hold exclusively: a migration's destination before its
+    /// guest runs, or a source whose migration failed. Fails naming what another process holds.
+    public func claimBackings() throws(HVError) {
+        for device in deviceObjects { try (device as? HandOverDevice)?.claimBacking() }
+    }
+
     /// The state of a paused machine (`pause()` first; its vCPUs have finished the instruction
     /// behind their last exit). A device that cannot save its state fails the whole call,
     /// naming it. Guest memory is read separately, through `memory`, while still paused.

@@ -245,6 +245,8 @@ public final class Machine<B: Backend>: @unchecked Sendable {
         startTime = monotonicNanoseconds()
         startCycles = cycleCounter()
         lock.unlock()
+        // Devices restored from a snapshot were held; they serve what waited now.
+        for device in activityHoldingDevices { device.releaseActivity() }
         log.debug("starting \(vcpus.count) vCPU(s)")
         if let interval = configuration.preemptionTimerInterval { startPreemptionTimer(every: interval) }
         for vcpu in vcpus {
@@ -313,16 +315,21 @@ public final class Machine<B: Backend>: @unchecked Sendable {
         lock.lock()
         while parked + finished < vcpus.count { lock.wait() }
         // A stop that came in meanwhile wins: the VM is on its way to stopped, not paused.
-        if _state == .running, request.load(ordering: .acquiring) == Request.pause.rawValue { _state = .paused }
+        let paused = _state == .running && request.load(ordering: .acquiring) == Request.pause.rawValue
+        if paused { _state = .paused }
         lock.unlock()
+        // Device threads (queues served on eventfds, host input, timers) stop too, so that
+        // neither device state nor guest memory changes while the VM is paused.
+        if paused { for device in activityHoldingDevices { device.holdActivity() } }
         log.debug("paused")
     }
 
-    /// Lets paused vCPUs run again.
+    /// Lets paused vCPUs run again (and the devices' own work, held by `pause`).
     public func resume() throws(HVError) {
         lock.lock()
         defer { lock.unlock() }
         guard _state == .paused else { throw .invalidState(operation: "resume", state: _state) }
+        for device in activityHoldingDevices { device.releaseActivity() }
         _state = .running
         // A stop requested while paused stands: the parked vCPUs wake to it and end.
         guard request.load(ordering: .acquiring) != Request.stop.rawValue else { return }

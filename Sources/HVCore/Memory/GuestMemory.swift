@@ -194,7 +194,9 @@ public final class GuestMemory: @unchecked Sendable {
         }
     }
 
-    @inline(__always) private func noteHostWrite(_ address: GuestPhysicalAddress, _ length: UInt64) {
+    /// Records a host write of `length` bytes at `address` while host writes are logged (a
+    /// device that writes through `hostPointer` calls it: virtqueue buffers).
+    @inline(__always) func noteHostWrite(_ address: GuestPhysicalAddress, _ length: UInt64) {
         guard loggingHostWrites.load(ordering: .relaxed), length > 0 else { return }
         let first = address.rawValue / 4096, last = (address.rawValue &+ length &- 1) / 4096
         hostWrites.withLock { pages in

@@ -135,3 +135,27 @@ extension StatelessDevice {
     public func saveState(to encoder: inout StateEncoder) {}
     public func restoreState(from decoder: inout StateDecoder) throws(StateDecodingError) {}
 }
+
+/// A device that does work of its own, apart from the vCPUs' accesses: threads that serve
+/// queues on eventfd notifications, host input (a TAP, a console, vsock sockets), timers. A
+/// paused machine holds that work (`Machine.pause`), so neither its state nor guest memory
+/// changes while a snapshot reads them; what arrived meanwhile is served at `resume` (or, in a
+/// restored machine, at `start`).
+public protocol ActivityHoldingDevice: AnyObject {
+    /// Stops touching guest memory and device state until `releaseActivity`; returns once work
+    /// under way has finished.
+    func holdActivity()
+    /// Serves what was held.
+    func releaseActivity()
+}
+
+/// A device backed by something only one VM may hold at a time: a disk image, locked against a
+/// second writer. A live migration hands it over (QEMU inactivates its images the same way):
+/// the source lets go when it stops for the last copy, the destination takes hold before its
+/// guest runs, and the source takes hold again if the migration fails.
+public protocol HandOverDevice: AnyObject {
+    /// Flushes what the device wrote and lets go.
+    func releaseBacking()
+    /// Takes hold; fails, naming the resource, while another process holds it.
+    func claimBacking() throws(HVError)
+}

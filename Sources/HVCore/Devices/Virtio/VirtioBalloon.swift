@@ -135,6 +135,58 @@ public final class VirtioBalloon: VirtioDevice {
         return virtioConfigurationRead(bytes, offset: offset, width: width)
     }
 
+    // MARK: Snapshots
+
+    /// The target and actual size the driver knows, the statistics buffer the device holds (its
+    /// chain stays taken from the ring), the last report and the counters. Pages in the
+    /// balloon are holes in the snapshot's memory file like every other zero page.
+    public func saveState(to encoder: inout StateEncoder) {
+        let state = state.withLock { $0 }
+        encoder.write(state.targetPages)
+        encoder.write(state.actualPages)
+        encoder.write(state.heldStatisticsHead != nil)
+        encoder.write(state.heldStatisticsHead ?? 0)
+        encoder.write(state.refreshRequested)
+        let values = state.statistics.values.sorted { $0.key < $1.key }
+        encoder.write(UInt16(values.count))
+        for (tag, value) in values {
+            encoder.write(tag)
+            encoder.write(value)
+        }
+        let counters = state.counters
+        for value in [counters.inflatedPages, counters.deflatedPages, counters.inflatedBytesReturned,
+                      counters.reportedBytesReturned, counters.invalidPages, counters.statisticsReports] { encoder.write(value) }
+    }
+
+    public func restoreState(from decoder: inout StateDecoder) throws(StateDecodingError) {
+        let target = try decoder.read(UInt32.self, "virtio-balloon target pages")
+        let actual = try decoder.read(UInt32.self, "virtio-balloon actual pages")
+        let holds = try decoder.read(Bool.self, "virtio-balloon holds a statistics buffer")
+        let head = try decoder.read(UInt16.self, "virtio-balloon held statistics buffer")
+        let refresh = try decoder.read(Bool.self, "virtio-balloon refresh requested")
+        let count = try decoder.read(UInt16.self, "virtio-balloon statistics count", below: UInt16(Self.maximumStatistics + 1))
+        var statistics = Statistics()
+        for _ in 0..<count {
+            let tag = try decoder.read(UInt16.self, "virtio-balloon statistic tag")
+            statistics.values[tag] = try decoder.read(UInt64.self, "virtio-balloon statistic value")
+        }
+        var counters = Counters()
+        counters.inflatedPages = try decoder.read(UInt64.self, "virtio-balloon inflated pages")
+        counters.deflatedPages = try decoder.read(UInt64.self, "virtio-balloon deflated pages")
+        counters.inflatedBytesReturned = try decoder.read(UInt64.self, "virtio-balloon inflated bytes returned")
+        counters.reportedBytesReturned = try decoder.read(UInt64.self, "virtio-balloon reported bytes returned")
+        counters.invalidPages = try decoder.read(UInt64.self, "virtio-balloon invalid pages")
+        counters.statisticsReports = try decoder.read(UInt64.self, "virtio-balloon statistics reports")
+        state.withLock { state in
+            state.targetPages = target
+            state.actualPages = actual
+            state.heldStatisticsHead = holds ? head : nil
+            state.refreshRequested = refresh
+            state.statistics = statistics
+            state.counters = counters
+        }
+    }
+
     /// The driver writes `actual` (offset 4), the pages it has in the balloon.
     public func writeConfiguration(offset: Int, width: Int, value: UInt64) {
         guard offset >= 4, offset + width <= 8 else { return }

@@ -81,8 +81,12 @@ public final class VirtioBlock: VirtioDevice {
     /// A transfer O_DIRECT cannot take (a guest buffer not aligned to 512 bytes, a file system
     /// with larger blocks) goes through the page cache instead, which the kernel keeps coherent
     /// with direct I/O.
+    ///
+    /// With `claim` false the lock is not taken yet: a live migration's destination opens the
+    /// image while the source still runs on it, and takes the lock with `claimBacking()`
+    /// once the source let go.
     public init(path: String, readOnly: Bool = false, serial: String? = nil, direct: Bool = false, rateLimit: RateLimit = .none,
-                clock: (@Sendable () -> UInt64)? = nil) throws(VirtioBlockError) {
+                clock: (@Sendable () -> UInt64)? = nil, claim: Bool = true) throws(VirtioBlockError) {
         let serialBytes = Array((serial ?? "").utf8)
         guard serialBytes.count <= Self.serialLength else {
             throw VirtioBlockError(path: path, problem: "serial \"\(serial ?? "")\" is \(serialBytes.count) bytes; at most \(Self.serialLength)")
@@ -99,8 +103,7 @@ public final class VirtioBlock: VirtioDevice {
             close(fd)
             throw VirtioBlockError(path: path, problem: "is not a regular file or a block device")
         }
-        guard flock(fd, (readOnly ? LOCK_SH : LOCK_EX) | LOCK_NB) == 0 else {
-            let problem = errno == EWOULDBLOCK ? "is in use by another process (it holds a lock on it)" : String(cString: strerror(errno))
+        if claim, let problem = Self.lock(fd, readOnly: readOnly) {
             close(fd)
             throw VirtioBlockError(path: path, problem: problem)
         }
@@ -133,6 +136,12 @@ public final class VirtioBlock: VirtioDevice {
     }
 
     public func connect(serve: @escaping @Sendable (Int) -> Void) { serveQueue.set(serve) }
+
+    /// Takes the advisory lock (shared for a read-only image), or says why it could not.
+    private static func lock(_ fd: Int32, readOnly: Bool) -> String? {
+        guard flock(fd, (readOnly ? LOCK_SH : LOCK_EX) | LOCK_NB) != 0 else { return nil }
+        return errno == EWOULDBLOCK ? "is in use by another process (it holds a lock on it)" : String(cString: strerror(errno))
+    }
 
     /// The limit in force.
     public var rateLimit: RateLimit { throttle.limit }
@@ -179,6 +188,28 @@ public final class VirtioBlock: VirtioDevice {
 
     public func readConfiguration(offset: Int, width: Int) -> UInt64 {
         virtioConfigurationRead(configuration, offset: offset, width: width)
+    }
+
+    // MARK: Snapshots
+
+    /// Requests are finished when they are taken, so nothing is in flight: the state is the
+    /// disk's shape, which the restoring VM's disk must have. The image itself is not part of
+    /// a snapshot (as in Firecracker): restore with the disk as it was when the snapshot was
+    /// taken (Documentation/Snapshots.md, "Disks").
+    public func saveState(to encoder: inout StateEncoder) {
+        encoder.write(sectors)
+        encoder.write(readOnly)
+    }
+
+    public func restoreState(from decoder: inout StateDecoder) throws(StateDecodingError) {
+        let saved = try decoder.read(UInt64.self, "virtio-blk sectors")
+        let savedReadOnly = try decoder.read(Bool.self, "virtio-blk read-only")
+        guard saved == sectors else {
+            throw StateDecodingError(field: "virtio-blk \(path)", problem: "has \(sectors) sectors; the snapshot's disk had \(saved) (the guest knows its size)")
+        }
+        guard savedReadOnly == readOnly else {
+            throw StateDecodingError(field: "virtio-blk \(path)", problem: savedReadOnly ? "is writable here; the snapshot's disk was read-only" : "is read-only here; the snapshot's disk was writable")
+        }
     }
 
     public func serve(queue index: Int, _ queue: inout Virtqueue, memory: GuestMemory) throws(VirtioDeviceError) -> Bool {
@@ -335,4 +366,25 @@ public final class VirtioBlock: VirtioDevice {
     }
 
     private static let zeroes = [UInt8](repeating: 0, count: 64 * 1024)
+}
+
+extension VirtioBlock: HandOverDevice {
+    /// A migration's source, paused for its last copy: what was written reaches the image, and
+    /// the lock goes, so the destination can take it.
+    public func releaseBacking() {
+        if !readOnly { _ = fdatasync(fd) }
+        _ = flock(fd, LOCK_UN)
+    }
+
+    /// Takes the lock, waiting up to a second for a source that is letting go.
+    public func claimBacking() throws(HVError) {
+        var problem = Self.lock(fd, readOnly: readOnly)
+        var waited = 0
+        while problem != nil, waited < 100 {
+            usleep(10_000)
+            waited += 1
+            problem = Self.lock(fd, readOnly: readOnly)
+        }
+        if let problem { throw .snapshot(subject: "virtio-blk \(path)", problem: problem) }
+    }
 }

@@ -91,6 +91,23 @@ public final class VirtioConsole: VirtioDevice, ConsoleReceiver {
         }
     }
 
+    /// Input not yet delivered to the driver (what was typed while the VM was paused).
+    public func saveState(to encoder: inout StateEncoder) {
+        let pending = input.withLock { input in
+            (0..<input.count).map { input.storage[(input.start + $0) % Self.inputCapacity] }
+        }
+        encoder.write(bytes: pending)
+    }
+
+    public func restoreState(from decoder: inout StateDecoder) throws(StateDecodingError) {
+        let pending = try decoder.readBytes("virtio-console input", atMost: Self.inputCapacity)
+        input.withLock { input in
+            input.start = 0
+            input.count = pending.count
+            for (index, byte) in pending.enumerated() { input.storage[index] = byte }
+        }
+    }
+
     /// A device reset drops input nobody has read.
     public func reset() {
         input.withLock { $0.start = 0; $0.count = 0 }

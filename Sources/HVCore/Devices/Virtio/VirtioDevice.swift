@@ -81,12 +81,25 @@ public protocol VirtioDevice: AnyObject, Sendable {
     /// A device reset (the driver wrote 0 to the status, or the platform reset): back to
     /// power-on, nothing in flight.
     func reset()
+    /// Appends the device type's own state, what the transport does not hold: input not yet
+    /// delivered, a buffer the device keeps, a balloon's target (Documentation/Snapshots.md).
+    /// Called with the transport's lock held, while the machine is paused.
+    func saveState(to encoder: inout StateEncoder)
+    /// Puts back what `saveState` wrote (after `activate` with the snapshot's features), or
+    /// refuses a state that does not fit this device (another disk size, another MAC address).
+    func restoreState(from decoder: inout StateDecoder) throws(StateDecodingError)
     /// Called once by the transport with a way to have a queue served from a host thread
     /// (a device with input of its own keeps it; others ignore it).
     func connect(serve: @escaping @Sendable (Int) -> Void)
     /// Called once by the transport with a way to announce a change the device made to its
     /// configuration space (a configuration-change interrupt); most device types ignore it.
     func connectConfigurationChange(_ changed: @escaping @Sendable () -> Void)
+}
+
+/// A virtio transport, whatever its device type: how the machine finds the devices behind
+/// its transports (to hold their work on pause, to hand a disk over in a migration).
+public protocol VirtioTransport: AnyObject {
+    var virtioDevice: any VirtioDevice { get }
 }
 
 extension Virtqueue {

@@ -27,6 +27,10 @@ public final class VirtioEntropy: VirtioDevice {
 
     public func readConfiguration(offset: Int, width: Int) -> UInt64 { 0 }
 
+    /// Nothing of its own: each request is answered as it is taken.
+    public func saveState(to encoder: inout StateEncoder) {}
+    public func restoreState(from decoder: inout StateDecoder) throws(StateDecodingError) {}
+
     public func serve(queue index: Int, _ queue: inout Virtqueue, memory: GuestMemory) throws(VirtioDeviceError) -> Bool {
         try chain.withLock { (chain) throws(VirtioDeviceError) -> Bool in
             var used = false

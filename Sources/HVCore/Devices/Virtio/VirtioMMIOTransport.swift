@@ -180,6 +180,23 @@ public final class VirtioMMIOTransport<Device: VirtioDevice>: MMIODevice, Resett
     }
 }
 
+// MARK: Snapshots
+
+extension VirtioMMIOTransport: SnapshotDevice, ActivityHoldingDevice, VirtioTransport {
+    public var virtioDevice: any VirtioDevice { device }
+
+    /// The transport's registers and queues, then the device type's state
+    /// (`VirtioTransportCore.saveState`); the line follows the restored interrupt status.
+    public func saveState(to encoder: inout StateEncoder) { core.saveState(to: &encoder) }
+
+    public func restoreState(from decoder: inout StateDecoder) throws(StateDecodingError) {
+        try core.restoreState(from: &decoder, vectors: 0)
+    }
+
+    public func holdActivity() { core.holdActivity() }
+    public func releaseActivity() { core.releaseActivity() }
+}
+
 extension Machine {
     /// Puts `device` behind a virtio-mmio window in `slot`, its interrupt on the slot's GSI.
     /// A guest finds it through the DSDT when the slot is also given to `attachPCPlatform`

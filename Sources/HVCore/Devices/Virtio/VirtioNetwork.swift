@@ -159,6 +159,24 @@ public final class VirtioNetwork: VirtioDevice {
         virtioConfigurationRead(configuration, offset: offset, width: width)
     }
 
+    // MARK: Snapshots
+
+    /// Frames are moved whole while the queue is served, so nothing is in flight; the offloads
+    /// follow the restored features (`activate`). The state is the MAC address the guest
+    /// knows, which the restoring VM must give again. Frames that reach the TAP while the VM is
+    /// paused wait there; a restored VM's TAP starts empty, as a cable plugged elsewhere.
+    public func saveState(to encoder: inout StateEncoder) {
+        encoder.write(bytes: mac.bytes)
+    }
+
+    public func restoreState(from decoder: inout StateDecoder) throws(StateDecodingError) {
+        let saved = try decoder.readBytes("virtio-net MAC address", atMost: 6)
+        guard saved == mac.bytes else {
+            throw StateDecodingError(field: "virtio-net MAC address",
+                                     problem: "is \(mac) here; the snapshot's was \(saved.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined(separator: ":")) (give the same --net mac=)")
+        }
+    }
+
     /// Starts the receive thread once the transport can be asked to serve the receive queue.
     public func connect(serve: @escaping @Sendable (Int) -> Void) {
         serveQueue.set(serve)

@@ -478,6 +478,79 @@ final class MSIX: VirtioInterruptDelivery {
     }
 }
 
+// MARK: Snapshots
+
+extension VirtioPCITransport: SnapshotPCIFunction, ActivityHoldingDevice, VirtioTransport {
+    public var virtioDevice: any VirtioDevice { device }
+
+    /// The configuration space (BAR 0's address, the command register, MSI-X enable), the
+    /// MSI-X table and pending bits, then the transport and the device type
+    /// (`VirtioTransportCore.saveState`).
+    public func saveFunctionState(to encoder: inout StateEncoder) {
+        encoder.write(bytes: space.withLock { $0.bytes })
+        msix.saveState(to: &encoder)
+        core.saveState(to: &encoder)
+    }
+
+    /// After the bytes go back, BAR 0 decodes where the snapshot's guest put it (the doorbells'
+    /// eventfds move with it) and every vector's irqfd route carries the restored message.
+    public func restoreFunctionState(from decoder: inout StateDecoder) throws(StateDecodingError) {
+        let bytes = try decoder.readBytes("configuration", atMost: 256)
+        guard bytes.count == 256 else { throw StateDecodingError(field: "configuration", problem: "\(bytes.count) bytes; a configuration space has 256") }
+        let table = try msix.decodeState(from: &decoder)
+        try core.restoreState(from: &decoder, vectors: msix.count)
+        space.withLock { $0.replaceBytes(bytes) }
+        msix.restore(table)
+        updateDecodedAddress()
+    }
+
+    public func holdActivity() { core.holdActivity() }
+    public func releaseActivity() { core.releaseActivity() }
+}
+
+extension MSIX {
+    func saveState(to encoder: inout StateEncoder) {
+        let state = state.withLock { $0 }
+        encoder.write(state.enabled)
+        encoder.write(state.functionMask)
+        encoder.write(UInt16(state.entries.count))
+        for (index, entry) in state.entries.enumerated() {
+            encoder.write(entry.address)
+            encoder.write(entry.data)
+            encoder.write(entry.masked)
+            encoder.write(state.pending[index])
+        }
+    }
+
+    func decodeState(from decoder: inout StateDecoder) throws(StateDecodingError) -> State {
+        let enabled = try decoder.read(Bool.self, "MSI-X enabled")
+        let functionMask = try decoder.read(Bool.self, "MSI-X function mask")
+        let vectors = Int(try decoder.read(UInt16.self, "MSI-X vectors"))
+        guard vectors == count else {
+            throw StateDecodingError(field: "MSI-X vectors", problem: "the snapshot's function has \(vectors); this one has \(count)")
+        }
+        var state = State(entries: [], pending: [], enabled: enabled, functionMask: functionMask)
+        for index in 0..<vectors {
+            let address = try decoder.read(UInt64.self, "MSI-X vector \(index) address")
+            let data = try decoder.read(UInt32.self, "MSI-X vector \(index) data")
+            let masked = try decoder.read(Bool.self, "MSI-X vector \(index) masked")
+            state.entries.append(Entry(address: address, data: data, masked: masked))
+            state.pending.append(try decoder.read(Bool.self, "MSI-X vector \(index) pending"))
+        }
+        return state
+    }
+
+    /// Puts a decoded table back and points each vector's irqfd route at its message.
+    func restore(_ restored: State) {
+        state.withLock { $0 = restored }
+        guard let routes = routes.withLock({ $0 }) else { return }
+        let ids = notifiers.withLock { $0.map(\.id) }
+        for (index, entry) in restored.entries.enumerated() where index < ids.count {
+            try? routes.update(ids[index], entry.address, entry.data)
+        }
+    }
+}
+
 /// How a backend routes MSI notifiers (`VirtualMachine.addMSINotifier`/`updateMSINotifier`),
 /// as the MSI-X table needs it.
 struct MSINotifierRoutes: Sendable {

@@ -60,6 +60,11 @@ public final class VirtioTransportCore<Device: VirtioDevice>: Sendable {
         var configurationVector: UInt16 = VirtioTransportCore.noVector
         /// Problems already logged (each kind once per device, so a guest cannot flood the log).
         var reported: Set<String> = []
+        /// Held by a paused machine (`holdActivity`): queues asked to be served meanwhile, and
+        /// a configuration change not yet announced, wait for `releaseActivity`.
+        var held = false
+        var heldQueues: Set<Int> = []
+        var heldConfigurationChange = false
 
         init(queueSizes: [UInt16]) {
             queues = queueSizes.map { Virtqueue(maximumSize: $0) }
@@ -206,6 +211,10 @@ public final class VirtioTransportCore<Device: VirtioDevice>: Sendable {
     }
 
     func serveLocked(queue index: Int, _ state: inout State) {
+        if state.held {
+            state.heldQueues.insert(index)
+            return
+        }
         guard state.status & VirtioStatus.driverOK != 0, state.status & VirtioStatus.deviceNeedsReset == 0,
               state.queues.indices.contains(index), state.queues[index].ready
         else { return }
@@ -244,7 +253,9 @@ public final class VirtioTransportCore<Device: VirtioDevice>: Sendable {
 
     func resetLocked(_ state: inout State) {
         let reported = state.reported, generation = state.configurationGeneration, delivered = state.deliveredStatus
+        let held = state.held
         state = State(queueSizes: device.queueSizes)
+        state.held = held
         state.reported = reported
         state.configurationGeneration = generation
         state.deliveredStatus = delivered
@@ -264,7 +275,11 @@ public final class VirtioTransportCore<Device: VirtioDevice>: Sendable {
     public func configurationChanged() {
         access { state in
             state.configurationGeneration &+= 1
-            if state.status & VirtioStatus.driverOK != 0 { raiseConfiguration(&state) }
+            if state.held {
+                state.heldConfigurationChange = true
+            } else if state.status & VirtioStatus.driverOK != 0 {
+                raiseConfiguration(&state)
+            }
         }
     }
 
@@ -283,6 +298,108 @@ public final class VirtioTransportCore<Device: VirtioDevice>: Sendable {
 
     /// Whether the device set DEVICE_NEEDS_RESET (a driver broke a rule).
     public var needsReset: Bool { state.withLock { $0.status & VirtioStatus.deviceNeedsReset != 0 } }
+
+    // MARK: Snapshots (Documentation/Snapshots.md)
+
+    /// Stops serving queues (host threads' requests wait) until `releaseActivity`. Taking the
+    /// lock waits for a serve under way.
+    public func holdActivity() {
+        access { $0.held = true }
+    }
+
+    /// Serves the queues asked for while held, and announces a held configuration change.
+    public func releaseActivity() {
+        access { state in
+            guard state.held else { return }
+            state.held = false
+            let queues = state.heldQueues.sorted()
+            state.heldQueues = []
+            for queue in queues { serveLocked(queue: queue, &state) }
+            if state.heldConfigurationChange {
+                state.heldConfigurationChange = false
+                if state.status & VirtioStatus.driverOK != 0 { raiseConfiguration(&state) }
+            }
+        }
+    }
+
+    /// The transport's state (status, features, queue set-up and ring positions, interrupt
+    /// status, MSI-X vector choices) followed by the device type's own, under the lock.
+    func saveState(to encoder: inout StateEncoder) {
+        state.withLock { state in
+            encoder.write(device.type.rawValue)
+            encoder.write(state.status)
+            encoder.write(state.deviceFeaturesSelect)
+            encoder.write(state.driverFeaturesSelect)
+            encoder.write(state.driverFeatures)
+            encoder.write(state.queueSelect)
+            encoder.write(state.interruptStatus)
+            encoder.write(state.configurationGeneration)
+            encoder.write(state.configurationVector)
+            encoder.write(UInt16(state.queues.count))
+            for (index, queue) in state.queues.enumerated() {
+                queue.saveState(to: &encoder)
+                encoder.write(state.queueVectors[index])
+            }
+            var own = StateEncoder()
+            device.saveState(to: &own)
+            encoder.write(bytes: own.bytes)
+        }
+    }
+
+    /// Puts back what `saveState` wrote, before the machine starts; guest memory already holds
+    /// the snapshot's RAM (the rings are checked against it). The transport's part is decoded
+    /// before anything changes. The transport stays held: at `releaseActivity` (the machine's start)
+    /// every live queue is served once, for the notifications that were on their way when the
+    /// snapshot was taken. `vectors` bounds the MSI-X vector choices (0: none, virtio-mmio).
+    func restoreState(from decoder: inout StateDecoder, vectors: Int) throws(StateDecodingError) {
+        let type = try decoder.read(UInt32.self, "\(name) device type")
+        guard type == device.type.rawValue else {
+            throw StateDecodingError(field: "\(name) device type", problem: "the snapshot has device type \(type) here; this VM has \(device.type.rawValue) (\(name))")
+        }
+        var restored = State(queueSizes: device.queueSizes)
+        restored.status = try decoder.read(UInt32.self, "\(name) status")
+        restored.deviceFeaturesSelect = try decoder.read(UInt32.self, "\(name) device features select")
+        restored.driverFeaturesSelect = try decoder.read(UInt32.self, "\(name) driver features select")
+        restored.driverFeatures = try decoder.read(UInt64.self, "\(name) driver features")
+        if restored.driverFeatures & ~offeredFeatures != 0 {
+            throw StateDecodingError(field: "\(name) driver features",
+                                     problem: "0x\(String(restored.driverFeatures, radix: 16)) includes features this device does not offer (0x\(String(offeredFeatures, radix: 16)))")
+        }
+        restored.queueSelect = try decoder.read(UInt32.self, "\(name) queue select")
+        restored.interruptStatus = try decoder.read(UInt32.self, "\(name) interrupt status") & 3
+        restored.configurationGeneration = try decoder.read(UInt32.self, "\(name) configuration generation")
+        func vector(_ field: String) throws(StateDecodingError) -> UInt16 {
+            let value = try decoder.read(UInt16.self, field)
+            guard value == Self.noVector || Int(value) < vectors else {
+                throw StateDecodingError(field: field, problem: "vector \(value) does not exist (the function has \(vectors))")
+            }
+            return value
+        }
+        restored.configurationVector = try vector("\(name) configuration vector")
+        let count = Int(try decoder.read(UInt16.self, "\(name) queue count"))
+        guard count == restored.queues.count else {
+            throw StateDecodingError(field: "\(name) queue count", problem: "the snapshot's device has \(count) queues; this one has \(restored.queues.count)")
+        }
+        for index in 0..<count {
+            try restored.queues[index].restoreState(from: &decoder, field: "\(name) queue \(index)", memory: memory)
+            restored.queueVectors[index] = try vector("\(name) queue \(index) vector")
+        }
+        var own = StateDecoder(try decoder.readBytes("\(name) device state"))
+        try state.withLock { (state) throws(StateDecodingError) in
+            // The device's own state goes in under the lock, after the features it was
+            // activated with (a device type sets itself up from them: offloads, queue roles).
+            if restored.status & VirtioStatus.featuresOK != 0 { device.activate(features: restored.driverFeatures) }
+            try device.restoreState(from: &own)
+            try own.finish("\(name) device state")
+            restored.reported = state.reported
+            restored.held = true
+            restored.heldQueues = Set(restored.queues.indices.filter { restored.queues[$0].ready })
+            state = restored
+            // The line (virtio-mmio) follows the restored interrupt status.
+            state.deliveredStatus = 0
+            deliverStatus(&state)
+        }
+    }
 
     // MARK: Notifications without exits
 

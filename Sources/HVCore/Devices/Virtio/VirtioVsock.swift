@@ -74,6 +74,8 @@ public final class VirtioVsock: VirtioDevice {
     /// True while the driver has posted no receive buffer: the poll thread then waits for host
     /// sockets to become writable and for wake-ups only.
     private let starved = Atomic<Bool>(false)
+    /// A restored device owes the driver VIRTIO_VSOCK_EVENT_TRANSPORT_RESET (5.10.6.7).
+    private let transportResetOwed = Atomic<Bool>(false)
     private let serveQueue = VirtioQueueCallback()
     private let state: Mutex<Multiplexer>
     private let scratch = Mutex(Scratch())
@@ -270,8 +272,36 @@ public final class VirtioVsock: VirtioDevice {
             return used
         case Self.receiveQueue:
             return try receive(&queue, memory: memory)
+        case Self.eventQueue:
+            return try sendTransportReset(&queue, memory: memory)
         default:
-            return false  // the event queue: the device sends no events (no transport reset to report)
+            return false
+        }
+    }
+
+    // MARK: Snapshots
+
+    /// Connections are host sockets of this process, which a snapshot cannot carry (nor a
+    /// migration to another host): as in Firecracker, a restored device tells the driver its
+    /// transport was reset (5.10.6.7), and the guest closes its sockets and reads its CID again.
+    /// The source VM of a snapshot keeps its connections.
+    public func saveState(to encoder: inout StateEncoder) {}
+
+    public func restoreState(from decoder: inout StateDecoder) throws(StateDecodingError) {
+        transportResetOwed.store(true, ordering: .releasing)
+    }
+
+    /// Puts struct virtio_vsock_event { le32 id = VIRTIO_VSOCK_EVENT_TRANSPORT_RESET (0) } in
+    /// the driver's next event buffer, when one is owed.
+    private func sendTransportReset(_ queue: inout Virtqueue, memory: GuestMemory) throws(VirtioDeviceError) -> Bool {
+        guard transportResetOwed.load(ordering: .acquiring) else { return false }
+        return try scratch.withLock { (scratch) throws(VirtioDeviceError) -> Bool in
+            guard try queue.popRequest(into: &scratch.chain, memory: memory) else { return false }
+            var event = UInt32(0).littleEndian
+            let written = withUnsafeBytes(of: &event) { scratch.chain.copyIn($0, at: 0, memory: memory) }
+            queue.push(head: scratch.chain.head, written: UInt32(written), memory: memory)
+            if written == 4 { transportResetOwed.store(false, ordering: .releasing) }
+            return true
         }
     }
 

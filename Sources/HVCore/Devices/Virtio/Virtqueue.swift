@@ -105,6 +105,9 @@ public struct VirtqueueChain: Sendable {
             guard let pointer = try? memory.hostPointer(for: GuestPhysicalAddress(buffer.address.rawValue + (low - start)),
                                                         length: high - low)
             else { return }
+            // What the device writes here is the host's write, which KVM's dirty log misses:
+            // live migration needs the page again.
+            if writable { memory.noteHostWrite(GuestPhysicalAddress(buffer.address.rawValue + (low - start)), high - low) }
             try body(pointer, Int(high - low))
         }
     }
@@ -341,3 +344,55 @@ public struct Virtqueue: Sendable {
 }
 
 private func hex(_ value: UInt64) -> String { "0x" + String(value, radix: 16) }
+
+// MARK: Snapshot
+
+extension Virtqueue {
+    /// The queue as the driver set it up and as far as the device got: size, the three areas,
+    /// ready, the ring features, and the device's positions in both rings (QEMU's
+    /// `vmstate_virtqueue` keeps the same: last_avail_idx, used_idx, signalled_used).
+    func saveState(to encoder: inout StateEncoder) {
+        encoder.write(size)
+        encoder.write(descriptorTable)
+        encoder.write(driverArea)
+        encoder.write(deviceArea)
+        encoder.write(ready)
+        encoder.write(eventIndex)
+        encoder.write(indirectDescriptors)
+        encoder.write(nextAvailable)
+        encoder.write(nextUsed)
+        encoder.write(signalledUsed)
+        encoder.write(signalledUsedValid)
+    }
+
+    /// Reads what `saveState` wrote into a queue of this device's maximum size; a ready queue's
+    /// rings are checked against guest RAM (the snapshot's memory) as at QueueReady.
+    mutating func restoreState(from decoder: inout StateDecoder, field: String, memory: GuestMemory) throws(StateDecodingError) {
+        var queue = Virtqueue(maximumSize: maximumSize)
+        queue.size = try decoder.read(UInt16.self, "\(field) size")
+        queue.descriptorTable = try decoder.read(UInt64.self, "\(field) descriptor table")
+        queue.driverArea = try decoder.read(UInt64.self, "\(field) driver area")
+        queue.deviceArea = try decoder.read(UInt64.self, "\(field) device area")
+        let ready = try decoder.read(Bool.self, "\(field) ready")
+        let eventIndex = try decoder.read(Bool.self, "\(field) event index")
+        let indirect = try decoder.read(Bool.self, "\(field) indirect descriptors")
+        let nextAvailable = try decoder.read(UInt16.self, "\(field) next available")
+        let nextUsed = try decoder.read(UInt16.self, "\(field) next used")
+        let signalledUsed = try decoder.read(UInt16.self, "\(field) signalled used")
+        let signalledUsedValid = try decoder.read(Bool.self, "\(field) signalled used valid")
+        if ready {
+            do throws(VirtqueueError) {
+                try queue.activate(memory: memory, eventIndex: eventIndex, indirectDescriptors: indirect)
+            } catch {
+                throw StateDecodingError(field: field, problem: "\(error)")
+            }
+            queue.nextAvailable = nextAvailable
+            queue.nextUsed = nextUsed
+            queue.signalledUsed = signalledUsed
+            queue.signalledUsedValid = signalledUsedValid
+        } else if queue.size > maximumSize {
+            throw StateDecodingError(field: "\(field) size", problem: "\(queue.size) is above this device's maximum of \(maximumSize)")
+        }
+        self = queue
+    }
+}
