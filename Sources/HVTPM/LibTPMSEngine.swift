@@ -48,7 +48,9 @@ private func makeCallbacks() -> libtpms_callbacks {
         guard let context, let name, String(cString: name) == "permall" else { return hv_tpm_success }
         let bytes = data.map { Array(UnsafeBufferPointer(start: $0, count: Int(length))) } ?? []
         do throws(TPMError) {
-            try context.directory?.writePermanent(bytes)
+            // A directory this process does not hold (handed over in a migration) is not
+            // written; `claimStorage` writes what runs once it is held.
+            if let directory = context.directory, directory.isLocked { try directory.writePermanent(bytes) }
         } catch {
             context.storageError = error
             return hv_tpm_fail
@@ -155,7 +157,7 @@ public final class LibTPMSEngine: TPMEngine, @unchecked Sendable {
         // MainInit may not store a SetState'd NVRAM; make the directory match what runs.
         if let snapshot {
             context?.permanent = snapshot.permanent
-            try directory?.writePermanent(snapshot.permanent)
+            if let directory, directory.isLocked { try directory.writePermanent(snapshot.permanent) }
         }
     }
 
@@ -235,6 +237,23 @@ public final class LibTPMSEngine: TPMEngine, @unchecked Sendable {
             guard !closed else { throw .closed }
             TPMLIB_Terminate()
             try start(with: snapshot)
+        }
+    }
+
+    public func releaseStorage() {
+        lock.withLock { closed in
+            guard !closed, let directory, directory.isLocked else { return }
+            if let state = try? currentState() { try? directory.writePermanent(state.permanent) }
+            directory.release()
+        }
+    }
+
+    public func claimStorage() throws(TPMError) {
+        try lock.withLock { closed throws(TPMError) in
+            guard !closed else { throw .closed }
+            guard let directory, !directory.isLocked else { return }
+            try directory.claim()
+            try directory.writePermanent(try currentState().permanent)
         }
     }
 

@@ -141,3 +141,97 @@ extension Machine {
         }
     }
 }
+
+// MARK: Snapshots
+
+extension TISInterface {
+    /// Every register and the FIFO: the state machine, the active and executing localities,
+    /// each locality's request, seized flag and interrupt registers, the command being
+    /// received and the response being read. A paused machine has no command executing
+    /// (commands run inside the vCPU's MMIO write, which finished before the vCPU parked).
+    func saveState(to encoder: inout StateEncoder) {
+        let states: [State] = [.idle, .ready, .reception, .execution, .completion]
+        encoder.write(UInt32(bufferSize))
+        encoder.write(UInt8(states.firstIndex(of: state)!))
+        encoder.write(activeLocality ?? 0xFF)
+        encoder.write(executingLocality ?? 0xFF)
+        encoder.write(UInt64(droppedBytes))
+        for locality in 0..<Self.localityCount {
+            encoder.write(requestPending[locality])
+            encoder.write(beenSeized[locality])
+            encoder.write(interruptEnable[locality])
+            encoder.write(interruptVector[locality])
+            encoder.write(interruptStatus[locality])
+        }
+        encoder.write(bytes: command)
+        encoder.write(bytes: response)
+        encoder.write(UInt32(readOffset))
+        encoder.write(abortPending.map { UInt8(states.firstIndex(of: $0)!) } ?? 0xFF)
+    }
+
+    /// Reads what `saveState` wrote, checking every index and length against this interface.
+    static func restored(from decoder: inout StateDecoder) throws(StateDecodingError) -> TISInterface {
+        let states: [State] = [.idle, .ready, .reception, .execution, .completion]
+        let size = Int(try decoder.read(UInt32.self, "tpm-tis buffer size", below: 1 << 20))
+        var model = TISInterface(bufferSize: size)
+        model.state = states[Int(try decoder.read(UInt8.self, "tpm-tis state", below: UInt8(states.count)))]
+        guard model.state != .execution else {
+            throw StateDecodingError(field: "tpm-tis state", problem: "a command is executing; a paused machine has none")
+        }
+        func locality(_ field: String) throws(StateDecodingError) -> UInt8? {
+            let value = try decoder.read(UInt8.self, field)
+            guard value == 0xFF || Int(value) < localityCount else { throw StateDecodingError(field: field, problem: "\(value) is not a locality (0-4)") }
+            return value == 0xFF ? nil : value
+        }
+        model.activeLocality = try locality("tpm-tis active locality")
+        model.executingLocality = try locality("tpm-tis executing locality")
+        model.droppedBytes = Int(clamping: try decoder.read(UInt64.self, "tpm-tis dropped bytes"))
+        for index in 0..<localityCount {
+            model.requestPending[index] = try decoder.read(Bool.self, "tpm-tis locality \(index) request")
+            model.beenSeized[index] = try decoder.read(Bool.self, "tpm-tis locality \(index) seized")
+            model.interruptEnable[index] = try decoder.read(UInt32.self, "tpm-tis locality \(index) interrupt enable")
+            model.interruptVector[index] = try decoder.read(UInt8.self, "tpm-tis locality \(index) interrupt vector")
+            model.interruptStatus[index] = try decoder.read(UInt32.self, "tpm-tis locality \(index) interrupt status")
+        }
+        model.command = try decoder.readBytes("tpm-tis command", atMost: size)
+        model.response = try decoder.readBytes("tpm-tis response", atMost: size)
+        model.readOffset = Int(try decoder.read(UInt32.self, "tpm-tis response read offset", below: UInt32(model.response.count + 1)))
+        let abort = try decoder.read(UInt8.self, "tpm-tis abort pending")
+        guard abort == 0xFF || Int(abort) < states.count else { throw StateDecodingError(field: "tpm-tis abort pending", problem: "\(abort) is not a state") }
+        model.abortPending = abort == 0xFF ? nil : states[Int(abort)]
+        return model
+    }
+}
+
+extension TISDevice: SnapshotDevice, HandOverDevice {
+    /// The TIS registers and FIFO, then the TPM itself: libtpms' permanent state (NVRAM:
+    /// seeds, NV indices, persistent objects) and volatile state (PCRs, loaded objects,
+    /// sessions), as `TPMLIB_GetState` gives them. A restored TPM continues mid-session; its
+    /// state directory gets the snapshot's NVRAM.
+    public func saveState(to encoder: inout StateEncoder) throws(HVError) {
+        let snapshot: TPMSnapshot
+        do { snapshot = try engine.saveState() } catch {
+            throw .snapshot(subject: name, problem: "the TPM's state could not be read: \(error)")
+        }
+        registers.withLock { $0.model.saveState(to: &encoder) }
+        encoder.write(bytes: snapshot.permanent)
+        encoder.write(bytes: snapshot.volatile)
+    }
+
+    public func restoreState(from decoder: inout StateDecoder) throws(StateDecodingError) {
+        let model = try TISInterface.restored(from: &decoder)
+        let permanent = try decoder.readBytes("tpm permanent state", atMost: 1 << 20)
+        let volatile = try decoder.readBytes("tpm volatile state", atMost: 1 << 20)
+        do { try engine.restoreState(TPMSnapshot(permanent: permanent, volatile: volatile)) } catch {
+            throw StateDecodingError(field: "tpm state", problem: "libtpms refused it: \(error)")
+        }
+        // The interrupt line follows the restored registers.
+        withRegisters { $0 = model }
+    }
+
+    public func releaseBacking() { engine.releaseStorage() }
+
+    public func claimBacking() throws(HVError) {
+        do { try engine.claimStorage() } catch { throw .snapshot(subject: name, problem: "the TPM's state directory: \(error)") }
+    }
+}

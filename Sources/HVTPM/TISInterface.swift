@@ -100,24 +100,26 @@ public struct TISInterface: Sendable {
 
     /// The largest command or response, in bytes (TPM2 MAX_COMMAND_SIZE in libtpms: 4096).
     public let bufferSize: Int
-    public private(set) var state: State = .idle
+    public internal(set) var state: State = .idle
     /// The locality that owns the interface, if any.
-    public private(set) var activeLocality: UInt8?
+    public internal(set) var activeLocality: UInt8?
     /// The locality the executing command came from.
-    public private(set) var executingLocality: UInt8?
+    public internal(set) var executingLocality: UInt8?
     /// FIFO bytes written while the TPM did not expect any (dropped, as QEMU does).
-    public private(set) var droppedBytes = 0
+    public internal(set) var droppedBytes = 0
 
-    private var requestPending = [Bool](repeating: false, count: localityCount)
-    private var beenSeized = [Bool](repeating: false, count: localityCount)
-    private var interruptEnable = [UInt32](repeating: Interrupt.lowLevel, count: localityCount)
-    private var interruptVector = [UInt8](repeating: 0, count: localityCount)
-    private var interruptStatus = [UInt32](repeating: 0, count: localityCount)
-    private var command: [UInt8] = []
-    private var response: [UInt8] = []
-    private var readOffset = 0
+    // Internal, not private: TISDevice's snapshot code (which needs HVCore's encoder, kept out
+    // of this pure model) reads and puts back every field.
+    var requestPending = [Bool](repeating: false, count: localityCount)
+    var beenSeized = [Bool](repeating: false, count: localityCount)
+    var interruptEnable = [UInt32](repeating: Interrupt.lowLevel, count: localityCount)
+    var interruptVector = [UInt8](repeating: 0, count: localityCount)
+    var interruptStatus = [UInt32](repeating: 0, count: localityCount)
+    var command: [UInt8] = []
+    var response: [UInt8] = []
+    var readOffset = 0
     /// commandReady or a locality change arrived during execution: drop the response.
-    private var abortPending: State?
+    var abortPending: State?
 
     public init(bufferSize: Int = 4096) {
         self.bufferSize = bufferSize
@@ -376,3 +378,4 @@ public struct TISInterface: Sendable {
         interruptStatus[locality] |= sources & interruptEnable[locality]
     }
 }
+

@@ -40,9 +40,22 @@ public protocol TPMEngine: AnyObject, Sendable {
     /// `CMD_STORE_VOLATILE`), ordered with the engine's own state writes, so an older snapshot
     /// never lands after a newer NVRAM write.
     func storeState(into directory: TPMStateDirectory) throws(TPMError)
+
+    /// A live migration's source, paused for its last copy: writes the TPM's NVRAM to its state
+    /// directory and lets go of the directory, so the destination can take it. The TPM keeps
+    /// running in memory.
+    func releaseStorage()
+
+    /// Takes the state directory (again) and writes the running TPM's NVRAM there: a
+    /// migration's destination before its guest runs, or a source whose migration failed.
+    func claimStorage() throws(TPMError)
 }
 
 extension TPMEngine {
+    /// Engines whose storage lives elsewhere (a remote swtpm) hand nothing over.
+    public func releaseStorage() {}
+    public func claimStorage() throws(TPMError) {}
+
     /// Snapshot, then write: for engines whose state writes happen elsewhere (a remote swtpm).
     public func storeState(into directory: TPMStateDirectory) throws(TPMError) {
         let snapshot = try saveState()

@@ -92,28 +92,47 @@ public final class TPMStateDirectory: Sendable {
     /// The descriptor holding the lock, -1 once released (by the engine's close or deinit, on any thread).
     private let lockDescriptor: Mutex<Int32>
 
-    /// Opens (creating it if needed) the state directory at `path` and locks it.
-    public init(path: String) throws(TPMError) {
+    /// Opens (creating it if needed) the state directory at `path` and locks it. With `lock`
+    /// false the lock is taken later (`claim()`): a live migration's destination opens the
+    /// directory while the source still runs its TPM there, and writes nothing to it until then.
+    public init(path: String, lock: Bool = true) throws(TPMError) {
         self.path = path
         if mkdir(path, 0o700) != 0 && errno != EEXIST { throw .io(operation: "mkdir", path: path, errno: errno) }
         var info = stat()
         guard stat(path, &info) == 0, info.st_mode & S_IFMT == S_IFDIR else {
             throw .state(path: path, problem: "is not a directory")
         }
+        lockDescriptor = Mutex(-1)
+        if lock { try claim(waiting: 0) }
+    }
+
+    /// Whether this object holds the directory's lock (writes go to the directory only then).
+    public var isLocked: Bool { lockDescriptor.withLock { $0 >= 0 } }
+
+    /// Takes the lock, waiting up to `waiting` seconds for a process that is letting go of it
+    /// (a migration's source). Nothing to do when it is held already.
+    public func claim(waiting: Double = 1) throws(TPMError) {
+        guard !isLocked else { return }
         let lockPath = path + "/lock"
         let fd = open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw .io(operation: "open", path: lockPath, errno: errno) }
-        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
-            close(fd)
-            throw .state(path: path, problem: "in use by another process (its lock file is held)")
+        var tries = Int(waiting * 100)
+        while flock(fd, LOCK_EX | LOCK_NB) != 0 {
+            guard errno == EWOULDBLOCK, tries > 0 else {
+                close(fd)
+                throw .state(path: path, problem: "in use by another process (its lock file is held)")
+            }
+            tries -= 1
+            usleep(10_000)
         }
-        lockDescriptor = Mutex(fd)
+        lockDescriptor.withLock { $0 = fd }
     }
 
     deinit { release() }
 
     /// Gives up the lock, so another `TPMStateDirectory` (in this or another process) may
-    /// open the directory. The engine calls it when it closes.
+    /// open the directory. The engine calls it when it closes, and when it hands the TPM over
+    /// in a live migration (`claim()` takes it back).
     public func release() {
         let fd = lockDescriptor.withLock { fd in
             defer { fd = -1 }

@@ -309,7 +309,7 @@ struct Run: ParsableCommand {
             if error.field == "memorySize", let typed = mem.typed, typed != error.value { error.value = "\(typed) (\(mem.bytes) bytes)" }
             fail(flagName(for: error.field), error)
         }
-        let virtio = try openVirtioDevices(interruptMode: interruptMode)
+        let virtio = try openVirtioDevices(interruptMode: interruptMode, claim: incomingMigration == nil)
         // The virtio console, when asked for, takes the slot after the disks and the rng.
         let virtioSlots = virtioTransport == .pci ? [] : try virtio.map { (attachment) throws(HVError) in try attachment.slot() } + (console == .virtio ? [try VirtioMMIOSlot(virtio.count)] : [])
         let acpiRange: Range<UInt64> = 0xE_0000..<0x10_0000
@@ -372,7 +372,7 @@ struct Run: ParsableCommand {
             }
             let console = connectStandardInput(to: receiver, machine: machine)
             defer { console?.stop(); TerminalRawMode.restore() }
-            let tpmEngine = try attachTPM(directory: tpm, platform: tpmPlatform.policy, to: machine)
+            let tpmEngine = try attachTPM(directory: tpm, platform: tpmPlatform.policy, to: machine, claim: incomingMigration == nil)
             if virtioTransport == .mmio { for device in attachments { try device.attachMMIO(machine) } }
             if platform == .pc {
                 let pc = try machine.attachPCPlatform(acpiTables: acpiTables, tpm: tpm != nil, virtio: virtioSlots)
@@ -515,7 +515,9 @@ struct Run: ParsableCommand {
 
     /// The --disk and --rng devices, opened before the VM is built (a missing or locked image is a
     /// one-line error), each with its virtio-mmio slot: disks first, in order, then the rng.
-    private func openVirtioDevices(interruptMode: InterruptControllerMode) throws -> [VirtioAttachment] {
+    /// Without `claim` (a migration's destination) disk images are locked only once the source
+    /// let go of them (`Machine.claimBackings()`).
+    private func openVirtioDevices(interruptMode: InterruptControllerMode, claim: Bool) throws -> [VirtioAttachment] {
         guard !disk.isEmpty || !net.isEmpty || rng || vsock != nil || balloon != nil || console == .virtio else { return [] }
         let flag = !disk.isEmpty ? "--disk" : !net.isEmpty ? "--net" : rng ? "--rng" : vsock != nil ? "--vsock" : balloon != nil ? "--balloon" : "--console virtio"
         if interruptMode == .none { fail(flag, "virtio devices interrupt the guest; add --irqchip kernel or split") }
@@ -526,7 +528,7 @@ struct Run: ParsableCommand {
                 let limit = RateLimit(bandwidth: disk.bandwidth, operations: disk.operations)
                 // A migration's destination takes the image's lock once the source let go of it.
                 let device = try VirtioBlock(path: disk.path, readOnly: disk.readOnly, serial: disk.serial, direct: disk.direct, rateLimit: limit,
-                                             claim: incoming == nil)
+                                             claim: claim)
                 attachments.append(VirtioAttachment(device, index: attachments.count))
             } catch {
                 fail("--disk \(error.path)", error.problem)

@@ -4,11 +4,13 @@ import HVTPM
 
 /// Opens the TPM whose state is in `directory` and places its TIS window at 0xFED40000; nil
 /// when no directory was given. The caller closes the engine after the run.
-func attachTPM<B>(directory: String?, platform: TPMPlatformPolicy, to machine: Machine<B>) throws(HVError) -> LibTPMSEngine? {
+/// With `claim` false (a migration's destination) the state directory is not locked or written
+/// until `Machine.claimBackings()`, once the source let go of it.
+func attachTPM<B>(directory: String?, platform: TPMPlatformPolicy, to machine: Machine<B>, claim: Bool = true) throws(HVError) -> LibTPMSEngine? {
     guard let directory else { return nil }
     let engine: LibTPMSEngine
     do {
-        engine = try LibTPMSEngine.open(directory: TPMStateDirectory(path: directory), holder: "hv run --tpm")
+        engine = try LibTPMSEngine.open(directory: TPMStateDirectory(path: directory, lock: claim), holder: "hv run --tpm")
     } catch {
         throw .configuration(ConfigurationError(field: "--tpm", value: directory, expected: "a usable TPM state directory (\(error))"))
     }

@@ -9,9 +9,9 @@ import Synchronization
 import Testing
 
 /// The bytes `device` saves.
-private func saved(_ device: some SnapshotDevice) -> [UInt8] {
+private func saved(_ device: some SnapshotDevice) throws -> [UInt8] {
     var encoder = StateEncoder()
-    device.saveState(to: &encoder)
+    try device.saveState(to: &encoder)
     return encoder.bytes
 }
 
@@ -71,7 +71,7 @@ struct DeviceSnapshotTests {
         original.receive([0x31, 0x32, 0x33])
         #expect(original.interruptPending)
 
-        let state = saved(original)
+        let state = try saved(original)
         let levels = Levels()
         let restored = UART16550(output: .capture(SerialCapture()))
         restored.onInterruptChange = { levels.record($0) }
@@ -79,7 +79,7 @@ struct DeviceSnapshotTests {
         #expect(levels.all == [true], "the new process's IRQ line learns the pending interrupt")
         #expect(restored.interruptPending)
         #expect(restored.divisor == 3 && restored.transmittedByteCount == 1 && restored.receiveSpace == 13)
-        #expect(saved(restored) == state)
+        #expect(try saved(restored) == state)
 
         let view = uartView(original)
         #expect(view == [0xCC, 0x1B, 0x0B, 0x5A, 0x05, 0xB0, 0x61, 0x31, 0x32, 0x33, 0x00, 0x60, 0xC1])
@@ -88,8 +88,8 @@ struct DeviceSnapshotTests {
     }
 
     @Test("UART: a state with an impossible FIFO index or trigger level is refused by name")
-    func uartRejectsBadIndices() {
-        var state = saved(UART16550(output: .capture(SerialCapture())))
+    func uartRejectsBadIndices() throws {
+        var state = try saved(UART16550(output: .capture(SerialCapture())))
         // rxBytes is a 4-byte length and 16 bytes after the 12 bytes of registers; the head follows.
         let head = 12 + 4 + 16
         state[head] = 16
@@ -128,13 +128,13 @@ struct DeviceSnapshotTests {
         #expect(controller.levels.withLock { $0.last?.high } == true)
         _ = original.portWrite(offset: 0, size: 1, value: 0xC0)  // NMI masked, index 0x40
 
-        let state = saved(original)
+        let state = try saved(original)
         let restoredController = RecordingController()
         let restored = CMOSRTCDevice(ramSize: 256 << 20, cpuCount: 2, interrupt: InterruptLine(controller: restoredController, gsi: 8), clock: clock)
         try restore(restored, state)
         #expect(restoredController.levels.withLock { $0.map(\.high) } == [true], "IRQF pending: IRQ 8 raised")
         #expect(restored.nmiDisabled && restored.clockOffset == original.clockOffset && restored.clockOffset == -4 * 3600)
-        #expect(saved(restored) == state)
+        #expect(try saved(restored) == state)
 
         func view(_ rtc: CMOSRTCDevice) -> [UInt8] {
             // The selected byte first, then time, registers and memory-size bytes.
@@ -163,7 +163,7 @@ struct DeviceSnapshotTests {
         _ = original.portWrite(offset: 4, size: 2, value: 0x0401)  // SLP_TYP 1 without SLP_EN
         #expect(original.timerValue == 7_159_090)
 
-        let state = saved(original)
+        let state = try saved(original)
         let second = Mutex<UInt64>(987_654_321_000)
         let restoredController = RecordingController()
         let restored = ACPIPMDevice(sci: InterruptLine(controller: restoredController, gsi: 9), clock: { second.withLock { $0 } })
@@ -189,10 +189,10 @@ struct DeviceSnapshotTests {
         #expect((0..<3).map { _ in original.portRead(offset: 1, size: 1) } == [0x9A, 0x78, 0x56])
         _ = original.portWrite(offset: 4, size: 4, value: 0x0100_0000)  // the DMA address's high half only
 
-        let state = saved(original)
+        let state = try saved(original)
         let restored = FWCfgDevice(memory: nil, ramSize: 0x1234_5678_9A, cpuCount: 2)
         try restore(restored, state)
-        #expect(saved(restored) == state)
+        #expect(try saved(restored) == state)
         let rest = (0..<5).map { _ in original.portRead(offset: 1, size: 1) }
         #expect(rest == [0x34, 0x12, 0, 0, 0])
         #expect((0..<5).map { _ in restored.portRead(offset: 1, size: 1) } == rest)
@@ -210,13 +210,13 @@ struct DeviceSnapshotTests {
         command(0x20)  // the command byte queued
         command(0xD1)  // waiting for an output-port byte
 
-        let dataState = saved(original.dataPort)
-        #expect(saved(original.commandPort).isEmpty)
+        let dataState = try saved(original.dataPort)
+        #expect(try saved(original.commandPort).isEmpty)
         let restored = I8042Controller()
         try restore(restored.dataPort, dataState)
         try restore(restored.commandPort, [])
         #expect(restored.outputPort == 0x01)
-        #expect(saved(restored.dataPort) == dataState)
+        #expect(try saved(restored.dataPort) == dataState)
 
         func view(_ controller: I8042Controller) -> [UInt8] {
             let status = UInt8(controller.commandPort.portRead(offset: 0, size: 1))
@@ -258,10 +258,10 @@ struct DeviceSnapshotTests {
         _ = original.portWrite(offset: 0, size: 4, value: configAddress(slot: 1, register: 0x10))
         #expect(original.snapshotRefusal == nil)
 
-        let state = saved(original)
+        let state = try saved(original)
         let restored = try pciBus()
         try restore(restored, state)
-        #expect(saved(restored) == state)
+        #expect(try saved(restored) == state)
 
         func view(_ bridge: PCIHostBridge) -> [UInt32] {
             // The latched address and the register it selects, then 0xCF9, then a dword of each header.
@@ -288,7 +288,7 @@ struct DeviceSnapshotTests {
         try bridge.attach(PCITestDevice(notifiers: nil), slot: 3)
         #expect(bridge.snapshotRefusal == "PCI function 00:03.0 (pci-testdev) has no snapshot support yet")
 
-        let state = saved(try pciBus())
+        let state = try saved(try pciBus())
         #expect(throws: StateDecodingError(field: "pci-host reset control present", problem: "the snapshot's bridge owns 0xCF9; this one does not")) {
             try restore(PCIHostBridge(), state)
         }
@@ -311,7 +311,7 @@ struct DeviceSnapshotTests {
     func smallPorts() throws {
         let port92 = SystemControlPortA()
         #expect(port92.portWrite(offset: 0, size: 1, value: 0x03) == .reset)
-        let port92State = saved(port92)
+        let port92State = try saved(port92)
         let restored92 = SystemControlPortA()
         try restore(restored92, port92State)
         #expect(restored92.portRead(offset: 0, size: 1) == 0x03)
@@ -322,7 +322,7 @@ struct DeviceSnapshotTests {
 
         let resetControl = ResetControlDevice()
         _ = resetControl.portWrite(offset: 0, size: 1, value: 0x08)
-        let resetState = saved(resetControl)
+        let resetState = try saved(resetControl)
         let restoredReset = ResetControlDevice()
         try restore(restoredReset, resetState)
         #expect(restoredReset.portRead(offset: 0, size: 1) == 0x08)
@@ -331,7 +331,7 @@ struct DeviceSnapshotTests {
 
         let shutdown = ShutdownPortDevice()
         for byte in "Shut".utf8 { #expect(shutdown.portWrite(offset: 0, size: 1, value: UInt32(byte)) == .resume) }
-        let shutdownState = saved(shutdown)
+        let shutdownState = try saved(shutdown)
         let restoredShutdown = ShutdownPortDevice()
         try restore(restoredShutdown, shutdownState)
         let actions = "down".utf8.map { restoredShutdown.portWrite(offset: 0, size: 1, value: UInt32($0)) }
@@ -343,7 +343,7 @@ struct DeviceSnapshotTests {
 
         let debugExit = DebugExitDevice()
         let window = PCIWindow(space: .memory), ioWindow = PCIWindow(space: .io)
-        #expect(saved(debugExit).isEmpty && saved(window).isEmpty && saved(ioWindow).isEmpty)
+        #expect(try saved(debugExit).isEmpty && saved(window).isEmpty && saved(ioWindow).isEmpty)
         #expect((debugExit as AnyObject) is any StatelessDevice && (window as AnyObject) is any StatelessDevice)
         try restore(debugExit, [])
         try restore(window, [])
@@ -370,14 +370,14 @@ struct DeviceSnapshotTests {
         _ = original.mmioWrite(offset: 0x00, width: 4, value: 0x18)
         #expect(sent.withLock { $0 } == 1)
 
-        let state = saved(original)
+        let state = try saved(original)
         let routes = Mutex<[[MSIMessage]]>([])
         let restoredSent = Mutex(0)
         let restored = IOAPICDevice(deliver: { _, _ in restoredSent.withLock { $0 += 1 } }, tableChanged: { table in routes.withLock { $0.append(table) } })
         try restore(restored, state)
         #expect(restoredSent.withLock { $0 } == 0, "the restore delivers nothing: the local APICs already had it")
         #expect(routes.withLock { $0 } == [original.routes])
-        #expect(saved(restored) == state)
+        #expect(try saved(restored) == state)
 
         func view(_ ioapic: IOAPICDevice) -> [UInt64] {
             var values = [ioapic.mmioRead(offset: 0x00, width: 4), ioapic.mmioRead(offset: 0x10, width: 4)]  // IOREGSEL 0x18: entry 4 low
@@ -398,8 +398,8 @@ struct DeviceSnapshotTests {
     }
 
     @Test("I/O APIC: a state no guest can reach (remote IRR on an edge entry) is refused, naming the entry")
-    func ioapicRejectsUnreachableState() {
-        var state = saved(IOAPICDevice(deliver: { _, _ in }))
+    func ioapicRejectsUnreachableState() throws {
+        var state = try saved(IOAPICDevice(deliver: { _, _ in }))
         // IOREGSEL, ID, asserted lines (4), the entry count, then 8 bytes per entry.
         let entry2 = 1 + 1 + 4 + 1 + 2 * 8
         state[entry2 + 1] |= 0x40  // bit 14: remote IRR; the entry is edge-triggered

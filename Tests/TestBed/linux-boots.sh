@@ -166,7 +166,8 @@ boot() {
         rm -f "$image"
         ;;
     snapshot-*)
-        # Linux counting on its console (hv.count) is snapshotted through hv ctl and killed
+        # Linux counting on its console and on a virtio-blk disk (hv.count, hv.countdisk: the
+        # count goes to the disk's first sector and is read back) is snapshotted through hv ctl and killed
         # (NAME.log), restored in a new hv (NAME.restored.log), then migrated while it counts to
         # a third hv waiting with --incoming (NAME.migrated.log): the console of each in .log,
         # hv's own lines in .err, so the three .log files join into one console stream. hv
@@ -177,15 +178,17 @@ boot() {
         # wait_for FILE TEXT: until FILE holds TEXT (200 s at most).
         wait_for() { waited=0; until grep -q "$2" "$1" 2>/dev/null || [ $waited -ge 200 ]; do sleep 1; waited=$((waited + 1)); done; grep -q "$2" "$1"; }
         status=0
+        truncate -s 1M "$work/count.img"
         bounded "$hv" run --kernel "$kernel" --initrd "$initrd" --cpus "$cpus" --irqchip "$irqchip" --mem 256M --api-socket "$work/first.sock" \
-            --timeout 240 --cmdline "console=ttyS0 hv.cpus=$cpus hv.count=1000" > "$out/$name.log" 2> "$out/$name.err" &
+            --disk "$work/count.img" --rng --timeout 240 --cmdline "console=ttyS0 hv.cpus=$cpus hv.count=1000 hv.countdisk" > "$out/$name.log" 2> "$out/$name.err" &
         first=$!
         wait_for "$out/$name.log" "hv-count: 5" || status=11
         "$hv" ctl "$work/first.sock" pause >> "$out/$name.ctl" 2>&1 || status=12
         sleep 1
         # Under the bed's emulated CPU a debug hv takes a while to write 256 MiB: --timeout.
         "$hv" ctl "$work/first.sock" snapshot "$work/snap" --timeout 600 >> "$out/$name.ctl" 2>&1 || status=13
-        kill -9 $first; wait $first 2>/dev/null
+        # SIGKILL to hv itself (its parent is `bounded`'s timeout): a killed hv lets go of its disk.
+        pkill -KILL -P $first; kill -9 $first; wait $first 2>/dev/null
         bounded "$hv" run --restore "$work/snap" --api-socket "$work/second.sock" --timeout 240 > "$out/$name.restored.log" 2> "$out/$name.restored.err" &
         second=$!
         wait_for "$out/$name.restored.log" "hv-count: .*" && sleep 3 || status=14

@@ -87,7 +87,7 @@ extension Machine {
             }
             if let refusal = device.snapshotRefusal { throw .snapshot(subject: key, problem: refusal) }
             var encoder = StateEncoder()
-            device.saveState(to: &encoder)
+            try device.saveState(to: &encoder)
             parts.append(SavedMachine.Part(key: key, state: encoder.bytes))
         }
         let vmState = try vm.snapshotState()

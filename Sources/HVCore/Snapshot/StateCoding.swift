@@ -115,8 +115,9 @@ public struct StateDecoder: Sendable {
 public protocol SnapshotDevice: AnyObject {
     /// A name for the device's section, with the ranges the bus gives it added.
     var name: String { get }
-    /// Appends the device's state.
-    func saveState(to encoder: inout StateEncoder)
+    /// Appends the device's state; throws when a part of it cannot be read now (a TPM engine
+    /// that fails), naming it. Most devices cannot fail.
+    func saveState(to encoder: inout StateEncoder) throws(HVError)
     /// Puts back what `saveState` wrote. Called before any vCPU runs.
     func restoreState(from decoder: inout StateDecoder) throws(StateDecodingError)
     /// Why this device's state cannot be saved now, if it cannot (a PCI bus holding a function
@@ -132,7 +133,7 @@ extension SnapshotDevice {
 public protocol StatelessDevice: SnapshotDevice {}
 
 extension StatelessDevice {
-    public func saveState(to encoder: inout StateEncoder) {}
+    public func saveState(to encoder: inout StateEncoder) throws(HVError) {}
     public func restoreState(from decoder: inout StateDecoder) throws(StateDecodingError) {}
 }
 
