@@ -72,7 +72,10 @@ public final class TPMServer: Sendable {
     private let listeners: [any Channel]
     private let finished = NSCondition()
     nonisolated(unsafe) private var isFinished = false  // guarded by `finished`
-    private let shutDown = Atomic<Bool>(false)
+    /// Set (under its lock) before the event loops shut down; `stop()` schedules its closes under
+    /// the same lock, so it never schedules onto loops that are gone (a second `stop()` racing
+    /// `run()`'s shutdown did: NIO's "leaking promise" trap).
+    private let shutDown = Mutex<Bool>(false)
 
     /// Binds `host:port` (data) and `host:port+1` (control). With `port` 0, picks a free pair.
     public convenience init(engine: any TPMEngine, directory: TPMStateDirectory?, host: String = "127.0.0.1",
@@ -136,7 +139,7 @@ public final class TPMServer: Sendable {
     }
 
     deinit {
-        if !shutDown.exchange(true, ordering: .acquiringAndReleasing) {
+        if !shutDown.withLock({ (flag: inout Bool) -> Bool in defer { flag = true }; return flag }) {
             for channel in listeners { channel.close(promise: nil) }
             group.shutdownGracefully { _ in }
         }
@@ -209,7 +212,7 @@ public final class TPMServer: Sendable {
         // Connections close on the event loop; wait for the count to reach zero (bounded).
         let deadline = Date(timeIntervalSinceNow: 10)
         while openConnections > 0, Date() < deadline { usleep(1_000) }
-        if !shutDown.exchange(true, ordering: .acquiringAndReleasing) {
+        if !shutDown.withLock({ (flag: inout Bool) -> Bool in defer { flag = true }; return flag }) {
             try? group.syncShutdownGracefully()
         }
         for case .unix(let path) in [data, control] { unlink(path) }
@@ -218,14 +221,18 @@ public final class TPMServer: Sendable {
     /// Ends `run()`: listening stops and open connections are closed. Any thread.
     public func stop() {
         // After `run()` has shut the event loops down there is nothing left to stop.
-        guard !shutDown.load(ordering: .acquiring) else { return }
-        let closes = listeners.map { $0.close() } + core.openChannels().map { $0.close() }
-        EventLoopFuture.whenAllComplete(closes, on: group.next()).whenComplete { [self] _ in
-            finished.lock()
-            isFinished = true
-            finished.broadcast()
-            finished.unlock()
+        let scheduled = shutDown.withLock { shutDown -> Bool in
+            guard !shutDown else { return false }
+            let closes = listeners.map { $0.close() } + core.openChannels().map { $0.close() }
+            EventLoopFuture.whenAllComplete(closes, on: group.next()).whenComplete { [self] _ in
+                finished.lock()
+                isFinished = true
+                finished.broadcast()
+                finished.unlock()
+            }
+            return true
         }
+        guard scheduled else { return }
         core.stopPipe.signal()
     }
 
