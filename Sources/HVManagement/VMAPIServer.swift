@@ -53,15 +53,20 @@ public final class VMAPIServer<B: Backend>: @unchecked Sendable {
     /// migration stands for `GET /v1/vm/migration`; without them the routes answer 501.
     let migrate: (@Sendable (MigrateRequest) throws(SnapshotRefusal) -> MigrateResult)?
     let migrationStatus: (@Sendable () -> MigrationStatus)?
+    /// Every progress update after a sequence number, and the latest number, for
+    /// `GET /v1/vm/migration/events`.
+    let migrationChanges: (@Sendable (UInt64) -> (latest: UInt64, changes: [MigrationStatus]))?
 
     public init(machine: Machine<B>, path: String, snapshot: (@Sendable (String) throws(SnapshotRefusal) -> SnapshotResult)? = nil,
                 migrate: (@Sendable (MigrateRequest) throws(SnapshotRefusal) -> MigrateResult)? = nil,
-                migrationStatus: (@Sendable () -> MigrationStatus)? = nil) {
+                migrationStatus: (@Sendable () -> MigrationStatus)? = nil,
+                migrationChanges: (@Sendable (UInt64) -> (latest: UInt64, changes: [MigrationStatus]))? = nil) {
         self.machine = machine
         self.path = path
         self.snapshot = snapshot
         self.migrate = migrate
         self.migrationStatus = migrationStatus
+        self.migrationChanges = migrationChanges
     }
 
     /// Binds the socket and serves; returns once it listens, or throws why it cannot.
@@ -195,6 +200,13 @@ public final class VMAPIServer<B: Backend>: @unchecked Sendable {
             guard let status = self.migrationStatus else { throw HTTPError(.notImplemented, message: "this VMM cannot migrate (hv run can)") }
             return status()
         }
+        router.get("/v1/vm/migration/events") { _, _ in
+            guard let status = self.migrationStatus, let changes = self.migrationChanges else {
+                throw HTTPError(.notImplemented, message: "this VMM cannot migrate (hv run can)")
+            }
+            return Response(status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-cache"],
+                            body: ResponseBody { writer in try await self.streamMigration(status, changes, to: &writer) })
+        }
         router.get("/v1/vm/statistics") { _, _ in
             try await self.onManagementThread {
                 let statistics = self.machine.sampleStatistics()
@@ -214,6 +226,42 @@ public final class VMAPIServer<B: Backend>: @unchecked Sendable {
             }
         }
         return router
+    }
+
+    /// Server-sent events (HTML Living Standard, "Server-sent events"): the progress as it is
+    /// when the client connects, then one `migration` event for every update the migration
+    /// makes (none is lost between polls: the monitor keeps them), a comment every 15 s to keep
+    /// the connection alive; the stream ends once a migration it saw start is done or failed,
+    /// or when the VM stops.
+    private func streamMigration(_ status: @Sendable () -> MigrationStatus,
+                                 _ changes: @Sendable (UInt64) -> (latest: UInt64, changes: [MigrationStatus]),
+                                 to writer: inout any ResponseBodyWriter) async throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys
+        var (sequence, _) = changes(.max)
+        var pending = [status()]
+        var quietTicks = 0, sawStart = false, ended = false
+        while true {
+            for event in pending {
+                let data = String(decoding: try encoder.encode(event), as: UTF8.self)
+                try await writer.write(ByteBuffer(string: "event: migration\ndata: \(data)\n\n"))
+                quietTicks = 0
+                let over = event.phase == "done" || event.phase == "failed"
+                if !over && event.phase != "idle" { sawStart = true }
+                if sawStart && over { ended = true }
+            }
+            if ended || machine.state == .stopped { break }
+            try await Task.sleep(for: .milliseconds(20))
+            let next = changes(sequence)
+            sequence = next.latest
+            pending = next.changes
+            quietTicks += 1
+            if quietTicks >= 750 {
+                try await writer.write(ByteBuffer(string: ": keep-alive\n\n"))
+                quietTicks = 0
+            }
+        }
+        try await writer.finish(nil)
     }
 
     private func info() -> VMInfo {

@@ -36,13 +36,35 @@ public struct MigrationProgress: Sendable, Equatable {
 
 /// Shared between a migration and whoever watches it (the API's progress route).
 public final class MigrationMonitor: Sendable {
-    private let state = Mutex(MigrationProgress())
+    private struct State {
+        var progress = MigrationProgress()
+        /// Every update with its sequence number, the latest `historyLimit` of them.
+        var history: [(sequence: UInt64, progress: MigrationProgress)] = []
+        var sequence: UInt64 = 0
+    }
+    private let state = Mutex(State())
+    static let historyLimit = 1024
 
     public init() {}
 
-    public var progress: MigrationProgress { state.withLock { $0 } }
+    public var progress: MigrationProgress { state.withLock { $0.progress } }
 
-    func update(_ body: (inout MigrationProgress) -> Void) { state.withLock { body(&$0) } }
+    /// The updates after `sequence` (all that are kept) and the latest sequence number: an
+    /// event stream misses none of a migration's steps, however fast they come.
+    public func changes(after sequence: UInt64) -> (latest: UInt64, changes: [MigrationProgress]) {
+        state.withLock { state in
+            (state.sequence, state.history.filter { $0.sequence > sequence }.map(\.progress))
+        }
+    }
+
+    func update(_ body: (inout MigrationProgress) -> Void) {
+        state.withLock { state in
+            body(&state.progress)
+            state.sequence += 1
+            state.history.append((state.sequence, state.progress))
+            if state.history.count > Self.historyLimit { state.history.removeFirst(state.history.count - Self.historyLimit) }
+        }
+    }
 }
 
 /// Records of a migration stream.

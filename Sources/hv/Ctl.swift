@@ -138,19 +138,28 @@ struct Ctl: ParsableCommand {
         }
         defer { close(connection) }
         let done = Atomic<Bool>(false)
+        // On a terminal one line redrawn in place, a bar of the pages sent against those sent and
+        // still to send; elsewhere (a log, a pipe) one line per change.
+        let terminal = isatty(STDOUT_FILENO) != 0 && !json
         let watcher = Thread {
             var last = ""
             let quick = VMAPIClient(socketPath: socket, timeout: .seconds(5))
             while !done.load(ordering: .relaxed) {
-                if let status = try? quick.get("/v1/vm/migration", as: MigrationStatus.self) {
-                    let line = status.phase != "pre-copy" ? status.phase
-                        : status.round == 0 ? "round 0: sending the \(status.remainingPages) pages that hold data"
-                        : String(format: "round %d: %llu pages sent (%.1f MiB) at %.0f MiB/s, %llu written since", status.round, status.pagesSent,
-                                 Double(status.bytesSent) / 1_048_576, status.bytesPerSecond / 1_048_576, status.remainingPages)
-                    if line != last, status.phase != "idle", !json { print(line); last = line }
+                if let status = try? quick.get("/v1/vm/migration", as: MigrationStatus.self), status.phase != "idle", !json {
+                    let line = Self.progressLine(status, bar: terminal)
+                    if line != last {
+                        if terminal {
+                            print("\r\u{1B}[K" + line, terminator: "")
+                            fflush(nil)  // every stream: print buffers stdout
+                        } else {
+                            print(line)
+                        }
+                        last = line
+                    }
                 }
                 usleep(100_000)
             }
+            if terminal, !last.isEmpty { print("") }
         }
         watcher.start()
         let carried = MigrationTransport.relay(connection, tcp)
@@ -168,6 +177,20 @@ struct Ctl: ParsableCommand {
         case .failure(let error)?: throw error
         case nil: throw failure("the VM gave no answer")
         }
+    }
+
+    /// One line of a migration's progress: the phase, or in pre-copy the round, pages sent,
+    /// rate and pages left; with `bar`, led by a 24-cell bar of sent / (sent + left).
+    static func progressLine(_ status: MigrationStatus, bar: Bool) -> String {
+        let text = status.phase != "pre-copy" ? status.phase
+            : status.round == 0 ? "round 0: sending the \(status.remainingPages) pages that hold data"
+            : String(format: "round %d: %llu pages sent (%.1f MiB) at %.0f MiB/s, %llu written since", status.round, status.pagesSent,
+                     Double(status.bytesSent) / 1_048_576, status.bytesPerSecond / 1_048_576, status.remainingPages)
+        guard bar else { return text }
+        let total = status.pagesSent + status.remainingPages
+        let fraction = status.phase == "done" ? 1 : total == 0 ? 0 : Double(status.pagesSent) / Double(total)
+        let filled = Int((fraction * 24).rounded(.down))
+        return "[" + String(repeating: "#", count: filled) + String(repeating: "-", count: 24 - filled) + "] " + text
     }
 
     private func show(_ info: VMInfo, raw path: String, _ client: VMAPIClient) throws(VMAPIClientError) {

@@ -483,10 +483,14 @@ struct Run: ParsableCommand {
                 throw SnapshotRefusal(conflict: error.subject == "VM" && error.problem.hasPrefix("cannot migrate"), message: error.description)
             }
         }
-        let status = { @Sendable () -> MigrationStatus in
-            let progress = monitor.progress
-            return MigrationStatus(phase: progress.phase, round: progress.round, pagesSent: progress.pagesSent, bytesSent: progress.bytesSent,
-                                   remainingPages: progress.remainingPages, bytesPerSecond: progress.bytesPerSecond, message: progress.message)
+        let describe = { @Sendable (progress: MigrationProgress) -> MigrationStatus in
+            MigrationStatus(phase: progress.phase, round: progress.round, pagesSent: progress.pagesSent, bytesSent: progress.bytesSent,
+                            remainingPages: progress.remainingPages, bytesPerSecond: progress.bytesPerSecond, message: progress.message)
+        }
+        let status = { @Sendable () -> MigrationStatus in describe(monitor.progress) }
+        let changes = { @Sendable (after: UInt64) -> (latest: UInt64, changes: [MigrationStatus]) in
+            let (latest, changes) = monitor.changes(after: after)
+            return (latest, changes.map(describe))
         }
         let snapshot = { @Sendable (directory: String) throws(SnapshotRefusal) -> SnapshotResult in
             do throws(SnapshotError) {
@@ -498,7 +502,7 @@ struct Run: ParsableCommand {
                 throw SnapshotRefusal(conflict: error.subject == "VM" && error.problem.hasPrefix("cannot"), message: error.description)
             }
         }
-        let server = VMAPIServer(machine: machine, path: path, snapshot: snapshot, migrate: migrate, migrationStatus: status)
+        let server = VMAPIServer(machine: machine, path: path, snapshot: snapshot, migrate: migrate, migrationStatus: status, migrationChanges: changes)
         do throws(VMAPIError) { try server.start() } catch { fail("--api-socket \(path)", error.problem) }
         return server
     }

@@ -36,13 +36,14 @@ configuration() {
         microvm-example) echo "1 kernel $bzimage" ;;
         hyperv-2cpu-kernel) echo "2 kernel $bzimage" ;;
         snapshot-2cpu-kernel) echo "2 kernel $bzimage" ;;
+        snapshot-pci-1cpu-kernel) echo "1 kernel $bzimage" ;;
         *) return 1 ;;
     esac
 }
 
 [ $# -gt 0 ] || set -- bzimage-1cpu-kernel bzimage-2cpu-kernel pvh-2cpu-kernel bzimage-2cpu-split bzimage-4cpu-kernel console-1cpu-kernel \
     virtio-1cpu-kernel virtio-2cpu-split virtio-pci-2cpu-kernel hvc-1cpu-kernel ratelimit-1cpu-kernel net-1cpu-kernel vsock-balloon-1cpu-kernel microvm-example \
-    hyperv-2cpu-kernel snapshot-2cpu-kernel
+    hyperv-2cpu-kernel snapshot-2cpu-kernel snapshot-pci-1cpu-kernel
 # boot NAME: one boot of configuration NAME into $out/NAME.log and $out/NAME.status.
 boot() {
     name=$1
@@ -178,17 +179,20 @@ boot() {
         # wait_for FILE TEXT: until FILE holds TEXT (200 s at most).
         wait_for() { waited=0; until grep -q "$2" "$1" 2>/dev/null || [ $waited -ge 200 ]; do sleep 1; waited=$((waited + 1)); done; grep -q "$2" "$1"; }
         status=0
+        # snapshot-pci-*: the disk and the rng as virtio-pci functions (MSI-X, doorbells on the BAR).
+        case $name in *-pci-*) transport=pci ;; *) transport=mmio ;; esac
         truncate -s 1M "$work/count.img"
         bounded "$hv" run --kernel "$kernel" --initrd "$initrd" --cpus "$cpus" --irqchip "$irqchip" --mem 256M --api-socket "$work/first.sock" \
-            --disk "$work/count.img" --rng --timeout 240 --cmdline "console=ttyS0 hv.cpus=$cpus hv.count=1000 hv.countdisk" > "$out/$name.log" 2> "$out/$name.err" &
+            --disk "$work/count.img" --rng --virtio-transport $transport --timeout 240 --cmdline "console=ttyS0 hv.cpus=$cpus hv.count=1000 hv.countdisk" > "$out/$name.log" 2> "$out/$name.err" &
         first=$!
         wait_for "$out/$name.log" "hv-count: 5" || status=11
         "$hv" ctl "$work/first.sock" pause >> "$out/$name.ctl" 2>&1 || status=12
         sleep 1
         # Under the bed's emulated CPU a debug hv takes a while to write 256 MiB: --timeout.
         "$hv" ctl "$work/first.sock" snapshot "$work/snap" --timeout 600 >> "$out/$name.ctl" 2>&1 || status=13
-        # SIGKILL to hv itself (its parent is `bounded`'s timeout): a killed hv lets go of its disk.
-        pkill -KILL -P $first; kill -9 $first; wait $first 2>/dev/null
+        # SIGKILL to hv itself, not only to the subshell that runs `bounded` (hv is its
+        # grandchild, under timeout): a dead hv lets go of its disk's lock.
+        pkill -KILL -f -- "--api-socket $work/first.sock"; wait $first 2>/dev/null
         bounded "$hv" run --restore "$work/snap" --api-socket "$work/second.sock" --timeout 240 > "$out/$name.restored.log" 2> "$out/$name.restored.err" &
         second=$!
         wait_for "$out/$name.restored.log" "hv-count: .*" && sleep 3 || status=14

@@ -4,7 +4,9 @@
 // never leaves a snapshot that restores half.
 import Foundation
 import HVCore
+import HVManagement
 import HVTestSupport
+import Synchronization
 import Testing
 
 /// An `hv run` of the counting guest whose console goes to a file.
@@ -388,6 +390,11 @@ struct MigrationTests {
         #expect(source.waitForCounts(3), "\(source.errors)")
         let deadline = Date(timeIntervalSinceNow: 30)
         while !destination.errors.contains("waiting for a migration"), Date() < deadline { usleep(20_000) }
+        // The progress as server-sent events, read while the migration runs.
+        let events = Mutex<String>("")
+        let reader = Thread { [socket = source.socket] in events.withLock { $0 = Self.readEventStream(socket, path: "/v1/vm/migration/events") } }
+        reader.start()
+        usleep(200_000)
         // A pause of at most 0.05 ms cannot hold 256 pages: pre-copy goes round after round.
         let migration = try source.ctl(["migrate", address, "--max-downtime", "0.05"])
         #expect(migration.status == 0, "\(migration.stderr) \(source.errors) \(destination.errors)")
@@ -404,6 +411,42 @@ struct MigrationTests {
             break
         }
         print("migration of a writing guest: \(migration.stdout.split(separator: "\n").last ?? "")")
+        let deadlineForEvents = Date(timeIntervalSinceNow: 10)
+        while !reader.isFinished, Date() < deadlineForEvents { usleep(20_000) }
+        let stream = events.withLock { $0 }
+        let statuses = stream.components(separatedBy: "\n").filter { $0.hasPrefix("data: ") }.compactMap {
+            try? JSONDecoder().decode(MigrationStatus.self, from: Data($0.dropFirst(6).utf8))
+        }
+        #expect(stream.contains("event: migration"), "\(stream.prefix(2000))")
+        #expect(statuses.contains { $0.phase == "pre-copy" && $0.round >= 1 && $0.pagesSent > 0 }, "\(stream.prefix(2000))")
+        #expect(statuses.last?.phase == "done", "the stream ends with the migration: \(stream.suffix(1000))")
+    }
+
+    /// GET `path` on the Unix socket `socket` (HTTP/1.1, chunked or not) and everything the
+    /// server sends until it closes the connection (at most 60 s).
+    static func readEventStream(_ socket: String, path: String) -> String {
+        let fd = Foundation.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { buffer in for (i, byte) in socket.utf8.enumerated() { buffer[i] = byte } }
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard connected == 0 else { return "connect failed: \(errno)" }
+        let request = "GET \(path) HTTP/1.1\r\nHost: hv\r\nConnection: close\r\n\r\n"
+        _ = request.withCString { send(fd, $0, strlen($0), 0) }
+        var received: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        let deadline = Date(timeIntervalSinceNow: 60)
+        while Date() < deadline, poll(&entry, 1, 1000) >= 0 {
+            guard entry.revents != 0 else { continue }
+            let count = recv(fd, &buffer, buffer.count, 0)
+            guard count > 0 else { break }
+            received += buffer[..<count]
+        }
+        return String(decoding: received, as: UTF8.self)
     }
 
     @Test("a migration that cannot finish leaves the source running: no destination, a destination with another key, a destination that drops the stream half-way", .needsKVM)

@@ -57,7 +57,7 @@ enum TestBed {
     /// A boot as a Hyper-V guest (`--cpu host,hv-passthrough,kvm=off`).
     static let hyperVBoots = ["hyperv-2cpu-kernel"]
     /// Linux counting on its console, snapshotted, killed, restored, then migrated.
-    static let snapshotBoots = ["snapshot-2cpu-kernel"]
+    static let snapshotBoots = ["snapshot-2cpu-kernel", "snapshot-pci-1cpu-kernel"]
 
     /// Whether the bed also reruns the KVM suites (`HV_TESTBED_SUITES=1`). Off by default: in two
     /// of six runs a suite run stalled or crashed inside the bed's emulated SVM (TestBed.md), and
@@ -194,7 +194,7 @@ struct TestBedTests {
         #expect(status == 0, "\(name): hv exit status \(String(describing: status)); \(log.suffix(1500))")
     }
 
-    @Test("Debian's Linux on 2 vCPUs, counting on its console and in a file on virtio-blk, is snapshotted, killed and restored in a new hv, then migrated to a third while it counts: one unbroken count, the disk always one behind",
+    @Test("Debian's Linux (2 vCPUs with virtio-mmio devices, 1 vCPU with virtio-pci), counting on its console and on a virtio-blk disk, is snapshotted, killed and restored in a new hv, then migrated to a third while it counts: one unbroken count, the disk always one behind",
           arguments: TestBed.snapshotBoots)
     func linuxSnapshotRestoreMigrate(_ name: String) throws {
         let run = try #require(TestBed.run)
