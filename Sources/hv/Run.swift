@@ -404,6 +404,7 @@ struct Run: ParsableCommand {
             // Listening before the guest runs (and before confinement, which forbids new sockets).
             let api = try apiSocket.map { (path) throws(HVError) in try startAPI(machine, path: path, key: key, arguments: arguments) }
             defer { api?.stop() }
+            if api != nil { step("API listening") }
             if let runAs { try switchUser(to: runAs) }
             try machine.start(handler: NoExitHandler())
             step("started")

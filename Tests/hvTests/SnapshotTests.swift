@@ -5,6 +5,7 @@
 import Foundation
 import HVCore
 import HVManagement
+import HVTPM
 import HVTestSupport
 import Synchronization
 import Testing
@@ -420,6 +421,58 @@ struct MigrationTests {
         #expect(stream.contains("event: migration"), "\(stream.prefix(2000))")
         #expect(statuses.contains { $0.phase == "pre-copy" && $0.round >= 1 && $0.pagesSent > 0 }, "\(stream.prefix(2000))")
         #expect(statuses.last?.phase == "done", "the stream ends with the migration: \(stream.suffix(1000))")
+    }
+
+    @Test("a VM with a virtio-blk disk, a virtio-rng and a vTPM: snapshotted, killed, restored (the TPM's state and the disk's lock go with it), then migrated to a third hv on this host, which takes the disk and the TPM directory over",
+          .needsKVM)
+    func devicesMoveWithTheVM() throws {
+        let (folder, guest, _) = try SnapshotTests.fixture()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let disk = folder.appendingPathComponent("disk.img").path
+        FileManager.default.createFile(atPath: disk, contents: Data(count: 1 << 20))
+        let tpm = folder.appendingPathComponent("tpm").path
+        let devices = ["--irqchip", "kernel", "--disk", disk, "--rng", "--tpm", tpm]
+        let first = try CountingRun(folder: folder, name: "first", arguments: ["run", guest, "--mem", "32M", "--timeout", "120"] + devices)
+        defer { if first.process.isRunning { first.kill9() } }
+        #expect(first.waitForCounts(3), "\(first.errors)")
+        #expect(try first.ctl(["pause"]).status == 0)
+        let snapshotDirectory = folder.appendingPathComponent("snap").path
+        let snapshot = try first.ctl(["snapshot", snapshotDirectory])
+        #expect(snapshot.status == 0, "\(snapshot.stderr); hv run: \(first.errors)")
+        let before = first.output
+        first.kill9()
+        // Each device's part is a section of its own.
+        let state = String(decoding: try #require(FileManager.default.contents(atPath: snapshotDirectory + "/state")), as: UTF8.self)
+        for device in ["device.virtio-blk@mmio:", "device.virtio-rng@mmio:", "device.tpm-tis@mmio:0xfed40000"] {
+            #expect(state.contains(device), "no section \(device)")
+        }
+        let second = try CountingRun(folder: folder, name: "second", arguments: ["run", "--restore", snapshotDirectory, "--timeout", "60"])
+        defer { if second.process.isRunning { second.kill9() } }
+        #expect(second.waitForCounts(2), "\(second.errors)")
+        // The restored VM holds the disk and the TPM directory: another opener is refused.
+        #expect(throws: VirtioBlockError.self) { try VirtioBlock(path: disk) }
+        #expect(throws: TPMError.self) { try TPMStateDirectory(path: tpm) }
+        let address = "127.0.0.1:\(Self.freePort())"
+        let third = try CountingRun(folder: folder, name: "third", arguments: ["run", "--incoming", address, "--timeout", "60"])
+        defer { if third.process.isRunning { third.kill9() } }
+        let deadline = Date(timeIntervalSinceNow: 30)
+        while !third.errors.contains("waiting for a migration"), Date() < deadline { usleep(20_000) }
+        let migration = try second.ctl(["migrate", address])
+        #expect(migration.status == 0, "\(migration.stderr) source: \(second.errors) destination: \(third.errors)")
+        second.process.waitUntilExit()
+        #expect(third.waitForCounts(2), "\(third.errors)")
+        // The destination took the disk's lock and the TPM directory's once the source let go.
+        #expect(throws: VirtioBlockError.self) { try VirtioBlock(path: disk) }
+        #expect(throws: TPMError.self) { try TPMStateDirectory(path: tpm) }
+        #expect(FileManager.default.fileExists(atPath: tpm + "/permanent.state"))
+        // One run of counts across the three processes (a line cut by a pause is finished after it).
+        let joined = (before + second.output + third.output).split(separator: "\n", omittingEmptySubsequences: false).dropLast()
+        let counts = joined.compactMap { UInt64($0, radix: 16) }
+        #expect(counts.count == joined.count && counts.count >= 7, "\(joined.suffix(10))")
+        #expect(zip(counts, counts.dropFirst()).allSatisfy { $1 == $0 + 1 }, "\(counts)")
+        #expect(try third.ctl(["stop"]).status == 0)
+        third.process.waitUntilExit()
+        #expect(third.process.terminationStatus == 0, "\(third.errors)")
     }
 
     /// GET `path` on the Unix socket `socket` (HTTP/1.1, chunked or not) and everything the
