@@ -3,20 +3,38 @@
 // say the path does not exist. The document is the one the server serves, so the two agree.
 import Foundation
 import Hummingbird
+import Synchronization
 import Yams
 
 public struct OpenAPIRoutes: Sendable {
+    /// The document, parsed at the first request that needs it: a VMM's API must listen within
+    /// a restore's few milliseconds, and parsing the whole YAML document took longer than
+    /// everything else of the server's start.
+    private final class Table: Sendable {
+        let document: String
+        let parsed = Mutex<[(segments: [String], methods: [String])]?>(nil)
+        init(_ document: String) { self.document = document }
+
+        var routes: [(segments: [String], methods: [String])] {
+            if let routes = parsed.withLock({ $0 }) { return routes }
+            let yaml = (try? Yams.load(yaml: document)) as? [String: Any]
+            let paths = yaml?["paths"] as? [String: Any] ?? [:]
+            let verbs = ["get", "put", "post", "delete", "patch", "head", "options"]
+            let routes = paths.map { path, item in
+                let methods = (item as? [String: Any] ?? [:]).keys.filter { verbs.contains($0) }.map { $0.uppercased() }.sorted()
+                return (path.split(separator: "/").map(String.init), methods)
+            }
+            parsed.withLock { $0 = routes }
+            return routes
+        }
+    }
+    private let table: Table
+
     /// Each path's segments ("{name}" matches any one segment) and the methods it takes.
-    let routes: [(segments: [String], methods: [String])]
+    var routes: [(segments: [String], methods: [String])] { table.routes }
 
     public init(document: String) {
-        let parsed = (try? Yams.load(yaml: document)) as? [String: Any]
-        let paths = parsed?["paths"] as? [String: Any] ?? [:]
-        let verbs = ["get", "put", "post", "delete", "patch", "head", "options"]
-        routes = paths.map { path, item in
-            let methods = (item as? [String: Any] ?? [:]).keys.filter { verbs.contains($0) }.map { $0.uppercased() }.sorted()
-            return (path.split(separator: "/").map(String.init), methods)
-        }
+        table = Table(document)
     }
 
     /// The methods `path` takes, nil when no declared path matches it.
