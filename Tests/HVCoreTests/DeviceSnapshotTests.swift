@@ -9,14 +9,14 @@ import Synchronization
 import Testing
 
 /// The bytes `device` saves.
-private func saved(_ device: some SnapshotDevice) throws -> [UInt8] {
+func saved(_ device: some SnapshotDevice) throws -> [UInt8] {
     var encoder = StateEncoder()
     try device.saveState(to: &encoder)
     return encoder.bytes
 }
 
 /// Restores `bytes` into `device` and checks nothing is left over, as `Machine.restoreMachine` does.
-private func restore(_ device: some SnapshotDevice, _ bytes: [UInt8]) throws(StateDecodingError) {
+func restore(_ device: some SnapshotDevice, _ bytes: [UInt8]) throws(StateDecodingError) {
     var decoder = StateDecoder(bytes)
     try device.restoreState(from: &decoder)
     try decoder.finish("state")

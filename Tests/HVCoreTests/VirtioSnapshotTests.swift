@@ -14,18 +14,6 @@ func copyOfMemory(_ memory: GuestMemory) throws -> GuestMemory {
     return copy
 }
 
-func savedState(_ device: SnapshotDevice) throws -> [UInt8] {
-    var encoder = StateEncoder()
-    try device.saveState(to: &encoder)
-    return encoder.bytes
-}
-
-func restore(_ device: SnapshotDevice, _ bytes: [UInt8]) throws(StateDecodingError) {
-    var decoder = StateDecoder(bytes)
-    try device.restoreState(from: &decoder)
-    try decoder.finish("state")
-}
-
 @Suite("virtio devices in snapshots")
 struct VirtioSnapshotTests {
     typealias Image = VirtioBlockTests.Image
@@ -41,7 +29,7 @@ struct VirtioSnapshotTests {
         #expect(try VirtioBlockTests.request(driver, type: 1, sector: 3, data: 512, toDevice: true) == (0, 1))
         #expect(try VirtioBlockTests.request(driver, type: 4, sector: 0, data: 0) == (0, 1))
         driver.transport.holdActivity()
-        let state = try savedState(driver.transport)
+        let state = try saved(driver.transport)
         let memory = try copyOfMemory(driver.memory)
         // The source lets go of the image (as a migration's source does); the copy takes it.
         first.releaseBacking()
@@ -69,8 +57,8 @@ struct VirtioSnapshotTests {
         try driver.submit(0)
         driver.transport.serve(queue: 0)
         #expect(driver.usedIndex == 0, "held: nothing used")
-        let before = try savedState(driver.transport)
-        #expect(try savedState(driver.transport) == before)
+        let before = try saved(driver.transport)
+        #expect(try saved(driver.transport) == before)
         driver.transport.releaseActivity()
         #expect(driver.usedIndex == 1)
         #expect(try driver.used(0) == (0, 32))
@@ -83,7 +71,7 @@ struct VirtioSnapshotTests {
         try driver.descriptor(0, address: VirtioTestDriver<VirtioEntropy>.data, length: 16, flags: descriptorWrite)
         driver.transport.holdActivity()
         try driver.submit(0, notify: false)
-        let state = try savedState(driver.transport)
+        let state = try saved(driver.transport)
         let memory = try copyOfMemory(driver.memory)
         let transport = VirtioMMIOTransport(device: VirtioEntropy(), memory: memory, interrupt: nil)
         try restore(transport, state)
@@ -99,7 +87,7 @@ struct VirtioSnapshotTests {
         let device = try VirtioBlock(path: image.path)
         let driver = try VirtioTestDriver(device)
         driver.initialise()
-        let state = try savedState(driver.transport)
+        let state = try saved(driver.transport)
         func refusal(_ transport: SnapshotDevice, _ bytes: [UInt8]) -> String {
             do throws(StateDecodingError) {
                 try restore(transport, bytes)
@@ -118,14 +106,14 @@ struct VirtioSnapshotTests {
         let same = VirtioMMIOTransport(device: VirtioEntropy(), memory: memory, interrupt: nil)
         let entropyDriver = VirtioTestDriver(transport: same, memory: memory, availableIndex: 0)
         entropyDriver.initialise()
-        let entropyState = try savedState(same)
+        let entropyState = try saved(same)
         for cut in [1, 10, entropyState.count - 1] {
             #expect(refusal(VirtioMMIOTransport(device: VirtioEntropy(), memory: memory, interrupt: nil), Array(entropyState.prefix(cut))).contains("short"))
         }
         // virtio-net: the MAC address the guest knows.
         let a = SocketFrames(), b = SocketFrames()
         let net = VirtioMMIOTransport(device: VirtioNetwork(endpoint: a, mac: MACAddress(parsing: "52:54:00:00:00:01")!), memory: memory, interrupt: nil)
-        let netState = try savedState(net)
+        let netState = try saved(net)
         let otherNet = VirtioMMIOTransport(device: VirtioNetwork(endpoint: b, mac: MACAddress(parsing: "52:54:00:00:00:02")!), memory: memory, interrupt: nil)
         #expect(refusal(otherNet, netState).contains("is 52:54:00:00:00:02 here; the snapshot's was 52:54:00:00:00:01"))
         net.device.stop()
@@ -153,7 +141,7 @@ struct VirtioSnapshotTests {
         driver.initialise()
         driver.transport.holdActivity()
         console.receive(Array("ls\n".utf8))
-        let state = try savedState(driver.transport)
+        let state = try saved(driver.transport)
         let memory = try copyOfMemory(driver.memory)
         let restoredConsole = VirtioConsole(output: .discard)
         let transport = VirtioMMIOTransport(device: restoredConsole, memory: memory, interrupt: nil)
@@ -172,7 +160,7 @@ struct VirtioSnapshotTests {
         try bench.event.post(bench.driver, writableLength: 4)
         #expect(try bench.event.usedCount(bench.driver) == 0, "no event while nothing happened")
         bench.driver.transport.holdActivity()
-        let state = try savedState(bench.driver.transport)
+        let state = try saved(bench.driver.transport)
         bench.driver.transport.releaseActivity()
         #expect(try bench.event.usedCount(bench.driver) == 0, "the source owes no reset")
         let memory = try copyOfMemory(bench.driver.memory)
@@ -192,7 +180,7 @@ struct VirtioSnapshotTests {
         let driver = try VirtioTestDriver(balloon)
         driver.initialise()
         driver.transport.mmioWrite(offset: 0x104, width: 4, value: 512)
-        let state = try savedState(driver.transport)
+        let state = try saved(driver.transport)
         let restoredBalloon = try VirtioBalloon(targetBytes: 0, statisticsInterval: nil)
         let transport = VirtioMMIOTransport(device: restoredBalloon, memory: try copyOfMemory(driver.memory), interrupt: nil)
         try restore(transport, state)
