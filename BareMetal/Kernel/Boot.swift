@@ -1,0 +1,96 @@
+// What the loader handed over and what the CPU can do: the Multiboot information structure
+// (Multiboot Specification 0.6.96, 3.3 "Boot information format") and CPUID / MSR probes for
+// AMD-V (AMD APM Vol. 2, 15.4 "Enabling SVM") and VT-x (Intel SDM Vol. 3C, 24.7 "Enabling and
+// Entering VMX Operation").
+import BareMetalSupport
+
+/// The Multiboot 1 information structure at `address` (identity-mapped below 4 GiB).
+struct MultibootInformation {
+    let address: UInt
+
+    private func word(_ offset: UInt) -> UInt32 {
+        UnsafePointer<UInt32>(bitPattern: address + offset)!.pointee
+    }
+
+    var flags: UInt32 { word(0) }
+    /// mem_upper: KiB of memory from 1 MiB up to the first hole (flags bit 0).
+    var upperMemoryKiB: UInt32 { flags & 1 != 0 ? word(8) : 0 }
+
+    /// boot_loader_name (flags bit 9): a NUL-terminated string.
+    var loaderName: String? {
+        guard flags & (1 << 9) != 0, let name = UnsafePointer<UInt8>(bitPattern: UInt(word(64))) else { return nil }
+        var bytes: [UInt8] = []
+        var index = 0
+        while name[index] != 0 && index < 128 {
+            bytes.append(name[index])
+            index += 1
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+}
+
+/// What CPUID and the virtualization MSRs say.
+struct CPUFeatures {
+    struct SVM {
+        var revision: UInt32
+        var asids: UInt32
+        var nestedPaging: Bool
+        var nextRIPSave: Bool
+    }
+
+    enum Virtualization {
+        case svm(SVM)
+        case vmx
+        /// Neither can be used, and why (in the words a user needs).
+        case refused(String)
+    }
+
+    var vendor: String
+    var family: UInt32
+    var model: UInt32
+    var svm: Bool
+    var vmx: Bool
+    var virtualization: Virtualization
+
+    static func cpuid(_ leaf: UInt32, _ subleaf: UInt32 = 0) -> (eax: UInt32, ebx: UInt32, ecx: UInt32, edx: UInt32) {
+        var registers: (UInt32, UInt32, UInt32, UInt32) = (0, 0, 0, 0)
+        withUnsafeMutablePointer(to: &registers) {
+            $0.withMemoryRebound(to: UInt32.self, capacity: 4) { hv_cpuid(leaf, subleaf, $0) }
+        }
+        return registers
+    }
+
+    static func read() -> CPUFeatures {
+        let zero = cpuid(0)
+        var vendorBytes: [UInt8] = []
+        for word in [zero.ebx, zero.edx, zero.ecx] {
+            for shift in stride(from: UInt32(0), to: 32, by: 8) { vendorBytes.append(UInt8(truncatingIfNeeded: word >> shift)) }
+        }
+        let one = cpuid(1)
+        let baseFamily = (one.eax >> 8) & 0xF
+        let family = baseFamily == 0xF ? baseFamily + ((one.eax >> 20) & 0xFF) : baseFamily
+        let model = (baseFamily == 0x6 || baseFamily == 0xF) ? ((one.eax >> 4) & 0xF) | ((one.eax >> 12) & 0xF0) : (one.eax >> 4) & 0xF
+        let vmx = one.ecx & (1 << 5) != 0
+        let extended = cpuid(0x8000_0000).eax
+        let svm = extended >= 0x8000_0001 && cpuid(0x8000_0001).ecx & (1 << 2) != 0
+        var features = CPUFeatures(vendor: String(decoding: vendorBytes, as: UTF8.self), family: family, model: model,
+                                   svm: svm, vmx: vmx, virtualization: .refused("neither AMD-V (SVM) nor VT-x (VMX) on this CPU"))
+        if svm {
+            // VM_CR (MSR C001_0114h): SVMDIS (bit 4) set by firmware, LOCK (bit 3).
+            let vmCR = hv_rdmsr(0xC001_0114)
+            if vmCR & (1 << 4) != 0 {
+                features.virtualization = .refused(vmCR & (1 << 3) != 0 ? "SVM disabled by firmware (VM_CR.SVMDIS, locked)" : "SVM disabled (VM_CR.SVMDIS)")
+            } else if extended >= 0x8000_000A {
+                let leaf = cpuid(0x8000_000A)
+                features.virtualization = .svm(SVM(revision: leaf.eax & 0xFF, asids: leaf.ebx, nestedPaging: leaf.edx & 1 != 0,
+                                                   nextRIPSave: leaf.edx & (1 << 3) != 0))
+            }
+        } else if vmx {
+            // IA32_FEATURE_CONTROL (3Ah): locked (bit 0) without VMX outside SMX (bit 2) is off.
+            let control = hv_rdmsr(0x3A)
+            features.virtualization = control & 1 != 0 && control & (1 << 2) == 0
+                ? .refused("VMX locked off by firmware (IA32_FEATURE_CONTROL)") : .vmx
+        }
+        return features
+    }
+}

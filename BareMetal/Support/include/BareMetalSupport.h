@@ -1,0 +1,46 @@
+// What Embedded Swift cannot say itself on a bare CPU: port I/O, CPUID, MSRs, the TSC, HLT
+// (Intel SDM Vol. 2 for each instruction). Static inline, so Swift's Clang importer compiles
+// them into the kernel's own object.
+#ifndef HV_BAREMETAL_SUPPORT_H
+#define HV_BAREMETAL_SUPPORT_H
+#include <stdint.h>
+
+static inline void hv_outb(uint16_t port, uint8_t value) { __asm__ volatile("outb %0, %1" : : "a"(value), "Nd"(port)); }
+static inline void hv_outl(uint16_t port, uint32_t value) { __asm__ volatile("outl %0, %1" : : "a"(value), "Nd"(port)); }
+static inline uint8_t hv_inb(uint16_t port) {
+    uint8_t value;
+    __asm__ volatile("inb %1, %0" : "=a"(value) : "Nd"(port));
+    return value;
+}
+
+/// CPUID leaf `leaf`, subleaf `subleaf`: EAX, EBX, ECX, EDX into `out[0..3]`.
+static inline void hv_cpuid(uint32_t leaf, uint32_t subleaf, uint32_t out[4]) {
+    __asm__ volatile("cpuid" : "=a"(out[0]), "=b"(out[1]), "=c"(out[2]), "=d"(out[3]) : "a"(leaf), "c"(subleaf));
+}
+
+static inline uint64_t hv_rdmsr(uint32_t msr) {
+    uint32_t low, high;
+    __asm__ volatile("rdmsr" : "=a"(low), "=d"(high) : "c"(msr));
+    return (uint64_t)high << 32 | low;
+}
+
+static inline void hv_wrmsr(uint32_t msr, uint64_t value) {
+    __asm__ volatile("wrmsr" : : "c"(msr), "a"((uint32_t)value), "d"((uint32_t)(value >> 32)));
+}
+
+static inline uint64_t hv_rdtsc(void) {
+    uint32_t low, high;
+    __asm__ volatile("rdtsc" : "=a"(low), "=d"(high));
+    return (uint64_t)high << 32 | low;
+}
+
+static inline uint64_t hv_read_cr0(void) { uint64_t v; __asm__ volatile("mov %%cr0, %0" : "=r"(v)); return v; }
+static inline uint64_t hv_read_cr3(void) { uint64_t v; __asm__ volatile("mov %%cr3, %0" : "=r"(v)); return v; }
+static inline uint64_t hv_read_cr4(void) { uint64_t v; __asm__ volatile("mov %%cr4, %0" : "=r"(v)); return v; }
+
+static inline void hv_halt_forever(void) { for (;;) __asm__ volatile("cli; hlt"); }
+
+/// The end of the image (the linker script's symbol): the heap starts above it.
+extern char hv_image_end[];
+
+#endif

@@ -1,0 +1,68 @@
+// The C runtime an Embedded Swift program needs on a bare CPU (memset, memcpy, memmove,
+// memcmp, posix_memalign, free) and putchar, which Swift's print() writes through: here, COM1.
+// Built with -ffreestanding -fno-builtin so the compiler does not turn these loops back into
+// calls to themselves.
+#include <stddef.h>
+#include <stdint.h>
+#include "BareMetalSupport.h"
+
+void *memset(void *destination, int value, size_t count) {
+    unsigned char *d = destination;
+    while (count--) *d++ = (unsigned char)value;
+    return destination;
+}
+
+void *memcpy(void *destination, const void *source, size_t count) {
+    unsigned char *d = destination;
+    const unsigned char *s = source;
+    while (count--) *d++ = *s++;
+    return destination;
+}
+
+void *memmove(void *destination, const void *source, size_t count) {
+    unsigned char *d = destination;
+    const unsigned char *s = source;
+    if (d < s) {
+        while (count--) *d++ = *s++;
+    } else {
+        d += count;
+        s += count;
+        while (count--) *--d = *--s;
+    }
+    return destination;
+}
+
+int memcmp(const void *a, const void *b, size_t count) {
+    const unsigned char *x = a, *y = b;
+    for (; count; count--, x++, y++) {
+        if (*x != *y) return *x < *y ? -1 : 1;
+    }
+    return 0;
+}
+
+// The heap: from the end of the image up to 64 MiB, handed out in order and never reused (the
+// image allocates at start-up; a hypervisor's run loop allocates nothing). A request that does
+// not fit fails as posix_memalign does, and Swift traps on it.
+static uintptr_t heap_next;
+static const uintptr_t heap_limit = 64u << 20;
+
+int posix_memalign(void **result, size_t alignment, size_t size) {
+    if (alignment < sizeof(void *)) alignment = sizeof(void *);
+    if (heap_next == 0) heap_next = (uintptr_t)hv_image_end;
+    uintptr_t start = (heap_next + alignment - 1) & ~(uintptr_t)(alignment - 1);
+    if (start + size > heap_limit || start + size < start) return 12;  // ENOMEM
+    heap_next = start + size;
+    *result = (void *)start;
+    return 0;
+}
+
+void free(void *pointer) { (void)pointer; }
+
+/// COM1 (a 16550 at 0x3F8): waits for the transmit holding register (LSR bit 5) before each
+/// byte, which Bochs' UART needs and QEMU's does not mind.
+int putchar(int character) {
+    if (character == '\n') putchar('\r');
+    while ((hv_inb(0x3F8 + 5) & 0x20) == 0) {}
+    hv_outb(0x3F8, (uint8_t)character);
+    return character;
+}

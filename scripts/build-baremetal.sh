@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Builds HV's bare-metal image (Documentation/BareMetal.md): the shared machine model
+# (Sources/HVModel) and the kernel (BareMetal/Kernel) as Embedded Swift for the freestanding
+# x86_64 target, the entry stub (BareMetal/Entry/entry.S) and the small C runtime
+# (BareMetal/Support/runtime.c), linked at 4 MiB with a Multiboot 1 header.
+#
+#   scripts/build-baremetal.sh [OUT]     (default .build-baremetal)
+#
+# OUT/hv-baremetal.elf is the 64-bit ELF (GRUB's multiboot command loads it);
+# OUT/hv-baremetal.elf32 the same image as a 32-bit ELF, which QEMU's -kernel requires:
+#   qemu-system-x86_64 -accel tcg -cpu max -kernel OUT/hv-baremetal.elf32 -serial stdio \
+#       -display none -device isa-debug-exit,iobase=0xf4,iosize=4
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-.build-baremetal}
+mkdir -p "$out"
+swift=(swiftc -target x86_64-unknown-none-elf -enable-experimental-feature Embedded -wmo -parse-as-library -Osize
+       -Xfrontend -disable-stack-protector -Xcc -mcmodel=kernel -Xcc -mno-red-zone -Xcc -ffreestanding)
+"${swift[@]}" -module-name HVModel -emit-module -emit-module-path "$out/HVModel.swiftmodule" \
+    -c $(find Sources/HVModel -name "*.swift" | sort) -o "$out/HVModel.o"
+"${swift[@]}" -module-name BareMetalKernel -I "$out" -I BareMetal/Support/include \
+    -c $(find BareMetal/Kernel -name "*.swift" | sort) -o "$out/Kernel.o"
+c=(clang -target x86_64-unknown-none-elf -ffreestanding -fno-builtin -fno-stack-protector -mno-red-zone -mcmodel=kernel -O2
+   -I BareMetal/Support/include)
+"${c[@]}" -c BareMetal/Support/runtime.c -o "$out/runtime.o"
+"${c[@]}" -c BareMetal/Entry/entry.S -o "$out/entry.o"
+ld -m elf_x86_64 -nostdlib -static -z max-page-size=0x1000 --gc-sections -T BareMetal/linker.ld \
+    "$out/entry.o" "$out/Kernel.o" "$out/HVModel.o" "$out/runtime.o" -o "$out/hv-baremetal.elf"
+objcopy -O elf32-i386 "$out/hv-baremetal.elf" "$out/hv-baremetal.elf32"
+echo "bare metal: $out/hv-baremetal.elf ($(stat -c %s "$out/hv-baremetal.elf") bytes; $(size -A "$out/hv-baremetal.elf" | awk '/^\.text/ { print $2 }') bytes of code)"
