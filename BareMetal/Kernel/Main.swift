@@ -23,6 +23,11 @@ public func baremetalMain(_ info: UInt32, _ magic: UInt32) {
     switch cpu.virtualization {
     case .svm(let svm):
         print("svm: revision \(svm.revision), \(svm.asids) ASIDs, nested paging \(svm.nestedPaging ? "yes" : "no"), next-RIP save \(svm.nextRIPSave ? "yes" : "no")")
+        guard svm.nestedPaging else {
+            print("svm: this engine needs nested paging")
+            DebugExit.leave(code: 2)
+        }
+        guard SVMEngine.runHelloGuest() else { DebugExit.leave(code: 1) }
     case .vmx:
         print("vmx: available (IA32_FEATURE_CONTROL allows VMXON outside SMX)")
     case .refused(let reason):

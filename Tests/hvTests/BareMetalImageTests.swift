@@ -16,7 +16,7 @@ enum BareMetalHost {
 struct BareMetalImageTests {
     static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 
-    @Test("scripts/build-baremetal.sh builds a Multiboot image of Embedded Swift; QEMU (TCG, -cpu max) boots it, it finds the CPU's AMD-V with nested paging and leaves through isa-debug-exit with code 0",
+    @Test("scripts/build-baremetal.sh builds a Multiboot image of Embedded Swift; QEMU (TCG, -cpu max) boots it, it finds AMD-V with nested paging, runs a real-mode guest through VMRUN (its I/O, RDMSR, CPUID and HLT intercepted and handled) and leaves through isa-debug-exit with code 0",
           .enabled(if: BareMetalHost.unavailableReason == nil || Requirement.tools, "skipped: \(BareMetalHost.unavailableReason ?? "")"))
     func bootsUnderQEMU() throws {
         let folder = try PackageExecutable.temporaryDirectory()
@@ -41,5 +41,15 @@ struct BareMetalImageTests {
         #expect(lines.contains("loader: qemu; 126 MiB above 1 MiB"), "\(boot.stdout)")
         #expect(lines.contains { $0.hasPrefix("cpu: AuthenticAMD") && $0.hasSuffix("svm=1 vmx=0") }, "\(boot.stdout)")
         #expect(lines.contains { $0.hasPrefix("svm: revision 1,") && $0.contains("nested paging yes") }, "\(boot.stdout)")
+        // The SVM engine's first guest: real mode behind nested paging, every port and MSR
+        // intercepted. 51 characters, each after an IN of the LSR, and the IN that found the NUL.
+        #expect(lines.contains("guest: Hello from a real-mode guest under HV's SVM engine"), "\(boot.stdout)")
+        #expect(lines.contains("guest: halted at 0x1023; CPUID gave AuthenticAMD"), "\(boot.stdout)")
+        let table = Dictionary(lines.compactMap { line -> (String, Int)? in
+            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+            guard fields.count == 3, let count = Int(fields[1]), Int(fields[2]) != nil else { return nil }
+            return (String(fields[0]), count)
+        }, uniquingKeysWith: { $1 })
+        #expect(table == ["io": 103, "msr": 1, "cpuid": 1, "hlt": 1], "\(boot.stdout)")
     }
 }

@@ -40,7 +40,22 @@ static inline uint64_t hv_read_cr4(void) { uint64_t v; __asm__ volatile("mov %%c
 
 static inline void hv_halt_forever(void) { for (;;) __asm__ volatile("cli; hlt"); }
 
+#include <stddef.h>
+
+/// The heap's allocator (Support/runtime.c), for page-aligned structures.
+int posix_memalign(void **result, size_t alignment, size_t size);
+
 /// The end of the image (the linker script's symbol): the heap starts above it.
 extern char hv_image_end[];
+
+/// One VMRUN of the VMCB at `vmcb_physical` (Entry/svm.S); `guest_registers` holds the guest's
+/// RBX, RCX, RDX, RSI, RDI, RBP and R8-R15 at indices 1-15 across the switch.
+void hv_svm_vmrun(uint64_t vmcb_physical, uint64_t *guest_registers);
+
+/// The first SVM guest's code (Guest/hello.S).
+extern const uint8_t hv_guest_hello_start[];
+extern const uint8_t hv_guest_hello_end[];
+static inline const uint8_t *hv_guest_hello_start_pointer(void) { return hv_guest_hello_start; }
+static inline const uint8_t *hv_guest_hello_end_pointer(void) { return hv_guest_hello_end; }
 
 #endif
