@@ -6,6 +6,9 @@
 #
 #   scripts/build-baremetal.sh [OUT]     (default .build-baremetal)
 #
+# The demo guest it runs is hv demo's, written at build time by `hv demo --write-image` (HV=path
+# to hv, default .build/debug/hv, built here when missing).
+#
 # OUT/hv-baremetal.elf is the 64-bit ELF (GRUB's multiboot command loads it);
 # OUT/hv-baremetal.elf32 the same image as a 32-bit ELF, which QEMU's -kernel requires:
 #   qemu-system-x86_64 -accel tcg -cpu max -kernel OUT/hv-baremetal.elf32 -serial stdio \
@@ -14,6 +17,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-.build-baremetal}
 mkdir -p "$out"
+out=$(cd "$out" && pwd)
+hv=${HV:-.build/debug/hv}
+[ -x "$hv" ] || swift build --product hv
+"$hv" demo --write-image "$out/demo-guest.img"
+cat > "$out/demo-guest.S" <<ASM
+    .section .rodata.guest, "a"
+    .global hv_guest_demo_start, hv_guest_demo_end
+    .balign 16
+hv_guest_demo_start:
+    .incbin "$out/demo-guest.img"
+hv_guest_demo_end:
+    .section .note.GNU-stack, "", @progbits
+ASM
 swift=(swiftc -target x86_64-unknown-none-elf -enable-experimental-feature Embedded -wmo -parse-as-library -Osize
        -Xfrontend -disable-stack-protector -Xcc -mcmodel=kernel -Xcc -mno-red-zone -Xcc -ffreestanding)
 "${swift[@]}" -module-name HVModel -emit-module -emit-module-path "$out/HVModel.swiftmodule" \
@@ -23,10 +39,12 @@ swift=(swiftc -target x86_64-unknown-none-elf -enable-experimental-feature Embed
 c=(clang -target x86_64-unknown-none-elf -ffreestanding -fno-builtin -fno-stack-protector -mno-red-zone -mcmodel=kernel -O2
    -I BareMetal/Support/include)
 "${c[@]}" -c BareMetal/Support/runtime.c -o "$out/runtime.o"
-for assembly in BareMetal/Entry/entry.S BareMetal/Entry/svm.S BareMetal/Guest/hello.S; do
+for assembly in BareMetal/Entry/entry.S BareMetal/Entry/svm.S BareMetal/Guest/hello.S "$out/demo-guest.S"; do
     "${c[@]}" -c "$assembly" -o "$out/$(basename "$assembly" .S).o"
 done
+# Embedded Swift's Unicode tables (grapheme breaking, normalisation), for String's operations.
+unicode="$(dirname "$(command -v swiftc)")/../lib/swift/embedded/x86_64-unknown-none-elf/libswiftUnicodeDataTables.a"
 ld -m elf_x86_64 -nostdlib -static -z max-page-size=0x1000 --gc-sections -T BareMetal/linker.ld \
-    "$out/entry.o" "$out/svm.o" "$out/hello.o" "$out/Kernel.o" "$out/HVModel.o" "$out/runtime.o" -o "$out/hv-baremetal.elf"
+    "$out/entry.o" "$out/svm.o" "$out/hello.o" "$out/demo-guest.o" "$out/Kernel.o" "$out/HVModel.o" "$out/runtime.o" "$unicode" -o "$out/hv-baremetal.elf"
 objcopy -O elf32-i386 "$out/hv-baremetal.elf" "$out/hv-baremetal.elf32"
 echo "bare metal: $out/hv-baremetal.elf ($(stat -c %s "$out/hv-baremetal.elf") bytes; $(size -A "$out/hv-baremetal.elf" | awk '/^\.text/ { print $2 }') bytes of code)"

@@ -1,7 +1,8 @@
 // The bare-metal image's kernel, in Embedded Swift: what a Multiboot loader's entry stub
 // (Entry/entry.S) calls once the CPU is in 64-bit mode with the first 4 GiB identity-mapped.
-// It says what it found, finds out whether the CPU can run guests (AMD-V or VT-x), and leaves
-// through QEMU's isa-debug-exit port (or halts on a machine without one).
+// It says what it found, finds out whether the CPU can run guests (AMD-V or VT-x), runs two
+// guests on its SVM engine (a real-mode one, then `hv demo`'s own guest with `hv demo`'s own
+// exit handler), and leaves through QEMU's isa-debug-exit port (or halts without one).
 import BareMetalSupport
 import HVModel
 
@@ -27,13 +28,73 @@ public func baremetalMain(_ info: UInt32, _ magic: UInt32) {
             print("svm: this engine needs nested paging")
             DebugExit.leave(code: 2)
         }
-        guard SVMEngine.runHelloGuest() else { DebugExit.leave(code: 1) }
+        DebugExit.leave(code: runGuests() ? 0 : 1)
     case .vmx:
-        print("vmx: available (IA32_FEATURE_CONTROL allows VMXON outside SMX)")
+        print("vmx: available (IA32_FEATURE_CONTROL allows VMXON outside SMX); the VMX engine is not built yet")
+        DebugExit.leave(code: 2)
     case .refused(let reason):
         print("virtualization: \(reason)")
+        DebugExit.leave(code: 2)
     }
-    DebugExit.leave(code: 0)
+}
+
+/// The real-mode guest, then the demo guest; true when both ended as they should.
+func runGuests() -> Bool {
+    print("")
+    print("1. A real-mode guest:")
+    let hello = SVMVirtualMachine(memorySize: 2 << 20)
+    let helloStart = UnsafeRawPointer(hv_guest_hello_start_pointer()!)
+    hello.loadRealMode(UnsafeRawBufferPointer(start: helloStart, count: UnsafeRawPointer(hv_guest_hello_end_pointer()!) - helloStart), at: 0x1000)
+    let helloStop = hello.run(ConsolePassthrough().then(DebugExitPort()), haltResumes: false)
+    print("It stopped: \(describe(helloStop)); CPUID gave it \(vendor(hello))")
+    hello.statistics.report()
+    guard helloStop == .halted else { return false }
+
+    print("")
+    print("2. hv demo's guest, with hv demo's exit handler:")
+    let demoStart = UnsafeRawPointer(hv_guest_demo_start_pointer()!)
+    let demoBytes = UnsafeRawBufferPointer(start: demoStart, count: UnsafeRawPointer(hv_guest_demo_end_pointer()!) - demoStart)
+    let image: GuestImageFile
+    switch GuestImageFile.read(demoBytes) {
+    case .success(let read): image = read
+    case .failure(let error):
+        print("the embedded demo guest: \(error.description)")
+        return false
+    }
+    let demo = SVMVirtualMachine(memorySize: image.memorySize)
+    guard demo.load(image) else { return false }
+    let handler = DemoExitHandler()
+    let stop = demo.run(handler.then(ConsolePassthrough()).then(ScratchRegister()).then(DebugExitPort()), haltResumes: true)
+    print("")
+    print("The guest stopped: \(describe(stop)).")
+    var codes = ""
+    for code in handler.postCodes { codes += (codes.isEmpty ? "" : ", ") + hex(code) }
+    print("It wrote POST codes \(codes) and read port 0x60 \(handler.counterReads) times.")
+    demo.statistics.report()
+    return stop == .debugExit(code: 0)
+}
+
+/// The vendor string CPUID leaf 0 left in the guest's EBX, EDX, ECX.
+func vendor(_ machine: SVMVirtualMachine) -> String {
+    var bytes: [UInt8] = []
+    for register in [machine.register(3), machine.register(2), machine.register(1)] {
+        for shift in stride(from: UInt64(0), to: 32, by: 8) { bytes.append(UInt8(truncatingIfNeeded: register >> shift)) }
+    }
+    return String(decoding: bytes, as: UTF8.self)
+}
+
+func describe(_ reason: StopReason) -> String {
+    switch reason {
+    case .debugExit(let code): "the guest wrote \(code) to the debug-exit port"
+    case .halted: "HLT"
+    case .shutdown: "shutdown (a triple fault)"
+    case .unmappedPort(let port, let write): "\(write ? "a write to" : "a read from") port \(hex(port.rawValue)), which nothing handles"
+    case .unmappedMMIO(let address, let write): "\(write ? "a write to" : "a read from") \(hex(address.rawValue)), which nothing handles"
+    case .unhandledExit(let kind): "an exit nothing handles (\(kind.name))"
+    case .entryFailure(let reason): "VMRUN refused the guest (\(hex(reason)))"
+    case .internalError(let error): "an exit the engine cannot emulate (\(error.suberror))"
+    default: "another reason"
+    }
 }
 
 /// Formats `value` as 0x-prefixed hexadecimal.

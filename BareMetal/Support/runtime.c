@@ -66,3 +66,18 @@ int putchar(int character) {
     hv_outb(0x3F8, (uint8_t)character);
     return character;
 }
+
+/// Swift seeds its hash tables (Set, Dictionary) from arc4random_buf. The image has no entropy
+/// source worth the name yet, so this mixes the TSC through xorshift64*: fine for hash seeds,
+/// and nothing in the image uses it for anything that must be unpredictable.
+void arc4random_buf(void *buffer, size_t count) {
+    static uint64_t state;
+    if (state == 0) state = hv_rdtsc() | 1;
+    unsigned char *bytes = buffer;
+    for (size_t index = 0; index < count; index++) {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        bytes[index] = (unsigned char)((state * 0x2545F4914F6CDD1DULL) >> 56);
+    }
+}

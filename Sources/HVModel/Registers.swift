@@ -112,3 +112,13 @@ public struct FPUState: Sendable, Equatable {
     public var mxcsr: UInt32 = 0x1F80
     @inlinable public init() {}
 }
+
+extension Segment {
+    /// The segment's attributes as an SVM VMCB keeps them (AMD APM Vol. 2, 15.5.1 and Appendix B:
+    /// descriptor bits 40-47 in bits 0-7, bits 52-55 in bits 8-11): type, S, DPL, P, then AVL,
+    /// L, D/B, G.
+    @inlinable public var svmAttributes: UInt16 {
+        UInt16(type & 0xF) | (codeOrData ? 1 << 4 : 0) | UInt16(dpl & 3) << 5 | (present ? 1 << 7 : 0)
+            | (long ? 1 << 9 : 0) | (defaultSize32 ? 1 << 10 : 0) | (granularity ? 1 << 11 : 0)
+    }
+}

@@ -21,12 +21,30 @@ struct Demo: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Seccomp confinement once the VM is set up, as hv run's: kill, refuse or off (Documentation/Confinement.md).", valueName: "mode"))
     var seccomp: SeccompArgument = .kill
 
+    @Option(name: .long, help: ArgumentHelp("Write the demo guest as a guest image file (the layout of HVGuest's GuestImage.fileBytes) and run nothing: the bare-metal image embeds it (Documentation/BareMetal.md).", valueName: "file"))
+    var writeImage: String?
+
     @OptionGroup var logging: LoggingOptions
+
+    /// The demo VM's memory, and so the guest image's.
+    static let memorySize: UInt64 = 16 << 20
 
     func run() throws {
         logging.bootstrap()
-        let outcome = try reportingErrors { () throws(HVError) -> (RunResult, ExitStatistics, DemoHandler) in
-            var configuration = VirtualMachineConfiguration(memorySize: 16 << 20, haltPolicy: .resume, timeLimit: 120)
+        if let writeImage {
+            let bytes = try reportingErrors { () throws(HVError) -> [UInt8] in
+                do { return try DemoGuest.program().image(memorySize: Self.memorySize).fileBytes(memorySize: Self.memorySize) } catch {
+                    throw .configuration(ConfigurationError(field: "demo guest", value: "\(error)", expected: "an image that fits \(Self.memorySize) bytes"))
+                }
+            }
+            do { try Data(bytes).write(to: URL(fileURLWithPath: writeImage)) } catch {
+                printError("hv: error: --write-image \(writeImage): \(error.localizedDescription)")
+                throw ExitCode(73)
+            }
+            return
+        }
+        let outcome = try reportingErrors { () throws(HVError) -> (RunResult, ExitStatistics, DemoExitHandler) in
+            var configuration = VirtualMachineConfiguration(memorySize: Self.memorySize, haltPolicy: .resume, timeLimit: 120)
             configuration.confinement = seccomp.mode.map { Confinement(mode: $0) }
             let machine = try Machine(configuration: configuration, backend: KVMBackend())
             let uart = try attachConsole(to: machine, serial: serial)
@@ -34,7 +52,8 @@ struct Demo: ParsableCommand {
                 try machine.devices.register(ScratchRegister(), address: DemoGuest.scratchAddress, length: 0x1000)
             } catch { throw .device(error) }
             try machine.load(DemoGuest.program())
-            let handler = DemoHandler()
+            // The same handler type the bare-metal image runs on its SVM engine (HVModel).
+            let handler = DemoExitHandler()
             let result = try machine.run(handler: handler)
             uart.flush()
             return (result, machine.statistics, handler)
@@ -49,31 +68,6 @@ struct Demo: ParsableCommand {
         guard result.reason == .debugExit(code: 0) else {
             printError("hv: error: the demo guest did not finish cleanly: \(result.reason)")
             throw ExitCode(ExitStatus.forStop(result.reason) == 0 ? ExitStatus.guestCrashed : ExitStatus.forStop(result.reason))
-        }
-    }
-}
-
-/// The demo's own exit handler: answers reads of port 0x60 with a counter and collects the POST
-/// codes written to port 0x80. One vCPU, so no contention; the lock keeps it honest anyway.
-final class DemoHandler: ExitHandler, Sendable {
-    private let state = Mutex<(counter: UInt32, codes: [UInt8])>((0, []))
-
-    var postCodes: [UInt8] { state.withLock { $0.codes } }
-    var counterReads: UInt32 { state.withLock { $0.counter } }
-
-    func handle(_ exit: VMExit, context: ExitContext) -> ExitAction? {
-        switch exit {
-        case .portIn(let io) where io.port == 0x60:
-            let value = state.withLock { state -> UInt32 in
-                state.counter += 1
-                return state.counter
-            }
-            return .resumeWith(UInt64(value))
-        case .portOut(let io) where io.port == 0x80:
-            state.withLock { $0.codes.append(UInt8(truncatingIfNeeded: io.value)) }
-            return .resume
-        default:
-            return nil
         }
     }
 }

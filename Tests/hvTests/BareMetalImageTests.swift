@@ -16,13 +16,25 @@ enum BareMetalHost {
 struct BareMetalImageTests {
     static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 
-    @Test("scripts/build-baremetal.sh builds a Multiboot image of Embedded Swift; QEMU (TCG, -cpu max) boots it, it finds AMD-V with nested paging, runs a real-mode guest through VMRUN (its I/O, RDMSR, CPUID and HLT intercepted and handled) and leaves through isa-debug-exit with code 0",
-          .enabled(if: BareMetalHost.unavailableReason == nil || Requirement.tools, "skipped: \(BareMetalHost.unavailableReason ?? "")"))
+    /// The count column of an exit table (`kind count ...` rows) in `lines`.
+    static func counts(_ lines: some Sequence<String>) -> [String: Int] {
+        var table: [String: Int] = [:]
+        for line in lines {
+            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+            guard fields.count >= 2, let count = Int(fields[1]), Int(fields[0]) == nil else { continue }
+            table[String(fields[0])] = count
+        }
+        return table
+    }
+
+    @Test("scripts/build-baremetal.sh builds a Multiboot image of Embedded Swift; QEMU (TCG, -cpu max) boots it; it finds AMD-V with nested paging and runs, on its own SVM engine, a real-mode guest and then hv demo's guest with hv demo's exit handler (MMIO through nested page faults and HVModel's decoder): the same output and the same exits per kind as hv demo on KVM",
+          .needsKVM, .enabled(if: BareMetalHost.unavailableReason == nil || Requirement.tools, "skipped: \(BareMetalHost.unavailableReason ?? "")"))
     func bootsUnderQEMU() throws {
         let folder = try PackageExecutable.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: folder) }
         let build = try PackageExecutable.run([Self.root.appendingPathComponent("scripts/build-baremetal.sh").path, folder.path],
-                                              executable: "/bin/bash", in: Self.root)
+                                              executable: "/bin/bash", environment: ["HV": PackageExecutable.binDirectory.appendingPathComponent("hv").path],
+                                              in: Self.root)
         #expect(build.status == 0, "\(build.stderr)")
         let image = folder.appendingPathComponent("hv-baremetal.elf32").path
         // The Multiboot header QEMU looks for in the first 8 KiB, and no hosted runtime in the image.
@@ -32,7 +44,7 @@ struct BareMetalImageTests {
         let symbols = try PackageExecutable.run(["-u", folder.appendingPathComponent("hv-baremetal.elf").path], executable: "/usr/bin/nm")
         #expect(symbols.status == 0 && symbols.stdout.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty,
                 "undefined symbols: \(symbols.stdout)")
-        let boot = try PackageExecutable.run(["--kill-after=5", "60", BareMetalHost.qemu, "-accel", "tcg", "-cpu", "max", "-m", "128",
+        let boot = try PackageExecutable.run(["--kill-after=5", "120", BareMetalHost.qemu, "-accel", "tcg", "-cpu", "max", "-m", "128",
                                               "-kernel", image, "-serial", "stdio", "-display", "none", "-no-reboot",
                                               "-device", "isa-debug-exit,iobase=0xf4,iosize=4"], executable: "/usr/bin/timeout")
         let lines = boot.stdout.split(whereSeparator: \.isNewline).map(String.init)
@@ -41,15 +53,21 @@ struct BareMetalImageTests {
         #expect(lines.contains("loader: qemu; 126 MiB above 1 MiB"), "\(boot.stdout)")
         #expect(lines.contains { $0.hasPrefix("cpu: AuthenticAMD") && $0.hasSuffix("svm=1 vmx=0") }, "\(boot.stdout)")
         #expect(lines.contains { $0.hasPrefix("svm: revision 1,") && $0.contains("nested paging yes") }, "\(boot.stdout)")
-        // The SVM engine's first guest: real mode behind nested paging, every port and MSR
-        // intercepted. 51 characters, each after an IN of the LSR, and the IN that found the NUL.
-        #expect(lines.contains("guest: Hello from a real-mode guest under HV's SVM engine"), "\(boot.stdout)")
-        #expect(lines.contains("guest: halted at 0x1023; CPUID gave AuthenticAMD"), "\(boot.stdout)")
-        let table = Dictionary(lines.compactMap { line -> (String, Int)? in
-            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
-            guard fields.count == 3, let count = Int(fields[1]), Int(fields[2]) != nil else { return nil }
-            return (String(fields[0]), count)
-        }, uniquingKeysWith: { $1 })
-        #expect(table == ["io": 103, "msr": 1, "cpuid": 1, "hlt": 1], "\(boot.stdout)")
+        // 1. Real mode: 51 characters, each after an IN of the LSR, and the IN that found the NUL.
+        let demoAt = try #require(lines.firstIndex(of: "2. hv demo's guest, with hv demo's exit handler:"), "\(boot.stdout)")
+        #expect(lines.contains("Hello from a real-mode guest under HV's SVM engine"), "\(boot.stdout)")
+        #expect(lines.contains("It stopped: HLT; CPUID gave it AuthenticAMD"), "\(boot.stdout)")
+        #expect(Self.counts(lines[..<demoAt]) == ["io-in": 52, "io-out": 51, "hlt": 1, "msr-read": 1, "cpuid": 1, "total": 106], "\(boot.stdout)")
+        // 2. The very guest and handler of hv demo.
+        for line in ["Hello from a guest in 64-bit long mode, running on HV over KVM!", "MMIO scratch register read back what the guest wrote.",
+                     "Goodbye.", "The guest stopped: the guest wrote 0 to the debug-exit port.",
+                     "It wrote POST codes 0x1, 0x2, 0x3 and read port 0x60 3 times."] {
+            #expect(lines.contains(line), "\(line): \(boot.stdout)")
+        }
+        let bareMetal = Self.counts(lines[demoAt...])
+        let kvm = try PackageExecutable.run(["demo", "--seccomp", "off"])
+        #expect(kvm.status == 0, "\(kvm.stderr)")
+        let onKVM = Self.counts(kvm.stdout.split(whereSeparator: \.isNewline).map(String.init).drop { !$0.hasPrefix("exit ") })
+        #expect(!onKVM.isEmpty && bareMetal == onKVM, "bare metal \(bareMetal), KVM \(onKVM)")
     }
 }

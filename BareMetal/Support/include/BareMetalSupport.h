@@ -42,6 +42,9 @@ static inline void hv_halt_forever(void) { for (;;) __asm__ volatile("cli; hlt")
 
 #include <stddef.h>
 
+/// COM1 (Support/runtime.c): what print() writes through.
+int putchar(int character);
+
 /// The heap's allocator (Support/runtime.c), for page-aligned structures.
 int posix_memalign(void **result, size_t alignment, size_t size);
 
@@ -49,7 +52,8 @@ int posix_memalign(void **result, size_t alignment, size_t size);
 extern char hv_image_end[];
 
 /// One VMRUN of the VMCB at `vmcb_physical` (Entry/svm.S); `guest_registers` holds the guest's
-/// RBX, RCX, RDX, RSI, RDI, RBP and R8-R15 at indices 1-15 across the switch.
+/// general-purpose registers by register number (RCX 1, RDX 2, RBX 3, RBP 5, RSI 6, RDI 7,
+/// R8-R15 8-15; RAX and RSP are in the VMCB) across the switch.
 void hv_svm_vmrun(uint64_t vmcb_physical, uint64_t *guest_registers);
 
 /// The first SVM guest's code (Guest/hello.S).
@@ -57,5 +61,11 @@ extern const uint8_t hv_guest_hello_start[];
 extern const uint8_t hv_guest_hello_end[];
 static inline const uint8_t *hv_guest_hello_start_pointer(void) { return hv_guest_hello_start; }
 static inline const uint8_t *hv_guest_hello_end_pointer(void) { return hv_guest_hello_end; }
+
+/// The demo guest of `hv demo`, as `hv demo --write-image` wrote it at build time.
+extern const uint8_t hv_guest_demo_start[];
+extern const uint8_t hv_guest_demo_end[];
+static inline const uint8_t *hv_guest_demo_start_pointer(void) { return hv_guest_demo_start; }
+static inline const uint8_t *hv_guest_demo_end_pointer(void) { return hv_guest_demo_end; }
 
 #endif
