@@ -31,7 +31,7 @@ hv_guest_demo_end:
     .section .note.GNU-stack, "", @progbits
 ASM
 swift=(swiftc -target x86_64-unknown-none-elf -enable-experimental-feature Embedded -wmo -parse-as-library -Osize
-       -Xfrontend -disable-stack-protector -Xcc -mcmodel=kernel -Xcc -mno-red-zone -Xcc -ffreestanding)
+       -Xfrontend -disable-stack-protector -Xfrontend -function-sections -Xcc -mcmodel=kernel -Xcc -mno-red-zone -Xcc -ffreestanding)
 "${swift[@]}" -module-name HVModel -emit-module -emit-module-path "$out/HVModel.swiftmodule" \
     -c $(find Sources/HVModel -name "*.swift" | sort) -o "$out/HVModel.o"
 "${swift[@]}" -module-name BareMetalKernel -I "$out" -I BareMetal/Support/include \
