@@ -31,7 +31,7 @@ struct VMCB {
     // Control area (Table B-1).
     static let interceptMisc1 = 0x00C, interceptMisc2 = 0x010
     static let iopmBase = 0x040, msrpmBase = 0x048, guestASID = 0x058, tlbControl = 0x05C
-    static let exitCode = 0x070, exitInfo1 = 0x078, exitInfo2 = 0x080, nestedPagingEnable = 0x090, nestedCR3 = 0x0B0
+    static let exitCode = 0x070, exitInfo1 = 0x078, exitInfo2 = 0x080, nestedPagingEnable = 0x090, eventInjection = 0x0A8, nestedCR3 = 0x0B0
     // State save area (Table B-2).
     static let es = 0x400, cs = 0x410, ss = 0x420, ds = 0x430, fs = 0x440, gs = 0x450
     static let gdtr = 0x460, ldtr = 0x470, idtr = 0x480, tr = 0x490
@@ -157,6 +157,26 @@ final class SVMVirtualMachine {
         return true
     }
 
+    /// What VMRUN's consistency checks look at, read from the VMCB (HVModel's `VMRUNChecks`).
+    var guestState: SVMGuestState {
+        var state = SVMGuestState()
+        state.efer = vmcb[VMCB.efer, as: UInt64.self]
+        state.cr0 = vmcb[VMCB.cr0, as: UInt64.self]
+        state.cr3 = vmcb[VMCB.cr3, as: UInt64.self]
+        state.cr4 = vmcb[VMCB.cr4, as: UInt64.self]
+        state.dr6 = vmcb[VMCB.dr6, as: UInt64.self]
+        state.dr7 = vmcb[VMCB.dr7, as: UInt64.self]
+        state.codeSegmentAttributes = vmcb[VMCB.cs + 2, as: UInt16.self]
+        state.interceptMisc2 = vmcb[VMCB.interceptMisc2, as: UInt32.self]
+        state.asid = vmcb[VMCB.guestASID, as: UInt32.self]
+        state.iopmBase = vmcb[VMCB.iopmBase, as: UInt64.self]
+        state.msrpmBase = vmcb[VMCB.msrpmBase, as: UInt64.self]
+        state.eventInjection = vmcb[VMCB.eventInjection, as: UInt64.self]
+        state.physicalAddressBits = Int(CPUFeatures.cpuid(0x8000_0008).eax & 0xFF)
+        state.longModeSupported = CPUFeatures.cpuid(0x8000_0001).edx & 1 << 29 != 0
+        return state
+    }
+
     // MARK: Registers
 
     func register(_ index: UInt8) -> UInt64 {
@@ -189,6 +209,12 @@ final class SVMVirtualMachine {
     /// does when no handler takes it (the demo's VM resumes after it, as `haltPolicy: .resume`).
     func run<H: ExitHandler>(_ handler: H, haltResumes: Bool) -> StopReason {
         let context = ExitContext(vcpuID: 0)
+        // VMRUN's own checks first, by name: the hardware would only say VMEXIT_INVALID.
+        let failures = VMRUNChecks.failures(guestState)
+        if !failures.isEmpty {
+            for failure in failures { print("svm: VMRUN would refuse this VMCB: \(failure) (AMD APM Vol. 2, 15.5.1)") }
+            return .entryFailure(hardwareReason: SVMExit.invalid)
+        }
         while true {
             let entered = hv_rdtsc()
             registers.withUnsafeMutableBufferPointer { hv_svm_vmrun(vmcb.physicalAddress, $0.baseAddress) }
