@@ -17,12 +17,17 @@ struct MultibootInformation {
     var upperMemoryKiB: UInt32 { flags & 1 != 0 ? word(8) : 0 }
 
     /// boot_loader_name (flags bit 9): a NUL-terminated string.
-    var loaderName: String? {
-        guard flags & (1 << 9) != 0, let name = UnsafePointer<UInt8>(bitPattern: UInt(word(64))) else { return nil }
+    var loaderName: String? { flags & (1 << 9) != 0 ? string(at: word(64)) : nil }
+
+    /// cmdline (flags bit 2): the image's command line (QEMU's -append, GRUB's multiboot line).
+    var commandLine: String { flags & (1 << 2) != 0 ? string(at: word(16)) ?? "" : "" }
+
+    private func string(at address: UInt32) -> String? {
+        guard let text = UnsafePointer<UInt8>(bitPattern: UInt(address)) else { return nil }
         var bytes: [UInt8] = []
         var index = 0
-        while name[index] != 0 && index < 128 {
-            bytes.append(name[index])
+        while text[index] != 0 && index < 256 {
+            bytes.append(text[index])
             index += 1
         }
         return String(decoding: bytes, as: UTF8.self)

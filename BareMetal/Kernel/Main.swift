@@ -12,10 +12,22 @@ let multibootLoaderMagic: UInt32 = 0x2BAD_B002
 @_cdecl("hv_baremetal_main")
 public func baremetalMain(_ info: UInt32, _ magic: UInt32) {
     Console.initialise()
+    Exceptions.install()
     print("HV bare-metal image: Embedded Swift on the bare CPU")
     if magic == multibootLoaderMagic {
         let boot = MultibootInformation(address: UInt(info))
         print("loader: \(boot.loaderName ?? "a Multiboot loader"); \(boot.upperMemoryKiB / 1024) MiB above 1 MiB")
+        // fault=pf or fault=ud on the command line: the image faults on purpose, to show (and
+        // test) its exception report.
+        let words = boot.commandLine.split(separator: " ")
+        if words.contains("fault=pf") {
+            print("faulting on purpose: a read above the 4 GiB the image maps")
+            _ = hv_read_volatile(0x2_0000_0000)
+        }
+        if words.contains("fault=ud") {
+            print("faulting on purpose: UD2")
+            hv_ud2()
+        }
     } else {
         print("loader: not Multiboot (EAX was \(hex(magic)))")
     }

@@ -40,15 +40,18 @@ int memcmp(const void *a, const void *b, size_t count) {
     return 0;
 }
 
-// The heap: from the end of the image up to 64 MiB, handed out in order and never reused (the
-// image allocates at start-up; a hypervisor's run loop allocates nothing). A request that does
-// not fit fails as posix_memalign does, and Swift traps on it.
+// The heap: from 8 MiB (or the end of the image, if that is higher) up to 64 MiB, handed out
+// in order and never reused (the image allocates at start-up; a hypervisor's run loop allocates
+// nothing). Not from the image's end: a Multiboot loader puts its information structure and the
+// command line right after the image (QEMU does), and the heap's zeroed pages would wipe them.
+// A request that does not fit fails as posix_memalign does, and Swift traps on it.
 static uintptr_t heap_next;
+static const uintptr_t heap_start = 8u << 20;
 static const uintptr_t heap_limit = 64u << 20;
 
 int posix_memalign(void **result, size_t alignment, size_t size) {
     if (alignment < sizeof(void *)) alignment = sizeof(void *);
-    if (heap_next == 0) heap_next = (uintptr_t)hv_image_end;
+    if (heap_next == 0) heap_next = (uintptr_t)hv_image_end > heap_start ? (uintptr_t)hv_image_end : heap_start;
     uintptr_t start = (heap_next + alignment - 1) & ~(uintptr_t)(alignment - 1);
     if (start + size > heap_limit || start + size < start) return 12;  // ENOMEM
     heap_next = start + size;

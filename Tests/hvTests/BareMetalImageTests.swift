@@ -64,6 +64,17 @@ struct BareMetalImageTests {
                      "It wrote POST codes 0x1, 0x2, 0x3 and read port 0x60 3 times."] {
             #expect(lines.contains(line), "\(line): \(boot.stdout)")
         }
+        // The image's own faults are reported, not silent: fault=pf reads above the 4 GiB it
+        // maps, fault=ud executes UD2; each stops it with exit code 3 (QEMU status 7).
+        for (fault, expected) in [("pf", ["exception 14 (#PF), error code 0x0 at RIP", "CR2 0x200000000: the address that faulted"]),
+                                  ("ud", ["exception 6 (#UD), error code 0x0 at RIP"])] {
+            let faulted = try PackageExecutable.run(["--kill-after=5", "60", BareMetalHost.qemu, "-accel", "tcg", "-cpu", "max", "-m", "128",
+                                                     "-kernel", image, "-append", "fault=\(fault)", "-serial", "stdio", "-display", "none",
+                                                     "-no-reboot", "-device", "isa-debug-exit,iobase=0xf4,iosize=4"], executable: "/usr/bin/timeout")
+            #expect(faulted.status == 7, "fault=\(fault): \(faulted.status) \(faulted.stdout)")
+            for text in expected { #expect(faulted.stdout.contains(text), "fault=\(fault): \(faulted.stdout)") }
+            #expect(faulted.stdout.contains("rax=0x"), "fault=\(fault): the registers: \(faulted.stdout)")
+        }
         let bareMetal = Self.counts(lines[demoAt...])
         let kvm = try PackageExecutable.run(["demo", "--seccomp", "off"])
         #expect(kvm.status == 0, "\(kvm.stderr)")

@@ -38,6 +38,24 @@ static inline uint64_t hv_read_cr0(void) { uint64_t v; __asm__ volatile("mov %%c
 static inline uint64_t hv_read_cr3(void) { uint64_t v; __asm__ volatile("mov %%cr3, %0" : "=r"(v)); return v; }
 static inline uint64_t hv_read_cr4(void) { uint64_t v; __asm__ volatile("mov %%cr4, %0" : "=r"(v)); return v; }
 
+static inline uint64_t hv_read_cr2(void) { uint64_t v; __asm__ volatile("mov %%cr2, %0" : "=r"(v)); return v; }
+
+/// Loads the IDT register with `limit` and `base` (SDM Vol. 2, LIDT).
+static inline void hv_lidt(uint64_t base, uint16_t limit) {
+    struct __attribute__((packed)) { uint16_t limit; uint64_t base; } pointer = { limit, base };
+    __asm__ volatile("lidt %0" : : "m"(pointer));
+}
+
+/// The 32 exception stubs' addresses (Entry/exceptions.S), for the IDT.
+extern const uint64_t hv_exception_stubs[32];
+static inline const uint64_t *hv_exception_stub_table(void) { return hv_exception_stubs; }
+
+/// A read the compiler may not drop (the image's fault=pf test reads where nothing is mapped).
+static inline uint64_t hv_read_volatile(uint64_t address) { return *(volatile uint64_t *)address; }
+
+/// An invalid opcode, on purpose (the image's fault=ud test).
+static inline void hv_ud2(void) { __asm__ volatile("ud2"); }
+
 static inline void hv_halt_forever(void) { for (;;) __asm__ volatile("cli; hlt"); }
 
 #include <stddef.h>
