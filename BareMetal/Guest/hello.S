@@ -1,7 +1,8 @@
 // The first guest of HV's SVM engine: 16-bit real mode at guest-physical 0x1000 (CS base 0).
 // It prints a line on COM1 the way a driver does (waiting for the transmit holding register,
-// LSR bit 5, before each byte), reads an MSR, asks CPUID leaf 0 for the vendor, and halts.
-// Every OUT, IN, CPUID, RDMSR and HLT is an intercept the host handles.
+// LSR bit 5, before each byte), reads an MSR, writes to a page the host maps read-only, asks
+// CPUID leaf 0 for the vendor, and halts. Every OUT, IN, RDMSR, CPUID and HLT is an intercept
+// the host handles, and the write a nested page fault.
 
     .section .rodata.guest, "a"
     .global hv_guest_hello_start, hv_guest_hello_end
@@ -20,6 +21,7 @@ hv_guest_hello_start:
     jmp 1b
 3:  mov $0x10, %ecx                 // IA32_TIME_STAMP_COUNTER
     rdmsr
+    movw $0x1234, 0x5000            // a page the host maps read-only: a nested page fault
     xor %eax, %eax
     cpuid                           // leaf 0: the vendor in EBX, EDX, ECX, left for the host to read at the HLT
     hlt

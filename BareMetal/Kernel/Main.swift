@@ -54,11 +54,11 @@ public func baremetalMain(_ info: UInt32, _ magic: UInt32) {
 func runGuests() -> Bool {
     print("")
     print("1. A real-mode guest:")
-    let hello = SVMVirtualMachine(memorySize: 2 << 20)
+    let hello = SVMVirtualMachine(memorySize: 2 << 20, readOnlyPages: [0x5000])
     let helloStart = UnsafeRawPointer(hv_guest_hello_start_pointer()!)
     hello.loadRealMode(UnsafeRawBufferPointer(start: helloStart, count: UnsafeRawPointer(hv_guest_hello_end_pointer()!) - helloStart), at: 0x1000)
     let helloStop = hello.run(ConsolePassthrough().then(DebugExitPort()), haltResumes: false)
-    print("It stopped: \(describe(helloStop)); CPUID gave it \(vendor(hello))")
+    print("It stopped: \(describe(helloStop)); CPUID gave it \(vendor(hello)); the read-only page still holds \(hex(hello.ram.load(fromByteOffset: 0x5000, as: UInt16.self)))")
     hello.statistics.report()
     guard helloStop == .halted else { return false }
 

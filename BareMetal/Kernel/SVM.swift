@@ -71,9 +71,16 @@ final class SVMVirtualMachine {
     let ioBuffer = PortIOBuffer(capacity: 8)
     var statistics = ExitTally()
 
+    /// Guest pages the nested page tables map read-only; the writes the guest tried there.
+    let readOnlyPages: [UInt64]
+    var readOnlyWrites: [UInt64] = []
+
     /// `memorySize` bytes of guest RAM (a multiple of 2 MiB, at most 1 GiB), seen by the guest
-    /// at guest-physical 0; everything else is MMIO that exits.
-    init(memorySize: UInt64) {
+    /// at guest-physical 0; everything else is MMIO that exits. `readOnlyPages` (4 KiB pages in
+    /// the first 2 MiB) are mapped without write permission: a write there is a nested page
+    /// fault the engine reports and drops, as a ROM would.
+    init(memorySize: UInt64, readOnlyPages: [UInt64] = []) {
+        self.readOnlyPages = readOnlyPages
         if !Self.svmEnabled {
             hv_wrmsr(Self.eferMSR, hv_rdmsr(Self.eferMSR) | 1 << 12)
             hv_wrmsr(Self.hostSaveAreaMSR, UInt64(UInt(bitPattern: allocatePages(4096))))
@@ -90,6 +97,16 @@ final class SVMVirtualMachine {
         for index in 0..<Int(memorySize >> 21) {
             pd.storeBytes(of: (UInt64(UInt(bitPattern: ram)) + UInt64(index) << 21) | present | writable | user | large,
                           toByteOffset: 8 * index, as: UInt64.self)
+        }
+        if !readOnlyPages.isEmpty {
+            // The first 2 MiB in 4 KiB pages instead, so single pages can lose write permission.
+            let pt = allocatePages(4096)
+            for page in 0..<512 {
+                let address = UInt64(page) << 12
+                let flags = present | user | (readOnlyPages.contains(address) ? 0 : writable)
+                pt.storeBytes(of: (UInt64(UInt(bitPattern: ram)) + address) | flags, toByteOffset: 8 * page, as: UInt64.self)
+            }
+            pd.storeBytes(of: UInt64(UInt(bitPattern: pt)) | present | writable | user, as: UInt64.self)
         }
         // Every port and MSR intercepted: the I/O permission map (12 KiB) and the MSR
         // permission map (8 KiB) all ones (APM Vol. 2, 15.10.1, 15.11).
@@ -313,7 +330,10 @@ final class SVMVirtualMachine {
     /// the `mmioRead`/`mmioWrite` exits a KVM backend reports.
     private func nestedPageFault<H: ExitHandler>(address: UInt64, error: UInt64, _ handler: H, _ context: ExitContext, spent: UInt64) -> StopReason? {
         let rip = vmcb[VMCB.rip, as: UInt64.self]
-        guard address >= memorySize else {
+        // EXITINFO1 is a page-fault error code (APM Vol. 2, 15.25.6): bit 0 the page was
+        // present, bit 1 a write.
+        let protectionWrite = address < memorySize && error & 0b11 == 0b11 && readOnlyPages.contains(address & ~0xFFF)
+        guard address >= memorySize || protectionWrite else {
             print("svm: nested page fault in RAM at 0x\(String(address, radix: 16)) (error 0x\(String(error, radix: 16)))")
             return .internalError(InternalError(suberror: 0))
         }
@@ -341,6 +361,14 @@ final class SVMVirtualMachine {
         } catch {
             print("svm: MMIO at 0x\(String(address, radix: 16)) by an instruction HV cannot emulate: \(error)")
             return .internalError(InternalError(suberror: 2))
+        }
+        if protectionWrite {
+            // A write to a read-only page: reported, dropped, and the guest goes on after it.
+            readOnlyWrites.append(address)
+            statistics.readOnlyWrites += 1
+            print("svm: nested page fault: a \(decoded.width)-byte write to read-only guest page 0x\(String(address & ~0xFFF, radix: 16)) at RIP 0x\(String(rip, radix: 16)), dropped")
+            vmcb[VMCB.rip, as: UInt64.self] = rip + UInt64(decoded.length)
+            return nil
         }
         let target = GuestPhysicalAddress(address)
         switch decoded.operation {
@@ -397,8 +425,9 @@ struct GuestRAM: PhysicalMemory {
 struct ExitTally {
     static let sampleCapacity = 4096
     var samples: [[UInt64]] = Array(repeating: [], count: ExitKind.allCases.count)
-    /// CPUID exits, which have no `VMExit` (KVM answers CPUID itself).
-    var cpuid = 0
+    /// CPUID exits, which have no `VMExit` (KVM answers CPUID itself), and writes to read-only
+    /// pages (nested page faults inside RAM).
+    var cpuid = 0, readOnlyWrites = 0
 
     mutating func add(_ kind: ExitKind, cycles: UInt64) {
         let index = Int(kind.rawValue)
@@ -418,7 +447,8 @@ struct ExitTally {
                   + column("\(p99)", 12, right: true))
         }
         if cpuid > 0 { print(column("cpuid", 10) + column("\(cpuid)", 7, right: true)) }
-        print(column("total", 10) + column("\(total + cpuid)", 7, right: true))
+        if readOnlyWrites > 0 { print(column("npf-ro", 10) + column("\(readOnlyWrites)", 7, right: true)) }
+        print(column("total", 10) + column("\(total + cpuid + readOnlyWrites)", 7, right: true))
     }
 
     private func column(_ text: String, _ width: Int, right: Bool = false) -> String {

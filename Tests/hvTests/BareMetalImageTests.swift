@@ -27,7 +27,7 @@ struct BareMetalImageTests {
         return table
     }
 
-    @Test("scripts/build-baremetal.sh builds a Multiboot image of Embedded Swift; QEMU (TCG, -cpu max) boots it; it finds AMD-V with nested paging and runs, on its own SVM engine, a real-mode guest and then hv demo's guest with hv demo's exit handler (MMIO through nested page faults and HVModel's decoder): the same output and the same exits per kind as hv demo on KVM",
+    @Test("scripts/build-baremetal.sh builds a Multiboot image of Embedded Swift; QEMU (TCG, -cpu max) boots it; it finds AMD-V with nested paging and runs, on its own SVM engine, a real-mode guest (a write to a read-only page caught as a nested page fault) and then hv demo's guest with hv demo's exit handler (MMIO through nested page faults and HVModel's decoder): the same output and the same exits per kind as hv demo on KVM",
           .needsKVM, .enabled(if: BareMetalHost.unavailableReason == nil || Requirement.tools, "skipped: \(BareMetalHost.unavailableReason ?? "")"))
     func bootsUnderQEMU() throws {
         let folder = try PackageExecutable.temporaryDirectory()
@@ -56,8 +56,12 @@ struct BareMetalImageTests {
         // 1. Real mode: 51 characters, each after an IN of the LSR, and the IN that found the NUL.
         let demoAt = try #require(lines.firstIndex(of: "2. hv demo's guest, with hv demo's exit handler:"), "\(boot.stdout)")
         #expect(lines.contains("Hello from a real-mode guest under HV's SVM engine"), "\(boot.stdout)")
-        #expect(lines.contains("It stopped: HLT; CPUID gave it AuthenticAMD"), "\(boot.stdout)")
-        #expect(Self.counts(lines[..<demoAt]) == ["io-in": 52, "io-out": 51, "hlt": 1, "msr-read": 1, "cpuid": 1, "total": 106], "\(boot.stdout)")
+        // Its write to the page the nested page tables map read-only: a nested page fault with
+        // the present and write bits, reported, dropped, and the guest goes on.
+        #expect(lines.contains("svm: nested page fault: a 2-byte write to read-only guest page 0x5000 at RIP 0x101e, dropped"), "\(boot.stdout)")
+        #expect(lines.contains("It stopped: HLT; CPUID gave it AuthenticAMD; the read-only page still holds 0x0"), "\(boot.stdout)")
+        #expect(Self.counts(lines[..<demoAt]) == ["io-in": 52, "io-out": 51, "hlt": 1, "msr-read": 1, "cpuid": 1, "npf-ro": 1, "total": 107],
+                "\(boot.stdout)")
         // 2. The very guest and handler of hv demo.
         for line in ["Hello from a guest in 64-bit long mode, running on HV over KVM!", "MMIO scratch register read back what the guest wrote.",
                      "Goodbye.", "The guest stopped: the guest wrote 0 to the debug-exit port.",
