@@ -67,10 +67,6 @@ struct CPUFeatures {
 
     static func read() -> CPUFeatures {
         let zero = cpuid(0)
-        var vendorBytes: [UInt8] = []
-        for word in [zero.ebx, zero.edx, zero.ecx] {
-            for shift in stride(from: UInt32(0), to: 32, by: 8) { vendorBytes.append(UInt8(truncatingIfNeeded: word >> shift)) }
-        }
         let one = cpuid(1)
         let baseFamily = (one.eax >> 8) & 0xF
         let family = baseFamily == 0xF ? baseFamily + ((one.eax >> 20) & 0xFF) : baseFamily
@@ -78,7 +74,7 @@ struct CPUFeatures {
         let vmx = one.ecx & (1 << 5) != 0
         let extended = cpuid(0x8000_0000).eax
         let svm = extended >= 0x8000_0001 && cpuid(0x8000_0001).ecx & (1 << 2) != 0
-        var features = CPUFeatures(vendor: String(decoding: vendorBytes, as: UTF8.self), family: family, model: model,
+        var features = CPUFeatures(vendor: vendorString(ebx: UInt64(zero.ebx), edx: UInt64(zero.edx), ecx: UInt64(zero.ecx)), family: family, model: model,
                                    svm: svm, vmx: vmx, virtualization: .refused("neither AMD-V (SVM) nor VT-x (VMX) on this CPU"))
         if svm {
             // VM_CR (MSR C001_0114h): SVMDIS (bit 4) set by firmware, LOCK (bit 3).
@@ -98,4 +94,14 @@ struct CPUFeatures {
         }
         return features
     }
+}
+
+/// The vendor string CPUID leaf 0 returns in EBX, EDX, ECX, four bytes each, in that order
+/// ("AuthenticAMD", "GenuineIntel").
+func vendorString(ebx: UInt64, edx: UInt64, ecx: UInt64) -> String {
+    var bytes: [UInt8] = []
+    for register in [ebx, edx, ecx] {
+        for shift in stride(from: UInt64(0), to: 32, by: 8) { bytes.append(UInt8(truncatingIfNeeded: register >> shift)) }
+    }
+    return String(decoding: bytes, as: UTF8.self)
 }

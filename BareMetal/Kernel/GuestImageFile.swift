@@ -81,7 +81,7 @@ enum GuestImageFileError: Error {
         switch self {
         case .notAnImage: "not a guest image file (no HVGIMG01 magic)"
         case .truncated: "the guest image file ends early"
-        case .chunkOutsideMemory(let address): "a chunk at 0x\(String(address, radix: 16)) does not fit the guest's memory"
+        case .chunkOutsideMemory(let address): "a chunk at \(hex(address)) does not fit the guest's memory"
         }
     }
 }

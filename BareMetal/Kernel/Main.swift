@@ -88,11 +88,7 @@ func runGuests() -> Bool {
 
 /// The vendor string CPUID leaf 0 left in the guest's EBX, EDX, ECX.
 func vendor(_ machine: SVMVirtualMachine) -> String {
-    var bytes: [UInt8] = []
-    for register in [machine.register(3), machine.register(2), machine.register(1)] {
-        for shift in stride(from: UInt64(0), to: 32, by: 8) { bytes.append(UInt8(truncatingIfNeeded: register >> shift)) }
-    }
-    return String(decoding: bytes, as: UTF8.self)
+    vendorString(ebx: machine.register(3), edx: machine.register(2), ecx: machine.register(1))
 }
 
 func describe(_ reason: StopReason) -> String {

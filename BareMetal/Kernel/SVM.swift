@@ -290,7 +290,7 @@ final class SVMVirtualMachine {
                 print("svm: VMRUN refused the VMCB (VMEXIT_INVALID): a consistency check of AMD APM Vol. 2, 15.5.1 failed")
                 return .entryFailure(hardwareReason: code)
             default:
-                print("svm: exit 0x\(String(code, radix: 16)) at RIP 0x\(String(rip, radix: 16)) (EXITINFO1 0x\(String(info1, radix: 16))): not handled")
+                print("svm: exit \(hex(code)) at RIP \(hex(rip)) (EXITINFO1 \(hex(info1))): not handled")
                 return .unhandledExit(.unknown)
             }
         }
@@ -334,7 +334,7 @@ final class SVMVirtualMachine {
         // present, bit 1 a write.
         let protectionWrite = address < memorySize && error & 0b11 == 0b11 && readOnlyPages.contains(address & ~0xFFF)
         guard address >= memorySize || protectionWrite else {
-            print("svm: nested page fault in RAM at 0x\(String(address, radix: 16)) (error 0x\(String(error, radix: 16)))")
+            print("svm: nested page fault in RAM at \(hex(address)) (error \(hex(error)))")
             return .internalError(InternalError(suberror: 0))
         }
         var special = SpecialRegisters()
@@ -348,7 +348,7 @@ final class SVMVirtualMachine {
         do throws(GuestPagingFault) {
             physical = try GuestPagingWalker.translate(linear, GuestAccess(.fetch), context: GuestPagingContext(special: special), memory: &memory).physicalAddress.rawValue
         } catch {
-            print("svm: the instruction at 0x\(String(rip, radix: 16)) cannot be fetched: \(error)")
+            print("svm: the instruction at \(hex(rip)) cannot be fetched: \(error)")
             return .internalError(InternalError(suberror: 1))
         }
         // Up to 15 bytes, not past RAM (an instruction that crosses a page is assumed contiguous:
@@ -359,14 +359,14 @@ final class SVMVirtualMachine {
         do throws(InstructionDecodingError) {
             decoded = try InstructionDecoder.decode(UnsafeRawBufferPointer(start: ram + Int(physical), count: available), size: codeSize)
         } catch {
-            print("svm: MMIO at 0x\(String(address, radix: 16)) by an instruction HV cannot emulate: \(error)")
+            print("svm: MMIO at \(hex(address)) by an instruction HV cannot emulate: \(error)")
             return .internalError(InternalError(suberror: 2))
         }
         if protectionWrite {
             // A write to a read-only page: reported, dropped, and the guest goes on after it.
             readOnlyWrites.append(address)
             statistics.readOnlyWrites += 1
-            print("svm: nested page fault: a \(decoded.width)-byte write to read-only guest page 0x\(String(address & ~0xFFF, radix: 16)) at RIP 0x\(String(rip, radix: 16)), dropped")
+            print("svm: nested page fault: a \(decoded.width)-byte write to read-only guest page \(hex(address & ~0xFFF)) at RIP \(hex(rip)), dropped")
             vmcb[VMCB.rip, as: UInt64.self] = rip + UInt64(decoded.length)
             return nil
         }
@@ -386,7 +386,7 @@ final class SVMVirtualMachine {
         case .storeImmediate:
             if let stop = mmioWrite(target, decoded.storedValue(register: 0) ?? 0, decoded, handler, context, spent) { return stop }
         default:
-            print("svm: MMIO at 0x\(String(address, radix: 16)) by an arithmetic or string instruction: not emulated yet")
+            print("svm: MMIO at \(hex(address)) by an arithmetic or string instruction: not emulated yet")
             return .internalError(InternalError(suberror: 2))
         }
         vmcb[VMCB.rip, as: UInt64.self] = rip + UInt64(decoded.length)

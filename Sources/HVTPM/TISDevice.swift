@@ -145,12 +145,15 @@ extension Machine {
 // MARK: Snapshots
 
 extension TISInterface {
+    /// The states as a snapshot numbers them.
+    static let statesInOrder: [State] = [.idle, .ready, .reception, .execution, .completion]
+
     /// Every register and the FIFO: the state machine, the active and executing localities,
     /// each locality's request, seized flag and interrupt registers, the command being
     /// received and the response being read. A paused machine has no command executing
     /// (commands run inside the vCPU's MMIO write, which finished before the vCPU parked).
     func saveState(to encoder: inout StateEncoder) {
-        let states: [State] = [.idle, .ready, .reception, .execution, .completion]
+        let states = Self.statesInOrder
         encoder.write(UInt32(bufferSize))
         encoder.write(UInt8(states.firstIndex(of: state)!))
         encoder.write(activeLocality ?? 0xFF)
@@ -171,7 +174,7 @@ extension TISInterface {
 
     /// Reads what `saveState` wrote, checking every index and length against this interface.
     static func restored(from decoder: inout StateDecoder) throws(StateDecodingError) -> TISInterface {
-        let states: [State] = [.idle, .ready, .reception, .execution, .completion]
+        let states = Self.statesInOrder
         let size = Int(try decoder.read(UInt32.self, "tpm-tis buffer size", below: 1 << 20))
         var model = TISInterface(bufferSize: size)
         model.state = states[Int(try decoder.read(UInt8.self, "tpm-tis state", below: UInt8(states.count)))]

@@ -7,6 +7,7 @@
 import Glibc
 import Synchronization
 #endif
+import HVCore
 
 /// One file's framing: magic, version, kind, payload length, SHA-256 of the payload, the
 /// SHA-256 of the permanent state a volatile state belongs to (zeros for permanent), payload.
@@ -116,14 +117,9 @@ public final class TPMStateDirectory: Sendable {
         let lockPath = path + "/lock"
         let fd = open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw .io(operation: "open", path: lockPath, errno: errno) }
-        var tries = Int(waiting * 100)
-        while flock(fd, LOCK_EX | LOCK_NB) != 0 {
-            guard errno == EWOULDBLOCK, tries > 0 else {
-                close(fd)
-                throw .state(path: path, problem: "in use by another process (its lock file is held)")
-            }
-            tries -= 1
-            usleep(10_000)
+        if lockFile(fd, exclusive: true, waiting: waiting) != nil {
+            close(fd)
+            throw .state(path: path, problem: "in use by another process (its lock file is held)")
         }
         lockDescriptor.withLock { $0 = fd }
     }

@@ -237,6 +237,13 @@ public final class PCIFunction: PCIDevice, ResettableDevice {
 // MARK: Snapshot
 
 extension PCIConfigurationSpace {
+    /// A saved configuration space: its 256 bytes, as a snapshot section holds them.
+    static func readSaved(from decoder: inout StateDecoder) throws(StateDecodingError) -> [UInt8] {
+        let bytes = try decoder.readBytes("configuration", atMost: 256)
+        guard bytes.count == 256 else { throw StateDecodingError(field: "configuration", problem: "\(bytes.count) bytes; a configuration space has 256") }
+        return bytes
+    }
+
     /// Replaces the 256 bytes (a snapshot's), keeping the write masks and capability layout
     /// this space was constructed with: a restore goes into a function built the same way.
     mutating func replaceBytes(_ saved: [UInt8]) {

@@ -146,9 +146,7 @@ extension PCIFunction: SnapshotPCIFunction {
     }
 
     public func restoreFunctionState(from decoder: inout StateDecoder) throws(StateDecodingError) {
-        let bytes = try decoder.readBytes("configuration", atMost: 256)
-        guard bytes.count == 256 else { throw StateDecodingError(field: "configuration", problem: "\(bytes.count) bytes; a configuration space has 256") }
-        restoreConfiguration(bytes: bytes)
+        restoreConfiguration(bytes: try PCIConfigurationSpace.readSaved(from: &decoder))
     }
 }
 

@@ -103,7 +103,7 @@ public final class VirtioBlock: VirtioDevice {
             close(fd)
             throw VirtioBlockError(path: path, problem: "is not a regular file or a block device")
         }
-        if claim, let problem = Self.lock(fd, readOnly: readOnly) {
+        if claim, let problem = Self.lock(fd, readOnly: readOnly, waiting: 0) {
             close(fd)
             throw VirtioBlockError(path: path, problem: problem)
         }
@@ -137,10 +137,11 @@ public final class VirtioBlock: VirtioDevice {
 
     public func connect(serve: @escaping @Sendable (Int) -> Void) { serveQueue.set(serve) }
 
-    /// Takes the advisory lock (shared for a read-only image), or says why it could not.
-    private static func lock(_ fd: Int32, readOnly: Bool) -> String? {
-        guard flock(fd, (readOnly ? LOCK_SH : LOCK_EX) | LOCK_NB) != 0 else { return nil }
-        return errno == EWOULDBLOCK ? "is in use by another process (it holds a lock on it)" : String(cString: strerror(errno))
+    /// Takes the advisory lock (shared for a read-only image), waiting up to `seconds` for a
+    /// process that is letting go, or says why it could not.
+    private static func lock(_ fd: Int32, readOnly: Bool, waiting seconds: Double) -> String? {
+        guard let error = lockFile(fd, exclusive: !readOnly, waiting: seconds) else { return nil }
+        return error == EWOULDBLOCK ? "is in use by another process (it holds a lock on it)" : String(cString: strerror(error))
     }
 
     /// The limit in force.
@@ -195,7 +196,7 @@ public final class VirtioBlock: VirtioDevice {
     /// Requests are finished when they are taken, so nothing is in flight: the state is the
     /// disk's shape, which the restoring VM's disk must have. The image itself is not part of
     /// a snapshot (as in Firecracker): restore with the disk as it was when the snapshot was
-    /// taken (Documentation/Snapshots.md, "Disks").
+    /// taken (Documentation/Snapshots.md, "Virtio devices").
     public func saveState(to encoder: inout StateEncoder) {
         encoder.write(sectors)
         encoder.write(readOnly)
@@ -378,13 +379,6 @@ extension VirtioBlock: HandOverDevice {
 
     /// Takes the lock, waiting up to a second for a source that is letting go.
     public func claimBacking() throws(HVError) {
-        var problem = Self.lock(fd, readOnly: readOnly)
-        var waited = 0
-        while problem != nil, waited < 100 {
-            usleep(10_000)
-            waited += 1
-            problem = Self.lock(fd, readOnly: readOnly)
-        }
-        if let problem { throw .snapshot(subject: "virtio-blk \(path)", problem: problem) }
+        if let problem = Self.lock(fd, readOnly: readOnly, waiting: 1) { throw .snapshot(subject: "virtio-blk \(path)", problem: problem) }
     }
 }

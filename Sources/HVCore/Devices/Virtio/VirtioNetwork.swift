@@ -172,8 +172,9 @@ public final class VirtioNetwork: VirtioDevice {
     public func restoreState(from decoder: inout StateDecoder) throws(StateDecodingError) {
         let saved = try decoder.readBytes("virtio-net MAC address", atMost: 6)
         guard saved == mac.bytes else {
-            throw StateDecodingError(field: "virtio-net MAC address",
-                                     problem: "is \(mac) here; the snapshot's was \(saved.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined(separator: ":")) (give the same --net mac=)")
+            var snapshots = mac
+            snapshots.bytes = saved
+            throw StateDecodingError(field: "virtio-net MAC address", problem: "is \(mac) here; the snapshot's was \(snapshots) (give the same --net mac=)")
         }
     }
 

@@ -495,8 +495,7 @@ extension VirtioPCITransport: SnapshotPCIFunction, ActivityHoldingDevice, Virtio
     /// After the bytes go back, BAR 0 decodes where the snapshot's guest put it (the doorbells'
     /// eventfds move with it) and every vector's irqfd route carries the restored message.
     public func restoreFunctionState(from decoder: inout StateDecoder) throws(StateDecodingError) {
-        let bytes = try decoder.readBytes("configuration", atMost: 256)
-        guard bytes.count == 256 else { throw StateDecodingError(field: "configuration", problem: "\(bytes.count) bytes; a configuration space has 256") }
+        let bytes = try PCIConfigurationSpace.readSaved(from: &decoder)
         let table = try msix.decodeState(from: &decoder)
         try core.restoreState(from: &decoder, vectors: msix.count)
         space.withLock { $0.replaceBytes(bytes) }

@@ -102,12 +102,11 @@ public struct VirtqueueChain: Sendable {
                 continue
             }
             // Checked when the chain was popped; a failure here means the memory object changed.
-            guard let pointer = try? memory.hostPointer(for: GuestPhysicalAddress(buffer.address.rawValue + (low - start)),
-                                                        length: high - low)
-            else { return }
+            let address = GuestPhysicalAddress(buffer.address.rawValue + (low - start))
+            guard let pointer = try? memory.hostPointer(for: address, length: high - low) else { return }
             // What the device writes here is the host's write, which KVM's dirty log misses:
             // live migration needs the page again.
-            if writable { memory.noteHostWrite(GuestPhysicalAddress(buffer.address.rawValue + (low - start)), high - low) }
+            if writable { memory.noteHostWrite(address, high - low) }
             try body(pointer, Int(high - low))
         }
     }
