@@ -17,10 +17,12 @@
 #   hey             the HTTP load client of Benchmarks/api-load.sh
 #   libsqlite3-dev  SQLite for GRDB, hv serve's metric history
 #   openssl, curl   a test certificate and an HTTPS client for hv serve's TLS test
+#   grub-pc-bin, grub-common, xorriso, mtools   the bare-metal image's GRUB rescue ISO
+#                   (scripts/build-baremetal.sh: Multiboot 2, for Bochs and real machines)
 # Swift itself (6.1 or later) must already be on PATH.
 set -euo pipefail
 
-packages=(linux-libc-dev binutils libc6-dev libtpms-dev libseccomp-dev pkg-config tpm2-tools swtpm swtpm-tools qemu-system-x86 busybox-static cpio e2fsprogs acpica-tools gcc chromium chromium-driver socat python3-venv hey libsqlite3-dev openssl curl)
+packages=(linux-libc-dev binutils libc6-dev libtpms-dev libseccomp-dev pkg-config tpm2-tools swtpm swtpm-tools qemu-system-x86 busybox-static cpio e2fsprogs acpica-tools gcc chromium chromium-driver socat python3-venv hey libsqlite3-dev openssl curl grub-pc-bin grub-common xorriso mtools)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

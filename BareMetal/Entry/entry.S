@@ -1,6 +1,7 @@
-// The bare-metal image's entry: a Multiboot 1 header (so QEMU's -kernel and GRUB load it), then
-// the 32-bit protected-mode code a Multiboot loader enters (paging off, EAX = the magic, EBX =
-// the information structure: Multiboot Specification 0.6.96, 3.2 "Machine state") that takes
+// The bare-metal image's entry: a Multiboot 1 header (QEMU's -kernel, GRUB's multiboot) and a
+// Multiboot 2 header (GRUB's multiboot2), then the 32-bit protected-mode code either loader
+// enters (paging off, EAX = the magic, EBX = the information structure: Multiboot Specification
+// 0.6.96, 3.2 "Machine state"; Multiboot2 Specification 2.0, 3.3 "I386 machine state") that takes
 // the CPU to 64-bit long mode (Intel SDM Vol. 3A, 10.8.5 "Initializing IA-32e Mode"; AMD APM
 // Vol. 2, 14.6 "Enabling and Activating Long Mode") and calls the Embedded Swift kernel,
 // hv_baremetal_main(magic, info). Everything after this file is Swift.
@@ -9,11 +10,26 @@
     .set MULTIBOOT_FLAGS, 0x00000003              // page-align modules, give memory information
     .set STACK_SIZE, 65536
 
+    .set MULTIBOOT2_MAGIC, 0xE85250D6
+    .set MULTIBOOT2_I386, 0
+
     .section .multiboot, "a"
     .align 4
     .long MULTIBOOT_MAGIC
     .long MULTIBOOT_FLAGS
     .long -(MULTIBOOT_MAGIC + MULTIBOOT_FLAGS)
+    // Multiboot 2 (Multiboot2 Specification 2.0, 3.1.1): 8-byte aligned in the first 32 KiB;
+    // magic, architecture, length, checksum, then tags ending with the end tag (type 0, size 8).
+    // An ELF image needs no address tag: the loader follows the program headers.
+    .align 8
+hv_multiboot2_header:
+    .long MULTIBOOT2_MAGIC
+    .long MULTIBOOT2_I386
+    .long hv_multiboot2_header_end - hv_multiboot2_header
+    .long -(MULTIBOOT2_MAGIC + MULTIBOOT2_I386 + (hv_multiboot2_header_end - hv_multiboot2_header))
+    .short 0, 0
+    .long 8
+hv_multiboot2_header_end:
 
     .section .bss
     .align 4096
@@ -25,12 +41,21 @@ hv_boot_pd:     .skip 4096 * 4                   // four page directories: 4 GiB
 hv_boot_stack:  .skip STACK_SIZE
 hv_boot_stack_top:
 
-    .section .rodata
+    // The task-state segment (SDM Vol. 3A, 9.7 "Task Management in 64-bit Mode"): nothing in it
+    // is used yet, but VMX needs a TR selector that is not null for the host (SDM 27.2.3).
     .align 16
+    .global hv_boot_tss
+hv_boot_tss:    .skip 104
+
+    // Writable: LTR marks the TSS descriptor busy.
+    .section .data
+    .align 16
+    .global hv_boot_gdt
 hv_boot_gdt:
     .quad 0                                      // null
     .quad 0x00AF9A000000FFFF                     // 0x08: 64-bit code, DPL 0
     .quad 0x00CF92000000FFFF                     // 0x10: data, DPL 0
+    .quad 0x0000890000000067, 0                  // 0x18: 64-bit TSS, limit 103; base filled in below
 hv_boot_gdt_end:
 hv_boot_gdt_pointer:
     .word hv_boot_gdt_end - hv_boot_gdt - 1
@@ -98,6 +123,15 @@ hv_boot_long_mode:
     mov %ax, %fs
     mov %ax, %gs
     mov $hv_boot_stack_top, %rsp
+    mov $hv_boot_tss, %rax                       // the TSS's base into its descriptor's four pieces
+    mov %ax, hv_boot_gdt + 0x18 + 2
+    shr $16, %rax
+    mov %al, hv_boot_gdt + 0x18 + 4
+    mov %ah, hv_boot_gdt + 0x18 + 7
+    shr $16, %rax
+    mov %eax, hv_boot_gdt + 0x18 + 8
+    mov $0x18, %ax
+    ltr %ax
     mov %edi, %edi                               // zero-extended: the arguments are 32-bit
     mov %esi, %esi
     call hv_baremetal_main

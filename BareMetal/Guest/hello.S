@@ -26,7 +26,7 @@ hv_guest_hello_start:
     cpuid                           // leaf 0: the vendor in EBX, EDX, ECX, left for the host to read at the HLT
     hlt
 message:
-    .asciz "Hello from a real-mode guest under HV's SVM engine\n"
+    .asciz "Hello from a real-mode guest under HV's bare-metal engine\n"
 hv_guest_hello_end:
     .code64
 

@@ -1,29 +1,62 @@
-// What the loader handed over and what the CPU can do: the Multiboot information structure
-// (Multiboot Specification 0.6.96, 3.3 "Boot information format") and CPUID / MSR probes for
+// What the loader handed over and what the CPU can do: the Multiboot 1 and 2 boot information
+// and CPUID / MSR probes for
 // AMD-V (AMD APM Vol. 2, 15.4 "Enabling SVM") and VT-x (Intel SDM Vol. 3C, 24.7 "Enabling and
 // Entering VMX Operation").
 import BareMetalSupport
 
-/// The Multiboot 1 information structure at `address` (identity-mapped below 4 GiB).
-struct MultibootInformation {
-    let address: UInt
+/// The Multiboot loaders' magic in EAX (Multiboot Specification 0.6.96, 3.2; Multiboot2
+/// Specification 2.0, 3.3).
+let multibootLoaderMagic: UInt32 = 0x2BAD_B002, multiboot2LoaderMagic: UInt32 = 0x36D7_6289
 
-    private func word(_ offset: UInt) -> UInt32 {
-        UnsafePointer<UInt32>(bitPattern: address + offset)!.pointee
+/// What a Multiboot loader handed over, read from the Multiboot 1 information structure (3.3
+/// "Boot information format") or the Multiboot 2 tags (Multiboot2 Specification 2.0, 3.6 "Boot
+/// information"), both identity-mapped below 4 GiB.
+struct BootInformation {
+    /// Which protocol the loader spoke: 1 or 2.
+    var protocolVersion = 1
+    var loaderName: String?
+    /// KiB of memory from 1 MiB up to the first hole (mem_upper).
+    var upperMemoryKiB: UInt32 = 0
+    /// The image's command line (QEMU's -append, GRUB's multiboot/multiboot2 line).
+    var commandLine = ""
+
+    /// nil when EAX held neither loader's magic.
+    init?(magic: UInt32, address: UInt) {
+        switch magic {
+        case multibootLoaderMagic:
+            let flags = Self.word(address)
+            if flags & 1 != 0 { upperMemoryKiB = Self.word(address + 8) }
+            if flags & (1 << 2) != 0 { commandLine = Self.string(at: UInt(Self.word(address + 16))) }
+            if flags & (1 << 9) != 0 { loaderName = Self.string(at: UInt(Self.word(address + 64))) }
+        case multiboot2LoaderMagic:
+            protocolVersion = 2
+            // total_size, reserved, then tags (type, size, data), each 8-byte aligned, up to
+            // the end tag (type 0). The loop stops at total_size whatever the tags say.
+            let total = UInt(Self.word(address))
+            var offset: UInt = 8
+            while offset + 8 <= total {
+                let type = Self.word(address + offset), size = UInt(Self.word(address + offset + 4))
+                if type == 0 || size < 8 { break }
+                switch type {
+                case 1: commandLine = Self.string(at: address + offset + 8)
+                case 2: loaderName = Self.string(at: address + offset + 8)
+                case 4: upperMemoryKiB = Self.word(address + offset + 12)
+                default: break
+                }
+                offset += (size + 7) & ~7
+            }
+        default:
+            return nil
+        }
     }
 
-    var flags: UInt32 { word(0) }
-    /// mem_upper: KiB of memory from 1 MiB up to the first hole (flags bit 0).
-    var upperMemoryKiB: UInt32 { flags & 1 != 0 ? word(8) : 0 }
+    private static func word(_ address: UInt) -> UInt32 {
+        UnsafePointer<UInt32>(bitPattern: address)!.pointee
+    }
 
-    /// boot_loader_name (flags bit 9): a NUL-terminated string.
-    var loaderName: String? { flags & (1 << 9) != 0 ? string(at: word(64)) : nil }
-
-    /// cmdline (flags bit 2): the image's command line (QEMU's -append, GRUB's multiboot line).
-    var commandLine: String { flags & (1 << 2) != 0 ? string(at: word(16)) ?? "" : "" }
-
-    private func string(at address: UInt32) -> String? {
-        guard let text = UnsafePointer<UInt8>(bitPattern: UInt(address)) else { return nil }
+    /// A NUL-terminated string, at most 256 bytes of it.
+    private static func string(at address: UInt) -> String {
+        guard let text = UnsafePointer<UInt8>(bitPattern: address) else { return "" }
         var bytes: [UInt8] = []
         var index = 0
         while text[index] != 0 && index < 256 {

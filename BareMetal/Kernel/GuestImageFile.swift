@@ -13,8 +13,6 @@ struct GuestImageFile {
     var memorySize: UInt64
     var registers = Registers()
     var special = SpecialRegisters()
-    /// The segments' SVM attributes, in the order CS, DS, ES, FS, GS, SS, TR, LDTR.
-    var attributes: [UInt16] = []
     var chunks: [Chunk] = []
 
     /// Reads the file in `bytes`, or says what is wrong with it.
@@ -42,12 +40,7 @@ struct GuestImageFile {
         for _ in 0..<8 {
             guard let base = value(UInt64.self), let limit = value(UInt32.self), let selector = value(UInt16.self),
                   let attributes = value(UInt16.self) else { return .failure(.truncated) }
-            var segment = Segment()
-            segment.base = base
-            segment.limit = limit
-            segment.selector = selector
-            segments.append(segment)
-            image.attributes.append(attributes)
+            segments.append(Segment(selector: selector, base: base, limit: limit, svmAttributes: attributes))
         }
         image.special.cs = segments[0]; image.special.ds = segments[1]; image.special.es = segments[2]
         image.special.fs = segments[3]; image.special.gs = segments[4]; image.special.ss = segments[5]
@@ -70,6 +63,14 @@ struct GuestImageFile {
             image.chunks.append(Chunk(address: address, zeroFill: zeroFill, bytes: contents))
         }
         return .success(image)
+    }
+
+    /// The chunks into guest RAM at `ram` (guest-physical 0), zero fill included.
+    func load(into ram: UnsafeMutableRawPointer) {
+        for chunk in chunks {
+            if let base = chunk.bytes.baseAddress { (ram + Int(chunk.address)).copyMemory(from: base, byteCount: chunk.bytes.count) }
+            (ram + Int(chunk.address) + chunk.bytes.count).initializeMemory(as: UInt8.self, repeating: 0, count: Int(chunk.zeroFill))
+        }
     }
 }
 

@@ -6,17 +6,13 @@
 import BareMetalSupport
 import HVModel
 
-/// The Multiboot 1 loader's magic in EAX (Multiboot Specification 0.6.96, 3.2).
-let multibootLoaderMagic: UInt32 = 0x2BAD_B002
-
 @_cdecl("hv_baremetal_main")
 public func baremetalMain(_ info: UInt32, _ magic: UInt32) {
     Console.initialise()
     Exceptions.install()
     print("HV bare-metal image: Embedded Swift on the bare CPU")
-    if magic == multibootLoaderMagic {
-        let boot = MultibootInformation(address: UInt(info))
-        print("loader: \(boot.loaderName ?? "a Multiboot loader"); \(boot.upperMemoryKiB / 1024) MiB above 1 MiB")
+    if let boot = BootInformation(magic: magic, address: UInt(info)) {
+        print("loader: \(boot.loaderName ?? "a Multiboot loader") (Multiboot \(boot.protocolVersion)); \(boot.upperMemoryKiB / 1024) MiB above 1 MiB")
         // fault=pf or fault=ud on the command line: the image faults on purpose, to show (and
         // test) its exception report.
         let words = boot.commandLine.split(separator: " ")
@@ -40,25 +36,37 @@ public func baremetalMain(_ info: UInt32, _ magic: UInt32) {
             print("svm: this engine needs nested paging")
             DebugExit.leave(code: 2)
         }
-        DebugExit.leave(code: runGuests() ? 0 : 1)
+        DebugExit.leave(code: runGuests(SVMEngine()) ? 0 : 1)
     case .vmx:
-        print("vmx: available (IA32_FEATURE_CONTROL allows VMXON outside SMX); the VMX engine is not built yet")
-        DebugExit.leave(code: 2)
+        guard let capabilities = VMXOperation.enter() else { DebugExit.leave(code: 2) }
+        print("vmx: VMCS revision \(hex(capabilities.vmcsRevisionID)), EPT \(capabilities.eptVPID.contains(.pageWalkLength4) ? "yes" : "no"), "
+              + "preemption timer rate 2^\(capabilities.preemptionTimerRate), physical addresses \(capabilities.physicalAddressWidth) bits; in VMX root operation")
+        DebugExit.leave(code: runGuests(VMXEngine(capabilities: capabilities)) ? 0 : 1)
     case .refused(let reason):
         print("virtualization: \(reason)")
         DebugExit.leave(code: 2)
     }
 }
 
+/// What `runGuests` needs of an engine: its two kinds of VM.
+protocol Engine {
+    associatedtype CPU: GuestCPU
+    /// A VM of `memorySize` bytes whose guest starts in real mode at 0000:`entry` with `code` there.
+    func realModeGuest(_ code: UnsafeRawBufferPointer, at entry: UInt64, memorySize: UInt64, readOnlyPages: [UInt64]) -> CPU?
+    /// A VM holding `image`, its registers as the image says.
+    func imageGuest(_ image: GuestImageFile) -> CPU?
+}
+
 /// The real-mode guest, then the demo guest; true when both ended as they should.
-func runGuests() -> Bool {
+func runGuests<E: Engine>(_ engine: E) -> Bool {
     print("")
     print("1. A real-mode guest:")
-    let hello = SVMVirtualMachine(memorySize: 2 << 20, readOnlyPages: [0x5000])
     let helloStart = UnsafeRawPointer(hv_guest_hello_start_pointer()!)
-    hello.loadRealMode(UnsafeRawBufferPointer(start: helloStart, count: UnsafeRawPointer(hv_guest_hello_end_pointer()!) - helloStart), at: 0x1000)
+    let helloCode = UnsafeRawBufferPointer(start: helloStart, count: UnsafeRawPointer(hv_guest_hello_end_pointer()!) - helloStart)
+    guard let hello = engine.realModeGuest(helloCode, at: 0x1000, memorySize: 2 << 20, readOnlyPages: [0x5000]) else { return false }
     let helloStop = hello.run(ConsolePassthrough().then(DebugExitPort()), haltResumes: false)
-    print("It stopped: \(describe(helloStop)); CPUID gave it \(vendor(hello)); the read-only page still holds \(hex(hello.ram.load(fromByteOffset: 0x5000, as: UInt16.self)))")
+    let vendor = vendorString(ebx: hello.register(3), edx: hello.register(2), ecx: hello.register(1))
+    print("It stopped: \(describe(helloStop)); CPUID gave it \(vendor); the read-only page still holds \(hex(hello.ram.load(fromByteOffset: 0x5000, as: UInt16.self)))")
     hello.statistics.report()
     guard helloStop == .halted else { return false }
 
@@ -73,8 +81,7 @@ func runGuests() -> Bool {
         print("the embedded demo guest: \(error.description)")
         return false
     }
-    let demo = SVMVirtualMachine(memorySize: image.memorySize)
-    guard demo.load(image) else { return false }
+    guard let demo = engine.imageGuest(image) else { return false }
     let handler = DemoExitHandler()
     let stop = demo.run(handler.then(ConsolePassthrough()).then(ScratchRegister()).then(DebugExitPort()), haltResumes: true)
     print("")
@@ -86,9 +93,39 @@ func runGuests() -> Bool {
     return stop == .debugExit(code: 0)
 }
 
-/// The vendor string CPUID leaf 0 left in the guest's EBX, EDX, ECX.
-func vendor(_ machine: SVMVirtualMachine) -> String {
-    vendorString(ebx: machine.register(3), edx: machine.register(2), ecx: machine.register(1))
+struct SVMEngine: Engine {
+    func realModeGuest(_ code: UnsafeRawBufferPointer, at entry: UInt64, memorySize: UInt64, readOnlyPages: [UInt64]) -> SVMVirtualMachine? {
+        let machine = SVMVirtualMachine(memorySize: memorySize, readOnlyPages: readOnlyPages)
+        machine.loadRealMode(code, at: entry)
+        return machine
+    }
+
+    func imageGuest(_ image: GuestImageFile) -> SVMVirtualMachine? {
+        let machine = SVMVirtualMachine(memorySize: image.memorySize)
+        return machine.load(image) ? machine : nil
+    }
+}
+
+struct VMXEngine: Engine {
+    let capabilities: VMXCapabilities
+
+    func realModeGuest(_ code: UnsafeRawBufferPointer, at entry: UInt64, memorySize: UInt64, readOnlyPages: [UInt64]) -> VMXVirtualMachine? {
+        let configuration = VMXConfiguration.bareMetal(guestMode: .realMode, structureBase: 0, preemptionTimerTSC: nil)
+        let start = VMXGuestStart(special: .realMode, rip: entry, rsp: 0x8000)
+        guard let machine = VMXVirtualMachine(memorySize: memorySize, readOnlyPages: readOnlyPages, configuration: configuration, guest: start,
+                                              capabilities: capabilities) else { return nil }
+        machine.load(code, at: entry)
+        return machine
+    }
+
+    func imageGuest(_ image: GuestImageFile) -> VMXVirtualMachine? {
+        let configuration = VMXConfiguration.bareMetal(guestMode: .longMode, structureBase: 0, preemptionTimerTSC: nil)
+        let start = VMXGuestStart(special: image.special, rip: image.registers.rip, rsp: image.registers.rsp, rflags: image.registers.rflags)
+        guard let machine = VMXVirtualMachine(memorySize: image.memorySize, configuration: configuration, guest: start,
+                                              capabilities: capabilities) else { return nil }
+        image.load(into: machine.ram)
+        return machine
+    }
 }
 
 func describe(_ reason: StopReason) -> String {
@@ -99,7 +136,7 @@ func describe(_ reason: StopReason) -> String {
     case .unmappedPort(let port, let write): "\(write ? "a write to" : "a read from") port \(hex(port.rawValue)), which nothing handles"
     case .unmappedMMIO(let address, let write): "\(write ? "a write to" : "a read from") \(hex(address.rawValue)), which nothing handles"
     case .unhandledExit(let kind): "an exit nothing handles (\(kind.name))"
-    case .entryFailure(let reason): "VMRUN refused the guest (\(hex(reason)))"
+    case .entryFailure(let reason): "the CPU refused to enter the guest (\(hex(reason)))"
     case .internalError(let error): "an exit the engine cannot emulate (\(error.suberror))"
     default: "another reason"
     }

@@ -77,6 +77,29 @@ public struct SpecialRegisters: Sendable, Equatable {
     @inlinable public init() {}
 }
 
+extension SpecialRegisters {
+    /// Real mode as after RESET (SDM Vol. 3A, 10.1.1, Table 10-1) but with CS base 0: segments
+    /// with base 0 and a 64-KiB limit, the IDT at 0 with 256 vectors, CR0.ET only, and a busy
+    /// 16-bit TSS and an LDT descriptor present, as VMX's guest-state checks with unrestricted
+    /// guest (SDM 27.3.1.2) and SVM's VMRUN want them.
+    public static var realMode: SpecialRegisters {
+        var special = SpecialRegisters()
+        special.cs = Segment(selector: 0, base: 0, limit: 0xFFFF, svmAttributes: 0x9B)
+        let data = Segment(selector: 0, base: 0, limit: 0xFFFF, svmAttributes: 0x93)
+        special.ds = data
+        special.es = data
+        special.ss = data
+        special.fs = data
+        special.gs = data
+        special.tr = Segment(selector: 0, base: 0, limit: 0xFFFF, svmAttributes: 0x8B)
+        special.ldt = Segment(selector: 0, base: 0, limit: 0xFFFF, svmAttributes: 0x82)
+        special.gdt = DescriptorTable(base: 0, limit: 0xFFFF)
+        special.idt = DescriptorTable(base: 0, limit: 0x3FF)
+        special.cr0 = ControlBits.cr0ET
+        return special
+    }
+}
+
 /// Bits of CR0, CR4 and EFER that guest set-up code names (SDM Vol. 3A, 2.5; Vol. 4, IA32_EFER).
 public enum ControlBits {
     public static let cr0PE: UInt64 = 1 << 0
@@ -119,6 +142,28 @@ extension Segment {
     /// L, D/B, G.
     @inlinable public var svmAttributes: UInt16 {
         UInt16(type & 0xF) | (codeOrData ? 1 << 4 : 0) | UInt16(dpl & 3) << 5 | (present ? 1 << 7 : 0)
-            | (long ? 1 << 9 : 0) | (defaultSize32 ? 1 << 10 : 0) | (granularity ? 1 << 11 : 0)
+            | (available ? 1 << 8 : 0) | (long ? 1 << 9 : 0) | (defaultSize32 ? 1 << 10 : 0) | (granularity ? 1 << 11 : 0)
+    }
+
+    /// A segment from its selector, base, limit and `svmAttributes`.
+    @inlinable public init(selector: UInt16, base: UInt64, limit: UInt32, svmAttributes attributes: UInt16) {
+        self.init(base: base, limit: limit, selector: selector, type: UInt8(attributes & 0xF), dpl: UInt8((attributes >> 5) & 3),
+                  defaultSize32: attributes & 1 << 10 != 0, long: attributes & 1 << 9 != 0, granularity: attributes & 1 << 11 != 0,
+                  codeOrData: attributes & 1 << 4 != 0, present: attributes & 1 << 7 != 0)
+        available = attributes & 1 << 8 != 0
+    }
+
+    /// A segment from its selector, base, limit and `vmxAccessRights`.
+    @inlinable public init(selector: UInt16, base: UInt64, limit: UInt32, vmxAccessRights rights: UInt32) {
+        self.init(selector: selector, base: base, limit: limit, svmAttributes: UInt16(rights & 0xFF | (rights >> 12 & 0xF) << 8))
+        unusable = rights & 1 << 16 != 0
+    }
+
+    /// The VMCS's access-rights form (SDM Vol. 3C, 25.4.1, Table 25-2): descriptor bits 40-47 in
+    /// bits 0-7, bits 52-55 (AVL, L, D/B, G) in bits 12-15, bit 16 "unusable".
+    @inlinable public var vmxAccessRights: UInt32 {
+        if unusable { return 1 << 16 }
+        let attributes = UInt32(svmAttributes)
+        return attributes & 0xFF | (attributes >> 8) << 12
     }
 }

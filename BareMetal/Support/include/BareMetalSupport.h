@@ -40,6 +40,51 @@ static inline uint64_t hv_read_cr4(void) { uint64_t v; __asm__ volatile("mov %%c
 
 static inline uint64_t hv_read_cr2(void) { uint64_t v; __asm__ volatile("mov %%cr2, %0" : "=r"(v)); return v; }
 
+static inline void hv_write_cr0(uint64_t v) { __asm__ volatile("mov %0, %%cr0" : : "r"(v) : "memory"); }
+static inline void hv_write_cr4(uint64_t v) { __asm__ volatile("mov %0, %%cr4" : : "r"(v) : "memory"); }
+
+/// The GDT and IDT registers' bases (SDM Vol. 2, SGDT and SIDT).
+static inline uint64_t hv_gdt_base(void) {
+    struct __attribute__((packed)) { uint16_t limit; uint64_t base; } pointer;
+    __asm__ volatile("sgdt %0" : "=m"(pointer));
+    return pointer.base;
+}
+static inline uint64_t hv_idt_base(void) {
+    struct __attribute__((packed)) { uint16_t limit; uint64_t base; } pointer;
+    __asm__ volatile("sidt %0" : "=m"(pointer));
+    return pointer.base;
+}
+
+// VMX instructions (SDM Vol. 3C, 31.2 "Conventions"; Vol. 2, each instruction): each returns 0
+// for VMsucceed, 1 for VMfailInvalid (CF, no current VMCS) and 2 for VMfailValid (ZF: the
+// VM-instruction error field says why).
+#define HV_VMX_STATUS(instruction, ...)                                                          \
+    uint8_t invalid, valid;                                                                     \
+    __asm__ volatile(instruction "; setc %0; setz %1" : "=qm"(invalid), "=qm"(valid) : __VA_ARGS__ : "cc", "memory"); \
+    return invalid ? 1 : valid ? 2 : 0;
+static inline int hv_vmxon(uint64_t physical) { HV_VMX_STATUS("vmxon %2", "m"(physical)) }
+static inline int hv_vmclear(uint64_t physical) { HV_VMX_STATUS("vmclear %2", "m"(physical)) }
+static inline int hv_vmptrld(uint64_t physical) { HV_VMX_STATUS("vmptrld %2", "m"(physical)) }
+static inline int hv_vmwrite(uint64_t field, uint64_t value) { HV_VMX_STATUS("vmwrite %3, %2", "r"(field), "rm"(value)) }
+/// INVEPT and INVVPID of `type` with the 128-bit descriptor (low, high) (SDM Vol. 2, INVEPT, INVVPID).
+static inline int hv_invept(uint64_t type, uint64_t low, uint64_t high) {
+    uint64_t descriptor[2] = { low, high };
+    HV_VMX_STATUS("invept %2, %3", "m"(descriptor), "r"(type))
+}
+static inline int hv_invvpid(uint64_t type, uint64_t low, uint64_t high) {
+    uint64_t descriptor[2] = { low, high };
+    HV_VMX_STATUS("invvpid %2, %3", "m"(descriptor), "r"(type))
+}
+/// VMREAD of `field`; the field's value, or 0 when VMREAD fails (`*status` says how).
+static inline uint64_t hv_vmread(uint64_t field, int *status) {
+    uint64_t value = 0;
+    uint8_t invalid, valid;
+    __asm__ volatile("vmread %3, %0; setc %1; setz %2" : "=rm"(value), "=qm"(invalid), "=qm"(valid) : "r"(field) : "cc", "memory");
+    *status = invalid ? 1 : valid ? 2 : 0;
+    return value;
+}
+static inline void hv_vmxoff(void) { __asm__ volatile("vmxoff" : : : "cc", "memory"); }
+
 /// Loads the IDT register with `limit` and `base` (SDM Vol. 2, LIDT).
 static inline void hv_lidt(uint64_t base, uint16_t limit) {
     struct __attribute__((packed)) { uint16_t limit; uint64_t base; } pointer = { limit, base };
@@ -73,6 +118,18 @@ extern char hv_image_end[];
 /// general-purpose registers by register number (RCX 1, RDX 2, RBX 3, RBP 5, RSI 6, RDI 7,
 /// R8-R15 8-15; RAX and RSP are in the VMCB) across the switch.
 void hv_svm_vmrun(uint64_t vmcb_physical, uint64_t *guest_registers);
+
+/// The task-state segment (Entry/entry.S), whose base VMX's host state names.
+extern uint8_t hv_boot_tss[];
+static inline uint64_t hv_task_base(void) { return (uint64_t)hv_boot_tss; }
+
+/// One VMLAUNCH (`launched` 0) or VMRESUME of the current VMCS (Entry/vmx.S): the guest's
+/// general-purpose registers by register number (RSP, slot 4, is in the VMCS) across the
+/// switch. Returns 0 after a VM exit, 1 or 2 when the instruction failed (VMfailInvalid,
+/// VMfailValid). The stub writes HOST_RSP itself; HOST_RIP must be hv_vmx_exit_address().
+int hv_vmx_enter(uint64_t *guest_registers, int launched);
+extern const uint8_t hv_vmx_exit[];
+static inline uint64_t hv_vmx_exit_address(void) { return (uint64_t)hv_vmx_exit; }
 
 /// The first SVM guest's code (Guest/hello.S).
 extern const uint8_t hv_guest_hello_start[];

@@ -1,0 +1,257 @@
+// HV's VMX engine (Intel SDM Vol. 3C, chapters 24-29): the capability MSRs read on the CPU and
+// fed to HV's `VMXConfiguration` planner (controls reconciled against them, every knob's
+// decision), VMXON, a VMCS written field by field from the plan through HV's field tables and
+// checked by HV's VM-entry validator before VMLAUNCH, EPT built by HV's EPT builder, and a
+// VMLAUNCH/VMRESUME loop whose exits (decoded with HV's exit-reason and qualification types)
+// go to the same shared exit code and `ExitHandler` chain as the SVM engine's.
+import BareMetalSupport
+import HVModel
+
+/// Paging structures from the heap for HVModel's EPT builder (identity-mapped: a page's address
+/// is its physical address).
+struct HeapTables: TableAllocator {
+    mutating func read64(at address: UInt64) throws(PhysicalMemoryFault) -> UInt64 {
+        UnsafePointer<UInt64>(bitPattern: UInt(address))!.pointee
+    }
+
+    mutating func write64(_ value: UInt64, at address: UInt64) throws(PhysicalMemoryFault) {
+        UnsafeMutablePointer<UInt64>(bitPattern: UInt(address))!.pointee = value
+    }
+
+    mutating func allocateTable() -> HostPhysicalAddress? { HostPhysicalAddress(UInt64(UInt(bitPattern: allocatePages(4096)))) }
+
+    /// The bump heap never takes memory back; a freed table is simply left.
+    mutating func freeTable(_ address: HostPhysicalAddress) {}
+}
+
+/// VMX operation for the whole image: entered once, with the capabilities it found.
+enum VMXOperation {
+    static var capabilities: VMXCapabilities?
+
+    /// Reads the capability MSRs, opens IA32_FEATURE_CONTROL if the firmware left it unlocked,
+    /// sets the CR0/CR4 bits VMX operation fixes and executes VMXON (SDM 24.7-24.8). Prints why
+    /// when it cannot.
+    static func enter() -> VMXCapabilities? {
+        if let capabilities { return capabilities }
+        let width = Int(CPUFeatures.cpuid(0x8000_0008).eax & 0xFF)
+        let found = VMXCapabilities.read(physicalAddressWidth: width) { hv_rdmsr($0.rawValue) }
+        // IA32_FEATURE_CONTROL (3AH): bit 0 lock, bit 2 VMXON outside SMX (SDM 24.7).
+        let control = hv_rdmsr(0x3A)
+        if control & 1 == 0 { hv_wrmsr(0x3A, control | 1 | 1 << 2) }
+        let (cr0, cr4) = VMXConfiguration.controlRegistersForVMXON(cr0: hv_read_cr0(), cr4: hv_read_cr4(), capabilities: found)
+        hv_write_cr0(cr0)
+        hv_write_cr4(cr4)
+        let region = allocatePages(found.vmcsRegionSize > 4096 ? 8192 : 4096)
+        region.storeBytes(of: found.vmcsRevisionID, as: UInt32.self)
+        let status = hv_vmxon(UInt64(UInt(bitPattern: region)))
+        guard status == 0 else {
+            print("vmx: VMXON failed (\(status == 1 ? "VMfailInvalid" : "VMfailValid"))")
+            return nil
+        }
+        capabilities = found
+        return found
+    }
+}
+
+/// One VM with one vCPU on HV's VMX engine.
+final class VMXVirtualMachine: GuestCPU {
+    let capabilities: VMXCapabilities
+    let ram: UnsafeMutableRawPointer
+    let memorySize: UInt64
+    let readOnlyPages: [UInt64]
+    let engineName: StaticString = "vmx"
+    /// The guest's general-purpose registers by number across the world switch (RSP is in the VMCS).
+    var registers = [UInt64](repeating: 0, count: 16)
+    let ioBuffer = PortIOBuffer(capacity: 8)
+    var statistics = ExitTally()
+    /// The plan this VM's VMCS was written from.
+    let plan: VMXPlan
+    let vmcs: UnsafeMutableRawPointer
+    private var launched = false
+    /// Preemption-timer exits so far.
+    var preemptions = 0
+
+    /// A VM of `memorySize` bytes (a multiple of 2 MiB) whose guest starts with `guest`'s
+    /// registers, planned with `configuration` (whose `structureBase` the engine fills in);
+    /// nil, with the reasons printed, when the plan or the VM-entry checks refuse it.
+    init?(memorySize: UInt64, readOnlyPages: [UInt64] = [], configuration: VMXConfiguration, guest: VMXGuestStart,
+          capabilities: VMXCapabilities) {
+        self.capabilities = capabilities
+        self.memorySize = memorySize
+        self.readOnlyPages = readOnlyPages
+        ram = allocatePages(Int(memorySize), alignment: 2 << 20)
+        vmcs = allocatePages(4096)
+
+        // EPT (SDM 29.3) through HV's EPT builder: guest-physical 0 ..< memorySize -> the RAM,
+        // the read-only pages without write permission; everything else is unmapped (MMIO).
+        let eptCapabilities = EPTCapabilities(rawValue: capabilities[.eptVPIDCapabilities] ?? 0)
+        let pointer: UInt64
+        do throws(EPTBuildError) {
+            var ept = try EPTBuilder(tables: HeapTables(), options: EPTBuilderOptions(
+                hugePages: eptCapabilities.pages2MiB, capabilities: eptCapabilities, physicalAddressBits: capabilities.physicalAddressWidth))
+            try ept.map(GuestPhysicalAddress(0), size: memorySize, to: HostPhysicalAddress(UInt64(UInt(bitPattern: ram))), permissions: [.read, .write, .execute])
+            for page in readOnlyPages { try ept.protect(GuestPhysicalAddress(page), size: 4096, permissions: [.read, .execute]) }
+            pointer = ept.pointer().rawValue
+        } catch {
+            print("vmx: EPT: \(error)")
+            return nil
+        }
+
+        let structures = allocatePages(0x10000)
+        var configuration = configuration
+        configuration.structureBase = UInt64(UInt(bitPattern: structures))
+        let host = VMXHostState(cr0: hv_read_cr0(), cr3: hv_read_cr3(), cr4: hv_read_cr4(), taskBase: hv_task_base(), gdtBase: hv_gdt_base(),
+                                idtBase: hv_idt_base(), efer: hv_rdmsr(0xC000_0080), pat: hv_rdmsr(0x277), entry: hv_vmx_exit_address(),
+                                stack: 0)
+        do throws(VMXPlanError) {
+            plan = try configuration.plan(for: capabilities, host: host, guest: guest, eptPointer: pointer)
+        } catch {
+            for problem in error.problems { print("vmx: the plan refuses: \(problem.message)") }
+            return nil
+        }
+        for decision in plan.decisions { print("vmx plan: \(decision.knob): \(decision.text)") }
+        // HOST_RSP is written by the world switch at each entry: the validator saw 0, which it
+        // does not check (any 64-bit value is allowed in 64-bit mode, SDM 27.2.3).
+        if !plan.entryFailures.isEmpty {
+            for failure in plan.entryFailures { print("vmx: VMLAUNCH would fail: \(failure.check.sentence) \(failure.detail)") }
+            return nil
+        }
+        // The bitmaps at the plan's addresses (SDM 25.6.4, 25.6.9).
+        if let bitmap = plan.msrBitmap { copy(bitmap.bytes, to: structures) }
+        if let io = plan.ioBitmaps {
+            copy(io.a, to: structures + 0x1000)
+            copy(io.b, to: structures + 0x2000)
+        }
+        // The VMCS region: revision identifier, VMCLEAR, VMPTRLD, then every field (SDM 25.2, 25.11.3).
+        vmcs.storeBytes(of: capabilities.vmcsRevisionID, as: UInt32.self)
+        let address = UInt64(UInt(bitPattern: vmcs))
+        guard hv_vmclear(address) == 0, hv_vmptrld(address) == 0 else {
+            print("vmx: VMCLEAR/VMPTRLD of the VMCS failed")
+            return nil
+        }
+        for (field, value) in plan.vmcs.writtenFields {
+            let status = hv_vmwrite(UInt64(field.rawValue), value)
+            if status != 0 {
+                print("vmx: VMWRITE \(field.description) = \(hex(value)) failed: \(instructionError())")
+                return nil
+            }
+        }
+        // A new EPT hierarchy: drop whatever the TLBs hold for it (INVEPT single-context, SDM 29.4.3.1).
+        if eptCapabilities.rawValue & (1 << 25) != 0 { _ = hv_invept(1, pointer, 0) }
+    }
+
+    private func copy(_ bytes: [UInt8], to destination: UnsafeMutableRawPointer) {
+        bytes.withUnsafeBytes { destination.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+    }
+
+    /// Copies guest bytes into RAM at `address`.
+    func load(_ bytes: UnsafeRawBufferPointer, at address: UInt64) {
+        (ram + Int(address)).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
+    }
+
+    func read(_ field: VMCSField) -> UInt64 {
+        var status: Int32 = 0
+        return hv_vmread(UInt64(field.rawValue), &status)
+    }
+
+    func write(_ field: VMCSField, _ value: UInt64) { _ = hv_vmwrite(UInt64(field.rawValue), value) }
+
+    /// The VM-instruction error field, by name (SDM 31.4).
+    func instructionError() -> String {
+        let number = UInt32(truncatingIfNeeded: read(.vmInstructionError))
+        return "VM-instruction error \(number)" + (VMInstructionError(rawValue: number).map { " (\($0.name))" } ?? "")
+    }
+
+    // MARK: GuestCPU
+
+    var rip: UInt64 {
+        get { read(.guestRIP) }
+        set { write(.guestRIP, newValue) }
+    }
+
+    var special: SpecialRegisters {
+        var special = SpecialRegisters()
+        special.cr0 = read(.guestCR0)
+        special.cr3 = read(.guestCR3)
+        special.cr4 = read(.guestCR4)
+        special.efer = read(.guestIA32EFER)
+        special.cs = Segment(selector: UInt16(truncatingIfNeeded: read(.guestCSSelector)), base: read(.guestCSBase),
+                             limit: UInt32(truncatingIfNeeded: read(.guestCSLimit)), vmxAccessRights: UInt32(truncatingIfNeeded: read(.guestCSAccessRights)))
+        return special
+    }
+
+    func register(_ index: UInt8) -> UInt64 { index == 4 ? read(.guestRSP) : registers[Int(index)] }
+
+    func setRegister(_ index: UInt8, _ value: UInt64) {
+        if index == 4 { write(.guestRSP, value) } else { registers[Int(index)] = value }
+    }
+
+    // MARK: Running
+
+    /// Runs until a handler stops the guest or an exit cannot be handled (as the SVM engine's).
+    func run<H: ExitHandler>(_ handler: H, haltResumes: Bool) -> StopReason {
+        let slice = plan.vmcs[.vmxPreemptionTimerValue]
+        while true {
+            let entered = hv_rdtsc()
+            let status = registers.withUnsafeMutableBufferPointer { hv_vmx_enter($0.baseAddress, launched ? 1 : 0) }
+            let spent = hv_rdtsc() &- entered
+            guard status == 0 else {
+                print("vmx: \(launched ? "VMRESUME" : "VMLAUNCH") failed: \(status == 1 ? "VMfailInvalid" : instructionError())")
+                return .entryFailure(hardwareReason: UInt64(status))
+            }
+            launched = true
+            let reason = VMXExitReason(rawValue: UInt32(truncatingIfNeeded: read(.exitReason)))
+            let qualification = read(.exitQualification)
+            if reason.isEntryFailure {
+                // SDM 27.8: the guest state failed a check the processor makes after loading it.
+                print("vmx: VM entry failed: \(reason.basic.name ?? "reason \(reason.basic.rawValue)"), qualification \(qualification)")
+                for failure in VMEntryValidator(capabilities: capabilities).validate(plan.vmcs) { print("vmx: HV's validator: \(failure.check.sentence) \(failure.detail)") }
+                return .entryFailure(hardwareReason: UInt64(reason.rawValue))
+            }
+            let stop: StopReason?
+            switch reason.basic {
+            case .ioInstruction:
+                let io = IOInstructionQualification(qualification)
+                guard !io.isString else {
+                    print("vmx: string or REP port I/O is not handled yet")
+                    return .unhandledExit(.portIn)
+                }
+                stop = portIO(port: IOPort(io.port), size: io.size, read: io.isIn, next: rip &+ read(.exitInstructionLength), handler, spent: spent)
+            case .eptViolation:
+                stop = memoryFault(address: read(.guestPhysicalAddress), write: VMXEPTViolationExitQualification(qualification).write, handler, spent: spent)
+            case .hlt:
+                stop = halt(handler, haltResumes: haltResumes, spent: spent)
+            case .cpuid:
+                cpuid()
+                stop = nil
+            case .rdmsr, .wrmsr:
+                stop = msr(write: reason.basic == .wrmsr, handler, spent: spent)
+            case .preemptionTimerExpired:
+                // The timer counted down from the slice (SDM 26.5.1): a slice ended. The
+                // handlers may stop the guest; otherwise it gets a new slice.
+                statistics.add(.preemptionTimer, cycles: spent)
+                preemptions += 1
+                switch handler.handle(.preemptionTimer, context: ExitContext(vcpuID: 0)) {
+                case .stop(let reason)?: stop = reason
+                default:
+                    write(.vmxPreemptionTimerValue, slice)
+                    stop = nil
+                }
+            case .externalInterrupt:
+                // The image keeps every interrupt source masked; one that still arrives is
+                // acknowledged on exit and dropped.
+                statistics.add(.interrupted, cycles: spent)
+                stop = nil
+            case .tripleFault:
+                stop = .shutdown
+            case .eptMisconfiguration:
+                print("vmx: EPT misconfiguration at \(hex(read(.guestPhysicalAddress)))")
+                stop = .internalError(InternalError(suberror: 3))
+            default:
+                print("vmx: exit \(reason.basic.name ?? "\(reason.basic.rawValue)") at RIP \(hex(rip)) (qualification \(hex(qualification))): not handled")
+                stop = .unhandledExit(.unknown)
+            }
+            if let stop { return stop }
+        }
+    }
+}
