@@ -173,7 +173,9 @@ let package = Package(
         .target(name: "HVTestSupport", path: "Tests/HVTestSupport"),
         // A VMM whose device makes a forbidden system call (ConfinementTests); not a product.
         .executableTarget(name: "seccomp-probe", dependencies: ["HVCore", "HVGuest"], path: "Tests/Fixtures/SeccompProbe"),
-        .testTarget(name: "HVModelTests", dependencies: ["HVModel"]),
+        // The host CPU as the oracle for the arithmetic emulation (x86-64 only; tests only).
+        .target(name: "CX86Oracle", path: "Tests/CX86Oracle"),
+        .testTarget(name: "HVModelTests", dependencies: ["HVModel", "CX86Oracle"]),
         .testTarget(name: "HVGuestTests", dependencies: ["HVGuest", "HVTestSupport"]),
         .testTarget(name: "HVCoreTests", dependencies: ["HVCore", "CAllocationCounter", "HVTestSupport"]),
         .testTarget(name: "HVTPMTests", dependencies: ["HVTPM", "HVCore", "HVGuest", "HVTestSupport"]),

@@ -78,6 +78,26 @@ hv_exception_common:
     hlt
     jmp 1b
 
+    // Two interrupt vectors of the host's own (Kernel/HostTimer.swift): the local APIC timer
+    // (EOI through the xAPIC page, a count, IRETQ) and the APIC's spurious vector (IRETQ, no EOI:
+    // SDM Vol. 3A, 11.9).
+    .global hv_host_timer_interrupt, hv_spurious_interrupt
+hv_host_timer_interrupt:
+    push %rax
+    incq hv_host_timer_ticks(%rip)
+    movabs $0xFEE000B0, %rax
+    movl $0, (%rax)
+    pop %rax
+    iretq
+hv_spurious_interrupt:
+    iretq
+
+    .section .bss
+    .balign 8
+    .global hv_host_timer_ticks
+hv_host_timer_ticks:
+    .quad 0
+
     .section .rodata
     .balign 8
     .global hv_exception_stubs

@@ -7,7 +7,15 @@
 // (SDM Vol. 2, 2.1.5: RAX 0, RCX 1, RDX 2, RBX 3, RSP 4, RBP 5, RSI 6, RDI 7, R8-R15 8-15),
 // as instruction operands name them; slots 0 and 4 are unused (the VMCB has RAX and RSP).
 //
-//   void hv_svm_vmrun(uint64_t vmcb_physical, uint64_t *guest_registers);
+// VMRUN loads and #VMEXIT saves only part of the guest's state; FS, GS, TR, LDTR with their
+// hidden parts, KernelGsBase and the SYSCALL/SYSENTER MSRs travel with VMLOAD and VMSAVE
+// (15.5.2): the host's are saved in its own area first and loaded back after the exit, the
+// guest's loaded from and saved to its VMCB around VMRUN, as KVM does. And as KVM does, the
+// host clears GIF (no interrupt reaches it from here) and sets IF before VMRUN: with the VMCB's
+// V_INTR_MASKING the host's IF then lets physical interrupts end the guest's run with an INTR
+// intercept (15.21.1), and after the exit they wait (IF clear) until the host takes them.
+//
+//   void hv_svm_vmrun(uint64_t vmcb_physical, uint64_t *guest_registers, uint64_t host_vmcb_physical);
 
     .section .text
     .code64
@@ -19,8 +27,13 @@ hv_svm_vmrun:
     push %r13
     push %r14
     push %r15
+    push %rdx                    // the host's VMSAVE area, for after the exit
     push %rsi                    // the guest registers' address, for after the exit
-    mov %rdi, %rax               // VMRUN takes the VMCB's physical address in RAX
+    clgi
+    mov %rdx, %rax
+    vmsave %rax                  // the host's FS, GS, TR, LDTR, KernelGsBase, ...
+    mov %rdi, %rax               // VMRUN, VMLOAD and VMSAVE take the VMCB's physical address in RAX
+    vmload %rax                  // the guest's
     mov 8(%rsi), %rcx
     mov 16(%rsi), %rdx
     mov 24(%rsi), %rbx
@@ -35,8 +48,11 @@ hv_svm_vmrun:
     mov 112(%rsi), %r14
     mov 120(%rsi), %r15
     mov 48(%rsi), %rsi
-    vmrun
-    // #VMEXIT: RAX, RSP and RIP are the host's again; the rest are the guest's.
+    sti                          // GIF still blocks interrupts; VMRUN sets GIF
+    vmrun %rax
+    // #VMEXIT: RAX (the VMCB's address), RSP and RIP are the host's again; the rest are the guest's.
+    vmsave %rax
+    cli
     mov (%rsp), %rax
     mov %rcx, 8(%rax)
     mov %rdx, 16(%rax)
@@ -53,6 +69,9 @@ hv_svm_vmrun:
     mov %r14, 112(%rax)
     mov %r15, 120(%rax)
     add $8, %rsp
+    pop %rax
+    vmload %rax                  // the host's segment state back
+    stgi
     pop %r15
     pop %r14
     pop %r13

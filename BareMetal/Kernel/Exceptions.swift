@@ -1,4 +1,4 @@
-// The image's own exceptions: an IDT whose 32 gates lead to Entry/exceptions.S, and the report
+// The image's own exceptions: an IDT whose first 32 gates lead to Entry/exceptions.S, and the report
 // a fault makes (vector and mnemonic, error code, RIP, CS, RFLAGS, RSP, CR2 for a page fault,
 // every general-purpose register) before the image stops with exit code 3. A hypervisor that
 // faults must say where, not reboot silently.
@@ -9,17 +9,20 @@ enum Exceptions {
                                             "#GP", "#PF", "reserved", "#MF", "#AC", "#MC", "#XM", "#VE", "#CP", "reserved", "reserved",
                                             "reserved", "reserved", "reserved", "reserved", "#HV", "#VC", "#SX", "reserved"]
 
-    /// Builds the IDT (16-byte interrupt gates in long mode: SDM Vol. 3A, 6.14.1) and loads it.
+    /// Builds the IDT (256 16-byte interrupt gates in long mode: SDM Vol. 3A, 6.14.1; the 32
+    /// exceptions, the host timer's vector and the APIC's spurious vector) and loads it.
     static func install() {
         let idt = allocatePages(4096)
-        let stubs = hv_exception_stub_table()!
-        for vector in 0..<32 {
-            let handler = stubs[vector]
+        func gate(_ vector: Int, _ handler: UInt64) {
             let low = (handler & 0xFFFF) | UInt64(0x08) << 16 | UInt64(0x8E) << 40 | (handler >> 16 & 0xFFFF) << 48
             idt.storeBytes(of: low, toByteOffset: 16 * vector, as: UInt64.self)
             idt.storeBytes(of: handler >> 32, toByteOffset: 16 * vector + 8, as: UInt64.self)
         }
-        hv_lidt(UInt64(UInt(bitPattern: idt)), 32 * 16 - 1)
+        let stubs = hv_exception_stub_table()!
+        for vector in 0..<32 { gate(vector, stubs[vector]) }
+        gate(Int(HostTimer.vector), hv_host_timer_interrupt_address())
+        gate(Int(HostTimer.spuriousVector), hv_spurious_interrupt_address())
+        hv_lidt(UInt64(UInt(bitPattern: idt)), 256 * 16 - 1)
     }
 }
 

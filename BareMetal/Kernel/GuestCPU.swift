@@ -11,7 +11,18 @@ protocol GuestCPU: AnyObject {
     var memorySize: UInt64 { get }
     /// Guest pages mapped read-only (4 KiB pages in the first 2 MiB).
     var readOnlyPages: [UInt64] { get }
+    /// Guest pages inside RAM's span that are not RAM: their accesses are MMIO.
+    var mmioPages: [UInt64] { get }
+    /// Where the guest's interrupts come from (nil: it has none).
+    var interrupts: LocalAPICDevice? { get set }
+    /// Blocking by STI or MOV SS (SDM Vol. 3C, 25.4.2; AMD APM Vol. 2, 15.21.5): no interrupt
+    /// may be injected for one instruction.
+    var interruptShadow: Bool { get set }
+    /// Makes the next entry deliver external interrupt `vector` through the guest's IDT (VMX's
+    /// VM-entry interruption-information field, SDM 26.6; SVM's EVENTINJ, APM Vol. 2, 15.20).
+    func inject(vector: UInt8)
     var rip: UInt64 { get set }
+    var rflags: UInt64 { get set }
     func register(_ index: UInt8) -> UInt64
     func setRegister(_ index: UInt8, _ value: UInt64)
     /// CR0, CR3, CR4, EFER and CS (base and attributes): what fetching and decoding need.
@@ -27,6 +38,23 @@ protocol GuestCPU: AnyObject {
 }
 
 extension GuestCPU {
+    /// Past an instruction the engine emulated or skipped: RIP moves on, and any STI or MOV SS
+    /// shadow the instruction sat in is over (as KVM's skip_emulated_instruction does).
+    func skip(_ length: UInt64) {
+        rip &+= length
+        if interruptShadow { interruptShadow = false }
+    }
+
+    /// Before each entry: an interrupt the APIC has ready is acknowledged and injected when the
+    /// guest can take it (RFLAGS.IF set, no shadow).
+    func deliverInterrupt() {
+        guard let apic = interrupts else { return }
+        apic.advance()
+        guard apic.apic.pendingInterrupt != nil, rflags & 0x200 != 0, !interruptShadow, let vector = apic.apic.acknowledge() else { return }
+        inject(vector: vector)
+        statistics.injected += 1
+    }
+
     /// The guest's code size from CS and EFER.LMA (SDM Vol. 3A, 5.2.1; AMD APM Vol. 2, 4.8).
     var codeSize: InstructionDecoder.Mode {
         let special = special
@@ -53,7 +81,7 @@ extension GuestCPU {
         default:
             if read { setRegister(0, rax & ~mask | UInt64(data[0]) & mask) }
         }
-        rip = next
+        skip(next &- rip)
         return nil
     }
 
@@ -65,7 +93,7 @@ extension GuestCPU {
         setRegister(3, UInt64(leaf.ebx))
         setRegister(1, UInt64(leaf.ecx))
         setRegister(2, UInt64(leaf.edx))
-        rip &+= 2
+        skip(2)
         statistics.cpuid += 1
     }
 
@@ -94,19 +122,33 @@ extension GuestCPU {
             default: break
             }
         }
-        rip &+= 2
+        skip(2)
         return nil
     }
 
-    /// HLT: the handlers decide; with none, `haltResumes` says whether the guest goes on after
-    /// it (as `haltPolicy: .resume`) or stops. HLT is one byte long.
+    /// HLT: with interrupts enabled and the APIC's timer armed (or an interrupt pending), the
+    /// vCPU waits for it, as a halted CPU does, and the next entry injects it; otherwise the
+    /// handlers decide, and with none `haltResumes` says whether the guest goes on after it (as
+    /// `haltPolicy: .resume`) or stops. HLT is one byte long.
     func halt<H: ExitHandler>(_ handler: H, haltResumes: Bool, spent: UInt64) -> StopReason? {
         statistics.add(.halt, cycles: spent)
+        if rflags & 0x200 != 0, let apic = interrupts {
+            apic.advance()
+            if apic.apic.pendingInterrupt == nil, let deadline = apic.nextDeadline {
+                while hv_rdtsc() < deadline { hv_pause() }
+                apic.advance()
+            }
+            if apic.apic.pendingInterrupt != nil {
+                statistics.wakeups += 1
+                skip(1)
+                return nil
+            }
+        }
         switch handler.handle(.halt, context: ExitContext(vcpuID: 0)) {
         case .stop(let reason)?: return reason
         case nil where !haltResumes: return .halted
         default:
-            rip &+= 1
+            skip(1)
             return nil
         }
     }
@@ -117,7 +159,7 @@ extension GuestCPU {
     /// a read-only page is reported, dropped and stepped over.
     func memoryFault<H: ExitHandler>(address: UInt64, write: Bool, _ handler: H, spent: UInt64) -> StopReason? {
         let protectionWrite = address < memorySize && write && readOnlyPages.contains(address & ~0xFFF)
-        guard address >= memorySize || protectionWrite else {
+        guard address >= memorySize || mmioPages.contains(address & ~0xFFF) || protectionWrite else {
             print("\(engineName): a second-level page fault in RAM at \(hex(address)) (write \(write))")
             return .internalError(InternalError(suberror: 0))
         }
@@ -145,7 +187,7 @@ extension GuestCPU {
         if protectionWrite {
             statistics.readOnlyWrites += 1
             print("\(engineName): a \(decoded.width)-byte write to read-only guest page \(hex(address & ~0xFFF)) at RIP \(hex(rip)), dropped")
-            rip &+= UInt64(decoded.length)
+            skip(UInt64(decoded.length))
             return nil
         }
         let target = GuestPhysicalAddress(address)
@@ -164,11 +206,42 @@ extension GuestCPU {
             if let stop = mmioWrite(target, decoded.storedValue(register: self.register(register.index)) ?? 0, decoded, handler, spent) { return stop }
         case .storeImmediate:
             if let stop = mmioWrite(target, decoded.storedValue(register: 0) ?? 0, decoded, handler, spent) { return stop }
-        default:
-            print("\(engineName): MMIO at \(hex(address)) by an arithmetic or string instruction: not emulated yet")
+        case .arithmetic(let operation, let source, let memoryIsDestination):
+            // The device's value is read, combined with the register or immediate, and written
+            // back when memory is the destination; RFLAGS gets the status flags.
+            statistics.add(.mmioRead, cycles: spent)
+            let memory: UInt64
+            switch handler.handle(.mmioRead(MMIOAccess(address: target, width: decoded.width)), context: context) {
+            case .resumeWith(let value)?: memory = value
+            case .stop(let reason)?: return reason
+            case nil: return .unmappedMMIO(address: target, write: false)
+            default: memory = 0
+            }
+            let other: UInt64, sourceRegister: OperandRegister?
+            switch source {
+            case .register(let operand):
+                other = operand.operand(of: register(operand.index))
+                sourceRegister = operand
+            case .immediate(let value):
+                other = value
+                sourceRegister = nil
+            }
+            let registerIsDestination = !memoryIsDestination && sourceRegister != nil
+            let (result, flags) = operation.apply(registerIsDestination ? other : memory, registerIsDestination ? memory : other,
+                                                  width: decoded.width, carryIn: rflags & StatusFlags.carry != 0)
+            rflags = rflags & ~StatusFlags.all | flags
+            if operation.writesResult {
+                if let operand = sourceRegister, registerIsDestination {
+                    setRegister(operand.index, operand.valueAfterWrite(old: register(operand.index), value: result, width: decoded.width, codeSize: codeSize))
+                } else if let stop = mmioWrite(target, result, decoded, handler, spent) {
+                    return stop
+                }
+            }
+        case .string:
+            print("\(engineName): MMIO at \(hex(address)) by a string instruction: not emulated yet")
             return .internalError(InternalError(suberror: 2))
         }
-        rip &+= UInt64(decoded.length)
+        skip(UInt64(decoded.length))
         return nil
     }
 
@@ -207,6 +280,8 @@ struct ExitTally {
     /// CPUID exits, which have no `VMExit` (KVM answers CPUID itself), and writes to read-only
     /// pages (second-level page faults inside RAM).
     var cpuid = 0, readOnlyWrites = 0
+    /// Interrupts injected, and HLTs the APIC's timer woke.
+    var injected = 0, wakeups = 0
 
     mutating func add(_ kind: ExitKind, cycles: UInt64) {
         let index = Int(kind.rawValue)
@@ -214,20 +289,21 @@ struct ExitTally {
     }
 
     func report() {
-        print("exit        count  median cycles  p99 cycles")
-        print("--------------------------------------------")
+        print("exit               count  median cycles  p99 cycles")
+        print("---------------------------------------------------")
         var total = 0
         for kind in ExitKind.allCases {
             let sorted = samples[Int(kind.rawValue)].sorted()
             guard !sorted.isEmpty else { continue }
             total += sorted.count
             let median = sorted[sorted.count / 2], p99 = sorted[min(sorted.count - 1, sorted.count * 99 / 100)]
-            print(column("\(kind.name)", 10) + column("\(sorted.count)", 7, right: true) + column("\(median)", 15, right: true)
+            print(column("\(kind.name)", 17) + column("\(sorted.count)", 7, right: true) + column("\(median)", 15, right: true)
                   + column("\(p99)", 12, right: true))
         }
-        if cpuid > 0 { print(column("cpuid", 10) + column("\(cpuid)", 7, right: true)) }
-        if readOnlyWrites > 0 { print(column("npf-ro", 10) + column("\(readOnlyWrites)", 7, right: true)) }
-        print(column("total", 10) + column("\(total + cpuid + readOnlyWrites)", 7, right: true))
+        if cpuid > 0 { print(column("cpuid", 17) + column("\(cpuid)", 7, right: true)) }
+        if readOnlyWrites > 0 { print(column("ro-write", 17) + column("\(readOnlyWrites)", 7, right: true)) }
+        print(column("total", 17) + column("\(total + cpuid + readOnlyWrites)", 7, right: true))
+        if injected > 0 { print("\(injected) interrupt\(injected == 1 ? "" : "s") injected, \(wakeups) HLT\(wakeups == 1 ? "" : "s") woken by the APIC timer") }
     }
 
     private func column(_ text: String, _ width: Int, right: Bool = false) -> String {

@@ -10,6 +10,10 @@ import HVModel
 public func baremetalMain(_ info: UInt32, _ magic: UInt32) {
     Console.initialise()
     Exceptions.install()
+    // Both 8259 PICs masked (OCW1 to ports 21h and A1h): the image takes no device interrupts,
+    // and none reaches a guest as an unasked-for INTR exit. The firmware leaves the PIT's IRQ 0 on.
+    hv_outb(0x21, 0xFF)
+    hv_outb(0xA1, 0xFF)
     print("HV bare-metal image: Embedded Swift on the bare CPU")
     if let boot = BootInformation(magic: magic, address: UInt(info)) {
         print("loader: \(boot.loaderName ?? "a Multiboot loader") (Multiboot \(boot.protocolVersion)); \(boot.upperMemoryKiB / 1024) MiB above 1 MiB")
@@ -52,7 +56,7 @@ public func baremetalMain(_ info: UInt32, _ magic: UInt32) {
 protocol Engine {
     associatedtype CPU: GuestCPU
     /// A VM of `memorySize` bytes whose guest starts in real mode at 0000:`entry` with `code` there.
-    func realModeGuest(_ code: UnsafeRawBufferPointer, at entry: UInt64, memorySize: UInt64, readOnlyPages: [UInt64]) -> CPU?
+    func realModeGuest(_ code: UnsafeRawBufferPointer, at entry: UInt64, memorySize: UInt64, readOnlyPages: [UInt64], mmioPages: [UInt64]) -> CPU?
     /// A VM holding `image`, its registers as the image says.
     func imageGuest(_ image: GuestImageFile) -> CPU?
 }
@@ -60,15 +64,18 @@ protocol Engine {
 /// The real-mode guest, then the demo guest; true when both ended as they should.
 func runGuests<E: Engine>(_ engine: E) -> Bool {
     print("")
-    print("1. A real-mode guest:")
-    let helloStart = UnsafeRawPointer(hv_guest_hello_start_pointer()!)
-    let helloCode = UnsafeRawBufferPointer(start: helloStart, count: UnsafeRawPointer(hv_guest_hello_end_pointer()!) - helloStart)
-    guard let hello = engine.realModeGuest(helloCode, at: 0x1000, memorySize: 2 << 20, readOnlyPages: [0x5000]) else { return false }
-    let helloStop = hello.run(ConsolePassthrough().then(DebugExitPort()), haltResumes: false)
-    let vendor = vendorString(ebx: hello.register(3), edx: hello.register(2), ecx: hello.register(1))
-    print("It stopped: \(describe(helloStop)); CPUID gave it \(vendor); the read-only page still holds \(hex(hello.ram.load(fromByteOffset: 0x5000, as: UInt16.self)))")
-    hello.statistics.report()
-    guard helloStop == .halted else { return false }
+    print("1. The real-mode test guest:")
+    let start = UnsafeRawPointer(hv_guest_test_start_pointer()!)
+    let code = UnsafeRawBufferPointer(start: start, count: UnsafeRawPointer(hv_guest_test_end_pointer()!) - start)
+    guard let test = engine.realModeGuest(code, at: 0x1000, memorySize: 2 << 20, readOnlyPages: [0x5000], mmioPages: [0x6000]) else { return false }
+    let apic = LocalAPICDevice()
+    test.interrupts = apic
+    let testStop = test.run(ConsolePassthrough().then(DebugExitPort()).then(ScratchRegister(address: 0x6000)).then(apic).then(StoredMSRs([0xC000_0103])),
+                            haltResumes: false)
+    let vendor = vendorString(ebx: test.register(3), edx: test.register(2), ecx: test.register(1))
+    print("It stopped: \(describe(testStop)); CPUID gave it \(vendor); the read-only page still holds \(hex(test.ram.load(fromByteOffset: 0x5000, as: UInt16.self)))")
+    test.statistics.report()
+    guard testStop == .halted else { return false }
 
     print("")
     print("2. hv demo's guest, with hv demo's exit handler:")
@@ -94,8 +101,12 @@ func runGuests<E: Engine>(_ engine: E) -> Bool {
 }
 
 struct SVMEngine: Engine {
-    func realModeGuest(_ code: UnsafeRawBufferPointer, at entry: UInt64, memorySize: UInt64, readOnlyPages: [UInt64]) -> SVMVirtualMachine? {
-        let machine = SVMVirtualMachine(memorySize: memorySize, readOnlyPages: readOnlyPages)
+    func realModeGuest(_ code: UnsafeRawBufferPointer, at entry: UInt64, memorySize: UInt64, readOnlyPages: [UInt64], mmioPages: [UInt64]) -> SVMVirtualMachine? {
+        // SVM has no preemption timer: the host's APIC timer cuts the guest into slices of
+        // 500,000 ticks of its clock instead.
+        var configuration = SVMConfiguration()
+        configuration.hostTimerSlice = 500_000
+        let machine = SVMVirtualMachine(memorySize: memorySize, readOnlyPages: readOnlyPages, mmioPages: mmioPages, configuration: configuration)
         machine.loadRealMode(code, at: entry)
         return machine
     }
@@ -109,10 +120,11 @@ struct SVMEngine: Engine {
 struct VMXEngine: Engine {
     let capabilities: VMXCapabilities
 
-    func realModeGuest(_ code: UnsafeRawBufferPointer, at entry: UInt64, memorySize: UInt64, readOnlyPages: [UInt64]) -> VMXVirtualMachine? {
-        let configuration = VMXConfiguration.bareMetal(guestMode: .realMode, structureBase: 0, preemptionTimerTSC: nil)
+    func realModeGuest(_ code: UnsafeRawBufferPointer, at entry: UInt64, memorySize: UInt64, readOnlyPages: [UInt64], mmioPages: [UInt64]) -> VMXVirtualMachine? {
+        // The preemption timer cuts the guest into slices of 20,000 TSC cycles.
+        let configuration = VMXConfiguration.bareMetal(guestMode: .realMode, structureBase: 0, preemptionTimerTSC: 20_000)
         let start = VMXGuestStart(special: .realMode, rip: entry, rsp: 0x8000)
-        guard let machine = VMXVirtualMachine(memorySize: memorySize, readOnlyPages: readOnlyPages, configuration: configuration, guest: start,
+        guard let machine = VMXVirtualMachine(memorySize: memorySize, readOnlyPages: readOnlyPages, mmioPages: mmioPages, configuration: configuration, guest: start,
                                               capabilities: capabilities) else { return nil }
         machine.load(code, at: entry)
         return machine

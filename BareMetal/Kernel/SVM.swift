@@ -30,8 +30,8 @@ struct VMCB {
 
     // Control area (Table B-1).
     static let interceptMisc1 = 0x00C, interceptMisc2 = 0x010
-    static let iopmBase = 0x040, msrpmBase = 0x048, guestASID = 0x058, tlbControl = 0x05C
-    static let exitCode = 0x070, exitInfo1 = 0x078, exitInfo2 = 0x080, nestedPagingEnable = 0x090, eventInjection = 0x0A8, nestedCR3 = 0x0B0
+    static let iopmBase = 0x040, msrpmBase = 0x048, guestASID = 0x058, tlbControl = 0x05C, virtualInterrupt = 0x060
+    static let interruptShadow = 0x068, exitCode = 0x070, exitInfo1 = 0x078, exitInfo2 = 0x080, nestedPagingEnable = 0x090, eventInjection = 0x0A8, nestedCR3 = 0x0B0
     // State save area (Table B-2).
     static let es = 0x400, cs = 0x410, ss = 0x420, ds = 0x430, fs = 0x440, gs = 0x450
     static let gdtr = 0x460, ldtr = 0x470, idtr = 0x480, tr = 0x490
@@ -49,7 +49,7 @@ struct VMCB {
 
 /// #VMEXIT codes this engine handles (APM Vol. 2, Appendix C "SVM Intercept Exit Codes").
 enum SVMExit {
-    static let cpuid: UInt64 = 0x72, hlt: UInt64 = 0x78, ioio: UInt64 = 0x7B, msr: UInt64 = 0x7C
+    static let intr: UInt64 = 0x60, cpuid: UInt64 = 0x72, hlt: UInt64 = 0x78, ioio: UInt64 = 0x7B, msr: UInt64 = 0x7C
     static let shutdown: UInt64 = 0x7F, vmrun: UInt64 = 0x80, vmmcall: UInt64 = 0x81, nestedPageFault: UInt64 = 0x400
     static let invalid: UInt64 = 0xFFFF_FFFF_FFFF_FFFF
 }
@@ -60,7 +60,8 @@ enum SVMExit {
 final class SVMVirtualMachine: GuestCPU {
     /// EFER.SVME (bit 12) and the host save area's MSR (APM Vol. 2, 15.4, 15.30.4).
     static let eferMSR: UInt32 = 0xC000_0080, hostSaveAreaMSR: UInt32 = 0xC001_0117
-    static var svmEnabled = false
+    /// The host's VMSAVE area (a VMCB-sized page), once SVM is on.
+    static var hostSaveVMCB: UInt64 = 0
 
     let ram: UnsafeMutableRawPointer
     let memorySize: UInt64
@@ -71,20 +72,24 @@ final class SVMVirtualMachine: GuestCPU {
     let ioBuffer = PortIOBuffer(capacity: 8)
     var statistics = ExitTally()
 
-    /// Guest pages the nested page tables map read-only.
-    let readOnlyPages: [UInt64]
+    /// Guest pages the nested page tables map read-only, and pages they leave out (MMIO).
+    let readOnlyPages: [UInt64], mmioPages: [UInt64]
     let engineName: StaticString = "svm"
+    /// The host APIC timer's slice (the preemption timer's stand-in), if any.
+    var hostTimerSlice: UInt32?
+    var interrupts: LocalAPICDevice?
 
     /// `memorySize` bytes of guest RAM (a multiple of 2 MiB, at most 1 GiB), seen by the guest
     /// at guest-physical 0; everything else is MMIO that exits. `readOnlyPages` (4 KiB pages in
     /// the first 2 MiB) are mapped without write permission: a write there is a nested page
     /// fault the engine reports and drops, as a ROM would.
-    init(memorySize: UInt64, readOnlyPages: [UInt64] = []) {
+    init(memorySize: UInt64, readOnlyPages: [UInt64] = [], mmioPages: [UInt64] = [], configuration: SVMConfiguration = SVMConfiguration()) {
         self.readOnlyPages = readOnlyPages
-        if !Self.svmEnabled {
+        self.mmioPages = mmioPages
+        if Self.hostSaveVMCB == 0 {
             hv_wrmsr(Self.eferMSR, hv_rdmsr(Self.eferMSR) | 1 << 12)
             hv_wrmsr(Self.hostSaveAreaMSR, UInt64(UInt(bitPattern: allocatePages(4096))))
-            Self.svmEnabled = true
+            Self.hostSaveVMCB = UInt64(UInt(bitPattern: allocatePages(4096)))
         }
         self.memorySize = memorySize
         ram = allocatePages(Int(memorySize), alignment: 2 << 20)
@@ -98,31 +103,34 @@ final class SVMVirtualMachine: GuestCPU {
             pd.storeBytes(of: (UInt64(UInt(bitPattern: ram)) + UInt64(index) << 21) | present | writable | user | large,
                           toByteOffset: 8 * index, as: UInt64.self)
         }
-        if !readOnlyPages.isEmpty {
-            // The first 2 MiB in 4 KiB pages instead, so single pages can lose write permission.
+        if !readOnlyPages.isEmpty || !mmioPages.isEmpty {
+            // The first 2 MiB in 4 KiB pages instead, so single pages can lose write permission
+            // or be left out.
             let pt = allocatePages(4096)
             for page in 0..<512 {
                 let address = UInt64(page) << 12
+                guard !mmioPages.contains(address) else { continue }
                 let flags = present | user | (readOnlyPages.contains(address) ? 0 : writable)
                 pt.storeBytes(of: (UInt64(UInt(bitPattern: ram)) + address) | flags, toByteOffset: 8 * page, as: UInt64.self)
             }
             pd.storeBytes(of: UInt64(UInt(bitPattern: pt)) | present | writable | user, as: UInt64.self)
         }
-        // Every port and MSR intercepted: the I/O permission map (12 KiB) and the MSR
-        // permission map (8 KiB) all ones (APM Vol. 2, 15.10.1, 15.11).
-        let iopm = allocatePages(12 << 10), msrpm = allocatePages(8 << 10)
-        iopm.initializeMemory(as: UInt8.self, repeating: 0xFF, count: 12 << 10)
-        msrpm.initializeMemory(as: UInt8.self, repeating: 0xFF, count: 8 << 10)
-        // INTR, NMI, CPUID (18), HLT (24), IOIO_PROT (27), MSR_PROT (28), SHUTDOWN (31);
-        // VMRUN (required), VMMCALL.
-        vmcb[VMCB.interceptMisc1, as: UInt32.self] = 1 << 0 | 1 << 1 | 1 << 18 | 1 << 24 | 1 << 27 | 1 << 28 | 1 << 31
-        vmcb[VMCB.interceptMisc2, as: UInt32.self] = 1 << 0 | 1 << 1
+        // The I/O permission map (12 KiB) and the MSR permission map (8 KiB) from the
+        // configuration's bitmaps (APM Vol. 2, 15.10.1, 15.11): every port exits, every MSR but
+        // the segment bases, which VMLOAD/VMSAVE carry.
+        let iopm = allocatePages(SVMIOPermissionMap.size), msrpm = allocatePages(SVMMSRPermissionMap.size)
+        configuration.ioPermissionMap.bytes.withUnsafeBytes { iopm.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+        configuration.msrPermissionMap.bytes.withUnsafeBytes { msrpm.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+        vmcb[VMCB.interceptMisc1, as: UInt32.self] = configuration.intercepts.misc1
+        vmcb[VMCB.interceptMisc2, as: UInt32.self] = configuration.intercepts.misc2
         vmcb[VMCB.iopmBase, as: UInt64.self] = UInt64(UInt(bitPattern: iopm))
         vmcb[VMCB.msrpmBase, as: UInt64.self] = UInt64(UInt(bitPattern: msrpm))
-        vmcb[VMCB.guestASID, as: UInt32.self] = 1
-        vmcb[VMCB.tlbControl, as: UInt8.self] = 1  // flush this guest's TLB entries at the first VMRUN
-        vmcb[VMCB.nestedPagingEnable, as: UInt64.self] = 1
+        vmcb[VMCB.guestASID, as: UInt32.self] = configuration.asid
+        vmcb[VMCB.tlbControl, as: UInt8.self] = configuration.firstTLBControl
+        vmcb[VMCB.nestedPagingEnable, as: UInt64.self] = configuration.nestedPaging ? 1 : 0
         vmcb[VMCB.nestedCR3, as: UInt64.self] = UInt64(UInt(bitPattern: pml4))
+        vmcb[VMCB.virtualInterrupt, as: UInt64.self] = configuration.virtualInterruptMasking ? 1 << 24 : 0
+        hostTimerSlice = configuration.hostTimerSlice
         vmcb[VMCB.dr6, as: UInt64.self] = 0xFFFF_0FF0
         vmcb[VMCB.dr7, as: UInt64.self] = 0x400
         vmcb[VMCB.guestPAT, as: UInt64.self] = 0x0007_0406_0007_0406
@@ -189,6 +197,19 @@ final class SVMVirtualMachine: GuestCPU {
         set { vmcb[VMCB.rip, as: UInt64.self] = newValue }
     }
 
+    var interruptShadow: Bool {
+        get { vmcb[VMCB.interruptShadow, as: UInt64.self] & 1 != 0 }
+        set { vmcb[VMCB.interruptShadow, as: UInt64.self] = newValue ? 1 : 0 }
+    }
+
+    /// EVENTINJ (APM Vol. 2, 15.20): vector, type 0 (external interrupt), valid.
+    func inject(vector: UInt8) { vmcb[VMCB.eventInjection, as: UInt64.self] = UInt64(vector) | 1 << 31 }
+
+    var rflags: UInt64 {
+        get { vmcb[VMCB.rflags, as: UInt64.self] }
+        set { vmcb[VMCB.rflags, as: UInt64.self] = newValue }
+    }
+
     var special: SpecialRegisters {
         var special = SpecialRegisters()
         special.cr0 = vmcb[VMCB.cr0, as: UInt64.self]
@@ -228,10 +249,27 @@ final class SVMVirtualMachine: GuestCPU {
             for failure in failures { print("svm: VMRUN would refuse this VMCB: \(failure) (AMD APM Vol. 2, 15.5.1)") }
             return .entryFailure(hardwareReason: SVMExit.invalid)
         }
+        if let slice = hostTimerSlice {
+            guard HostTimer.available else {
+                print("svm: the host APIC is not in xAPIC mode: no timer slices")
+                return .backendFailure
+            }
+            HostTimer.enable()
+            HostTimer.arm(slice)
+        }
+        defer {
+            // Stopped, and one that fired after the last exit taken, so it cannot end the next VM's first run.
+            if hostTimerSlice != nil {
+                HostTimer.arm(0)
+                hv_take_pending_interrupt()
+            }
+        }
         while true {
+            deliverInterrupt()
             let entered = hv_rdtsc()
-            registers.withUnsafeMutableBufferPointer { hv_svm_vmrun(vmcb.physicalAddress, $0.baseAddress) }
+            registers.withUnsafeMutableBufferPointer { hv_svm_vmrun(vmcb.physicalAddress, $0.baseAddress, Self.hostSaveVMCB) }
             let spent = hv_rdtsc() &- entered
+            vmcb[VMCB.tlbControl, as: UInt8.self] = 0
             let code = vmcb[VMCB.exitCode, as: UInt64.self]
             let info1 = vmcb[VMCB.exitInfo1, as: UInt64.self], info2 = vmcb[VMCB.exitInfo2, as: UInt64.self]
             let stop: StopReason?
@@ -257,6 +295,21 @@ final class SVMVirtualMachine: GuestCPU {
             case SVMExit.msr:
                 // EXITINFO1: 0 RDMSR, 1 WRMSR (APM Vol. 2, 15.11).
                 stop = msr(write: info1 != 0, handler, spent: spent)
+            case SVMExit.intr:
+                // A physical interrupt ended the run (INTR intercept, APM Vol. 2, 15.13.1). The
+                // host takes it now; if it was the host timer, a slice ended.
+                let before = HostTimer.ticks
+                hv_take_pending_interrupt()
+                if HostTimer.ticks != before, let slice = hostTimerSlice {
+                    statistics.add(.preemptionTimer, cycles: spent)
+                    switch handler.handle(.preemptionTimer, context: ExitContext(vcpuID: 0)) {
+                    case .stop(let reason)?: return reason
+                    default: HostTimer.arm(slice)
+                    }
+                } else {
+                    statistics.add(.interrupted, cycles: spent)
+                }
+                stop = nil
             case SVMExit.shutdown:
                 stop = .shutdown
             case SVMExit.invalid:

@@ -58,8 +58,9 @@ final class VMXVirtualMachine: GuestCPU {
     let capabilities: VMXCapabilities
     let ram: UnsafeMutableRawPointer
     let memorySize: UInt64
-    let readOnlyPages: [UInt64]
+    let readOnlyPages: [UInt64], mmioPages: [UInt64]
     let engineName: StaticString = "vmx"
+    var interrupts: LocalAPICDevice?
     /// The guest's general-purpose registers by number across the world switch (RSP is in the VMCS).
     var registers = [UInt64](repeating: 0, count: 16)
     let ioBuffer = PortIOBuffer(capacity: 8)
@@ -74,11 +75,12 @@ final class VMXVirtualMachine: GuestCPU {
     /// A VM of `memorySize` bytes (a multiple of 2 MiB) whose guest starts with `guest`'s
     /// registers, planned with `configuration` (whose `structureBase` the engine fills in);
     /// nil, with the reasons printed, when the plan or the VM-entry checks refuse it.
-    init?(memorySize: UInt64, readOnlyPages: [UInt64] = [], configuration: VMXConfiguration, guest: VMXGuestStart,
+    init?(memorySize: UInt64, readOnlyPages: [UInt64] = [], mmioPages: [UInt64] = [], configuration: VMXConfiguration, guest: VMXGuestStart,
           capabilities: VMXCapabilities) {
         self.capabilities = capabilities
         self.memorySize = memorySize
         self.readOnlyPages = readOnlyPages
+        self.mmioPages = mmioPages
         ram = allocatePages(Int(memorySize), alignment: 2 << 20)
         vmcs = allocatePages(4096)
 
@@ -91,6 +93,7 @@ final class VMXVirtualMachine: GuestCPU {
                 hugePages: eptCapabilities.pages2MiB, capabilities: eptCapabilities, physicalAddressBits: capabilities.physicalAddressWidth))
             try ept.map(GuestPhysicalAddress(0), size: memorySize, to: HostPhysicalAddress(UInt64(UInt(bitPattern: ram))), permissions: [.read, .write, .execute])
             for page in readOnlyPages { try ept.protect(GuestPhysicalAddress(page), size: 4096, permissions: [.read, .execute]) }
+            for page in mmioPages { try ept.unmap(GuestPhysicalAddress(page), size: 4096) }
             pointer = ept.pointer().rawValue
         } catch {
             print("vmx: EPT: \(error)")
@@ -169,6 +172,20 @@ final class VMXVirtualMachine: GuestCPU {
         set { write(.guestRIP, newValue) }
     }
 
+    var interruptShadow: Bool {
+        get { read(.guestInterruptibilityState) & 0b11 != 0 }
+        set { write(.guestInterruptibilityState, read(.guestInterruptibilityState) & ~0b11 | (newValue ? 1 : 0)) }
+    }
+
+    /// The VM-entry interruption-information field (SDM 25.8.3): vector, type 0 (external
+    /// interrupt), valid; the processor clears the valid bit on the next VM exit.
+    func inject(vector: UInt8) { write(.entryInterruptionInformation, UInt64(vector) | 1 << 31) }
+
+    var rflags: UInt64 {
+        get { read(.guestRFLAGS) }
+        set { write(.guestRFLAGS, newValue) }
+    }
+
     var special: SpecialRegisters {
         var special = SpecialRegisters()
         special.cr0 = read(.guestCR0)
@@ -192,6 +209,7 @@ final class VMXVirtualMachine: GuestCPU {
     func run<H: ExitHandler>(_ handler: H, haltResumes: Bool) -> StopReason {
         let slice = plan.vmcs[.vmxPreemptionTimerValue]
         while true {
+            deliverInterrupt()
             let entered = hv_rdtsc()
             let status = registers.withUnsafeMutableBufferPointer { hv_vmx_enter($0.baseAddress, launched ? 1 : 0) }
             let spent = hv_rdtsc() &- entered

@@ -95,11 +95,28 @@ static inline void hv_lidt(uint64_t base, uint16_t limit) {
 extern const uint64_t hv_exception_stubs[32];
 static inline const uint64_t *hv_exception_stub_table(void) { return hv_exception_stubs; }
 
+/// The host timer's and the spurious vector's entry points, and the timer's count (Entry/exceptions.S).
+extern const uint8_t hv_host_timer_interrupt[];
+extern const uint8_t hv_spurious_interrupt[];
+extern volatile uint64_t hv_host_timer_ticks;
+static inline uint64_t hv_host_timer_interrupt_address(void) { return (uint64_t)hv_host_timer_interrupt; }
+static inline uint64_t hv_spurious_interrupt_address(void) { return (uint64_t)hv_spurious_interrupt; }
+static inline uint64_t hv_host_timer_count(void) { return hv_host_timer_ticks; }
+/// Opens the host to an interrupt pending at the local APIC for one instruction (STI's shadow
+/// covers the NOP), then closes it again.
+static inline void hv_take_pending_interrupt(void) { __asm__ volatile("sti; nop; cli" : : : "memory"); }
+/// A 32-bit device register at `address` (the xAPIC page: SDM Vol. 3A, 11.4.1).
+static inline uint32_t hv_mmio_read32(uint64_t address) { return *(volatile uint32_t *)address; }
+static inline void hv_mmio_write32(uint64_t address, uint32_t value) { *(volatile uint32_t *)address = value; }
+
 /// A read the compiler may not drop (the image's fault=pf test reads where nothing is mapped).
 static inline uint64_t hv_read_volatile(uint64_t address) { return *(volatile uint64_t *)address; }
 
 /// An invalid opcode, on purpose (the image's fault=ud test).
 static inline void hv_ud2(void) { __asm__ volatile("ud2"); }
+
+/// A spin-wait hint (SDM Vol. 2, PAUSE).
+static inline void hv_pause(void) { __asm__ volatile("pause"); }
 
 static inline void hv_halt_forever(void) { for (;;) __asm__ volatile("cli; hlt"); }
 
@@ -114,10 +131,11 @@ int posix_memalign(void **result, size_t alignment, size_t size);
 /// The end of the image (the linker script's symbol): the heap starts above it.
 extern char hv_image_end[];
 
-/// One VMRUN of the VMCB at `vmcb_physical` (Entry/svm.S); `guest_registers` holds the guest's
-/// general-purpose registers by register number (RCX 1, RDX 2, RBX 3, RBP 5, RSI 6, RDI 7,
-/// R8-R15 8-15; RAX and RSP are in the VMCB) across the switch.
-void hv_svm_vmrun(uint64_t vmcb_physical, uint64_t *guest_registers);
+/// One VMRUN of the VMCB at `vmcb_physical` (Entry/svm.S), with VMLOAD/VMSAVE of the guest's
+/// segment state around it and the host's kept at `host_vmcb_physical`; `guest_registers` holds
+/// the guest's general-purpose registers by register number (RCX 1, RDX 2, RBX 3, RBP 5, RSI 6,
+/// RDI 7, R8-R15 8-15; RAX and RSP are in the VMCB) across the switch.
+void hv_svm_vmrun(uint64_t vmcb_physical, uint64_t *guest_registers, uint64_t host_vmcb_physical);
 
 /// The task-state segment (Entry/entry.S), whose base VMX's host state names.
 extern uint8_t hv_boot_tss[];
@@ -131,11 +149,11 @@ int hv_vmx_enter(uint64_t *guest_registers, int launched);
 extern const uint8_t hv_vmx_exit[];
 static inline uint64_t hv_vmx_exit_address(void) { return (uint64_t)hv_vmx_exit; }
 
-/// The first SVM guest's code (Guest/hello.S).
-extern const uint8_t hv_guest_hello_start[];
-extern const uint8_t hv_guest_hello_end[];
-static inline const uint8_t *hv_guest_hello_start_pointer(void) { return hv_guest_hello_start; }
-static inline const uint8_t *hv_guest_hello_end_pointer(void) { return hv_guest_hello_end; }
+/// The engines' real-mode test guest (Guest/test-guest.S).
+extern const uint8_t hv_guest_test_start[];
+extern const uint8_t hv_guest_test_end[];
+static inline const uint8_t *hv_guest_test_start_pointer(void) { return hv_guest_test_start; }
+static inline const uint8_t *hv_guest_test_end_pointer(void) { return hv_guest_test_end; }
 
 /// The demo guest of `hv demo`, as `hv demo --write-image` wrote it at build time.
 extern const uint8_t hv_guest_demo_start[];

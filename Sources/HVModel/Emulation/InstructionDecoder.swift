@@ -254,14 +254,7 @@ extension DecodedInstruction {
         let readMask: UInt64 = width == 8 ? .max : (1 << (8 * UInt64(width))) - 1
         var value = loaded & readMask
         if extensionKind == .sign, width < 8, value & (1 << (8 * UInt64(width) - 1)) != 0 { value |= ~readMask }
-        if target.highByte { return old & ~0xFF00 | (value & 0xFF) << 8 }
-        switch registerWidth {
-        case 8: return value
-        case 4: return codeSize == .bits64 ? value & 0xFFFF_FFFF : old & ~0xFFFF_FFFF | value & 0xFFFF_FFFF
-        default:
-            let mask: UInt64 = (1 << (8 * UInt64(registerWidth))) - 1
-            return old & ~mask | value & mask
-        }
+        return target.valueAfterWrite(old: old, value: value, width: registerWidth, codeSize: codeSize)
     }
 
     /// The value a store writes (its low `width` bytes), given the source register's value; nil
