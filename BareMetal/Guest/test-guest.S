@@ -5,7 +5,8 @@
 //   1. COM1: a line printed the way a driver does (LSR bit 5 polled before each byte): I/O exits.
 //   2. MSRs: RDMSR of the TSC (trapped, answered by the engine); WRMSR/RDMSR of FS base (passed
 //      through by the MSR bitmap/permission map: no exit, the value kept by the CPU); WRMSR/RDMSR
-//      of IA32_TSC_AUX (trapped, kept by the host's `StoredMSRs`).
+//      of IA32_TSC_AUX (trapped, kept by the host's `StoredMSRs`); RDMSR of an MSR nobody
+//      models: the default policy's #GP, injected, caught by IVT entry 13, which steps over it.
 //   3. MMIO at 0x6000, a page the second-level tables leave out: MOV stores and loads, ADD to
 //      memory, CMP, AND from a register, TEST with an immediate, ADD into a register; each is
 //      decoded and emulated by the engine (reads and writes of the scratch register there, and
@@ -49,6 +50,12 @@ hv_guest_test_start:
     xor %eax, %eax
     rdmsr
     cmp $0x2A, %eax
+    jne fail
+    movw $AT(general_protection), 13 * 4    // IVT entry 13 (#GP): offset, segment 0
+    movw $0, 13 * 4 + 2
+    mov $0x4B564D99, %ecx           // an MSR nobody models: #GP
+    rdmsr
+    cmpb $1, AT(faults)
     jne fail
     mov $AT(msrs), %si
     call puts
@@ -145,12 +152,24 @@ timer:
     popal
     iret
 
+// IVT entry 13: count the #GP and return past the 2-byte RDMSR that raised it (a fault pushes
+// the faulting instruction's IP: SDM Vol. 3A, 6.5).
+general_protection:
+    push %bp
+    mov %sp, %bp
+    addw $2, 2(%bp)
+    incb AT(faults)
+    pop %bp
+    iret
+
 ticks:
+    .byte 0
+faults:
     .byte 0
 greeting:
     .asciz "Hello from a real-mode guest under HV's bare-metal engine\n"
 msrs:
-    .asciz "MSRs: TSC trapped, FS base passed through, TSC_AUX kept by the host\n"
+    .asciz "MSRs: TSC trapped, FS base passed through, TSC_AUX kept by the host, an unknown MSR a #GP\n"
 mmio:
     .asciz "MMIO at 0x6000: MOV, ADD, CMP, AND, TEST emulated\n"
 woken:

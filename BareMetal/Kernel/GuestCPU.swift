@@ -1,19 +1,43 @@
-// What both engines do with an exit once they have read it from their own structure (SVM's VMCB,
-// VMX's VMCS): port I/O, MMIO found through a nested page fault or an EPT violation (fetched
-// through HVModel's guest page walker, decoded by HVModel's instruction decoder), HLT, CPUID and
-// MSRs, each handed to the `ExitHandler` chain as the `VMExit` value a KVM backend produces.
+// What both engines share between reading an exit from their own structure (SVM's VMCB, VMX's
+// VMCS) and running the guest again: each is a `VirtualCPU` (HVModel's run-loop protocol, the
+// one KVM's vCPU implements), so `run()` turns hardware exits into the `VMExit` values a KVM
+// backend produces (port I/O; MMIO found through a nested page fault or an EPT violation,
+// fetched through HVModel's guest page walker and decoded by its instruction decoder; HLT; MSRs;
+// the preemption timer) and `complete(_:with:)` writes the handler's answer back and moves the
+// guest past the instruction, as KVM does at its next KVM_RUN. What KVM does in the kernel the
+// engines do inside `run()`: CPUID, the local APIC (its MSRs, its timer, HLT waiting for it,
+// interrupt injection), dropping writes to read-only pages.
 import BareMetalSupport
 import HVModel
 
-/// A vCPU of either engine, as the shared exit code sees it.
-protocol GuestCPU: AnyObject {
+/// What the instruction behind the last exit still needs once the handlers have answered.
+enum PendingCompletion {
+    case none
+    /// IN: the value into AL/AX/EAX, then RIP to the next instruction.
+    case portIn(size: Int, next: UInt64)
+    /// OUT: RIP to the next instruction.
+    case portOut(next: UInt64)
+    /// An MMIO load into `register` (MOV, MOVZX, MOVSX).
+    case mmioLoad(DecodedInstruction, OperandRegister)
+    /// An MMIO store, or an arithmetic instruction's write-back: RIP past the instruction.
+    case mmioStore(length: UInt8)
+    /// An arithmetic instruction's read: the result, the flags, and maybe a write.
+    case mmioArithmetic(DecodedInstruction, ArithmeticOperation, ArithmeticSource, memoryIsDestination: Bool, address: GuestPhysicalAddress)
+    /// RDMSR or WRMSR: EDX:EAX from the answer, or #GP for `.fault`.
+    case msr(write: Bool)
+    case halt
+    case preemptionTimer
+}
+
+/// A vCPU of either engine, as the shared code sees it.
+protocol GuestCPU: VirtualCPU where RunError == BackendFailure {
     var ram: UnsafeMutableRawPointer { get }
     var memorySize: UInt64 { get }
     /// Guest pages mapped read-only (4 KiB pages in the first 2 MiB).
     var readOnlyPages: [UInt64] { get }
     /// Guest pages inside RAM's span that are not RAM: their accesses are MMIO.
     var mmioPages: [UInt64] { get }
-    /// Where the guest's interrupts come from (nil: it has none).
+    /// The guest's local APIC, which the engine owns as KVM's in-kernel irqchip does (nil: none).
     var interrupts: LocalAPICDevice? { get set }
     /// Blocking by STI or MOV SS (SDM Vol. 3C, 25.4.2; AMD APM Vol. 2, 15.21.5): no interrupt
     /// may be injected for one instruction.
@@ -21,6 +45,9 @@ protocol GuestCPU: AnyObject {
     /// Makes the next entry deliver external interrupt `vector` through the guest's IDT (VMX's
     /// VM-entry interruption-information field, SDM 26.6; SVM's EVENTINJ, APM Vol. 2, 15.20).
     func inject(vector: UInt8)
+    /// The same for exception `vector` (with `errorCode` where the vector has one and the guest
+    /// is in protected mode).
+    func injectException(vector: UInt8, errorCode: UInt32?)
     var rip: UInt64 { get set }
     var rflags: UInt64 { get set }
     func register(_ index: UInt8) -> UInt64
@@ -31,13 +58,21 @@ protocol GuestCPU: AnyObject {
     var statistics: ExitTally { get set }
     /// The engine's name in messages ("svm", "vmx").
     var engineName: StaticString { get }
-    /// Runs until a handler stops the guest or an exit cannot be handled. `haltResumes` says
-    /// what HLT does when no handler takes it (the demo's VM resumes after it, as
-    /// `haltPolicy: .resume`).
-    func run<H: ExitHandler>(_ handler: H, haltResumes: Bool) -> StopReason
+    var pending: PendingCompletion { get set }
+    /// An exit `complete` produced without entering the guest (an arithmetic instruction's
+    /// write after its read), which the next `run()` returns first.
+    var queuedExit: VMExit? { get set }
+    /// TSC cycles from the world switch in to the exit back, for the last exit.
+    var lastRoundTrip: UInt64 { get }
+    /// A new slice after a preemption-timer exit the handlers let the guest go on from.
+    func rearmTimer()
+    /// After the last run: whatever the engine armed for the guest is stopped.
+    func finish()
 }
 
 extension GuestCPU {
+    var id: Int { 0 }
+
     /// Past an instruction the engine emulated or skipped: RIP moves on, and any STI or MOV SS
     /// shadow the instruction sat in is over (as KVM's skip_emulated_instruction does).
     func skip(_ length: UInt64) {
@@ -63,30 +98,21 @@ extension GuestCPU {
         return .bits16
     }
 
+    // MARK: From a hardware exit to a VMExit
+
     /// An IN or OUT of `size` bytes at `port` (not string, not REP); `next` is the address of
     /// the following instruction.
-    func portIO<H: ExitHandler>(port: IOPort, size: Int, read: Bool, next: UInt64, _ handler: H, spent: UInt64) -> StopReason? {
+    func portExit(port: IOPort, size: Int, read: Bool, next: UInt64) -> VMExit {
         ioBuffer.beginRun()
-        guard let data = PortIOData(buffer: ioBuffer, size: size, count: 1) else { return .backendFailure }
+        guard let data = PortIOData(buffer: ioBuffer, size: size, count: 1) else { return .internalError(InternalError(suberror: 5)) }
         let mask: UInt64 = size == 4 ? 0xFFFF_FFFF : (1 << (8 * UInt64(size))) - 1
-        let rax = register(0)
-        data[0] = UInt32(truncatingIfNeeded: read ? mask : rax & mask)
+        data[0] = UInt32(truncatingIfNeeded: read ? mask : register(0) & mask)
+        pending = read ? .portIn(size: size, next: next) : .portOut(next: next)
         let io = PortIO(port: port, size: UInt8(size), count: 1, data: data)
-        statistics.add(read ? .portIn : .portOut, cycles: spent)
-        switch handler.handle(read ? .portIn(io) : .portOut(io), context: ExitContext(vcpuID: 0)) {
-        case .stop(let reason)?: return reason
-        case nil: return .unmappedPort(port: port, write: !read)
-        case .resumeWith(let value)?:
-            if read { setRegister(0, rax & ~mask | value & mask) }
-        default:
-            if read { setRegister(0, rax & ~mask | UInt64(data[0]) & mask) }
-        }
-        skip(next &- rip)
-        return nil
+        return read ? .portIn(io) : .portOut(io)
     }
 
-    /// CPUID is the engine's (KVM answers it in the kernel): the CPU's own leaves. `length` is
-    /// the instruction's (2).
+    /// CPUID is the engine's (KVM answers it in the kernel): the CPU's own leaves. Two bytes.
     func cpuid() {
         let leaf = CPUFeatures.cpuid(UInt32(truncatingIfNeeded: register(0)), UInt32(truncatingIfNeeded: register(1)))
         setRegister(0, UInt64(leaf.eax))
@@ -97,41 +123,32 @@ extension GuestCPU {
         statistics.cpuid += 1
     }
 
-    /// RDMSR (`write` false) or WRMSR of the MSR in ECX, through the handlers; the TSC (10H) is
-    /// read from the CPU when no handler answers. Both instructions are two bytes long.
-    func msr<H: ExitHandler>(write: Bool, _ handler: H, spent: UInt64) -> StopReason? {
+    /// RDMSR (`write` false) or WRMSR of the MSR in ECX. The local APIC's MSRs are the engine's
+    /// (nil: handled here, the guest goes on); the TSC is read from the CPU; the rest go to the
+    /// handlers.
+    func msrExit(write: Bool) -> VMExit? {
         let index = UInt32(truncatingIfNeeded: register(1))
-        let context = ExitContext(vcpuID: 0)
-        if !write {
-            statistics.add(.msrRead, cycles: spent)
-            let value: UInt64
-            switch handler.handle(.msrRead(index: index), context: context) {
-            case .resumeWith(let answer)?: value = answer
-            case .stop(let reason)?: return reason
-            case _ where index == 0x10: value = hv_rdtsc()
-            default: return .unhandledExit(.msrRead)
-            }
-            setRegister(0, value & 0xFFFF_FFFF)
-            setRegister(2, value >> 32)
-        } else {
-            statistics.add(.msrWrite, cycles: spent)
-            let value = register(0) & 0xFFFF_FFFF | register(2) << 32
-            switch handler.handle(.msrWrite(index: index, value: value), context: context) {
-            case .stop(let reason)?: return reason
-            case nil: return .unhandledExit(.msrWrite)
-            default: break
-            }
+        let exit: VMExit = write ? .msrWrite(index: index, value: register(0) & 0xFFFF_FFFF | register(2) << 32) : .msrRead(index: index)
+        pending = .msr(write: write)
+        if let apic = interrupts, let action = apic.handle(exit, context: ExitContext(vcpuID: 0)) {
+            statistics.add(exit.kind, cycles: lastRoundTrip)
+            complete(exit, with: action)
+            return nil
         }
-        skip(2)
-        return nil
+        if !write && index == 0x10 {
+            statistics.add(exit.kind, cycles: lastRoundTrip)
+            complete(exit, with: .resumeWith(hv_rdtsc()))
+            return nil
+        }
+        return exit
     }
 
     /// HLT: with interrupts enabled and the APIC's timer armed (or an interrupt pending), the
-    /// vCPU waits for it, as a halted CPU does, and the next entry injects it; otherwise the
-    /// handlers decide, and with none `haltResumes` says whether the guest goes on after it (as
-    /// `haltPolicy: .resume`) or stops. HLT is one byte long.
-    func halt<H: ExitHandler>(_ handler: H, haltResumes: Bool, spent: UInt64) -> StopReason? {
-        statistics.add(.halt, cycles: spent)
+    /// vCPU waits for it, as a halted CPU does, and the next entry injects it (nil: the guest
+    /// goes on, as with KVM's in-kernel irqchip); otherwise `.halt` for the handlers and the
+    /// policy. HLT is one byte long.
+    func haltExit() -> VMExit? {
+        pending = .halt
         if rflags & 0x200 != 0, let apic = interrupts {
             apic.advance()
             if apic.apic.pendingInterrupt == nil, let deadline = apic.nextDeadline {
@@ -139,25 +156,21 @@ extension GuestCPU {
                 apic.advance()
             }
             if apic.apic.pendingInterrupt != nil {
+                statistics.add(.halt, cycles: lastRoundTrip)
                 statistics.wakeups += 1
                 skip(1)
+                pending = .none
                 return nil
             }
         }
-        switch handler.handle(.halt, context: ExitContext(vcpuID: 0)) {
-        case .stop(let reason)?: return reason
-        case nil where !haltResumes: return .halted
-        default:
-            skip(1)
-            return nil
-        }
+        return .halt
     }
 
     /// A guest-physical access the second-level tables refused (a nested page fault or an EPT
-    /// violation at `address`, a write when `write`): outside RAM it is MMIO, emulated from the
-    /// instruction at RIP as the `mmioRead`/`mmioWrite` exits a KVM backend reports; a write to
-    /// a read-only page is reported, dropped and stepped over.
-    func memoryFault<H: ExitHandler>(address: UInt64, write: Bool, _ handler: H, spent: UInt64) -> StopReason? {
+    /// violation at `address`, a write when `write`): outside RAM it is MMIO, decoded from the
+    /// instruction at RIP into the `mmioRead`/`mmioWrite` a KVM backend reports (nil: a write
+    /// to a read-only page, reported, dropped and stepped over).
+    func memoryExit(address: UInt64, write: Bool) -> VMExit? {
         let protectionWrite = address < memorySize && write && readOnlyPages.contains(address & ~0xFFF)
         guard address >= memorySize || mmioPages.contains(address & ~0xFFF) || protectionWrite else {
             print("\(engineName): a second-level page fault in RAM at \(hex(address)) (write \(write))")
@@ -191,32 +204,52 @@ extension GuestCPU {
             return nil
         }
         let target = GuestPhysicalAddress(address)
-        let context = ExitContext(vcpuID: 0)
         switch decoded.operation {
         case .load(let register, _):
-            statistics.add(.mmioRead, cycles: spent)
-            switch handler.handle(.mmioRead(MMIOAccess(address: target, width: decoded.width)), context: context) {
-            case .resumeWith(let value)?:
-                setRegister(register.index, decoded.registerAfterLoad(old: self.register(register.index), loaded: value, codeSize: codeSize))
-            case .stop(let reason)?: return reason
-            case nil: return .unmappedMMIO(address: target, write: false)
-            default: break
-            }
+            pending = .mmioLoad(decoded, register)
+            return .mmioRead(MMIOAccess(address: target, width: decoded.width))
         case .store(let register):
-            if let stop = mmioWrite(target, decoded.storedValue(register: self.register(register.index)) ?? 0, decoded, handler, spent) { return stop }
+            pending = .mmioStore(length: decoded.length)
+            return .mmioWrite(MMIOAccess(address: target, width: decoded.width, value: decoded.storedValue(register: self.register(register.index)) ?? 0))
         case .storeImmediate:
-            if let stop = mmioWrite(target, decoded.storedValue(register: 0) ?? 0, decoded, handler, spent) { return stop }
+            pending = .mmioStore(length: decoded.length)
+            return .mmioWrite(MMIOAccess(address: target, width: decoded.width, value: decoded.storedValue(register: 0) ?? 0))
         case .arithmetic(let operation, let source, let memoryIsDestination):
-            // The device's value is read, combined with the register or immediate, and written
-            // back when memory is the destination; RFLAGS gets the status flags.
-            statistics.add(.mmioRead, cycles: spent)
-            let memory: UInt64
-            switch handler.handle(.mmioRead(MMIOAccess(address: target, width: decoded.width)), context: context) {
-            case .resumeWith(let value)?: memory = value
-            case .stop(let reason)?: return reason
-            case nil: return .unmappedMMIO(address: target, write: false)
-            default: memory = 0
+            // The device's value first; `complete` computes and queues the write-back.
+            pending = .mmioArithmetic(decoded, operation, source, memoryIsDestination: memoryIsDestination, address: target)
+            return .mmioRead(MMIOAccess(address: target, width: decoded.width))
+        case .string:
+            print("\(engineName): MMIO at \(hex(address)) by a string instruction: not emulated yet")
+            return .internalError(InternalError(suberror: 2))
+        }
+    }
+
+    // MARK: Completion (VirtualCPU)
+
+    /// Writes the answer to the exit `run()` returned back into the guest and moves it past the
+    /// instruction: the run loop calls this after the handlers and the policy.
+    func complete(_ exit: VMExit, with action: ExitAction) {
+        let step = pending
+        pending = .none
+        switch (step, exit) {
+        case (.portIn(let size, let next), .portIn(let io)):
+            let mask: UInt64 = size == 4 ? 0xFFFF_FFFF : (1 << (8 * UInt64(size))) - 1
+            let value: UInt64
+            if case .resumeWith(let answer) = action { value = answer } else { value = UInt64(io.data[0]) }
+            setRegister(0, register(0) & ~mask | value & mask)
+            skip(next &- rip)
+        case (.portOut(let next), _):
+            skip(next &- rip)
+        case (.mmioLoad(let decoded, let target), _):
+            if case .resumeWith(let value) = action {
+                setRegister(target.index, decoded.registerAfterLoad(old: register(target.index), loaded: value, codeSize: codeSize))
             }
+            skip(UInt64(decoded.length))
+        case (.mmioStore(let length), _):
+            skip(UInt64(length))
+        case (.mmioArithmetic(let decoded, let operation, let source, let memoryIsDestination, let address), _):
+            var memory: UInt64 = 0
+            if case .resumeWith(let value) = action { memory = value }
             let other: UInt64, sourceRegister: OperandRegister?
             switch source {
             case .register(let operand):
@@ -230,28 +263,32 @@ extension GuestCPU {
             let (result, flags) = operation.apply(registerIsDestination ? other : memory, registerIsDestination ? memory : other,
                                                   width: decoded.width, carryIn: rflags & StatusFlags.carry != 0)
             rflags = rflags & ~StatusFlags.all | flags
-            if operation.writesResult {
-                if let operand = sourceRegister, registerIsDestination {
-                    setRegister(operand.index, operand.valueAfterWrite(old: register(operand.index), value: result, width: decoded.width, codeSize: codeSize))
-                } else if let stop = mmioWrite(target, result, decoded, handler, spent) {
-                    return stop
-                }
+            if operation.writesResult, let operand = sourceRegister, registerIsDestination {
+                setRegister(operand.index, operand.valueAfterWrite(old: register(operand.index), value: result, width: decoded.width, codeSize: codeSize))
+            } else if operation.writesResult {
+                // The write-back is an exit of its own, as KVM's emulator makes it.
+                queuedExit = .mmioWrite(MMIOAccess(address: address, width: decoded.width, value: result))
+                pending = .mmioStore(length: decoded.length)
+                return
             }
-        case .string:
-            print("\(engineName): MMIO at \(hex(address)) by a string instruction: not emulated yet")
-            return .internalError(InternalError(suberror: 2))
-        }
-        skip(UInt64(decoded.length))
-        return nil
-    }
-
-    private func mmioWrite<H: ExitHandler>(_ target: GuestPhysicalAddress, _ value: UInt64, _ decoded: DecodedInstruction,
-                                           _ handler: H, _ spent: UInt64) -> StopReason? {
-        statistics.add(.mmioWrite, cycles: spent)
-        switch handler.handle(.mmioWrite(MMIOAccess(address: target, width: decoded.width, value: value)), context: ExitContext(vcpuID: 0)) {
-        case .stop(let reason)?: return reason
-        case nil: return .unmappedMMIO(address: target, write: true)
-        default: return nil
+            skip(UInt64(decoded.length))
+        case (.msr(let write), _):
+            switch action {
+            case .fault:
+                injectException(vector: 13, errorCode: 0)  // #GP(0), RIP stays at the instruction
+                return
+            case .resumeWith(let value) where !write:
+                setRegister(0, value & 0xFFFF_FFFF)
+                setRegister(2, value >> 32)
+            default: break
+            }
+            skip(2)
+        case (.halt, _):
+            skip(1)
+        case (.preemptionTimer, _):
+            rearmTimer()
+        case (.none, _), (.portIn, _):
+            break
         }
     }
 }
@@ -277,11 +314,12 @@ struct GuestRAM: PhysicalMemory {
 struct ExitTally {
     static let sampleCapacity = 4096
     var samples: [[UInt64]] = Array(repeating: [], count: ExitKind.allCases.count)
-    /// CPUID exits, which have no `VMExit` (KVM answers CPUID itself), and writes to read-only
-    /// pages (second-level page faults inside RAM).
+    /// CPUID exits, which have no `VMExit` (KVM answers CPUID itself), writes to read-only
+    /// pages (second-level page faults inside RAM), exits the APIC took.
     var cpuid = 0, readOnlyWrites = 0
-    /// Interrupts injected, and HLTs the APIC's timer woke.
-    var injected = 0, wakeups = 0
+    /// Interrupts injected, HLTs the APIC's timer woke, and the host's own interrupts that
+    /// ended a run (taken, not the guest's).
+    var injected = 0, wakeups = 0, hostInterrupts = 0
 
     mutating func add(_ kind: ExitKind, cycles: UInt64) {
         let index = Int(kind.rawValue)

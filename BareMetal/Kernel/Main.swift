@@ -68,10 +68,9 @@ func runGuests<E: Engine>(_ engine: E) -> Bool {
     let start = UnsafeRawPointer(hv_guest_test_start_pointer()!)
     let code = UnsafeRawBufferPointer(start: start, count: UnsafeRawPointer(hv_guest_test_end_pointer()!) - start)
     guard let test = engine.realModeGuest(code, at: 0x1000, memorySize: 2 << 20, readOnlyPages: [0x5000], mmioPages: [0x6000]) else { return false }
-    let apic = LocalAPICDevice()
-    test.interrupts = apic
-    let testStop = test.run(ConsolePassthrough().then(DebugExitPort()).then(ScratchRegister(address: 0x6000)).then(apic).then(StoredMSRs([0xC000_0103])),
-                            haltResumes: false)
+    test.interrupts = LocalAPICDevice()
+    let testStop = run(test, ConsolePassthrough().then(DebugExitPort()).then(ScratchRegister(address: 0x6000)).then(StoredMSRs([0xC000_0103])),
+                       policy: ExitPolicy(halt: .stop, unmappedMMIO: .stop, unmappedPorts: .stop))
     let vendor = vendorString(ebx: test.register(3), edx: test.register(2), ecx: test.register(1))
     print("It stopped: \(describe(testStop)); CPUID gave it \(vendor); the read-only page still holds \(hex(test.ram.load(fromByteOffset: 0x5000, as: UInt16.self)))")
     test.statistics.report()
@@ -90,7 +89,9 @@ func runGuests<E: Engine>(_ engine: E) -> Bool {
     }
     guard let demo = engine.imageGuest(image) else { return false }
     let handler = DemoExitHandler()
-    let stop = demo.run(handler.then(ConsolePassthrough()).then(ScratchRegister()).then(DebugExitPort()), haltResumes: true)
+    // As hv demo runs it: HLT resumes (nothing could wake it), unmapped ports and MMIO stop.
+    let stop = run(demo, handler.then(ConsolePassthrough()).then(ScratchRegister()).then(DebugExitPort()),
+                   policy: ExitPolicy(halt: .resume, unmappedMMIO: .stop, unmappedPorts: .stop))
     print("")
     print("The guest stopped: \(describe(stop)).")
     var codes = ""
@@ -98,6 +99,18 @@ func runGuests<E: Engine>(_ engine: E) -> Bool {
     print("It wrote POST codes \(codes) and read port 0x60 \(handler.counterReads) times.")
     demo.statistics.report()
     return stop == .debugExit(code: 0)
+}
+
+/// HVModel's run loop (`ExitLoop.run`, the steps `Machine` takes on KVM) on a bare-metal vCPU,
+/// counting each exit with its round trip.
+func run<CPU: GuestCPU, H: ExitHandler>(_ cpu: CPU, _ handler: H, policy: ExitPolicy) -> StopReason {
+    defer { cpu.finish() }
+    do throws(BackendFailure) {
+        return try ExitLoop.run(cpu, handler: handler, policy: policy) { exit, _ in cpu.statistics.add(exit.kind, cycles: cpu.lastRoundTrip) }
+    } catch {
+        print("\(cpu.engineName): \(error.operation) failed (\(hex(error.code)))")
+        return .backendFailure
+    }
 }
 
 struct SVMEngine: Engine {

@@ -77,6 +77,11 @@ final class SVMVirtualMachine: GuestCPU {
     let engineName: StaticString = "svm"
     /// The host APIC timer's slice (the preemption timer's stand-in), if any.
     var hostTimerSlice: UInt32?
+    var pending = PendingCompletion.none
+    var queuedExit: VMExit?
+    var lastRoundTrip: UInt64 = 0
+    /// Whether VMRUN's checks have passed (they run before the first VMRUN).
+    private var checked = false
     var interrupts: LocalAPICDevice?
 
     /// `memorySize` bytes of guest RAM (a multiple of 2 MiB, at most 1 GiB), seen by the guest
@@ -205,6 +210,12 @@ final class SVMVirtualMachine: GuestCPU {
     /// EVENTINJ (APM Vol. 2, 15.20): vector, type 0 (external interrupt), valid.
     func inject(vector: UInt8) { vmcb[VMCB.eventInjection, as: UInt64.self] = UInt64(vector) | 1 << 31 }
 
+    /// EVENTINJ for an exception (type 3), with its error code where it has one (APM Vol. 2, 15.20).
+    func injectException(vector: UInt8, errorCode: UInt32?) {
+        let code = special.cr0 & 1 != 0 ? errorCode : nil
+        vmcb[VMCB.eventInjection, as: UInt64.self] = UInt64(vector) | 3 << 8 | (code != nil ? 1 << 11 : 0) | 1 << 31 | UInt64(code ?? 0) << 32
+    }
+
     var rflags: UInt64 {
         get { vmcb[VMCB.rflags, as: UInt64.self] }
         set { vmcb[VMCB.rflags, as: UInt64.self] = newValue }
@@ -237,89 +248,88 @@ final class SVMVirtualMachine: GuestCPU {
         }
     }
 
-    // MARK: Running
+    // MARK: Running (VirtualCPU)
 
-    /// Runs until a handler stops the guest or an exit cannot be handled. `haltResumes` says
-    /// what HLT does when no handler takes it (the demo's VM resumes after it, as
-    /// `haltPolicy: .resume`).
-    func run<H: ExitHandler>(_ handler: H, haltResumes: Bool) -> StopReason {
-        // VMRUN's own checks first, by name: the hardware would only say VMEXIT_INVALID.
-        let failures = VMRUNChecks.failures(guestState)
-        if !failures.isEmpty {
+    /// Enters the guest (VMRUN) until an exit the handlers must see. VMRUN's own checks run
+    /// first, by name: the hardware would only say VMEXIT_INVALID.
+    func run() throws(BackendFailure) -> VMExit {
+        if let queued = queuedExit {
+            queuedExit = nil
+            return queued
+        }
+        if !checked {
+            let failures = VMRUNChecks.failures(guestState)
             for failure in failures { print("svm: VMRUN would refuse this VMCB: \(failure) (AMD APM Vol. 2, 15.5.1)") }
-            return .entryFailure(hardwareReason: SVMExit.invalid)
-        }
-        if let slice = hostTimerSlice {
-            guard HostTimer.available else {
-                print("svm: the host APIC is not in xAPIC mode: no timer slices")
-                return .backendFailure
-            }
-            HostTimer.enable()
-            HostTimer.arm(slice)
-        }
-        defer {
-            // Stopped, and one that fired after the last exit taken, so it cannot end the next VM's first run.
-            if hostTimerSlice != nil {
-                HostTimer.arm(0)
-                hv_take_pending_interrupt()
+            guard failures.isEmpty else { return .entryFailure(hardwareReason: SVMExit.invalid) }
+            checked = true
+            if let slice = hostTimerSlice {
+                guard HostTimer.available else { throw BackendFailure(operation: "the host APIC timer (not in xAPIC mode)") }
+                HostTimer.enable()
+                HostTimer.arm(slice)
             }
         }
         while true {
             deliverInterrupt()
             let entered = hv_rdtsc()
             registers.withUnsafeMutableBufferPointer { hv_svm_vmrun(vmcb.physicalAddress, $0.baseAddress, Self.hostSaveVMCB) }
-            let spent = hv_rdtsc() &- entered
+            lastRoundTrip = hv_rdtsc() &- entered
             vmcb[VMCB.tlbControl, as: UInt8.self] = 0
             let code = vmcb[VMCB.exitCode, as: UInt64.self]
             let info1 = vmcb[VMCB.exitInfo1, as: UInt64.self], info2 = vmcb[VMCB.exitInfo2, as: UInt64.self]
-            let stop: StopReason?
             switch code {
             case SVMExit.ioio:
                 // EXITINFO1: the port (bits 31:16), the size (bits 4-6), string/REP (bits 2-3),
                 // IN (bit 0); EXITINFO2: the next instruction's address (APM Vol. 2, 15.10.2).
                 guard info1 & 0b1100 == 0 else {
                     print("svm: string or REP port I/O is not handled yet")
-                    return .unhandledExit(.portIn)
+                    return .internalError(InternalError(suberror: 6))
                 }
                 let size = info1 & 0x10 != 0 ? 1 : info1 & 0x20 != 0 ? 2 : 4
-                stop = portIO(port: IOPort(UInt16(truncatingIfNeeded: info1 >> 16)), size: size, read: info1 & 1 != 0, next: info2, handler, spent: spent)
+                return portExit(port: IOPort(UInt16(truncatingIfNeeded: info1 >> 16)), size: size, read: info1 & 1 != 0, next: info2)
             case SVMExit.nestedPageFault:
                 // EXITINFO1 is a page-fault error code (APM Vol. 2, 15.25.6): bit 0 the page
                 // was present, bit 1 a write; EXITINFO2 the guest-physical address.
-                stop = memoryFault(address: info2, write: info1 & 0b11 == 0b11, handler, spent: spent)
+                if let exit = memoryExit(address: info2, write: info1 & 0b11 == 0b11) { return exit }
             case SVMExit.hlt:
-                stop = halt(handler, haltResumes: haltResumes, spent: spent)
+                if let exit = haltExit() { return exit }
             case SVMExit.cpuid:
                 cpuid()
-                stop = nil
             case SVMExit.msr:
                 // EXITINFO1: 0 RDMSR, 1 WRMSR (APM Vol. 2, 15.11).
-                stop = msr(write: info1 != 0, handler, spent: spent)
+                if let exit = msrExit(write: info1 != 0) { return exit }
             case SVMExit.intr:
                 // A physical interrupt ended the run (INTR intercept, APM Vol. 2, 15.13.1). The
                 // host takes it now; if it was the host timer, a slice ended.
                 let before = HostTimer.ticks
                 hv_take_pending_interrupt()
-                if HostTimer.ticks != before, let slice = hostTimerSlice {
-                    statistics.add(.preemptionTimer, cycles: spent)
-                    switch handler.handle(.preemptionTimer, context: ExitContext(vcpuID: 0)) {
-                    case .stop(let reason)?: return reason
-                    default: HostTimer.arm(slice)
-                    }
-                } else {
-                    statistics.add(.interrupted, cycles: spent)
+                if HostTimer.ticks != before, hostTimerSlice != nil {
+                    pending = .preemptionTimer
+                    return .preemptionTimer
                 }
-                stop = nil
+                statistics.hostInterrupts += 1
             case SVMExit.shutdown:
-                stop = .shutdown
+                return .shutdown
             case SVMExit.invalid:
                 print("svm: VMRUN refused the VMCB (VMEXIT_INVALID): a consistency check of AMD APM Vol. 2, 15.5.1 failed")
-                stop = .entryFailure(hardwareReason: code)
+                return .entryFailure(hardwareReason: code)
             default:
                 print("svm: exit \(hex(code)) at RIP \(hex(rip)) (EXITINFO1 \(hex(info1))): not handled")
-                stop = .unhandledExit(.unknown)
+                return .unknown(reason: UInt32(truncatingIfNeeded: code))
             }
-            if let stop { return stop }
+        }
+    }
+
+    /// The slice starts again after a preemption-timer exit (the handlers let the guest go on).
+    func rearmTimer() {
+        if let slice = hostTimerSlice { HostTimer.arm(slice) }
+    }
+
+    /// Stops the host timer and takes an interrupt it raised after the last exit, so it cannot
+    /// end the next VM's first run.
+    func finish() {
+        if hostTimerSlice != nil {
+            HostTimer.arm(0)
+            hv_take_pending_interrupt()
         }
     }
 }

@@ -69,8 +69,9 @@ final class VMXVirtualMachine: GuestCPU {
     let plan: VMXPlan
     let vmcs: UnsafeMutableRawPointer
     private var launched = false
-    /// Preemption-timer exits so far.
-    var preemptions = 0
+    var pending = PendingCompletion.none
+    var queuedExit: VMExit?
+    var lastRoundTrip: UInt64 = 0
 
     /// A VM of `memorySize` bytes (a multiple of 2 MiB) whose guest starts with `guest`'s
     /// registers, planned with `configuration` (whose `structureBase` the engine fills in);
@@ -181,6 +182,15 @@ final class VMXVirtualMachine: GuestCPU {
     /// interrupt), valid; the processor clears the valid bit on the next VM exit.
     func inject(vector: UInt8) { write(.entryInterruptionInformation, UInt64(vector) | 1 << 31) }
 
+    /// The VM-entry interruption-information field for an exception: type 3 (hardware
+    /// exception), the error code delivered where the vector has one and the guest is in
+    /// protected mode (SDM 25.8.3, 27.2.1.3).
+    func injectException(vector: UInt8, errorCode: UInt32?) {
+        let code = read(.guestCR0) & 1 != 0 ? errorCode : nil
+        if let code { write(.entryExceptionErrorCode, UInt64(code)) }
+        write(.entryInterruptionInformation, UInt64(vector) | 3 << 8 | (code != nil ? 1 << 11 : 0) | 1 << 31)
+    }
+
     var rflags: UInt64 {
         get { read(.guestRFLAGS) }
         set { write(.guestRFLAGS, newValue) }
@@ -203,19 +213,25 @@ final class VMXVirtualMachine: GuestCPU {
         if index == 4 { write(.guestRSP, value) } else { registers[Int(index)] = value }
     }
 
-    // MARK: Running
+    // MARK: Running (VirtualCPU)
 
-    /// Runs until a handler stops the guest or an exit cannot be handled (as the SVM engine's).
-    func run<H: ExitHandler>(_ handler: H, haltResumes: Bool) -> StopReason {
-        let slice = plan.vmcs[.vmxPreemptionTimerValue]
+    /// Enters the guest (VMLAUNCH, then VMRESUME) until an exit the handlers must see.
+    func run() throws(BackendFailure) -> VMExit {
+        if let queued = queuedExit {
+            queuedExit = nil
+            return queued
+        }
         while true {
             deliverInterrupt()
             let entered = hv_rdtsc()
             let status = registers.withUnsafeMutableBufferPointer { hv_vmx_enter($0.baseAddress, launched ? 1 : 0) }
-            let spent = hv_rdtsc() &- entered
+            lastRoundTrip = hv_rdtsc() &- entered
             guard status == 0 else {
+                // VMfailInvalid: no current VMCS, the engine's own failure; VMfailValid: the
+                // VM-instruction error says which check (SDM 31.4).
                 print("vmx: \(launched ? "VMRESUME" : "VMLAUNCH") failed: \(status == 1 ? "VMfailInvalid" : instructionError())")
-                return .entryFailure(hardwareReason: UInt64(status))
+                guard status == 2 else { throw BackendFailure(operation: "VMLAUNCH/VMRESUME (VMfailInvalid)") }
+                return .entryFailure(hardwareReason: read(.vmInstructionError))
             }
             launched = true
             let reason = VMXExitReason(rawValue: UInt32(truncatingIfNeeded: read(.exitReason)))
@@ -226,50 +242,43 @@ final class VMXVirtualMachine: GuestCPU {
                 for failure in VMEntryValidator(capabilities: capabilities).validate(plan.vmcs) { print("vmx: HV's validator: \(failure.check.sentence) \(failure.detail)") }
                 return .entryFailure(hardwareReason: UInt64(reason.rawValue))
             }
-            let stop: StopReason?
             switch reason.basic {
             case .ioInstruction:
                 let io = IOInstructionQualification(qualification)
                 guard !io.isString else {
                     print("vmx: string or REP port I/O is not handled yet")
-                    return .unhandledExit(.portIn)
+                    return .internalError(InternalError(suberror: 6))
                 }
-                stop = portIO(port: IOPort(io.port), size: io.size, read: io.isIn, next: rip &+ read(.exitInstructionLength), handler, spent: spent)
+                return portExit(port: IOPort(io.port), size: io.size, read: io.isIn, next: rip &+ read(.exitInstructionLength))
             case .eptViolation:
-                stop = memoryFault(address: read(.guestPhysicalAddress), write: VMXEPTViolationExitQualification(qualification).write, handler, spent: spent)
+                if let exit = memoryExit(address: read(.guestPhysicalAddress), write: VMXEPTViolationExitQualification(qualification).write) { return exit }
             case .hlt:
-                stop = halt(handler, haltResumes: haltResumes, spent: spent)
+                if let exit = haltExit() { return exit }
             case .cpuid:
                 cpuid()
-                stop = nil
             case .rdmsr, .wrmsr:
-                stop = msr(write: reason.basic == .wrmsr, handler, spent: spent)
+                if let exit = msrExit(write: reason.basic == .wrmsr) { return exit }
             case .preemptionTimerExpired:
-                // The timer counted down from the slice (SDM 26.5.1): a slice ended. The
-                // handlers may stop the guest; otherwise it gets a new slice.
-                statistics.add(.preemptionTimer, cycles: spent)
-                preemptions += 1
-                switch handler.handle(.preemptionTimer, context: ExitContext(vcpuID: 0)) {
-                case .stop(let reason)?: stop = reason
-                default:
-                    write(.vmxPreemptionTimerValue, slice)
-                    stop = nil
-                }
+                // The timer counted down from the slice (SDM 26.5.1): a slice ended.
+                pending = .preemptionTimer
+                return .preemptionTimer
             case .externalInterrupt:
                 // The image keeps every interrupt source masked; one that still arrives is
                 // acknowledged on exit and dropped.
-                statistics.add(.interrupted, cycles: spent)
-                stop = nil
+                statistics.hostInterrupts += 1
             case .tripleFault:
-                stop = .shutdown
+                return .shutdown
             case .eptMisconfiguration:
                 print("vmx: EPT misconfiguration at \(hex(read(.guestPhysicalAddress)))")
-                stop = .internalError(InternalError(suberror: 3))
+                return .internalError(InternalError(suberror: 3))
             default:
                 print("vmx: exit \(reason.basic.name ?? "\(reason.basic.rawValue)") at RIP \(hex(rip)) (qualification \(hex(qualification))): not handled")
-                stop = .unhandledExit(.unknown)
+                return .unknown(reason: reason.rawValue)
             }
-            if let stop { return stop }
         }
     }
+
+    func rearmTimer() { write(.vmxPreemptionTimerValue, plan.vmcs[.vmxPreemptionTimerValue]) }
+
+    func finish() {}
 }

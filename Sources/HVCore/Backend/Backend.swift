@@ -163,21 +163,16 @@ extension VirtualMachine {
     }
 }
 
-/// One virtual processor. `run()` and the register calls belong to the vCPU's own thread;
-/// `requestExit()` may be called from any thread.
-public protocol VCPU: AnyObject, Sendable {
+/// One virtual processor of a hosted backend: HVModel's `VirtualCPU` (`id`, `run()`,
+/// `complete(_:with:)`: what the shared run loop needs, and all a bare-metal engine has) plus
+/// the thread, register and state calls a hosted VMM uses. `run()` and the register calls
+/// belong to the vCPU's own thread; `requestExit()` may be called from any thread, and makes a
+/// run return `.interrupted`.
+public protocol VCPU: VirtualCPU, Sendable where RunError == HVError {
     /// Everything the backend keeps for one vCPU (registers, FPU, MSRs, local APIC,
     /// multiprocessing state, pending events), opaque to HV.
     associatedtype SavedState: Sendable
 
-    var id: Int { get }
-
-    /// Enters the guest until it exits. The exit's data is valid until the next `run()`.
-    /// A run cut short by `requestExit()` returns `.interrupted`.
-    func run() throws(HVError) -> VMExit
-    /// Writes a handler's result back where the guest will see it: the value of an `IN`,
-    /// MMIO read or RDMSR, or a fault for an MSR access.
-    func complete(_ exit: VMExit, with action: ExitAction)
     /// Makes the current or next `run()` return `.interrupted` soon. Thread-safe.
     func requestExit()
     /// Clears a previous `requestExit()` once the run loop has seen it.

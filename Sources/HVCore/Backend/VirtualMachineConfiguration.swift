@@ -19,33 +19,6 @@ public struct ConfigurationError: Error, Equatable, CustomStringConvertible {
     public var description: String { "\(field): \(value) is invalid; expected \(expected)" }
 }
 
-/// What happens when the guest executes `HLT` and nothing can wake it.
-public enum HaltPolicy: String, Sendable, CaseIterable {
-    /// Stop the VM with `StopReason.halted` (the natural end of a simple guest).
-    case stop
-    /// Continue at the next instruction, as if an interrupt had arrived at once.
-    case resume
-}
-
-/// What happens when the guest resets the platform (the i8042 pulse, the 0xCF9 register, or a
-/// handler returning `ExitAction.reset`).
-public enum ResetPolicy: String, Sendable, CaseIterable {
-    /// Stop the VM with `StopReason.reset` (QEMU's `-no-reboot`).
-    case stop
-    /// Reset in place and run again, as a PC does: every vCPU back to its state at `start`
-    /// (application processors back to wait-for-SIPI), the interrupt controllers and devices
-    /// reset, the loaded images written again. RAM outside them keeps its contents.
-    case restart
-}
-
-/// What happens on an access to an address with neither RAM nor a device.
-public enum UnmappedAccessPolicy: String, Sendable, CaseIterable {
-    /// Stop the VM and report the address.
-    case stop
-    /// Behave like a PC's open bus: reads return all-ones, writes are dropped.
-    case ignore
-}
-
 /// Where a VM's interrupt controllers live (Documentation/Interrupts.md).
 public enum InterruptControllerMode: String, Sendable, CaseIterable {
     /// No interrupt controllers: guests poll, and `HLT` exits to the monitor.

@@ -601,6 +601,10 @@ public final class Machine<B: Backend>: @unchecked Sendable {
                                          exits: inout UInt64) throws(HVError) -> StopReason
     {
         let context = ExitContext(vcpuID: vcpu.id)
+        // The shared run loop's steps (HVModel's `ExitLoop`): the embedder's handler, the device
+        // bus and the machine's interrupt models, then the default policy.
+        let machineHandlers = MachineExitHandlers(devices: devices, ioapic: ioapic, hyperV: hyperV)
+        let policy = exitPolicy
         let collect = configuration.collectExitStatistics
         let limit = configuration.exitLimit
         let traceExits = exitLog.logLevel <= .trace
@@ -659,10 +663,7 @@ public final class Machine<B: Backend>: @unchecked Sendable {
                 exit = .preemptionTimer
             }
             let exited = collect ? cycleCounter() : 0
-            let action = handler.handle(exit, context: context)
-                ?? devices.handle(exit, context: context)
-                ?? defaultAction(for: exit, context: context)
-            vcpu.complete(exit, with: action)
+            let action = ExitLoop.dispatch(exit, on: vcpu, handler: handler, then: machineHandlers, policy: policy, context: context)
             exits &+= 1
             if collect {
                 let done = cycleCounter()
@@ -845,39 +846,25 @@ public final class Machine<B: Backend>: @unchecked Sendable {
         expiredTimers.store(0, ordering: .sequentiallyConsistent)
     }
 
-    /// What happens to an exit nobody took (Documentation/Architecture.md: "then defaults").
+    /// The configuration's default exit policy (HVModel's `ExitPolicy`, shared with every backend).
+    var exitPolicy: ExitPolicy {
+        ExitPolicy(halt: configuration.haltPolicy, reset: configuration.resetPolicy, unmappedMMIO: configuration.unmappedMMIO,
+                   unmappedPorts: configuration.unmappedPorts)
+    }
+}
+
+/// What a machine's own parts take after the embedder's handler and before the default policy:
+/// the device bus, then an EOI for the user-space I/O APIC, the Hyper-V SynIC's MSR changes and
+/// hypercalls (Documentation/Architecture.md: "then defaults").
+struct MachineExitHandlers: ExitHandler {
+    let devices: DeviceBus
+    let ioapic: IOAPICDevice?
+    let hyperV: HyperVSynIC?
+
     @inline(__always)
-    private func defaultAction(for exit: VMExit, context: ExitContext) -> ExitAction {
+    func handle(_ exit: VMExit, context: ExitContext) -> ExitAction? {
+        if let action = devices.handle(exit, context: context) { return action }
         switch exit {
-        case .portIn(let io):
-            if configuration.unmappedPorts == .stop { return .stop(.unmappedPort(port: io.port, write: false)) }
-            // An ISA bus with nothing driving it reads all-ones.
-            for index in 0..<io.data.count { io.data[index] = UInt32.max }
-            return .resume
-        case .portOut(let io):
-            if configuration.unmappedPorts == .stop { return .stop(.unmappedPort(port: io.port, write: true)) }
-            return .resume
-        case .mmioRead(let access):
-            if configuration.unmappedMMIO == .stop { return .stop(.unmappedMMIO(address: access.address, write: false)) }
-            return .resumeWith(UInt64.max)
-        case .mmioWrite(let access):
-            if configuration.unmappedMMIO == .stop { return .stop(.unmappedMMIO(address: access.address, write: true)) }
-            return .resume
-        case .halt:
-            return configuration.haltPolicy == .stop ? .stop(.halted) : .resume
-        case .shutdown:
-            return .stop(.shutdown)
-        case .entryFailure(let reason):
-            return .stop(.entryFailure(hardwareReason: reason))
-        case .internalError(let error):
-            return .stop(.internalError(error))
-        case .systemEvent(let event):
-            // A reset the backend reports itself follows the reset policy like a device's.
-            if case .reset = event, configuration.resetPolicy == .restart { return .reset }
-            return .stop(.systemEvent(event))
-        case .msrRead, .msrWrite:
-            // An MSR nobody models faults, as it would on hardware that lacks it.
-            return .fault
         case .ioapicEOI(let vector):
             ioapic?.endOfInterrupt(vector: vector)
             return .resume
@@ -885,11 +872,10 @@ public final class Machine<B: Backend>: @unchecked Sendable {
             hyperV?.synicChanged(update, vp: context.vcpuID)
             return .resume
         case .hyperVHypercall(let call):
-            return .resumeWith(UInt64(hyperV?.hypercall(call) ?? HyperVStatus.invalidHypercallCode))
-        case .debug, .interruptWindow, .interrupted, .preemptionTimer:
-            return .resume
-        case .unknown:
-            return .stop(.unhandledExit(.unknown))
+            guard let hyperV else { return nil }
+            return .resumeWith(UInt64(hyperV.hypercall(call)))
+        default:
+            return nil
         }
     }
 }
