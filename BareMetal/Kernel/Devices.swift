@@ -36,6 +36,18 @@ struct DebugExitPort: ExitHandler {
     }
 }
 
+/// Port 0x80, the POST-code port, as the cheapest device: writes are taken, reads return 0
+/// (the latency guest's I/O exits).
+struct PostCodePort: ExitHandler {
+    func handle(_ exit: VMExit, context: ExitContext) -> ExitAction? {
+        switch exit {
+        case .portOut(let io) where io.port == 0x80: return .resume
+        case .portIn(let io) where io.port == 0x80: return .resumeWith(0)
+        default: return nil
+        }
+    }
+}
+
 /// One 64-bit read/write register behind a page of MMIO (`hv demo`'s scratch register, at
 /// 0xFEB00000 unless told otherwise).
 final class ScratchRegister: ExitHandler {

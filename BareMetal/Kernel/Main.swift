@@ -77,7 +77,20 @@ func runGuests<E: Engine>(_ engine: E) -> Bool {
     guard testStop == .halted else { return false }
 
     print("")
-    print("2. hv demo's guest, with hv demo's exit handler:")
+    print("2. Exit latency as the guest measures it:")
+    let latencyStart = UnsafeRawPointer(hv_guest_latency_start_pointer()!)
+    let latencyCode = UnsafeRawBufferPointer(start: latencyStart, count: UnsafeRawPointer(hv_guest_latency_end_pointer()!) - latencyStart)
+    guard let latency = engine.realModeGuest(latencyCode, at: 0x1000, memorySize: 2 << 20, readOnlyPages: [], mmioPages: [0x6000]) else { return false }
+    let latencyStop = run(latency, PostCodePort().then(ScratchRegister(address: 0x6000)).then(StoredMSRs([0xC000_0103])),
+                          policy: ExitPolicy(halt: .stop, unmappedMMIO: .stop, unmappedPorts: .stop))
+    guard latencyStop == .halted else {
+        print("It stopped: \(describe(latencyStop))")
+        return false
+    }
+    reportGuestLatency(latency)
+
+    print("")
+    print("3. hv demo's guest, with hv demo's exit handler:")
     let demoStart = UnsafeRawPointer(hv_guest_demo_start_pointer()!)
     let demoBytes = UnsafeRawBufferPointer(start: demoStart, count: UnsafeRawPointer(hv_guest_demo_end_pointer()!) - demoStart)
     let image: GuestImageFile
@@ -100,6 +113,32 @@ func runGuests<E: Engine>(_ engine: E) -> Bool {
     demo.statistics.report()
     return stop == .debugExit(code: 0)
 }
+
+/// The latency guest's arrays (512 round trips per kind from 0x9000, 2 KiB apart), as the
+/// guest measured them with RDTSC around one exiting instruction, next to the engine's own
+/// measure of the same exits (world switch in to exit back).
+func reportGuestLatency<CPU: GuestCPU>(_ cpu: CPU) {
+    let kinds: [(StaticString, ExitKind?)] = [("io-out", .portOut), ("io-in", .portIn), ("cpuid", nil), ("msr-read", .msrRead),
+                                              ("mmio-write", .mmioWrite), ("mmio-read", .mmioRead)]
+    print("exit         guest median  guest p99  engine median")
+    print("----------------------------------------------------")
+    for (index, (name, kind)) in kinds.enumerated() {
+        var samples: [UInt64] = []
+        for sample in 0..<512 { samples.append(UInt64(cpu.ram.load(fromByteOffset: 0x9000 + index * 0x800 + 4 * sample, as: UInt32.self))) }
+        samples.sort()
+        var engine = "-"
+        if let kind {
+            let own = cpu.statistics.samples[Int(kind.rawValue)].sorted()
+            if !own.isEmpty { engine = "\(own[own.count / 2])" }
+        }
+        let label = "\(name)"
+        print(label + String(repeating: " ", count: 13 - label.utf8.count) + pad("\(samples[256])", 12) + pad("\(samples[506])", 11)
+              + pad(engine, 15))
+    }
+    print("(TSC cycles; RDTSC itself and the loop are in the guest's numbers)")
+}
+
+func pad(_ text: String, _ width: Int) -> String { String(repeating: " ", count: max(0, width - text.utf8.count)) + text }
 
 /// HVModel's run loop (`ExitLoop.run`, the steps `Machine` takes on KVM) on a bare-metal vCPU,
 /// counting each exit with its round trip.

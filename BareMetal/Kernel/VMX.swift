@@ -67,6 +67,7 @@ final class VMXVirtualMachine: GuestCPU {
     var statistics = ExitTally()
     /// The plan this VM's VMCS was written from.
     let plan: VMXPlan
+    static var planShown = false
     let vmcs: UnsafeMutableRawPointer
     private var launched = false
     var pending = PendingCompletion.none
@@ -113,7 +114,12 @@ final class VMXVirtualMachine: GuestCPU {
             for problem in error.problems { print("vmx: the plan refuses: \(problem.message)") }
             return nil
         }
-        for decision in plan.decisions { print("vmx plan: \(decision.knob): \(decision.text)") }
+        // The planner's decisions, as `hv vmx plan` prints them, for the first VM (the others differ
+        // only in guest mode and addresses).
+        if !Self.planShown {
+            for decision in plan.decisions { print("vmx plan: \(decision.knob): \(decision.text)") }
+            Self.planShown = true
+        }
         // HOST_RSP is written by the world switch at each entry: the validator saw 0, which it
         // does not check (any 64-bit value is allowed in 64-bit mode, SDM 27.2.3).
         if !plan.entryFailures.isEmpty {

@@ -56,7 +56,8 @@ struct BareMetalImageTests {
         #expect(lines.contains { $0.hasPrefix("svm: revision 1,") && $0.contains("nested paging yes") }, "\(boot.stdout)")
         // 1. The real-mode test guest: each step prints its line only when the engine got it
         // right (a wrong answer ends the guest with code 1 instead of its HLT).
-        let demoAt = try #require(lines.firstIndex(of: "2. hv demo's guest, with hv demo's exit handler:"), "\(boot.stdout)")
+        let demoAt = try #require(lines.firstIndex(of: "3. hv demo's guest, with hv demo's exit handler:"), "\(boot.stdout)")
+        let latencyAt = try #require(lines.firstIndex(of: "2. Exit latency as the guest measures it:"), "\(boot.stdout)")
         for line in ["1. The real-mode test guest:", "Hello from a real-mode guest under HV's bare-metal engine",
                      "MSRs: TSC trapped, FS base passed through, TSC_AUX kept by the host, an unknown MSR a #GP",
                      "MMIO at 0x6000: MOV, ADD, CMP, AND, TEST emulated",
@@ -66,19 +67,29 @@ struct BareMetalImageTests {
                      "HLT woken by the APIC timer's interrupt",
                      "It stopped: HLT; CPUID gave it AuthenticAMD; the read-only page still holds 0x0",
                      "1 interrupt injected, 1 HLT woken by the APIC timer"] {
-            #expect(lines[..<demoAt].contains(line), "\(line): \(boot.stdout)")
+            #expect(lines[..<latencyAt].contains(line), "\(line): \(boot.stdout)")
         }
         // 58 characters of greeting and the other lines' 180, each after an IN of the LSR, and
         // an IN per line for the NUL; RDMSR of TSC, TSC_AUX, the unknown MSR (#GP) and
         // IA32_APIC_BASE; WRMSR of TSC_AUX, APIC_BASE, four timer registers and EOI; none for
         // FS base (passed through). The host APIC timer's slices (SVM's stand-in for VMX's
         // preemption timer) vary with the host.
-        var test = Self.counts(lines[..<demoAt])
+        var test = Self.counts(lines[..<latencyAt])
         let slices = test.removeValue(forKey: "preemption-timer") ?? 0
         test.removeValue(forKey: "total")
         #expect(test == ["io-in": 242, "io-out": 238, "mmio-read": 6, "mmio-write": 3, "hlt": 2, "msr-read": 4, "msr-write": 7,
                          "cpuid": 1, "ro-write": 1], "\(boot.stdout)")
         #expect(slices >= 1, "the busy loop outlasts a host-timer slice: \(boot.stdout)")
+        // 2. The latency guest's own measure: six kinds, each a median and a 99th percentile of
+        // 512 RDTSC differences (QEMU's cycles, so only their presence and order are checked).
+        var measured: [String: (median: Int, p99: Int)] = [:]
+        for line in lines[latencyAt..<demoAt] {
+            let fields = line.split(separator: " ")
+            guard fields.count >= 3, let median = Int(fields[1]), let p99 = Int(fields[2]) else { continue }
+            measured[String(fields[0])] = (median, p99)
+        }
+        #expect(Set(measured.keys) == ["io-out", "io-in", "cpuid", "msr-read", "mmio-write", "mmio-read"], "\(boot.stdout)")
+        for (kind, value) in measured { #expect(value.median > 0 && value.p99 >= value.median, "\(kind): \(boot.stdout)") }
         // 2. The very guest and handler of hv demo.
         for line in ["Hello from a guest in 64-bit long mode, running on HV over KVM!", "MMIO scratch register read back what the guest wrote.",
                      "Goodbye.", "The guest stopped: the guest wrote 0 to the debug-exit port.",
@@ -107,7 +118,7 @@ struct BareMetalImageTests {
         let grubLines = grub.stdout.split(whereSeparator: \.isNewline).map(String.init)
         #expect(grub.status == 1, "GRUB: \(grub.status): \(grub.stdout)")
         #expect(grubLines.contains { $0.hasPrefix("loader: GRUB") && $0.contains("(Multiboot 2); 126 MiB above 1 MiB") }, "\(grub.stdout)")
-        #expect(Self.counts(grubLines.drop { !$0.hasPrefix("2. hv demo") }) == Self.counts(lines[demoAt...]), "\(grub.stdout)")
+        #expect(Self.counts(grubLines.drop { !$0.hasPrefix("3. hv demo") }) == Self.counts(lines[demoAt...]), "\(grub.stdout)")
         }
         let bareMetal = Self.counts(lines[demoAt...])
         let kvm = try PackageExecutable.run(["demo", "--seccomp", "off"])

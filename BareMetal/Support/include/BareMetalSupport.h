@@ -155,6 +155,12 @@ extern const uint8_t hv_guest_test_end[];
 static inline const uint8_t *hv_guest_test_start_pointer(void) { return hv_guest_test_start; }
 static inline const uint8_t *hv_guest_test_end_pointer(void) { return hv_guest_test_end; }
 
+/// The engines' latency guest (Guest/latency-guest.S).
+extern const uint8_t hv_guest_latency_start[];
+extern const uint8_t hv_guest_latency_end[];
+static inline const uint8_t *hv_guest_latency_start_pointer(void) { return hv_guest_latency_start; }
+static inline const uint8_t *hv_guest_latency_end_pointer(void) { return hv_guest_latency_end; }
+
 /// The demo guest of `hv demo`, as `hv demo --write-image` wrote it at build time.
 extern const uint8_t hv_guest_demo_start[];
 extern const uint8_t hv_guest_demo_end[];

@@ -95,7 +95,9 @@ extension VMXConfiguration {
             plan.decisions.append(VMXPlanDecision(knob: "ept", text: "EPTP \(hexString(eptPointer)): the VMM's own EPT hierarchy"))
         }
         plan.decisions.removeAll { $0.knob == "stacks" }
-        plan.decisions.append(VMXPlanDecision(knob: "stacks", text: "host RSP \(hexString(host.stack)) (the VMM's own stack at each entry), guest RSP \(hexString(guest.rsp))"))
+        let hostStack = host.stack == 0 ? "host RSP written by the world switch before each entry (the VMM's stack where it runs the guest)"
+            : "host RSP \(hexString(host.stack))"
+        plan.decisions.append(VMXPlanDecision(knob: "stacks", text: "\(hostStack), guest RSP \(hexString(guest.rsp))"))
         plan.entryFailures = VMEntryValidator(capabilities: capabilities, environment: environment).validate(plan.vmcs)
         return plan
     }
