@@ -11,6 +11,9 @@
 //      memory, CMP, AND from a register, TEST with an immediate, ADD into a register; each is
 //      decoded and emulated by the engine (reads and writes of the scratch register there, and
 //      RFLAGS' status flags the guest branches on).
+//      Then REP STOSW, LODSW and MOVSW (RAM to MMIO, MMIO to RAM) against it, REP OUTSB of a
+//      line to COM1 and REP INSB from port 0x80: string instructions emulated element by element
+//      (MMIO) or in a batch (port I/O).
 //   4. A write to 0x5000, a page mapped read-only: a nested page fault / EPT violation the
 //      engine reports and drops.
 //   5. The local APIC's timer through the x2APIC MSRs (SDM 11.12): one-shot, vector 0x40, then
@@ -76,6 +79,42 @@ hv_guest_test_start:
     cmp $0x6644, %bx
     jne fail
     mov $AT(mmio), %si
+    call puts
+
+    // 3b. String instructions with MMIO on one side or the other, and string port I/O.
+    cld
+    mov $0xBEEF, %ax
+    mov $0x6000, %di
+    mov $3, %cx
+    rep stosw                       // three writes to the scratch register: DI + 6, CX 0
+    cmp $0x6006, %di
+    jne fail
+    test %cx, %cx
+    jnz fail
+    mov $0x6000, %si
+    xor %ax, %ax
+    lodsw                           // AX from the register
+    cmp $0xBEEF, %ax
+    jne fail
+    mov $AT(word), %si
+    mov $0x6000, %di
+    movsw                           // RAM to MMIO
+    mov $0x6000, %si
+    mov $AT(copy), %di
+    movsw                           // MMIO to RAM
+    cmpw $0x1357, AT(copy)
+    jne fail
+    mov $AT(rep_outs), %si
+    mov $0x3F8, %dx
+    mov $(rep_outs_end - rep_outs), %cx
+    rep outsb                       // the next line in one batch of string I/O
+    mov $0x80, %dx
+    mov $AT(inputs), %di
+    mov $4, %cx
+    rep insb                        // four reads of port 0x80 (0 each) over 0xAA bytes
+    cmpl $0, AT(inputs)
+    jne fail
+    mov $AT(strings), %si
     call puts
 
     // 4. A write to the read-only page.
@@ -162,6 +201,15 @@ general_protection:
     pop %bp
     iret
 
+word:
+    .word 0x1357
+copy:
+    .word 0
+inputs:
+    .long 0xAAAAAAAA
+rep_outs:
+    .ascii "REP OUTSB wrote this line\n"
+rep_outs_end:
 ticks:
     .byte 0
 faults:
@@ -172,6 +220,8 @@ msrs:
     .asciz "MSRs: TSC trapped, FS base passed through, TSC_AUX kept by the host, an unknown MSR a #GP\n"
 mmio:
     .asciz "MMIO at 0x6000: MOV, ADD, CMP, AND, TEST emulated\n"
+strings:
+    .asciz "MOVS, STOS, LODS at 0x6000 and REP INSB emulated\n"
 woken:
     .asciz "HLT woken by the APIC timer's interrupt\n"
 failed:

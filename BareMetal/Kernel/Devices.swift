@@ -13,7 +13,8 @@ struct ConsolePassthrough: ExitHandler {
     func handle(_ exit: VMExit, context: ExitContext) -> ExitAction? {
         switch exit {
         case .portOut(let io) where io.port.rawValue == Self.base:
-            _ = putchar(Int32(io.value & 0xFF))
+            // Every element of a string OUT (REP OUTSB hands over a batch).
+            for index in 0..<io.data.count { _ = putchar(Int32(io.data[index] & 0xFF)) }
             return .resume
         case .portOut(let io) where io.port.rawValue > Self.base && io.port.rawValue < Self.base + 8:
             return .resume

@@ -23,6 +23,13 @@ enum PendingCompletion {
     case mmioStore(length: UInt8)
     /// An arithmetic instruction's read: the result, the flags, and maybe a write.
     case mmioArithmetic(DecodedInstruction, ArithmeticOperation, ArithmeticSource, memoryIsDestination: Bool, address: GuestPhysicalAddress)
+    /// INS or OUTS of `count` elements at guest-physical `physical` (REP: RCX counts down, RIP
+    /// stays on the instruction until it reaches 0).
+    case portString(read: Bool, count: Int, size: Int, repeated: Bool, addressWidth: UInt8, physical: UInt64, next: UInt64)
+    /// One element of MOVS, STOS or LODS with MMIO on one side (or both: `mmioDestination`).
+    case mmioString(DecodedInstruction, StringOperation, ramDestination: UInt64?, mmioDestination: UInt64?)
+    /// The write half of a MOVS from MMIO to MMIO: then the registers step.
+    case mmioStringWritten(DecodedInstruction, StringOperation)
     /// RDMSR or WRMSR: EDX:EAX from the answer, or #GP for `.fault`.
     case msr(write: Bool)
     case halt
@@ -110,6 +117,106 @@ extension GuestCPU {
         pending = read ? .portIn(size: size, next: next) : .portOut(next: next)
         let io = PortIO(port: port, size: UInt8(size), count: 1, data: data)
         return read ? .portIn(io) : .portOut(io)
+    }
+
+    /// The guest-physical address of linear `address` for a data access (`write`), nil when the
+    /// guest's page tables do not map it.
+    func translate(_ address: UInt64, write: Bool) -> UInt64? {
+        var memory = GuestRAM(base: ram, size: memorySize)
+        do throws(GuestPagingFault) {
+            return try GuestPagingWalker.translate(GuestVirtualAddress(address), GuestAccess(write ? .write : .read),
+                                                   context: GuestPagingContext(special: special), memory: &memory).physicalAddress.rawValue
+        } catch {
+            return nil
+        }
+    }
+
+    /// Whether guest-physical `address` is a device's rather than RAM.
+    func isMMIO(_ address: UInt64) -> Bool { address >= memorySize || mmioPages.contains(address & ~0xFFF) }
+
+    /// The base of the segment a string instruction reads from: DS unless a prefix says otherwise.
+    func sourceSegmentBase(_ override: SegmentOverride?) -> UInt64 {
+        let special = special
+        switch override {
+        case .es?: return special.es.base
+        case .cs?: return special.cs.base
+        case .ss?: return special.ss.base
+        case .fs?: return special.fs.base
+        case .gs?: return special.gs.base
+        default: return special.ds.base
+        }
+    }
+
+    /// The address size and segment override of the INS or OUTS at RIP, from its legacy
+    /// prefixes (0x67 and the segment prefixes: SDM Vol. 2, 2.1.1); the exit information of both
+    /// vendors carries them only with optional features (SVM's decode assists, VMX's INS/OUTS
+    /// information), so the engines read the instruction.
+    func stringIOPrefixes() -> (addressWidth: UInt8, segment: SegmentOverride?) {
+        let size = codeSize
+        var addressOverride = false
+        var segment: SegmentOverride? = nil
+        if let physical = translate(special.cs.base &+ rip, write: false), physical < memorySize {
+            for offset in 0..<Int(min(15, memorySize - physical)) {
+                let byte = (ram + Int(physical) + offset).load(as: UInt8.self)
+                if byte == 0x67 { addressOverride = true } else if let prefix = SegmentOverride(rawValue: byte) { segment = prefix }
+                else if byte != 0x66 && byte != 0xF2 && byte != 0xF3 && byte != 0xF0 && !(size == .bits64 && byte & 0xF0 == 0x40) { break }
+            }
+        }
+        let addressWidth: UInt8 = switch size {
+        case .bits16: addressOverride ? 4 : 2
+        case .bits32: addressOverride ? 2 : 4
+        case .bits64: addressOverride ? 4 : 8
+        }
+        return (addressWidth, segment)
+    }
+
+    /// INS or OUTS (with REP when `repeated`) of `size`-byte elements at `port`: OUTS reads from
+    /// segment:RSI, INS writes to ES:RDI, both in RAM (string I/O to or from MMIO is refused).
+    /// Forward REP runs go to the handlers in batches up to the page's end (one `PortIO` of
+    /// `count` elements, as KVM batches them); RIP stays on the instruction until RCX is 0
+    /// (nil: nothing to do, a REP with RCX 0).
+    func stringPortExit(port: IOPort, size: Int, read: Bool, repeated: Bool, addressWidth: UInt8, segment: SegmentOverride?, next: UInt64) -> VMExit? {
+        if repeated && StringInstruction.remaining(register(1), addressWidth: addressWidth) == 0 {
+            skip(next &- rip)
+            return nil
+        }
+        let index = register(read ? 7 : 6) & StringInstruction.mask(addressWidth: addressWidth)
+        let base = read ? special.es.base : sourceSegmentBase(segment)
+        guard let physical = translate(base &+ index, write: read), physical <= memorySize &- UInt64(size),
+              !isMMIO(physical), !isMMIO(physical + UInt64(size) - 1) else {
+            print("\(engineName): string port I/O at \(hex(port.rawValue)) with memory HV does not give it (linear \(hex(base &+ index)))")
+            return .internalError(InternalError(suberror: 7))
+        }
+        var count = 1
+        if repeated && rflags & 0x400 == 0 {
+            let inPage = Int((4096 - (physical & 0xFFF)) / UInt64(size))
+            let left = StringInstruction.remaining(register(1), addressWidth: addressWidth)
+            count = max(1, min(Int(min(left, UInt64(Int.max))), inPage, ioBuffer.capacity / size))
+        }
+        ioBuffer.beginRun()
+        guard let data = PortIOData(buffer: ioBuffer, size: size, count: count) else { return .internalError(InternalError(suberror: 5)) }
+        if !read {
+            for element in 0..<count {
+                let address = ram + Int(physical) + element * size
+                data[element] = size == 1 ? UInt32(address.load(as: UInt8.self)) : size == 2 ? UInt32(address.loadUnaligned(as: UInt16.self)) : address.loadUnaligned(as: UInt32.self)
+            }
+        }
+        pending = .portString(read: read, count: count, size: size, repeated: repeated, addressWidth: addressWidth, physical: physical, next: next)
+        let io = PortIO(port: port, size: UInt8(size), count: UInt32(count), data: data)
+        return read ? .portIn(io) : .portOut(io)
+    }
+
+    /// After one element (or batch) of a string instruction: RSI and/or RDI step, RCX counts
+    /// down under REP, and RIP leaves the instruction only when it is done.
+    func stepString(elements: Int, width: UInt8, source: Bool, destination: Bool, repeated: Bool, addressWidth: UInt8, length: UInt64) {
+        let down = rflags & 0x400 != 0
+        if source { setRegister(6, StringInstruction.advanced(register(6), elements: UInt64(elements), width: width, down: down, addressWidth: addressWidth)) }
+        if destination { setRegister(7, StringInstruction.advanced(register(7), elements: UInt64(elements), width: width, down: down, addressWidth: addressWidth)) }
+        if repeated {
+            setRegister(1, StringInstruction.counted(register(1), elements: UInt64(elements), addressWidth: addressWidth))
+            if StringInstruction.remaining(register(1), addressWidth: addressWidth) != 0 { return }
+        }
+        skip(length)
     }
 
     /// CPUID is the engine's (KVM answers it in the kernel): the CPU's own leaves. Two bytes.
@@ -218,13 +325,50 @@ extension GuestCPU {
             // The device's value first; `complete` computes and queues the write-back.
             pending = .mmioArithmetic(decoded, operation, source, memoryIsDestination: memoryIsDestination, address: target)
             return .mmioRead(MMIOAccess(address: target, width: decoded.width))
-        case .string:
-            print("\(engineName): MMIO at \(hex(address)) by a string instruction: not emulated yet")
-            return .internalError(InternalError(suberror: 2))
+        case .string(let operation, let repeated):
+            // One element per exit; a REP instruction runs again (and exits again) until RCX is 0.
+            let addressWidth = decoded.addressWidth
+            if repeated && StringInstruction.remaining(register(1), addressWidth: addressWidth) == 0 {
+                skip(UInt64(decoded.length))
+                return nil
+            }
+            let mask: UInt64 = decoded.width == 8 ? .max : (1 << (8 * UInt64(decoded.width))) - 1
+            switch operation {
+            case .stos:
+                pending = .mmioString(decoded, .stos, ramDestination: nil, mmioDestination: nil)
+                return .mmioWrite(MMIOAccess(address: target, width: decoded.width, value: register(0) & mask))
+            case .lods:
+                pending = .mmioString(decoded, .lods, ramDestination: nil, mmioDestination: nil)
+                return .mmioRead(MMIOAccess(address: target, width: decoded.width))
+            case .movs:
+                let indexMask = StringInstruction.mask(addressWidth: addressWidth)
+                guard let source = translate(sourceSegmentBase(decoded.segmentOverride) &+ register(6) & indexMask, write: false),
+                      let destination = translate(special.es.base &+ register(7) & indexMask, write: true) else {
+                    return .internalError(InternalError(suberror: 1))
+                }
+                if isMMIO(source) {
+                    guard isMMIO(destination) || destination <= memorySize &- UInt64(decoded.width) else { return .internalError(InternalError(suberror: 7)) }
+                    pending = .mmioString(decoded, .movs, ramDestination: isMMIO(destination) ? nil : destination,
+                                          mmioDestination: isMMIO(destination) ? destination : nil)
+                    return .mmioRead(MMIOAccess(address: GuestPhysicalAddress(source), width: decoded.width))
+                }
+                // RAM to MMIO: the source is read here.
+                guard source <= memorySize &- UInt64(decoded.width) else { return .internalError(InternalError(suberror: 7)) }
+                var value: UInt64 = 0
+                withUnsafeMutableBytes(of: &value) { $0.baseAddress!.copyMemory(from: ram + Int(source), byteCount: Int(decoded.width)) }
+                pending = .mmioString(decoded, .movs, ramDestination: nil, mmioDestination: nil)
+                return .mmioWrite(MMIOAccess(address: GuestPhysicalAddress(destination), width: decoded.width, value: value))
+            }
         }
     }
 
     // MARK: Completion (VirtualCPU)
+
+    private func finishString(_ decoded: DecodedInstruction, _ operation: StringOperation) {
+        guard case .string(_, let repeated) = decoded.operation else { return }
+        stepString(elements: 1, width: decoded.width, source: operation != .stos, destination: operation != .lods, repeated: repeated,
+                   addressWidth: decoded.addressWidth, length: UInt64(decoded.length))
+    }
 
     /// Writes the answer to the exit `run()` returned back into the guest and moves it past the
     /// instruction: the run loop calls this after the handlers and the policy.
@@ -272,6 +416,42 @@ extension GuestCPU {
                 return
             }
             skip(UInt64(decoded.length))
+        case (.portString(let read, let count, let size, let repeated, let addressWidth, let physical, let next), _):
+            if read, case .portIn(let io) = exit {
+                for element in 0..<count {
+                    let address = ram + Int(physical) + element * size
+                    // A handler's one value answers every element, as on KVM.
+                    var value = io.data[element]
+                    if case .resumeWith(let answer) = action { value = UInt32(truncatingIfNeeded: answer) }
+                    switch size {
+                    case 1: address.storeBytes(of: UInt8(truncatingIfNeeded: value), as: UInt8.self)
+                    case 2: address.storeBytes(of: UInt16(truncatingIfNeeded: value), as: UInt16.self)
+                    default: address.storeBytes(of: value, as: UInt32.self)
+                    }
+                }
+            }
+            stepString(elements: count, width: UInt8(size), source: !read, destination: read, repeated: repeated, addressWidth: addressWidth,
+                       length: next &- rip)
+        case (.mmioString(let decoded, let operation, let ramDestination, let mmioDestination), _):
+            var value: UInt64 = 0
+            if case .resumeWith(let answer) = action { value = answer }
+            switch operation {
+            case .lods:
+                setRegister(0, OperandRegister(0).valueAfterWrite(old: register(0), value: value, width: decoded.width, codeSize: codeSize))
+            case .movs:
+                if let destination = ramDestination, case .mmioRead = exit {
+                    withUnsafeBytes(of: value) { (ram + Int(destination)).copyMemory(from: $0.baseAddress!, byteCount: Int(decoded.width)) }
+                } else if let destination = mmioDestination, case .mmioRead = exit {
+                    queuedExit = .mmioWrite(MMIOAccess(address: GuestPhysicalAddress(destination), width: decoded.width, value: value))
+                    pending = .mmioStringWritten(decoded, .movs)
+                    return
+                }
+            case .stos:
+                break
+            }
+            finishString(decoded, operation)
+        case (.mmioStringWritten(let decoded, let operation), _):
+            finishString(decoded, operation)
         case (.msr(let write), _):
             switch action {
             case .fault:

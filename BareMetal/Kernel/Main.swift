@@ -69,7 +69,8 @@ func runGuests<E: Engine>(_ engine: E) -> Bool {
     let code = UnsafeRawBufferPointer(start: start, count: UnsafeRawPointer(hv_guest_test_end_pointer()!) - start)
     guard let test = engine.realModeGuest(code, at: 0x1000, memorySize: 2 << 20, readOnlyPages: [0x5000], mmioPages: [0x6000]) else { return false }
     test.interrupts = LocalAPICDevice()
-    let testStop = run(test, ConsolePassthrough().then(DebugExitPort()).then(ScratchRegister(address: 0x6000)).then(StoredMSRs([0xC000_0103])),
+    let testStop = run(test, ConsolePassthrough().then(DebugExitPort()).then(PostCodePort()).then(ScratchRegister(address: 0x6000))
+                           .then(StoredMSRs([0xC000_0103])),
                        policy: ExitPolicy(halt: .stop, unmappedMMIO: .stop, unmappedPorts: .stop))
     let vendor = vendorString(ebx: test.register(3), edx: test.register(2), ecx: test.register(1))
     print("It stopped: \(describe(testStop)); CPUID gave it \(vendor); the read-only page still holds \(hex(test.ram.load(fromByteOffset: 0x5000, as: UInt16.self)))")

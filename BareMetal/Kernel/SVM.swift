@@ -69,7 +69,8 @@ final class SVMVirtualMachine: GuestCPU {
     /// The guest's RBX-R15 across VMRUN (index = register number; RAX and RSP live in the VMCB).
     var registers = [UInt64](repeating: 0, count: 16)
     /// Where port I/O values travel between the engine and the handlers (`PortIOData`).
-    let ioBuffer = PortIOBuffer(capacity: 8)
+    /// Room for a REP INS/OUTS batch of a page.
+    let ioBuffer = PortIOBuffer(capacity: 4096)
     var statistics = ExitTally()
 
     /// Guest pages the nested page tables map read-only, and pages they leave out (MMIO).
@@ -227,8 +228,16 @@ final class SVMVirtualMachine: GuestCPU {
         special.cr3 = vmcb[VMCB.cr3, as: UInt64.self]
         special.cr4 = vmcb[VMCB.cr4, as: UInt64.self]
         special.efer = vmcb[VMCB.efer, as: UInt64.self]
-        special.cs = Segment(selector: vmcb[VMCB.cs, as: UInt16.self], base: vmcb[VMCB.cs + 8, as: UInt64.self],
-                             limit: vmcb[VMCB.cs + 4, as: UInt32.self], svmAttributes: vmcb[VMCB.cs + 2, as: UInt16.self])
+        func segment(_ offset: Int) -> Segment {
+            Segment(selector: vmcb[offset, as: UInt16.self], base: vmcb[offset + 8, as: UInt64.self],
+                    limit: vmcb[offset + 4, as: UInt32.self], svmAttributes: vmcb[offset + 2, as: UInt16.self])
+        }
+        special.cs = segment(VMCB.cs)
+        special.ds = segment(VMCB.ds)
+        special.es = segment(VMCB.es)
+        special.ss = segment(VMCB.ss)
+        special.fs = segment(VMCB.fs)
+        special.gs = segment(VMCB.gs)
         return special
     }
 
@@ -280,12 +289,12 @@ final class SVMVirtualMachine: GuestCPU {
             case SVMExit.ioio:
                 // EXITINFO1: the port (bits 31:16), the size (bits 4-6), string/REP (bits 2-3),
                 // IN (bit 0); EXITINFO2: the next instruction's address (APM Vol. 2, 15.10.2).
-                guard info1 & 0b1100 == 0 else {
-                    print("svm: string or REP port I/O is not handled yet")
-                    return .internalError(InternalError(suberror: 6))
-                }
                 let size = info1 & 0x10 != 0 ? 1 : info1 & 0x20 != 0 ? 2 : 4
-                return portExit(port: IOPort(UInt16(truncatingIfNeeded: info1 >> 16)), size: size, read: info1 & 1 != 0, next: info2)
+                let port = IOPort(UInt16(truncatingIfNeeded: info1 >> 16))
+                guard info1 & 0b100 != 0 else { return portExit(port: port, size: size, read: info1 & 1 != 0, next: info2) }
+                let (addressWidth, segment) = stringIOPrefixes()
+                if let exit = stringPortExit(port: port, size: size, read: info1 & 1 != 0, repeated: info1 & 0b1000 != 0,
+                                             addressWidth: addressWidth, segment: segment, next: info2) { return exit }
             case SVMExit.nestedPageFault:
                 // EXITINFO1 is a page-fault error code (APM Vol. 2, 15.25.6): bit 0 the page
                 // was present, bit 1 a write; EXITINFO2 the guest-physical address.

@@ -63,7 +63,8 @@ final class VMXVirtualMachine: GuestCPU {
     var interrupts: LocalAPICDevice?
     /// The guest's general-purpose registers by number across the world switch (RSP is in the VMCS).
     var registers = [UInt64](repeating: 0, count: 16)
-    let ioBuffer = PortIOBuffer(capacity: 8)
+    /// Room for a REP INS/OUTS batch of a page.
+    let ioBuffer = PortIOBuffer(capacity: 4096)
     var statistics = ExitTally()
     /// The plan this VM's VMCS was written from.
     let plan: VMXPlan
@@ -208,8 +209,16 @@ final class VMXVirtualMachine: GuestCPU {
         special.cr3 = read(.guestCR3)
         special.cr4 = read(.guestCR4)
         special.efer = read(.guestIA32EFER)
-        special.cs = Segment(selector: UInt16(truncatingIfNeeded: read(.guestCSSelector)), base: read(.guestCSBase),
-                             limit: UInt32(truncatingIfNeeded: read(.guestCSLimit)), vmxAccessRights: UInt32(truncatingIfNeeded: read(.guestCSAccessRights)))
+        func segment(_ selector: VMCSField, _ base: VMCSField, _ limit: VMCSField, _ rights: VMCSField) -> Segment {
+            Segment(selector: UInt16(truncatingIfNeeded: read(selector)), base: read(base), limit: UInt32(truncatingIfNeeded: read(limit)),
+                    vmxAccessRights: UInt32(truncatingIfNeeded: read(rights)))
+        }
+        special.cs = segment(.guestCSSelector, .guestCSBase, .guestCSLimit, .guestCSAccessRights)
+        special.ds = segment(.guestDSSelector, .guestDSBase, .guestDSLimit, .guestDSAccessRights)
+        special.es = segment(.guestESSelector, .guestESBase, .guestESLimit, .guestESAccessRights)
+        special.ss = segment(.guestSSSelector, .guestSSBase, .guestSSLimit, .guestSSAccessRights)
+        special.fs = segment(.guestFSSelector, .guestFSBase, .guestFSLimit, .guestFSAccessRights)
+        special.gs = segment(.guestGSSelector, .guestGSBase, .guestGSLimit, .guestGSAccessRights)
         return special
     }
 
@@ -251,11 +260,11 @@ final class VMXVirtualMachine: GuestCPU {
             switch reason.basic {
             case .ioInstruction:
                 let io = IOInstructionQualification(qualification)
-                guard !io.isString else {
-                    print("vmx: string or REP port I/O is not handled yet")
-                    return .internalError(InternalError(suberror: 6))
-                }
-                return portExit(port: IOPort(io.port), size: io.size, read: io.isIn, next: rip &+ read(.exitInstructionLength))
+                let next = rip &+ read(.exitInstructionLength)
+                guard io.isString else { return portExit(port: IOPort(io.port), size: io.size, read: io.isIn, next: next) }
+                let (addressWidth, segment) = stringIOPrefixes()
+                if let exit = stringPortExit(port: IOPort(io.port), size: io.size, read: io.isIn, repeated: io.hasREPPrefix,
+                                             addressWidth: addressWidth, segment: segment, next: next) { return exit }
             case .eptViolation:
                 if let exit = memoryExit(address: read(.guestPhysicalAddress), write: VMXEPTViolationExitQualification(qualification).write) { return exit }
             case .hlt:

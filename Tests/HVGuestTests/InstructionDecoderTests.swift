@@ -146,4 +146,20 @@ struct InstructionDecoderTests {
         #expect(try instruction([0x48, 0x89, 0x03]).storedValue(register: 0x0123_4567_89AB_CDEF) == 0x0123_4567_89AB_CDEF)
         #expect(try instruction([0xC6, 0x03, 0x7F]).storedValue(register: 0) == 0x7F)
     }
+
+    @Test("a string instruction's address size and segment prefix: what the emulator steps RSI, RDI and RCX by and reads through")
+    func stringOperands() throws {
+        func instruction(_ bytes: [UInt8], _ mode: InstructionDecoder.Mode) throws -> DecodedInstruction {
+            try bytes.withUnsafeBytes { buffer throws(InstructionDecodingError) in try InstructionDecoder.decode(buffer, size: mode) }
+        }
+        let repMovsw = try instruction([0xF3, 0xA5], .bits16)  // rep movsw
+        #expect(repMovsw.operation == .string(.movs, repeated: true) && repMovsw.width == 2 && repMovsw.addressWidth == 2)
+        #expect(repMovsw.segmentOverride == nil)
+        let esLods = try instruction([0x26, 0x67, 0xAD], .bits16)  // lodsw es:[esi]
+        #expect(esLods.addressWidth == 4 && esLods.segmentOverride == .es && esLods.length == 3)
+        let stosq = try instruction([0xF3, 0x48, 0xAB], .bits64)  // rep stosq
+        #expect(stosq.addressWidth == 8 && stosq.width == 8)
+        let fsMov = try instruction([0x64, 0x8B, 0x03], .bits32)  // mov eax, fs:[ebx]
+        #expect(fsMov.segmentOverride == .fs && fsMov.addressWidth == 4)
+    }
 }

@@ -71,3 +71,24 @@ struct ArithmeticEmulationTests {
         #expect(OperandRegister(3, highByte: true).operand(of: 0x1234) == 0x12)
     }
 }
+
+@Suite("String instructions' registers")
+struct StringInstructionTests {
+    @Test("RSI/RDI step by the element size, up or down, wrapping at the address size")
+    func indexRegisters() {
+        #expect(StringInstruction.advanced(0x1000, elements: 3, width: 2, down: false, addressWidth: 8) == 0x1006)
+        #expect(StringInstruction.advanced(0x1000, elements: 1, width: 4, down: true, addressWidth: 8) == 0xFFC)
+        // 16-bit: DI wraps within 64 KiB and the bits above stay.
+        #expect(StringInstruction.advanced(0xAAAA_FFFE, elements: 1, width: 4, down: false, addressWidth: 2) == 0xAAAA_0002)
+        // 32-bit: ESI wraps and bits 63:32 clear.
+        #expect(StringInstruction.advanced(0x1_FFFF_FFFF, elements: 1, width: 1, down: false, addressWidth: 4) == 0)
+    }
+
+    @Test("REP counts RCX at the address size")
+    func repeatCount() {
+        #expect(StringInstruction.remaining(0x1_0000_0003, addressWidth: 2) == 3)
+        #expect(StringInstruction.remaining(0x1_0000_0003, addressWidth: 8) == 0x1_0000_0003)
+        #expect(StringInstruction.counted(0xFFFF_0003, elements: 3, addressWidth: 2) == 0xFFFF_0000)
+        #expect(StringInstruction.counted(5, elements: 2, addressWidth: 4) == 3)
+    }
+}

@@ -44,6 +44,11 @@ public enum LoadExtension: Sendable, Equatable { case none, zero, sign }
 public enum ArithmeticSource: Sendable, Equatable { case register(OperandRegister), immediate(UInt64) }
 public enum StringOperation: Sendable, Equatable { case movs, stos, lods }
 
+/// A segment-override prefix (SDM Vol. 2, 2.1.1), as the byte that encodes it.
+public enum SegmentOverride: UInt8, Sendable, Equatable {
+    case es = 0x26, cs = 0x2E, ss = 0x36, ds = 0x3E, fs = 0x64, gs = 0x65
+}
+
 /// A decoded instruction with a memory operand.
 public struct DecodedInstruction: Sendable, Equatable {
     public var operation: MemoryOperation
@@ -53,12 +58,21 @@ public struct DecodedInstruction: Sendable, Equatable {
     public var registerWidth: UInt8
     /// The instruction's length in bytes, prefixes included: what RIP advances by.
     public var length: UInt8
+    /// The address size in bytes (2, 4, 8): how much of RSI, RDI and RCX a string instruction
+    /// uses (SDM Vol. 1, 3.6; Vol. 2, MOVS: "the address-size attribute").
+    public var addressWidth: UInt8
+    /// The segment prefix, if any: MOVS and LODS read from it instead of DS (STOS and the
+    /// destination of MOVS always use ES).
+    public var segmentOverride: SegmentOverride?
 
-    @inlinable public init(operation: MemoryOperation, width: UInt8, registerWidth: UInt8, length: UInt8) {
+    @inlinable public init(operation: MemoryOperation, width: UInt8, registerWidth: UInt8, length: UInt8, addressWidth: UInt8 = 8,
+                           segmentOverride: SegmentOverride? = nil) {
         self.operation = operation
         self.width = width
         self.registerWidth = registerWidth
         self.length = length
+        self.addressWidth = addressWidth
+        self.segmentOverride = segmentOverride
     }
 }
 
@@ -83,6 +97,7 @@ public enum InstructionDecoder {
     public static func decode(_ bytes: UnsafeRawBufferPointer, size: Mode) throws(InstructionDecodingError) -> DecodedInstruction {
         var cursor = Cursor(bytes: bytes)
         var operandOverride = false, addressOverride = false, repeated = false
+        var segment: SegmentOverride? = nil
         var rex: UInt8 = 0
         // Legacy prefixes in any order, then (64-bit mode) REX, which must come last.
         prefixes: while true {
@@ -91,7 +106,8 @@ public enum InstructionDecoder {
             case 0x66: operandOverride = true
             case 0x67: addressOverride = true
             case 0xF2, 0xF3: repeated = true
-            case 0xF0, 0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65: break
+            case 0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65: segment = SegmentOverride(rawValue: byte)
+            case 0xF0: break
             default: break prefixes
             }
             try cursor.skip(1)
@@ -140,7 +156,8 @@ public enum InstructionDecoder {
             return width == 8 ? value : value & ((1 << (8 * UInt64(width))) - 1)
         }
         func finish(_ operation: MemoryOperation, width: UInt8, registerWidth: UInt8? = nil) -> DecodedInstruction {
-            DecodedInstruction(operation: operation, width: width, registerWidth: registerWidth ?? width, length: UInt8(cursor.offset))
+            DecodedInstruction(operation: operation, width: width, registerWidth: registerWidth ?? width, length: UInt8(cursor.offset),
+                               addressWidth: addressWidth, segmentOverride: segment)
         }
 
         switch opcode {
