@@ -6,6 +6,8 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .library(name: "HVCore", targets: ["HVCore"]),
+        // The Linux KVM backend, a target of its own as SwiftNIO keeps its platforms apart.
+        .library(name: "HVKVM", targets: ["HVKVM"]),
         // The virtual TPM (libtpms engine, TIS device, swtpm-compatible server): vTPM.md's `import HVTPM`.
         .library(name: "HVTPM", targets: ["HVTPM"]),
         // A running VM's HTTP/JSON API (Documentation/Management.md), and its client.
@@ -67,6 +69,8 @@ let package = Package(
         ),
         // The virtual TPM (Documentation/vTPM.md): engines, TIS device, swtpm-protocol server.
         // Its own target so that only what uses a TPM links libtpms.
+        // Layer 3b: the Linux KVM backend (/dev/kvm), behind HVCore's Backend protocols.
+        .target(name: "HVKVM", dependencies: ["HVCore", .target(name: "CKVM", condition: .when(platforms: [.linux]))]),
         .target(name: "HVTPM", dependencies: ["HVCore", "HVGuest", "CLibTPMS", .target(name: "CKVM", condition: .when(platforms: [.linux])),
                                        .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")]),
         // Snapshots, restore and live migration (Documentation/Snapshots.md): the file format,
@@ -121,6 +125,7 @@ let package = Package(
             name: "hv",
             dependencies: [
                 "HVCore",
+                "HVKVM",
                 "HVTPM",
                 "HVManagement",
                 "HVManagementClient",
@@ -134,10 +139,10 @@ let package = Package(
                 .product(name: "Yams", package: "Yams"),
             ]
         ),
-        .executableTarget(name: "MinimalVMM", dependencies: ["HVCore"], path: "Examples/MinimalVMM"),
-        .executableTarget(name: "ExitTracer", dependencies: ["HVCore"], path: "Examples/ExitTracer"),
-        .executableTarget(name: "PCBoot", dependencies: ["HVCore"], path: "Examples/PCBoot"),
-        .executableTarget(name: "MicroVM", dependencies: ["HVCore", "HVManagement", "HVCommandLine", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+        .executableTarget(name: "MinimalVMM", dependencies: ["HVCore", "HVKVM"], path: "Examples/MinimalVMM"),
+        .executableTarget(name: "ExitTracer", dependencies: ["HVCore", "HVKVM"], path: "Examples/ExitTracer"),
+        .executableTarget(name: "PCBoot", dependencies: ["HVCore", "HVKVM"], path: "Examples/PCBoot"),
+        .executableTarget(name: "MicroVM", dependencies: ["HVCore", "HVKVM", "HVManagement", "HVCommandLine", .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           path: "Examples/MicroVM"),
         // Restore against a cold boot of the same guest, in the same run (Documentation/Snapshots.md).
         .executableTarget(name: "hv-snapshot-bench", dependencies: ["HVGuest"], path: "Benchmarks/snapshot-bench"),
@@ -148,6 +153,7 @@ let package = Package(
             name: "hv-bench",
             dependencies: [
                 "HVCore",
+                "HVKVM",
                 "CKVMBaseline",
                 "CAllocationCounter",
                 "HVCommandLine",
@@ -159,26 +165,26 @@ let package = Package(
         // Micro-benchmarks of the pure parts (`swift package benchmark`); one file per area.
         .executableTarget(
             name: "HVMicroBenchmarks",
-            dependencies: ["HVCore", .product(name: "Benchmark", package: "benchmark")],
+            dependencies: ["HVCore", "HVKVM", .product(name: "Benchmark", package: "benchmark")],
             path: "Benchmarks/HVMicroBenchmarks",
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
         ),
         // Device-interrupt delivery latency per irqchip mode (`swift run -c release irq-latency`).
         .executableTarget(
             name: "irq-latency",
-            dependencies: ["HVCore", .product(name: "Histogram", package: "hdrhistogram-swift")],
+            dependencies: ["HVCore", "HVKVM", .product(name: "Histogram", package: "hdrhistogram-swift")],
             path: "Benchmarks/irq-latency"
         ),
         // Which missing resources the suites may skip, and the CI switches that forbid it.
         .target(name: "HVTestSupport", path: "Tests/HVTestSupport"),
         // A VMM whose device makes a forbidden system call (ConfinementTests); not a product.
-        .executableTarget(name: "seccomp-probe", dependencies: ["HVCore", "HVGuest"], path: "Tests/Fixtures/SeccompProbe"),
+        .executableTarget(name: "seccomp-probe", dependencies: ["HVCore", "HVKVM", "HVGuest"], path: "Tests/Fixtures/SeccompProbe"),
         // The host CPU as the oracle for the arithmetic emulation (x86-64 only; tests only).
         .target(name: "CX86Oracle", path: "Tests/CX86Oracle"),
         .testTarget(name: "HVModelTests", dependencies: ["HVModel", "CX86Oracle"]),
         .testTarget(name: "HVGuestTests", dependencies: ["HVGuest", "HVTestSupport"]),
-        .testTarget(name: "HVCoreTests", dependencies: ["HVCore", "CAllocationCounter", "HVTestSupport"]),
-        .testTarget(name: "HVTPMTests", dependencies: ["HVTPM", "HVCore", "HVGuest", "HVTestSupport"]),
+        .testTarget(name: "HVCoreTests", dependencies: ["HVCore", "HVKVM", "CAllocationCounter", "HVTestSupport"]),
+        .testTarget(name: "HVTPMTests", dependencies: ["HVTPM", "HVCore", "HVKVM", "HVGuest", "HVTestSupport"]),
         .testTarget(name: "hvTests", dependencies: ["hv", "HVGuest", "MinimalVMM", "ExitTracer", "PCBoot", "MicroVM", "hv-bench", "irq-latency", "seccomp-probe", "HVTPM", "HVManagement", "HVManagementClient", "HVDaemon", "HVTestSupport",
                                                        .product(name: "AsyncHTTPClient", package: "async-http-client")]),
     ]

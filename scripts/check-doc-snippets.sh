@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Compiles every ```swift block of README.md and Documentation/*.md in a package outside this
 # repository that depends on it by path, as a user's package would: each block is the main.swift
-# of an executable target that imports the library products (HVCore, HVTPM, HVSnapshot). A block may use the
+# of an executable target that imports the library products (HVCore, HVKVM, HVTPM, HVSnapshot). A block may use the
 # names a surrounding text gives it (`machine`, `tpm`, `bytes`, ...): Context.swift declares
 # each one the block does not declare itself, so a block that no longer matches the API fails to
 # build, naming its file and line.
@@ -53,6 +53,7 @@ for document in "$repository/README.md" "$repository"/Documentation/*.md; do
             echo "// Names $relative's text gives the block at line $line."
             echo "import Foundation"
             echo "import HVCore"
+            echo "import HVKVM"
             echo "import HVTPM"
             for symbol in "${names[@]}"; do
                 if grep -qE "\\b$symbol\\b" "$block" && ! grep -qE "\\b(let|var|func) $symbol\\b" "$block"; then context "$symbol"; fi
@@ -60,6 +61,7 @@ for document in "$repository/README.md" "$repository"/Documentation/*.md; do
         } > "$package/Sources/$target/Context.swift"
         # The block's own imports are kept; one for each product the block may use is added.
         grep -q '^import HVTPM' "$block" || sed -i '2i import HVTPM' "$package/Sources/$target/main.swift"
+        grep -q '^import HVKVM' "$block" || sed -i '2i import HVKVM' "$package/Sources/$target/main.swift"
         grep -q '^import HVCore' "$block" || sed -i '2i import HVCore' "$package/Sources/$target/main.swift"
         grep -q '^import Foundation' "$block" || sed -i '2i import Foundation' "$package/Sources/$target/main.swift"
         targets+=("$target")
@@ -76,7 +78,7 @@ done
     echo "    dependencies: [.package(name: \"HV\", path: \"$repository\")],"
     echo '    targets: ['
     for target in "${targets[@]}"; do
-        echo "        .executableTarget(name: \"$target\", dependencies: [.product(name: \"HVCore\", package: \"HV\"), .product(name: \"HVTPM\", package: \"HV\"), .product(name: \"HVSnapshot\", package: \"HV\")]),"
+        echo "        .executableTarget(name: \"$target\", dependencies: [.product(name: \"HVCore\", package: \"HV\"), .product(name: \"HVKVM\", package: \"HV\"), .product(name: \"HVTPM\", package: \"HV\"), .product(name: \"HVSnapshot\", package: \"HV\")]),"
     done
     echo '    ]'
     echo ')'

@@ -3,6 +3,7 @@
 // scripted backend, whose `run()` builds the same `VMExit` values, inside Machine's run loop.
 import Benchmark
 import HVCore
+import HVKVM
 
 /// A port that accepts every write.
 final class AcceptingPort: PortIODevice, @unchecked Sendable {

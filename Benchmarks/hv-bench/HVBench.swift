@@ -5,6 +5,7 @@ import HVCommandLine
 import CKVMBaseline
 import Foundation
 import HVCore
+import HVKVM
 
 @main
 struct HVBench: ParsableCommand {

@@ -2,6 +2,7 @@
 import CKVMBaseline
 import Foundation
 import HVCore
+import HVKVM
 
 /// The host as the report describes it.
 struct HostDescription: Codable {

@@ -6,6 +6,7 @@ import CKVMBaseline
 import Foundation
 import Glibc
 import HVCore
+import HVKVM
 
 enum BenchError: Error, CustomStringConvertible {
     case unexpectedExit(kind: BenchKind, side: String, got: String)

@@ -9,6 +9,7 @@
 // OUT 0x71, no interrupt) is printed beside it; the difference is the delivery cost.
 import Foundation
 import HVCore
+import HVKVM
 import Histogram
 import Synchronization
 

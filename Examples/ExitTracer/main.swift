@@ -10,6 +10,7 @@
 // whose KVM emulates guest code, one element at a time). A handler must take either.
 import Foundation
 import HVCore
+import HVKVM
 
 /// Describes an exit in one line. Returns nil so the device bus and the defaults still run.
 struct Tracer: ExitHandler, Sendable {

@@ -19,6 +19,7 @@ import ArgumentParser
 import HVCommandLine
 import Foundation
 import HVCore
+import HVKVM
 import HVManagement
 
 @main

@@ -6,6 +6,7 @@
 // ExitHandler, and stops when the guest writes to the debug-exit port.
 import Foundation
 import HVCore
+import HVKVM
 import Synchronization
 
 /// Answers `IN` from port 0x60 with 3, 2, 1, 0: the guest counts down.

@@ -13,6 +13,7 @@
 // (on this project's machines, whose KVM emulates guest code, Linux stops before the console).
 import Foundation
 import HVCore
+import HVKVM
 
 /// One line on standard error and `hv`'s exit status for it: 64 for a mistake in the command
 /// line or the kernel file, 70 when the host cannot run the VM.

@@ -3,6 +3,7 @@
 import ArgumentParser
 import Foundation
 import HVCore
+import HVKVM
 import Synchronization
 
 struct Demo: ParsableCommand {

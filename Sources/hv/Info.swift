@@ -2,6 +2,7 @@
 import ArgumentParser
 import Foundation
 import HVCore
+import HVKVM
 
 struct Info: ParsableCommand {
     static let configuration = CommandConfiguration(

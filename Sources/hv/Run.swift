@@ -2,6 +2,7 @@
 import ArgumentParser
 import Foundation
 import HVCore
+import HVKVM
 import HVManagement
 import HVSnapshot
 import HVTPM

@@ -5,6 +5,7 @@
 // bed (kvm-unit-tests' hyperv_* tests, Documentation/KvmUnitTests.md).
 
 @testable import HVCore
+@testable import HVKVM
 import Foundation
 import Glibc
 import HVModel

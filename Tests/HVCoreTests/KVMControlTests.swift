@@ -2,6 +2,7 @@ import CAllocationCounter
 import Foundation
 import Glibc
 import HVCore
+import HVKVM
 import Synchronization
 import Testing
 

@@ -1,4 +1,5 @@
 import HVCore
+import HVKVM
 import Synchronization
 import Testing
 

@@ -1,4 +1,5 @@
 import HVCore
+import HVKVM
 import Testing
 
 /// How the two processors talk to their local APICs in an SMP test.

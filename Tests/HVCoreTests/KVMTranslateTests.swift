@@ -1,4 +1,5 @@
 import HVCore
+import HVKVM
 import Testing
 
 /// Extra guest page tables the host writes before the guest runs: PML4[1] (VA 512 GiB) ->

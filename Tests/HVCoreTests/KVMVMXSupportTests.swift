@@ -1,4 +1,5 @@
 import HVCore
+import HVKVM
 import Testing
 
 @Suite("KVM VMXSupport: the hosted meaning of VMXConfiguration")

@@ -2,6 +2,7 @@
 // initialised on the BIOS's vectors, and CPU models narrowing the CPUID a guest sees.
 
 @testable import HVCore
+@testable import HVKVM
 import HVGuest
 import HVModel
 import Synchronization

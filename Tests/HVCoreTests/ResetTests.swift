@@ -1,5 +1,6 @@
 import Foundation
 import HVCore
+import HVKVM
 import Synchronization
 import Testing
 

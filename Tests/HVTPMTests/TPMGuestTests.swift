@@ -1,6 +1,7 @@
 // The guest path: a long-mode guest drives TIS at 0xFED40000 under KVM.
 import Foundation
 import HVCore
+import HVKVM
 import HVTPM
 import HVTestSupport
 import Testing

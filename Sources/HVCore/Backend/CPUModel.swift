@@ -267,6 +267,16 @@ public struct CPUIDEntry: Sendable, Equatable {
     public var index: UInt32
     public var flags: UInt32
     public var eax: UInt32, ebx: UInt32, ecx: UInt32, edx: UInt32
+
+    public init(function: UInt32, index: UInt32, flags: UInt32, eax: UInt32, ebx: UInt32, ecx: UInt32, edx: UInt32) {
+        self.function = function
+        self.index = index
+        self.flags = flags
+        self.eax = eax
+        self.ebx = ebx
+        self.ecx = ecx
+        self.edx = edx
+    }
 }
 
 extension CPUIDEntry {

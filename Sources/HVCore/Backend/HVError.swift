@@ -65,13 +65,13 @@ public enum HVError: Error, CustomStringConvertible {
 extension HVError {
     /// A failed system call reported under a fuller name (the syscall wrappers take static names;
     /// a caller adds what it was doing: the slot, the capability); any other error unchanged.
-    func naming(_ operation: String) -> HVError {
+    package func naming(_ operation: String) -> HVError {
         guard case .systemCall(_, let code) = self else { return self }
         return .systemCall(operation: operation, errno: code)
     }
 }
 
 /// `strerror` text with the errno name's number, e.g. "Permission denied (errno 13)".
-func errnoText(_ code: Int32) -> String {
+package func errnoText(_ code: Int32) -> String {
     "\(String(cString: strerror(code))) (errno \(code))"
 }

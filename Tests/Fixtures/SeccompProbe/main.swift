@@ -9,6 +9,7 @@
 // does "VM stopped: REASON" when the run ends. Test fixture only: not a product.
 import Foundation
 import HVCore
+import HVKVM
 import HVGuest
 import Synchronization
 

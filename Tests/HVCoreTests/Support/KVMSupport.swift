@@ -1,5 +1,6 @@
 import Glibc
 import HVCore
+import HVKVM
 import HVTestSupport
 import Testing
 

@@ -2,6 +2,7 @@
 // Source: Documentation/virt/kvm/api.rst, section 8 ("Other capabilities") and 4.37 KVM_ENABLE_CAP.
 #if os(Linux)
 import CKVM
+import HVCore
 
 /// A KVM capability number (`KVM_CAP_*`) and what it means.
 public struct KVMCapability: Sendable, Hashable {

@@ -2,6 +2,7 @@
 // Documentation/virt/kvm/api.rst, 4.2 KVM_CREATE_VM, 4.35 KVM_SET_USER_MEMORY_REGION.
 #if os(Linux)
 import CKVM
+import HVCore
 import Glibc
 import Synchronization
 

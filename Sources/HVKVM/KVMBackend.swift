@@ -2,6 +2,7 @@
 // Documentation/virt/kvm/api.rst, 4.1-4.5 (system ioctls).
 #if os(Linux)
 import CKVM
+import HVCore
 import Glibc
 
 /// Owns the open `/dev/kvm` file descriptor.

@@ -3,6 +3,7 @@
 // KVM_GET_CLOCK/KVM_SET_CLOCK; the vCPU and irqchip calls are KVMState.swift's.
 #if os(Linux)
 import CKVM
+import HVCore
 import Glibc
 
 extension KVMVCPU {

@@ -4,6 +4,7 @@
 // KVM_X86_SET_MSR_FILTER, 4.59 KVM_SET_GUEST_DEBUG, 7.21 KVM_CAP_X86_USER_SPACE_MSR.
 #if os(Linux)
 import CKVM
+import HVCore
 
 /// How the KVM backend honours one VMX knob.
 public enum KVMVMXSupport: Sendable, Hashable {

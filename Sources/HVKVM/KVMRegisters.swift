@@ -2,6 +2,7 @@
 // Documentation/virt/kvm/api.rst 4.11-4.23.
 #if os(Linux)
 import CKVM
+import HVCore
 import Glibc
 
 extension KVMVCPU {

@@ -2,6 +2,7 @@
 // Conventions: after swift-system): one small function per call, -1 turned into a typed error right here.
 #if os(Linux)
 import CKVM
+import HVCore
 import Glibc
 
 enum KVMSyscall {

@@ -5,6 +5,7 @@
 // XCRs, 4.57-4.58 LAPIC; section 5, "immediate_exit".
 #if os(Linux)
 import CKVM
+import HVCore
 import Glibc
 
 /// Everything KVM keeps for one vCPU, as its `KVM_GET_*` calls return it.

@@ -1,6 +1,7 @@
 // A vCPU's in-kernel local APIC, read out for tools (api.rst 4.57 KVM_GET_LAPIC, 4.38 KVM_GET_MP_STATE).
 #if os(Linux)
 import CKVM
+import HVCore
 import Glibc
 
 /// What a vCPU is doing as far as its in-kernel LAPIC knows (api.rst 4.38).

@@ -2,6 +2,7 @@
 // Documentation/virt/kvm/api.rst, 4.38 KVM_TRANSLATE.
 #if os(Linux)
 import CKVM
+import HVCore
 
 /// What `KVM_TRANSLATE` reports for one linear address.
 public struct KVMTranslation: Sendable, Equatable {

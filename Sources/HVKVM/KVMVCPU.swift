@@ -2,6 +2,7 @@
 // Documentation/virt/kvm/api.rst, 4.10 KVM_RUN and 5 "The kvm_run structure".
 #if os(Linux)
 import CKVM
+import HVCore
 import Glibc
 import Synchronization
 
