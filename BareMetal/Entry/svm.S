@@ -17,6 +17,8 @@
 //
 //   void hv_svm_vmrun(uint64_t vmcb_physical, uint64_t *guest_registers, uint64_t host_vmcb_physical);
 
+#include "guest-registers.inc"
+
     .section .text
     .code64
     .global hv_svm_vmrun
@@ -34,40 +36,14 @@ hv_svm_vmrun:
     vmsave %rax                  // the host's FS, GS, TR, LDTR, KernelGsBase, ...
     mov %rdi, %rax               // VMRUN, VMLOAD and VMSAVE take the VMCB's physical address in RAX
     vmload %rax                  // the guest's
-    mov 8(%rsi), %rcx
-    mov 16(%rsi), %rdx
-    mov 24(%rsi), %rbx
-    mov 40(%rsi), %rbp
-    mov 56(%rsi), %rdi
-    mov 64(%rsi), %r8
-    mov 72(%rsi), %r9
-    mov 80(%rsi), %r10
-    mov 88(%rsi), %r11
-    mov 96(%rsi), %r12
-    mov 104(%rsi), %r13
-    mov 112(%rsi), %r14
-    mov 120(%rsi), %r15
-    mov 48(%rsi), %rsi
+    load_guest_registers %rsi
     sti                          // GIF still blocks interrupts; VMRUN sets GIF
     vmrun %rax
     // #VMEXIT: RAX (the VMCB's address), RSP and RIP are the host's again; the rest are the guest's.
     vmsave %rax
     cli
     mov (%rsp), %rax
-    mov %rcx, 8(%rax)
-    mov %rdx, 16(%rax)
-    mov %rbx, 24(%rax)
-    mov %rbp, 40(%rax)
-    mov %rsi, 48(%rax)
-    mov %rdi, 56(%rax)
-    mov %r8, 64(%rax)
-    mov %r9, 72(%rax)
-    mov %r10, 80(%rax)
-    mov %r11, 88(%rax)
-    mov %r12, 96(%rax)
-    mov %r13, 104(%rax)
-    mov %r14, 112(%rax)
-    mov %r15, 120(%rax)
+    store_guest_registers %rax
     add $8, %rsp
     pop %rax
     vmload %rax                  // the host's segment state back

@@ -8,6 +8,8 @@
 //   int hv_vmx_enter(uint64_t *guest_registers, int launched);
 //   0: a VM exit came back; 1: VMLAUNCH/VMRESUME failed with VMfailInvalid; 2: VMfailValid.
 
+#include "guest-registers.inc"
+
     .set HOST_RSP, 0x6C14
 
     .section .text
@@ -26,20 +28,7 @@ hv_vmx_enter:
     mov %esi, %eax
     test %eax, %eax              // launched? (flags kept across the loads below: MOV leaves them)
     mov (%rdi), %rax
-    mov 8(%rdi), %rcx
-    mov 16(%rdi), %rdx
-    mov 24(%rdi), %rbx
-    mov 40(%rdi), %rbp
-    mov 48(%rdi), %rsi
-    mov 64(%rdi), %r8
-    mov 72(%rdi), %r9
-    mov 80(%rdi), %r10
-    mov 88(%rdi), %r11
-    mov 96(%rdi), %r12
-    mov 104(%rdi), %r13
-    mov 112(%rdi), %r14
-    mov 120(%rdi), %r15
-    mov 56(%rdi), %rdi
+    load_guest_registers %rdi
     jnz 1f
     vmlaunch
     jmp 2f
@@ -54,20 +43,7 @@ hv_vmx_enter:
 hv_vmx_exit:
     // A VM exit: RSP is HOST_RSP (the saved address on top), RIP this label; the rest are the guest's.
     xchg %rax, (%rsp)            // RAX = the structure, the guest's RAX on the stack
-    mov %rcx, 8(%rax)
-    mov %rdx, 16(%rax)
-    mov %rbx, 24(%rax)
-    mov %rbp, 40(%rax)
-    mov %rsi, 48(%rax)
-    mov %rdi, 56(%rax)
-    mov %r8, 64(%rax)
-    mov %r9, 72(%rax)
-    mov %r10, 80(%rax)
-    mov %r11, 88(%rax)
-    mov %r12, 96(%rax)
-    mov %r13, 104(%rax)
-    mov %r14, 112(%rax)
-    mov %r15, 120(%rax)
+    store_guest_registers %rax
     pop %rcx
     mov %rcx, (%rax)
     xor %eax, %eax

@@ -179,10 +179,11 @@ final class SVMVirtualMachine: GuestCPU {
     /// What VMRUN's consistency checks look at, read from the VMCB (HVModel's `VMRUNChecks`).
     var guestState: SVMGuestState {
         var state = SVMGuestState()
-        state.efer = vmcb[VMCB.efer, as: UInt64.self]
-        state.cr0 = vmcb[VMCB.cr0, as: UInt64.self]
-        state.cr3 = vmcb[VMCB.cr3, as: UInt64.self]
-        state.cr4 = vmcb[VMCB.cr4, as: UInt64.self]
+        let special = special
+        state.efer = special.efer
+        state.cr0 = special.cr0
+        state.cr3 = special.cr3
+        state.cr4 = special.cr4
         state.dr6 = vmcb[VMCB.dr6, as: UInt64.self]
         state.dr7 = vmcb[VMCB.dr7, as: UInt64.self]
         state.codeSegmentAttributes = vmcb[VMCB.cs + 2, as: UInt16.self]
