@@ -40,13 +40,13 @@ swift=(swiftc -target x86_64-unknown-none-elf -enable-experimental-feature Embed
 c=(clang -target x86_64-unknown-none-elf -ffreestanding -fno-builtin -fno-stack-protector -mno-red-zone -mcmodel=kernel -O2
    -I BareMetal/Support/include)
 "${c[@]}" -c BareMetal/Support/runtime.c -o "$out/runtime.o"
-for assembly in BareMetal/Entry/entry.S BareMetal/Entry/exceptions.S BareMetal/Entry/svm.S BareMetal/Entry/vmx.S BareMetal/Guest/test-guest.S BareMetal/Guest/latency-guest.S "$out/demo-guest.S"; do
+for assembly in BareMetal/Entry/entry.S BareMetal/Entry/exceptions.S BareMetal/Entry/svm.S BareMetal/Entry/vmx.S BareMetal/Entry/stack.S BareMetal/Guest/test-guest.S BareMetal/Guest/latency-guest.S "$out/demo-guest.S"; do
     "${c[@]}" -c "$assembly" -o "$out/$(basename "$assembly" .S).o"
 done
 # Embedded Swift's Unicode tables (grapheme breaking, normalisation), for String's operations.
 unicode="$(dirname "$(command -v swiftc)")/../lib/swift/embedded/x86_64-unknown-none-elf/libswiftUnicodeDataTables.a"
 ld -m elf_x86_64 -nostdlib -static -z max-page-size=0x1000 --gc-sections -T BareMetal/linker.ld \
-    "$out/entry.o" "$out/exceptions.o" "$out/svm.o" "$out/vmx.o" "$out/test-guest.o" "$out/latency-guest.o" "$out/demo-guest.o" "$out/Kernel.o" "$out/HVModel.o" "$out/runtime.o" "$unicode" -o "$out/hv-baremetal.elf"
+    "$out/entry.o" "$out/exceptions.o" "$out/svm.o" "$out/vmx.o" "$out/stack.o" "$out/test-guest.o" "$out/latency-guest.o" "$out/demo-guest.o" "$out/Kernel.o" "$out/HVModel.o" "$out/runtime.o" "$unicode" -o "$out/hv-baremetal.elf"
 objcopy -O elf32-i386 "$out/hv-baremetal.elf" "$out/hv-baremetal.elf32"
 echo "bare metal: $out/hv-baremetal.elf ($(stat -c %s "$out/hv-baremetal.elf") bytes; $(size -A "$out/hv-baremetal.elf" | awk '/^\.text/ { print $2 }') bytes of code)"
 # A GRUB rescue ISO (grub-mkrescue: Debian's grub-pc-bin, xorriso, mtools) that boots the image

@@ -19,6 +19,8 @@ struct BootInformation {
     var upperMemoryKiB: UInt32 = 0
     /// The image's command line (QEMU's -append, GRUB's multiboot/multiboot2 line).
     var commandLine = ""
+    /// The memory map's available regions (type 1), as the loader reported them.
+    var availableMemory: [(base: UInt64, length: UInt64)] = []
 
     /// nil when EAX held neither loader's magic.
     init?(magic: UInt32, address: UInt) {
@@ -28,6 +30,18 @@ struct BootInformation {
             if flags & 1 != 0 { upperMemoryKiB = Self.word(address + 8) }
             if flags & (1 << 2) != 0 { commandLine = Self.string(at: UInt(Self.word(address + 16))) }
             if flags & (1 << 9) != 0 { loaderName = Self.string(at: UInt(Self.word(address + 64))) }
+            if flags & (1 << 6) != 0 {
+                // mmap_length, mmap_addr; each entry: size (not counting itself), base, length, type.
+                let length = UInt(Self.word(address + 44)), map = UInt(Self.word(address + 48))
+                var offset: UInt = 0
+                while offset + 24 <= length {
+                    let size = UInt(Self.word(map + offset))
+                    if Self.word(map + offset + 20) == 1 {
+                        availableMemory.append((Self.quad(map + offset + 4), Self.quad(map + offset + 12)))
+                    }
+                    offset += size + 4
+                }
+            }
         case multiboot2LoaderMagic:
             protocolVersion = 2
             // total_size, reserved, then tags (type, size, data), each 8-byte aligned, up to
@@ -41,6 +55,16 @@ struct BootInformation {
                 case 1: commandLine = Self.string(at: address + offset + 8)
                 case 2: loaderName = Self.string(at: address + offset + 8)
                 case 4: upperMemoryKiB = Self.word(address + offset + 12)
+                case 6:
+                    // entry_size, entry_version, then entries: base, length, type, reserved.
+                    let entrySize = UInt(Self.word(address + offset + 8))
+                    var entry = offset + 16
+                    while entrySize >= 24, entry + entrySize <= offset + size {
+                        if Self.word(address + entry + 16) == 1 {
+                            availableMemory.append((Self.quad(address + entry), Self.quad(address + entry + 8)))
+                        }
+                        entry += entrySize
+                    }
                 default: break
                 }
                 offset += (size + 7) & ~7
@@ -51,7 +75,11 @@ struct BootInformation {
     }
 
     private static func word(_ address: UInt) -> UInt32 {
-        UnsafePointer<UInt32>(bitPattern: address)!.pointee
+        UnsafeRawPointer(bitPattern: address)!.loadUnaligned(as: UInt32.self)
+    }
+
+    private static func quad(_ address: UInt) -> UInt64 {
+        UnsafeRawPointer(bitPattern: address)!.loadUnaligned(as: UInt64.self)
     }
 
     /// A NUL-terminated string, at most 256 bytes of it.

@@ -75,6 +75,9 @@ protocol GuestCPU: VirtualCPU where RunError == BackendFailure {
     func rearmTimer()
     /// After the last run: whatever the engine armed for the guest is stopped.
     func finish()
+    /// The host stack to run the guest on, from the configuration (VMX's and SVM's
+    /// `hostStackSize`).
+    var hostStackSize: Int { get }
 }
 
 extension GuestCPU {

@@ -17,6 +17,10 @@ public func baremetalMain(_ info: UInt32, _ magic: UInt32) {
     print("HV bare-metal image: Embedded Swift on the bare CPU")
     if let boot = BootInformation(magic: magic, address: UInt(info)) {
         print("loader: \(boot.loaderName ?? "a Multiboot loader") (Multiboot \(boot.protocolVersion)); \(boot.upperMemoryKiB / 1024) MiB above 1 MiB")
+        if !boot.availableMemory.isEmpty {
+            PageAllocator.start(available: boot.availableMemory)
+            print("memory: \(boot.availableMemory.count) available regions in the loader's map; \(PageAllocator.freeBytes >> 20) MiB outside the image and its heap for guests and their tables")
+        }
         // fault=pf or fault=ud on the command line: the image faults on purpose, to show (and
         // test) its exception report.
         let words = boot.commandLine.split(separator: " ")
@@ -145,12 +149,18 @@ func pad(_ text: String, _ width: Int) -> String { String(repeating: " ", count:
 /// counting each exit with its round trip.
 func run<CPU: GuestCPU, H: ExitHandler>(_ cpu: CPU, _ handler: H, policy: ExitPolicy) -> StopReason {
     defer { cpu.finish() }
-    do throws(BackendFailure) {
-        return try ExitLoop.run(cpu, handler: handler, policy: policy) { exit, _ in cpu.statistics.add(exit.kind, cycles: cpu.lastRoundTrip) }
-    } catch {
-        print("\(cpu.engineName): \(error.operation) failed (\(hex(error.code)))")
-        return .backendFailure
+    // On a host stack of the configuration's size, not the boot stack.
+    let stack = HostStack(size: cpu.hostStackSize)
+    var result = StopReason.backendFailure
+    stack.run {
+        do throws(BackendFailure) {
+            result = try ExitLoop.run(cpu, handler: handler, policy: policy) { exit, _ in cpu.statistics.add(exit.kind, cycles: cpu.lastRoundTrip) }
+        } catch {
+            print("\(cpu.engineName): \(error.operation) failed (\(hex(error.code)))")
+        }
     }
+    print("host stack: \(stack.size) bytes (the configuration's host-stack size), \(stack.used) used")
+    return result
 }
 
 struct SVMEngine: Engine {

@@ -1,19 +1,8 @@
 // HV's SVM engine (AMD APM Vol. 2, chapter 15 "Secure Virtual Machine"): turns SVM on, builds a
 // VMCB, nested page tables and the I/O and MSR permission maps, and runs a guest with VMRUN,
-// handling each #VMEXIT. This first version runs one real-mode guest to its HLT.
+// turning each #VMEXIT into HVModel's `VMExit` for the shared run loop.
 import BareMetalSupport
 import HVModel
-
-/// Page-aligned memory from the heap (identity-mapped: its address is its physical address).
-func allocatePages(_ bytes: Int, alignment: Int = 4096) -> UnsafeMutableRawPointer {
-    var pointer: UnsafeMutableRawPointer?
-    guard posix_memalign(&pointer, alignment, bytes) == 0, let pointer else {
-        print("out of memory for \(bytes) bytes")
-        DebugExit.leave(code: 3)
-    }
-    pointer.initializeMemory(as: UInt8.self, repeating: 0, count: bytes)
-    return pointer
-}
 
 /// A VMCB (APM Vol. 2, Appendix B "Layout of VMCB"): the control area at 0x000, the state save
 /// area at 0x400, each field at a fixed offset.
@@ -78,6 +67,7 @@ final class SVMVirtualMachine: GuestCPU {
     let engineName: StaticString = "svm"
     /// The host APIC timer's slice (the preemption timer's stand-in), if any.
     var hostTimerSlice: UInt32?
+    let hostStackSize: Int
     var pending = PendingCompletion.none
     var queuedExit: VMExit?
     var lastRoundTrip: UInt64 = 0
@@ -137,6 +127,7 @@ final class SVMVirtualMachine: GuestCPU {
         vmcb[VMCB.nestedCR3, as: UInt64.self] = UInt64(UInt(bitPattern: pml4))
         vmcb[VMCB.virtualInterrupt, as: UInt64.self] = configuration.virtualInterruptMasking ? 1 << 24 : 0
         hostTimerSlice = configuration.hostTimerSlice
+        hostStackSize = Int(configuration.hostStackSize)
         vmcb[VMCB.dr6, as: UInt64.self] = 0xFFFF_0FF0
         vmcb[VMCB.dr7, as: UInt64.self] = 0x400
         vmcb[VMCB.guestPAT, as: UInt64.self] = 0x0007_0406_0007_0406
@@ -208,6 +199,8 @@ final class SVMVirtualMachine: GuestCPU {
         get { vmcb[VMCB.interruptShadow, as: UInt64.self] & 1 != 0 }
         set { vmcb[VMCB.interruptShadow, as: UInt64.self] = newValue ? 1 : 0 }
     }
+
+    deinit { releasePages(ram, bytes: Int(memorySize)) }
 
     /// EVENTINJ (APM Vol. 2, 15.20): vector, type 0 (external interrupt), valid.
     func inject(vector: UInt8) { vmcb[VMCB.eventInjection, as: UInt64.self] = UInt64(vector) | 1 << 31 }

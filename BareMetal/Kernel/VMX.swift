@@ -7,7 +7,7 @@
 import BareMetalSupport
 import HVModel
 
-/// Paging structures from the heap for HVModel's EPT builder (identity-mapped: a page's address
+/// Paging structures from the page allocator for HVModel's EPT builder (identity-mapped: a page's address
 /// is its physical address).
 struct HeapTables: TableAllocator {
     mutating func read64(at address: UInt64) throws(PhysicalMemoryFault) -> UInt64 {
@@ -20,8 +20,9 @@ struct HeapTables: TableAllocator {
 
     mutating func allocateTable() -> HostPhysicalAddress? { HostPhysicalAddress(UInt64(UInt(bitPattern: allocatePages(4096)))) }
 
-    /// The bump heap never takes memory back; a freed table is simply left.
-    mutating func freeTable(_ address: HostPhysicalAddress) {}
+    mutating func freeTable(_ address: HostPhysicalAddress) {
+        releasePages(UnsafeMutableRawPointer(bitPattern: UInt(address.rawValue))!, bytes: 4096)
+    }
 }
 
 /// VMX operation for the whole image: entered once, with the capabilities it found.
@@ -71,6 +72,7 @@ final class VMXVirtualMachine: GuestCPU {
     static var planShown = false
     let vmcs: UnsafeMutableRawPointer
     private var launched = false
+    let hostStackSize: Int
     var pending = PendingCompletion.none
     var queuedExit: VMExit?
     var lastRoundTrip: UInt64 = 0
@@ -84,6 +86,7 @@ final class VMXVirtualMachine: GuestCPU {
         self.memorySize = memorySize
         self.readOnlyPages = readOnlyPages
         self.mmioPages = mmioPages
+        hostStackSize = Int(configuration.hostStackSize)
         ram = allocatePages(Int(memorySize), alignment: 2 << 20)
         vmcs = allocatePages(4096)
 
@@ -294,6 +297,8 @@ final class VMXVirtualMachine: GuestCPU {
     }
 
     func rearmTimer() { write(.vmxPreemptionTimerValue, plan.vmcs[.vmxPreemptionTimerValue]) }
+
+    deinit { releasePages(ram, bytes: Int(memorySize)) }
 
     func finish() {}
 }

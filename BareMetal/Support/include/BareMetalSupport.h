@@ -155,6 +155,9 @@ extern const uint8_t hv_guest_test_end[];
 static inline const uint8_t *hv_guest_test_start_pointer(void) { return hv_guest_test_start; }
 static inline const uint8_t *hv_guest_test_end_pointer(void) { return hv_guest_test_end; }
 
+/// Calls `function(context)` with RSP at `stack_top` (Entry/stack.S), and returns to this stack.
+void hv_call_on_stack(void (*function)(void *), void *context, void *stack_top);
+
 /// The engines' latency guest (Guest/latency-guest.S).
 extern const uint8_t hv_guest_latency_start[];
 extern const uint8_t hv_guest_latency_end[];

@@ -113,6 +113,9 @@ public struct SVMConfiguration: Sendable, Hashable {
     /// timer armed for this many ticks of its clock (divided by 1) before the guest runs; its
     /// interrupt ends the slice with an INTR intercept. nil: no slices.
     public var hostTimerSlice: UInt32? = nil
+    /// Bytes of host stack the VMM runs the guest on (the seed's host-stack-size knob, as
+    /// `VMXConfiguration.hostStackSize`).
+    public var hostStackSize: UInt64 = 16 * 1024
     /// Which MSR accesses exit (VMX's layout, converted): FS, GS and KERNEL_GS base pass
     /// through (VMLOAD and VMSAVE carry the guest's values in its VMCB, APM Vol. 2, 15.5.2).
     public var msrBitmap: MSRBitmap
