@@ -169,13 +169,14 @@ struct SVMEngine: Engine {
         // 500,000 ticks of its clock instead.
         var configuration = SVMConfiguration()
         configuration.hostTimerSlice = 500_000
-        let machine = SVMVirtualMachine(memorySize: memorySize, readOnlyPages: readOnlyPages, mmioPages: mmioPages, configuration: configuration)
+        guard let machine = SVMVirtualMachine(memorySize: memorySize, readOnlyPages: readOnlyPages, mmioPages: mmioPages,
+                                              configuration: configuration) else { return nil }
         machine.loadRealMode(code, at: entry)
         return machine
     }
 
     func imageGuest(_ image: GuestImageFile) -> SVMVirtualMachine? {
-        let machine = SVMVirtualMachine(memorySize: image.memorySize)
+        guard let machine = SVMVirtualMachine(memorySize: image.memorySize) else { return nil }
         return machine.load(image) ? machine : nil
     }
 }

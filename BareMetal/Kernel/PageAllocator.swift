@@ -5,6 +5,7 @@
 // kept sorted and merged; an allocation takes the first range that fits at its alignment.
 // Before the map is read (or without one), pages come from the C heap.
 import BareMetalSupport
+import HVModel
 
 enum PageAllocator {
     struct Range {
@@ -98,4 +99,22 @@ func allocatePages(_ bytes: Int, alignment: Int = 4096) -> UnsafeMutableRawPoint
 func releasePages(_ pointer: UnsafeMutableRawPointer, bytes: Int) {
     guard PageAllocator.ready, UInt64(UInt(bitPattern: pointer)) >= 64 << 20 || UInt64(UInt(bitPattern: pointer)) < 4 << 20 else { return }
     PageAllocator.release(pointer, bytes: bytes)
+}
+
+/// Paging structures from the page allocator for HVModel's EPT and nested-paging builders (identity-mapped: a page's address
+/// is its physical address).
+struct PageTables: TableAllocator {
+    mutating func read64(at address: UInt64) throws(PhysicalMemoryFault) -> UInt64 {
+        UnsafePointer<UInt64>(bitPattern: UInt(address))!.pointee
+    }
+
+    mutating func write64(_ value: UInt64, at address: UInt64) throws(PhysicalMemoryFault) {
+        UnsafeMutablePointer<UInt64>(bitPattern: UInt(address))!.pointee = value
+    }
+
+    mutating func allocateTable() -> HostPhysicalAddress? { HostPhysicalAddress(UInt64(UInt(bitPattern: allocatePages(4096)))) }
+
+    mutating func freeTable(_ address: HostPhysicalAddress) {
+        releasePages(UnsafeMutableRawPointer(bitPattern: UInt(address.rawValue))!, bytes: 4096)
+    }
 }

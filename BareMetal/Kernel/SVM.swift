@@ -79,7 +79,7 @@ final class SVMVirtualMachine: GuestCPU {
     /// at guest-physical 0; everything else is MMIO that exits. `readOnlyPages` (4 KiB pages in
     /// the first 2 MiB) are mapped without write permission: a write there is a nested page
     /// fault the engine reports and drops, as a ROM would.
-    init(memorySize: UInt64, readOnlyPages: [UInt64] = [], mmioPages: [UInt64] = [], configuration: SVMConfiguration = SVMConfiguration()) {
+    init?(memorySize: UInt64, readOnlyPages: [UInt64] = [], mmioPages: [UInt64] = [], configuration: SVMConfiguration = SVMConfiguration()) {
         self.readOnlyPages = readOnlyPages
         self.mmioPages = mmioPages
         if Self.hostSaveVMCB == 0 {
@@ -89,27 +89,19 @@ final class SVMVirtualMachine: GuestCPU {
         }
         self.memorySize = memorySize
         ram = allocatePages(Int(memorySize), alignment: 2 << 20)
-        // Nested page tables (APM Vol. 2, 15.25 "Nested Paging"): long-mode tables whose entries
-        // are all user pages; guest-physical 0 ..< memorySize -> the RAM above, in 2 MiB pages.
-        let pml4 = allocatePages(4096), pdpt = allocatePages(4096), pd = allocatePages(4096)
-        let present: UInt64 = 1, writable: UInt64 = 2, user: UInt64 = 4, large: UInt64 = 0x80
-        pml4.storeBytes(of: UInt64(UInt(bitPattern: pdpt)) | present | writable | user, as: UInt64.self)
-        pdpt.storeBytes(of: UInt64(UInt(bitPattern: pd)) | present | writable | user, as: UInt64.self)
-        for index in 0..<Int(memorySize >> 21) {
-            pd.storeBytes(of: (UInt64(UInt(bitPattern: ram)) + UInt64(index) << 21) | present | writable | user | large,
-                          toByteOffset: 8 * index, as: UInt64.self)
-        }
-        if !readOnlyPages.isEmpty || !mmioPages.isEmpty {
-            // The first 2 MiB in 4 KiB pages instead, so single pages can lose write permission
-            // or be left out.
-            let pt = allocatePages(4096)
-            for page in 0..<512 {
-                let address = UInt64(page) << 12
-                guard !mmioPages.contains(address) else { continue }
-                let flags = present | user | (readOnlyPages.contains(address) ? 0 : writable)
-                pt.storeBytes(of: (UInt64(UInt(bitPattern: ram)) + address) | flags, toByteOffset: 8 * page, as: UInt64.self)
-            }
-            pd.storeBytes(of: UInt64(UInt(bitPattern: pt)) | present | writable | user, as: UInt64.self)
+        // Nested page tables (APM Vol. 2, 15.25 "Nested Paging") from HVModel's builder:
+        // guest-physical 0 ..< memorySize -> the RAM in 2 MiB pages, a read-only page without
+        // write permission and an MMIO page left out (each splits its 2 MiB page).
+        let nestedRoot: UInt64
+        do throws(NestedPageTableError) {
+            var tables = try NestedPageTables(tables: PageTables())
+            try tables.map(GuestPhysicalAddress(0), size: memorySize, to: HostPhysicalAddress(UInt64(UInt(bitPattern: ram))))
+            for page in readOnlyPages { try tables.protect(GuestPhysicalAddress(page), size: 4096, writable: false) }
+            for page in mmioPages { try tables.unmap(GuestPhysicalAddress(page), size: 4096) }
+            nestedRoot = tables.root.rawValue
+        } catch {
+            print("svm: nested page tables: \(error)")
+            return nil
         }
         // The I/O permission map (12 KiB) and the MSR permission map (8 KiB) from the
         // configuration's bitmaps (APM Vol. 2, 15.10.1, 15.11): every port exits, every MSR but
@@ -124,7 +116,7 @@ final class SVMVirtualMachine: GuestCPU {
         vmcb[VMCB.guestASID, as: UInt32.self] = configuration.asid
         vmcb[VMCB.tlbControl, as: UInt8.self] = configuration.firstTLBControl
         vmcb[VMCB.nestedPagingEnable, as: UInt64.self] = configuration.nestedPaging ? 1 : 0
-        vmcb[VMCB.nestedCR3, as: UInt64.self] = UInt64(UInt(bitPattern: pml4))
+        vmcb[VMCB.nestedCR3, as: UInt64.self] = nestedRoot
         vmcb[VMCB.virtualInterrupt, as: UInt64.self] = configuration.virtualInterruptMasking ? 1 << 24 : 0
         hostTimerSlice = configuration.hostTimerSlice
         hostStackSize = Int(configuration.hostStackSize)

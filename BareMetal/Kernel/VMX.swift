@@ -7,24 +7,6 @@
 import BareMetalSupport
 import HVModel
 
-/// Paging structures from the page allocator for HVModel's EPT builder (identity-mapped: a page's address
-/// is its physical address).
-struct HeapTables: TableAllocator {
-    mutating func read64(at address: UInt64) throws(PhysicalMemoryFault) -> UInt64 {
-        UnsafePointer<UInt64>(bitPattern: UInt(address))!.pointee
-    }
-
-    mutating func write64(_ value: UInt64, at address: UInt64) throws(PhysicalMemoryFault) {
-        UnsafeMutablePointer<UInt64>(bitPattern: UInt(address))!.pointee = value
-    }
-
-    mutating func allocateTable() -> HostPhysicalAddress? { HostPhysicalAddress(UInt64(UInt(bitPattern: allocatePages(4096)))) }
-
-    mutating func freeTable(_ address: HostPhysicalAddress) {
-        releasePages(UnsafeMutableRawPointer(bitPattern: UInt(address.rawValue))!, bytes: 4096)
-    }
-}
-
 /// VMX operation for the whole image: entered once, with the capabilities it found.
 enum VMXOperation {
     static var capabilities: VMXCapabilities?
@@ -95,7 +77,7 @@ final class VMXVirtualMachine: GuestCPU {
         let eptCapabilities = EPTCapabilities(rawValue: capabilities[.eptVPIDCapabilities] ?? 0)
         let pointer: UInt64
         do throws(EPTBuildError) {
-            var ept = try EPTBuilder(tables: HeapTables(), options: EPTBuilderOptions(
+            var ept = try EPTBuilder(tables: PageTables(), options: EPTBuilderOptions(
                 hugePages: eptCapabilities.pages2MiB, capabilities: eptCapabilities, physicalAddressBits: capabilities.physicalAddressWidth))
             try ept.map(GuestPhysicalAddress(0), size: memorySize, to: HostPhysicalAddress(UInt64(UInt(bitPattern: ram))), permissions: [.read, .write, .execute])
             for page in readOnlyPages { try ept.protect(GuestPhysicalAddress(page), size: 4096, permissions: [.read, .execute]) }

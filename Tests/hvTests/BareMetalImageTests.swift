@@ -52,6 +52,17 @@ struct BareMetalImageTests {
         #expect(boot.status == 1, "isa-debug-exit with code 0 ends QEMU with status 1; \(boot.status): \(boot.stdout) \(boot.stderr)")
         #expect(lines.first == "HV bare-metal image: Embedded Swift on the bare CPU", "\(boot.stdout)")
         #expect(lines.contains("loader: qemu (Multiboot 1); 126 MiB above 1 MiB"), "\(boot.stdout)")
+        // The page allocator takes the loader's map: 1-4 MiB and 64-127 MiB are outside the image
+        // and its heap.
+        #expect(lines.contains { $0.hasPrefix("memory: ") && $0.hasSuffix("; 66 MiB outside the image and its heap for guests and their tables") },
+                "\(boot.stdout)")
+        // Each guest ran on a 16 KiB host stack (the configuration's host-stack size) and used some of it.
+        let stacks = lines.filter { $0.hasPrefix("host stack: 16384 bytes (the configuration's host-stack size), ") }
+        #expect(stacks.count == 3, "\(boot.stdout)")
+        for line in stacks {
+            let used = Int(line.split(separator: " ").dropLast().last ?? "") ?? 0
+            #expect(used > 0 && used < 16384, "\(line)")
+        }
         #expect(lines.contains { $0.hasPrefix("cpu: AuthenticAMD") && $0.hasSuffix("svm=1 vmx=0") }, "\(boot.stdout)")
         #expect(lines.contains { $0.hasPrefix("svm: revision 1,") && $0.contains("nested paging yes") }, "\(boot.stdout)")
         // 1. The real-mode test guest: each step prints its line only when the engine got it
@@ -77,7 +88,8 @@ struct BareMetalImageTests {
         // and IA32_APIC_BASE; WRMSR of TSC_AUX, APIC_BASE, four timer registers and EOI; none for
         // FS base (passed through). The host APIC timer's slices (SVM's stand-in for VMX's
         // preemption timer) vary with the host.
-        var test = Self.counts(lines[..<latencyAt])
+        let testAt = try #require(lines.firstIndex(of: "1. The real-mode test guest:"), "\(boot.stdout)")
+        var test = Self.counts(lines[testAt..<latencyAt])
         let slices = test.removeValue(forKey: "preemption-timer") ?? 0
         test.removeValue(forKey: "total")
         #expect(test == ["io-in": 293, "io-out": 288, "mmio-read": 8, "mmio-write": 7, "hlt": 2, "msr-read": 4, "msr-write": 7,
