@@ -83,6 +83,11 @@ protocol GuestCPU: VirtualCPU where RunError == BackendFailure {
 extension GuestCPU {
     var id: Int { 0 }
 
+    /// Copies guest bytes into RAM at guest-physical `address`.
+    func load(_ bytes: UnsafeRawBufferPointer, at address: UInt64) {
+        (ram + Int(address)).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
+    }
+
     /// Past an instruction the engine emulated or skipped: RIP moves on, and any STI or MOV SS
     /// shadow the instruction sat in is over (as KVM's skip_emulated_instruction does).
     func skip(_ length: UInt64) {
@@ -100,13 +105,8 @@ extension GuestCPU {
         statistics.injected += 1
     }
 
-    /// The guest's code size from CS and EFER.LMA (SDM Vol. 3A, 5.2.1; AMD APM Vol. 2, 4.8).
-    var codeSize: InstructionDecoder.Mode {
-        let special = special
-        if special.efer & ControlBits.eferLMA != 0 && special.cs.long { return .bits64 }
-        if special.cr0 & ControlBits.cr0PE != 0 && special.cs.defaultSize32 { return .bits32 }
-        return .bits16
-    }
+    /// The guest's code size (HVModel's `InstructionDecoder.Mode` from CS, CR0 and EFER).
+    var codeSize: InstructionDecoder.Mode { InstructionDecoder.Mode(special) }
 
     // MARK: From a hardware exit to a VMExit
 
@@ -122,24 +122,28 @@ extension GuestCPU {
         return read ? .portIn(io) : .portOut(io)
     }
 
-    /// The guest-physical address of linear `address` for a data access (`write`), nil when the
-    /// guest's page tables do not map it.
-    func translate(_ address: UInt64, write: Bool) -> UInt64? {
+    /// The guest-physical address of linear `address` for an `access`, through the guest's own
+    /// page tables (HVModel's walker) under `special`.
+    func translate(_ address: UInt64, _ access: MemoryAccessKind, _ special: SpecialRegisters) throws(GuestPagingFault) -> UInt64 {
         var memory = GuestRAM(base: ram, size: memorySize)
-        do throws(GuestPagingFault) {
-            return try GuestPagingWalker.translate(GuestVirtualAddress(address), GuestAccess(write ? .write : .read),
-                                                   context: GuestPagingContext(special: special), memory: &memory).physicalAddress.rawValue
-        } catch {
-            return nil
-        }
+        return try GuestPagingWalker.translate(GuestVirtualAddress(address), GuestAccess(access),
+                                               context: GuestPagingContext(special: special), memory: &memory).physicalAddress.rawValue
+    }
+
+    /// The bytes of the instruction at CS:RIP: up to 15, not past RAM (an instruction that
+    /// crosses a page is assumed contiguous: true of identity-mapped code like HVGuest's); nil
+    /// when it is not in RAM.
+    func instructionBytes(_ special: SpecialRegisters) throws(GuestPagingFault) -> UnsafeRawBufferPointer? {
+        let physical = try translate(special.cs.base &+ rip, .fetch, special)
+        guard physical < memorySize else { return nil }
+        return UnsafeRawBufferPointer(start: ram + Int(physical), count: Int(min(15, memorySize - physical)))
     }
 
     /// Whether guest-physical `address` is a device's rather than RAM.
     func isMMIO(_ address: UInt64) -> Bool { address >= memorySize || mmioPages.contains(address & ~0xFFF) }
 
     /// The base of the segment a string instruction reads from: DS unless a prefix says otherwise.
-    func sourceSegmentBase(_ override: SegmentOverride?) -> UInt64 {
-        let special = special
+    func sourceSegmentBase(_ override: SegmentOverride?, _ special: SpecialRegisters) -> UInt64 {
         switch override {
         case .es?: return special.es.base
         case .cs?: return special.cs.base
@@ -155,22 +159,10 @@ extension GuestCPU {
     /// vendors carries them only with optional features (SVM's decode assists, VMX's INS/OUTS
     /// information), so the engines read the instruction.
     func stringIOPrefixes() -> (addressWidth: UInt8, segment: SegmentOverride?) {
-        let size = codeSize
-        var addressOverride = false
-        var segment: SegmentOverride? = nil
-        if let physical = translate(special.cs.base &+ rip, write: false), physical < memorySize {
-            for offset in 0..<Int(min(15, memorySize - physical)) {
-                let byte = (ram + Int(physical) + offset).load(as: UInt8.self)
-                if byte == 0x67 { addressOverride = true } else if let prefix = SegmentOverride(rawValue: byte) { segment = prefix }
-                else if byte != 0x66 && byte != 0xF2 && byte != 0xF3 && byte != 0xF0 && !(size == .bits64 && byte & 0xF0 == 0x40) { break }
-            }
-        }
-        let addressWidth: UInt8 = switch size {
-        case .bits16: addressOverride ? 4 : 2
-        case .bits32: addressOverride ? 2 : 4
-        case .bits64: addressOverride ? 4 : 8
-        }
-        return (addressWidth, segment)
+        let special = special, size = InstructionDecoder.Mode(special)
+        var prefixes = InstructionPrefixes()
+        if let bytes = try? instructionBytes(special), let read = try? InstructionDecoder.prefixes(bytes, size: size) { prefixes = read }
+        return (prefixes.addressWidth(in: size), prefixes.segment)
     }
 
     /// INS or OUTS (with REP when `repeated`) of `size`-byte elements at `port`: OUTS reads from
@@ -184,8 +176,9 @@ extension GuestCPU {
             return nil
         }
         let index = register(read ? 7 : 6) & StringInstruction.mask(addressWidth: addressWidth)
-        let base = read ? special.es.base : sourceSegmentBase(segment)
-        guard let physical = translate(base &+ index, write: read), physical <= memorySize &- UInt64(size),
+        let special = special
+        let base = read ? special.es.base : sourceSegmentBase(segment, special)
+        guard let physical = try? translate(base &+ index, read ? .write : .read, special), physical <= memorySize &- UInt64(size),
               !isMMIO(physical), !isMMIO(physical + UInt64(size) - 1) else {
             print("\(engineName): string port I/O at \(hex(port.rawValue)) with memory HV does not give it (linear \(hex(base &+ index)))")
             return .internalError(InternalError(suberror: 7))
@@ -287,22 +280,17 @@ extension GuestCPU {
             return .internalError(InternalError(suberror: 0))
         }
         let special = special
-        let linear = GuestVirtualAddress(special.cs.base &+ rip)
-        var memory = GuestRAM(base: ram, size: memorySize)
-        let physical: UInt64
+        let fetched: UnsafeRawBufferPointer?
         do throws(GuestPagingFault) {
-            physical = try GuestPagingWalker.translate(linear, GuestAccess(.fetch), context: GuestPagingContext(special: special), memory: &memory).physicalAddress.rawValue
+            fetched = try instructionBytes(special)
         } catch {
             print("\(engineName): the instruction at \(hex(rip)) cannot be fetched: \(error)")
             return .internalError(InternalError(suberror: 1))
         }
-        // Up to 15 bytes, not past RAM (an instruction that crosses a page is assumed contiguous:
-        // true of identity-mapped code like HVGuest's).
-        guard physical < memorySize else { return .internalError(InternalError(suberror: 1)) }
-        let available = Int(min(15, memorySize - physical))
+        guard let bytes = fetched else { return .internalError(InternalError(suberror: 1)) }
         let decoded: DecodedInstruction
         do throws(InstructionDecodingError) {
-            decoded = try InstructionDecoder.decode(UnsafeRawBufferPointer(start: ram + Int(physical), count: available), size: codeSize)
+            decoded = try InstructionDecoder.decode(bytes, size: InstructionDecoder.Mode(special))
         } catch {
             print("\(engineName): MMIO at \(hex(address)) by an instruction HV cannot emulate: \(error)")
             return .internalError(InternalError(suberror: 2))
@@ -345,8 +333,8 @@ extension GuestCPU {
                 return .mmioRead(MMIOAccess(address: target, width: decoded.width))
             case .movs:
                 let indexMask = StringInstruction.mask(addressWidth: addressWidth)
-                guard let source = translate(sourceSegmentBase(decoded.segmentOverride) &+ register(6) & indexMask, write: false),
-                      let destination = translate(special.es.base &+ register(7) & indexMask, write: true) else {
+                guard let source = try? translate(sourceSegmentBase(decoded.segmentOverride, special) &+ register(6) & indexMask, .read, special),
+                      let destination = try? translate(special.es.base &+ register(7) & indexMask, .write, special) else {
                     return .internalError(InternalError(suberror: 1))
                 }
                 if isMMIO(source) {
@@ -526,9 +514,10 @@ struct ExitTally {
         print(column("total", 17) + column("\(total + cpuid + readOnlyWrites)", 7, right: true))
         if injected > 0 { print("\(injected) interrupt\(injected == 1 ? "" : "s") injected, \(wakeups) HLT\(wakeups == 1 ? "" : "s") woken by the APIC timer") }
     }
+}
 
-    private func column(_ text: String, _ width: Int, right: Bool = false) -> String {
-        let padding = String(repeating: " ", count: max(0, width - text.utf8.count))
-        return right ? padding + text : text + padding
-    }
+/// `text` padded with spaces to `width` columns, on the left when `right`: the image's tables.
+func column(_ text: String, _ width: Int, right: Bool = false) -> String {
+    let padding = String(repeating: " ", count: max(0, width - text.utf8.count))
+    return right ? padding + text : text + padding
 }

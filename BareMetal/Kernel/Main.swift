@@ -69,8 +69,7 @@ protocol Engine {
 func runGuests<E: Engine>(_ engine: E) -> Bool {
     print("")
     print("1. The real-mode test guest:")
-    let start = UnsafeRawPointer(hv_guest_test_start_pointer()!)
-    let code = UnsafeRawBufferPointer(start: start, count: UnsafeRawPointer(hv_guest_test_end_pointer()!) - start)
+    let code = embedded(hv_guest_test_start_pointer(), hv_guest_test_end_pointer())
     guard let test = engine.realModeGuest(code, at: 0x1000, memorySize: 2 << 20, readOnlyPages: [0x5000], mmioPages: [0x6000]) else { return false }
     test.interrupts = LocalAPICDevice()
     let testStop = run(test, ConsolePassthrough().then(DebugExitPort()).then(PostCodePort()).then(ScratchRegister(address: 0x6000))
@@ -83,8 +82,7 @@ func runGuests<E: Engine>(_ engine: E) -> Bool {
 
     print("")
     print("2. Exit latency as the guest measures it:")
-    let latencyStart = UnsafeRawPointer(hv_guest_latency_start_pointer()!)
-    let latencyCode = UnsafeRawBufferPointer(start: latencyStart, count: UnsafeRawPointer(hv_guest_latency_end_pointer()!) - latencyStart)
+    let latencyCode = embedded(hv_guest_latency_start_pointer(), hv_guest_latency_end_pointer())
     guard let latency = engine.realModeGuest(latencyCode, at: 0x1000, memorySize: 2 << 20, readOnlyPages: [], mmioPages: [0x6000]) else { return false }
     let latencyStop = run(latency, PostCodePort().then(ScratchRegister(address: 0x6000)).then(StoredMSRs([0xC000_0103])),
                           policy: ExitPolicy(halt: .stop, unmappedMMIO: .stop, unmappedPorts: .stop))
@@ -96,8 +94,7 @@ func runGuests<E: Engine>(_ engine: E) -> Bool {
 
     print("")
     print("3. hv demo's guest, with hv demo's exit handler:")
-    let demoStart = UnsafeRawPointer(hv_guest_demo_start_pointer()!)
-    let demoBytes = UnsafeRawBufferPointer(start: demoStart, count: UnsafeRawPointer(hv_guest_demo_end_pointer()!) - demoStart)
+    let demoBytes = embedded(hv_guest_demo_start_pointer(), hv_guest_demo_end_pointer())
     let image: GuestImageFile
     switch GuestImageFile.read(demoBytes) {
     case .success(let read): image = read
@@ -119,6 +116,11 @@ func runGuests<E: Engine>(_ engine: E) -> Bool {
     return stop == .debugExit(code: 0)
 }
 
+/// The bytes the build embedded between `start` and `end` (a guest's code or image).
+func embedded(_ start: UnsafePointer<UInt8>?, _ end: UnsafePointer<UInt8>?) -> UnsafeRawBufferPointer {
+    UnsafeRawBufferPointer(start: start!, count: end! - start!)
+}
+
 /// The latency guest's arrays (512 round trips per kind from 0x9000, 2 KiB apart), as the
 /// guest measured them with RDTSC around one exiting instruction, next to the engine's own
 /// measure of the same exits (world switch in to exit back).
@@ -136,14 +138,11 @@ func reportGuestLatency<CPU: GuestCPU>(_ cpu: CPU) {
             let own = cpu.statistics.samples[Int(kind.rawValue)].sorted()
             if !own.isEmpty { engine = "\(own[own.count / 2])" }
         }
-        let label = "\(name)"
-        print(label + String(repeating: " ", count: 13 - label.utf8.count) + pad("\(samples[256])", 12) + pad("\(samples[506])", 11)
-              + pad(engine, 15))
+        print(column("\(name)", 13) + column("\(samples[256])", 12, right: true) + column("\(samples[506])", 11, right: true)
+              + column(engine, 15, right: true))
     }
     print("(TSC cycles; RDTSC itself and the loop are in the guest's numbers)")
 }
-
-func pad(_ text: String, _ width: Int) -> String { String(repeating: " ", count: max(0, width - text.utf8.count)) + text }
 
 /// HVModel's run loop (`ExitLoop.run`, the steps `Machine` takes on KVM) on a bare-metal vCPU,
 /// counting each exit with its round trip.

@@ -127,7 +127,7 @@ final class SVMVirtualMachine: GuestCPU {
 
     /// Real mode at 0000:`entry`, as a CPU after reset but at that address, with `code` there.
     func loadRealMode(_ code: UnsafeRawBufferPointer, at entry: UInt64) {
-        (ram + Int(entry)).copyMemory(from: code.baseAddress!, byteCount: code.count)
+        load(code, at: entry)
         start(.realMode, rip: entry, rsp: 0x8000, rflags: 0x2)
     }
 

@@ -140,11 +140,6 @@ final class VMXVirtualMachine: GuestCPU {
         bytes.withUnsafeBytes { destination.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
     }
 
-    /// Copies guest bytes into RAM at `address`.
-    func load(_ bytes: UnsafeRawBufferPointer, at address: UInt64) {
-        (ram + Int(address)).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
-    }
-
     func read(_ field: VMCSField) -> UInt64 {
         var status: Int32 = 0
         return hv_vmread(UInt64(field.rawValue), &status)

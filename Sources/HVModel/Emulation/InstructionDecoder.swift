@@ -49,6 +49,52 @@ public enum SegmentOverride: UInt8, Sendable, Equatable {
     case es = 0x26, cs = 0x2E, ss = 0x36, ds = 0x3E, fs = 0x64, gs = 0x65
 }
 
+/// An instruction's prefixes, and the operand and address sizes they give it (SDM Vol. 1, 3.6
+/// "Operand-size and Address-size Attributes"; Vol. 2, 2.1.1, 2.2.1).
+public struct InstructionPrefixes: Sendable, Equatable {
+    /// 0x66, 0x67, and REP/REPNE (0xF3, 0xF2).
+    public var operandOverride = false, addressOverride = false, repeated = false
+    public var segment: SegmentOverride? = nil
+    /// The REX byte (64-bit code), 0 when there is none.
+    public var rex: UInt8 = 0
+    /// How many bytes the prefixes take.
+    public var length = 0
+
+    @inlinable public init() {}
+
+    /// The operand size in bytes for code of `size`: REX.W makes it 8, 0x66 flips 2 and 4.
+    @inlinable public func operandWidth(in size: InstructionDecoder.Mode) -> UInt8 {
+        switch size {
+        case .bits16: operandOverride ? 4 : 2
+        case .bits32: operandOverride ? 2 : 4
+        case .bits64: rex & 0x08 != 0 ? 8 : (operandOverride ? 2 : 4)
+        }
+    }
+
+    /// The address size in bytes for code of `size`: 0x67 flips 2 and 4, or 8 and 4.
+    @inlinable public func addressWidth(in size: InstructionDecoder.Mode) -> UInt8 {
+        switch size {
+        case .bits16: addressOverride ? 4 : 2
+        case .bits32: addressOverride ? 2 : 4
+        case .bits64: addressOverride ? 4 : 8
+        }
+    }
+}
+
+extension InstructionDecoder.Mode {
+    /// The size of the code a vCPU executes: 64-bit with EFER.LMA and CS.L, 32-bit in
+    /// protected mode with CS.D, 16-bit otherwise (SDM Vol. 3A, 5.2.1; AMD APM Vol. 2, 4.8).
+    @inlinable public init(_ special: SpecialRegisters) {
+        if special.efer & ControlBits.eferLMA != 0 && special.cs.long {
+            self = .bits64
+        } else if special.cr0 & ControlBits.cr0PE != 0 && special.cs.defaultSize32 {
+            self = .bits32
+        } else {
+            self = .bits16
+        }
+    }
+}
+
 /// A decoded instruction with a memory operand.
 public struct DecodedInstruction: Sendable, Equatable {
     public var operation: MemoryOperation
@@ -93,39 +139,36 @@ public enum InstructionDecoder {
         case bits16, bits32, bits64
     }
 
-    /// Decodes the instruction at the start of `bytes` (up to 15 of them), executed in `size`.
-    public static func decode(_ bytes: UnsafeRawBufferPointer, size: Mode) throws(InstructionDecodingError) -> DecodedInstruction {
+    /// The legacy prefixes (SDM Vol. 2, 2.1.1) at the start of `bytes`, in any order, then in
+    /// 64-bit code a REX prefix, which must come last.
+    public static func prefixes(_ bytes: UnsafeRawBufferPointer, size: Mode) throws(InstructionDecodingError) -> InstructionPrefixes {
         var cursor = Cursor(bytes: bytes)
-        var operandOverride = false, addressOverride = false, repeated = false
-        var segment: SegmentOverride? = nil
-        var rex: UInt8 = 0
-        // Legacy prefixes in any order, then (64-bit mode) REX, which must come last.
-        prefixes: while true {
+        var prefixes = InstructionPrefixes()
+        scan: while true {
             let byte = try cursor.peek()
             switch byte {
-            case 0x66: operandOverride = true
-            case 0x67: addressOverride = true
-            case 0xF2, 0xF3: repeated = true
-            case 0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65: segment = SegmentOverride(rawValue: byte)
+            case 0x66: prefixes.operandOverride = true
+            case 0x67: prefixes.addressOverride = true
+            case 0xF2, 0xF3: prefixes.repeated = true
+            case 0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65: prefixes.segment = SegmentOverride(rawValue: byte)
             case 0xF0: break
-            default: break prefixes
+            default: break scan
             }
             try cursor.skip(1)
         }
         if size == .bits64, try cursor.peek() & 0xF0 == 0x40 {
-            rex = try cursor.next()
+            prefixes.rex = try cursor.next()
         }
-        let wide = rex & 0x08 != 0
-        let operandWidth: UInt8 = switch size {
-        case .bits16: operandOverride ? 4 : 2
-        case .bits32: operandOverride ? 2 : 4
-        case .bits64: wide ? 8 : (operandOverride ? 2 : 4)
-        }
-        let addressWidth: UInt8 = switch size {
-        case .bits16: addressOverride ? 4 : 2
-        case .bits32: addressOverride ? 2 : 4
-        case .bits64: addressOverride ? 4 : 8
-        }
+        prefixes.length = cursor.offset
+        return prefixes
+    }
+
+    /// Decodes the instruction at the start of `bytes` (up to 15 of them), executed in `size`.
+    public static func decode(_ bytes: UnsafeRawBufferPointer, size: Mode) throws(InstructionDecodingError) -> DecodedInstruction {
+        let prefixes = try prefixes(bytes, size: size)
+        var cursor = Cursor(bytes: bytes, offset: prefixes.length)
+        let rex = prefixes.rex, repeated = prefixes.repeated, segment = prefixes.segment, wide = rex & 0x08 != 0
+        let operandWidth = prefixes.operandWidth(in: size), addressWidth = prefixes.addressWidth(in: size)
         func register(_ field: UInt8, byte: Bool, extended: Bool) -> OperandRegister {
             let index = field | (extended ? 8 : 0)
             // AH, CH, DH, BH: byte registers 4-7 without any REX prefix.

@@ -133,9 +133,7 @@ public enum ExitLoop {
     @inlinable @inline(__always)
     public static func dispatch<CPU: VirtualCPU, H: ExitHandler>(_ exit: VMExit, on cpu: CPU, handler: H, policy: ExitPolicy,
                                                                  context: ExitContext) -> ExitAction {
-        let action = handler.handle(exit, context: context) ?? policy.action(for: exit)
-        cpu.complete(exit, with: action)
-        return action
+        dispatch(exit, on: cpu, handler: handler, then: NoExitHandler(), policy: policy, context: context)
     }
 
     /// The same with a second handler for what `handler` declines (a hosted machine's device

@@ -86,7 +86,8 @@ extension VMXConfiguration {
     /// place of the plan's model layout. The plan's `entryFailures` are those of this VMCS.
     public func plan(for capabilities: VMXCapabilities, host: VMXHostState, guest: VMXGuestStart, eptPointer: UInt64?,
                      environment: VMEntryEnvironment = VMEntryEnvironment()) throws(VMXPlanError) -> VMXPlan {
-        var plan = try plan(for: capabilities, environment: environment)
+        var planner = VMXPlanner(configuration: self, capabilities: capabilities)
+        var plan = try planner.run(environment: environment, validate: false)
         plan.vmcs.setHostState(host)
         plan.vmcs.setGuestState(guest, capabilities: capabilities, unrestricted: unrestrictedGuest)
         if let eptPointer, plan.vmcs.wasWritten(.eptPointer) {

@@ -207,7 +207,9 @@ struct VMXPlanner {
 
     // MARK: run
 
-    mutating func run(environment: VMEntryEnvironment) throws(VMXPlanError) -> VMXPlan {
+    /// The plan; its VM-entry checks are run when `validate` (a caller that changes the VMCS
+    /// further validates the result itself, once).
+    mutating func run(environment: VMEntryEnvironment, validate: Bool = true) throws(VMXPlanError) -> VMXPlan {
         gatherRequests()
         checkOtherCapabilities()
         var controls: [ReconciledControl] = []
@@ -240,7 +242,7 @@ struct VMXPlanner {
         if !problems.isEmpty { throw VMXPlanError(problems: problems) }
         writeHostState(into: &vmcs)
         writeGuestState(into: &vmcs)
-        let failures = VMEntryValidator(capabilities: caps, environment: environment).validate(vmcs)
+        let failures = validate ? VMEntryValidator(capabilities: caps, environment: environment).validate(vmcs) : []
         return VMXPlan(controls: controls, vmcs: vmcs, msrBitmap: msrBitmap, ioBitmaps: ioBitmaps, decisions: decisions, entryFailures: failures)
     }
 }
